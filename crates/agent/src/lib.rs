@@ -1,0 +1,10 @@
+//! Tugboat's agent: runs work through a [`runtime::Runtime`] and reports each state change to the
+//! server as a status update.
+//!
+//! - [`agent`]: the loop that takes launches and kills and sends status updates.
+//! - [`runtime`]: process (child in its own process group) and noop runtimes.
+
+pub mod agent;
+pub mod runtime;
+
+pub use agent::{Agent, AgentConfig};

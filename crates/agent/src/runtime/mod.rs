@@ -1,0 +1,63 @@
+//! Runtimes: how an agent turns a [`Launch`] into a running process. `process` forks a child in
+//! its own process group; `noop` finishes at once (for benchmarks). Docker comes next.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tug_core::protocol::{KillReason, Launch};
+use tug_core::run::RunState;
+use tug_store::logs::LogFiles;
+
+pub mod noop;
+pub mod process;
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// succeeded, failed, killed or timed_out.
+    pub state: RunState,
+    /// The process's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// In words: "exit code 3", "killed by SIGKILL after timeout 5s", "cannot start: ...".
+    pub reason: Option<String>,
+}
+
+impl Outcome {
+    /// An attempt that never started.
+    pub fn failed_to_start(reason: impl Into<String>) -> Outcome {
+        Outcome { state: RunState::Failed, exit_code: None, signal: None, reason: Some(reason.into()) }
+    }
+}
+
+/// Everything a runtime gets for one attempt.
+pub struct RunContext {
+    /// What to run.
+    pub launch: Launch,
+    /// Where the run's log goes (`logs.writer(launch.run_id, log_limit)`).
+    pub logs: LogFiles,
+    /// The most bytes of output kept per run.
+    pub log_limit: u64,
+    /// Becomes `Some(reason)` when the attempt must stop (kill, timeout, replace, shutdown).
+    pub kill: watch::Receiver<Option<KillReason>>,
+    /// Time between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// Send the process id once it has started (a runtime without pids sends `None`).
+    pub started: oneshot::Sender<Option<u32>>,
+}
+
+/// A way of running tasks.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// A short name for logs ("process", "noop").
+    fn name(&self) -> &'static str;
+    /// Runs one attempt to the end: starts it, reports the start through `ctx.started`, captures
+    /// its output to the log, stops the whole process group when `ctx.kill` fires, reaps it, and
+    /// says how it ended. Never panics on a bad command; that is an `Outcome` with state `failed`.
+    async fn run(&self, ctx: RunContext) -> Outcome;
+}
+
+/// A shared runtime.
+pub type SharedRuntime = Arc<dyn Runtime>;

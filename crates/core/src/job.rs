@@ -1,0 +1,450 @@
+//! The job model: what a user writes (a [`JobSpec`], as TOML or JSON) and the validated [`Job`] the
+//! scheduler holds. Unknown fields are rejected by name; every rule broken says what to fix.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::schedule::{Schedule, ScheduleError};
+
+/// The longest job name accepted.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// A job as a user writes it. This is the document the store keeps and the API returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Unique name, `[A-Za-z0-9_.-]+`.
+    pub name: String,
+    /// Free text shown in listings.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Who to ask about this job (an email or a team).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    /// Key-value labels for filtering (`?label=team=data`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// A cron expression or ISO 8601 repeating interval. Exclusive with `parents`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// IANA time zone the schedule is evaluated in; UTC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
+    /// Jobs that must all succeed before this one runs. Exclusive with `schedule`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<String>,
+    /// What to run: a shell string (run with `/bin/sh -c`) or an argv list.
+    pub command: Command,
+    /// Extra environment variables for the command.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; the agent's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// User (name or uid) to run as; the agent's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Where the command runs.
+    #[serde(default)]
+    pub runtime: RuntimeKind,
+    /// How failed runs are retried.
+    #[serde(default)]
+    pub retries: RetryPolicy,
+    /// A run still going after this long is killed and marked `timed_out`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// What a fire does while an earlier run of the job is still active.
+    #[serde(default)]
+    pub concurrency: ConcurrencyPolicy,
+    /// What happens to fires missed while the scheduler was down or the job paused.
+    #[serde(default)]
+    pub misfire: MisfirePolicy,
+    /// How late after its scheduled instant a fire still runs normally.
+    #[serde(default = "default_epsilon")]
+    pub epsilon: Duration,
+    /// A disabled job never fires on its schedule (manual runs still work).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A paused job does not fire; on resume its misfire policy covers the gap.
+    #[serde(default)]
+    pub paused: bool,
+    /// Keep this many finished runs of the job; the server default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_runs: Option<u32>,
+}
+
+fn default_epsilon() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The command of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Command {
+    /// A shell string, run as `/bin/sh -c STRING`.
+    Shell(String),
+    /// An argv list, executed directly.
+    Argv(Vec<String>),
+}
+
+impl Command {
+    /// The argv to execute.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+            Command::Argv(v) => v.clone(),
+        }
+    }
+
+    /// A one-line rendering for tables.
+    pub fn display(&self) -> String {
+        match self {
+            Command::Shell(s) => s.clone(),
+            Command::Argv(v) => v.join(" "),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Command::Shell(s) => s.trim().is_empty(),
+            Command::Argv(v) => v.first().is_none_or(|a| a.is_empty()),
+        }
+    }
+}
+
+/// The runtime a job's runs go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// A child process of the agent in its own process group.
+    #[default]
+    Process,
+}
+
+/// Retry with exponential backoff. Written as a table or as a bare count (`retries = 3`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    /// How many times a failed run is retried (0 = never).
+    pub count: u32,
+    /// Delay before the first retry.
+    pub initial_delay: Duration,
+    /// Upper bound of the doubling delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { count: 0, initial_delay: Duration::from_secs(1), max_delay: Duration::from_secs(300) }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retry` (1-based): initial × 2^(retry-1), capped at max.
+    pub fn delay(&self, retry: u32) -> Duration {
+        let base = self.initial_delay.as_std();
+        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        let d = base.checked_mul(factor).unwrap_or(self.max_delay.as_std());
+        Duration::from(d.min(self.max_delay.as_std()))
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            #[serde(default)]
+            count: u32,
+            #[serde(default)]
+            initial_delay: Option<Duration>,
+            #[serde(default)]
+            max_delay: Option<Duration>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u32),
+            Table(Table),
+        }
+        let dflt = RetryPolicy::default();
+        // Untagged enums swallow inner errors; re-parse as a table to report unknown fields.
+        let value = serde_json::Value::deserialize(d)?;
+        match serde_json::from_value::<Raw>(value.clone()) {
+            Ok(Raw::Count(count)) => Ok(RetryPolicy { count, ..dflt }),
+            Ok(Raw::Table(t)) => Ok(RetryPolicy {
+                count: t.count,
+                initial_delay: t.initial_delay.unwrap_or(dflt.initial_delay),
+                max_delay: t.max_delay.unwrap_or(dflt.max_delay),
+            }),
+            Err(_) => match serde_json::from_value::<Table>(value) {
+                Ok(_) => unreachable!("a table that parses alone parses as Raw::Table"),
+                Err(e) => Err(serde::de::Error::custom(format!(
+                    "retries: {e}; write a count (retries = 3) or a table with count, initial_delay, max_delay"
+                ))),
+            },
+        }
+    }
+}
+
+/// What a fire does while an earlier run of the same job is still active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyPolicy {
+    /// Start the new run alongside the old one.
+    Allow,
+    /// Skip the new fire (recorded as a `skipped` run). Chronos's `concurrent: false`.
+    #[default]
+    Forbid,
+    /// Kill the active run, then start the new one.
+    Replace,
+}
+
+/// What happens to fires that were missed (later than `epsilon`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MisfirePolicy {
+    /// Record missed fires as skipped; run none of them (Chronos's behaviour).
+    #[default]
+    Skip,
+    /// Run the most recent missed fire once; record the rest as skipped.
+    RunOnce,
+    /// Run every missed fire, oldest first, up to [`MAX_BACKFILL`]; older ones are skipped.
+    RunAll,
+}
+
+/// The most missed fires a `run_all` job backfills after one gap.
+pub const MAX_BACKFILL: usize = 100;
+
+/// Why a job spec was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The file or body could not be parsed (syntax, wrong type, unknown field).
+    #[error("{0}")]
+    Parse(String),
+    /// The name has characters outside `[A-Za-z0-9_.-]` or is empty or too long.
+    #[error("invalid job name {0:?}: use 1-200 characters from A-Z a-z 0-9 _ . -")]
+    Name(String),
+    /// Both `schedule` and `parents` were given, or neither.
+    #[error("job {0:?}: give either `schedule` (a cron or ISO 8601 expression) or `parents` (job names), not both")]
+    ScheduleAndParents(String),
+    /// Neither `schedule` nor `parents` was given.
+    #[error("job {0:?}: needs a `schedule` (e.g. \"*/5 * * * *\") or `parents` (jobs it runs after)")]
+    NoTrigger(String),
+    /// The schedule or time zone is invalid.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    /// The command is empty.
+    #[error("job {0:?}: `command` is empty; give a shell string or an argv list")]
+    EmptyCommand(String),
+    /// A parent name is invalid or names the job itself.
+    #[error("job {job:?}: parent {parent:?} {why}")]
+    Parent {
+        /// The job.
+        job: String,
+        /// The parent as written.
+        parent: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A field holds an impossible value.
+    #[error("job {job:?}: `{field}` {why}")]
+    Field {
+        /// The job.
+        job: String,
+        /// The field name.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// A validated job: its spec and, for scheduled jobs, the parsed schedule.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The spec as written (after defaults).
+    pub spec: JobSpec,
+    /// The parsed schedule; `None` for dependent jobs.
+    pub schedule: Option<Schedule>,
+}
+
+/// True when `name` is a valid job name.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+impl JobSpec {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<JobSpec, JobError> {
+        toml::from_str(text).map_err(|e| JobError::Parse(format!("invalid job file: {}", e.message().trim())))
+    }
+
+    /// Parses a JSON document.
+    pub fn from_json(text: &str) -> Result<JobSpec, JobError> {
+        serde_json::from_str(text).map_err(|e| JobError::Parse(format!("invalid job JSON: {e}")))
+    }
+
+    /// The time zone, defaulting to UTC.
+    pub fn tz(&self) -> &str {
+        self.tz.as_deref().unwrap_or("UTC")
+    }
+
+    /// Checks every rule and parses the schedule.
+    pub fn validate(self) -> Result<Job, JobError> {
+        if !valid_name(&self.name) {
+            return Err(JobError::Name(self.name));
+        }
+        let schedule = match (&self.schedule, self.parents.is_empty()) {
+            (Some(_), false) => return Err(JobError::ScheduleAndParents(self.name)),
+            (None, true) => return Err(JobError::NoTrigger(self.name)),
+            (Some(expr), true) => Some(Schedule::parse(expr, self.tz())?),
+            (None, false) => {
+                if let Some(tz) = &self.tz {
+                    // Still reject a bad zone so the mistake is not silent.
+                    jiff::tz::TimeZone::get(tz).map_err(|_| JobError::Field {
+                        job: self.name.clone(),
+                        field: "tz",
+                        why: format!("{tz:?} is not a known IANA time zone (e.g. \"Europe/Berlin\")"),
+                    })?;
+                }
+                None
+            }
+        };
+        for p in &self.parents {
+            let why = if !valid_name(p) {
+                Some("is not a valid job name")
+            } else if *p == self.name {
+                Some("is the job itself; a job cannot depend on itself")
+            } else if self.parents.iter().filter(|q| *q == p).count() > 1 {
+                Some("is listed twice")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(JobError::Parent { job: self.name.clone(), parent: p.clone(), why });
+            }
+        }
+        if self.command.is_empty() {
+            return Err(JobError::EmptyCommand(self.name));
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(JobError::Field {
+                job: self.name,
+                field: "timeout",
+                why: "must be more than zero; leave it out for no timeout".into(),
+            });
+        }
+        if self.retries.initial_delay > self.retries.max_delay {
+            return Err(JobError::Field {
+                job: self.name,
+                field: "retries.initial_delay",
+                why: format!(
+                    "({}) is larger than retries.max_delay ({})",
+                    self.retries.initial_delay, self.retries.max_delay
+                ),
+            });
+        }
+        if let Some(k) = self.keep_runs
+            && k == 0
+        {
+            return Err(JobError::Field { job: self.name, field: "keep_runs", why: "must be at least 1".into() });
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(JobError::Field {
+                    job: self.name.clone(),
+                    field: "env",
+                    why: format!("has an invalid variable name {key:?}"),
+                });
+            }
+        }
+        Ok(Job { spec: self, schedule })
+    }
+}
+
+impl Job {
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal(extra: &str) -> String {
+        format!("name = \"backup\"\ncommand = \"echo hi\"\n{extra}")
+    }
+
+    #[test]
+    fn toml_with_defaults() {
+        let spec = JobSpec::from_toml(&minimal("parents = [\"a\"]")).unwrap();
+        assert_eq!(spec.concurrency, ConcurrencyPolicy::Forbid);
+        assert_eq!(spec.misfire, MisfirePolicy::Skip);
+        assert_eq!(spec.epsilon, Duration::from_secs(60));
+        assert!(spec.enabled && !spec.paused);
+        assert_eq!(spec.command.argv(), vec!["/bin/sh", "-c", "echo hi"]);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = JobSpec::from_toml(&minimal("schedul = \"* * * * *\"")).unwrap_err().to_string();
+        assert!(e.contains("unknown field `schedul`"), "{e}");
+        let e = JobSpec::from_json(r#"{"name":"a","command":"x","colour":1}"#).unwrap_err().to_string();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn retries_as_count_or_table() {
+        let s = JobSpec::from_toml(&minimal("retries = 3")).unwrap();
+        assert_eq!(s.retries.count, 3);
+        let s = JobSpec::from_toml(&minimal("retries = { count = 2, initial_delay = \"2s\" }")).unwrap();
+        assert_eq!((s.retries.count, s.retries.initial_delay), (2, Duration::from_secs(2)));
+        let e = JobSpec::from_toml(&minimal("retries = { cout = 2 }")).unwrap_err().to_string();
+        assert!(e.contains("unknown field `cout`"), "{e}");
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = RetryPolicy { count: 10, initial_delay: Duration::from_secs(1), max_delay: Duration::from_secs(10) };
+        let d: Vec<_> = (1..=6).map(|r| p.delay(r).as_millis() / 1000).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 10, 10]);
+        assert_eq!(p.delay(200), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn rules_say_what_to_fix() {
+        let check = |extra: &str, needle: &str| {
+            let e = JobSpec::from_toml(&minimal(extra)).unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{extra}: {e}");
+        };
+        check("", "needs a `schedule`");
+        check("schedule = \"* * * * *\"\nparents = [\"a\"]", "not both");
+        check("parents = [\"backup\"]", "cannot depend on itself");
+        check("parents = [\"a b\"]", "not a valid job name");
+        check("parents = [\"a\"]\ntimeout = \"0s\"", "more than zero");
+        check("parents = [\"a\"]\ntz = \"Mars/Olympus\"", "Mars/Olympus");
+        let e = JobSpec::from_toml("name = \"bad name\"\ncommand = \"x\"\nparents=[\"a\"]")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(matches!(e, JobError::Name(_)));
+        let e = JobSpec::from_toml("name = \"a\"\ncommand = []\nparents=[\"b\"]").unwrap().validate().unwrap_err();
+        assert!(matches!(e, JobError::EmptyCommand(_)));
+    }
+
+    #[test]
+    fn json_roundtrip_keeps_the_spec() {
+        let spec = JobSpec::from_toml(&minimal("parents = [\"a\"]\nretries = 2\ntimeout = \"90s\"")).unwrap();
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(JobSpec::from_json(&json).unwrap(), spec);
+    }
+}

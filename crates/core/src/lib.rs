@@ -1,0 +1,22 @@
+//! Tugboat's pure core: the job model, schedules, run states, policies and the dependency graph.
+//! Nothing here does I/O or reads the clock: callers pass the current instant in.
+//!
+//! - [`schedule`]: cron and ISO 8601 schedules in a time zone.
+//! - [`job`]: the job spec users write, and its validation.
+//! - [`run`]: runs, their states and transitions.
+//! - [`misfire`]: which late fires run and which are skipped.
+//! - [`dag`]: dependency cycles.
+//! - [`protocol`]: server ↔ agent messages.
+
+pub mod dag;
+pub mod duration;
+pub mod job;
+pub mod misfire;
+pub mod protocol;
+pub mod run;
+pub mod schedule;
+pub mod timefmt;
+
+pub use duration::Duration;
+pub use job::{Job, JobSpec};
+pub use run::{Run, RunId, RunState};

@@ -1,0 +1,125 @@
+//! Messages between the server and an agent. Today they travel over in-process channels inside
+//! `tug up`; they are plain serializable data so a network stream can carry them unchanged.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::job::{Command, JobSpec, RuntimeKind};
+use crate::run::{RunId, RunState};
+
+/// Everything an agent needs to run one attempt of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Launch {
+    /// The run.
+    pub run_id: RunId,
+    /// The job's name.
+    pub job: String,
+    /// The run's scheduled instant (with `job`, the run key).
+    pub scheduled_at: Timestamp,
+    /// Attempt number; an agent ignores a `(run_id, attempt)` it has already seen.
+    pub attempt: u32,
+    /// The leader epoch that sent it; agents refuse launches from an older epoch.
+    pub epoch: u64,
+    /// What to run.
+    pub task: Task,
+}
+
+/// The runtime-facing part of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// Which runtime runs it.
+    pub runtime: RuntimeKind,
+    /// The command.
+    pub command: Command,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub workdir: Option<String>,
+    /// User to run as.
+    pub user: Option<String>,
+    /// Kill after this long.
+    pub timeout: Option<Duration>,
+}
+
+impl Task {
+    /// The task of a job.
+    pub fn of(spec: &JobSpec) -> Task {
+        Task {
+            runtime: spec.runtime,
+            command: spec.command.clone(),
+            env: spec.env.clone(),
+            workdir: spec.workdir.clone(),
+            user: spec.user.clone(),
+            timeout: spec.timeout,
+        }
+    }
+}
+
+/// Why a run is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KillReason {
+    /// A user asked.
+    Requested,
+    /// A newer run replaced it (concurrency policy `replace`).
+    Replaced,
+    /// It ran past its timeout.
+    Timeout,
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+impl KillReason {
+    /// The state a run killed for this reason ends in.
+    pub fn final_state(self) -> RunState {
+        match self {
+            KillReason::Timeout => RunState::TimedOut,
+            _ => RunState::Killed,
+        }
+    }
+}
+
+/// A message from the server to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToAgent {
+    /// Start an attempt.
+    Launch(Box<Launch>),
+    /// Stop a running attempt.
+    Kill {
+        /// The run.
+        run_id: RunId,
+        /// Why.
+        reason: KillReason,
+    },
+}
+
+/// A state change of one attempt, reported by an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    /// Per-agent sequence number; the server acknowledges by it.
+    pub seq: u64,
+    /// The run.
+    pub run_id: RunId,
+    /// The attempt.
+    pub attempt: u32,
+    /// The new state: running, succeeded, failed, killed, timed_out.
+    pub state: RunState,
+    /// When the change happened (agent clock).
+    pub at: Timestamp,
+    /// Exit code, for finished processes.
+    pub exit_code: Option<i32>,
+    /// Ending signal, for processes killed by one.
+    pub signal: Option<i32>,
+    /// Why, in words.
+    pub reason: Option<String>,
+}
+
+/// A message from an agent to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToServer {
+    /// A status change.
+    Status(StatusUpdate),
+}

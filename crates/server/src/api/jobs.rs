@@ -1,0 +1,135 @@
+//! `/api/v1/jobs`: create, list, show, update, delete, run now, pause, resume, kill.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tug_core::run::Run;
+use tug_core::schedule::Schedule;
+use tug_core::JobSpec;
+use tug_store::{JobQuery, JobRecord, Page};
+
+use super::{query_error, ApiError, ApiResult, AppState};
+
+/// A job as the API shows it: the stored record plus its next fire.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    record: JobRecord,
+    /// The next instant the job will fire, if it is scheduled, enabled and not paused.
+    next_fire: Option<Timestamp>,
+}
+
+impl JobView {
+    fn new(record: JobRecord, now: Timestamp) -> JobView {
+        let spec = &record.spec;
+        let next_fire = if spec.enabled && !spec.paused {
+            spec.schedule
+                .as_deref()
+                .and_then(|expr| Schedule::parse(expr, spec.tz()).ok())
+                .and_then(|s| s.next_after(now.max(record.fire_cursor.unwrap_or(now))))
+                .map(|f| f.at)
+        } else {
+            None
+        };
+        JobView { record, next_fire }
+    }
+}
+
+/// Parses a job from JSON, or TOML when the content type says so.
+fn parse_spec(headers: &HeaderMap, body: &str) -> ApiResult<JobSpec> {
+    let toml = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("toml"));
+    let spec = if toml { JobSpec::from_toml(body) } else { JobSpec::from_json(body) };
+    Ok(spec?)
+}
+
+pub(super) async fn create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<(StatusCode, Json<JobView>)> {
+    let spec = parse_spec(&headers, &body)?;
+    let record = st.scheduler.create_job(spec).await?;
+    Ok((StatusCode::CREATED, Json(JobView::new(record, st.clock.now()))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    #[serde(default)]
+    limit: usize,
+    cursor: Option<String>,
+    q: Option<String>,
+    label: Option<String>,
+}
+
+pub(super) async fn list(
+    State(st): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> ApiResult<Json<Page<JobView>>> {
+    let Query(p) = params.map_err(query_error)?;
+    let page = st.store.list_jobs(&JobQuery { limit: p.limit, cursor: p.cursor, q: p.q, label: p.label }).await?;
+    let now = st.clock.now();
+    Ok(Json(Page { items: page.items.into_iter().map(|r| JobView::new(r, now)).collect(), next_cursor: page.next_cursor }))
+}
+
+pub(super) async fn show(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<JobView>> {
+    let record = st.store.get_job(&name).await?;
+    Ok(Json(JobView::new(record, st.clock.now())))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateParams {
+    /// Compare-and-set: only update if the stored version is this one.
+    version: Option<u64>,
+}
+
+pub(super) async fn update(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    params: Result<Query<UpdateParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<Json<JobView>> {
+    let Query(p) = params.map_err(query_error)?;
+    let spec = parse_spec(&headers, &body)?;
+    if spec.name != name {
+        return Err(ApiError::bad_request(
+            "name_mismatch",
+            format!("the body names job {:?} but the URL names {name:?}; renaming is not supported", spec.name),
+        ));
+    }
+    let record = st.scheduler.update_job(spec, p.version).await?;
+    Ok(Json(JobView::new(record, st.clock.now())))
+}
+
+pub(super) async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    st.scheduler.delete_job(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn run_now(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<(StatusCode, Json<Run>)> {
+    let run = st.scheduler.run_now(&name).await?;
+    Ok((StatusCode::CREATED, Json(run)))
+}
+
+pub(super) async fn pause(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<JobView>> {
+    let record = st.scheduler.set_paused(&name, true).await?;
+    Ok(Json(JobView::new(record, st.clock.now())))
+}
+
+pub(super) async fn resume(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<JobView>> {
+    let record = st.scheduler.set_paused(&name, false).await?;
+    Ok(Json(JobView::new(record, st.clock.now())))
+}
+
+pub(super) async fn kill(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<(StatusCode, Json<Vec<Run>>)> {
+    let runs = st.scheduler.kill_job(&name).await?;
+    Ok((StatusCode::ACCEPTED, Json(runs)))
+}

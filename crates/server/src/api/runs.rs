@@ -1,0 +1,142 @@
+//! `/api/v1/runs` and `/api/v1/jobs/{name}/runs`: history, one run, kill, logs (with follow).
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tug_core::run::{Attempt, Run, RunId, RunState};
+use tug_store::{Page, RunQuery};
+
+use super::{query_error, ApiError, ApiResult, AppState};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    #[serde(default)]
+    limit: usize,
+    cursor: Option<String>,
+    state: Option<String>,
+}
+
+pub(super) async fn list(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> ApiResult<Json<Page<Run>>> {
+    let Query(p) = params.map_err(query_error)?;
+    let state = p
+        .state
+        .map(|s| s.parse::<RunState>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_state", format!("{e}; use one of pending, starting, running, succeeded, failed, killed, timed_out, lost, skipped")))?;
+    // A missing job is a 404, not an empty page.
+    st.store.get_job(&name).await?;
+    let page = st.store.list_runs(&name, &RunQuery { limit: p.limit, cursor: p.cursor, state }).await?;
+    Ok(Json(page))
+}
+
+/// A run with its finished attempts.
+#[derive(Debug, Serialize)]
+pub struct RunView {
+    #[serde(flatten)]
+    run: Run,
+    attempts: Vec<Attempt>,
+}
+
+fn parse_id(id: &str) -> ApiResult<RunId> {
+    id.parse().map_err(|_| ApiError::bad_request("invalid_run_id", format!("run id {id:?} is not a number")))
+}
+
+pub(super) async fn show(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
+    let id = parse_id(&id)?;
+    let run = st.store.get_run(id).await?;
+    let attempts = st.store.attempts(id).await?;
+    Ok(Json(RunView { run, attempts }))
+}
+
+pub(super) async fn kill(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Run>)> {
+    let id = parse_id(&id)?;
+    let run = st.scheduler.kill_run(id).await?;
+    Ok((StatusCode::ACCEPTED, Json(run)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogParams {
+    #[serde(default)]
+    follow: bool,
+    #[serde(default)]
+    offset: u64,
+}
+
+const CHUNK: usize = 64 * 1024;
+const POLL: Duration = Duration::from_millis(100);
+
+pub(super) async fn log(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<LogParams>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(p) = params.map_err(query_error)?;
+    let id = parse_id(&id)?;
+    st.store.get_run(id).await?;
+    let text = |body| {
+        Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(body)
+            .expect("static headers are valid")
+    };
+    if !p.follow {
+        let mut out = Vec::new();
+        let mut offset = p.offset;
+        loop {
+            let chunk = read(&st, id, offset).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            offset += chunk.len() as u64;
+            out.extend_from_slice(&chunk);
+        }
+        return Ok(text(Body::from(out)));
+    }
+    // Follow: stream what is there, then poll for more until the run is final and drained.
+    let stream = futures::stream::unfold((st, p.offset, false), move |(st, offset, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let finished = match st.store.get_run(id).await {
+                Ok(run) => run.state.is_terminal(),
+                Err(_) => true,
+            };
+            match read(&st, id, offset).await {
+                Ok(chunk) if !chunk.is_empty() => {
+                    let next = offset + chunk.len() as u64;
+                    return Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), (st, next, false)));
+                }
+                Ok(_) if finished => return None,
+                Ok(_) => tokio::time::sleep(POLL).await,
+                Err(e) => return Some((Err(std::io::Error::other(e.message)), (st, offset, true))),
+            }
+        }
+    });
+    Ok(text(Body::from_stream(stream)))
+}
+
+/// Reads a chunk of a run's log; a log not written yet reads as empty.
+async fn read(st: &AppState, id: RunId, offset: u64) -> ApiResult<Vec<u8>> {
+    match st.logs.read(id, offset, CHUNK).await {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "log_read_failed",
+            message: format!("reading the log of run {id} failed: {e}"),
+        }),
+    }
+}

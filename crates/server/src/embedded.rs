@@ -1,0 +1,113 @@
+//! `tug up`: the scheduler, its API, the embedded SQLite store and one local agent in a single
+//! process. Shutdown stops firing and API writes at once, lets the agent stop its runs (SIGTERM,
+//! grace, SIGKILL) and record how they ended, then returns.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tug_agent::runtime::SharedRuntime;
+use tug_agent::{Agent, AgentConfig};
+use tug_store::logs::LogFiles;
+use tug_store::sqlite::SqliteStore;
+use tug_store::Store;
+
+use crate::api::{self, AppState};
+use crate::clock::SharedClock;
+use crate::scheduler::{self, AgentLink, SchedulerConfig, SchedulerHandle};
+
+/// Settings of an embedded server.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// Where the database and logs live.
+    pub data_dir: PathBuf,
+    /// Finished runs kept per job.
+    pub keep_runs: u32,
+    /// The most bytes of output kept per run.
+    pub log_limit: u64,
+    /// SIGTERM → SIGKILL grace when runs are stopped.
+    pub grace: Duration,
+    /// The local agent's name.
+    pub agent_name: String,
+}
+
+impl EmbeddedConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> EmbeddedConfig {
+        EmbeddedConfig {
+            data_dir: data_dir.into(),
+            keep_runs: 100,
+            log_limit: 1 << 20,
+            grace: Duration::from_secs(10),
+            agent_name: "local".into(),
+        }
+    }
+}
+
+/// A running embedded server.
+pub struct Embedded {
+    /// Talk to the scheduler directly (benchmarks, tests).
+    pub scheduler: SchedulerHandle,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Embedded {
+    /// Opens the store, recovers the scheduler and starts the agent; serves the API on
+    /// `listener` when one is given.
+    pub async fn start(
+        config: EmbeddedConfig,
+        runtime: SharedRuntime,
+        clock: SharedClock,
+        listener: Option<TcpListener>,
+    ) -> anyhow::Result<Embedded> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let db = config.data_dir.join("tug.db");
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&db).with_context(|| format!("opening the store at {}", db.display()))?,
+        );
+        let logs = LogFiles::new(config.data_dir.join("logs"));
+        let (stop, stop_rx) = watch::channel(false);
+        let (agent_tx, agent_rx) = mpsc::channel(65_536);
+        let (updates_tx, updates_rx) = mpsc::channel(65_536);
+        let agent_cfg = AgentConfig { name: config.agent_name.clone(), log_limit: config.log_limit, grace: config.grace };
+        let agent = Agent::new(agent_cfg, runtime, logs.clone(), updates_tx);
+        let mut tasks = vec![tokio::spawn(agent.serve(agent_rx, stopped(stop_rx.clone())))];
+        let sched_cfg = SchedulerConfig { keep_runs: config.keep_runs, ..SchedulerConfig::default() };
+        let link = AgentLink { name: config.agent_name.clone(), tx: agent_tx };
+        let (handle, sched_task) =
+            scheduler::start(store.clone(), clock.clone(), logs.clone(), sched_cfg, link, updates_rx, stopped(stop_rx.clone()))
+                .await
+                .context("starting the scheduler")?;
+        tasks.push(sched_task);
+        if let Some(listener) = listener {
+            let app = api::router(AppState { store: store.clone(), scheduler: handle.clone(), logs, clock });
+            let rx = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
+                    tracing::error!(error = %e, "API server failed");
+                }
+            }));
+        }
+        Ok(Embedded { scheduler: handle, store, stop, tasks })
+    }
+
+    /// Stops everything and waits until runs have been stopped and recorded.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Completes when the stop flag is set.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

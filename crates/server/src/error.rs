@@ -1,0 +1,47 @@
+//! Errors of the scheduler's operations, each mapped to an API status and code in `api::error`.
+
+use tug_core::dag::CycleError;
+use tug_core::job::JobError;
+use tug_store::StoreError;
+
+/// Why a scheduler operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job spec is invalid.
+    #[error(transparent)]
+    InvalidJob(#[from] JobError),
+    /// The change would create a dependency cycle.
+    #[error(transparent)]
+    Cycle(#[from] CycleError),
+    /// A parent names a job that does not exist.
+    #[error("job {job:?}: parent {parent:?} does not exist; create it first")]
+    UnknownParent {
+        /// The job.
+        job: String,
+        /// The missing parent.
+        parent: String,
+    },
+    /// A job cannot be deleted while others depend on it.
+    #[error("job {job:?} is a parent of {children}; change or delete those jobs first")]
+    HasChildren {
+        /// The job.
+        job: String,
+        /// Its children, comma-separated.
+        children: String,
+    },
+    /// A request conflicts with the job's state (e.g. a manual run under `forbid`).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body of a request is wrong in a way a validator did not cover.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The store failed or refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The scheduler is shutting down.
+    #[error("the scheduler is shutting down; retry against the new server")]
+    ShuttingDown,
+}
+
+/// Result of scheduler operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,15 @@
+//! Tugboat's server: the scheduler loop, its REST API, and the wiring that runs both with an
+//! embedded store and a local agent (`tug up`).
+//!
+//! - [`scheduler`]: fire → admit → commit → dispatch → status → complete (README.md inside).
+//! - [`api`]: the native REST API under `/api/v1`.
+//! - [`clock`]: the injectable wall clock.
+//! - [`embedded`]: server + local agent + SQLite in one process.
+
+pub mod api;
+pub mod clock;
+pub mod embedded;
+pub mod error;
+pub mod scheduler;
+
+pub use error::{Error, Result};

@@ -1,0 +1,210 @@
+//! Fire → admit → commit → dispatch: everything that happens when timers come due.
+
+use jiff::{SignedDuration, Timestamp};
+use tug_core::job::ConcurrencyPolicy;
+use tug_core::misfire;
+use tug_core::protocol::{KillReason, ToAgent};
+use tug_core::run::{NewRun, Run, RunState, Trigger};
+use tug_store::FireBatch;
+
+use super::timers::Slot;
+use super::Scheduler;
+use crate::error::Result;
+
+/// Runs killed to make room under `replace`, collected while a batch is built.
+pub(super) type Kills = Vec<u64>;
+
+impl Scheduler {
+    /// Handles everything due now: job fires (one store transaction for all of them) and retries.
+    pub(super) async fn tick(&mut self) -> Result<()> {
+        let now = self.clock.now();
+        let mut batch = FireBatch::default();
+        let mut kills = Kills::new();
+        while let Some(slot) = self.timers.pop_due(now) {
+            self.fire_job(slot, now, &mut batch, &mut kills);
+        }
+        let mut retries = Vec::new();
+        while let Some(id) = self.retry_timers.pop_due(now) {
+            retries.push(id);
+        }
+        self.commit(batch, kills, now).await?;
+        if !retries.is_empty() {
+            self.launch_existing(retries).await?;
+        }
+        Ok(())
+    }
+
+    /// Turns the due fires of one job into new runs in `batch` and re-arms its timer.
+    fn fire_job(&mut self, slot: Slot, now: Timestamp, batch: &mut FireBatch, kills: &mut Kills) {
+        let Some(e) = self.slots[slot as usize].as_mut() else { return };
+        let Some(first) = e.next.take() else { return };
+        let Some(schedule) = e.job.schedule.clone() else { return };
+        let eps = SignedDuration::from_millis(e.job.spec.epsilon.as_millis());
+        let following = schedule.next_after(first);
+        let on_time = first.checked_add(eps).is_ok_and(|late| now <= late);
+        let plan = if on_time && following.is_none_or(|f| f.at > now) {
+            // The common case: exactly one fire, on time.
+            misfire::Plan { on_time: vec![first], cursor: Some(first), ..Default::default() }
+        } else {
+            let due = std::iter::successors(Some(first), |t| schedule.next_after(*t).map(|f| f.at))
+                .take_while(|t| *t <= now);
+            misfire::plan(due, now, e.job.spec.epsilon, e.job.spec.misfire)
+        };
+        let name = e.job.spec.name.clone();
+        let missed = plan.missed();
+        if missed > 0 {
+            self.stats.misfires += missed;
+            tracing::warn!(job = %name, missed, unrecorded = plan.unrecorded, "fires missed their window");
+            if let Some(c) = plan.cursor {
+                batch.cursors.push((name.clone(), c));
+            }
+        }
+        let policy = e.job.spec.misfire;
+        for (i, at) in plan.skipped.iter().enumerate() {
+            let mut reason = format!(
+                "missed: due at {at}, handled at {now} (epsilon {}); misfire policy {policy:?}",
+                e.job.spec.epsilon
+            );
+            if i == 0 && plan.unrecorded > 0 {
+                reason.push_str(&format!("; {} earlier missed fires not recorded individually", plan.unrecorded));
+            }
+            batch.runs.push(skipped(&name, *at, Trigger::Misfire, reason));
+        }
+        e.cursor = plan.cursor.or(e.cursor);
+        for at in &plan.backfill {
+            self.admit(slot, *at, Trigger::Misfire, batch, kills);
+        }
+        for at in &plan.on_time {
+            self.admit(slot, *at, Trigger::Schedule, batch, kills);
+        }
+        self.stats.fires += (plan.on_time.len() + plan.backfill.len()) as u64;
+        self.arm(slot);
+    }
+
+    /// Applies the job's concurrency policy to a new run and adds it to `batch`.
+    pub(super) fn admit(&mut self, slot: Slot, at: Timestamp, trigger: Trigger, batch: &mut FireBatch, kills: &mut Kills) {
+        let Some(e) = self.slots[slot as usize].as_ref() else { return };
+        let name = &e.job.spec.name;
+        // Runs of this job already in the batch count as active too.
+        let batched = batch.runs.iter().rev().take_while(|r| r.job == *name).filter(|r| r.state != RunState::Skipped).count();
+        let busy = !e.active.is_empty() || batched > 0;
+        let run = match e.job.spec.concurrency {
+            ConcurrencyPolicy::Allow => starting(name, at, trigger, &self.agent.name),
+            ConcurrencyPolicy::Forbid if busy && trigger == Trigger::Misfire => queued(name, at, trigger),
+            ConcurrencyPolicy::Forbid if busy => {
+                self.stats.concurrency_skips += 1;
+                let active = e.active.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ");
+                let reason = if active.is_empty() {
+                    "skipped: an earlier fire in the same tick is starting (concurrency: forbid)".to_string()
+                } else {
+                    format!("skipped: run {active} still active (concurrency: forbid)")
+                };
+                skipped(name, at, trigger, reason)
+            }
+            ConcurrencyPolicy::Forbid => starting(name, at, trigger, &self.agent.name),
+            ConcurrencyPolicy::Replace => {
+                kills.extend(e.active.iter().copied());
+                // An earlier run of the same batch is replaced before it starts.
+                for r in batch.runs.iter_mut().rev().take_while(|r| r.job == *name) {
+                    if r.state == RunState::Starting {
+                        r.state = RunState::Skipped;
+                        r.agent = None;
+                        r.reason = Some(format!("replaced by the fire at {at} (concurrency: replace)"));
+                    }
+                }
+                starting(name, at, trigger, &self.agent.name)
+            }
+        };
+        batch.runs.push(run);
+    }
+
+    /// Writes a batch in one transaction, then kills what it replaces and dispatches what it starts.
+    pub(super) async fn commit(&mut self, batch: FireBatch, kills: Kills, now: Timestamp) -> Result<Vec<Run>> {
+        if batch.runs.is_empty() && batch.cursors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let created = self.store.commit_fires(batch, now).await?;
+        self.stats.fire_commits += 1;
+        for id in kills {
+            self.send_kill(id, KillReason::Replaced).await;
+        }
+        let mut launch = Vec::new();
+        for run in &created {
+            let Some(&slot) = self.index.get(&run.job) else { continue };
+            let Some(e) = self.slots[slot as usize].as_mut() else { continue };
+            if run.state == RunState::Skipped {
+                continue;
+            }
+            e.last_run_at = e.last_run_at.max(Some(run.scheduled_at));
+            e.active.push(run.id);
+            match run.state {
+                RunState::Starting => launch.push(run.id),
+                RunState::Pending => e.queued.push_back(run.id),
+                _ => {}
+            }
+            self.runs.insert(run.id, run.clone());
+        }
+        for id in launch {
+            self.dispatch(id).await;
+        }
+        Ok(created)
+    }
+
+    /// Sends a kill to the agent of an active run.
+    pub(super) async fn send_kill(&mut self, id: u64, reason: KillReason) {
+        if self.agent.tx.send(ToAgent::Kill { run_id: id, reason }).await.is_err() {
+            tracing::warn!(run = id, "agent channel closed; kill not delivered");
+        }
+    }
+
+    /// Moves existing pending runs (retries, queued) to `starting`, writes that, then dispatches.
+    pub(super) async fn launch_existing(&mut self, ids: Vec<u64>) -> Result<()> {
+        let mut changed = Vec::new();
+        for id in &ids {
+            if let Some(run) = self.runs.get_mut(id)
+                && run.state == RunState::Pending
+            {
+                run.state = RunState::Starting;
+                run.agent = Some(self.agent.name.clone());
+                run.retry_at = None;
+                run.started_at = None;
+                changed.push(run.clone());
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.store.save_runs(&changed, &[]).await?;
+        for run in changed {
+            self.dispatch(run.id).await;
+        }
+        Ok(())
+    }
+}
+
+fn starting(job: &str, at: Timestamp, trigger: Trigger, agent: &str) -> NewRun {
+    NewRun {
+        job: job.to_string(),
+        scheduled_at: at,
+        trigger,
+        state: RunState::Starting,
+        reason: None,
+        agent: Some(agent.to_string()),
+    }
+}
+
+fn skipped(job: &str, at: Timestamp, trigger: Trigger, reason: String) -> NewRun {
+    NewRun { job: job.to_string(), scheduled_at: at, trigger, state: RunState::Skipped, reason: Some(reason), agent: None }
+}
+
+/// A backfilled fire that waits for the job's active run under `forbid`.
+fn queued(job: &str, at: Timestamp, trigger: Trigger) -> NewRun {
+    NewRun {
+        job: job.to_string(),
+        scheduled_at: at,
+        trigger,
+        state: RunState::Pending,
+        reason: Some("queued: waiting for the previous run to finish (concurrency: forbid)".into()),
+        agent: None,
+    }
+}

@@ -1,0 +1,386 @@
+//! The scheduler loop: one task that owns every job's timer and every active run. See README.md
+//! in this folder for the pipeline and its vocabulary.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use jiff::Timestamp;
+use tokio::sync::{mpsc, oneshot};
+use tug_core::job::Job;
+use tug_core::protocol::{Launch, Task, ToAgent, ToServer};
+use tug_core::run::{Run, RunId};
+use tug_core::JobSpec;
+use tug_store::logs::LogFiles;
+use tug_store::{JobRecord, Store};
+
+use crate::clock::{SharedClock, instant_at};
+use crate::error::{Error, Result};
+
+mod deps;
+mod fire;
+mod jobs;
+mod recovery;
+pub mod stats;
+mod status;
+pub mod timers;
+
+use stats::{Histogram, Stats};
+use timers::{Slot, Timers};
+
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Finished runs kept per job unless the job says otherwise.
+    pub keep_runs: u32,
+    /// Most status updates applied in one store transaction.
+    pub max_update_batch: usize,
+    /// The leader epoch stamped on launches.
+    pub epoch: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { keep_runs: 100, max_update_batch: 20_000, epoch: 1 }
+    }
+}
+
+/// Where launches go. One local agent today; the agent registry replaces this later.
+#[derive(Debug, Clone)]
+pub struct AgentLink {
+    /// The agent's name, recorded on runs.
+    pub name: String,
+    /// Its command channel.
+    pub tx: mpsc::Sender<ToAgent>,
+}
+
+/// A request to the scheduler, answered on its oneshot.
+pub(crate) enum Command {
+    CreateJob(JobSpec, oneshot::Sender<Result<JobRecord>>),
+    UpdateJob(JobSpec, Option<u64>, oneshot::Sender<Result<JobRecord>>),
+    DeleteJob(String, oneshot::Sender<Result<()>>),
+    SetPaused(String, bool, oneshot::Sender<Result<JobRecord>>),
+    RunNow(String, oneshot::Sender<Result<Run>>),
+    KillRun(RunId, oneshot::Sender<Result<Run>>),
+    KillJob(String, oneshot::Sender<Result<Vec<Run>>>),
+    Stats(bool, oneshot::Sender<Stats>),
+}
+
+/// A cheap, cloneable way to talk to the scheduler task.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl SchedulerHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    /// Validates and creates a job; durable when it returns.
+    pub async fn create_job(&self, spec: JobSpec) -> Result<JobRecord> {
+        self.ask(|tx| Command::CreateJob(spec, tx)).await?
+    }
+
+    /// Replaces a job's spec (compare-and-set on `expected_version` when given).
+    pub async fn update_job(&self, spec: JobSpec, expected_version: Option<u64>) -> Result<JobRecord> {
+        self.ask(|tx| Command::UpdateJob(spec, expected_version, tx)).await?
+    }
+
+    /// Deletes a job, killing its active runs.
+    pub async fn delete_job(&self, name: &str) -> Result<()> {
+        self.ask(|tx| Command::DeleteJob(name.to_string(), tx)).await?
+    }
+
+    /// Pauses (`true`) or resumes (`false`) a job.
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<JobRecord> {
+        self.ask(|tx| Command::SetPaused(name.to_string(), paused, tx)).await?
+    }
+
+    /// Starts a manual run now.
+    pub async fn run_now(&self, name: &str) -> Result<Run> {
+        self.ask(|tx| Command::RunNow(name.to_string(), tx)).await?
+    }
+
+    /// Stops a run. Returns it as it is now; the final state follows from its agent.
+    pub async fn kill_run(&self, id: RunId) -> Result<Run> {
+        self.ask(|tx| Command::KillRun(id, tx)).await?
+    }
+
+    /// Stops every active run of a job.
+    pub async fn kill_job(&self, name: &str) -> Result<Vec<Run>> {
+        self.ask(|tx| Command::KillJob(name.to_string(), tx)).await?
+    }
+
+    /// Counters and lateness.
+    pub async fn stats(&self) -> Result<Stats> {
+        self.ask(|tx| Command::Stats(false, tx)).await
+    }
+
+    /// Counters and lateness, then starts both afresh (benchmarks measure a window this way).
+    pub async fn take_stats(&self) -> Result<Stats> {
+        self.ask(|tx| Command::Stats(true, tx)).await
+    }
+}
+
+/// A job as the scheduler holds it.
+pub(crate) struct Entry {
+    pub job: Job,
+    pub version: u64,
+    /// Last scheduled instant handled.
+    pub cursor: Option<Timestamp>,
+    /// The instant its timer is set for (`None`: paused, disabled, dependent or exhausted).
+    pub next: Option<Timestamp>,
+    /// Active runs (pending, starting, running), oldest first.
+    pub active: Vec<RunId>,
+    /// Pending runs waiting for a free slot under `forbid` (backfilled fires).
+    pub queued: VecDeque<RunId>,
+    /// When the job last got a run that was not skipped (dependency rule).
+    pub last_run_at: Option<Timestamp>,
+    /// When a run of the job last succeeded.
+    pub last_success_at: Option<Timestamp>,
+    /// Runs finished since the last prune.
+    pub finished_since_prune: u32,
+}
+
+impl Entry {
+    fn new(job: Job, version: u64) -> Entry {
+        Entry {
+            job,
+            version,
+            cursor: None,
+            next: None,
+            active: Vec::new(),
+            queued: VecDeque::new(),
+            last_run_at: None,
+            last_success_at: None,
+            finished_since_prune: 0,
+        }
+    }
+
+    /// Whether its schedule should be firing.
+    fn firing(&self) -> bool {
+        self.job.schedule.is_some() && self.job.spec.enabled && !self.job.spec.paused
+    }
+}
+
+/// The scheduler's state. Owned by one task; see [`Scheduler::run`].
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    logs: LogFiles,
+    config: SchedulerConfig,
+    agent: AgentLink,
+    slots: Vec<Option<Entry>>,
+    free: Vec<Slot>,
+    index: HashMap<String, Slot>,
+    children: HashMap<String, Vec<String>>,
+    timers: Timers<Slot>,
+    retry_timers: Timers<RunId>,
+    runs: HashMap<RunId, Run>,
+    to_prune: Vec<Slot>,
+    lateness: Histogram,
+    stats: Stats,
+}
+
+impl Scheduler {
+    /// Loads jobs and active runs from the store (see `recovery.rs`).
+    pub async fn load(
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+        logs: LogFiles,
+        config: SchedulerConfig,
+        agent: AgentLink,
+    ) -> Result<Scheduler> {
+        let mut s = Scheduler {
+            store,
+            clock,
+            logs,
+            config,
+            agent,
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            children: HashMap::new(),
+            timers: Timers::new(),
+            retry_timers: Timers::new(),
+            runs: HashMap::new(),
+            to_prune: Vec::new(),
+            lateness: Histogram::default(),
+            stats: Stats::default(),
+        };
+        s.recover().await?;
+        Ok(s)
+    }
+
+    /// Runs the loop. Stops firing when `stop_firing` completes, then keeps applying status
+    /// updates until every agent has hung up (`updates` closed), so runs stopped at shutdown are
+    /// still recorded.
+    pub(crate) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut updates: mpsc::Receiver<ToServer>,
+        stop_firing: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(stop_firing);
+        let mut firing = true;
+        let mut prune_tick = tokio::time::interval(StdDuration::from_secs(10));
+        prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::new();
+        loop {
+            let wake = [self.timers.first(), self.retry_timers.first()].into_iter().flatten().min();
+            let sleep = async {
+                match wake {
+                    Some(at) if firing => tokio::time::sleep_until(instant_at(&*self.clock, at)).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = &mut stop_firing, if firing => firing = false,
+                () = sleep => {
+                    if let Err(e) = self.tick().await {
+                        tracing::error!(error = %e, "scheduler tick failed; retrying in 1s");
+                        tokio::time::sleep(StdDuration::from_secs(1)).await;
+                    }
+                }
+                n = updates.recv_many(&mut batch, self.config.max_update_batch) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let msgs = std::mem::take(&mut batch);
+                    self.apply_updates(msgs).await;
+                }
+                cmd = commands.recv(), if firing => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => firing = false,
+                },
+                _ = prune_tick.tick() => self.prune().await,
+            }
+        }
+        tracing::info!("scheduler stopped");
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::CreateJob(spec, tx) => {
+                let _ = tx.send(self.create_job(spec).await);
+            }
+            Command::UpdateJob(spec, v, tx) => {
+                let _ = tx.send(self.update_job(spec, v).await);
+            }
+            Command::DeleteJob(name, tx) => {
+                let _ = tx.send(self.delete_job(&name).await);
+            }
+            Command::SetPaused(name, paused, tx) => {
+                let _ = tx.send(self.set_paused(&name, paused).await);
+            }
+            Command::RunNow(name, tx) => {
+                let _ = tx.send(self.run_now(&name).await);
+            }
+            Command::KillRun(id, tx) => {
+                let _ = tx.send(self.kill_run(id).await);
+            }
+            Command::KillJob(name, tx) => {
+                let _ = tx.send(self.kill_job(&name).await);
+            }
+            Command::Stats(reset, tx) => {
+                let _ = tx.send(self.snapshot());
+                if reset {
+                    self.stats = Stats::default();
+                    self.lateness = Histogram::default();
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.jobs = self.index.len();
+        s.scheduled = self.timers.len();
+        s.active_runs = self.runs.len();
+        s.lateness_p50_us = self.lateness.quantile(0.5);
+        s.lateness_p99_us = self.lateness.quantile(0.99);
+        s.lateness_max_us = self.lateness.max();
+        s
+    }
+
+    fn entry(&self, name: &str) -> Option<&Entry> {
+        self.index.get(name).and_then(|&s| self.slots[s as usize].as_ref())
+    }
+
+    /// Sets (or clears) a job's timer from its cursor.
+    fn arm(&mut self, slot: Slot) {
+        let Some(e) = self.slots[slot as usize].as_mut() else { return };
+        if let Some(old) = e.next.take() {
+            self.timers.remove(old, slot);
+        }
+        if !e.firing() {
+            return;
+        }
+        let after = e.cursor.unwrap_or_else(|| self.clock.now());
+        if let Some(fire) = e.job.schedule.as_ref().and_then(|s| s.next_after(after)) {
+            e.next = Some(fire.at);
+            self.timers.insert(fire.at, slot);
+        }
+    }
+
+    /// Sends a launch for an active run that is already written as `starting`.
+    async fn dispatch(&mut self, id: RunId) {
+        let Some(run) = self.runs.get(&id) else { return };
+        let Some(e) = self.entry(&run.job) else { return };
+        let launch = Launch {
+            run_id: id,
+            job: run.job.clone(),
+            scheduled_at: run.scheduled_at,
+            attempt: run.attempt,
+            epoch: self.config.epoch,
+            task: Task::of(&e.job.spec),
+        };
+        let trigger = run.trigger;
+        let scheduled_at = run.scheduled_at;
+        if self.agent.tx.send(ToAgent::Launch(Box::new(launch))).await.is_err() {
+            tracing::error!(run = id, "agent channel closed; run stays starting and will be marked lost on restart");
+            return;
+        }
+        self.stats.dispatched += 1;
+        if matches!(trigger, tug_core::run::Trigger::Schedule) {
+            let late = self.clock.now().duration_since(scheduled_at);
+            self.lateness.record(u64::try_from(late.as_micros()).unwrap_or(0));
+        }
+    }
+
+    async fn prune(&mut self) {
+        let slots = std::mem::take(&mut self.to_prune);
+        for slot in slots {
+            let Some(e) = self.slots[slot as usize].as_mut() else { continue };
+            e.finished_since_prune = 0;
+            let keep = e.job.spec.keep_runs.unwrap_or(self.config.keep_runs);
+            let name = e.job.spec.name.clone();
+            match self.store.prune_runs(&name, keep).await {
+                Ok(ids) => {
+                    let _ = self.logs.remove(&ids).await; // failures are logged by `remove`
+                }
+                Err(e) => tracing::warn!(job = %name, error = %e, "pruning old runs failed"),
+            }
+        }
+    }
+}
+
+/// Starts the scheduler task. Returns its handle, the sender agents report on, and the task.
+pub async fn start(
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    logs: LogFiles,
+    config: SchedulerConfig,
+    agent: AgentLink,
+    updates: mpsc::Receiver<ToServer>,
+    stop_firing: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>)> {
+    let sched = Scheduler::load(store, clock, logs, config, agent).await?;
+    let (tx, rx) = mpsc::channel(1024);
+    let task = tokio::spawn(sched.run(rx, updates, stop_firing));
+    Ok((SchedulerHandle { tx }, task))
+}

@@ -1,0 +1,167 @@
+//! Status updates from agents: state transitions, finished attempts, retries with backoff, and
+//! completion (which frees a `forbid` slot and triggers dependents).
+
+use std::collections::HashSet;
+
+use jiff::{SignedDuration, Timestamp};
+use tug_core::protocol::{StatusUpdate, ToServer};
+use tug_core::run::{Attempt, Run, RunId, RunState};
+
+use super::Scheduler;
+
+impl Scheduler {
+    /// Applies a batch of updates in one store transaction, then acts on what finished.
+    pub(super) async fn apply_updates(&mut self, msgs: Vec<ToServer>) {
+        let now = self.clock.now();
+        let mut changed: Vec<RunId> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut attempts = Vec::new();
+        let mut finished = Vec::new();
+        for ToServer::Status(u) in msgs {
+            if self.apply_one(&u, now, &mut attempts, &mut finished) && seen.insert(u.run_id) {
+                changed.push(u.run_id);
+            }
+        }
+        self.save_and_complete(changed, attempts, finished, now).await;
+    }
+
+    /// Writes changed runs and attempts, then completes the finished ones.
+    pub(super) async fn save_and_complete(
+        &mut self,
+        changed: Vec<RunId>,
+        attempts: Vec<Attempt>,
+        finished: Vec<RunId>,
+        now: Timestamp,
+    ) {
+        if changed.is_empty() {
+            return;
+        }
+        let runs: Vec<Run> = changed.iter().filter_map(|id| self.runs.get(id).cloned()).collect();
+        if let Err(e) = self.store.save_runs(&runs, &attempts).await {
+            // The in-memory state is ahead of the store; the next save of these runs carries it.
+            tracing::error!(error = %e, runs = runs.len(), "saving run updates failed");
+        }
+        self.complete(finished, now).await;
+    }
+
+    /// Applies one update to the in-memory run. Returns whether the run changed.
+    fn apply_one(&mut self, u: &StatusUpdate, now: Timestamp, attempts: &mut Vec<Attempt>, finished: &mut Vec<RunId>) -> bool {
+        let Some(run) = self.runs.get_mut(&u.run_id) else {
+            tracing::debug!(run = u.run_id, state = %u.state, "update for a run that is not active; ignored");
+            return false;
+        };
+        if run.attempt != u.attempt || !run.state.can_move_to(u.state) {
+            tracing::debug!(run = u.run_id, from = %run.state, to = %u.state, "stale update ignored");
+            return false;
+        }
+        if u.state == RunState::Running {
+            run.state = RunState::Running;
+            run.started_at = Some(now);
+            return true;
+        }
+        run.exit_code = u.exit_code;
+        run.signal = u.signal;
+        run.reason = u.reason.clone();
+        attempts.push(Attempt {
+            run_id: run.id,
+            attempt: run.attempt,
+            state: u.state,
+            started_at: run.started_at,
+            finished_at: Some(now),
+            exit_code: u.exit_code,
+            signal: u.signal,
+            reason: u.reason.clone(),
+        });
+        let policy = self
+            .index
+            .get(&run.job)
+            .and_then(|&s| self.slots[s as usize].as_ref())
+            .map(|e| e.job.spec.retries);
+        let retry = policy.filter(|p| u.state.is_retryable() && run.attempt <= p.count);
+        match retry {
+            Some(p) => {
+                let delay = p.delay(run.attempt);
+                let at = now.saturating_add(SignedDuration::from_millis(delay.as_millis())).unwrap_or(now);
+                run.reason = Some(format!(
+                    "{}; retry {} of {} in {delay}",
+                    u.reason.as_deref().unwrap_or(u.state.as_str()),
+                    run.attempt,
+                    p.count
+                ));
+                run.state = RunState::Pending;
+                run.attempt += 1;
+                run.retry_at = Some(at);
+                self.retry_timers.insert(at, run.id);
+                self.stats.retries += 1;
+            }
+            None => {
+                run.state = u.state;
+                run.finished_at = Some(now);
+                finished.push(run.id);
+            }
+        }
+        true
+    }
+
+    /// Ends runs that reached a final state: frees their job's slot, records success for
+    /// dependents, starts the next queued run, and marks the job for pruning.
+    pub(super) async fn complete(&mut self, finished: Vec<RunId>, now: Timestamp) {
+        let mut succeeded = Vec::new();
+        let mut next = Vec::new();
+        for id in finished {
+            let Some(run) = self.runs.remove(&id) else { continue };
+            *self.stats.finished.entry(run.state.to_string()).or_default() += 1;
+            let Some(&slot) = self.index.get(&run.job) else { continue };
+            let Some(e) = self.slots[slot as usize].as_mut() else { continue };
+            e.active.retain(|a| *a != id);
+            e.queued.retain(|a| *a != id);
+            if run.state == RunState::Succeeded {
+                // Whole milliseconds, like the run keys it is compared with (deps.rs).
+                e.last_success_at = Timestamp::from_millisecond(now.as_millisecond()).ok();
+                succeeded.push(run.job.clone());
+            }
+            let keep = e.job.spec.keep_runs.unwrap_or(self.config.keep_runs);
+            e.finished_since_prune += 1;
+            if e.finished_since_prune == (keep / 2).max(1) {
+                self.to_prune.push(slot);
+            }
+            // Only a queued run waits for a free slot; start the oldest once none is running.
+            let running = e.active.iter().filter(|a| !e.queued.contains(a)).count();
+            if running == 0
+                && let Some(q) = e.queued.pop_front()
+            {
+                next.push(q);
+            }
+        }
+        if !next.is_empty()
+            && let Err(e) = self.launch_existing(next).await
+        {
+            tracing::error!(error = %e, "starting queued runs failed");
+        }
+        if !succeeded.is_empty() {
+            self.trigger_dependents(&succeeded, now).await;
+        }
+    }
+
+    /// Marks runs whose agent is gone as `lost` (retried by policy), as if the agent said so.
+    pub(super) async fn mark_lost(&mut self, ids: Vec<RunId>, reason: &str) {
+        let now = self.clock.now();
+        let msgs = ids
+            .into_iter()
+            .filter_map(|id| self.runs.get(&id).map(|r| (id, r.attempt)))
+            .map(|(run_id, attempt)| {
+                ToServer::Status(StatusUpdate {
+                    seq: 0,
+                    run_id,
+                    attempt,
+                    state: RunState::Lost,
+                    at: now,
+                    exit_code: None,
+                    signal: None,
+                    reason: Some(reason.to_string()),
+                })
+            })
+            .collect();
+        self.apply_updates(msgs).await;
+    }
+}

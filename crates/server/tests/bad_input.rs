@@ -1,0 +1,94 @@
+//! Bad input gets the right status and a message that says what to fix.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+async fn expect(s: &TestServer, method: Method, path: &str, body: Option<serde_json::Value>, status: u16, code: &str, needle: &str) {
+    let (st, v) = s.req(method, path, body).await;
+    assert_eq!(st, status, "{path}: {v}");
+    assert_eq!(v["error"]["code"], code, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(needle), "message {msg:?} should contain {needle:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_are_refused_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let post = |body| (Method::POST, "/jobs", Some(body));
+
+    let (m, p, b) = post(json!({"name": "a", "schedule": "61 * * * *", "command": "x"}));
+    expect(&s, m, p, b, 422, "invalid_schedule", "61").await;
+    let (m, p, b) = post(json!({"name": "a", "schedule": "R/2026-13-01T00:00:00Z/PT1M", "command": "x"}));
+    expect(&s, m, p, b, 422, "invalid_schedule", "R/2026-13-01").await;
+    let (m, p, b) = post(json!({"name": "a", "schedule": "* * * * *", "tz": "Mars/Base", "command": "x"}));
+    expect(&s, m, p, b, 422, "invalid_schedule", "Mars/Base").await;
+    let (m, p, b) = post(json!({"name": "a", "schedule": "* * * * *", "command": "x", "colour": "red"}));
+    expect(&s, m, p, b, 400, "invalid_body", "unknown field `colour`").await;
+    let (m, p, b) = post(json!({"name": "bad name", "schedule": "* * * * *", "command": "x"}));
+    expect(&s, m, p, b, 422, "invalid_job", "A-Z a-z 0-9").await;
+    let (m, p, b) = post(json!({"name": "a", "schedule": "* * * * *", "parents": ["b"], "command": "x"}));
+    expect(&s, m, p, b, 422, "invalid_job", "not both").await;
+    let (m, p, b) = post(json!({"name": "a", "parents": ["ghost"], "command": "x"}));
+    expect(&s, m, p, b, 422, "unknown_parent", "\"ghost\" does not exist").await;
+    let (st, v) = s.http.post(format!("{}/jobs", s.base)).body("{not json").send().await.map(|r| (r.status().as_u16(), r)).unwrap();
+    assert_eq!(st, 400);
+    assert!(v.text().await.unwrap().contains("invalid job JSON"));
+
+    // Duplicate name.
+    s.create(manual_job("a", "true")).await;
+    let (m, p, b) = post(manual_job("a", "true"));
+    expect(&s, m, p, b, 409, "job_exists", "already exists").await;
+
+    // A cycle a -> c -> b -> a is refused and named.
+    s.create(json!({"name": "b", "parents": ["a"], "command": "true"})).await;
+    s.create(json!({"name": "c", "parents": ["b"], "command": "true"})).await;
+    let body = json!({"name": "a", "parents": ["c"], "command": "true"});
+    expect(&s, Method::PUT, "/jobs/a", Some(body), 422, "dependency_cycle", "a -> c -> b -> a").await;
+    // A parent cannot be deleted while a child depends on it.
+    expect(&s, Method::DELETE, "/jobs/a", None, 409, "conflict", "parent of b").await;
+
+    // Missing things.
+    expect(&s, Method::GET, "/jobs/ghost", None, 404, "job_not_found", "\"ghost\" not found").await;
+    expect(&s, Method::POST, "/jobs/ghost/run", None, 404, "job_not_found", "ghost").await;
+    expect(&s, Method::GET, "/jobs/ghost/runs", None, 404, "job_not_found", "ghost").await;
+    expect(&s, Method::GET, "/runs/999999", None, 404, "run_not_found", "999999").await;
+    expect(&s, Method::GET, "/runs/abc", None, 400, "invalid_run_id", "not a number").await;
+    expect(&s, Method::GET, "/jobs?limit=x", None, 400, "invalid_query", "limit").await;
+    expect(&s, Method::GET, "/jobs/a/runs?state=done", None, 400, "invalid_state", "unknown run state").await;
+    expect(&s, Method::PUT, "/jobs/a", Some(manual_job("other", "true")), 400, "name_mismatch", "renaming").await;
+    expect(&s, Method::GET, "/schedule/preview?expr=*%20*", None, 422, "invalid_schedule", "*").await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_list_paginates_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    for i in 0..7 {
+        let mut j = manual_job(&format!("job-{i}"), "true");
+        j["labels"] = json!({"team": if i % 2 == 0 { "even" } else { "odd" }});
+        j["description"] = json!(format!("number {i}"));
+        s.create(j).await;
+    }
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor { Some(c) => format!("/jobs?limit=3&cursor={c}"), None => "/jobs?limit=3".into() };
+        let page = s.get(&q).await;
+        names.extend(page["items"].as_array().unwrap().iter().map(|j| j["spec"]["name"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(names, (0..7).map(|i| format!("job-{i}")).collect::<Vec<_>>());
+    assert_eq!(s.get("/jobs?label=team=odd").await["items"].as_array().unwrap().len(), 3);
+    assert_eq!(s.get("/jobs?q=NUMBER%205").await["items"].as_array().unwrap().len(), 1);
+    let preview = s.get("/schedule/preview?expr=0%209%20*%20*%20MON&tz=Europe/Berlin&count=2&after=2026-11-25T00:00:00Z").await;
+    assert_eq!(preview["fires"], json!(["2026-11-30T09:00:00+01:00", "2026-12-07T09:00:00+01:00"]));
+    s.stop().await;
+}

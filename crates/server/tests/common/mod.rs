@@ -1,0 +1,117 @@
+//! A real server for tests: SQLite in a temp dir, the process runtime, the API on 127.0.0.1:0.
+
+#![allow(dead_code, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tug_agent::runtime::process::ProcessRuntime;
+use tug_server::clock::SharedClock;
+use tug_server::embedded::{Embedded, EmbeddedConfig};
+
+pub struct TestServer {
+    pub base: String,
+    pub server: Option<Embedded>,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start(dir: &std::path::Path) -> TestServer {
+        Self::start_with_clock(dir, Arc::new(tug_server::clock::SystemClock)).await
+    }
+
+    pub async fn start_with_clock(dir: &std::path::Path, clock: SharedClock) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = EmbeddedConfig::new(dir);
+        config.grace = Duration::from_millis(500);
+        let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), clock, Some(listener)).await.unwrap();
+        TestServer { base: format!("http://{addr}/api/v1"), server: Some(server), http: reqwest::Client::new() }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    /// Sends a request; returns the status and the JSON body (Null when empty).
+    pub async fn req(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, v)
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (s, v) = self.req(reqwest::Method::GET, path, None).await;
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        self.req(reqwest::Method::POST, path, None).await
+    }
+
+    pub async fn create(&self, job: Value) -> Value {
+        let (s, v) = self.req(reqwest::Method::POST, "/jobs", Some(job.clone())).await;
+        assert_eq!(s, 201, "create {job}: {v}");
+        v
+    }
+
+    pub async fn runs(&self, job: &str) -> Vec<Value> {
+        self.get(&format!("/jobs/{job}/runs?limit=1000")).await["items"].as_array().unwrap().clone()
+    }
+
+    pub async fn log(&self, run: u64) -> String {
+        self.http.get(format!("{}/runs/{run}/log", self.base)).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// Polls until `pred` holds for the job's runs (newest first), or panics after `secs`.
+    pub async fn wait_runs(&self, job: &str, secs: u64, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let runs = self.runs(job).await;
+            if pred(&runs) {
+                return runs;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting on runs of {job}: {}", serde_json::to_string_pretty(&runs).unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for run `id` to reach a final state and returns it.
+    pub async fn wait_run(&self, id: u64, secs: u64) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let run = self.get(&format!("/runs/{id}")).await;
+            let st = run["state"].as_str().unwrap();
+            if !["pending", "starting", "running"].contains(&st) {
+                return run;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "run {id} did not finish: {run}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub fn state(r: &Value) -> &str {
+    r["state"].as_str().unwrap()
+}
+
+pub fn count(runs: &[Value], st: &str) -> usize {
+    runs.iter().filter(|r| state(r) == st).count()
+}
+
+/// A job that only runs when asked.
+pub fn manual_job(name: &str, command: &str) -> Value {
+    json!({ "name": name, "schedule": "@yearly", "command": command })
+}

@@ -1,0 +1,155 @@
+//! Tugboat's persistent state behind one [`Store`] trait, and run logs as files.
+//!
+//! The trait speaks in jobs, runs and batches, never SQL, so a key-value store with transactions,
+//! watches and leases (etcd) can implement it too. [`sqlite::SqliteStore`] is the embedded default.
+//!
+//! Writes return only once they are durable (SQLite WAL with `synchronous = FULL`).
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tug_core::run::{Attempt, NewRun, Run, RunId, RunState};
+use tug_core::JobSpec;
+
+pub mod logs;
+pub mod sqlite;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No job with that name.
+    #[error("job {0:?} not found")]
+    JobNotFound(String),
+    /// No run with that id.
+    #[error("run {0} not found")]
+    RunNotFound(RunId),
+    /// A job with that name already exists.
+    #[error("job {0:?} already exists; use update (PUT) to change it")]
+    JobExists(String),
+    /// The job was changed by someone else since it was read.
+    #[error("job {name:?} was changed concurrently (expected version {expected}, found {found}); read it again")]
+    VersionConflict {
+        /// The job.
+        name: String,
+        /// The version the writer read.
+        expected: u64,
+        /// The version in the store.
+        found: u64,
+    },
+    /// A pagination cursor that this store did not hand out.
+    #[error("invalid cursor {0:?}: pass the `next_cursor` of a previous page")]
+    BadCursor(String),
+    /// The backend failed (disk, corruption, lock).
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A job as stored: the spec plus bookkeeping the scheduler needs after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The spec.
+    pub spec: JobSpec,
+    /// Incremented by every write; starts at 1.
+    pub version: u64,
+    /// When the job was created.
+    pub created_at: Timestamp,
+    /// When the spec last changed.
+    pub updated_at: Timestamp,
+    /// The last scheduled instant the scheduler handled (fired, skipped or counted as missed):
+    /// the later of the explicit cursor and the latest schedule- or misfire-triggered run key.
+    pub fire_cursor: Option<Timestamp>,
+    /// The latest `scheduled_at` of any run of the job that was not skipped.
+    pub last_run_at: Option<Timestamp>,
+    /// When the latest succeeded run finished.
+    pub last_success_at: Option<Timestamp>,
+    /// When the latest failed, timed-out or lost run finished.
+    pub last_failure_at: Option<Timestamp>,
+}
+
+/// A page of results and the cursor for the next page, if any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters for listing jobs, ordered by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobQuery {
+    /// Page size (the store caps it at 1000; 0 means 100).
+    pub limit: usize,
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Case-insensitive substring of the name, description or owner.
+    pub q: Option<String>,
+    /// `key=value` (label equals) or `key` (label present).
+    pub label: Option<String>,
+}
+
+/// Filters for listing a job's runs, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunQuery {
+    /// Page size (capped at 1000; 0 means 100).
+    pub limit: usize,
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Only runs in this state.
+    pub state: Option<RunState>,
+}
+
+/// The fires of one scheduler tick, written in one transaction before any is dispatched.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FireBatch {
+    /// Runs to create. A run whose key `(job, scheduled_at)` already exists is not created again.
+    pub runs: Vec<NewRun>,
+    /// Explicit fire cursors, for instants handled without writing a run (counted misses, a job
+    /// whose schedule changed). The cursor only moves forward.
+    pub cursors: Vec<(String, Timestamp)>,
+}
+
+/// The store behind the scheduler and the API.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a job; [`StoreError::JobExists`] if the name is taken.
+    async fn create_job(&self, spec: &JobSpec, now: Timestamp) -> Result<JobRecord>;
+    /// Replaces a job's spec. With `expected_version`, fails with
+    /// [`StoreError::VersionConflict`] unless the stored version matches.
+    async fn update_job(&self, spec: &JobSpec, expected_version: Option<u64>, now: Timestamp) -> Result<JobRecord>;
+    /// Creates many jobs (an import). Stops at the first error; implementations that can do it
+    /// in one transaction should, so that it is all or nothing.
+    async fn create_jobs(&self, specs: &[JobSpec], now: Timestamp) -> Result<()> {
+        for spec in specs {
+            self.create_job(spec, now).await?;
+        }
+        Ok(())
+    }
+    /// One job.
+    async fn get_job(&self, name: &str) -> Result<JobRecord>;
+    /// Deletes a job, its runs, attempts and cursor; returns the ids of the deleted runs (so their
+    /// logs can be removed).
+    async fn delete_job(&self, name: &str) -> Result<Vec<RunId>>;
+    /// A page of jobs.
+    async fn list_jobs(&self, query: &JobQuery) -> Result<Page<JobRecord>>;
+    /// Every job, for the scheduler at start-up.
+    async fn load_jobs(&self) -> Result<Vec<JobRecord>>;
+
+    /// Writes a tick's fires and cursors atomically; returns the runs created (with ids).
+    async fn commit_fires(&self, batch: FireBatch, now: Timestamp) -> Result<Vec<Run>>;
+    /// Writes runs as given (by id) and appends finished attempts, in one transaction.
+    async fn save_runs(&self, runs: &[Run], attempts: &[Attempt]) -> Result<()>;
+    /// One run.
+    async fn get_run(&self, id: RunId) -> Result<Run>;
+    /// A page of one job's runs, newest first.
+    async fn list_runs(&self, job: &str, query: &RunQuery) -> Result<Page<Run>>;
+    /// Every run that is pending, starting or running, for recovery at start-up.
+    async fn active_runs(&self) -> Result<Vec<Run>>;
+    /// The finished attempts of a run, oldest first.
+    async fn attempts(&self, id: RunId) -> Result<Vec<Attempt>>;
+    /// Deletes a job's finished runs beyond the newest `keep`; returns the deleted ids.
+    async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RunId>>;
+}

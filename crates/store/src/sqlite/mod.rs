@@ -1,0 +1,186 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous = FULL`, so a write is on
+//! disk before it is acknowledged.
+//!
+//! - [`schema`]: tables, indexes and migrations (`PRAGMA user_version`).
+//! - [`worker`]: the thread that owns the connection; async callers never block on SQLite.
+//! - [`jobs`]: job queries, with the fire cursor and last-run times derived from runs.
+//! - [`runs`]: the fire batch (the hot path), run updates, listings and pruning.
+//! - [`codec`]: timestamps as integer milliseconds (UTC), states and triggers as names.
+//!
+//! Timestamps are kept to the millisecond: what a write returns is already truncated, so it
+//! equals what later reads return.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use rusqlite::Connection;
+use tug_core::JobSpec;
+use tug_core::run::{Attempt, Run, RunId};
+
+use crate::{FireBatch, JobQuery, JobRecord, Page, Result, RunQuery, Store, StoreError};
+use codec::Context;
+use worker::Worker;
+
+mod codec;
+mod jobs;
+mod runs;
+mod schema;
+mod worker;
+
+/// How long a write waits for another process holding the database lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite's page cache, in KiB (a negative `cache_size`): large enough that a tick of 100,000
+/// fires touches memory rather than disk until it commits.
+const CACHE_KIB: i64 = 64 * 1024;
+
+/// The [`Store`] on SQLite.
+///
+/// All calls run in order on one dedicated thread that owns the connection. Dropping the store
+/// finishes the queued calls and closes the database.
+pub struct SqliteStore {
+    worker: Worker,
+    path: Option<PathBuf>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating the file (and its directory) and the schema if
+    /// needed, and migrating an older schema. Blocks while it does; call it at start-up.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Backend(format!("creating the database directory {}: {e}", dir.display())))?;
+        }
+        let what = format!("opening the database {}", path.display());
+        let conn = Connection::open(path).ctx(&what)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).ctx(&what)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "{what}: the file system does not support WAL mode (journal_mode is {mode}); \
+                 put the database on a local disk"
+            )));
+        }
+        Self::start(conn, Some(path.to_owned()))
+    }
+
+    /// A private database in memory, for tests. Gone when the store is dropped.
+    pub fn open_in_memory() -> Result<SqliteStore> {
+        Self::start(Connection::open_in_memory().ctx("opening an in-memory database")?, None)
+    }
+
+    /// The database file; `None` in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The schema version this build creates and migrates to.
+    pub fn schema_version() -> i64 {
+        schema::VERSION
+    }
+
+    fn start(mut conn: Connection, path: Option<PathBuf>) -> Result<SqliteStore> {
+        let what = "configuring the database";
+        // FULL: the WAL is synced at every commit, so an acknowledged write survives a power cut.
+        conn.pragma_update(None, "synchronous", "FULL").ctx(what)?;
+        conn.pragma_update(None, "cache_size", -CACHE_KIB).ctx(what)?;
+        conn.pragma_update(None, "temp_store", "MEMORY").ctx(what)?;
+        conn.busy_timeout(BUSY_TIMEOUT).ctx(what)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        schema::migrate(&mut conn)?;
+        let worker = Worker::spawn(conn, "tug-sqlite")?;
+        Ok(SqliteStore { worker, path })
+    }
+}
+
+/// Semantics beyond the trait's own documentation:
+///
+/// - Job names and run keys are compared exactly; timestamps are kept to the millisecond.
+/// - `version` changes only with the spec (create, update); cursors and runs do not bump it, so a
+///   compare-and-set update is not disturbed by the scheduler.
+/// - `commit_fires` is one transaction. Runs are written as given (state, reason, agent). A run
+///   whose key `(job, scheduled_at)` exists already, or whose job does not exist, is not created
+///   and not returned; created runs have `attempt = 1` and `created_at = now`. Explicit cursors only move forward (a missing job's
+///   cursor is ignored).
+/// - A job's `fire_cursor` is the later of its explicit cursor and the latest `scheduled_at` of its
+///   schedule- or misfire-triggered runs; `last_run_at` the latest `scheduled_at` of its
+///   non-skipped runs; `last_success_at` / `last_failure_at` the latest `finished_at` of its
+///   succeeded / failed, timed-out or lost runs. Pruning never moves them back.
+/// - `list_jobs` pages by name; `q` matches a case-insensitive substring of the name, description
+///   or owner; `label` is `key=value` or `key`. `list_runs` pages by id, newest first, and fails
+///   with `JobNotFound` for an unknown job. Cursors are opaque; a malformed one is `BadCursor`.
+/// - `save_runs` overwrites each run's mutable fields (not its key, trigger or `created_at`) and
+///   upserts attempts by `(run_id, attempt)`; any unknown id rolls the whole call back.
+/// - `prune_runs` keeps the newest `keep` terminal runs (by id) and every active one;
+///   `JobNotFound` for an unknown job.
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_job(&self, spec: &JobSpec, now: Timestamp) -> Result<JobRecord> {
+        let spec = spec.clone();
+        self.worker.call(move |c| jobs::create(c, &spec, now)).await
+    }
+
+    async fn update_job(&self, spec: &JobSpec, expected_version: Option<u64>, now: Timestamp) -> Result<JobRecord> {
+        let spec = spec.clone();
+        self.worker.call(move |c| jobs::update(c, &spec, expected_version, now)).await
+    }
+
+    async fn get_job(&self, name: &str) -> Result<JobRecord> {
+        let name = name.to_owned();
+        self.worker.call(move |c| jobs::get(c, &name)).await
+    }
+
+    async fn delete_job(&self, name: &str) -> Result<Vec<RunId>> {
+        let name = name.to_owned();
+        self.worker.call(move |c| jobs::delete(c, &name)).await
+    }
+
+    async fn list_jobs(&self, query: &JobQuery) -> Result<Page<JobRecord>> {
+        let query = query.clone();
+        self.worker.call(move |c| jobs::list(c, &query)).await
+    }
+
+    async fn load_jobs(&self) -> Result<Vec<JobRecord>> {
+        self.worker.call(|c| jobs::load(c)).await
+    }
+
+    async fn commit_fires(&self, batch: FireBatch, now: Timestamp) -> Result<Vec<Run>> {
+        self.worker.call(move |c| runs::commit_fires(c, batch, now)).await
+    }
+
+    async fn save_runs(&self, runs: &[Run], attempts: &[Attempt]) -> Result<()> {
+        let (runs, attempts) = (runs.to_vec(), attempts.to_vec());
+        self.worker.call(move |c| runs::save(c, &runs, &attempts)).await
+    }
+
+    async fn get_run(&self, id: RunId) -> Result<Run> {
+        self.worker.call(move |c| runs::get(c, id)).await
+    }
+
+    async fn list_runs(&self, job: &str, query: &RunQuery) -> Result<Page<Run>> {
+        let (job, query) = (job.to_owned(), query.clone());
+        self.worker.call(move |c| runs::list(c, &job, &query)).await
+    }
+
+    async fn active_runs(&self) -> Result<Vec<Run>> {
+        self.worker.call(|c| runs::active(c)).await
+    }
+
+    async fn attempts(&self, id: RunId) -> Result<Vec<Attempt>> {
+        self.worker.call(move |c| runs::attempts(c, id)).await
+    }
+
+    async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RunId>> {
+        let job = job.to_owned();
+        self.worker.call(move |c| runs::prune(c, &job, keep)).await
+    }
+}

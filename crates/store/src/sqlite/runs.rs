@@ -1,0 +1,297 @@
+//! Run queries: the group-committed fire batch (the hot path), run updates, listings, pruning.
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, params};
+use tug_core::run::{Attempt, Run, RunId, RunState};
+
+use super::codec::{Context, RUN_COLUMNS, get_opt_ts, get_parsed, get_unsigned, ms, opt_ms, run_from_row, sql_id, stored};
+use super::jobs::{ensure_exists, page_size, write_tx};
+use crate::{FireBatch, Page, Result, RunQuery, StoreError};
+
+/// The states of an active run, as SQL. Must match the partial index `runs_active` word for word
+/// so the planner uses it, and [`RunState::is_terminal`] (checked by a test).
+const ACTIVE_STATES: &str = "('pending', 'starting', 'running')";
+
+/// Writes a tick's fires in one transaction; see [`crate::Store::commit_fires`].
+///
+/// Each run is an `INSERT OR IGNORE` through one cached statement: a key `(job, scheduled_at)`
+/// that exists already, or a job that no longer exists (deleted while the tick was computed), makes
+/// the insert a no-op, which `changes() == 0` reveals without reading anything back. Explicit
+/// cursors only move forward.
+pub(super) fn commit_fires(conn: &mut Connection, batch: FireBatch, now: Timestamp) -> Result<Vec<Run>> {
+    let tx = write_tx(conn)?;
+    let created_at = stored(now);
+    let mut created = Vec::with_capacity(batch.runs.len());
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO runs (job, scheduled_at, trigger, state, attempt, created_at, reason, agent) \
+                 SELECT ?1, ?2, ?3, ?4, 1, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM jobs WHERE name = ?1)",
+            )
+            .ctx("preparing the fire insert")?;
+        for run in batch.runs {
+            let inserted = insert
+                .execute(params![
+                    run.job,
+                    ms(run.scheduled_at),
+                    run.trigger.as_str(),
+                    run.state.as_str(),
+                    ms(created_at),
+                    run.reason,
+                    run.agent
+                ])
+                .ctx("inserting a fired run")?;
+            if inserted == 0 {
+                continue;
+            }
+            created.push(Run {
+                id: tx.last_insert_rowid() as RunId,
+                job: run.job,
+                scheduled_at: stored(run.scheduled_at),
+                trigger: run.trigger,
+                state: run.state,
+                attempt: 1,
+                created_at,
+                started_at: None,
+                finished_at: None,
+                exit_code: None,
+                signal: None,
+                reason: run.reason,
+                agent: run.agent,
+                retry_at: None,
+            });
+        }
+        let mut advance = tx
+            .prepare_cached("UPDATE jobs SET fire_cursor = max(coalesce(fire_cursor, ?2), ?2) WHERE name = ?1")
+            .ctx("preparing the cursor update")?;
+        for (job, cursor) in &batch.cursors {
+            advance.execute(params![job, ms(*cursor)]).ctx("advancing a fire cursor")?;
+        }
+    }
+    tx.commit().ctx("committing fires")?;
+    Ok(created)
+}
+
+/// Overwrites runs' mutable columns (state, attempt, times, exit status, reason, agent, retry) by
+/// id and appends attempts, in one transaction. The key, trigger and `created_at` never change.
+/// An unknown run id, for a run or an attempt, rolls everything back with
+/// [`StoreError::RunNotFound`]. Saving an attempt number again replaces it, so a retried save is
+/// harmless.
+pub(super) fn save(conn: &mut Connection, runs: &[Run], attempts: &[Attempt]) -> Result<()> {
+    let tx = write_tx(conn)?;
+    {
+        let mut update = tx
+            .prepare_cached(
+                "UPDATE runs SET state = ?2, attempt = ?3, started_at = ?4, finished_at = ?5, exit_code = ?6, \
+                 signal = ?7, reason = ?8, agent = ?9, retry_at = ?10 WHERE id = ?1",
+            )
+            .ctx("preparing the run update")?;
+        for run in runs {
+            let updated = update
+                .execute(params![
+                    sql_id(run.id)?,
+                    run.state.as_str(),
+                    run.attempt,
+                    opt_ms(run.started_at),
+                    opt_ms(run.finished_at),
+                    run.exit_code,
+                    run.signal,
+                    run.reason,
+                    run.agent,
+                    opt_ms(run.retry_at),
+                ])
+                .ctx("updating a run")?;
+            if updated == 0 {
+                return Err(StoreError::RunNotFound(run.id));
+            }
+        }
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO attempts \
+                 (run_id, attempt, state, started_at, finished_at, exit_code, signal, reason) \
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
+            )
+            .ctx("preparing the attempt insert")?;
+        for a in attempts {
+            let inserted = insert
+                .execute(params![
+                    sql_id(a.run_id)?,
+                    a.attempt,
+                    a.state.as_str(),
+                    opt_ms(a.started_at),
+                    opt_ms(a.finished_at),
+                    a.exit_code,
+                    a.signal,
+                    a.reason,
+                ])
+                .ctx("inserting an attempt")?;
+            if inserted == 0 {
+                return Err(StoreError::RunNotFound(a.run_id));
+            }
+        }
+    }
+    tx.commit().ctx("committing run updates")
+}
+
+/// One run.
+pub(super) fn get(conn: &Connection, id: RunId) -> Result<Run> {
+    let run_id = sql_id(id)?;
+    conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"))
+        .and_then(|mut s| s.query_row([run_id], run_from_row).optional())
+        .ctx("reading a run")?
+        .ok_or(StoreError::RunNotFound(id))
+}
+
+/// A page of a job's runs, newest (highest id) first. The cursor is the id of the last run of the
+/// previous page, in decimal; [`StoreError::JobNotFound`] for an unknown job.
+pub(super) fn list(conn: &Connection, job: &str, query: &RunQuery) -> Result<Page<Run>> {
+    let before = match &query.cursor {
+        None => i64::MAX,
+        Some(c) => c.parse::<u64>().map_err(|_| StoreError::BadCursor(c.clone()))?.try_into().unwrap_or(i64::MAX),
+    };
+    ensure_exists(conn, job)?;
+    let limit = page_size(query.limit);
+    let mut items = conn
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs \
+             WHERE job = ?1 AND id < ?2 AND (?3 IS NULL OR state = ?3) \
+             ORDER BY id DESC LIMIT ?4"
+        ))
+        .and_then(|mut s| {
+            s.query_map(params![job, before, query.state.map(RunState::as_str), (limit + 1) as i64], run_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("listing runs")?;
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|r| r.id.to_string())
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+/// Every pending, starting or running run, by id.
+pub(super) fn active(conn: &Connection) -> Result<Vec<Run>> {
+    conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE state IN {ACTIVE_STATES} ORDER BY id"))
+        .and_then(|mut s| s.query_map([], run_from_row)?.collect())
+        .ctx("listing active runs")
+}
+
+/// A run's finished attempts, oldest first; [`StoreError::RunNotFound`] for an unknown run.
+pub(super) fn attempts(conn: &Connection, id: RunId) -> Result<Vec<Attempt>> {
+    let run_id = sql_id(id)?;
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM runs WHERE id = ?1")
+        .and_then(|mut s| s.exists([run_id]))
+        .ctx("looking up a run")?;
+    if !exists {
+        return Err(StoreError::RunNotFound(id));
+    }
+    conn.prepare_cached(
+        "SELECT run_id, attempt, state, started_at, finished_at, exit_code, signal, reason \
+         FROM attempts WHERE run_id = ?1 ORDER BY attempt",
+    )
+    .and_then(|mut s| {
+        s.query_map([run_id], |row| {
+            Ok(Attempt {
+                run_id: get_unsigned(row, 0)?,
+                attempt: get_unsigned(row, 1)?,
+                state: get_parsed(row, 2)?,
+                started_at: get_opt_ts(row, 3)?,
+                finished_at: get_opt_ts(row, 4)?,
+                exit_code: row.get(5)?,
+                signal: row.get(6)?,
+                reason: row.get(7)?,
+            })
+        })?
+        .collect()
+    })
+    .ctx("reading attempts")
+}
+
+/// Deletes a job's terminal runs beyond the newest `keep` of them (by id), with their attempts;
+/// returns the deleted ids, ascending. Pending, starting and running runs are never deleted.
+///
+/// Before deleting, the job row's floors absorb what the deleted runs contributed to the derived
+/// fields, so the fire cursor (and the last run, success and failure times) never move back: a
+/// pruned schedule key must not fire again.
+pub(super) fn prune(conn: &mut Connection, job: &str, keep: u32) -> Result<Vec<RunId>> {
+    let tx = write_tx(conn)?;
+    ensure_exists(&tx, job)?;
+    let doomed = tx
+        .prepare_cached(&format!(
+            "SELECT id, scheduled_at, trigger, state, finished_at FROM runs \
+             WHERE job = ?1 AND state NOT IN {ACTIVE_STATES} ORDER BY id DESC LIMIT -1 OFFSET ?2"
+        ))
+        .and_then(|mut s| {
+            s.query_map(params![job, keep], |row| {
+                Ok((
+                    get_unsigned::<RunId>(row, 0)?,
+                    row.get::<_, i64>(1)?,
+                    get_parsed::<tug_core::run::Trigger>(row, 2)?,
+                    get_parsed::<RunState>(row, 3)?,
+                    row.get::<_, Option<i64>>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("selecting runs to prune")?;
+    if doomed.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    use tug_core::run::Trigger;
+    let (mut cursor, mut last_run, mut last_ok, mut last_fail) = (None, None, None, None);
+    for &(_, scheduled_at, trigger, state, finished_at) in &doomed {
+        if matches!(trigger, Trigger::Schedule | Trigger::Misfire) {
+            cursor = cursor.max(Some(scheduled_at));
+        }
+        if state != RunState::Skipped {
+            last_run = last_run.max(Some(scheduled_at));
+        }
+        match state {
+            RunState::Succeeded => last_ok = last_ok.max(finished_at),
+            RunState::Failed | RunState::TimedOut | RunState::Lost => last_fail = last_fail.max(finished_at),
+            _ => {}
+        }
+    }
+    // max(coalesce(a, b), coalesce(b, a)): the later of two, either of which may be NULL.
+    tx.prepare_cached(
+        "UPDATE jobs SET \
+           fire_cursor     = max(coalesce(fire_cursor, ?2), coalesce(?2, fire_cursor)), \
+           last_run_at     = max(coalesce(last_run_at, ?3), coalesce(?3, last_run_at)), \
+           last_success_at = max(coalesce(last_success_at, ?4), coalesce(?4, last_success_at)), \
+           last_failure_at = max(coalesce(last_failure_at, ?5), coalesce(?5, last_failure_at)) \
+         WHERE name = ?1",
+    )
+    .and_then(|mut s| s.execute(params![job, cursor, last_run, last_ok, last_fail]))
+    .ctx("keeping a job's cursor before pruning")?;
+
+    {
+        let mut del_attempts =
+            tx.prepare_cached("DELETE FROM attempts WHERE run_id = ?1").ctx("preparing the prune")?;
+        let mut del_run = tx.prepare_cached("DELETE FROM runs WHERE id = ?1").ctx("preparing the prune")?;
+        for &(id, ..) in &doomed {
+            let id = id as i64;
+            del_attempts.execute([id]).ctx("pruning attempts")?;
+            del_run.execute([id]).ctx("pruning a run")?;
+        }
+    }
+    tx.commit().ctx("committing a prune")?;
+    let mut ids: Vec<RunId> = doomed.into_iter().map(|(id, ..)| id).collect();
+    ids.reverse();
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_states_match_the_model() {
+        let active: Vec<String> =
+            RunState::ALL.iter().filter(|s| !s.is_terminal()).map(|s| format!("'{}'", s.as_str())).collect();
+        assert_eq!(ACTIVE_STATES, format!("({})", active.join(", ")));
+    }
+}

@@ -1,0 +1,96 @@
+//! The database schema and its migrations, versioned with `PRAGMA user_version`.
+//!
+//! Migration `n` (1-based) takes a database from `user_version = n - 1` to `n`, in one
+//! transaction. Append new migrations to [`MIGRATIONS`]; never edit a released one.
+//!
+//! Conventions: timestamps are `INTEGER` milliseconds since the Unix epoch (UTC); run states and
+//! triggers are their snake_case names (as in the API); a job's spec is its JSON document.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::codec::Context;
+use crate::{Result, StoreError};
+
+/// Every migration, in order. The schema version of a database is the number applied.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// Version 1: jobs, runs and attempts.
+const V1: &str = "
+-- One row per job. The last four columns are floors: values the scheduler must not lose when the
+-- runs that justified them are pruned (see prune_runs). A job's reported fire cursor and last_*
+-- times are the later of the floor and the aggregate over its current runs.
+CREATE TABLE jobs (
+    name            TEXT PRIMARY KEY NOT NULL,
+    spec            TEXT NOT NULL,    -- the JobSpec as JSON
+    search          TEXT NOT NULL,    -- lowercase name, description and owner, one per line, for `q`
+    version         INTEGER NOT NULL, -- 1 on create, +1 on every update
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    fire_cursor     INTEGER,          -- explicit cursor from FireBatch::cursors and pruning
+    last_run_at     INTEGER,
+    last_success_at INTEGER,
+    last_failure_at INTEGER
+);
+
+-- One row per run. AUTOINCREMENT so an id is never reused after its run is deleted: a run's id
+-- also names its log file.
+CREATE TABLE runs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    job          TEXT NOT NULL,
+    scheduled_at INTEGER NOT NULL,
+    trigger      TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    started_at   INTEGER,
+    finished_at  INTEGER,
+    exit_code    INTEGER,
+    signal       INTEGER,
+    reason       TEXT,
+    agent        TEXT,
+    retry_at     INTEGER,
+    UNIQUE (job, scheduled_at)        -- the run key: a fire is written at most once
+);
+-- list_runs (newest first), delete_job, prune_runs.
+CREATE INDEX runs_by_job ON runs (job, id);
+-- active_runs: only the few non-terminal runs are in this index.
+CREATE INDEX runs_active ON runs (state) WHERE state IN ('pending', 'starting', 'running');
+
+-- Finished attempts of retried runs.
+CREATE TABLE attempts (
+    run_id      INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    state       TEXT NOT NULL,
+    started_at  INTEGER,
+    finished_at INTEGER,
+    exit_code   INTEGER,
+    signal      INTEGER,
+    reason      TEXT,
+    PRIMARY KEY (run_id, attempt)
+) WITHOUT ROWID;
+";
+
+/// The schema version this build writes.
+pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database up to [`VERSION`]. Refuses a database written by a newer Tugboat rather than
+/// guess at its schema.
+pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).ctx("reading the schema version")?;
+    if current > VERSION {
+        return Err(StoreError::Backend(format!(
+            "the database has schema version {current} but this tug only knows up to {VERSION}; \
+             upgrade tug or point it at another database"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        let what = format!("migrating the database schema to version {version}");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).ctx(&what)?;
+        tx.execute_batch(sql).ctx(&what)?;
+        tx.pragma_update(None, "user_version", version).ctx(&what)?;
+        tx.commit().ctx(&what)?;
+        tracing::info!(version, "migrated the database schema");
+    }
+    Ok(())
+}

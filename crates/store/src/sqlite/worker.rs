@@ -1,0 +1,78 @@
+//! The thread that owns the SQLite connection. Async callers send it closures over a channel and
+//! await the answer on a oneshot, so no SQLite call ever blocks the async runtime.
+//!
+//! One connection serves reads and writes in the order they arrive. That keeps transactions
+//! trivially serialized; a reader pool on separate WAL connections can be added if reads queued
+//! behind a large fire batch ever matter.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::{Result, StoreError};
+
+/// Work for the thread.
+type Task = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A handle on the connection thread. Dropping it lets the thread finish the queued work, close
+/// the connection (checkpointing the WAL) and exit; the drop waits for that.
+pub(super) struct Worker {
+    tasks: Option<mpsc::Sender<Task>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts the thread, which takes ownership of `conn`.
+    pub(super) fn spawn(mut conn: Connection, name: &str) -> Result<Worker> {
+        let (tasks, queue) = mpsc::channel::<Task>();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                for task in queue {
+                    // A bug in one closure must not take the store down with it. An open
+                    // transaction was rolled back when its guard unwound; the caller sees its
+                    // reply channel close.
+                    if catch_unwind(AssertUnwindSafe(|| task(&mut conn))).is_err() {
+                        tracing::error!("a SQLite store operation panicked; the store carries on");
+                    }
+                }
+                if let Err((_, e)) = conn.close() {
+                    tracing::warn!(error = %e, "closing the SQLite database failed");
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("starting the SQLite thread: {e}")))?;
+        Ok(Worker { tasks: Some(tasks), thread: Some(thread) })
+    }
+
+    /// Runs `f` on the connection thread and returns its result.
+    pub(super) async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let task: Task = Box::new(move |conn| {
+            // The caller may have stopped waiting (its future was dropped); the work is done anyway.
+            let _ = reply.send(f(conn));
+        });
+        self.tasks
+            .as_ref()
+            .expect("the sender lives until drop")
+            .send(task)
+            .map_err(|_| StoreError::Backend("the SQLite thread has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Backend("the SQLite operation panicked; see the server log".into()))?
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop once the queue is drained.
+        drop(self.tasks.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

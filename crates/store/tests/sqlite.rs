@@ -1,0 +1,174 @@
+//! The SQLite store: the conformance checks on a real database file, plus what is particular to
+//! SQLite (durability across reopen, schema versioning, WAL, concurrent callers).
+
+mod conformance;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use tug_core::run::{RunState, Trigger};
+use tug_store::sqlite::SqliteStore;
+use tug_store::{FireBatch, RunQuery, Store, StoreError};
+
+use conformance::{commit, finished, fire, spec, t};
+
+/// A store on a fresh file; keep the directory alive as long as the store.
+fn file_store() -> (TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("tug.db")).unwrap();
+    (dir, store)
+}
+
+macro_rules! conformance_tests {
+    ($($check:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $check() {
+            let (_dir, store) = file_store();
+            conformance::$check(&store).await;
+        }
+    )*};
+}
+
+conformance_tests!(
+    jobs_crud,
+    commit_fires_is_idempotent,
+    derived_fields,
+    job_pagination,
+    job_filters,
+    run_pagination,
+    save_runs_and_attempts,
+    active_runs,
+    prune_keeps_newest_and_active,
+    delete_cascades,
+);
+
+#[tokio::test]
+async fn all_checks_share_one_store() {
+    let (_dir, store) = file_store();
+    conformance::all(&store).await;
+}
+
+#[tokio::test]
+async fn all_checks_in_memory() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    assert_eq!(store.path(), None);
+    conformance::all(&store).await;
+}
+
+#[tokio::test]
+async fn data_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/tug.db");
+    let (job, runs) = {
+        let store = SqliteStore::open(&path).unwrap();
+        store.create_job(&spec("durable"), t(0)).await.unwrap();
+        let runs = commit(&store, vec![fire("durable", t(60), Trigger::Schedule), fire("durable", t(120), Trigger::Misfire)], t(120)).await;
+        store.save_runs(&[finished(&runs[0], RunState::Succeeded, t(65))], &[]).await.unwrap();
+        store.commit_fires(FireBatch { runs: vec![], cursors: vec![("durable".into(), t(180))] }, t(180)).await.unwrap();
+        (store.get_job("durable").await.unwrap(), store.list_runs("durable", &RunQuery::default()).await.unwrap())
+    };
+    assert_eq!(job.fire_cursor, Some(t(180)));
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.get_job("durable").await.unwrap(), job);
+    assert_eq!(store.list_runs("durable", &RunQuery::default()).await.unwrap(), runs);
+    assert_eq!(store.load_jobs().await.unwrap(), vec![job]);
+    // The keys are still taken after the reopen.
+    assert!(commit(&store, vec![fire("durable", t(60), Trigger::Schedule)], t(200)).await.is_empty());
+}
+
+#[tokio::test]
+async fn schema_is_versioned_and_in_wal_mode() {
+    let (dir, store) = file_store();
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join("tug.db")).unwrap();
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, SqliteStore::schema_version());
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tug.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(&err, StoreError::Backend(m) if m.contains("schema version 99") && m.contains("upgrade tug")), "{err}");
+}
+
+#[tokio::test]
+async fn an_unopenable_path_is_a_backend_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let err = SqliteStore::open(&file.join("tug.db")).unwrap_err();
+    assert!(matches!(&err, StoreError::Backend(m) if m.contains("creating the database directory")), "{err}");
+    std::fs::write(dir.path().join("junk.db"), vec![b'x'; 8192]).unwrap();
+    let err = SqliteStore::open(&dir.path().join("junk.db")).unwrap_err();
+    assert!(matches!(&err, StoreError::Backend(m) if m.contains("junk.db")), "{err}");
+}
+
+/// Concurrent callers committing overlapping fires: every key is created exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_create_each_key_once() {
+    let (_dir, store) = file_store();
+    let store = Arc::new(store);
+    store.create_job(&spec("race"), t(0)).await.unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|task| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                // Every task fires the same 50 keys, in a different order.
+                let mut fires: Vec<_> = (0..50).map(|i| fire("race", t(i * 60), Trigger::Schedule)).collect();
+                fires.rotate_left(task * 3);
+                commit(&*store, fires, t(0)).await.len()
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        created += task.await.unwrap();
+    }
+    assert_eq!(created, 50);
+    let runs = store.list_runs("race", &RunQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(runs.items.len(), 50);
+}
+
+/// The hot path: one tick of 100,000 fires in one batch. Prints the time; asserts only the outcome.
+/// For release-mode figures: `cargo test -p tug-store --release --test sqlite -- --nocapture hundred_thousand`.
+#[tokio::test]
+async fn hundred_thousand_fires_in_one_batch() {
+    let (dir, store) = file_store();
+    const JOBS: usize = 1_000;
+    const FIRES: usize = 100_000;
+    for j in 0..JOBS {
+        store.create_job(&spec(&format!("bench-{j:04}")), t(0)).await.unwrap();
+    }
+    let batch = |tick: i64| FireBatch {
+        runs: (0..FIRES).map(|i| fire(&format!("bench-{:04}", i % JOBS), t(tick * 1000 + (i / JOBS) as i64), Trigger::Schedule)).collect(),
+        cursors: vec![],
+    };
+    for tick in 0..3 {
+        let b = batch(tick);
+        let start = tokio::time::Instant::now();
+        let created = store.commit_fires(b, t(tick * 1000)).await.unwrap();
+        let took = start.elapsed();
+        assert_eq!(created.len(), FIRES);
+        println!("commit_fires: {FIRES} new runs in {took:?} (tick {tick}, {} in the table before)", tick as usize * FIRES);
+    }
+    let start = tokio::time::Instant::now();
+    let again = store.commit_fires(batch(0), t(0)).await.unwrap();
+    println!("commit_fires: {FIRES} duplicate keys in {:?}", start.elapsed());
+    assert!(again.is_empty());
+    report_size(dir.path());
+}
+
+fn report_size(dir: &Path) {
+    let size = |name: &str| std::fs::metadata(dir.join(name)).map(|m| m.len()).unwrap_or(0);
+    println!("database {} KiB, WAL {} KiB", size("tug.db") / 1024, size("tug.db-wal") / 1024);
+}

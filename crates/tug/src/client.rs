@@ -1,0 +1,79 @@
+//! A small HTTP client for the native API that turns error bodies into readable errors.
+
+use anyhow::{anyhow, Context};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// The API client.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:4400`).
+    pub fn new(base: &str) -> Client {
+        Client { base: base.trim_end_matches('/').to_string(), http: reqwest::Client::new() }
+    }
+
+    /// The full URL of an API path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    /// Sends a request and returns the JSON body (Null for 204).
+    pub async fn call(&self, method: Method, path: &str, body: Option<(&str, String)>) -> anyhow::Result<Value> {
+        let resp = self.send(method, path, body).await?;
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        let text = resp.text().await.context("reading the server's answer")?;
+        serde_json::from_str(&text).with_context(|| format!("the server sent something that is not JSON: {text:.200}"))
+    }
+
+    /// Sends a request and returns the response if its status is a success.
+    pub async fn send(&self, method: Method, path: &str, body: Option<(&str, String)>) -> anyhow::Result<reqwest::Response> {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some((content_type, body)) = body {
+            req = req.header(reqwest::header::CONTENT_TYPE, content_type).body(body);
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the Tugboat server at {}: {e}\nstart one with `tug up`, or point --server / TUG_SERVER at it",
+                self.base
+            )
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        Err(anyhow!("{msg} (HTTP {})", status.as_u16()))
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// POST without a body.
+    pub async fn post(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::POST, path, None).await
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

@@ -1,0 +1,130 @@
+//! `tug runs JOB` and `tug run show|kill ID`.
+
+use serde_json::Value;
+
+use super::{field, print_json};
+use crate::client::{Client, enc};
+use crate::table::{self, Table};
+
+/// Arguments of `tug runs`.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  tug runs backup\n  tug runs backup --state failed --limit 5 --json")]
+pub struct RunsArgs {
+    /// The job.
+    job: String,
+    /// Only runs in this state (pending, running, succeeded, failed, killed, timed_out, lost, skipped).
+    #[arg(long)]
+    state: Option<String>,
+    /// Most runs to list.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `tug run` subcommands.
+#[derive(clap::Subcommand)]
+pub enum RunCommand {
+    /// Show one run and its attempts.
+    Show {
+        /// The run id.
+        id: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a run (SIGTERM to its process group, then SIGKILL after the grace period).
+    Kill {
+        /// The run id.
+        id: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Lists a job's runs.
+pub async fn list(server: &str, a: RunsArgs) -> anyhow::Result<()> {
+    let c = Client::new(server);
+    let mut q = format!("/jobs/{}/runs?limit={}", enc(&a.job), a.limit.min(1000));
+    if let Some(s) = &a.state {
+        q.push_str(&format!("&state={}", enc(s)));
+    }
+    let page = c.get(&q).await?;
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    if a.json {
+        return print_json(&items);
+    }
+    if items.is_empty() {
+        println!("{} has no runs yet", a.job);
+        return Ok(());
+    }
+    print_runs(&items);
+    Ok(())
+}
+
+/// Prints runs as a table.
+pub fn print_runs(items: &[Value]) {
+    let mut t = Table::new(&["ID", "SCHEDULED", "TRIGGER", "STATE", "ATTEMPT", "DURATION", "REASON"]);
+    for r in items {
+        t.row(vec![
+            field(r, "id"),
+            field(r, "scheduled_at"),
+            field(r, "trigger"),
+            field(r, "state"),
+            field(r, "attempt"),
+            duration(r),
+            field(r, "reason"),
+        ]);
+    }
+    table::print(&t);
+}
+
+fn duration(r: &Value) -> String {
+    let parse = |k: &str| r[k].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok());
+    match (parse("started_at"), parse("finished_at")) {
+        (Some(s), Some(f)) => {
+            let ms = f.duration_since(s).as_millis();
+            if ms < 10_000 { format!("{ms}ms") } else { format!("{}s", ms / 1000) }
+        }
+        (Some(_), None) => "running".into(),
+        _ => "-".into(),
+    }
+}
+
+/// Runs a `tug run` subcommand.
+pub async fn run(server: &str, cmd: RunCommand) -> anyhow::Result<()> {
+    let c = Client::new(server);
+    match cmd {
+        RunCommand::Show { id, json } => {
+            let run = c.get(&format!("/runs/{id}")).await?;
+            if json {
+                return print_json(&run);
+            }
+            let mut t = Table::new(&["FIELD", "VALUE"]);
+            for k in ["id", "job", "scheduled_at", "trigger", "state", "attempt", "agent", "started_at", "finished_at", "exit_code", "signal", "reason", "retry_at"] {
+                t.row(vec![k.replace('_', " "), field(&run, k)]);
+            }
+            table::print(&t);
+            let attempts = run["attempts"].as_array().cloned().unwrap_or_default();
+            if !attempts.is_empty() {
+                println!("\nattempts:");
+                let mut t = Table::new(&["ATTEMPT", "STATE", "STARTED", "FINISHED", "REASON"]);
+                for a in &attempts {
+                    t.row(vec![field(a, "attempt"), field(a, "state"), field(a, "started_at"), field(a, "finished_at"), field(a, "reason")]);
+                }
+                table::print(&t);
+            }
+            Ok(())
+        }
+        RunCommand::Kill { id, json } => {
+            let run = c.post(&format!("/runs/{id}/kill")).await?;
+            if json {
+                return print_json(&run);
+            }
+            println!("stopping run {id} of {} (was {})", field(&run, "job"), field(&run, "state"));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! `tug up`: server, local agent and embedded store in one process, until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tug_agent::runtime::process::ProcessRuntime;
+use tug_server::clock::SystemClock;
+use tug_server::embedded::{Embedded, EmbeddedConfig};
+
+/// Arguments of `tug up`.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  tug up\n  tug up --data-dir /var/lib/tug --listen 0.0.0.0:4400")]
+pub struct UpArgs {
+    /// Where the database and run logs are kept.
+    #[arg(long, env = "TUG_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address the API listens on.
+    #[arg(long, env = "TUG_LISTEN", default_value = "127.0.0.1:4400")]
+    listen: SocketAddr,
+    /// Finished runs kept per job (a job's `keep_runs` overrides it).
+    #[arg(long, env = "TUG_KEEP_RUNS", default_value_t = 100)]
+    keep_runs: u32,
+    /// Most bytes of output kept per run; the rest is dropped with a marker.
+    #[arg(long, env = "TUG_LOG_LIMIT", default_value_t = 1 << 20)]
+    log_limit: u64,
+    /// Log filter (e.g. info, debug, tug_server=debug).
+    #[arg(long, env = "TUG_LOG", default_value = "info")]
+    log: String,
+}
+
+/// The default data directory: `$XDG_DATA_HOME/tug`, `~/.local/share/tug`, or `./tug-data`.
+fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("tug");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/share/tug");
+    }
+    PathBuf::from("tug-data")
+}
+
+/// Runs until a signal arrives.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
+        .init();
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; is another tug already running? pick another with --listen", args.listen))?;
+    let mut config = EmbeddedConfig::new(&data_dir);
+    config.keep_runs = args.keep_runs;
+    config.log_limit = args.log_limit;
+    let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), Arc::new(SystemClock), Some(listener)).await?;
+    tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "tugboat is up");
+    eprintln!("Tugboat is up: API at http://{}/api/v1, data in {}", args.listen, data_dir.display());
+    eprintln!("Try: tug job add hello --schedule '*/10 * * * * *' -- echo hello");
+    shutdown_signal().await;
+    eprintln!("Shutting down: stopping runs and recording how they ended...");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,77 @@
+//! `tug`: the Tugboat command line. `tug up` runs everything on one machine; the other commands
+//! talk to a running server over its REST API.
+
+use clap::{Parser, Subcommand};
+
+mod client;
+mod cmd;
+mod table;
+
+const DEFAULT_SERVER: &str = "http://127.0.0.1:4400";
+
+/// Tugboat schedules cron jobs and runs them fast.
+#[derive(Parser)]
+#[command(
+    name = "tug",
+    version,
+    about = "Tugboat: a scheduler for cron jobs and services",
+    after_help = "Examples:\n  tug up                                   start server, agent and store on this machine\n  tug job add hello --schedule '*/5 * * * * *' -- echo hello\n  tug job list\n  tug runs hello\n  tug logs 42 -f\n  tug schedule next '0 9 * * MON-FRI' --tz Europe/Berlin --count 3"
+)]
+struct Cli {
+    /// The Tugboat server to talk to.
+    #[arg(long, global = true, env = "TUG_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server, a local agent and the embedded store in one process.
+    Up(cmd::up::UpArgs),
+    /// Create, inspect and control jobs.
+    #[command(subcommand)]
+    Job(cmd::job::JobCommand),
+    /// List the runs of a job, newest first.
+    Runs(cmd::runs::RunsArgs),
+    /// Inspect or kill one run.
+    #[command(subcommand)]
+    Run(cmd::runs::RunCommand),
+    /// Print a run's output; -f follows it until the run ends.
+    Logs(cmd::logs::LogsArgs),
+    /// Work with schedule expressions.
+    #[command(subcommand)]
+    Schedule(cmd::schedule::ScheduleCommand),
+    /// Measure Tugboat on this machine.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Up(a) => cmd::up::run(a).await,
+            Command::Job(c) => cmd::job::run(&cli.server, c).await,
+            Command::Runs(a) => cmd::runs::list(&cli.server, a).await,
+            Command::Run(c) => cmd::runs::run(&cli.server, c).await,
+            Command::Logs(a) => cmd::logs::run(&cli.server, a).await,
+            Command::Schedule(c) => cmd::schedule::run(c),
+            Command::Bench(c) => cmd::bench::run(c).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
