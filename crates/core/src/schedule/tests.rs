@@ -29,11 +29,9 @@ fn error(expr: &str, tz: &str) -> String {
 fn schedule_is_small_and_shareable() {
     fn assert_traits<T: Clone + Send + Sync + std::fmt::Debug>() {}
     assert_traits::<Schedule>();
-    assert!(
-        std::mem::size_of::<Schedule>() <= 128,
-        "{}",
-        std::mem::size_of::<Schedule>()
-    );
+    // Held per job for 100k+ jobs: the struct plus the expression text is all there is.
+    let size = std::mem::size_of::<Schedule>();
+    assert!(size <= 128, "Schedule is {size} bytes");
 }
 
 #[test]

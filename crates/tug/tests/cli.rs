@@ -1,0 +1,153 @@
+//! The CLI against a real server: `tug up` as a process, and the job/runs/logs commands.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const TUG: &str = env!("CARGO_BIN_EXE_tug");
+
+fn tug(server: &str, args: &[&str]) -> Output {
+    Command::new(TUG).args(args).env("TUG_SERVER", server).output().expect("running tug")
+}
+
+fn ok(server: &str, args: &[&str]) -> String {
+    let out = tug(server, args);
+    assert!(out.status.success(), "tug {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(server: &str, args: &[&str]) -> Value {
+    serde_json::from_str(&ok(server, args)).expect("--json prints JSON")
+}
+
+fn fails(server: &str, args: &[&str]) -> String {
+    let out = tug(server, args);
+    assert!(!out.status.success(), "tug {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// Starts `tug up` on a free port; kills it on drop.
+struct Up {
+    child: std::process::Child,
+    server: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Up {
+    fn start() -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(TUG)
+            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Up { child, server, _dir: dir };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tug up did not start listening");
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        for _ in 0..200 {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tug up did not exit after SIGTERM");
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_success(server: &str, job: &str) -> Value {
+    for _ in 0..100 {
+        let runs = json(server, &["runs", job, "--json"]);
+        if let Some(r) = runs.as_array().unwrap().iter().find(|r| r["state"] == "succeeded") {
+            return r.clone();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no successful run of {job}");
+}
+
+#[test]
+fn job_lifecycle_through_the_cli() {
+    let up = Up::start();
+    let s = up.server.clone();
+    let out = ok(&s, &["job", "add", "hello", "--schedule", "@yearly", "--", "echo", "hello", "cli"]);
+    assert!(out.starts_with("added hello"), "{out}");
+    let list = json(&s, &["job", "list", "--json"]);
+    assert_eq!(list[0]["spec"]["name"], "hello");
+    assert_eq!(list[0]["spec"]["command"], serde_json::json!(["echo", "hello", "cli"]));
+    let table = ok(&s, &["job", "list"]);
+    assert!(table.lines().next().unwrap().starts_with("NAME"), "{table}");
+    assert!(table.contains("hello"));
+
+    let run = json(&s, &["job", "run", "hello", "--json"]);
+    let id = run["id"].as_u64().unwrap();
+    let done = wait_for_success(&s, "hello");
+    assert_eq!(done["id"].as_u64(), Some(id));
+    assert_eq!(ok(&s, &["logs", &id.to_string()]), "hello cli\n");
+    assert_eq!(ok(&s, &["logs", &id.to_string(), "-f"]), "hello cli\n");
+    let shown = json(&s, &["run", "show", &id.to_string(), "--json"]);
+    assert_eq!(shown["exit_code"], 0);
+
+    let paused = json(&s, &["job", "pause", "hello", "--json"]);
+    assert_eq!(paused["spec"]["paused"], true);
+    let resumed = json(&s, &["job", "resume", "hello", "--json"]);
+    assert_eq!(resumed["spec"]["paused"], false);
+    assert!(ok(&s, &["job", "show", "hello"]).contains("recent runs:"));
+    ok(&s, &["job", "delete", "hello"]);
+    let err = fails(&s, &["job", "show", "hello"]);
+    assert!(err.contains("job \"hello\" not found") && err.contains("404"), "{err}");
+    assert!(up.terminate().success(), "tug up exits 0 on SIGTERM");
+}
+
+#[test]
+fn job_files_and_their_errors() {
+    let up = Up::start();
+    let s = up.server.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("nightly.toml");
+    std::fs::write(&good, "name = \"nightly\"\nschedule = \"0 30 2 * * *\"\ntz = \"Europe/Berlin\"\ncommand = \"echo night\"\nretries = 2\n").unwrap();
+    let out = ok(&s, &["job", "add", "-f", good.to_str().unwrap()]);
+    assert!(out.starts_with("added nightly (next fire: "), "{out}");
+    let bad = dir.path().join("typo.toml");
+    std::fs::write(&bad, "name = \"typo\"\nschedul = \"* * * * *\"\ncommand = \"x\"\n").unwrap();
+    let err = fails(&s, &["job", "add", "-f", bad.to_str().unwrap()]);
+    assert!(err.contains("unknown field `schedul`") && err.contains("typo.toml"), "{err}");
+    let err = fails(&s, &["job", "add", "x", "--schedule", "* * * *", "--", "true"]);
+    assert!(err.contains("invalid schedule") && err.contains("422"), "{err}");
+    let err = fails(&s, &["job", "add", "x", "--schedule", "@daily"]);
+    assert!(err.contains("no command"), "{err}");
+}
+
+#[test]
+fn schedule_next_is_local_and_prints_json() {
+    // Vixie day matching: the 1st of the month OR a Monday (2026-06-01 is both).
+    let v = json("http://127.0.0.1:9", &["schedule", "next", "0 0 1 * MON", "--after", "2026-05-31T12:00:00Z", "--count", "3", "--json"]);
+    assert_eq!(v["fires"], serde_json::json!(["2026-06-01T00:00:00+00:00", "2026-06-08T00:00:00+00:00", "2026-06-15T00:00:00+00:00"]));
+    let err = fails("http://127.0.0.1:9", &["schedule", "next", "* * 32 * *"]);
+    assert!(err.contains("32"), "{err}");
+}
+
+#[test]
+fn unreachable_server_says_how_to_fix_it() {
+    let err = fails("http://127.0.0.1:9", &["job", "list"]);
+    assert!(err.contains("cannot reach the Tugboat server") && err.contains("tug up"), "{err}");
+}
