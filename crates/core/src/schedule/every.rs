@@ -39,7 +39,7 @@ impl Every {
             }
             let unit_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
             let (unit, tail) = tail.split_at(unit_len);
-            let nanos_per: i128 = match unit {
+            let nanos_per: i128 = match unit.to_ascii_lowercase().as_str() {
                 "h" => 3_600_000_000_000,
                 "m" => 60_000_000_000,
                 "s" => 1_000_000_000,

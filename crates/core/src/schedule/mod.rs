@@ -1,9 +1,9 @@
 //! Schedules: when a job fires. Cron expressions (5 or 6 fields, macros, `@every`) and ISO 8601
 //! repeating intervals (`R[n]/start/period`), each evaluated in the job's time zone.
 //!
-//! Layout: [`cron`] parses cron expressions and walks the wall clock; [`dst`] turns wall-clock
-//! matches into instants with Debian cron's DST rules; [`every`] is the `@every` grid; [`iso`] the
-//! ISO 8601 intervals. This file is the public face: [`Schedule`], [`Fire`], [`ScheduleError`].
+//! Layout: `cron.rs` parses cron expressions and walks the wall clock; `dst.rs` turns wall-clock
+//! matches into instants with Debian cron's DST rules; `every.rs` is the `@every` grid; `iso.rs`
+//! the ISO 8601 intervals; `tests.rs` checks them end to end. This file is the public face: [`Schedule`], [`Fire`], [`ScheduleError`].
 //!
 //! Words used throughout:
 //! - *wall-clock time*: a date and time of day with no zone, as a cron field names it.
@@ -103,11 +103,12 @@ impl Schedule {
                  an ISO 8601 interval such as \"R/2026-01-01T00:00:00Z/PT1H\""
                     .to_string(),
             )
-        } else if let Some(rest) = lower
+        } else if lower
             .strip_prefix("@every")
-            .filter(|r| r.is_empty() || r.starts_with(char::is_whitespace))
+            .is_some_and(|r| r.is_empty() || r.starts_with(char::is_whitespace))
         {
-            Every::parse(rest).map(Spec::Every)
+            // ASCII lowercasing keeps byte offsets, so this is the text after "@every".
+            Every::parse(&text["@every".len()..]).map(Spec::Every)
         } else if lower.starts_with('r') {
             IsoSpec::parse(text, &zone).map(Spec::Iso)
         } else {
@@ -122,6 +123,12 @@ impl Schedule {
     }
 
     /// The next fire strictly after `after`, or None when the schedule is exhausted.
+    ///
+    /// Cron fires are whole seconds of wall-clock time in the schedule's zone, with Debian cron's
+    /// DST rules (see the module docs): a fixed-time job's match in a spring-forward gap fires
+    /// once at the end of the gap (`dst_adjusted`), and in a fall-back fold only at its first
+    /// occurrence; a wildcard job skips the gap and runs the fold twice. `@every` and ISO 8601
+    /// fixed periods are plain arithmetic.
     pub fn next_after(&self, after: Timestamp) -> Option<Fire> {
         match &self.spec {
             Spec::Cron(spec) => dst::next_fire(spec, &self.tz, after),

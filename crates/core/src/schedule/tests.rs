@@ -241,7 +241,7 @@ fn every_is_an_epoch_grid_unaffected_by_dst() {
         ]
     );
     assert_eq!(
-        fires("@EVERY 500ms", "UTC", "2026-01-01T00:00:00.7Z", 1),
+        fires("@EVERY 500MS", "UTC", "2026-01-01T00:00:00.7Z", 1),
         ["2026-01-01T00:00:01Z"]
     );
 }
