@@ -174,9 +174,15 @@ impl Scheduler {
         if changed.is_empty() {
             return Ok(());
         }
-        self.store.save_runs(&changed, &[]).await?;
-        for run in changed {
-            self.dispatch(run.id).await;
+        // Durable before the launch is sent, and ordered after earlier changes of these runs.
+        let ids: Vec<u64> = changed.iter().map(|r| r.id).collect();
+        match self.persister.save(changed, Vec::new()).await.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(tug_store::StoreError::Backend(e).into()),
+            Err(_) => return Err(crate::error::Error::ShuttingDown),
+        }
+        for id in ids {
+            self.dispatch(id).await;
         }
         Ok(())
     }

@@ -202,6 +202,8 @@ impl Scheduler {
                 r.reason = Some("killed on request before it started".into());
                 let out = r.clone();
                 self.save_and_complete(vec![id], vec![], vec![id], now).await;
+                // Durable before the API answers.
+                self.persister.flush().await.map_err(tug_store::StoreError::Backend)?;
                 Ok(out)
             }
         }

@@ -20,12 +20,14 @@ use crate::error::{Error, Result};
 mod deps;
 mod fire;
 mod jobs;
+mod persist;
 mod recovery;
 pub mod stats;
 mod status;
 pub mod timers;
 
 use stats::{Histogram, Stats};
+use persist::Persister;
 use timers::{Slot, Timers};
 
 /// Scheduler settings.
@@ -169,6 +171,8 @@ impl Entry {
 /// The scheduler's state. Owned by one task; see [`Scheduler::run`].
 pub struct Scheduler {
     store: Arc<dyn Store>,
+    persister: Persister,
+    persister_task: Option<tokio::task::JoinHandle<()>>,
     clock: SharedClock,
     logs: LogFiles,
     config: SchedulerConfig,
@@ -194,8 +198,11 @@ impl Scheduler {
         config: SchedulerConfig,
         agent: AgentLink,
     ) -> Result<Scheduler> {
+        let (persister, persister_task) = Persister::start(store.clone());
         let mut s = Scheduler {
             store,
+            persister,
+            persister_task: Some(persister_task),
             clock,
             logs,
             config,
@@ -259,6 +266,12 @@ impl Scheduler {
                 },
                 _ = prune_tick.tick() => self.prune().await,
             }
+        }
+        // Drain the persister so every change made so far is written before we return.
+        let task = self.persister_task.take();
+        drop(self);
+        if let Some(t) = task {
+            let _ = t.await;
         }
         tracing::info!("scheduler stopped");
     }

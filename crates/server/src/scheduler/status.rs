@@ -37,10 +37,8 @@ impl Scheduler {
             return;
         }
         let runs: Vec<Run> = changed.iter().filter_map(|id| self.runs.get(id).cloned()).collect();
-        if let Err(e) = self.store.save_runs(&runs, &attempts).await {
-            // The in-memory state is ahead of the store; the next save of these runs carries it.
-            tracing::error!(error = %e, runs = runs.len(), "saving run updates failed");
-        }
+        // Not awaited: the persister writes in order and logs failures; the loop moves on.
+        drop(self.persister.save(runs, attempts).await);
         self.complete(finished, now).await;
     }
 

@@ -1,0 +1,79 @@
+//! The persister: writes run changes in the order the scheduler makes them, merging whatever
+//! queued up into one store transaction, so the scheduler loop never waits on a status write
+//! unless it needs it durable (a run written `starting` before its launch is sent).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tug_core::run::{Attempt, Run, RunId};
+use tug_store::Store;
+
+/// Most queued batches merged into one transaction.
+const MAX_MERGE: usize = 256;
+
+struct Batch {
+    runs: Vec<Run>,
+    attempts: Vec<Attempt>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Handle to the persister task.
+pub(crate) struct Persister {
+    tx: mpsc::Sender<Batch>,
+}
+
+impl Persister {
+    /// Starts the task; it ends once the handle is dropped and the queue is written.
+    pub(crate) fn start(store: Arc<dyn Store>) -> (Persister, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(1024);
+        (Persister { tx }, tokio::spawn(run(store, rx)))
+    }
+
+    /// Queues a write and returns at once; the receiver says when it is durable.
+    pub(crate) async fn save(&self, runs: Vec<Run>, attempts: Vec<Attempt>) -> oneshot::Receiver<Result<(), String>> {
+        let (done, rx) = oneshot::channel();
+        let batch = Batch { runs, attempts, done: Some(done) };
+        if let Err(mpsc::error::SendError(b)) = self.tx.send(batch).await
+            && let Some(done) = b.done
+        {
+            let _ = done.send(Err("the persister has stopped".into()));
+        }
+        rx
+    }
+}
+
+impl Persister {
+    /// Waits until everything queued so far is written.
+    pub(crate) async fn flush(&self) -> Result<(), String> {
+        self.save(Vec::new(), Vec::new()).await.await.unwrap_or_else(|_| Err("the persister has stopped".into()))
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Batch>) {
+    let mut queued = Vec::new();
+    while rx.recv_many(&mut queued, MAX_MERGE).await > 0 {
+        // Later changes of a run replace earlier ones; attempts are all kept, in order.
+        let mut order: Vec<RunId> = Vec::new();
+        let mut latest: HashMap<RunId, Run> = HashMap::new();
+        let mut attempts = Vec::new();
+        let mut waiters = Vec::new();
+        for b in queued.drain(..) {
+            for r in b.runs {
+                if latest.insert(r.id, r.clone()).is_none() {
+                    order.push(r.id);
+                }
+            }
+            attempts.extend(b.attempts);
+            waiters.extend(b.done);
+        }
+        let runs: Vec<Run> = order.into_iter().filter_map(|id| latest.remove(&id)).collect();
+        let result = store.save_runs(&runs, &attempts).await.map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, runs = runs.len(), "saving run changes failed");
+        }
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}
