@@ -40,7 +40,7 @@ pub(super) async fn list(
     Ok(Json(page))
 }
 
-/// A run with its finished attempts.
+/// A run with all its attempts, the current or last one included.
 #[derive(Debug, Serialize)]
 pub struct RunView {
     #[serde(flatten)]
@@ -55,7 +55,20 @@ fn parse_id(id: &str) -> ApiResult<RunId> {
 pub(super) async fn show(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
     let id = parse_id(&id)?;
     let run = st.store.get_run(id).await?;
-    let attempts = st.store.attempts(id).await?;
+    // The store keeps retried attempts; the current or last one is the run itself.
+    let mut attempts = st.store.attempts(id).await?;
+    if run.state != RunState::Skipped {
+        attempts.push(Attempt {
+            run_id: run.id,
+            attempt: run.attempt,
+            state: run.state,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            exit_code: run.exit_code,
+            signal: run.signal,
+            reason: run.reason.clone(),
+        });
+    }
     Ok(Json(RunView { run, attempts }))
 }
 

@@ -11,17 +11,24 @@ use super::timers::Slot;
 use super::Scheduler;
 use crate::error::Result;
 
+/// How far ahead of their instant fires are committed.
+pub(super) const LEAD: SignedDuration = SignedDuration::from_millis(2);
+
 /// Runs killed to make room under `replace`, collected while a batch is built.
 pub(super) type Kills = Vec<u64>;
 
 impl Scheduler {
     /// Handles everything due now: job fires (one store transaction for all of them) and retries.
+    ///
+    /// Fires up to [`LEAD`] ahead are committed now and dispatched at their instant, so the store
+    /// write and the timer's millisecond granularity do not make them late.
     pub(super) async fn tick(&mut self) -> Result<()> {
         let now = self.clock.now();
+        let horizon = now.saturating_add(LEAD).unwrap_or(now);
         let mut batch = FireBatch::default();
         let mut kills = Kills::new();
-        while let Some(slot) = self.timers.pop_due(now) {
-            self.fire_job(slot, now, &mut batch, &mut kills);
+        while let Some(slot) = self.timers.pop_due(horizon) {
+            self.fire_job(slot, now, horizon, &mut batch, &mut kills);
         }
         let mut retries = Vec::new();
         while let Some(id) = self.retry_timers.pop_due(now) {
@@ -35,19 +42,19 @@ impl Scheduler {
     }
 
     /// Turns the due fires of one job into new runs in `batch` and re-arms its timer.
-    fn fire_job(&mut self, slot: Slot, now: Timestamp, batch: &mut FireBatch, kills: &mut Kills) {
+    fn fire_job(&mut self, slot: Slot, now: Timestamp, horizon: Timestamp, batch: &mut FireBatch, kills: &mut Kills) {
         let Some(e) = self.slots[slot as usize].as_mut() else { return };
         let Some(first) = e.next.take() else { return };
         let Some(schedule) = e.job.schedule.clone() else { return };
         let eps = SignedDuration::from_millis(e.job.spec.epsilon.as_millis());
         let following = schedule.next_after(first);
         let on_time = first.checked_add(eps).is_ok_and(|late| now <= late);
-        let plan = if on_time && following.is_none_or(|f| f.at > now) {
+        let plan = if on_time && following.is_none_or(|f| f.at > horizon) {
             // The common case: exactly one fire, on time.
             misfire::Plan { on_time: vec![first], cursor: Some(first), ..Default::default() }
         } else {
             let due = std::iter::successors(Some(first), |t| schedule.next_after(*t).map(|f| f.at))
-                .take_while(|t| *t <= now);
+                .take_while(|t| *t <= horizon);
             misfire::plan(due, now, e.job.spec.epsilon, e.job.spec.misfire)
         };
         let name = e.job.spec.name.clone();
@@ -144,10 +151,35 @@ impl Scheduler {
             }
             self.runs.insert(run.id, run.clone());
         }
+        launch.sort_by_key(|id| self.runs.get(id).map(|r| r.scheduled_at));
         for id in launch {
+            if let Some(at) = self.runs.get(&id).map(|r| r.scheduled_at) {
+                self.wait_until(at).await;
+            }
             self.dispatch(id).await;
         }
         Ok(created)
+    }
+
+    /// Waits for a wall-clock instant at most [`LEAD`] away more precisely than tokio's
+    /// millisecond timer: sleeps most of the way, then yields until it is there.
+    async fn wait_until(&self, at: Timestamp) {
+        for _ in 0..100_000 {
+            let left = at.duration_since(self.clock.now());
+            if left <= SignedDuration::ZERO {
+                return;
+            }
+            if left > SignedDuration::from_micros(1500) {
+                tokio::time::sleep((left - SignedDuration::from_millis(1)).unsigned_abs()).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
+        }
+        // A clock that does not move while we yield (tokio's paused time): let the timer do it.
+        let left = at.duration_since(self.clock.now());
+        if left > SignedDuration::ZERO {
+            tokio::time::sleep(left.unsigned_abs()).await;
+        }
     }
 
     /// Sends a kill to the agent of an active run.

@@ -43,7 +43,7 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { keep_runs: 100, max_update_batch: 20_000, epoch: 1 }
+        SchedulerConfig { keep_runs: 100, max_update_batch: 4096, epoch: 1 }
     }
 }
 
@@ -237,7 +237,8 @@ impl Scheduler {
         prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
         loop {
-            let wake = [self.timers.first(), self.retry_timers.first()].into_iter().flatten().min();
+            let early = self.timers.first().and_then(|t| t.checked_sub(fire::LEAD).ok());
+            let wake = [early, self.retry_timers.first()].into_iter().flatten().min();
             let sleep = async {
                 match wake {
                     Some(at) if firing => tokio::time::sleep_until(instant_at(&*self.clock, at)).await,

@@ -10,7 +10,11 @@ use tug_core::run::{Attempt, Run, RunId};
 use tug_store::Store;
 
 /// Most queued batches merged into one transaction.
-const MAX_MERGE: usize = 256;
+const MAX_MERGE: usize = 64;
+
+/// Merging stops once this many runs are collected: a longer transaction would hold the store
+/// and delay the next fire commit queued behind it.
+const MAX_MERGED_RUNS: usize = 4096;
 
 struct Batch {
     runs: Vec<Run>,
@@ -52,7 +56,17 @@ impl Persister {
 
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Batch>) {
     let mut queued = Vec::new();
-    while rx.recv_many(&mut queued, MAX_MERGE).await > 0 {
+    while rx.recv_many(&mut queued, 1).await > 0 {
+        let mut n = queued[0].runs.len();
+        while n < MAX_MERGED_RUNS && queued.len() < MAX_MERGE {
+            match rx.try_recv() {
+                Ok(b) => {
+                    n += b.runs.len();
+                    queued.push(b);
+                }
+                Err(_) => break,
+            }
+        }
         // Later changes of a run replace earlier ones; attempts are all kept, in order.
         let mut order: Vec<RunId> = Vec::new();
         let mut latest: HashMap<RunId, Run> = HashMap::new();

@@ -60,16 +60,6 @@ impl Scheduler {
         run.exit_code = u.exit_code;
         run.signal = u.signal;
         run.reason = u.reason.clone();
-        attempts.push(Attempt {
-            run_id: run.id,
-            attempt: run.attempt,
-            state: u.state,
-            started_at: run.started_at,
-            finished_at: Some(now),
-            exit_code: u.exit_code,
-            signal: u.signal,
-            reason: u.reason.clone(),
-        });
         let policy = self
             .index
             .get(&run.job)
@@ -78,6 +68,17 @@ impl Scheduler {
         let retry = policy.filter(|p| u.state.is_retryable() && run.attempt <= p.count);
         match retry {
             Some(p) => {
+                // Only a retried attempt is kept apart; the last attempt lives in the run itself.
+                attempts.push(Attempt {
+                    run_id: run.id,
+                    attempt: run.attempt,
+                    state: u.state,
+                    started_at: run.started_at,
+                    finished_at: Some(now),
+                    exit_code: u.exit_code,
+                    signal: u.signal,
+                    reason: u.reason.clone(),
+                });
                 let delay = p.delay(run.attempt);
                 let at = now.saturating_add(SignedDuration::from_millis(delay.as_millis())).unwrap_or(now);
                 run.reason = Some(format!(
