@@ -63,9 +63,17 @@ async fn data_survives_a_reopen() {
     let (job, runs) = {
         let store = SqliteStore::open(&path).unwrap();
         store.create_job(&spec("durable"), t(0)).await.unwrap();
-        let runs = commit(&store, vec![fire("durable", t(60), Trigger::Schedule), fire("durable", t(120), Trigger::Misfire)], t(120)).await;
+        let runs = commit(
+            &store,
+            vec![fire("durable", t(60), Trigger::Schedule), fire("durable", t(120), Trigger::Misfire)],
+            t(120),
+        )
+        .await;
         store.save_runs(&[finished(&runs[0], RunState::Succeeded, t(65))], &[]).await.unwrap();
-        store.commit_fires(FireBatch { runs: vec![], cursors: vec![("durable".into(), t(180))] }, t(180)).await.unwrap();
+        store
+            .commit_fires(FireBatch { runs: vec![], cursors: vec![("durable".into(), t(180))] }, t(180))
+            .await
+            .unwrap();
         (store.get_job("durable").await.unwrap(), store.list_runs("durable", &RunQuery::default()).await.unwrap())
     };
     assert_eq!(job.fire_cursor, Some(t(180)));
@@ -98,7 +106,10 @@ async fn a_newer_schema_is_refused() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let err = SqliteStore::open(&path).unwrap_err();
-    assert!(matches!(&err, StoreError::Backend(m) if m.contains("schema version 99") && m.contains("upgrade tug")), "{err}");
+    assert!(
+        matches!(&err, StoreError::Backend(m) if m.contains("schema version 99") && m.contains("upgrade tug")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -150,7 +161,9 @@ async fn hundred_thousand_fires_in_one_batch() {
         store.create_job(&spec(&format!("bench-{j:04}")), t(0)).await.unwrap();
     }
     let batch = |tick: i64| FireBatch {
-        runs: (0..FIRES).map(|i| fire(&format!("bench-{:04}", i % JOBS), t(tick * 1000 + (i / JOBS) as i64), Trigger::Schedule)).collect(),
+        runs: (0..FIRES)
+            .map(|i| fire(&format!("bench-{:04}", i % JOBS), t(tick * 1000 + (i / JOBS) as i64), Trigger::Schedule))
+            .collect(),
         cursors: vec![],
     };
     for tick in 0..3 {
@@ -159,7 +172,10 @@ async fn hundred_thousand_fires_in_one_batch() {
         let created = store.commit_fires(b, t(tick * 1000)).await.unwrap();
         let took = start.elapsed();
         assert_eq!(created.len(), FIRES);
-        println!("commit_fires: {FIRES} new runs in {took:?} (tick {tick}, {} in the table before)", tick as usize * FIRES);
+        println!(
+            "commit_fires: {FIRES} new runs in {took:?} (tick {tick}, {} in the table before)",
+            tick as usize * FIRES
+        );
     }
     let start = tokio::time::Instant::now();
     let again = store.commit_fires(batch(0), t(0)).await.unwrap();

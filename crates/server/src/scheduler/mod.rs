@@ -43,7 +43,7 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { keep_runs: 100, max_update_batch: 4096, epoch: 1 }
+        SchedulerConfig { keep_runs: 100, max_update_batch: 1024, epoch: 1 }
     }
 }
 

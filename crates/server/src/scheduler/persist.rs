@@ -14,7 +14,7 @@ const MAX_MERGE: usize = 64;
 
 /// Merging stops once this many runs are collected: a longer transaction would hold the store
 /// and delay the next fire commit queued behind it.
-const MAX_MERGED_RUNS: usize = 4096;
+const MAX_MERGED_RUNS: usize = 1024;
 
 struct Batch {
     runs: Vec<Run>,

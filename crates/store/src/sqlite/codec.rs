@@ -65,11 +65,16 @@ pub(super) fn get_parsed<T: FromStr<Err = String>>(row: &Row<'_>, i: usize) -> r
 /// Reads column `i` as a non-negative integer of a narrower type (a run id, an attempt number).
 pub(super) fn get_unsigned<T: TryFrom<i64>>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
     let v: i64 = row.get(i)?;
-    T::try_from(v).map_err(|_| rusqlite::Error::FromSqlConversionFailure(i, Type::Integer, Box::new(FromSqlError::OutOfRange(v))))
+    T::try_from(v)
+        .map_err(|_| rusqlite::Error::FromSqlConversionFailure(i, Type::Integer, Box::new(FromSqlError::OutOfRange(v))))
 }
 
 /// A value in column `i` that does not convert.
-pub(super) fn conversion(i: usize, ty: Type, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> rusqlite::Error {
+pub(super) fn conversion(
+    i: usize,
+    ty: Type,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, ty, e.into())
 }
 

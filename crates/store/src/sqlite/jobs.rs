@@ -2,27 +2,17 @@
 //! a [`JobRecord`] are derived from the job's runs with one aggregate per query, never a query per
 //! job.
 
+use std::sync::LazyLock;
+
 use jiff::Timestamp;
 use rusqlite::types::Type;
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, named_params, params};
+use rusqlite::{Connection, OptionalExtension, Row, named_params, params};
 use tug_core::JobSpec;
 use tug_core::run::RunId;
 
 use super::codec::{Context, conversion, get_opt_ts, get_ts, get_unsigned, ms};
+use super::{page_size, write_tx};
 use crate::{JobQuery, JobRecord, Page, Result, StoreError};
-
-/// Page size when a query asks for 0.
-pub(super) const DEFAULT_LIMIT: usize = 100;
-/// The largest page handed out.
-pub(super) const MAX_LIMIT: usize = 1000;
-
-/// The page size a query asks for, defaulted and capped.
-pub(super) fn page_size(limit: usize) -> usize {
-    match limit {
-        0 => DEFAULT_LIMIT,
-        n => n.min(MAX_LIMIT),
-    }
-}
 
 /// What a job's runs say about it, in the order [`record_from_row`] reads them (after
 /// [`JOB_COLUMNS`]): the latest schedule- or misfire-triggered key, the latest non-skipped key,
@@ -36,6 +26,44 @@ const AGGREGATES: &str = "\
 /// The stored columns of a job `j`, in the order [`record_from_row`] reads them.
 const JOB_COLUMNS: &str = "j.spec, j.version, j.created_at, j.updated_at, \
     j.fire_cursor, j.last_run_at, j.last_success_at, j.last_failure_at";
+
+/// One job: its row, and the aggregates over its runs.
+pub(super) static GET_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS}, a.cursor, a.last_run, a.last_ok, a.last_fail \
+         FROM jobs AS j, (SELECT {AGGREGATES} FROM runs WHERE job = ?1) AS a \
+         WHERE j.name = ?1"
+    )
+});
+
+/// A page of jobs. The page is chosen first (walking the name index, applying the filters), then
+/// only its jobs' runs are aggregated.
+pub(super) static LIST_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH page AS MATERIALIZED ( \
+             SELECT * FROM jobs \
+             WHERE name > :after \
+               AND (:q IS NULL OR instr(search, :q) > 0) \
+               AND (:key IS NULL OR EXISTS ( \
+                     SELECT 1 FROM json_each(jobs.spec, '$.labels') AS l \
+                     WHERE l.key = :key AND (:value IS NULL OR l.value = :value))) \
+             ORDER BY name LIMIT :limit) \
+         SELECT {JOB_COLUMNS}, a.cursor, a.last_run, a.last_ok, a.last_fail \
+         FROM page AS j LEFT JOIN ( \
+             SELECT job, {AGGREGATES} FROM runs WHERE job IN (SELECT name FROM page) GROUP BY job \
+         ) AS a ON a.job = j.name \
+         ORDER BY j.name"
+    )
+});
+
+/// Every job: one pass over the jobs joined with one grouped pass over all runs.
+pub(super) static LOAD_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS}, a.cursor, a.last_run, a.last_ok, a.last_fail \
+         FROM jobs AS j LEFT JOIN (SELECT job, {AGGREGATES} FROM runs GROUP BY job) AS a ON a.job = j.name \
+         ORDER BY j.name"
+    )
+});
 
 /// A job record from [`JOB_COLUMNS`] followed by the four [`AGGREGATES`] of an alias `a`. Each
 /// derived value is the later of the job row's floor and the runs' aggregate.
@@ -68,12 +96,6 @@ fn search_text(spec: &JobSpec) -> String {
     format!("{}\n{}\n{}", spec.name, spec.description, spec.owner).to_lowercase()
 }
 
-/// Starts a write transaction, taking the database lock at once so that it cannot fail half-way
-/// for lock contention (another process on the same file waits up to the busy timeout instead).
-pub(super) fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate).ctx("starting a write transaction")
-}
-
 /// Fails with [`StoreError::JobNotFound`] unless the job exists.
 pub(super) fn ensure_exists(conn: &Connection, name: &str) -> Result<()> {
     let found = conn
@@ -85,12 +107,7 @@ pub(super) fn ensure_exists(conn: &Connection, name: &str) -> Result<()> {
 
 /// One job with its derived fields.
 pub(super) fn get(conn: &Connection, name: &str) -> Result<JobRecord> {
-    let sql = format!(
-        "SELECT {JOB_COLUMNS}, a.cursor, a.last_run, a.last_ok, a.last_fail \
-         FROM jobs AS j, (SELECT {AGGREGATES} FROM runs WHERE job = ?1) AS a \
-         WHERE j.name = ?1"
-    );
-    conn.prepare_cached(&sql)
+    conn.prepare_cached(&GET_SQL)
         .and_then(|mut s| s.query_row([name], record_from_row).optional())
         .ctx("reading a job")?
         .ok_or_else(|| StoreError::JobNotFound(name.to_owned()))
@@ -182,25 +199,8 @@ pub(super) fn list(conn: &Connection, query: &JobQuery) -> Result<Page<JobRecord
         },
     };
     let limit = page_size(query.limit);
-    // The page is chosen first (by the name index, filters applied as it walks), then only its
-    // jobs' runs are aggregated.
-    let sql = format!(
-        "WITH page AS MATERIALIZED ( \
-             SELECT * FROM jobs \
-             WHERE name > :after \
-               AND (:q IS NULL OR instr(search, :q) > 0) \
-               AND (:key IS NULL OR EXISTS ( \
-                     SELECT 1 FROM json_each(jobs.spec, '$.labels') AS l \
-                     WHERE l.key = :key AND (:value IS NULL OR l.value = :value))) \
-             ORDER BY name LIMIT :limit) \
-         SELECT {JOB_COLUMNS}, a.cursor, a.last_run, a.last_ok, a.last_fail \
-         FROM page AS j LEFT JOIN ( \
-             SELECT job, {AGGREGATES} FROM runs WHERE job IN (SELECT name FROM page) GROUP BY job \
-         ) AS a ON a.job = j.name \
-         ORDER BY j.name"
-    );
     let mut items = conn
-        .prepare_cached(&sql)
+        .prepare_cached(&LIST_SQL)
         .and_then(|mut s| {
             s.query_map(
                 named_params! {
@@ -227,12 +227,5 @@ pub(super) fn list(conn: &Connection, query: &JobQuery) -> Result<Page<JobRecord
 
 /// Every job, ordered by name: one pass over the jobs joined with one grouped pass over the runs.
 pub(super) fn load(conn: &Connection) -> Result<Vec<JobRecord>> {
-    let sql = format!(
-        "SELECT {JOB_COLUMNS}, a.cursor, a.last_run, a.last_ok, a.last_fail \
-         FROM jobs AS j LEFT JOIN (SELECT job, {AGGREGATES} FROM runs GROUP BY job) AS a ON a.job = j.name \
-         ORDER BY j.name"
-    );
-    conn.prepare_cached(&sql)
-        .and_then(|mut s| s.query_map([], record_from_row)?.collect())
-        .ctx("loading jobs")
+    conn.prepare_cached(&LOAD_SQL).and_then(|mut s| s.query_map([], record_from_row)?.collect()).ctx("loading jobs")
 }

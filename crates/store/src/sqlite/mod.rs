@@ -1,11 +1,12 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous = FULL`, so a write is on
 //! disk before it is acknowledged.
 //!
-//! - [`schema`]: tables, indexes and migrations (`PRAGMA user_version`).
-//! - [`worker`]: the thread that owns the connection; async callers never block on SQLite.
-//! - [`jobs`]: job queries, with the fire cursor and last-run times derived from runs.
-//! - [`runs`]: the fire batch (the hot path), run updates, listings and pruning.
-//! - [`codec`]: timestamps as integer milliseconds (UTC), states and triggers as names.
+//! - `schema.rs`: tables, indexes and migrations (`PRAGMA user_version`).
+//! - `worker.rs`: the thread that owns the connection; async callers never block on SQLite.
+//! - `checkpoint.rs`: WAL checkpoints on a thread of their own, off the write path.
+//! - `jobs.rs`: job queries, with the fire cursor and last-run times derived from runs.
+//! - `runs.rs`: the fire batch (the hot path), run updates, listings and pruning.
+//! - `codec.rs`: timestamps as integer milliseconds (UTC), states and triggers as names.
 //!
 //! Timestamps are kept to the millisecond: what a write returns is already truncated, so it
 //! equals what later reads return.
@@ -16,14 +17,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tug_core::JobSpec;
 use tug_core::run::{Attempt, Run, RunId};
 
 use crate::{FireBatch, JobQuery, JobRecord, Page, Result, RunQuery, Store, StoreError};
+use checkpoint::Checkpointer;
 use codec::Context;
 use worker::Worker;
 
+mod checkpoint;
 mod codec;
 mod jobs;
 mod runs;
@@ -37,12 +40,45 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// fires touches memory rather than disk until it commits.
 const CACHE_KIB: i64 = 64 * 1024;
 
+/// The size, in bytes, the WAL file is truncated to when it is reset.
+const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
+
 /// The [`Store`] on SQLite.
 ///
-/// All calls run in order on one dedicated thread that owns the connection. Dropping the store
-/// finishes the queued calls and closes the database.
+/// All calls run in order on one dedicated thread that owns the connection; a second thread
+/// checkpoints the WAL. Dropping the store finishes the queued calls and closes the database.
+///
+/// # Semantics
+///
+/// Beyond the [`Store`] trait's own documentation:
+///
+/// - Job names and run keys are compared exactly; timestamps are kept to the millisecond.
+/// - `version` changes only with the spec (create, update). Cursors and runs do not bump it, so an
+///   API compare-and-set update is not disturbed by the scheduler.
+/// - `commit_fires` is one transaction. Runs are written as given (state, reason, agent). A run
+///   whose key `(job, scheduled_at)` exists already, or whose job does not exist (deleted while
+///   the tick was computed), is not created and not returned. Created runs have `attempt = 1` and
+///   `created_at = now`. Explicit cursors only move forward; a missing job's cursor is ignored.
+/// - A job's `fire_cursor` is the later of its explicit cursor and the latest `scheduled_at` of its
+///   schedule- or misfire-triggered runs; `last_run_at` the latest `scheduled_at` of its
+///   non-skipped runs; `last_success_at` / `last_failure_at` the latest `finished_at` of its
+///   succeeded / failed, timed-out or lost runs. Pruning never moves any of them back.
+/// - `list_jobs` pages by name; `q` matches a case-insensitive substring of the name, description
+///   or owner; `label` is `key=value` (equals) or `key` (present); both filters combine. Page
+///   size: 0 means 100, at most 1000. `next_cursor` is set only when another item exists.
+/// - `list_runs` pages by id, newest first, and fails with `JobNotFound` for an unknown job.
+/// - Cursors are opaque strings; one this store could not have handed out is `BadCursor`.
+/// - `save_runs` overwrites each run's mutable fields (not its key, trigger or `created_at`) and
+///   upserts attempts by `(run_id, attempt)`; any unknown run id rolls the whole call back with
+///   `RunNotFound`.
+/// - `delete_job` returns the deleted run ids ascending. Run ids are never reused.
+/// - `prune_runs` keeps the newest `keep` terminal runs (by id) and every pending, starting or
+///   running one; returns the deleted ids ascending; `JobNotFound` for an unknown job.
 pub struct SqliteStore {
+    // Field order is drop order: the writer closes before the checkpointer, whose connection,
+    // the last one, then checkpoints the whole WAL and removes it.
     worker: Worker,
+    checkpointer: Option<Checkpointer>,
     path: Option<PathBuf>,
 }
 
@@ -55,6 +91,9 @@ impl fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens the database at `path`, creating the file (and its directory) and the schema if
     /// needed, and migrating an older schema. Blocks while it does; call it at start-up.
+    ///
+    /// Fails if the file is not a Tugboat database, was written by a newer Tugboat, or lives on
+    /// a file system without WAL support (some network file systems).
     pub fn open(path: &Path) -> Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -62,15 +101,20 @@ impl SqliteStore {
         }
         let what = format!("opening the database {}", path.display());
         let conn = Connection::open(path).ctx(&what)?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).ctx(&what)?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).ctx(&what)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Backend(format!(
                 "{what}: the file system does not support WAL mode (journal_mode is {mode}); \
                  put the database on a local disk"
             )));
         }
-        Self::start(conn, Some(path.to_owned()))
+        // The checkpointer takes over from the writer's automatic checkpoint, but for a safety valve.
+        conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_THRESHOLD_PAGES).ctx(&what)?;
+        // After a checkpoint, shrink the WAL file back to this size rather than keep its peak.
+        conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT).ctx(&what)?;
+        let mut store = Self::start(conn, Some(path.to_owned()))?;
+        store.checkpointer = Some(Checkpointer::spawn(path)?);
+        Ok(store)
     }
 
     /// A private database in memory, for tests. Gone when the store is dropped.
@@ -98,30 +142,29 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         let worker = Worker::spawn(conn, "tug-sqlite")?;
-        Ok(SqliteStore { worker, path })
+        Ok(SqliteStore { worker, checkpointer: None, path })
     }
 }
 
-/// Semantics beyond the trait's own documentation:
-///
-/// - Job names and run keys are compared exactly; timestamps are kept to the millisecond.
-/// - `version` changes only with the spec (create, update); cursors and runs do not bump it, so a
-///   compare-and-set update is not disturbed by the scheduler.
-/// - `commit_fires` is one transaction. Runs are written as given (state, reason, agent). A run
-///   whose key `(job, scheduled_at)` exists already, or whose job does not exist, is not created
-///   and not returned; created runs have `attempt = 1` and `created_at = now`. Explicit cursors only move forward (a missing job's
-///   cursor is ignored).
-/// - A job's `fire_cursor` is the later of its explicit cursor and the latest `scheduled_at` of its
-///   schedule- or misfire-triggered runs; `last_run_at` the latest `scheduled_at` of its
-///   non-skipped runs; `last_success_at` / `last_failure_at` the latest `finished_at` of its
-///   succeeded / failed, timed-out or lost runs. Pruning never moves them back.
-/// - `list_jobs` pages by name; `q` matches a case-insensitive substring of the name, description
-///   or owner; `label` is `key=value` or `key`. `list_runs` pages by id, newest first, and fails
-///   with `JobNotFound` for an unknown job. Cursors are opaque; a malformed one is `BadCursor`.
-/// - `save_runs` overwrites each run's mutable fields (not its key, trigger or `created_at`) and
-///   upserts attempts by `(run_id, attempt)`; any unknown id rolls the whole call back.
-/// - `prune_runs` keeps the newest `keep` terminal runs (by id) and every active one;
-///   `JobNotFound` for an unknown job.
+/// Page size when a query asks for 0.
+const DEFAULT_LIMIT: usize = 100;
+/// The largest page handed out.
+const MAX_LIMIT: usize = 1000;
+
+/// The page size a query asks for, defaulted and capped.
+fn page_size(limit: usize) -> usize {
+    match limit {
+        0 => DEFAULT_LIMIT,
+        n => n.min(MAX_LIMIT),
+    }
+}
+
+/// Starts a write transaction, taking the database lock at once so that it cannot fail half-way
+/// for lock contention (another process on the same file waits up to the busy timeout instead).
+fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate).ctx("starting a write transaction")
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_job(&self, spec: &JobSpec, now: Timestamp) -> Result<JobRecord> {
@@ -182,5 +225,43 @@ impl Store for SqliteStore {
     async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RunId>> {
         let job = job.to_owned();
         self.worker.call(move |c| runs::prune(c, &job, keep)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql`, one step per line.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        // Unbound parameters are NULL, which is all a plan needs.
+        let mut rows = stmt.raw_query();
+        let mut steps = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            steps.push(row.get::<_, String>(3).unwrap());
+        }
+        steps.join("\n")
+    }
+
+    #[test]
+    fn queries_use_their_indexes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        schema::migrate(&mut conn).unwrap();
+        let uses = |sql: &str, needles: &[&str]| {
+            let p = plan(&conn, sql);
+            for needle in needles {
+                assert!(p.contains(needle), "expected {needle:?} in the plan of\n{sql}\n---\n{p}");
+            }
+            assert!(!p.lines().any(|l| l.starts_with("SCAN runs")), "a full scan of runs in\n{sql}\n---\n{p}");
+        };
+        uses(&runs::ACTIVE_SQL, &["runs_active"]);
+        uses(&runs::LIST_SQL, &["runs_by_job"]);
+        uses(&runs::PRUNE_SQL, &["runs_by_job"]);
+        uses(&runs::GET_SQL, &["INTEGER PRIMARY KEY"]);
+        uses(&jobs::GET_SQL, &["sqlite_autoindex_jobs_1", "SEARCH runs USING INDEX"]);
+        uses(&jobs::LIST_SQL, &["sqlite_autoindex_jobs_1", "SEARCH runs USING INDEX"]);
+        // load_jobs reads every run once, by design.
+        assert!(plan(&conn, &jobs::LOAD_SQL).contains("runs"));
     }
 }

@@ -1,16 +1,45 @@
 //! Run queries: the group-committed fire batch (the hot path), run updates, listings, pruning.
 
+use std::sync::LazyLock;
+
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
-use tug_core::run::{Attempt, Run, RunId, RunState};
+use tug_core::run::{Attempt, Run, RunId, RunState, Trigger};
 
-use super::codec::{Context, RUN_COLUMNS, get_opt_ts, get_parsed, get_unsigned, ms, opt_ms, run_from_row, sql_id, stored};
-use super::jobs::{ensure_exists, page_size, write_tx};
+use super::codec::{
+    Context, RUN_COLUMNS, get_opt_ts, get_parsed, get_unsigned, ms, opt_ms, run_from_row, sql_id, stored,
+};
+use super::jobs::ensure_exists;
+use super::{page_size, write_tx};
 use crate::{FireBatch, Page, Result, RunQuery, StoreError};
 
-/// The states of an active run, as SQL. Must match the partial index `runs_active` word for word
-/// so the planner uses it, and [`RunState::is_terminal`] (checked by a test).
-const ACTIVE_STATES: &str = "('pending', 'starting', 'running')";
+/// "The run is active", as SQL. Must match the condition of the partial index `runs_active` word
+/// for word so the planner uses it, and [`RunState::is_terminal`] (both checked by tests).
+pub(super) const ACTIVE: &str = "(state = 'pending' OR state = 'starting' OR state = 'running')";
+
+/// One run by id.
+pub(super) static GET_SQL: LazyLock<String> = LazyLock::new(|| format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"));
+
+/// A page of a job's runs, newest first, walking the `runs_by_job` index backwards.
+pub(super) static LIST_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {RUN_COLUMNS} FROM runs \
+         WHERE job = ?1 AND id < ?2 AND (?3 IS NULL OR state = ?3) \
+         ORDER BY id DESC LIMIT ?4"
+    )
+});
+
+/// Every active run, from the partial index `runs_active`.
+pub(super) static ACTIVE_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {RUN_COLUMNS} FROM runs WHERE {ACTIVE} ORDER BY id"));
+
+/// A job's terminal runs beyond the newest `?2`.
+pub(super) static PRUNE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id, scheduled_at, trigger, state, finished_at FROM runs \
+         WHERE job = ?1 AND NOT {ACTIVE} ORDER BY id DESC LIMIT -1 OFFSET ?2"
+    )
+});
 
 /// Writes a tick's fires in one transaction; see [`crate::Store::commit_fires`].
 ///
@@ -136,7 +165,7 @@ pub(super) fn save(conn: &mut Connection, runs: &[Run], attempts: &[Attempt]) ->
 /// One run.
 pub(super) fn get(conn: &Connection, id: RunId) -> Result<Run> {
     let run_id = sql_id(id)?;
-    conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"))
+    conn.prepare_cached(&GET_SQL)
         .and_then(|mut s| s.query_row([run_id], run_from_row).optional())
         .ctx("reading a run")?
         .ok_or(StoreError::RunNotFound(id))
@@ -152,11 +181,7 @@ pub(super) fn list(conn: &Connection, job: &str, query: &RunQuery) -> Result<Pag
     ensure_exists(conn, job)?;
     let limit = page_size(query.limit);
     let mut items = conn
-        .prepare_cached(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs \
-             WHERE job = ?1 AND id < ?2 AND (?3 IS NULL OR state = ?3) \
-             ORDER BY id DESC LIMIT ?4"
-        ))
+        .prepare_cached(&LIST_SQL)
         .and_then(|mut s| {
             s.query_map(params![job, before, query.state.map(RunState::as_str), (limit + 1) as i64], run_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
@@ -173,7 +198,7 @@ pub(super) fn list(conn: &Connection, job: &str, query: &RunQuery) -> Result<Pag
 
 /// Every pending, starting or running run, by id.
 pub(super) fn active(conn: &Connection) -> Result<Vec<Run>> {
-    conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE state IN {ACTIVE_STATES} ORDER BY id"))
+    conn.prepare_cached(&ACTIVE_SQL)
         .and_then(|mut s| s.query_map([], run_from_row)?.collect())
         .ctx("listing active runs")
 }
@@ -220,16 +245,13 @@ pub(super) fn prune(conn: &mut Connection, job: &str, keep: u32) -> Result<Vec<R
     let tx = write_tx(conn)?;
     ensure_exists(&tx, job)?;
     let doomed = tx
-        .prepare_cached(&format!(
-            "SELECT id, scheduled_at, trigger, state, finished_at FROM runs \
-             WHERE job = ?1 AND state NOT IN {ACTIVE_STATES} ORDER BY id DESC LIMIT -1 OFFSET ?2"
-        ))
+        .prepare_cached(&PRUNE_SQL)
         .and_then(|mut s| {
             s.query_map(params![job, keep], |row| {
                 Ok((
                     get_unsigned::<RunId>(row, 0)?,
                     row.get::<_, i64>(1)?,
-                    get_parsed::<tug_core::run::Trigger>(row, 2)?,
+                    get_parsed::<Trigger>(row, 2)?,
                     get_parsed::<RunState>(row, 3)?,
                     row.get::<_, Option<i64>>(4)?,
                 ))
@@ -241,7 +263,6 @@ pub(super) fn prune(conn: &mut Connection, job: &str, keep: u32) -> Result<Vec<R
         return Ok(Vec::new());
     }
 
-    use tug_core::run::Trigger;
     let (mut cursor, mut last_run, mut last_ok, mut last_fail) = (None, None, None, None);
     for &(_, scheduled_at, trigger, state, finished_at) in &doomed {
         if matches!(trigger, Trigger::Schedule | Trigger::Misfire) {
@@ -289,9 +310,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn active_states_match_the_model() {
+    fn active_matches_the_model_and_the_index() {
         let active: Vec<String> =
-            RunState::ALL.iter().filter(|s| !s.is_terminal()).map(|s| format!("'{}'", s.as_str())).collect();
-        assert_eq!(ACTIVE_STATES, format!("({})", active.join(", ")));
+            RunState::ALL.iter().filter(|s| !s.is_terminal()).map(|s| format!("state = '{}'", s.as_str())).collect();
+        assert_eq!(ACTIVE, format!("({})", active.join(" OR ")));
+        assert!(super::super::schema::V1.contains(&format!("WHERE {ACTIVE};")));
     }
 }

