@@ -32,6 +32,7 @@ macro_rules! conformance_tests {
 
 conformance_tests!(
     jobs_crud,
+    bulk_create,
     commit_fires_is_idempotent,
     derived_fields,
     job_pagination,
@@ -54,6 +55,15 @@ async fn all_checks_in_memory() {
     let store = SqliteStore::open_in_memory().unwrap();
     assert_eq!(store.path(), None);
     conformance::all(&store).await;
+}
+
+#[tokio::test]
+async fn bulk_create_is_all_or_nothing() {
+    let (_dir, store) = file_store();
+    store.create_job(&conformance::spec("taken"), conformance::t(0)).await.unwrap();
+    let specs = [conformance::spec("fresh"), conformance::spec("taken")];
+    assert!(store.create_jobs(&specs, conformance::t(0)).await.is_err());
+    assert!(matches!(store.get_job("fresh").await, Err(tug_store::StoreError::JobNotFound(_))));
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use tug_core::run::{NewRun, Run, RunState, Trigger};
 use tug_store::FireBatch;
 
 use super::timers::Slot;
+use super::dispatch::Outgoing;
 use super::Scheduler;
 use crate::error::Result;
 
@@ -151,42 +152,17 @@ impl Scheduler {
             }
             self.runs.insert(run.id, run.clone());
         }
-        launch.sort_by_key(|id| self.runs.get(id).map(|r| r.scheduled_at));
         for id in launch {
-            if let Some(at) = self.runs.get(&id).map(|r| r.scheduled_at) {
-                self.wait_until(at).await;
-            }
             self.dispatch(id).await;
         }
         Ok(created)
     }
 
-    /// Waits for a wall-clock instant at most [`LEAD`] away more precisely than tokio's
-    /// millisecond timer: sleeps most of the way, then yields until it is there.
-    async fn wait_until(&self, at: Timestamp) {
-        for _ in 0..100_000 {
-            let left = at.duration_since(self.clock.now());
-            if left <= SignedDuration::ZERO {
-                return;
-            }
-            if left > SignedDuration::from_micros(1500) {
-                tokio::time::sleep((left - SignedDuration::from_millis(1)).unsigned_abs()).await;
-            } else {
-                tokio::task::yield_now().await;
-            }
-        }
-        // A clock that does not move while we yield (tokio's paused time): let the timer do it.
-        let left = at.duration_since(self.clock.now());
-        if left > SignedDuration::ZERO {
-            tokio::time::sleep(left.unsigned_abs()).await;
-        }
-    }
-
     /// Sends a kill to the agent of an active run.
     pub(super) async fn send_kill(&mut self, id: u64, reason: KillReason) {
-        if self.agent.tx.send(ToAgent::Kill { run_id: id, reason }).await.is_err() {
-            tracing::warn!(run = id, "agent channel closed; kill not delivered");
-        }
+        // Through the dispatcher, so a kill never overtakes the launch it is meant for.
+        let msg = ToAgent::Kill { run_id: id, reason };
+        self.dispatcher.send(Outgoing { at: None, measure: false, msg }).await;
     }
 
     /// Moves existing pending runs (retries, queued) to `starting`, writes that, then dispatches.

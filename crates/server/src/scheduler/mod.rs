@@ -18,6 +18,7 @@ use crate::clock::{SharedClock, instant_at};
 use crate::error::{Error, Result};
 
 mod deps;
+mod dispatch;
 mod fire;
 mod jobs;
 mod persist;
@@ -26,7 +27,8 @@ pub mod stats;
 mod status;
 pub mod timers;
 
-use stats::{Histogram, Stats};
+use stats::Stats;
+use dispatch::{Dispatcher, Outgoing};
 use persist::Persister;
 use timers::{Slot, Timers};
 
@@ -173,6 +175,8 @@ pub struct Scheduler {
     store: Arc<dyn Store>,
     persister: Persister,
     persister_task: Option<tokio::task::JoinHandle<()>>,
+    dispatcher: Dispatcher,
+    dispatcher_task: Option<tokio::task::JoinHandle<()>>,
     clock: SharedClock,
     logs: LogFiles,
     config: SchedulerConfig,
@@ -185,7 +189,6 @@ pub struct Scheduler {
     retry_timers: Timers<RunId>,
     runs: HashMap<RunId, Run>,
     to_prune: Vec<Slot>,
-    lateness: Histogram,
     stats: Stats,
 }
 
@@ -199,10 +202,13 @@ impl Scheduler {
         agent: AgentLink,
     ) -> Result<Scheduler> {
         let (persister, persister_task) = Persister::start(store.clone());
+        let (dispatcher, dispatcher_task) = Dispatcher::start(clock.clone(), agent.tx.clone());
         let mut s = Scheduler {
             store,
             persister,
             persister_task: Some(persister_task),
+            dispatcher,
+            dispatcher_task: Some(dispatcher_task),
             clock,
             logs,
             config,
@@ -215,7 +221,6 @@ impl Scheduler {
             retry_timers: Timers::new(),
             runs: HashMap::new(),
             to_prune: Vec::new(),
-            lateness: Histogram::default(),
             stats: Stats::default(),
         };
         s.recover().await?;
@@ -269,9 +274,9 @@ impl Scheduler {
             }
         }
         // Drain the persister so every change made so far is written before we return.
-        let task = self.persister_task.take();
+        let tasks = [self.persister_task.take(), self.dispatcher_task.take()];
         drop(self);
-        if let Some(t) = task {
+        for t in tasks.into_iter().flatten() {
             let _ = t.await;
         }
         tracing::info!("scheduler stopped");
@@ -304,7 +309,7 @@ impl Scheduler {
                 let _ = tx.send(self.snapshot());
                 if reset {
                     self.stats = Stats::default();
-                    self.lateness = Histogram::default();
+                    *self.dispatcher.stats.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
                 }
             }
         }
@@ -315,9 +320,11 @@ impl Scheduler {
         s.jobs = self.index.len();
         s.scheduled = self.timers.len();
         s.active_runs = self.runs.len();
-        s.lateness_p50_us = self.lateness.quantile(0.5);
-        s.lateness_p99_us = self.lateness.quantile(0.99);
-        s.lateness_max_us = self.lateness.max();
+        let d = self.dispatcher.stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.dispatched = d.sent;
+        s.lateness_p50_us = d.lateness.quantile(0.5);
+        s.lateness_p99_us = d.lateness.quantile(0.99);
+        s.lateness_max_us = d.lateness.max();
         s
     }
 
@@ -353,17 +360,9 @@ impl Scheduler {
             epoch: self.config.epoch,
             task: Task::of(&e.job.spec),
         };
-        let trigger = run.trigger;
-        let scheduled_at = run.scheduled_at;
-        if self.agent.tx.send(ToAgent::Launch(Box::new(launch))).await.is_err() {
-            tracing::error!(run = id, "agent channel closed; run stays starting and will be marked lost on restart");
-            return;
-        }
-        self.stats.dispatched += 1;
-        if matches!(trigger, tug_core::run::Trigger::Schedule) {
-            let late = self.clock.now().duration_since(scheduled_at);
-            self.lateness.record(u64::try_from(late.as_micros()).unwrap_or(0));
-        }
+        let measure = run.trigger == tug_core::run::Trigger::Schedule;
+        let at = Some(run.scheduled_at);
+        self.dispatcher.send(Outgoing { at, measure, msg: ToAgent::Launch(Box::new(launch)) }).await;
     }
 
     async fn prune(&mut self) {

@@ -132,6 +132,27 @@ pub(super) fn create(conn: &mut Connection, spec: &JobSpec, now: Timestamp) -> R
     Ok(record)
 }
 
+/// Creates many jobs in one transaction: all of them, or none when a name is taken.
+pub(super) fn create_many(conn: &mut Connection, specs: &[JobSpec], now: Timestamp) -> Result<()> {
+    let tx = write_tx(conn)?;
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO jobs (name, spec, search, version, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, 1, ?4, ?4) ON CONFLICT (name) DO NOTHING",
+            )
+            .ctx("preparing the job insert")?;
+        for spec in specs {
+            let json = spec_json(spec)?;
+            let inserted = stmt.execute(params![spec.name, json, search_text(spec), ms(now)]).ctx("inserting a job")?;
+            if inserted == 0 {
+                return Err(StoreError::JobExists(spec.name.clone()));
+            }
+        }
+    }
+    tx.commit().ctx("committing new jobs")
+}
+
 /// Replaces a job's spec and bumps its version, comparing the version first when one is expected.
 /// Cursors and run history are kept.
 pub(super) fn update(

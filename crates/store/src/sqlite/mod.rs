@@ -172,6 +172,11 @@ impl Store for SqliteStore {
         self.worker.call(move |c| jobs::create(c, &spec, now)).await
     }
 
+    async fn create_jobs(&self, specs: &[JobSpec], now: Timestamp) -> Result<()> {
+        let specs = specs.to_vec();
+        self.worker.call(move |c| jobs::create_many(c, &specs, now)).await
+    }
+
     async fn update_job(&self, spec: &JobSpec, expected_version: Option<u64>, now: Timestamp) -> Result<JobRecord> {
         let spec = spec.clone();
         self.worker.call(move |c| jobs::update(c, &spec, expected_version, now)).await

@@ -16,6 +16,7 @@ use tug_store::{FireBatch, JobQuery, RunQuery, Store, StoreError};
 /// Runs every check on one store.
 pub async fn all(store: &dyn Store) {
     jobs_crud(store).await;
+    bulk_create(store).await;
     commit_fires_is_idempotent(store).await;
     derived_fields(store).await;
     job_pagination(store).await;
@@ -50,6 +51,17 @@ pub async fn commit(store: &dyn Store, runs: Vec<NewRun>, now: Timestamp) -> Vec
 /// `run` moved to a terminal `state` that finished at `finished`.
 pub fn finished(run: &Run, state: RunState, finished: Timestamp) -> Run {
     Run { state, started_at: Some(run.scheduled_at), finished_at: Some(finished), ..run.clone() }
+}
+
+/// Many jobs at once; a taken name is refused.
+pub async fn bulk_create(store: &dyn Store) {
+    let specs: Vec<JobSpec> = (0..3).map(|i| spec(&format!("bulk-{i}"))).collect();
+    store.create_jobs(&specs, t(0)).await.unwrap();
+    for s in &specs {
+        assert_eq!(store.get_job(&s.name).await.unwrap().spec, *s);
+    }
+    let again = [spec("bulk-new"), spec("bulk-1")];
+    assert!(matches!(store.create_jobs(&again, t(0)).await, Err(StoreError::JobExists(n)) if n == "bulk-1"));
 }
 
 /// Create, read, update with and without compare-and-set, and the not-found errors.
