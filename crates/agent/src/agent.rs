@@ -162,6 +162,12 @@ impl Agent {
                 }
             }
         };
+        // A runtime that started and finished within one poll still reports its start first.
+        if let Some(mut rx) = started_rx
+            && rx.try_recv().is_ok()
+        {
+            self.report(run_id, attempt, RunState::Running, None).await;
+        }
         self.lock().running.remove(&run_id);
         self.report(run_id, attempt, outcome.state, Some(outcome)).await;
     }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bytesize::ByteSize;
+use crate::constraint::Constraint;
 use crate::duration::Duration;
 use crate::schedule::{Schedule, ScheduleError};
 
@@ -49,6 +51,18 @@ pub struct JobSpec {
     /// Where the command runs.
     #[serde(default)]
     pub runtime: RuntimeKind,
+    /// The container, for `runtime = "docker"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerSpec>,
+    /// What one run needs: placement counts it, the docker runtime enforces it.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// Constraints on the agent attributes a run may be placed on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+    /// How runs are spread over agents.
+    #[serde(default)]
+    pub placement: PlacementStrategy,
     /// How failed runs are retried.
     #[serde(default)]
     pub retries: RetryPolicy,
@@ -73,6 +87,102 @@ pub struct JobSpec {
     /// Keep this many finished runs of the job; the server default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_runs: Option<u32>,
+    /// Chronos fields that have no meaning in Tugboat (`async`, `uris`, `softError`, ...), kept
+    /// as given so a Chronos client reads back what it wrote. Only the Chronos API writes here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub chronos: BTreeMap<String, serde_json::Value>,
+}
+
+/// Resources a run needs.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU shares (1.0 = one core); a hard quota in docker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory; a hard limit in docker (the run is OOM-killed past it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<ByteSize>,
+    /// Scratch disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<ByteSize>,
+}
+
+impl Resources {
+    /// True when nothing is requested.
+    pub fn is_empty(&self) -> bool {
+        self.cpus.is_none() && self.mem.is_none() && self.disk.is_none()
+    }
+}
+
+/// How a job's runs are spread over agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementStrategy {
+    /// Fill the fullest agent that fits first (fewer hosts busy, warm containers reused).
+    #[default]
+    Binpack,
+    /// Prefer the agent running the fewest runs of this job.
+    Spread,
+}
+
+/// The container of a docker job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSpec {
+    /// The image, e.g. `busybox:latest`.
+    pub image: String,
+    /// Overrides the image's entrypoint for the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// When to pull the image.
+    #[serde(default)]
+    pub pull: PullPolicy,
+    /// One warm container per job (default) or a fresh container per run.
+    #[serde(default)]
+    pub mode: ContainerMode,
+    /// Bind mounts, `host:container` or `host:container:ro`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Docker network mode (`none`, `host`, `bridge`); the agent's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Recycle a warm container after this many runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runs: Option<u64>,
+    /// Recycle a warm container after it is this old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+    /// Remove a warm container that ran nothing for this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    /// Create the warm container this long before the next fire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prewarm: Option<Duration>,
+}
+
+/// When the docker runtime pulls an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Pull only when the image is not present (a present image is never re-pulled).
+    #[default]
+    IfNotPresent,
+    /// Pull before creating each container.
+    Always,
+    /// Never pull; a missing image fails the run.
+    Never,
+}
+
+/// How a docker job's runs map to containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainerMode {
+    /// One long-lived container per job per agent; every run executes inside it.
+    #[default]
+    Warm,
+    /// A fresh container for each run, removed afterwards.
+    PerRun,
 }
 
 fn default_epsilon() -> Duration {
@@ -125,6 +235,8 @@ pub enum RuntimeKind {
     /// A child process of the agent in its own process group.
     #[default]
     Process,
+    /// Inside a docker container (see [`DockerSpec`]).
+    Docker,
 }
 
 /// Retry with exponential backoff. Written as a table or as a bare count (`retries = 3`).
@@ -281,6 +393,37 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 impl JobSpec {
+    /// A minimal spec: a name and a command, everything else at its default (no trigger yet).
+    pub fn new(name: impl Into<String>, command: Command) -> JobSpec {
+        JobSpec {
+            name: name.into(),
+            description: String::new(),
+            owner: String::new(),
+            labels: BTreeMap::new(),
+            schedule: None,
+            tz: None,
+            parents: Vec::new(),
+            command,
+            env: BTreeMap::new(),
+            workdir: None,
+            user: None,
+            runtime: RuntimeKind::Process,
+            docker: None,
+            resources: Resources::default(),
+            constraints: Vec::new(),
+            placement: PlacementStrategy::Binpack,
+            retries: RetryPolicy::default(),
+            timeout: None,
+            concurrency: ConcurrencyPolicy::default(),
+            misfire: MisfirePolicy::default(),
+            epsilon: default_epsilon(),
+            enabled: true,
+            paused: false,
+            keep_runs: None,
+            chronos: BTreeMap::new(),
+        }
+    }
+
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<JobSpec, JobError> {
         toml::from_str(text).map_err(|e| JobError::Parse(format!("invalid job file: {}", e.message().trim())))
@@ -333,6 +476,39 @@ impl JobSpec {
         }
         if self.command.is_empty() {
             return Err(JobError::EmptyCommand(self.name));
+        }
+        let field = |field: &'static str, why: String| JobError::Field { job: self.name.clone(), field, why };
+        match (self.runtime, &self.docker) {
+            (RuntimeKind::Docker, None) => {
+                return Err(field("docker", "is required with runtime = \"docker\"; give at least docker.image".into()));
+            }
+            (RuntimeKind::Process, Some(_)) => {
+                return Err(field("docker", "is set but runtime is \"process\"; add runtime = \"docker\" or drop it".into()));
+            }
+            (RuntimeKind::Docker, Some(d)) => {
+                if d.image.trim().is_empty() {
+                    return Err(field("docker.image", "is empty".into()));
+                }
+                for v in &d.volumes {
+                    let parts: Vec<&str> = v.split(':').collect();
+                    let ok = matches!(parts.as_slice(), [h, c] | [h, c, "ro" | "rw"] if h.starts_with('/') && c.starts_with('/'));
+                    if !ok {
+                        return Err(field("docker.volumes", format!("entry {v:?} is not \"/host/path:/container/path[:ro|rw]\"")));
+                    }
+                }
+                if d.max_runs == Some(0) {
+                    return Err(field("docker.max_runs", "must be at least 1".into()));
+                }
+            }
+            (RuntimeKind::Process, None) => {}
+        }
+        if let Some(c) = self.resources.cpus
+            && !(c > 0.0 && c.is_finite())
+        {
+            return Err(field("resources.cpus", format!("must be more than 0, got {c}")));
+        }
+        if self.resources.mem == Some(ByteSize(0)) {
+            return Err(field("resources.mem", "must be more than 0".into()));
         }
         if self.timeout == Some(Duration::ZERO) {
             return Err(JobError::Field {
@@ -439,6 +615,24 @@ mod tests {
         assert!(matches!(e, JobError::Name(_)));
         let e = JobSpec::from_toml("name = \"a\"\ncommand = []\nparents=[\"b\"]").unwrap().validate().unwrap_err();
         assert!(matches!(e, JobError::EmptyCommand(_)));
+    }
+
+    #[test]
+    fn docker_jobs() {
+        let toml = minimal("parents = [\"a\"]\nruntime = \"docker\"\nresources = { cpus = 0.5, mem = \"256MiB\" }\nconstraints = [[\"rack\", \"EQUALS\", \"r1\"]]\n[docker]\nimage = \"busybox\"\nmode = \"per-run\"\nvolumes = [\"/srv:/data:ro\"]\n");
+        let job = JobSpec::from_toml(&toml).unwrap().validate().unwrap();
+        let d = job.spec.docker.as_ref().unwrap();
+        assert_eq!((d.mode, d.pull), (ContainerMode::PerRun, PullPolicy::IfNotPresent));
+        assert_eq!(job.spec.resources.mem, Some(ByteSize(256 << 20)));
+        let e = JobSpec::from_toml(&minimal("parents = [\"a\"]\nruntime = \"docker\"")).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("docker.image"), "{e}");
+        let bad = minimal("parents = [\"a\"]\nruntime = \"docker\"\n[docker]\nimage = \"x\"\nvolumes = [\"data:/d\"]\n");
+        let e = JobSpec::from_toml(&bad).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("/host/path"), "{e}");
+        let e = JobSpec::from_toml(&minimal("parents = [\"a\"]\nresources = { cpus = 0 }")).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("resources.cpus"), "{e}");
+        let e = JobSpec::from_toml(&minimal("parents = [\"a\"]\nconstraints = [[\"rack\", \"NEAR\", \"x\"]]")).unwrap_err();
+        assert!(e.to_string().contains("unknown operator"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`dag`]: dependency cycles.
 //! - [`protocol`]: server ↔ agent messages.
 
+pub mod bytesize;
+pub mod constraint;
 pub mod dag;
 pub mod duration;
 pub mod job;

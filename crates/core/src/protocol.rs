@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
-use crate::job::{Command, JobSpec, RuntimeKind};
+use crate::job::{Command, DockerSpec, JobSpec, Resources, RuntimeKind};
 use crate::run::{RunId, RunState};
 
 /// Everything an agent needs to run one attempt of a run.
@@ -32,6 +32,10 @@ pub struct Launch {
 pub struct Task {
     /// Which runtime runs it.
     pub runtime: RuntimeKind,
+    /// The container, for docker.
+    pub docker: Option<DockerSpec>,
+    /// Limits the runtime enforces.
+    pub resources: Resources,
     /// The command.
     pub command: Command,
     /// Extra environment.
@@ -49,6 +53,8 @@ impl Task {
     pub fn of(spec: &JobSpec) -> Task {
         Task {
             runtime: spec.runtime,
+            docker: spec.docker.clone(),
+            resources: spec.resources,
             command: spec.command.clone(),
             env: spec.env.clone(),
             workdir: spec.workdir.clone(),

@@ -72,6 +72,20 @@ impl Embedded {
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&db).with_context(|| format!("opening the store at {}", db.display()))?,
         );
+        Self::start_with_store(config, store, runtime, clock, listener).await
+    }
+
+    /// Like [`Embedded::start`], but on a store the caller opened. Tests under tokio's paused time
+    /// pass an in-memory store: while a call waits on SQLite's thread, every task looks idle and
+    /// tokio would jump the clock ahead. Run logs still go under `config.data_dir`, created when a
+    /// run first writes one.
+    pub async fn start_with_store(
+        config: EmbeddedConfig,
+        store: Arc<dyn Store>,
+        runtime: SharedRuntime,
+        clock: SharedClock,
+        listener: Option<TcpListener>,
+    ) -> anyhow::Result<Embedded> {
         let logs = LogFiles::new(config.data_dir.join("logs"));
         let (stop, stop_rx) = watch::channel(false);
         let (agent_tx, agent_rx) = mpsc::channel(65_536);

@@ -12,6 +12,7 @@ use tug_core::run::{Attempt, NewRun, Run, RunId, RunState};
 use tug_core::JobSpec;
 
 pub mod logs;
+pub mod mem;
 pub mod sqlite;
 
 /// Why a store operation failed.

@@ -76,8 +76,9 @@ async fn run(clock: SharedClock, agent: mpsc::Sender<ToAgent>, mut rx: mpsc::Rec
 /// Waits for a wall-clock instant more precisely than tokio's millisecond timer: sleeps most of
 /// the way, then yields until it is there.
 async fn wait_until(clock: &dyn crate::clock::Clock, at: Timestamp) {
-    for _ in 0..100_000 {
-        let left = at.duration_since(clock.now());
+    let mut last = clock.now();
+    loop {
+        let left = at.duration_since(last);
         if left <= SignedDuration::ZERO {
             return;
         }
@@ -86,10 +87,12 @@ async fn wait_until(clock: &dyn crate::clock::Clock, at: Timestamp) {
         } else {
             tokio::task::yield_now().await;
         }
-    }
-    // A clock that does not move while we yield (tokio's paused time): let the timer do it.
-    let left = at.duration_since(clock.now());
-    if left > SignedDuration::ZERO {
-        tokio::time::sleep(left.unsigned_abs()).await;
+        let now = clock.now();
+        if now == last {
+            // A clock that stands still while we yield (tokio's paused time): let the timer move it.
+            tokio::time::sleep(left.unsigned_abs()).await;
+            return;
+        }
+        last = now;
     }
 }
