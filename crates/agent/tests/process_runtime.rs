@@ -84,6 +84,8 @@ fn launch(command: Command) -> Launch {
         epoch: 1,
         task: Task {
             runtime: RuntimeKind::Process,
+            docker: None,
+            resources: Default::default(),
             command,
             env: BTreeMap::new(),
             workdir: None,
