@@ -87,10 +87,46 @@ pub struct JobSpec {
     /// Keep this many finished runs of the job; the server default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_runs: Option<u32>,
+    /// Webhooks called when runs of this job fail, succeed, miss their time or run out of
+    /// retries (in addition to the server's global webhooks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
     /// Chronos fields that have no meaning in Tugboat (`async`, `uris`, `softError`, ...), kept
     /// as given so a Chronos client reads back what it wrote. Only the Chronos API writes here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub chronos: BTreeMap<String, serde_json::Value>,
+}
+
+/// Something that happened to a run that a webhook can be told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOn {
+    /// The run ended failed, timed_out, lost or killed, with no retry left.
+    Failure,
+    /// The run succeeded.
+    Success,
+    /// A fire missed its window (skipped or run late by the misfire policy).
+    Missed,
+    /// A failed run used its last retry.
+    RetriesExhausted,
+    /// A failed run will be retried.
+    Retry,
+}
+
+/// A webhook: an HTTP POST of a JSON payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Where to POST (http:// or https://).
+    pub url: String,
+    /// Which events; failure, missed and retries_exhausted when absent.
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<NotifyOn>,
+}
+
+/// The events a webhook gets when it does not say.
+pub fn default_notify_on() -> Vec<NotifyOn> {
+    vec![NotifyOn::Failure, NotifyOn::Missed, NotifyOn::RetriesExhausted]
 }
 
 /// Resources a run needs.
@@ -420,6 +456,7 @@ impl JobSpec {
             enabled: true,
             paused: false,
             keep_runs: None,
+            webhooks: Vec::new(),
             chronos: BTreeMap::new(),
         }
     }
@@ -506,6 +543,11 @@ impl JobSpec {
             && !(c > 0.0 && c.is_finite())
         {
             return Err(field("resources.cpus", format!("must be more than 0, got {c}")));
+        }
+        for w in &self.webhooks {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(field("webhooks.url", format!("{:?} is not an http:// or https:// URL", w.url)));
+            }
         }
         if self.resources.mem == Some(ByteSize(0)) {
             return Err(field("resources.mem", "must be more than 0".into()));

@@ -17,7 +17,9 @@ use tug_store::Store;
 
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
-use crate::scheduler::{self, AgentLink, SchedulerConfig, SchedulerHandle};
+use crate::metrics::Metrics;
+use crate::scheduler::events::EventSink;
+use crate::scheduler::{self, AgentLink, Hooks, SchedulerConfig, SchedulerHandle};
 
 /// Settings of an embedded server.
 #[derive(Debug, Clone)]
@@ -53,6 +55,8 @@ pub struct Embedded {
     pub scheduler: SchedulerHandle,
     /// The store.
     pub store: Arc<dyn Store>,
+    /// The metric families.
+    pub metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -95,13 +99,25 @@ impl Embedded {
         let mut tasks = vec![tokio::spawn(agent.serve(agent_rx, stopped(stop_rx.clone())))];
         let sched_cfg = SchedulerConfig { keep_runs: config.keep_runs, ..SchedulerConfig::default() };
         let link = AgentLink { name: config.agent_name.clone(), tx: agent_tx };
-        let (handle, sched_task) =
-            scheduler::start(store.clone(), clock.clone(), logs.clone(), sched_cfg, link, updates_rx, stopped(stop_rx.clone()))
-                .await
-                .context("starting the scheduler")?;
+        let metrics = Arc::new(Metrics::new());
+        let events = EventSink::new(metrics.clone());
+        let hooks = Hooks { metrics: metrics.clone(), events };
+        let (handle, sched_task) = scheduler::start(
+            store.clone(),
+            clock.clone(),
+            logs.clone(),
+            sched_cfg,
+            link,
+            hooks,
+            updates_rx,
+            stopped(stop_rx.clone()),
+        )
+        .await
+        .context("starting the scheduler")?;
         tasks.push(sched_task);
         if let Some(listener) = listener {
-            let app = api::router(AppState { store: store.clone(), scheduler: handle.clone(), logs, clock });
+            let state = AppState { store: store.clone(), scheduler: handle.clone(), logs, clock, metrics: metrics.clone() };
+            let app = api::router(state);
             let rx = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
@@ -109,7 +125,7 @@ impl Embedded {
                 }
             }));
         }
-        Ok(Embedded { scheduler: handle, store, stop, tasks })
+        Ok(Embedded { scheduler: handle, store, metrics, stop, tasks })
     }
 
     /// Stops everything and waits until runs have been stopped and recorded.

@@ -7,9 +7,11 @@
 //! - [`embedded`]: server + local agent + SQLite in one process.
 
 pub mod api;
+pub mod chronos;
 pub mod clock;
 pub mod embedded;
 pub mod error;
+pub mod metrics;
 pub mod scheduler;
 
 pub use error::{Error, Result};

@@ -29,6 +29,8 @@ pub struct AppState {
     pub logs: LogFiles,
     /// The wall clock.
     pub clock: SharedClock,
+    /// Metric families, for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The API router.
@@ -46,10 +48,21 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/kill", post(runs::kill))
         .route("/runs/{id}/log", get(runs::log))
         .route("/schedule/preview", get(schedule::preview))
-        .with_state(state);
+        .with_state(state.clone());
+    let metrics = state.metrics.clone();
     Router::new()
         .nest("/api/v1", v1)
+        .merge(crate::chronos::router(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
+                }
+            }),
+        )
         .fallback(|| async {
             ApiError {
                 status: axum::http::StatusCode::NOT_FOUND,

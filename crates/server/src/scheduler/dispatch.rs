@@ -10,6 +10,7 @@ use tug_core::protocol::ToAgent;
 
 use super::stats::Histogram;
 use crate::clock::SharedClock;
+use crate::metrics::Metrics;
 
 /// One message for the agent, held until `at`.
 pub(crate) struct Outgoing {
@@ -35,10 +36,14 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// Starts the task; it ends when the handle is dropped and the queue is sent.
-    pub(crate) fn start(clock: SharedClock, agent: mpsc::Sender<ToAgent>) -> (Dispatcher, tokio::task::JoinHandle<()>) {
+    pub(crate) fn start(
+        clock: SharedClock,
+        agent: mpsc::Sender<ToAgent>,
+        metrics: Arc<Metrics>,
+    ) -> (Dispatcher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(65_536);
         let stats = Arc::new(Mutex::new(DispatchStats::default()));
-        let task = tokio::spawn(run(clock, agent, rx, stats.clone()));
+        let task = tokio::spawn(run(clock, agent, rx, stats.clone(), metrics));
         (Dispatcher { tx, stats }, task)
     }
 
@@ -50,7 +55,13 @@ impl Dispatcher {
     }
 }
 
-async fn run(clock: SharedClock, agent: mpsc::Sender<ToAgent>, mut rx: mpsc::Receiver<Outgoing>, stats: Arc<Mutex<DispatchStats>>) {
+async fn run(
+    clock: SharedClock,
+    agent: mpsc::Sender<ToAgent>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    stats: Arc<Mutex<DispatchStats>>,
+    metrics: Arc<Metrics>,
+) {
     let mut buf = Vec::new();
     while rx.recv_many(&mut buf, 1024).await > 0 {
         for out in buf.drain(..) {
@@ -68,6 +79,7 @@ async fn run(clock: SharedClock, agent: mpsc::Sender<ToAgent>, mut rx: mpsc::Rec
             {
                 let late = clock.now().duration_since(at);
                 st.lateness.record(u64::try_from(late.as_micros()).unwrap_or(0));
+                metrics.fire_lateness.observe(late.as_secs_f64().max(0.0));
             }
         }
     }

@@ -8,7 +8,10 @@ use tug_core::run::{NewRun, Run, RunState, Trigger};
 use tug_store::FireBatch;
 
 use super::timers::Slot;
+use tug_core::job::NotifyOn;
+
 use super::dispatch::Outgoing;
+use super::events::RunEvent;
 use super::Scheduler;
 use crate::error::Result;
 
@@ -62,6 +65,7 @@ impl Scheduler {
         let missed = plan.missed();
         if missed > 0 {
             self.stats.misfires += missed;
+            self.metrics.misfires.inc_by(missed);
             tracing::warn!(job = %name, missed, unrecorded = plan.unrecorded, "fires missed their window");
             if let Some(c) = plan.cursor {
                 batch.cursors.push((name.clone(), c));
@@ -85,7 +89,9 @@ impl Scheduler {
         for at in &plan.on_time {
             self.admit(slot, *at, Trigger::Schedule, batch, kills);
         }
-        self.stats.fires += (plan.on_time.len() + plan.backfill.len()) as u64;
+        let fired = (plan.on_time.len() + plan.backfill.len()) as u64;
+        self.stats.fires += fired;
+        self.metrics.fires.inc_by(fired);
         self.arm(slot);
     }
 
@@ -101,6 +107,7 @@ impl Scheduler {
             ConcurrencyPolicy::Forbid if busy && trigger == Trigger::Misfire => queued(name, at, trigger),
             ConcurrencyPolicy::Forbid if busy => {
                 self.stats.concurrency_skips += 1;
+                self.metrics.concurrency_skips.inc();
                 let active = e.active.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ");
                 let reason = if active.is_empty() {
                     "skipped: an earlier fire in the same tick is starting (concurrency: forbid)".to_string()
@@ -140,6 +147,10 @@ impl Scheduler {
         for run in &created {
             let Some(&slot) = self.index.get(&run.job) else { continue };
             let Some(e) = self.slots[slot as usize].as_mut() else { continue };
+            if run.trigger == Trigger::Misfire && !self.events.is_empty() {
+                let webhooks = e.job.spec.webhooks.clone();
+                self.events.emit(RunEvent { event: NotifyOn::Missed, run: run.clone(), webhooks });
+            }
             if run.state == RunState::Skipped {
                 continue;
             }
@@ -152,6 +163,7 @@ impl Scheduler {
             }
             self.runs.insert(run.id, run.clone());
         }
+        self.metrics.runs_in_flight.set(self.runs.len() as i64);
         for id in launch {
             self.dispatch(id).await;
         }

@@ -45,6 +45,7 @@ impl Scheduler {
             }
         };
         self.index.insert(name, slot);
+        self.metrics.jobs.set(self.index.len() as i64);
         self.arm(slot);
         slot
     }
@@ -130,6 +131,7 @@ impl Scheduler {
         }
         self.unlink_parents(name, &e.job.spec.parents);
         self.index.remove(name);
+        self.metrics.jobs.set(self.index.len() as i64);
         self.free.push(slot);
         let _ = self.logs.remove(&ids).await; // failures are logged by `remove`
         Ok(())

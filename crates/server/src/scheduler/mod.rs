@@ -15,10 +15,13 @@ use tug_store::logs::LogFiles;
 use tug_store::{JobRecord, Store};
 
 use crate::clock::{SharedClock, instant_at};
+use crate::metrics::Metrics;
+use events::EventSink;
 use crate::error::{Error, Result};
 
 mod deps;
 mod dispatch;
+pub mod events;
 mod fire;
 mod jobs;
 mod persist;
@@ -190,6 +193,17 @@ pub struct Scheduler {
     runs: HashMap<RunId, Run>,
     to_prune: Vec<Slot>,
     stats: Stats,
+    metrics: Arc<Metrics>,
+    events: EventSink,
+}
+
+/// What the scheduler reports to besides the store: metrics and run events.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Metric families it updates.
+    pub metrics: Arc<Metrics>,
+    /// Where run events go.
+    pub events: EventSink,
 }
 
 impl Scheduler {
@@ -200,9 +214,10 @@ impl Scheduler {
         logs: LogFiles,
         config: SchedulerConfig,
         agent: AgentLink,
+        hooks: Hooks,
     ) -> Result<Scheduler> {
         let (persister, persister_task) = Persister::start(store.clone());
-        let (dispatcher, dispatcher_task) = Dispatcher::start(clock.clone(), agent.tx.clone());
+        let (dispatcher, dispatcher_task) = Dispatcher::start(clock.clone(), agent.tx.clone(), hooks.metrics.clone());
         let mut s = Scheduler {
             store,
             persister,
@@ -222,6 +237,8 @@ impl Scheduler {
             runs: HashMap::new(),
             to_prune: Vec::new(),
             stats: Stats::default(),
+            metrics: hooks.metrics,
+            events: hooks.events,
         };
         s.recover().await?;
         Ok(s)
@@ -389,10 +406,11 @@ pub async fn start(
     logs: LogFiles,
     config: SchedulerConfig,
     agent: AgentLink,
+    hooks: Hooks,
     updates: mpsc::Receiver<ToServer>,
     stop_firing: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>)> {
-    let sched = Scheduler::load(store, clock, logs, config, agent).await?;
+    let sched = Scheduler::load(store, clock, logs, config, agent, hooks).await?;
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(sched.run(rx, updates, stop_firing));
     Ok((SchedulerHandle { tx }, task))

@@ -7,7 +7,11 @@ use jiff::{SignedDuration, Timestamp};
 use tug_core::protocol::{StatusUpdate, ToServer};
 use tug_core::run::{Attempt, Run, RunId, RunState};
 
+use tug_core::job::NotifyOn;
+
+use super::events::RunEvent;
 use super::Scheduler;
+use crate::metrics::StateLabel;
 
 impl Scheduler {
     /// Applies a batch of updates in one store transaction, then acts on what finished.
@@ -60,11 +64,9 @@ impl Scheduler {
         run.exit_code = u.exit_code;
         run.signal = u.signal;
         run.reason = u.reason.clone();
-        let policy = self
-            .index
-            .get(&run.job)
-            .and_then(|&s| self.slots[s as usize].as_ref())
-            .map(|e| e.job.spec.retries);
+        let spec = self.index.get(&run.job).and_then(|&s| self.slots[s as usize].as_ref()).map(|e| &e.job.spec);
+        let policy = spec.map(|s| s.retries);
+        let webhooks = spec.map(|s| s.webhooks.clone()).unwrap_or_default();
         let retry = policy.filter(|p| u.state.is_retryable() && run.attempt <= p.count);
         match retry {
             Some(p) => {
@@ -92,11 +94,24 @@ impl Scheduler {
                 run.retry_at = Some(at);
                 self.retry_timers.insert(at, run.id);
                 self.stats.retries += 1;
+                self.metrics.retries.inc();
+                if !self.events.is_empty() {
+                    self.events.emit(RunEvent { event: NotifyOn::Retry, run: run.clone(), webhooks });
+                }
             }
             None => {
                 run.state = u.state;
                 run.finished_at = Some(now);
                 finished.push(run.id);
+                if !self.events.is_empty() {
+                    let exhausted = u.state.is_retryable() && policy.is_some_and(|p| p.count > 0);
+                    let event = if u.state == RunState::Succeeded { NotifyOn::Success } else { NotifyOn::Failure };
+                    if exhausted {
+                        let ev = RunEvent { event: NotifyOn::RetriesExhausted, run: run.clone(), webhooks: webhooks.clone() };
+                        self.events.emit(ev);
+                    }
+                    self.events.emit(RunEvent { event, run: run.clone(), webhooks });
+                }
             }
         }
         true
@@ -110,6 +125,10 @@ impl Scheduler {
         for id in finished {
             let Some(run) = self.runs.remove(&id) else { continue };
             *self.stats.finished.entry(run.state.to_string()).or_default() += 1;
+            self.metrics.runs_finished.get_or_create(&StateLabel { state: run.state.to_string() }).inc();
+            if let (Some(s), Some(f)) = (run.started_at, run.finished_at) {
+                self.metrics.run_duration.observe(f.duration_since(s).as_secs_f64().max(0.0));
+            }
             let Some(&slot) = self.index.get(&run.job) else { continue };
             let Some(e) = self.slots[slot as usize].as_mut() else { continue };
             e.active.retain(|a| *a != id);
@@ -132,6 +151,7 @@ impl Scheduler {
                 next.push(q);
             }
         }
+        self.metrics.runs_in_flight.set(self.runs.len() as i64);
         if !next.is_empty()
             && let Err(e) = self.launch_existing(next).await
         {

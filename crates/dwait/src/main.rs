@@ -1,0 +1,3 @@
+//! `dwait`: the entrypoint (PID 1) of Tugboat's warm containers.
+
+fn main() {}
