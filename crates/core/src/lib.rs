@@ -14,6 +14,7 @@ pub mod dag;
 pub mod duration;
 pub mod job;
 pub mod misfire;
+pub mod placement;
 pub mod protocol;
 pub mod run;
 pub mod schedule;
