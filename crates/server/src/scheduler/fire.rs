@@ -18,6 +18,9 @@ use crate::error::Result;
 /// How far ahead of their instant fires are committed.
 pub(super) const LEAD: SignedDuration = SignedDuration::from_millis(2);
 
+/// Most runs written by one tick's transaction.
+const MAX_FIRES_PER_TICK: usize = 10_000;
+
 /// Runs killed to make room under `replace`, collected while a batch is built.
 pub(super) type Kills = Vec<u64>;
 
@@ -31,7 +34,11 @@ impl Scheduler {
         let horizon = now.saturating_add(LEAD).unwrap_or(now);
         let mut batch = FireBatch::default();
         let mut kills = Kills::new();
-        while let Some(slot) = self.timers.pop_due(horizon) {
+        // Bounded, so one overloaded tick cannot hold the loop for seconds; what is left stays
+        // due and the next iteration takes it.
+        while batch.runs.len() < MAX_FIRES_PER_TICK
+            && let Some(slot) = self.timers.pop_due(horizon)
+        {
             self.fire_job(slot, now, horizon, &mut batch, &mut kills);
         }
         let mut retries = Vec::new();

@@ -156,7 +156,7 @@ impl Scheduler {
         Ok(record)
     }
 
-    pub(super) async fn run_now(&mut self, name: &str) -> Result<Run> {
+    pub(super) async fn run_now(&mut self, name: &str, args: Vec<String>) -> Result<Run> {
         let Some(&slot) = self.index.get(name) else {
             return Err(tug_store::StoreError::JobNotFound(name.to_string()).into());
         };
@@ -174,7 +174,18 @@ impl Scheduler {
         let mut batch = FireBatch::default();
         let mut kills = Kills::new();
         self.admit(slot, at, Trigger::Manual, &mut batch, &mut kills);
-        let created = self.commit(batch, kills, now).await?;
+        // Set before the commit, which dispatches.
+        let key = (name.to_string(), at);
+        if !args.is_empty() {
+            self.run_args.insert(key.clone(), args);
+        }
+        let created = match self.commit(batch, kills, now).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.run_args.remove(&key);
+                return Err(e);
+            }
+        };
         created
             .into_iter()
             .next()
@@ -220,5 +231,26 @@ impl Scheduler {
             out.push(self.kill_run(id).await?);
         }
         Ok(out)
+    }
+}
+
+/// A command with extra arguments appended: argv gets them as is, a shell string gets each one
+/// single-quoted so it stays one word.
+pub(super) fn with_args(command: tug_core::job::Command, args: &[String]) -> tug_core::job::Command {
+    use tug_core::job::Command;
+    match command {
+        Command::Argv(mut v) => {
+            v.extend(args.iter().cloned());
+            Command::Argv(v)
+        }
+        Command::Shell(mut s) => {
+            for a in args {
+                s.push(' ');
+                s.push('\'');
+                s.push_str(&a.replace('\'', "'\\''"));
+                s.push('\'');
+            }
+            Command::Shell(s)
+        }
     }
 }

@@ -67,7 +67,7 @@ pub(crate) enum Command {
     UpdateJob(JobSpec, Option<u64>, oneshot::Sender<Result<JobRecord>>),
     DeleteJob(String, oneshot::Sender<Result<()>>),
     SetPaused(String, bool, oneshot::Sender<Result<JobRecord>>),
-    RunNow(String, oneshot::Sender<Result<Run>>),
+    RunNow(String, Vec<String>, oneshot::Sender<Result<Run>>),
     KillRun(RunId, oneshot::Sender<Result<Run>>),
     KillJob(String, oneshot::Sender<Result<Vec<Run>>>),
     Stats(bool, oneshot::Sender<Stats>),
@@ -108,7 +108,17 @@ impl SchedulerHandle {
 
     /// Starts a manual run now.
     pub async fn run_now(&self, name: &str) -> Result<Run> {
-        self.ask(|tx| Command::RunNow(name.to_string(), tx)).await?
+        self.ask(|tx| Command::RunNow(name.to_string(), Vec::new(), tx)).await?
+    }
+
+    /// Starts a manual run now with `args` appended to the job's command for this run only (the
+    /// Chronos API's `PUT /scheduler/job/{name}?arguments=`). An argv command gets them as extra
+    /// arguments; a shell command gets them appended, each single-quoted.
+    ///
+    /// The arguments are kept in memory only, not in the store: a retry of the run on the same
+    /// server uses them, but after a server restart a recovered run runs the plain command.
+    pub async fn run_now_with_args(&self, name: &str, args: Vec<String>) -> Result<Run> {
+        self.ask(|tx| Command::RunNow(name.to_string(), args, tx)).await?
     }
 
     /// Stops a run. Returns it as it is now; the final state follows from its agent.
@@ -195,6 +205,9 @@ pub struct Scheduler {
     stats: Stats,
     metrics: Arc<Metrics>,
     events: EventSink,
+    /// Extra command arguments of manual runs, by run key (memory only; see
+    /// [`SchedulerHandle::run_now_with_args`]). Dropped at prune once the run is no longer active.
+    run_args: HashMap<(String, Timestamp), Vec<String>>,
 }
 
 /// What the scheduler reports to besides the store: metrics and run events.
@@ -239,6 +252,7 @@ impl Scheduler {
             stats: Stats::default(),
             metrics: hooks.metrics,
             events: hooks.events,
+            run_args: HashMap::new(),
         };
         s.recover().await?;
         Ok(s)
@@ -268,7 +282,8 @@ impl Scheduler {
                 }
             };
             tokio::select! {
-                biased;
+                // Not biased: under overload a due tick and a batch of status updates take turns,
+                // so neither starves the other.
                 () = &mut stop_firing, if firing => firing = false,
                 () = sleep => {
                     if let Err(e) = self.tick().await {
@@ -313,8 +328,8 @@ impl Scheduler {
             Command::SetPaused(name, paused, tx) => {
                 let _ = tx.send(self.set_paused(&name, paused).await);
             }
-            Command::RunNow(name, tx) => {
-                let _ = tx.send(self.run_now(&name).await);
+            Command::RunNow(name, args, tx) => {
+                let _ = tx.send(self.run_now(&name, args).await);
             }
             Command::KillRun(id, tx) => {
                 let _ = tx.send(self.kill_run(id).await);
@@ -369,13 +384,17 @@ impl Scheduler {
     async fn dispatch(&mut self, id: RunId) {
         let Some(run) = self.runs.get(&id) else { return };
         let Some(e) = self.entry(&run.job) else { return };
+        let mut task = Task::of(&e.job.spec);
+        if let Some(args) = self.run_args.get(&(run.job.clone(), run.scheduled_at)) {
+            task.command = jobs::with_args(task.command, args);
+        }
         let launch = Launch {
             run_id: id,
             job: run.job.clone(),
             scheduled_at: run.scheduled_at,
             attempt: run.attempt,
             epoch: self.config.epoch,
-            task: Task::of(&e.job.spec),
+            task,
         };
         let measure = run.trigger == tug_core::run::Trigger::Schedule;
         let at = Some(run.scheduled_at);
@@ -383,6 +402,11 @@ impl Scheduler {
     }
 
     async fn prune(&mut self) {
+        if !self.run_args.is_empty() {
+            let active: std::collections::HashSet<(&str, Timestamp)> =
+                self.runs.values().map(|r| (r.job.as_str(), r.scheduled_at)).collect();
+            self.run_args.retain(|(job, at), _| active.contains(&(job.as_str(), *at)));
+        }
         let slots = std::mem::take(&mut self.to_prune);
         for slot in slots {
             let Some(e) = self.slots[slot as usize].as_mut() else { continue };
