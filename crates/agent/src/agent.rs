@@ -30,11 +30,18 @@ pub struct AgentConfig {
     pub log_limit: u64,
     /// Time between SIGTERM and SIGKILL when a run is stopped.
     pub grace: Duration,
+    /// How often the agent tells the server it is alive.
+    pub heartbeat: Duration,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        AgentConfig { name: "local".into(), log_limit: 1 << 20, grace: Duration::from_secs(10) }
+        AgentConfig {
+            name: "local".into(),
+            log_limit: 1 << 20,
+            grace: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(2),
+        }
     }
 }
 
@@ -80,8 +87,16 @@ impl Agent {
     pub async fn serve(self: Arc<Self>, mut commands: mpsc::Receiver<ToAgent>, shutdown: impl Future<Output = ()>) {
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
+        let mut beat = tokio::time::interval(self.config.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = beat.tick() => {
+                    let hb = ToServer::Heartbeat { agent: self.config.name.clone() };
+                    if self.updates.send(hb).await.is_err() {
+                        tracing::warn!("server side of the agent channel is closed; heartbeat not delivered");
+                    }
+                }
                 msg = commands.recv() => match msg {
                     Some(ToAgent::Launch(launch)) => self.launch(*launch, &mut tasks),
                     Some(ToAgent::Kill { run_id, reason }) => self.kill(run_id, reason),

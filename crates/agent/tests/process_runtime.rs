@@ -351,7 +351,7 @@ impl AgentHarness {
         let h = Harness::new();
         let (commands, commands_rx) = mpsc::channel(16);
         let (updates_tx, updates) = mpsc::channel(16);
-        let config = AgentConfig { name: "test".into(), log_limit: 1 << 20, grace: GRACE };
+        let config = AgentConfig { name: "test".into(), log_limit: 1 << 20, grace: GRACE, ..AgentConfig::default() };
         let runtime: SharedRuntime = Arc::new(ProcessRuntime);
         let agent = Agent::new(config, runtime, h.logs.clone(), updates_tx);
         let serve = tokio::spawn(agent.serve(commands_rx, std::future::pending()));
@@ -363,9 +363,12 @@ impl AgentHarness {
     }
 
     async fn next(&mut self) -> StatusUpdate {
-        let msg = tokio::time::timeout(Duration::from_secs(5), self.updates.recv()).await;
-        match msg.expect("an update within 5s").expect("agent still running") {
-            ToServer::Status(u) => u,
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.updates.recv()).await;
+            match msg.expect("an update within 5s").expect("agent still running") {
+                ToServer::Status(u) => return u,
+                ToServer::Heartbeat { .. } => continue,
+            }
         }
     }
 
@@ -374,8 +377,10 @@ impl AgentHarness {
         drop(self.commands);
         self.serve.await.expect("serve task");
         let mut rest = Vec::new();
-        while let Ok(ToServer::Status(u)) = self.updates.try_recv() {
-            rest.push(u);
+        while let Ok(msg) = self.updates.try_recv() {
+            if let ToServer::Status(u) = msg {
+                rest.push(u);
+            }
         }
         (rest, self.h)
     }

@@ -128,4 +128,9 @@ pub struct StatusUpdate {
 pub enum ToServer {
     /// A status change.
     Status(StatusUpdate),
+    /// The agent is alive (sent every few seconds).
+    Heartbeat {
+        /// The agent's name.
+        agent: String,
+    },
 }

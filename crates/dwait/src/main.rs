@@ -1,3 +1,342 @@
-//! `dwait`: the entrypoint (PID 1) of Tugboat's warm containers.
+//! `dwait`: the entrypoint (PID 1) of Tugboat's warm containers. `dwait serve SOCKET` listens on
+//! SOCKET and runs each run an agent connection asks for (see [`dwait::protocol`]): in its own
+//! process group, output streamed back, exit status reported, the group killed on request, and
+//! every zombie in the container reaped (PID 1 inherits all orphans).
+//!
+//! Threads, not async: a run costs four short-lived threads (connection, stdout, stderr, control)
+//! and the binary stays small and static.
+//!
+//! Reaping: one reaper thread waits for any child with `waitid(WNOWAIT)` (which does not consume
+//! the status), then reaps it under the spawn lock. `Command::spawn` holds the same lock, because
+//! when exec fails the standard library reaps the child itself and must find it still there.
 
-fn main() {}
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use dwait::protocol::{self, Exit, Request};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::Pid;
+
+/// How long output is still read after the leader exited, when something else holds the pipes.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(250);
+
+/// Exit statuses of the runs' leaders, by pid, and the lock spawns hold.
+struct Reaper {
+    spawn: Mutex<()>,
+    /// pid → status (None while still running). Only watched pids are recorded.
+    exits: Mutex<HashMap<i32, Option<WaitStatus>>>,
+    exited: Condvar,
+    /// Set when a child was spawned, so an idle reaper wakes up.
+    children: Mutex<bool>,
+    spawned: Condvar,
+}
+
+fn reaper() -> &'static Reaper {
+    static R: OnceLock<Reaper> = OnceLock::new();
+    R.get_or_init(|| Reaper {
+        spawn: Mutex::new(()),
+        exits: Mutex::new(HashMap::new()),
+        exited: Condvar::new(),
+        children: Mutex::new(false),
+        spawned: Condvar::new(),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reaps every child forever, recording the statuses of watched ones.
+fn reap_forever() {
+    let r = reaper();
+    loop {
+        match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(status) => {
+                let Some(pid) = status.pid() else { continue };
+                let _spawning = lock(&r.spawn);
+                if let Ok(s) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    let mut exits = lock(&r.exits);
+                    if let Some(slot) = exits.get_mut(&pid.as_raw()) {
+                        *slot = Some(s);
+                        r.exited.notify_all();
+                    }
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(_) => {
+                // No children: sleep until a spawn (or a second, for orphans we never spawned,
+                // which cannot exist without a spawn, but it costs nothing).
+                let mut any = lock(&r.children);
+                if !*any {
+                    any = r.spawned.wait_timeout(any, Duration::from_secs(1)).map(|g| g.0).unwrap_or_else(|p| p.into_inner().0);
+                }
+                *any = false;
+            }
+        }
+    }
+}
+
+fn wait_exit(pid: i32) -> WaitStatus {
+    let r = reaper();
+    let mut exits = lock(&r.exits);
+    loop {
+        if let Some(Some(s)) = exits.get(&pid) {
+            let s = *s;
+            exits.remove(&pid);
+            return s;
+        }
+        exits = r.exited.wait(exits).unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("serve") => {
+            let path = args.get(2).map_or("/.tug/run/dwait.sock", String::as_str);
+            if let Err(e) = serve(path) {
+                eprintln!("dwait: {e}");
+                std::process::exit(1);
+            }
+        }
+        Some("--version") => println!("dwait {}", env!("CARGO_PKG_VERSION")),
+        _ => {
+            eprintln!("usage: dwait serve [SOCKET]   (Tugboat's in-container executor)");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn serve(path: &str) -> io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    // Bind under a temporary name and rename, so the agent never connects to a half-made socket.
+    let tmp = format!("{path}.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {tmp}: {e}")))?;
+    std::fs::rename(&tmp, path)?;
+    std::thread::spawn(reap_forever);
+    // As PID 1 without handlers, SIGTERM is ignored: the agent removes containers with SIGKILL.
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                std::thread::spawn(move || {
+                    if let Err(e) = handle(stream) {
+                        eprintln!("dwait: run failed: {e}");
+                    }
+                });
+            }
+            Err(e) => eprintln!("dwait: accept: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Serves one run.
+// dwait has no async runtime and no paused-time tests: the std clock is the right one here.
+#[allow(clippy::disallowed_types)]
+fn handle(mut conn: UnixStream) -> io::Result<()> {
+    let Some((kind, payload)) = protocol::read_frame(&mut conn)? else { return Ok(()) };
+    if kind != protocol::REQUEST {
+        return protocol::write_frame(&mut conn, protocol::ERROR, b"expected a request frame");
+    }
+    let req = match Request::decode(&payload) {
+        Ok(r) => r,
+        Err(e) => return protocol::write_frame(&mut conn, protocol::ERROR, e.as_bytes()),
+    };
+    let mut cmd = match prepare(&req) {
+        Ok(c) => c,
+        Err(e) => return protocol::write_frame(&mut conn, protocol::ERROR, e.as_bytes()),
+    };
+    let oom_before = oom_kills();
+    let r = reaper();
+    let spawned = {
+        let _spawning = lock(&r.spawn);
+        let child = cmd.spawn();
+        if let Ok(c) = &child {
+            lock(&r.exits).insert(c.id() as i32, None);
+        }
+        child
+    };
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let program = req.argv.first().map_or("", String::as_str);
+            let why = format!("cannot start `{program}`: {e}");
+            return protocol::write_frame(&mut conn, protocol::ERROR, why.as_bytes());
+        }
+    };
+    *lock(&r.children) = true;
+    r.spawned.notify_all();
+    let pid = child.id() as i32;
+    let pgid = Pid::from_raw(pid);
+
+    let out = Arc::new(Mutex::new(conn.try_clone()?));
+    lock(&out).write_all(&frame(protocol::STARTED, pid.to_string().as_bytes()))?;
+
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let mut pumps = 0;
+    if let Some(s) = child.stdout.take() {
+        pumps += 1;
+        pump(s, protocol::STDOUT, out.clone(), done_tx.clone());
+    }
+    if let Some(s) = child.stderr.take() {
+        pumps += 1;
+        pump(s, protocol::STDERR, out.clone(), done_tx.clone());
+    }
+    drop(done_tx);
+
+    let finished = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::new(AtomicBool::new(false));
+    {
+        let (finished, stopped) = (finished.clone(), stopped.clone());
+        let mut control = conn;
+        std::thread::spawn(move || {
+            loop {
+                match protocol::read_frame(&mut control) {
+                    Ok(Some((protocol::SIGNAL, p))) => {
+                        let sig = std::str::from_utf8(&p).ok().and_then(|s| s.parse::<i32>().ok()).and_then(|n| Signal::try_from(n).ok());
+                        if let Some(sig) = sig
+                            && !finished.load(Ordering::SeqCst)
+                        {
+                            stopped.store(true, Ordering::SeqCst);
+                            let _ = killpg(pgid, sig);
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        // The agent went away: the run must not outlive its connection.
+                        if !finished.load(Ordering::SeqCst) {
+                            let _ = killpg(pgid, Signal::SIGKILL);
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    let status = wait_exit(pid);
+    if stopped.load(Ordering::SeqCst) {
+        // A stopped run leaves nothing of its group behind.
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + DRAIN_AFTER_EXIT;
+    for _ in 0..pumps {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    let mut exit = match status {
+        WaitStatus::Exited(_, code) => Exit { code: Some(code), ..Exit::default() },
+        WaitStatus::Signaled(_, sig, core) => Exit { signal: Some(sig as i32), core, ..Exit::default() },
+        _ => Exit::default(),
+    };
+    exit.oom = exit.signal == Some(Signal::SIGKILL as i32) && oom_kills() > oom_before;
+    // Before the EXIT frame: once the agent has it, it closes the connection, and that close
+    // must not be taken for an abandoned run (stragglers of a finished run are left alone).
+    finished.store(true, Ordering::SeqCst);
+    lock(&out).write_all(&frame(protocol::EXIT, &exit.encode()))
+}
+
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = protocol::encode_header(kind, payload.len()).to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Copies a pipe into frames until end of file, then says so on `done`.
+fn pump(mut pipe: impl Read + Send + 'static, kind: u8, out: Arc<Mutex<UnixStream>>, done: mpsc::Sender<()>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if lock(&out).write_all(&frame(kind, &buf[..n])).is_err() {
+                        // The agent is gone; keep reading so the run never blocks on a full pipe.
+                        continue;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = done.send(());
+    });
+}
+
+/// The command of a request: its own process group, piped output, workdir, user, environment.
+fn prepare(req: &Request) -> Result<Command, String> {
+    let (program, args) = match req.argv.split_first() {
+        Some((p, rest)) if !p.is_empty() => (p, rest),
+        _ => return Err("cannot start: the command is empty".into()),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args).process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(dir) = &req.workdir {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("cannot start `{program}`: workdir {dir:?} is not a directory")),
+            Err(e) => return Err(format!("cannot start `{program}`: workdir {dir:?}: {e}")),
+        }
+        cmd.current_dir(dir);
+    }
+    if let Some(user) = &req.user {
+        let (uid, gid, home) = lookup_user(user).map_err(|e| format!("cannot start `{program}`: {e}"))?;
+        cmd.uid(uid).gid(gid);
+        if let Some((name, home)) = home {
+            cmd.env("USER", &name).env("LOGNAME", &name).env("HOME", home);
+        }
+    }
+    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
+    Ok(cmd)
+}
+
+/// `uid`, `uid:gid` or a name from the container's /etc/passwd.
+#[allow(clippy::type_complexity)]
+fn lookup_user(spec: &str) -> Result<(u32, u32, Option<(String, String)>), String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let entry = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| {
+        f.len() >= 6 && (f[0] == user || (user.parse::<u32>().is_ok() && f[2] == user))
+    });
+    let (uid, mut gid, named) = match (&entry, user.parse::<u32>()) {
+        (Some(f), _) => (
+            f[2].parse::<u32>().map_err(|_| format!("bad uid for {user:?} in /etc/passwd"))?,
+            f[3].parse::<u32>().unwrap_or(0),
+            Some((f[0].to_string(), f[5].to_string())),
+        ),
+        (None, Ok(n)) => (n, n, None),
+        (None, Err(_)) => return Err(format!("unknown user {user:?}: not in the container's /etc/passwd (give a uid)")),
+    };
+    if let Some(g) = group {
+        gid = g.parse::<u32>().map_err(|_| format!("group {g:?} must be a number"))?;
+    }
+    Ok((uid, gid, named))
+}
+
+/// OOM kills counted by the container's memory cgroup (v2 `memory.events`, v1 `oom_control`).
+fn oom_kills() -> u64 {
+    for path in ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"] {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let n = text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()));
+            if let Some(n) = n {
+                return n;
+            }
+        }
+    }
+    0
+}

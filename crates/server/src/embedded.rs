@@ -1,6 +1,7 @@
 //! `tug up`: the scheduler, its API, the embedded SQLite store and one local agent in a single
 //! process. Shutdown stops firing and API writes at once, lets the agent stop its runs (SIGTERM,
-//! grace, SIGKILL) and record how they ended, then returns.
+//! grace, SIGKILL) and record how they ended, then gives the webhooks of those last events a
+//! short grace to go out, then returns.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,13 +12,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tug_agent::runtime::SharedRuntime;
 use tug_agent::{Agent, AgentConfig};
+use tug_core::job::Webhook;
 use tug_store::logs::LogFiles;
 use tug_store::sqlite::SqliteStore;
 use tug_store::Store;
 
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PerJobMetrics, StateLabel};
+use crate::notify::{self, DeliveryConfig, Notifier};
 use crate::scheduler::events::EventSink;
 use crate::scheduler::{self, AgentLink, Hooks, SchedulerConfig, SchedulerHandle};
 
@@ -34,6 +37,16 @@ pub struct EmbeddedConfig {
     pub grace: Duration,
     /// The local agent's name.
     pub agent_name: String,
+    /// Server-wide webhooks, called for every job's runs (each job may add its own).
+    pub webhooks: Vec<Webhook>,
+    /// Timeouts, retries and bounds of webhook deliveries.
+    pub webhook_delivery: DeliveryConfig,
+    /// Export `tug_job_runs_finished_total{job,state}`. Off by default: a label per job is a
+    /// series per job and state, too many at 100,000 jobs.
+    pub per_job_metrics: bool,
+    /// With `per_job_metrics`, the most jobs that get their own label; the rest are counted
+    /// under `job="_other"`.
+    pub per_job_metrics_limit: usize,
 }
 
 impl EmbeddedConfig {
@@ -45,6 +58,10 @@ impl EmbeddedConfig {
             log_limit: 1 << 20,
             grace: Duration::from_secs(10),
             agent_name: "local".into(),
+            webhooks: Vec::new(),
+            webhook_delivery: DeliveryConfig::default(),
+            per_job_metrics: false,
+            per_job_metrics_limit: 1000,
         }
     }
 }
@@ -57,8 +74,14 @@ pub struct Embedded {
     pub store: Arc<dyn Store>,
     /// The metric families.
     pub metrics: Arc<Metrics>,
+    /// Where agents in this process report (another in-process agent can be added with it).
+    updates: mpsc::Sender<tug_core::protocol::ToServer>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Stops the notifier, after the scheduler (so it sees the scheduler's last events).
+    notify_stop: watch::Sender<bool>,
+    notifier: tokio::task::JoinHandle<()>,
+    per_job: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Embedded {
@@ -94,13 +117,33 @@ impl Embedded {
         let (stop, stop_rx) = watch::channel(false);
         let (agent_tx, agent_rx) = mpsc::channel(65_536);
         let (updates_tx, updates_rx) = mpsc::channel(65_536);
-        let agent_cfg = AgentConfig { name: config.agent_name.clone(), log_limit: config.log_limit, grace: config.grace };
-        let agent = Agent::new(agent_cfg, runtime, logs.clone(), updates_tx);
+        let agent_cfg = AgentConfig {
+            name: config.agent_name.clone(),
+            log_limit: config.log_limit,
+            grace: config.grace,
+            ..AgentConfig::default()
+        };
+        let agent = Agent::new(agent_cfg, runtime, logs.clone(), updates_tx.clone());
         let mut tasks = vec![tokio::spawn(agent.serve(agent_rx, stopped(stop_rx.clone())))];
         let sched_cfg = SchedulerConfig { keep_runs: config.keep_runs, ..SchedulerConfig::default() };
         let link = AgentLink { name: config.agent_name.clone(), tx: agent_tx };
-        let metrics = Arc::new(Metrics::new());
-        let events = EventSink::new(metrics.clone());
+        let per_job = config.per_job_metrics.then(|| PerJobMetrics::new(config.per_job_metrics_limit));
+        let metrics = Arc::new(Metrics::with_per_job(per_job.as_ref()));
+        // `tug up` has one agent, in this process, up for as long as the server is.
+        metrics.agents.get_or_create(&StateLabel { state: "up".into() }).set(1);
+        let mut events = EventSink::new(metrics.clone());
+        // Subscribers first: the scheduler takes the sink as it is when it starts.
+        let notifier = Notifier::new(
+            config.webhooks.clone(),
+            config.webhook_delivery.clone(),
+            logs.clone(),
+            clock.clone(),
+            metrics.clone(),
+        )
+        .context("setting up webhooks")?;
+        let (notify_stop, notify_stop_rx) = watch::channel(false);
+        let notifier = tokio::spawn(notifier.run(events.subscribe(notify::QUEUE_CAPACITY), stopped(notify_stop_rx)));
+        let per_job = per_job.map(|p| tokio::spawn(p.run(events.subscribe(notify::QUEUE_CAPACITY))));
         let hooks = Hooks { metrics: metrics.clone(), events };
         let (handle, sched_task) = scheduler::start(
             store.clone(),
@@ -125,14 +168,27 @@ impl Embedded {
                 }
             }));
         }
-        Ok(Embedded { scheduler: handle, store, metrics, stop, tasks })
+        Ok(Embedded { scheduler: handle, store, metrics, updates: updates_tx, stop, tasks, notify_stop, notifier, per_job })
+    }
+
+    /// A sender for another agent in this process to report on (tests, benchmarks).
+    pub fn updates_sender(&self) -> mpsc::Sender<tug_core::protocol::ToServer> {
+        self.updates.clone()
     }
 
     /// Stops everything and waits until runs have been stopped and recorded.
     pub async fn shutdown(self) {
+        // The scheduler stops once every agent's sender is gone; ours goes first.
+        drop(self.updates);
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        let _ = self.notify_stop.send(true);
+        let _ = self.notifier.await;
+        if let Some(t) = self.per_job {
+            // Only counts; the scheduler has stopped, so nothing is left for it.
+            t.abort();
         }
     }
 }

@@ -35,6 +35,9 @@ pub enum Error {
     /// The body of a request is wrong in a way a validator did not cover.
     #[error("{0}")]
     BadRequest(String),
+    /// Something other than a job or run was not found (an agent).
+    #[error("{0}")]
+    NotFound(String),
     /// The store failed or refused.
     #[error(transparent)]
     Store(#[from] StoreError),

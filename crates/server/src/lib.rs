@@ -5,6 +5,7 @@
 //! - [`api`]: the native REST API under `/api/v1`.
 //! - [`clock`]: the injectable wall clock.
 //! - [`embedded`]: server + local agent + SQLite in one process.
+//! - [`metrics`]: the Prometheus families; [`notify`]: webhooks for run events.
 
 pub mod api;
 pub mod chronos;
@@ -12,6 +13,7 @@ pub mod clock;
 pub mod embedded;
 pub mod error;
 pub mod metrics;
+pub mod notify;
 pub mod scheduler;
 
 pub use error::{Error, Result};

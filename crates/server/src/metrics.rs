@@ -1,7 +1,16 @@
 //! Prometheus metrics. The scheduler and dispatcher update these families directly (atomics,
 //! no locks on the hot path); `/metrics` encodes the registry in the text format.
 //!
-//! No family is labelled per job: at 100,000 jobs that would explode cardinality.
+//! Cardinality is bounded by design, so a server with 100,000 jobs exports as many series as one
+//! with ten (bounded by routes, states and histogram buckets):
+//! - no family in [`Metrics`] is labelled per job;
+//! - API latency is labelled by route *pattern* (`/api/v1/jobs/{name}`), method and status class;
+//! - per-job run counts ([`PerJobMetrics`], `tug_job_runs_finished_total{job,state}`) are opt-in
+//!   and capped: the first `limit` jobs to finish a run get their own label, every later job is
+//!   counted under `job="_other"`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -9,11 +18,44 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tug_core::job::NotifyOn;
+
+use crate::scheduler::events::RunEvent;
 
 /// A run state or trigger as a label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     /// The state (`succeeded`, `failed`, ...).
+    pub state: String,
+}
+
+/// Labels of an API request: the route pattern, not the path, so ids and names in URLs do not
+/// create series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    /// The matched route pattern (`/api/v1/jobs/{name}`), or `unmatched` for 404s from the fallback.
+    pub route: String,
+    /// The HTTP method (`GET`, `POST`, ...; `other` for anything unusual).
+    pub method: &'static str,
+    /// The status class: `2xx`, `3xx`, `4xx` or `5xx`.
+    pub status: &'static str,
+}
+
+/// The outcome of a webhook delivery as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` (a 2xx answer), `failed` (gave up after retries, or a permanent error) or `dropped`
+    /// (never attempted: the notifier was at its bound, or shut down first).
+    pub result: &'static str,
+}
+
+/// A job and a final run state, for the opt-in per-job family.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobStateLabel {
+    /// The job's name, or `_other` past the cap.
+    pub job: String,
+    /// The final state.
     pub state: String,
 }
 
@@ -39,7 +81,28 @@ pub struct Metrics {
     pub jobs: Gauge,
     /// Notification events that could not be queued because the notifier was behind.
     pub events_dropped: Counter,
+    /// Agents known to the server, by state (`up`, `lost`). `tug up` has exactly one local agent,
+    /// in-process, so it reports `{state="up"} 1`; a server with remote agents will set these from
+    /// its agent registry.
+    pub agents: Family<StateLabel, Gauge>,
+    /// Warm containers held by agents' container runtimes. The process runtime holds none, so this
+    /// stays 0 until a docker runtime reports its containers.
+    pub warm_containers: Gauge,
+    /// API request latency (request received → response headers), by route pattern, method and
+    /// status class.
+    pub api_request_duration: Family<ApiLabels, Histogram, fn() -> Histogram>,
+    /// Webhook deliveries by final outcome (one per event and webhook, however many attempts).
+    pub webhook_deliveries: Family<ResultLabel, Counter>,
+    /// Webhook attempts that failed and were retried.
+    pub webhook_retries: Counter,
+    /// Webhook deliveries in progress (sending or waiting to retry).
+    pub webhook_pending: Gauge,
     registry: Registry,
+}
+
+/// Buckets of API latency: 100 µs .. ~13 s.
+fn api_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
 }
 
 impl Default for Metrics {
@@ -65,6 +128,12 @@ impl Metrics {
             runs_in_flight: Gauge::default(),
             jobs: Gauge::default(),
             events_dropped: Counter::default(),
+            agents: Family::default(),
+            warm_containers: Gauge::default(),
+            api_request_duration: Family::new_with_constructor(api_histogram as fn() -> Histogram),
+            webhook_deliveries: Family::default(),
+            webhook_retries: Counter::default(),
+            webhook_pending: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("fires", "Runs created by schedules", m.fires.clone());
@@ -77,7 +146,39 @@ impl Metrics {
         registry.register("runs_in_flight", "Runs pending, starting or running", m.runs_in_flight.clone());
         registry.register("jobs", "Jobs loaded by the scheduler", m.jobs.clone());
         registry.register("events_dropped", "Notification events dropped because the notifier was behind", m.events_dropped.clone());
+        registry.register("agents", "Agents known to the server, by state", m.agents.clone());
+        registry.register("warm_containers", "Warm containers held by agents' container runtimes", m.warm_containers.clone());
+        registry.register(
+            "api_request_duration_seconds",
+            "API requests, received to response headers, by route pattern, method and status class",
+            m.api_request_duration.clone(),
+        );
+        registry.register("webhook_deliveries", "Webhook deliveries by outcome: ok, failed, dropped", m.webhook_deliveries.clone());
+        registry.register("webhook_retries", "Webhook attempts that failed and were retried", m.webhook_retries.clone());
+        registry.register("webhook_pending", "Webhook deliveries sending or waiting to retry", m.webhook_pending.clone());
+        // Pre-create the outcomes so dashboards see zeros rather than no data.
+        for result in ["ok", "failed", "dropped"] {
+            let _ = m.webhook_deliveries.get_or_create(&ResultLabel { result });
+        }
         Metrics { registry, ..m }
+    }
+
+    /// Like [`Metrics::new`], plus the opt-in per-job family when `per_job` is given.
+    pub fn with_per_job(per_job: Option<&PerJobMetrics>) -> Metrics {
+        let mut m = Metrics::new();
+        if let Some(p) = per_job {
+            m.registry.register(
+                "job_runs_finished",
+                "Runs that reached a final state, per job (opt-in; capped, later jobs under job=\"_other\")",
+                p.family.clone(),
+            );
+        }
+        m
+    }
+
+    /// Counts one delivery outcome.
+    pub fn webhook_delivery(&self, result: &'static str) {
+        self.webhook_deliveries.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// The registry, to add more families (API latency, agents) or encode.
@@ -92,5 +193,78 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// Opt-in per-job run counts, fed from the scheduler's run events (success and failure, which
+/// cover every final state but `skipped`).
+///
+/// Bounded: the first `limit` jobs to finish a run get their own `job` label; every later job is
+/// counted under `job="_other"`. Labels of deleted jobs stay until restart. Events the event sink
+/// dropped under overload (`tug_events_dropped_total`) are missing here too, so the numbers are
+/// exact only while that counter stands still; `tug_runs_finished_total` is always exact.
+#[derive(Clone)]
+pub struct PerJobMetrics {
+    family: Family<JobStateLabel, Counter>,
+    seen: Arc<Mutex<HashSet<String>>>,
+    limit: usize,
+}
+
+impl PerJobMetrics {
+    /// The label used for jobs past the cap.
+    pub const OTHER: &'static str = "_other";
+
+    /// Per-job counts for at most `limit` jobs.
+    pub fn new(limit: usize) -> PerJobMetrics {
+        PerJobMetrics { family: Family::default(), seen: Arc::default(), limit }
+    }
+
+    /// Counts a run of `job` that ended in `state`.
+    pub fn record(&self, job: &str, state: &str) {
+        let label = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.contains(job) {
+                job.to_owned()
+            } else if seen.len() < self.limit {
+                seen.insert(job.to_owned());
+                job.to_owned()
+            } else {
+                Self::OTHER.to_owned()
+            }
+        };
+        self.family.get_or_create(&JobStateLabel { job: label, state: state.to_owned() }).inc();
+    }
+
+    /// Counts final runs from `events` until the channel closes.
+    pub async fn run(self, mut events: mpsc::Receiver<RunEvent>) {
+        while let Some(ev) = events.recv().await {
+            if matches!(ev.event, NotifyOn::Success | NotifyOn::Failure) {
+                self.record(&ev.run.job, ev.run.state.as_str());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_job_labels_are_capped() {
+        let p = PerJobMetrics::new(2);
+        let m = Metrics::with_per_job(Some(&p));
+        for job in ["a", "b", "c", "d", "a"] {
+            p.record(job, "succeeded");
+        }
+        let text = m.encode();
+        assert!(text.contains(r#"tug_job_runs_finished_total{job="a",state="succeeded"} 2"#), "{text}");
+        assert!(text.contains(r#"tug_job_runs_finished_total{job="b",state="succeeded"} 1"#), "{text}");
+        assert!(text.contains(r#"tug_job_runs_finished_total{job="_other",state="succeeded"} 2"#), "{text}");
+        assert!(!text.contains(r#"job="c""#), "{text}");
+    }
+
+    #[test]
+    fn per_job_family_is_absent_by_default() {
+        assert!(!Metrics::new().encode().contains("tug_job_runs_finished"));
     }
 }

@@ -92,3 +92,20 @@ async fn jobs_list_paginates_and_filters() {
     assert_eq!(preview["fires"], json!(["2026-11-30T09:00:00+01:00", "2026-12-07T09:00:00+01:00"]));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_route_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    for (method, path) in tug_server::api::openapi::ROUTES {
+        let path = path.replace("{name}", "ghost").replace("{id}", "424242");
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let url = if path == "/schedule/preview" { format!("{path}?expr=@daily") } else { path.clone() };
+        let (st, v) = s.req(m, &url, if *method == "post" || *method == "put" { Some(json!({})) } else { None }).await;
+        assert_ne!(st, 405, "{method} {path}: method not allowed");
+        assert_ne!(v["error"]["code"], "not_found", "{method} {path} is documented but not routed");
+    }
+    let doc = s.get("/openapi.json").await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    s.stop().await;
+}

@@ -70,6 +70,16 @@ pub struct JobRecord {
     pub last_failure_at: Option<Timestamp>,
 }
 
+/// How a job's runs ended, counted over its whole history: runs removed by
+/// [`Store::prune_runs`] still count. The Chronos API's `successCount` and `errorCount`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunTotals {
+    /// Runs that succeeded.
+    pub succeeded: u64,
+    /// Runs that ended failed, timed out or lost.
+    pub failed: u64,
+}
+
 /// A page of results and the cursor for the next page, if any.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
@@ -153,4 +163,8 @@ pub trait Store: Send + Sync + 'static {
     async fn attempts(&self, id: RunId) -> Result<Vec<Attempt>>;
     /// Deletes a job's finished runs beyond the newest `keep`; returns the deleted ids.
     async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RunId>>;
+    /// Run totals of one job (`Some(name)`; [`StoreError::JobNotFound`] if unknown) or of every
+    /// job (`None`), by job name. Every job is listed, with zeros when no run of it has ended.
+    /// Deleting a job forgets its totals.
+    async fn run_totals(&self, job: Option<&str>) -> Result<Vec<(String, RunTotals)>>;
 }

@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use tug_core::JobSpec;
 use tug_core::run::{Attempt, Run, RunId, RunState, Trigger};
 
-use crate::{FireBatch, JobQuery, JobRecord, Page, Result, RunQuery, Store, StoreError};
+use crate::{FireBatch, JobQuery, JobRecord, Page, Result, RunQuery, RunTotals, Store, StoreError};
 
 /// Page size when a query asks for 0 (as in SQLite).
 const DEFAULT_LIMIT: usize = 100;
@@ -101,6 +101,10 @@ struct Derived {
     last_run_at: Option<Timestamp>,
     last_success_at: Option<Timestamp>,
     last_failure_at: Option<Timestamp>,
+    /// Succeeded runs (a floor: pruned runs stay counted).
+    succeeded: u64,
+    /// Failed, timed-out or lost runs.
+    failed: u64,
 }
 
 impl Derived {
@@ -113,9 +117,13 @@ impl Derived {
             self.last_run_at = self.last_run_at.max(Some(run.scheduled_at));
         }
         match run.state {
-            RunState::Succeeded => self.last_success_at = self.last_success_at.max(run.finished_at),
+            RunState::Succeeded => {
+                self.last_success_at = self.last_success_at.max(run.finished_at);
+                self.succeeded += 1;
+            }
             RunState::Failed | RunState::TimedOut | RunState::Lost => {
                 self.last_failure_at = self.last_failure_at.max(run.finished_at);
+                self.failed += 1;
             }
             _ => {}
         }
@@ -216,6 +224,14 @@ impl State {
             last_success_at: derived.last_success_at,
             last_failure_at: derived.last_failure_at,
         }
+    }
+
+    fn totals(&self, row: &JobRow) -> RunTotals {
+        let mut derived = row.floors;
+        for id in &row.run_ids {
+            derived.absorb(&self.runs[id]);
+        }
+        RunTotals { succeeded: derived.succeeded, failed: derived.failed }
     }
 
     fn get_record(&self, name: &str) -> Result<JobRecord> {
@@ -472,5 +488,13 @@ impl Store for MemStore {
         let mut ids = doomed;
         ids.reverse();
         Ok(ids)
+    }
+
+    async fn run_totals(&self, job: Option<&str>) -> Result<Vec<(String, RunTotals)>> {
+        let state = self.lock();
+        match job {
+            Some(name) => Ok(vec![(name.to_owned(), state.totals(state.job(name)?))]),
+            None => Ok(state.jobs.iter().map(|(name, row)| (name.clone(), state.totals(row))).collect()),
+        }
     }
 }

@@ -42,6 +42,7 @@ conformance_tests!(
     active_runs,
     prune_keeps_newest_and_active,
     delete_cascades,
+    run_totals_survive_pruning,
 );
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Runtimes: how an agent turns a [`Launch`] into a running process. `process` forks a child in
-//! its own process group; `noop` finishes at once (for benchmarks). Docker comes next.
+//! its own process group; `docker` runs it in a container (see [`docker`]); `noop` finishes at
+//! once (for benchmarks); [`Dispatch`] routes each launch by its task's runtime kind.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use tug_core::protocol::{KillReason, Launch};
 use tug_core::run::RunState;
 use tug_store::logs::LogFiles;
 
+pub mod docker;
 pub mod noop;
 pub mod process;
 
@@ -61,3 +63,39 @@ pub trait Runtime: Send + Sync + 'static {
 
 /// A shared runtime.
 pub type SharedRuntime = Arc<dyn Runtime>;
+
+/// Routes each launch to the runtime its task names: `process` or `docker`. When Docker is not
+/// available, docker runs fail with the reason instead of taking the agent down.
+pub struct Dispatch {
+    process: SharedRuntime,
+    docker: Result<SharedRuntime, String>,
+}
+
+impl Dispatch {
+    /// A dispatcher over `process` and `docker` (or why docker is unavailable).
+    pub fn new(process: SharedRuntime, docker: Result<SharedRuntime, String>) -> Dispatch {
+        Dispatch { process, docker }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for Dispatch {
+    fn name(&self) -> &'static str {
+        "dispatch"
+    }
+
+    async fn run(&self, ctx: RunContext) -> Outcome {
+        match (ctx.launch.task.runtime, &self.docker) {
+            (tug_core::job::RuntimeKind::Process, _) => self.process.run(ctx).await,
+            (tug_core::job::RuntimeKind::Docker, Ok(docker)) => docker.run(ctx).await,
+            (tug_core::job::RuntimeKind::Docker, Err(why)) => {
+                let outcome = Outcome::failed_to_start(format!("cannot start: the docker runtime is unavailable: {why}"));
+                if let Ok(mut log) = ctx.logs.writer(ctx.launch.run_id, ctx.log_limit).await {
+                    let _ = log.line(outcome.reason.as_deref().unwrap_or_default()).await;
+                    let _ = log.finish().await;
+                }
+                outcome
+            }
+        }
+    }
+}

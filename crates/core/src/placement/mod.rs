@@ -256,6 +256,19 @@ impl Snapshot {
         best.map(|(_, i)| i).ok_or_else(|| explain::why(self, req, &candidates))
     }
 
+    /// Adds an agent; returns its index. (Agents are added here, not pushed into `agents`
+    /// directly, so the cached candidate lists are rebuilt.)
+    pub fn add_agent(&mut self, agent: AgentInfo) -> usize {
+        self.agents.push(agent);
+        self.candidates.clear();
+        self.agents.len() - 1
+    }
+
+    /// Call after changing an agent's attributes in place.
+    pub fn attributes_changed(&mut self) {
+        self.candidates.clear();
+    }
+
     /// Records a run of `job` with `needs` on agent `i`.
     pub fn commit(&mut self, i: usize, job: &str, needs: &Capacity) {
         let a = &mut self.agents[i];

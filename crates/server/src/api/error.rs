@@ -71,6 +71,7 @@ impl From<Error> for ApiError {
                 ApiError { status: StatusCode::CONFLICT, code: "conflict", message: e.to_string() }
             }
             Error::BadRequest(m) => ApiError::bad_request("bad_request", m),
+            Error::NotFound(m) => ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: m },
             Error::ShuttingDown => {
                 ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "shutting_down", message: e.to_string() }
             }

@@ -1,18 +1,25 @@
-//! The native REST API under `/api/v1`: jobs, runs, logs, schedule preview, health.
+//! The native REST API under `/api/v1`: jobs, runs, logs, schedule preview, health. Every route
+//! (native, Chronos, `/metrics`) is timed into `tug_api_request_duration_seconds`.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use tug_store::logs::LogFiles;
 use tug_store::Store;
 
 use crate::clock::SharedClock;
+use crate::metrics::{ApiLabels, Metrics};
 use crate::scheduler::SchedulerHandle;
 
 pub mod error;
 mod jobs;
+pub mod openapi;
 mod runs;
 mod schedule;
 
@@ -48,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/kill", post(runs::kill))
         .route("/runs/{id}/log", get(runs::log))
         .route("/schedule/preview", get(schedule::preview))
+        .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .with_state(state.clone());
     let metrics = state.metrics.clone();
     Router::new()
@@ -70,6 +78,45 @@ pub fn router(state: AppState) -> Router {
                 message: "no such endpoint; the API lives under /api/v1 (e.g. GET /api/v1/jobs)".into(),
             }
         })
+        // Last, so it wraps every route above and the fallback. `Router::layer` wraps each route
+        // after routing, which is what puts `MatchedPath` in the request for the label.
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), track_latency))
+}
+
+/// Observes one request's latency, labelled by route pattern, method and status class.
+async fn track_latency(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let start = tokio::time::Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = method_label(req.method());
+    let resp = next.run(req).await;
+    let labels = ApiLabels { route, method, status: status_class(resp.status()) };
+    metrics.api_request_duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// A method as a label; any extension method is `other`, so clients cannot mint series.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// `2xx`, `4xx`, ... for a status.
+fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// Turns a query-string rejection into our error shape.

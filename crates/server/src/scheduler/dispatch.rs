@@ -18,6 +18,8 @@ pub(crate) struct Outgoing {
     pub at: Option<Timestamp>,
     /// Record scheduled → sent lateness for it (scheduled fires only).
     pub measure: bool,
+    /// The agent it goes to.
+    pub to: mpsc::Sender<ToAgent>,
     pub msg: ToAgent,
 }
 
@@ -36,14 +38,10 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// Starts the task; it ends when the handle is dropped and the queue is sent.
-    pub(crate) fn start(
-        clock: SharedClock,
-        agent: mpsc::Sender<ToAgent>,
-        metrics: Arc<Metrics>,
-    ) -> (Dispatcher, tokio::task::JoinHandle<()>) {
+    pub(crate) fn start(clock: SharedClock, metrics: Arc<Metrics>) -> (Dispatcher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(65_536);
         let stats = Arc::new(Mutex::new(DispatchStats::default()));
-        let task = tokio::spawn(run(clock, agent, rx, stats.clone(), metrics));
+        let task = tokio::spawn(run(clock, rx, stats.clone(), metrics));
         (Dispatcher { tx, stats }, task)
     }
 
@@ -57,7 +55,6 @@ impl Dispatcher {
 
 async fn run(
     clock: SharedClock,
-    agent: mpsc::Sender<ToAgent>,
     mut rx: mpsc::Receiver<Outgoing>,
     stats: Arc<Mutex<DispatchStats>>,
     metrics: Arc<Metrics>,
@@ -68,7 +65,7 @@ async fn run(
             if let Some(at) = out.at {
                 wait_until(&*clock, at).await;
             }
-            if agent.send(out.msg).await.is_err() {
+            if out.to.send(out.msg).await.is_err() {
                 tracing::error!("the agent's channel is closed; launch or kill not delivered");
                 continue;
             }

@@ -12,6 +12,7 @@ use tug_core::job::NotifyOn;
 
 use super::dispatch::Outgoing;
 use super::events::RunEvent;
+use super::placing::WAITING;
 use super::Scheduler;
 use crate::error::Result;
 
@@ -104,13 +105,31 @@ impl Scheduler {
 
     /// Applies the job's concurrency policy to a new run and adds it to `batch`.
     pub(super) fn admit(&mut self, slot: Slot, at: Timestamp, trigger: Trigger, batch: &mut FireBatch, kills: &mut Kills) {
-        let Some(e) = self.slots[slot as usize].as_ref() else { return };
+        let mut run = self.admit_policy(slot, at, trigger, batch, kills);
+        if let Some(run) = run.as_mut()
+            && run.state == RunState::Starting
+        {
+            match self.place(slot) {
+                Ok(i) => run.agent = Some(self.agents.name(i).to_string()),
+                Err(why) => {
+                    run.state = RunState::Pending;
+                    run.agent = None;
+                    run.reason = Some(format!("{WAITING}{why}"));
+                }
+            }
+        }
+        batch.runs.extend(run);
+    }
+
+    /// The concurrency policy's verdict on a new run.
+    fn admit_policy(&mut self, slot: Slot, at: Timestamp, trigger: Trigger, batch: &mut FireBatch, kills: &mut Kills) -> Option<NewRun> {
+        let Some(e) = self.slots[slot as usize].as_ref() else { return None };
         let name = &e.job.spec.name;
         // Runs of this job already in the batch count as active too.
         let batched = batch.runs.iter().rev().take_while(|r| r.job == *name).filter(|r| r.state != RunState::Skipped).count();
         let busy = !e.active.is_empty() || batched > 0;
         let run = match e.job.spec.concurrency {
-            ConcurrencyPolicy::Allow => starting(name, at, trigger, &self.agent.name),
+            ConcurrencyPolicy::Allow => starting(name, at, trigger),
             ConcurrencyPolicy::Forbid if busy && trigger == Trigger::Misfire => queued(name, at, trigger),
             ConcurrencyPolicy::Forbid if busy => {
                 self.stats.concurrency_skips += 1;
@@ -123,21 +142,24 @@ impl Scheduler {
                 };
                 skipped(name, at, trigger, reason)
             }
-            ConcurrencyPolicy::Forbid => starting(name, at, trigger, &self.agent.name),
+            ConcurrencyPolicy::Forbid => starting(name, at, trigger),
             ConcurrencyPolicy::Replace => {
                 kills.extend(e.active.iter().copied());
                 // An earlier run of the same batch is replaced before it starts.
+                let needs = tug_core::placement::Capacity::of(&e.job.spec.resources);
                 for r in batch.runs.iter_mut().rev().take_while(|r| r.job == *name) {
                     if r.state == RunState::Starting {
                         r.state = RunState::Skipped;
-                        r.agent = None;
+                        if let Some(i) = r.agent.take().and_then(|a| self.agents.index(&a)) {
+                            self.agents.snapshot.release(i, name, &needs);
+                        }
                         r.reason = Some(format!("replaced by the fire at {at} (concurrency: replace)"));
                     }
                 }
-                starting(name, at, trigger, &self.agent.name)
+                starting(name, at, trigger)
             }
         };
-        batch.runs.push(run);
+        Some(run)
     }
 
     /// Writes a batch in one transaction, then kills what it replaces and dispatches what it starts.
@@ -145,7 +167,20 @@ impl Scheduler {
         if batch.runs.is_empty() && batch.cursors.is_empty() {
             return Ok(Vec::new());
         }
-        let created = self.store.commit_fires(batch, now).await?;
+        let placed: Vec<(String, Timestamp, String)> = batch
+            .runs
+            .iter()
+            .filter(|r| r.state == RunState::Starting)
+            .filter_map(|r| r.agent.clone().map(|a| (r.job.clone(), r.scheduled_at, a)))
+            .collect();
+        let created = match self.store.commit_fires(batch, now).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.unreserve(&placed, &[]);
+                return Err(e.into());
+            }
+        };
+        self.unreserve(&placed, &created);
         self.stats.fire_commits += 1;
         for id in kills {
             self.send_kill(id, KillReason::Replaced).await;
@@ -163,10 +198,19 @@ impl Scheduler {
             }
             e.last_run_at = e.last_run_at.max(Some(run.scheduled_at));
             e.active.push(run.id);
+            let needs = tug_core::placement::Capacity::of(&e.job.spec.resources);
             match run.state {
                 RunState::Starting => launch.push(run.id),
+                RunState::Pending if run.reason.as_deref().is_some_and(|r| r.starts_with(WAITING)) => {
+                    self.unplaced.push_back(run.id)
+                }
                 RunState::Pending => e.queued.push_back(run.id),
                 _ => {}
+            }
+            if run.state == RunState::Starting
+                && let Some(i) = run.agent.as_deref().and_then(|a| self.agents.index(a))
+            {
+                self.hold(run.id, i, needs);
             }
             self.runs.insert(run.id, run.clone());
         }
@@ -177,32 +221,64 @@ impl Scheduler {
         Ok(created)
     }
 
+    /// Gives back the reservations of batch runs the store did not create (duplicate keys).
+    fn unreserve(&mut self, placed: &[(String, Timestamp, String)], created: &[Run]) {
+        for (job, at, agent) in placed {
+            if created.iter().any(|r| r.job == *job && r.scheduled_at == *at) {
+                continue;
+            }
+            let needs = self.entry(job).map(|e| tug_core::placement::Capacity::of(&e.job.spec.resources));
+            if let (Some(i), Some(needs)) = (self.agents.index(agent), needs) {
+                self.agents.snapshot.release(i, job, &needs);
+            }
+        }
+    }
+
     /// Sends a kill to the agent of an active run.
     pub(super) async fn send_kill(&mut self, id: u64, reason: KillReason) {
+        let Some(to) = self.runs.get(&id).and_then(|r| self.agent_tx(r.agent.as_deref())) else { return };
         // Through the dispatcher, so a kill never overtakes the launch it is meant for.
         let msg = ToAgent::Kill { run_id: id, reason };
-        self.dispatcher.send(Outgoing { at: None, measure: false, msg }).await;
+        self.dispatcher.send(Outgoing { at: None, measure: false, to, msg }).await;
     }
 
     /// Moves existing pending runs (retries, queued) to `starting`, writes that, then dispatches.
     pub(super) async fn launch_existing(&mut self, ids: Vec<u64>) -> Result<()> {
         let mut changed = Vec::new();
         for id in &ids {
-            if let Some(run) = self.runs.get_mut(id)
-                && run.state == RunState::Pending
-            {
-                run.state = RunState::Starting;
-                run.agent = Some(self.agent.name.clone());
-                run.retry_at = None;
-                run.started_at = None;
-                changed.push(run.clone());
+            let Some(job) = self.runs.get(id).filter(|r| r.state == RunState::Pending).map(|r| r.job.clone()) else {
+                continue;
+            };
+            let Some(&slot) = self.index.get(&job) else { continue };
+            // A retry may land on another agent: give back what the last attempt held first.
+            self.release(*id, &job);
+            let placed = self.place(slot);
+            let needs = self.entry(&job).map(|e| tug_core::placement::Capacity::of(&e.job.spec.resources)).unwrap_or_default();
+            let run = self.runs.get_mut(id).expect("checked above");
+            match placed {
+                Ok(i) => {
+                    run.state = RunState::Starting;
+                    run.agent = Some(self.agents.name(i).to_string());
+                    run.retry_at = None;
+                    run.started_at = None;
+                    changed.push(run.clone());
+                    self.hold(*id, i, needs);
+                }
+                Err(why) => {
+                    let reason = format!("{WAITING}{why}");
+                    if run.reason.as_deref() != Some(&reason) {
+                        run.reason = Some(reason);
+                        changed.push(run.clone());
+                    }
+                    self.unplaced.push_back(*id);
+                }
             }
         }
         if changed.is_empty() {
             return Ok(());
         }
         // Durable before the launch is sent, and ordered after earlier changes of these runs.
-        let ids: Vec<u64> = changed.iter().map(|r| r.id).collect();
+        let ids: Vec<u64> = changed.iter().filter(|r| r.state == RunState::Starting).map(|r| r.id).collect();
         match self.persister.save(changed, Vec::new()).await.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(tug_store::StoreError::Backend(e).into()),
@@ -215,15 +291,9 @@ impl Scheduler {
     }
 }
 
-fn starting(job: &str, at: Timestamp, trigger: Trigger, agent: &str) -> NewRun {
-    NewRun {
-        job: job.to_string(),
-        scheduled_at: at,
-        trigger,
-        state: RunState::Starting,
-        reason: None,
-        agent: Some(agent.to_string()),
-    }
+/// A run to start; `admit` places it on an agent.
+fn starting(job: &str, at: Timestamp, trigger: Trigger) -> NewRun {
+    NewRun { job: job.to_string(), scheduled_at: at, trigger, state: RunState::Starting, reason: None, agent: None }
 }
 
 fn skipped(job: &str, at: Timestamp, trigger: Trigger, reason: String) -> NewRun {

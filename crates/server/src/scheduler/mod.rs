@@ -19,17 +19,20 @@ use crate::metrics::Metrics;
 use events::EventSink;
 use crate::error::{Error, Result};
 
+pub mod agents;
 mod deps;
 mod dispatch;
 pub mod events;
 mod fire;
 mod jobs;
 mod persist;
+mod placing;
 mod recovery;
 pub mod stats;
 mod status;
 pub mod timers;
 
+use agents::{AgentView, Agents, Registration};
 use stats::Stats;
 use dispatch::{Dispatcher, Outgoing};
 use persist::Persister;
@@ -44,15 +47,17 @@ pub struct SchedulerConfig {
     pub max_update_batch: usize,
     /// The leader epoch stamped on launches.
     pub epoch: u64,
+    /// An agent silent this long is lost; its runs are lost and retried elsewhere.
+    pub agent_timeout: StdDuration,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { keep_runs: 100, max_update_batch: 1024, epoch: 1 }
+        SchedulerConfig { keep_runs: 100, max_update_batch: 1024, epoch: 1, agent_timeout: StdDuration::from_secs(10) }
     }
 }
 
-/// Where launches go. One local agent today; the agent registry replaces this later.
+/// The agent inside the server's own process (`tug up`): it offers this machine's capacity.
 #[derive(Debug, Clone)]
 pub struct AgentLink {
     /// The agent's name, recorded on runs.
@@ -71,6 +76,9 @@ pub(crate) enum Command {
     KillRun(RunId, oneshot::Sender<Result<Run>>),
     KillJob(String, oneshot::Sender<Result<Vec<Run>>>),
     Stats(bool, oneshot::Sender<Stats>),
+    RegisterAgent(Registration, oneshot::Sender<()>),
+    Agents(oneshot::Sender<Vec<AgentView>>),
+    Drain(String, bool, oneshot::Sender<Result<AgentView>>),
 }
 
 /// A cheap, cloneable way to talk to the scheduler task.
@@ -129,6 +137,21 @@ impl SchedulerHandle {
     /// Stops every active run of a job.
     pub async fn kill_job(&self, name: &str) -> Result<Vec<Run>> {
         self.ask(|tx| Command::KillJob(name.to_string(), tx)).await?
+    }
+
+    /// Adds an agent (or refreshes one that comes back); runs waiting for room are placed.
+    pub async fn register_agent(&self, registration: Registration) -> Result<()> {
+        self.ask(|tx| Command::RegisterAgent(registration, tx)).await
+    }
+
+    /// Every agent.
+    pub async fn agents(&self) -> Result<Vec<AgentView>> {
+        self.ask(Command::Agents).await
+    }
+
+    /// Drains (`true`: no new runs) or undrains an agent.
+    pub async fn drain(&self, name: &str, drain: bool) -> Result<AgentView> {
+        self.ask(|tx| Command::Drain(name.to_string(), drain, tx)).await?
     }
 
     /// Counters and lateness.
@@ -193,7 +216,11 @@ pub struct Scheduler {
     clock: SharedClock,
     logs: LogFiles,
     config: SchedulerConfig,
-    agent: AgentLink,
+    agents: Agents,
+    /// Pending runs no agent can take now, oldest first; placed again when room appears.
+    unplaced: VecDeque<RunId>,
+    /// The agent and resources each placed active run holds.
+    placed: HashMap<RunId, (usize, tug_core::placement::Capacity)>,
     slots: Vec<Option<Entry>>,
     free: Vec<Slot>,
     index: HashMap<String, Slot>,
@@ -230,7 +257,15 @@ impl Scheduler {
         hooks: Hooks,
     ) -> Result<Scheduler> {
         let (persister, persister_task) = Persister::start(store.clone());
-        let (dispatcher, dispatcher_task) = Dispatcher::start(clock.clone(), agent.tx.clone(), hooks.metrics.clone());
+        let (dispatcher, dispatcher_task) = Dispatcher::start(clock.clone(), hooks.metrics.clone());
+        let mut registry = Agents::default();
+        let local = Registration {
+            name: agent.name,
+            tx: agent.tx,
+            resources: agents::local_capacity(),
+            attributes: Default::default(),
+        };
+        registry.register(local, tokio::time::Instant::now());
         let mut s = Scheduler {
             store,
             persister,
@@ -240,7 +275,9 @@ impl Scheduler {
             clock,
             logs,
             config,
-            agent,
+            agents: registry,
+            unplaced: VecDeque::new(),
+            placed: HashMap::new(),
             slots: Vec::new(),
             free: Vec::new(),
             index: HashMap::new(),
@@ -269,6 +306,8 @@ impl Scheduler {
     ) {
         tokio::pin!(stop_firing);
         let mut firing = true;
+        let mut agent_check = tokio::time::interval(StdDuration::from_secs(1));
+        agent_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune_tick = tokio::time::interval(StdDuration::from_secs(10));
         prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
@@ -303,6 +342,7 @@ impl Scheduler {
                     None => firing = false,
                 },
                 _ = prune_tick.tick() => self.prune().await,
+                _ = agent_check.tick() => self.expire_agents().await,
             }
         }
         // Drain the persister so every change made so far is written before we return.
@@ -336,6 +376,30 @@ impl Scheduler {
             }
             Command::KillJob(name, tx) => {
                 let _ = tx.send(self.kill_job(&name).await);
+            }
+            Command::RegisterAgent(reg, tx) => {
+                let name = reg.name.clone();
+                self.agents.register(reg, tokio::time::Instant::now());
+                tracing::info!(agent = %name, "agent registered");
+                self.place_unplaced().await;
+                let _ = tx.send(());
+            }
+            Command::Agents(tx) => {
+                let now = tokio::time::Instant::now();
+                let _ = tx.send((0..self.agents.links.len()).map(|i| self.agents.view(i, now)).collect());
+            }
+            Command::Drain(name, drain, tx) => {
+                let r = match self.agents.index(&name) {
+                    Some(i) => {
+                        self.agents.snapshot.agents[i].draining = drain;
+                        if !drain {
+                            self.place_unplaced().await;
+                        }
+                        Ok(self.agents.view(i, tokio::time::Instant::now()))
+                    }
+                    None => Err(Error::NotFound(format!("agent {name:?} not found; see `tug agent list`"))),
+                };
+                let _ = tx.send(r);
             }
             Command::Stats(reset, tx) => {
                 let _ = tx.send(self.snapshot());
@@ -398,7 +462,11 @@ impl Scheduler {
         };
         let measure = run.trigger == tug_core::run::Trigger::Schedule;
         let at = Some(run.scheduled_at);
-        self.dispatcher.send(Outgoing { at, measure, msg: ToAgent::Launch(Box::new(launch)) }).await;
+        let Some(to) = self.agent_tx(run.agent.as_deref()) else {
+            tracing::error!(run = id, agent = ?run.agent, "run is starting on an unknown agent; not launched");
+            return;
+        };
+        self.dispatcher.send(Outgoing { at, measure, to, msg: ToAgent::Launch(Box::new(launch)) }).await;
     }
 
     async fn prune(&mut self) {

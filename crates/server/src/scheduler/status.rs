@@ -21,10 +21,23 @@ impl Scheduler {
         let mut seen = HashSet::new();
         let mut attempts = Vec::new();
         let mut finished = Vec::new();
-        for ToServer::Status(u) in msgs {
-            if self.apply_one(&u, now, &mut attempts, &mut finished) && seen.insert(u.run_id) {
-                changed.push(u.run_id);
+        let mut beats = Vec::new();
+        for msg in msgs {
+            match msg {
+                ToServer::Status(u) => {
+                    if self.apply_one(&u, now, &mut attempts, &mut finished) && seen.insert(u.run_id) {
+                        changed.push(u.run_id);
+                    }
+                }
+                ToServer::Heartbeat { agent } => {
+                    if !beats.contains(&agent) {
+                        beats.push(agent);
+                    }
+                }
             }
+        }
+        for agent in beats {
+            self.heartbeat(&agent).await;
         }
         self.save_and_complete(changed, attempts, finished, now).await;
     }
@@ -124,6 +137,7 @@ impl Scheduler {
         let mut next = Vec::new();
         for id in finished {
             let Some(run) = self.runs.remove(&id) else { continue };
+            self.release(id, &run.job);
             *self.stats.finished.entry(run.state.to_string()).or_default() += 1;
             self.metrics.runs_finished.get_or_create(&StateLabel { state: run.state.to_string() }).inc();
             if let (Some(s), Some(f)) = (run.started_at, run.finished_at) {
@@ -152,6 +166,8 @@ impl Scheduler {
             }
         }
         self.metrics.runs_in_flight.set(self.runs.len() as i64);
+        // Freed resources may fit runs that were waiting for room.
+        self.place_unplaced().await;
         if !next.is_empty()
             && let Err(e) = self.launch_existing(next).await
         {

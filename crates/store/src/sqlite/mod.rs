@@ -21,7 +21,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tug_core::JobSpec;
 use tug_core::run::{Attempt, Run, RunId};
 
-use crate::{FireBatch, JobQuery, JobRecord, Page, Result, RunQuery, Store, StoreError};
+use crate::{FireBatch, JobQuery, JobRecord, Page, Result, RunQuery, RunTotals, Store, StoreError};
 use checkpoint::Checkpointer;
 use codec::Context;
 use worker::Worker;
@@ -74,6 +74,8 @@ const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 /// - `delete_job` returns the deleted run ids ascending. Run ids are never reused.
 /// - `prune_runs` keeps the newest `keep` terminal runs (by id) and every pending, starting or
 ///   running one; returns the deleted ids ascending; `JobNotFound` for an unknown job.
+/// - `run_totals` counts succeeded and failed/timed-out/lost runs, pruned ones included (the jobs
+///   row keeps what pruning deleted as floors, like the last_* times).
 pub struct SqliteStore {
     // Field order is drop order: the writer closes before the checkpointer, whose connection,
     // the last one, then checkpoints the whole WAL and removes it.
@@ -230,6 +232,11 @@ impl Store for SqliteStore {
     async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RunId>> {
         let job = job.to_owned();
         self.worker.call(move |c| runs::prune(c, &job, keep)).await
+    }
+
+    async fn run_totals(&self, job: Option<&str>) -> Result<Vec<(String, RunTotals)>> {
+        let job = job.map(str::to_owned);
+        self.worker.call(move |c| runs::totals(c, job.as_deref())).await
     }
 }
 

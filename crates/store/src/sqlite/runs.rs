@@ -11,7 +11,7 @@ use super::codec::{
 };
 use super::jobs::ensure_exists;
 use super::{page_size, write_tx};
-use crate::{FireBatch, Page, Result, RunQuery, StoreError};
+use crate::{FireBatch, Page, Result, RunQuery, RunTotals, StoreError};
 
 /// "The run is active", as SQL. Must match the condition of the partial index `runs_active` word
 /// for word so the planner uses it, and [`RunState::is_terminal`] (both checked by tests).
@@ -264,6 +264,7 @@ pub(super) fn prune(conn: &mut Connection, job: &str, keep: u32) -> Result<Vec<R
     }
 
     let (mut cursor, mut last_run, mut last_ok, mut last_fail) = (None, None, None, None);
+    let (mut n_ok, mut n_fail) = (0i64, 0i64);
     for &(_, scheduled_at, trigger, state, finished_at) in &doomed {
         if matches!(trigger, Trigger::Schedule | Trigger::Misfire) {
             cursor = cursor.max(Some(scheduled_at));
@@ -272,8 +273,14 @@ pub(super) fn prune(conn: &mut Connection, job: &str, keep: u32) -> Result<Vec<R
             last_run = last_run.max(Some(scheduled_at));
         }
         match state {
-            RunState::Succeeded => last_ok = last_ok.max(finished_at),
-            RunState::Failed | RunState::TimedOut | RunState::Lost => last_fail = last_fail.max(finished_at),
+            RunState::Succeeded => {
+                last_ok = last_ok.max(finished_at);
+                n_ok += 1;
+            }
+            RunState::Failed | RunState::TimedOut | RunState::Lost => {
+                last_fail = last_fail.max(finished_at);
+                n_fail += 1;
+            }
             _ => {}
         }
     }
@@ -283,10 +290,12 @@ pub(super) fn prune(conn: &mut Connection, job: &str, keep: u32) -> Result<Vec<R
            fire_cursor     = max(coalesce(fire_cursor, ?2), coalesce(?2, fire_cursor)), \
            last_run_at     = max(coalesce(last_run_at, ?3), coalesce(?3, last_run_at)), \
            last_success_at = max(coalesce(last_success_at, ?4), coalesce(?4, last_success_at)), \
-           last_failure_at = max(coalesce(last_failure_at, ?5), coalesce(?5, last_failure_at)) \
+           last_failure_at = max(coalesce(last_failure_at, ?5), coalesce(?5, last_failure_at)), \
+           pruned_succeeded = pruned_succeeded + ?6, \
+           pruned_failed = pruned_failed + ?7 \
          WHERE name = ?1",
     )
-    .and_then(|mut s| s.execute(params![job, cursor, last_run, last_ok, last_fail]))
+    .and_then(|mut s| s.execute(params![job, cursor, last_run, last_ok, last_fail, n_ok, n_fail]))
     .ctx("keeping a job's cursor before pruning")?;
 
     {
@@ -303,6 +312,31 @@ pub(super) fn prune(conn: &mut Connection, job: &str, keep: u32) -> Result<Vec<R
     let mut ids: Vec<RunId> = doomed.into_iter().map(|(id, ..)| id).collect();
     ids.reverse();
     Ok(ids)
+}
+
+/// Run totals: the pruned floors plus counts over the current runs (through `runs_by_job`).
+const TOTALS_SQL: &str = "SELECT j.name, \
+       j.pruned_succeeded + (SELECT count(*) FROM runs r WHERE r.job = j.name AND r.state = 'succeeded'), \
+       j.pruned_failed + (SELECT count(*) FROM runs r WHERE r.job = j.name \
+                            AND (r.state = 'failed' OR r.state = 'timed_out' OR r.state = 'lost')) \
+     FROM jobs j WHERE (?1 IS NULL OR j.name = ?1) ORDER BY j.name";
+
+/// Run totals of one job or of every job, by name.
+pub(super) fn totals(conn: &Connection, job: Option<&str>) -> Result<Vec<(String, RunTotals)>> {
+    if let Some(name) = job {
+        ensure_exists(conn, name)?;
+    }
+    conn.prepare_cached(TOTALS_SQL)
+        .and_then(|mut s| {
+            s.query_map(params![job], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    RunTotals { succeeded: get_unsigned(row, 1)?, failed: get_unsigned(row, 2)? },
+                ))
+            })?
+            .collect()
+        })
+        .ctx("counting runs")
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::codec::Context;
 use crate::{Result, StoreError};
 
 /// Every migration, in order. The schema version of a database is the number applied.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Version 1: jobs, runs and attempts.
 pub(super) const V1: &str = "
@@ -73,6 +73,14 @@ CREATE TABLE attempts (
     reason      TEXT,
     PRIMARY KEY (run_id, attempt)
 ) WITHOUT ROWID;
+";
+
+/// Version 2: run totals that survive pruning (`Store::run_totals`).
+pub(super) const V2: &str = "
+-- Floors of the run totals: the succeeded and the failed, timed-out or lost runs pruning deleted.
+-- A job's totals are these plus the counts over its current runs.
+ALTER TABLE jobs ADD COLUMN pruned_succeeded INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN pruned_failed INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// The schema version this build writes.

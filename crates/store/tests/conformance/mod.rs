@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use jiff::Timestamp;
 use tug_core::JobSpec;
 use tug_core::run::{Attempt, NewRun, Run, RunId, RunState, Trigger};
-use tug_store::{FireBatch, JobQuery, RunQuery, Store, StoreError};
+use tug_store::{FireBatch, JobQuery, RunQuery, RunTotals, Store, StoreError};
 
 /// Runs every check on one store.
 pub async fn all(store: &dyn Store) {
@@ -26,6 +26,7 @@ pub async fn all(store: &dyn Store) {
     active_runs(store).await;
     prune_keeps_newest_and_active(store).await;
     delete_cascades(store).await;
+    run_totals_survive_pruning(store).await;
 }
 
 /// A scheduled job named `name`.
@@ -516,4 +517,49 @@ pub async fn delete_cascades(store: &dyn Store) {
     let new = commit(store, vec![fire("del", t(60), Trigger::Schedule)], t(200)).await;
     assert_eq!(new.len(), 1, "the old key is free again");
     assert!(new[0].id > runs[1].id, "run ids are never reused (they name log files)");
+}
+
+/// Run totals count succeeded and failed/timed-out/lost runs, keep counting what pruning deleted,
+/// list every job (zeros included) by name, and are forgotten with the job.
+pub async fn run_totals_survive_pruning(store: &dyn Store) {
+    store.create_job(&spec("totals-a"), t(0)).await.unwrap();
+    store.create_job(&spec("totals-b"), t(0)).await.unwrap();
+    let fires = (1..=8).map(|i| fire("totals-a", t(i * 60), Trigger::Schedule)).collect();
+    let runs = commit(store, fires, t(1_000)).await;
+    let states = [
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::Succeeded,
+        RunState::TimedOut,
+        RunState::Killed,
+        RunState::Lost,
+        RunState::Succeeded,
+        RunState::Running,
+    ];
+    let saved: Vec<Run> = runs
+        .iter()
+        .zip(states)
+        .map(|(r, s)| if s.is_terminal() { finished(r, s, r.scheduled_at) } else { Run { state: s, ..r.clone() } })
+        .collect();
+    store.save_runs(&saved, &[]).await.unwrap();
+    let want = RunTotals { succeeded: 3, failed: 3 };
+    assert_eq!(store.run_totals(Some("totals-a")).await.unwrap(), vec![("totals-a".to_string(), want)]);
+
+    assert_eq!(store.prune_runs("totals-a", 1).await.unwrap().len(), 6);
+    assert_eq!(store.run_totals(Some("totals-a")).await.unwrap(), vec![("totals-a".to_string(), want)], "after pruning");
+    // A later run adds to the floor.
+    let late = commit(store, vec![fire("totals-a", t(2_000), Trigger::Manual)], t(2_000)).await;
+    store.save_runs(&[finished(&late[0], RunState::Failed, t(2_001))], &[]).await.unwrap();
+    let want = RunTotals { succeeded: 3, failed: 4 };
+    assert_eq!(store.run_totals(Some("totals-a")).await.unwrap()[0].1, want);
+
+    let all: Vec<(String, RunTotals)> =
+        store.run_totals(None).await.unwrap().into_iter().filter(|(n, _)| n.starts_with("totals-")).collect();
+    assert_eq!(all, vec![("totals-a".to_string(), want), ("totals-b".to_string(), RunTotals::default())]);
+    assert!(matches!(store.run_totals(Some("totals-ghost")).await, Err(StoreError::JobNotFound(n)) if n == "totals-ghost"));
+
+    // Deleted and created again: counting starts afresh.
+    store.delete_job("totals-a").await.unwrap();
+    store.create_job(&spec("totals-a"), t(3_000)).await.unwrap();
+    assert_eq!(store.run_totals(Some("totals-a")).await.unwrap()[0].1, RunTotals::default());
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tug_agent::runtime::docker::{DockerConfig, LazyDocker};
 use tug_agent::runtime::process::ProcessRuntime;
+use tug_agent::runtime::{Dispatch, SharedRuntime};
 use tug_server::clock::SystemClock;
 use tug_server::embedded::{Embedded, EmbeddedConfig};
 
@@ -53,7 +55,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut config = EmbeddedConfig::new(&data_dir);
     config.keep_runs = args.keep_runs;
     config.log_limit = args.log_limit;
-    let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), Arc::new(SystemClock), Some(listener)).await?;
+    let runtime = Arc::new(Dispatch::new(Arc::new(ProcessRuntime::new()), docker_runtime(&config.agent_name, &data_dir).await));
+    let server = Embedded::start(config, runtime, Arc::new(SystemClock), Some(listener)).await?;
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "tugboat is up");
     eprintln!("Tugboat is up: API at http://{}/api/v1, data in {}", args.listen, data_dir.display());
     eprintln!("Try: tug job add hello --schedule '*/10 * * * * *' -- echo hello");
@@ -61,6 +64,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     eprintln!("Shutting down: stopping runs and recording how they ended...");
     server.shutdown().await;
     Ok(())
+}
+
+/// The docker runtime. It connects now when it can (adopting the warm containers a previous
+/// `tug up` left), and otherwise on the first docker run: with Docker down, docker runs fail with
+/// the reason and work again once Docker is back; process jobs are unaffected.
+async fn docker_runtime(agent: &str, data_dir: &std::path::Path) -> Result<SharedRuntime, String> {
+    let config = DockerConfig::new(agent, data_dir.join("docker"));
+    if config.dwait.is_none() {
+        tracing::warn!("no static dwait found (set TUG_DWAIT or put it next to tug): docker jobs run through docker exec");
+    }
+    let docker = LazyDocker::new(config);
+    if let Err(e) = docker.get().await {
+        tracing::warn!(error = %e, "docker jobs fail until Docker is available");
+    }
+    Ok(Arc::new(docker))
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,375 @@
+//! Warm containers: at most one live container per job, which every run of the job goes through.
+//!
+//! A run *acquires* the job's container, creating it when there is none. The current container
+//! is *retired* (removed once its last run ended) and a new one made when the job's container
+//! settings changed (spec hash), after `max_runs` runs, past `max_age`, or when its executor is
+//! unreachable (it died). The sweeper retires containers idle for `idle_timeout`. On start the
+//! runtime *adopts* the running containers labelled with its agent name, so a restarted agent
+//! creates no second container and leaves no orphan.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tug_core::protocol::Task;
+
+use super::outcome::Log;
+use super::spec::{self, label};
+use super::{Inner, Lifecycle, describe, executor, image};
+use crate::runtime::{Outcome, RunContext};
+
+/// Where dwait and its socket directory appear inside a warm container.
+const DWAIT_IN_CONTAINER: &str = "/.tug/dwait";
+const RUN_DIR_IN_CONTAINER: &str = "/.tug/run";
+const SOCKET_NAME: &str = "dwait.sock";
+
+/// How long a new container's executor may take to listen.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One warm container.
+pub struct Warm {
+    /// Docker's id.
+    pub id: String,
+    /// Host directory bind-mounted at `/.tug/run` (holds the socket).
+    pub dir: PathBuf,
+    /// Spec hash it was created with.
+    pub hash: String,
+    /// True when runs go through `docker exec` instead of dwait.
+    pub via_exec: bool,
+    created: Instant,
+    runs: AtomicU64,
+    inflight: AtomicU32,
+    retired: AtomicBool,
+    last_used: Mutex<Instant>,
+    life: Mutex<Lifecycle>,
+}
+
+impl Warm {
+    /// The executor's socket on the host.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join(SOCKET_NAME)
+    }
+}
+
+/// A job's current warm container. The async mutex serializes creation, so concurrent first runs
+/// of a job share one container.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Warm>>>>;
+
+/// The warm containers of one runtime.
+#[derive(Default)]
+pub struct Pool {
+    /// Per job: the current container.
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl Pool {
+    fn slot(&self, job: &str) -> Slot {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).entry(job.to_string()).or_default().clone()
+    }
+
+    fn all(&self) -> Vec<(String, Slot)> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// A run's hold on a warm container; releasing it removes a retired container after its last run.
+pub struct Lease {
+    inner: Arc<Inner>,
+    /// The container.
+    pub warm: Arc<Warm>,
+}
+
+impl Lease {
+    /// Gives the lease back without counting a run (pre-warm).
+    pub fn release_unused(self) {
+        self.warm.runs.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        *self.warm.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let left = self.warm.inflight.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 && self.warm.retired.load(Ordering::SeqCst) {
+            let (inner, warm) = (self.inner.clone(), self.warm.clone());
+            tokio::spawn(async move { remove(&inner, &warm).await });
+        }
+    }
+}
+
+fn lifecycle(inner: &Inner, task: &Task) -> Lifecycle {
+    let d = &inner.config.defaults;
+    let spec = task.docker.as_ref();
+    Lifecycle {
+        max_runs: spec.and_then(|s| s.max_runs).or(d.max_runs),
+        max_age: spec.and_then(|s| s.max_age).map_or(d.max_age, |a| a.as_std()),
+        idle_timeout: spec.and_then(|s| s.idle_timeout).map_or(d.idle_timeout, |a| a.as_std()),
+    }
+}
+
+/// The job's warm container, created or replaced as needed, with one more run counted on it.
+pub async fn acquire(inner: &Arc<Inner>, job: &str, task: &Task, replace_dead: bool) -> Result<Lease, String> {
+    let hash = spec::spec_hash(task, &inner.config.default_network);
+    let life = lifecycle(inner, task);
+    let slot = inner.pool.slot(job);
+    let mut current = slot.lock().await;
+    if let Some(w) = current.as_ref() {
+        let runs = w.runs.load(Ordering::SeqCst);
+        let why = if w.hash != hash {
+            Some("its job's container settings changed")
+        } else if life.max_runs.is_some_and(|m| runs >= m) {
+            Some("it reached max_runs")
+        } else if w.created.elapsed() >= life.max_age {
+            Some("it reached max_age")
+        } else if replace_dead {
+            Some("its executor is unreachable")
+        } else if inner.events.is_dead(&w.id) {
+            Some("it died")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            tracing::info!(container = %short(&w.id), runs, "replacing the warm container: {why}");
+            retire(inner, w);
+            *current = None;
+        }
+    }
+    if current.is_none() {
+        *current = Some(create(inner, job, task, &hash, life).await?);
+    }
+    let warm = current.as_ref().map(Arc::clone).ok_or("no container")?;
+    *warm.life.lock().unwrap_or_else(|p| p.into_inner()) = life;
+    warm.runs.fetch_add(1, Ordering::SeqCst);
+    warm.inflight.fetch_add(1, Ordering::SeqCst);
+    Ok(Lease { inner: inner.clone(), warm })
+}
+
+/// Marks `w` retired; removes it now when no run uses it.
+fn retire(inner: &Arc<Inner>, w: &Arc<Warm>) {
+    if !w.retired.swap(true, Ordering::SeqCst) && w.inflight.load(Ordering::SeqCst) == 0 {
+        let (inner, w) = (inner.clone(), w.clone());
+        tokio::spawn(async move { remove(&inner, &w).await });
+    }
+}
+
+async fn remove(inner: &Inner, w: &Warm) {
+    let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build();
+    match inner.docker.remove_container(&w.id, Some(opts)).await {
+        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+            tracing::info!(container = %short(&w.id), runs = w.runs.load(Ordering::SeqCst), "removed a warm container");
+        }
+        Err(e) => tracing::warn!(container = %short(&w.id), error = %describe(&e), "cannot remove a warm container"),
+    }
+    let _ = tokio::fs::remove_dir_all(&w.dir).await;
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// Creates and starts a warm container and waits for its executor to listen.
+async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Lifecycle) -> Result<Arc<Warm>, String> {
+    let d = task.docker.as_ref().ok_or("cannot start: a docker job needs docker.image")?;
+    image::ensure(&inner.docker, &d.image, d.pull).await?;
+    let cfg = &inner.config;
+    let nonce = spec::nonce();
+    let name = spec::container_name(job, &nonce);
+    let dwait = cfg.dwait.clone().filter(|_| !cfg.force_exec);
+    let via_exec = dwait.is_none();
+    let dir = cfg.state_dir.join("c").join(&nonce);
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let (entrypoint, cmd, binds) = match &dwait {
+        Some(bin) => (
+            vec![DWAIT_IN_CONTAINER.to_string()],
+            vec!["serve".to_string(), format!("{RUN_DIR_IN_CONTAINER}/{SOCKET_NAME}")],
+            vec![format!("{}:{DWAIT_IN_CONTAINER}:ro", bin.display()), format!("{}:{RUN_DIR_IN_CONTAINER}", dir.display())],
+        ),
+        // No executor: keep the container alive with the image's shell and run through exec.
+        None => (
+            vec!["/bin/sh".to_string()],
+            vec!["-c".to_string(), "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done".to_string()],
+            Vec::new(),
+        ),
+    };
+    let labels = spec::labels(job, hash, &cfg.agent, "warm", if via_exec { "exec" } else { "executor" }, Some(&dir));
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(d.image.clone()),
+        entrypoint: Some(entrypoint),
+        cmd: Some(cmd),
+        labels: Some(labels),
+        host_config: Some(spec::host_config(task, &cfg.default_network, binds)),
+        ..Default::default()
+    };
+    let opts = bollard::query_parameters::CreateContainerOptionsBuilder::new().name(&name).build();
+    let created = inner.docker.create_container(Some(opts), body).await.map_err(|e| format!("cannot create the container: {}", describe(&e)));
+    let id = match created {
+        Ok(c) => c.id,
+        Err(e) => {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(e);
+        }
+    };
+    inner.created.fetch_add(1, Ordering::Relaxed);
+    let warm = Arc::new(Warm {
+        id: id.clone(),
+        dir,
+        hash: hash.to_string(),
+        via_exec,
+        created: Instant::now(),
+        runs: AtomicU64::new(0),
+        inflight: AtomicU32::new(0),
+        retired: AtomicBool::new(false),
+        last_used: Mutex::new(Instant::now()),
+        life: Mutex::new(life),
+    });
+    if let Err(e) = inner.docker.start_container(&id, None).await {
+        remove(inner, &warm).await;
+        return Err(format!("cannot start the container: {}", describe(&e)));
+    }
+    if !via_exec {
+        let sock = warm.socket();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while tokio::net::UnixStream::connect(&sock).await.is_err() {
+            if Instant::now() >= deadline {
+                remove(inner, &warm).await;
+                return Err(format!("the container's executor did not listen within {READY_TIMEOUT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    tracing::info!(container = %short(&id), name, via_exec, "created a warm container");
+    Ok(warm)
+}
+
+/// Runs one attempt in the job's warm container.
+pub async fn run_warm(inner: &Arc<Inner>, ctx: RunContext) -> Outcome {
+    let RunContext { launch, logs, log_limit, mut kill, grace, started } = ctx;
+    let mut log = Log::open(&logs, launch.run_id, log_limit).await;
+    let early = *kill.borrow();
+    if let Some(reason) = early {
+        let o = Outcome { state: reason.final_state(), exit_code: None, signal: None, reason: Some(format!("{} before it started", super::outcome::why_stopped(reason, &launch))) };
+        return log.finish(o, true).await;
+    }
+    let mut started = Some(started);
+    let mem = launch.task.resources.mem.map(|m| m.0);
+    let mut replace_dead = false;
+    for attempt in 0..2 {
+        let lease = match acquire(inner, &launch.job, &launch.task, replace_dead).await {
+            Ok(l) => l,
+            Err(e) => return log.finish(Outcome::failed_to_start(e), true).await,
+        };
+        if lease.warm.via_exec {
+            let o = super::exec::run(inner, &lease.warm.id, &launch, &mut log, &mut kill, grace, &mut started, mem).await;
+            return log.finish(o, true).await;
+        }
+        match executor::run(&lease.warm.socket(), &launch, &mut log, &mut kill, grace, &mut started, mem).await {
+            Ok(o) => {
+                let note = o.state != tug_core::run::RunState::Succeeded;
+                return log.finish(o, note).await;
+            }
+            Err(executor::Unreachable(e)) => {
+                tracing::warn!(container = %short(&lease.warm.id), error = %e, attempt, "the warm container's executor is unreachable; recreating the container");
+                replace_dead = true;
+            }
+        }
+    }
+    log.finish(Outcome::failed_to_start("cannot start: the warm container's executor is unreachable even in a fresh container"), true).await
+}
+
+/// Adopts this agent's running warm containers; removes its stopped ones, per-run leftovers and
+/// duplicates.
+pub async fn adopt(inner: &Arc<Inner>) {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{}={}", label::AGENT, inner.config.agent)])]);
+    let opts = bollard::query_parameters::ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+    let list = match inner.docker.list_containers(Some(opts)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %describe(&e), "cannot list containers to adopt");
+            return;
+        }
+    };
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    for c in list {
+        let (Some(id), Some(labels)) = (c.id, c.labels) else { continue };
+        let running = c.state.map(|s| s.to_string() == "running").unwrap_or(false);
+        let get = |k: &str| labels.get(k).cloned();
+        let usable = running && get(label::MODE).as_deref() == Some("warm");
+        let job = get(label::JOB).unwrap_or_default();
+        let via_exec = get(label::PATH).as_deref() == Some("exec");
+        let slot = inner.pool.slot(&job);
+        let mut current = slot.lock().await;
+        let dir = get(label::DIR).map(PathBuf::from).unwrap_or_default();
+        let warm = Arc::new(Warm {
+            id: id.clone(),
+            dir: dir.clone(),
+            hash: get(label::SPEC).unwrap_or_default(),
+            via_exec,
+            created: {
+                let age_ms = get(label::CREATED).and_then(|c| c.parse::<i64>().ok()).map_or(0, |c| (now_ms - c).max(0));
+                Instant::now().checked_sub(Duration::from_millis(age_ms as u64)).unwrap_or_else(Instant::now)
+            },
+            runs: AtomicU64::new(0),
+            inflight: AtomicU32::new(0),
+            retired: AtomicBool::new(false),
+            last_used: Mutex::new(Instant::now()),
+            life: Mutex::new(inner.config.defaults),
+        });
+        let ready = via_exec || tokio::net::UnixStream::connect(warm.socket()).await.is_ok();
+        if usable && ready && current.is_none() {
+            tracing::info!(container = %short(&id), job, "adopted a warm container");
+            *current = Some(warm);
+        } else {
+            tracing::info!(container = %short(&id), job, running, "removing a leftover container");
+            remove(inner, &warm).await;
+        }
+    }
+}
+
+/// Every second (or `sweep_every`), retires warm containers idle past their `idle_timeout`.
+pub fn spawn_sweeper(weak: Weak<Inner>) {
+    tokio::spawn(async move {
+        loop {
+            let every = match weak.upgrade() {
+                Some(i) => i.config.sweep_every,
+                None => return,
+            };
+            tokio::time::sleep(every).await;
+            let Some(inner) = weak.upgrade() else { return };
+            for (_job, slot) in inner.pool.all() {
+                let Ok(mut current) = slot.try_lock() else { continue };
+                let idle = current.as_ref().is_some_and(|w| {
+                    let life = *w.life.lock().unwrap_or_else(|p| p.into_inner());
+                    let last = *w.last_used.lock().unwrap_or_else(|p| p.into_inner());
+                    w.inflight.load(Ordering::SeqCst) == 0 && last.elapsed() >= life.idle_timeout
+                });
+                if idle && let Some(w) = current.take() {
+                    tracing::info!(container = %short(&w.id), "removing an idle warm container");
+                    retire(&inner, &w);
+                }
+            }
+        }
+    });
+}
+
+/// Removes every container of this agent.
+pub async fn remove_all(inner: &Arc<Inner>) {
+    for (_job, slot) in inner.pool.all() {
+        if let Some(w) = slot.lock().await.take() {
+            w.retired.store(true, Ordering::SeqCst);
+            remove(inner, &w).await;
+        }
+    }
+    let filters = HashMap::from([("label".to_string(), vec![format!("{}={}", label::AGENT, inner.config.agent)])]);
+    let opts = bollard::query_parameters::ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+    if let Ok(list) = inner.docker.list_containers(Some(opts)).await {
+        for c in list {
+            if let Some(id) = c.id {
+                let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build();
+                let _ = inner.docker.remove_container(&id, Some(opts)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The wire protocol between the agent and `dwait`: one unix-socket connection per run, carrying
+//! frames of `[kind: u8][length: u32 big-endian][payload]`.
+//!
+//! ```text
+//! agent                                dwait
+//!   REQUEST {argv, env, workdir, user} ──>
+//!                                    <── STARTED "pid"        (or ERROR "why", then close)
+//!                                    <── STDOUT bytes / STDERR bytes ...
+//!   SIGNAL "15" / SIGNAL "9"  ──>         (to the run's whole process group)
+//!                                    <── EXIT {code, signal, core, oom}
+//! ```
+//!
+//! When the agent's side closes before EXIT, dwait SIGKILLs the run's process group: a run never
+//! outlives the connection that asked for it.
+
+use std::io::{self, Read, Write};
+
+/// Agent → dwait: what to run (JSON, see [`Request`]).
+pub const REQUEST: u8 = b'R';
+/// Agent → dwait: send this signal (decimal number) to the run's process group.
+pub const SIGNAL: u8 = b'K';
+/// dwait → agent: the run started; payload is its pid inside the container (decimal).
+pub const STARTED: u8 = b'S';
+/// dwait → agent: a chunk of the run's stdout.
+pub const STDOUT: u8 = b'O';
+/// dwait → agent: a chunk of the run's stderr.
+pub const STDERR: u8 = b'E';
+/// dwait → agent: the run ended (JSON, see [`Exit`]).
+pub const EXIT: u8 = b'X';
+/// dwait → agent: the run could not start; payload is the reason in words.
+pub const ERROR: u8 = b'F';
+
+/// The largest payload either side accepts.
+pub const MAX_PAYLOAD: usize = 16 << 20;
+
+/// Writes one frame.
+pub fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(payload.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    let mut buf = Vec::with_capacity(5 + payload.len());
+    buf.push(kind);
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(payload);
+    w.write_all(&buf)
+}
+
+/// The 5-byte header of a frame: kind and payload length.
+pub fn encode_header(kind: u8, len: usize) -> [u8; 5] {
+    let l = (len as u32).to_be_bytes();
+    [kind, l[0], l[1], l[2], l[3]]
+}
+
+/// Splits a header into kind and length, refusing lengths over [`MAX_PAYLOAD`].
+pub fn decode_header(h: [u8; 5]) -> io::Result<(u8, usize)> {
+    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
+    }
+    Ok((h[0], len))
+}
+
+/// Reads one frame; `None` at a clean end of stream.
+pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
+    let mut h = [0u8; 5];
+    match r.read_exact(&mut h) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let (kind, len) = decode_header(h)?;
+    let mut payload = vec![0; len];
+    r.read_exact(&mut payload)?;
+    Ok(Some((kind, payload)))
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Request {
+    /// Program and arguments (the program is looked up in `PATH`).
+    pub argv: Vec<String>,
+    /// Variables added to dwait's own environment (the image's).
+    pub env: Vec<(String, String)>,
+    /// Working directory; the container's when absent.
+    pub workdir: Option<String>,
+    /// `name`, `uid` or `uid:gid`; names are looked up in the container's `/etc/passwd`.
+    pub user: Option<String>,
+}
+
+impl Request {
+    /// As JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        let env: serde_json::Map<String, serde_json::Value> =
+            self.env.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        serde_json::json!({ "argv": self.argv, "env": env, "workdir": self.workdir, "user": self.user })
+            .to_string()
+            .into_bytes()
+    }
+
+    /// From JSON.
+    pub fn decode(bytes: &[u8]) -> Result<Request, String> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("bad request: {e}"))?;
+        let argv = v["argv"]
+            .as_array()
+            .ok_or("bad request: no argv")?
+            .iter()
+            .map(|a| a.as_str().map(str::to_string).ok_or("bad request: argv holds a non-string"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = v["env"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .unwrap_or_default();
+        let text = |k: &str| v[k].as_str().map(str::to_string);
+        Ok(Request { argv, env, workdir: text("workdir"), user: text("user") })
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Exit {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// Whether it dumped core.
+    pub core: bool,
+    /// Whether the container's memory cgroup OOM-killed a process during the run.
+    pub oom: bool,
+}
+
+impl Exit {
+    /// As JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::json!({ "code": self.code, "signal": self.signal, "core": self.core, "oom": self.oom })
+            .to_string()
+            .into_bytes()
+    }
+
+    /// From JSON.
+    pub fn decode(bytes: &[u8]) -> Result<Exit, String> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("bad exit frame: {e}"))?;
+        let int = |k: &str| v[k].as_i64().and_then(|n| i32::try_from(n).ok());
+        Ok(Exit { code: int("code"), signal: int("signal"), core: v["core"].as_bool().unwrap_or(false), oom: v["oom"].as_bool().unwrap_or(false) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_messages_round_trip() {
+        let req = Request { argv: vec!["sh".into(), "-c".into(), "echo hi".into()], env: vec![("A".into(), "b".into())], workdir: Some("/tmp".into()), user: None };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, REQUEST, &req.encode()).unwrap();
+        write_frame(&mut buf, STDOUT, b"\x00\xffbinary").unwrap();
+        let mut r = &buf[..];
+        let (k, p) = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!((k, Request::decode(&p).unwrap()), (REQUEST, req));
+        assert_eq!(read_frame(&mut r).unwrap().unwrap(), (STDOUT, b"\x00\xffbinary".to_vec()));
+        assert_eq!(read_frame(&mut r).unwrap(), None);
+        let exit = Exit { code: None, signal: Some(9), core: false, oom: true };
+        assert_eq!(Exit::decode(&exit.encode()).unwrap(), exit);
+    }
+}

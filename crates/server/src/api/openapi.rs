@@ -1,0 +1,111 @@
+//! The OpenAPI 3.1 description of the native API, served at `/api/v1/openapi.json`. Written by
+//! hand and checked against the router by a test, so it cannot drift silently.
+
+use serde_json::{Value, json};
+
+/// Every route of the native API as `(method, path)`, in the router's order.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("post", "/jobs"),
+    ("get", "/jobs"),
+    ("get", "/jobs/{name}"),
+    ("put", "/jobs/{name}"),
+    ("delete", "/jobs/{name}"),
+    ("post", "/jobs/{name}/run"),
+    ("post", "/jobs/{name}/pause"),
+    ("post", "/jobs/{name}/resume"),
+    ("post", "/jobs/{name}/kill"),
+    ("get", "/jobs/{name}/runs"),
+    ("get", "/runs/{id}"),
+    ("post", "/runs/{id}/kill"),
+    ("get", "/runs/{id}/log"),
+    ("get", "/schedule/preview"),
+    ("get", "/openapi.json"),
+];
+
+fn op(summary: &str, params: &[(&str, &str, &str)], ok: &str, body: Option<&str>) -> Value {
+    let parameters: Vec<Value> = params
+        .iter()
+        .map(|(name, place, desc)| {
+            json!({"name": name, "in": place, "required": *place == "path", "description": desc, "schema": {"type": "string"}})
+        })
+        .collect();
+    let mut o = json!({
+        "summary": summary,
+        "parameters": parameters,
+        "responses": {
+            ok: {"description": "success"},
+            "default": {"description": "an error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        }
+    });
+    if let Some(b) = body {
+        o["requestBody"] = json!({"required": true, "content": {
+            "application/json": {"schema": {"$ref": format!("#/components/schemas/{b}")}},
+            "application/toml": {"schema": {"type": "string"}}
+        }});
+    }
+    o
+}
+
+/// The document.
+pub fn document() -> Value {
+    let name = ("name", "path", "the job's name");
+    let id = ("id", "path", "the run's id");
+    let page = [("limit", "query", "page size (max 1000)"), ("cursor", "query", "next_cursor of the previous page")];
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Tugboat API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Jobs, runs and logs of a Tugboat server. Errors are {\"error\": {\"code\", \"message\"}}."},
+        "servers": [{"url": "/api/v1"}],
+        "paths": {
+            "/healthz": {"get": op("liveness", &[], "200", None)},
+            "/jobs": {
+                "post": op("create a job", &[], "201", Some("JobSpec")),
+                "get": op("list jobs by name", &[page[0], page[1], ("q", "query", "substring of name, description or owner"), ("label", "query", "key or key=value")], "200", None)
+            },
+            "/jobs/{name}": {
+                "get": op("one job with its next fire", &[name], "200", None),
+                "put": op("replace a job's spec", &[name, ("version", "query", "compare-and-set on this version")], "200", Some("JobSpec")),
+                "delete": op("delete a job and its history", &[name], "204", None)
+            },
+            "/jobs/{name}/run": {"post": op("run now", &[name], "201", None)},
+            "/jobs/{name}/pause": {"post": op("stop firing", &[name], "200", None)},
+            "/jobs/{name}/resume": {"post": op("resume firing; the misfire policy covers the pause", &[name], "200", None)},
+            "/jobs/{name}/kill": {"post": op("stop every active run of the job", &[name], "202", None)},
+            "/jobs/{name}/runs": {"get": op("runs of a job, newest first", &[name, page[0], page[1], ("state", "query", "only runs in this state")], "200", None)},
+            "/runs/{id}": {"get": op("one run with its attempts", &[id], "200", None)},
+            "/runs/{id}/kill": {"post": op("stop a run", &[id], "202", None)},
+            "/runs/{id}/log": {"get": op("a run's output (text/plain)", &[id, ("follow", "query", "stream until the run ends"), ("offset", "query", "start at this byte")], "200", None)},
+            "/schedule/preview": {"get": op("next fires of an expression", &[("expr", "query", "cron or ISO 8601"), ("tz", "query", "IANA zone"), ("count", "query", "1-1000"), ("after", "query", "RFC 3339")], "200", None)},
+            "/openapi.json": {"get": op("this document", &[], "200", None)}
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                "code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "JobSpec": {"type": "object", "required": ["name", "command"], "description": "See README.md for every field.",
+                "properties": {
+                    "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+                    "schedule": {"type": "string"}, "tz": {"type": "string"},
+                    "parents": {"type": "array", "items": {"type": "string"}},
+                    "command": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                    "concurrency": {"enum": ["allow", "forbid", "replace"]},
+                    "misfire": {"enum": ["skip", "run_once", "run_all"]}
+                }}
+        }}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented() {
+        let doc = document();
+        for (method, path) in ROUTES {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path} is missing from openapi.json");
+        }
+        let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
+        assert_eq!(documented, ROUTES.len(), "openapi.json documents a route the router does not have");
+    }
+}

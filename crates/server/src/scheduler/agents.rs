@@ -1,0 +1,178 @@
+//! The agent registry as the scheduler sees it: each agent's command channel, when it was last
+//! heard from, and its place in the placement snapshot (resources, attributes, runs).
+//!
+//! An agent silent for longer than the agent timeout is `lost`: it takes no new runs and the
+//! scheduler marks its active runs `lost` (retried by their jobs' policies, elsewhere).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tug_core::placement::{AgentInfo, Capacity, Snapshot};
+use tug_core::protocol::ToAgent;
+use tug_core::run::RunId;
+
+/// How an agent looks to the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Connected and heard from within the timeout.
+    Up,
+    /// Up, but takes no new runs.
+    Draining,
+    /// Not heard from within the timeout.
+    Lost,
+}
+
+/// An agent joining: who it is, what it offers, and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Unique name.
+    pub name: String,
+    /// Its command channel.
+    pub tx: mpsc::Sender<ToAgent>,
+    /// What it offers.
+    pub resources: Capacity,
+    /// Attributes for constraints; `hostname` is added when missing.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A registered agent.
+pub(crate) struct Registered {
+    pub tx: mpsc::Sender<ToAgent>,
+    pub last_seen: Instant,
+    pub runs: HashSet<RunId>,
+}
+
+/// All agents, indexed alike in `snapshot.agents` and `links`.
+#[derive(Default)]
+pub(crate) struct Agents {
+    pub snapshot: Snapshot,
+    pub links: Vec<Registered>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Agents {
+    /// Adds an agent, or refreshes one that registers again (after a restart or a lost link).
+    pub fn register(&mut self, link: Registration, now: Instant) -> usize {
+        let mut attributes = link.attributes;
+        attributes.entry("hostname".into()).or_insert_with(|| link.name.clone());
+        if let Some(&i) = self.by_name.get(&link.name) {
+            let a = &mut self.snapshot.agents[i];
+            a.up = true;
+            a.total = link.resources;
+            a.attributes = attributes;
+            self.snapshot.attributes_changed();
+            self.links[i].tx = link.tx;
+            self.links[i].last_seen = now;
+            return i;
+        }
+        let i = self.snapshot.add_agent(AgentInfo {
+            name: link.name.clone(),
+            attributes,
+            total: link.resources,
+            used: Capacity::default(),
+            up: true,
+            draining: false,
+        });
+        self.links.push(Registered { tx: link.tx, last_seen: now, runs: HashSet::new() });
+        self.by_name.insert(link.name, i);
+        i
+    }
+
+    /// The index of a named agent.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Notes that an agent was heard from; a lost agent comes back up.
+    pub fn seen(&mut self, name: &str, now: Instant) -> Option<usize> {
+        let i = self.index(name)?;
+        self.links[i].last_seen = now;
+        self.snapshot.agents[i].up = true;
+        Some(i)
+    }
+
+    /// Marks agents silent for longer than `timeout` as lost; returns the newly lost ones.
+    pub fn expire(&mut self, now: Instant, timeout: std::time::Duration) -> Vec<usize> {
+        let mut lost = Vec::new();
+        for (i, l) in self.links.iter().enumerate() {
+            let a = &mut self.snapshot.agents[i];
+            if a.up && now.duration_since(l.last_seen) > timeout {
+                a.up = false;
+                lost.push(i);
+            }
+        }
+        lost
+    }
+
+    /// The state of agent `i`.
+    pub fn state(&self, i: usize) -> AgentState {
+        let a = &self.snapshot.agents[i];
+        match (a.up, a.draining) {
+            (false, _) => AgentState::Lost,
+            (true, true) => AgentState::Draining,
+            (true, false) => AgentState::Up,
+        }
+    }
+
+    /// Name of agent `i`.
+    pub fn name(&self, i: usize) -> &str {
+        &self.snapshot.agents[i].name
+    }
+}
+
+/// An agent as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentView {
+    /// Its name.
+    pub name: String,
+    /// Up, draining or lost.
+    pub state: AgentState,
+    /// Its attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// CPU cores offered / in use.
+    pub cpus: (f64, f64),
+    /// Memory bytes offered / in use.
+    pub mem: (u64, u64),
+    /// Disk bytes offered / in use.
+    pub disk: (u64, u64),
+    /// Active runs on it.
+    pub runs: usize,
+    /// Seconds since it was last heard from.
+    pub last_seen_secs: f64,
+}
+
+impl Agents {
+    /// The API view of agent `i`.
+    pub fn view(&self, i: usize, now: Instant) -> AgentView {
+        let a = &self.snapshot.agents[i];
+        AgentView {
+            name: a.name.clone(),
+            state: self.state(i),
+            attributes: a.attributes.clone(),
+            cpus: (a.total.cpus, a.used.cpus),
+            mem: (a.total.mem, a.used.mem),
+            disk: (a.total.disk, a.used.disk),
+            runs: self.links[i].runs.len(),
+            last_seen_secs: now.duration_since(self.links[i].last_seen).as_secs_f64(),
+        }
+    }
+}
+
+/// What this machine offers, for the agent inside `tug up`: all cores, all memory, and the
+/// free space of the filesystem as the disk.
+pub fn local_capacity() -> Capacity {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024);
+    let disk = nix::sys::statvfs::statvfs("/").map_or(0, |s| s.blocks_available() as u64 * s.fragment_size() as u64);
+    Capacity { cpus, mem, disk }
+}

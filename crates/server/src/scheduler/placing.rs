@@ -1,0 +1,83 @@
+//! Placement inside the scheduler: choosing an agent for each new or retried run (the pure
+//! function in `tug_core::placement` over the registry's snapshot), keeping the snapshot's
+//! resource use in step with runs, runs waiting for room, and agents that go silent.
+
+use tokio::sync::mpsc;
+use tug_core::placement::{Capacity, CompiledConstraint, NoFit, Request};
+use tug_core::protocol::ToAgent;
+use tug_core::run::RunId;
+
+use super::timers::Slot;
+use super::Scheduler;
+
+/// The reason of a run that waits because no agent can take it.
+pub(super) const WAITING: &str = "waiting for an agent: ";
+
+impl Scheduler {
+    /// Chooses an agent for a run of the job in `slot` and reserves its resources there.
+    pub(super) fn place(&mut self, slot: Slot) -> Result<usize, NoFit> {
+        let Some(e) = self.slots[slot as usize].as_ref() else { return Err(NoFit::NoAgents) };
+        let spec = &e.job.spec;
+        let needs = Capacity::of(&spec.resources);
+        let constraints = CompiledConstraint::compile(&spec.constraints);
+        let req = Request { job: &spec.name, needs, constraints: &constraints, strategy: spec.placement, warm_agent: None };
+        let i = self.agents.snapshot.place(&req)?;
+        self.agents.snapshot.commit(i, &spec.name, &needs);
+        Ok(i)
+    }
+
+    /// Records that run `id` holds `needs` on agent `i`.
+    pub(super) fn hold(&mut self, id: RunId, i: usize, needs: Capacity) {
+        self.agents.links[i].runs.insert(id);
+        self.placed.insert(id, (i, needs));
+    }
+
+    /// Gives back what run `id` held.
+    pub(super) fn release(&mut self, id: RunId, job: &str) {
+        if let Some((i, needs)) = self.placed.remove(&id) {
+            self.agents.snapshot.release(i, job, &needs);
+            self.agents.links[i].runs.remove(&id);
+        }
+    }
+
+    /// The command channel of a run's agent.
+    pub(super) fn agent_tx(&self, agent: Option<&str>) -> Option<mpsc::Sender<ToAgent>> {
+        let i = self.agents.index(agent?)?;
+        Some(self.agents.links[i].tx.clone())
+    }
+
+    /// Tries again to place every run waiting for room.
+    pub(super) async fn place_unplaced(&mut self) {
+        if self.unplaced.is_empty() {
+            return;
+        }
+        let ids: Vec<RunId> = std::mem::take(&mut self.unplaced).into_iter().filter(|id| self.runs.contains_key(id)).collect();
+        if let Err(e) = self.launch_existing(ids).await {
+            tracing::error!(error = %e, "placing waiting runs failed");
+        }
+    }
+
+    /// Marks agents silent past the timeout as lost, and their runs with them.
+    pub(super) async fn expire_agents(&mut self) {
+        let lost = self.agents.expire(tokio::time::Instant::now(), self.config.agent_timeout);
+        for i in lost {
+            let name = self.agents.name(i).to_string();
+            let ids: Vec<RunId> = self.agents.links[i].runs.iter().copied().collect();
+            tracing::warn!(agent = %name, runs = ids.len(), "agent lost: no heartbeat within the agent timeout");
+            let reason = format!(
+                "agent {name} stopped responding (no heartbeat for {}s); the run's outcome is unknown",
+                self.config.agent_timeout.as_secs()
+            );
+            self.mark_lost(ids, &reason).await;
+        }
+    }
+
+    /// Notes a heartbeat; an agent that was lost and is back makes room for waiting runs.
+    pub(super) async fn heartbeat(&mut self, agent: &str) {
+        let was_up = self.agents.index(agent).is_some_and(|i| self.agents.snapshot.agents[i].up);
+        if self.agents.seen(agent, tokio::time::Instant::now()).is_some() && !was_up {
+            tracing::info!(agent, "agent is back");
+            self.place_unplaced().await;
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Several agents in one process: placement by resources and constraints, runs that fit nowhere
+//! wait and say why, and a silent agent's runs are lost and retried on another agent. Paused
+//! tokio time and the in-memory store, so the agent timeout costs no real time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tug_agent::runtime::{Outcome, RunContext, Runtime};
+use tug_agent::{Agent, AgentConfig};
+use tug_core::placement::Capacity;
+use tug_core::run::{Run, RunState};
+use tug_core::JobSpec;
+use tug_server::clock::TokioClock;
+use tug_server::embedded::{Embedded, EmbeddedConfig};
+use tug_server::scheduler::agents::Registration;
+use tug_store::mem::MemStore;
+use tug_store::logs::LogFiles;
+use tug_store::{RunQuery, Store};
+
+/// Runs last `secs` simulated seconds (from the command's first word), then succeed.
+struct Sleeper;
+
+#[async_trait::async_trait]
+impl Runtime for Sleeper {
+    fn name(&self) -> &'static str {
+        "sleeper"
+    }
+
+    async fn run(&self, mut ctx: RunContext) -> Outcome {
+        let secs: u64 = ctx.launch.task.command.display().parse().unwrap_or(0);
+        let _ = ctx.started.send(None);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(secs)) => {
+                Outcome { state: RunState::Succeeded, exit_code: Some(0), signal: None, reason: None }
+            }
+            _ = ctx.kill.wait_for(|k| k.is_some()) => Outcome::failed_to_start("killed"),
+        }
+    }
+}
+
+struct Cluster {
+    server: Embedded,
+    updates: mpsc::Sender<tug_core::protocol::ToServer>,
+    agents: BTreeMap<String, tokio::task::JoinHandle<()>>,
+    logs: LogFiles,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let clock = TokioClock::starting_at("2026-06-01T00:00:00Z".parse::<Timestamp>().unwrap());
+        let server = Embedded::start_with_store(EmbeddedConfig::new(dir.path()), store, Arc::new(Sleeper), Arc::new(clock), None)
+            .await
+            .unwrap();
+        // Keep the in-process agent out of the way: these tests place on the agents they add.
+        server.scheduler.drain("local", true).await.unwrap();
+        let updates = server.updates_sender();
+        let logs = LogFiles::new(dir.path().join("logs"));
+        Cluster { server, updates, agents: BTreeMap::new(), logs, _dir: dir }
+    }
+
+    async fn add_agent(&mut self, name: &str, cpus: f64, attrs: &[(&str, &str)]) {
+        let (tx, rx) = mpsc::channel(1024);
+        let config = AgentConfig { name: name.into(), ..AgentConfig::default() };
+        let agent = Agent::new(config, Arc::new(Sleeper), self.logs.clone(), self.updates.clone());
+        self.agents.insert(name.into(), tokio::spawn(agent.serve(rx, std::future::pending())));
+        let attributes = attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let resources = Capacity { cpus, mem: 8 << 30, disk: 100 << 30 };
+        self.server.scheduler.register_agent(Registration { name: name.into(), tx, resources, attributes }).await.unwrap();
+    }
+
+    /// Kills an agent's task outright: no more heartbeats, no more updates.
+    fn kill_agent(&mut self, name: &str) {
+        self.agents.remove(name).unwrap().abort();
+    }
+
+    async fn job(&self, spec: serde_json::Value) {
+        let spec = JobSpec::from_json(&spec.to_string()).unwrap();
+        self.server.scheduler.create_job(spec).await.unwrap();
+    }
+
+    async fn runs(&self, job: &str) -> Vec<Run> {
+        self.server.store.list_runs(job, &RunQuery { limit: 100, ..Default::default() }).await.unwrap().items
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_go_where_resources_and_constraints_allow() {
+    let mut c = Cluster::start().await;
+    c.add_agent("big", 8.0, &[("rack", "r1")]).await;
+    c.add_agent("small", 1.0, &[("rack", "r2")]).await;
+    c.job(json!({"name": "heavy", "schedule": "@yearly", "command": "60", "resources": {"cpus": 4}})).await;
+    c.job(json!({"name": "pinned", "schedule": "@yearly", "command": "60", "constraints": [["rack", "EQUALS", "r2"]]})).await;
+    c.job(json!({"name": "huge", "schedule": "@yearly", "command": "60", "resources": {"cpus": 64}})).await;
+    for j in ["heavy", "pinned", "huge"] {
+        c.server.scheduler.run_now(j).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(c.runs("heavy").await[0].agent.as_deref(), Some("big"));
+    assert_eq!(c.runs("pinned").await[0].agent.as_deref(), Some("small"));
+    let huge = &c.runs("huge").await[0];
+    assert_eq!(huge.state, RunState::Pending);
+    assert_eq!(
+        huge.reason.as_deref(),
+        Some("waiting for an agent: no agent has 64 cpus free; the most free is 4"),
+        "the run says why it waits (big has 4 of 8 cpus left)"
+    );
+    // Room appears: a bigger agent joins and the waiting run starts there.
+    c.add_agent("giant", 96.0, &[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let huge = &c.runs("huge").await[0];
+    assert_eq!((huge.state, huge.agent.as_deref()), (RunState::Running, Some("giant")));
+    let agents = c.server.scheduler.agents().await.unwrap();
+    let big = agents.iter().find(|a| a.name == "big").unwrap();
+    assert_eq!(big.cpus, (8.0, 4.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_agent_is_lost_and_its_run_retried_elsewhere() {
+    let mut c = Cluster::start().await;
+    c.add_agent("a", 4.0, &[]).await;
+    c.job(json!({"name": "long", "schedule": "@yearly", "command": "3600", "resources": {"cpus": 3},
+                 "retries": {"count": 1, "initial_delay": "1s"}})).await;
+    let run = c.server.scheduler.run_now("long").await.unwrap();
+    assert_eq!(run.agent.as_deref(), Some("a"));
+    c.add_agent("b", 4.0, &[]).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    c.kill_agent("a");
+    // The agent timeout is 10 s; the retry comes 1 s after the loss.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    let runs = c.runs("long").await;
+    assert_eq!(runs.len(), 1, "the same run is retried, not a new one");
+    let r = &runs[0];
+    assert_eq!((r.state, r.attempt, r.agent.as_deref()), (RunState::Running, 2, Some("b")), "{r:?}");
+    let attempts = c.server.store.attempts(r.id).await.unwrap();
+    assert_eq!(attempts[0].state, RunState::Lost);
+    assert!(attempts[0].reason.as_deref().unwrap().contains("agent a stopped responding"), "{attempts:?}");
+    let views = c.server.scheduler.agents().await.unwrap();
+    let a = views.iter().find(|v| v.name == "a").unwrap();
+    assert_eq!(serde_json::to_value(a.state).unwrap(), "lost");
+}
