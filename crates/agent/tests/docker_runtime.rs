@@ -283,6 +283,18 @@ async fn warm_timeout_kills_the_process_group_inside_the_container() {
     assert_eq!(env.run(l).await.state, RunState::Succeeded);
     assert_eq!(env.log(id).await.trim(), "0", "sleepers survived the kill");
 
+    // A background child of a run that ended on its own is left running (as with the process
+    // runtime), and dwait, as PID 1, reaps it when it exits: no zombie stays behind.
+    let l = launch("timeout", "sleep 0.3 & echo left", |_| {});
+    let id = l.run_id;
+    assert_eq!(env.run(l).await.state, RunState::Succeeded);
+    assert_eq!(env.log(id).await, "left\n");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let l = launch("timeout", "ps -o stat,args | grep -v grep | grep -c '^Z' || true", |_| {});
+    let id = l.run_id;
+    assert_eq!(env.run(l).await.state, RunState::Succeeded);
+    assert_eq!(env.log(id).await.trim(), "0", "zombies in the container");
+
     // A plain kill: SIGTERM is enough.
     let (h, started, kill) = env.start(launch("timeout", "sleep 1000", |_| {}));
     started.await.expect("started");

@@ -545,8 +545,14 @@ impl JobSpec {
             return Err(field("resources.cpus", format!("must be more than 0, got {c}")));
         }
         for w in &self.webhooks {
-            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                return Err(field("webhooks.url", format!("{:?} is not an http:// or https:// URL", w.url)));
+            if w.url.starts_with("https://") {
+                return Err(field(
+                    "webhooks.url",
+                    format!("{:?}: https webhooks need TLS, which this build does not include; use an http:// endpoint (e.g. a relay on the same host)", w.url),
+                ));
+            }
+            if !w.url.starts_with("http://") {
+                return Err(field("webhooks.url", format!("{:?} is not an http:// URL", w.url)));
             }
         }
         if self.resources.mem == Some(ByteSize(0)) {

@@ -19,7 +19,7 @@ use tug_store::Store;
 
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
-use crate::metrics::{Metrics, PerJobMetrics, StateLabel};
+use crate::metrics::{Metrics, PerJobMetrics};
 use crate::notify::{self, DeliveryConfig, Notifier};
 use crate::scheduler::events::EventSink;
 use crate::scheduler::{self, AgentLink, Hooks, SchedulerConfig, SchedulerHandle};
@@ -129,8 +129,6 @@ impl Embedded {
         let link = AgentLink { name: config.agent_name.clone(), tx: agent_tx };
         let per_job = config.per_job_metrics.then(|| PerJobMetrics::new(config.per_job_metrics_limit));
         let metrics = Arc::new(Metrics::with_per_job(per_job.as_ref()));
-        // `tug up` has one agent, in this process, up for as long as the server is.
-        metrics.agents.get_or_create(&StateLabel { state: "up".into() }).set(1);
         let mut events = EventSink::new(metrics.clone());
         // Subscribers first: the scheduler takes the sink as it is when it starts.
         let notifier = Notifier::new(

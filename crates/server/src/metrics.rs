@@ -81,8 +81,7 @@ pub struct Metrics {
     pub jobs: Gauge,
     /// Notification events that could not be queued because the notifier was behind.
     pub events_dropped: Counter,
-    /// Agents known to the server, by state (`up`, `lost`). `tug up` has exactly one local agent,
-    /// in-process, so it reports `{state="up"} 1`; a server with remote agents will set these from
+    /// Agents known to the server, by state (`up`, `draining`, `lost`), set by the scheduler from
     /// its agent registry.
     pub agents: Family<StateLabel, Gauge>,
     /// Warm containers held by agents' container runtimes. The process runtime holds none, so this

@@ -39,6 +39,9 @@ enum Command {
     Run(cmd::runs::RunCommand),
     /// Print a run's output; -f follows it until the run ends.
     Logs(cmd::logs::LogsArgs),
+    /// List, inspect and drain agents.
+    #[command(subcommand)]
+    Agent(cmd::agent::AgentCommand),
     /// Work with schedule expressions.
     #[command(subcommand)]
     Schedule(cmd::schedule::ScheduleCommand),
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
             Command::Runs(a) => cmd::runs::list(&cli.server, a).await,
             Command::Run(c) => cmd::runs::run(&cli.server, c).await,
             Command::Logs(a) => cmd::logs::run(&cli.server, a).await,
+            Command::Agent(c) => cmd::agent::run(&cli.server, c).await,
             Command::Schedule(c) => cmd::schedule::run(c),
             Command::Bench(c) => cmd::bench::run(c).await,
         }

@@ -151,3 +151,24 @@ fn unreachable_server_says_how_to_fix_it() {
     let err = fails("http://127.0.0.1:9", &["job", "list"]);
     assert!(err.contains("cannot reach the Tugboat server") && err.contains("tug up"), "{err}");
 }
+
+#[test]
+fn agents_can_be_listed_and_drained_and_a_waiting_run_says_why() {
+    let up = Up::start();
+    let s = up.server.clone();
+    let agents = json(&s, &["agent", "list", "--json"]);
+    assert_eq!(agents[0]["name"], "local");
+    assert_eq!(agents[0]["state"], "up");
+    assert!(ok(&s, &["agent", "list"]).contains("local"));
+    ok(&s, &["agent", "drain", "local"]);
+    assert_eq!(json(&s, &["agent", "show", "local", "--json"])["state"], "draining");
+    ok(&s, &["job", "add", "waits", "--schedule", "@yearly", "--", "echo", "ran"]);
+    let run = json(&s, &["job", "run", "waits", "--json"]);
+    assert_eq!(run["state"], "pending");
+    let shown = ok(&s, &["job", "show", "waits"]);
+    assert!(shown.contains("waiting for an agent: all 1 agents are down or draining"), "{shown}");
+    ok(&s, &["agent", "undrain", "local"]);
+    wait_for_success(&s, "waits");
+    let err = fails(&s, &["agent", "drain", "ghost"]);
+    assert!(err.contains("agent \"ghost\" not found"), "{err}");
+}

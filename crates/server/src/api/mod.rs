@@ -17,6 +17,7 @@ use crate::clock::SharedClock;
 use crate::metrics::{ApiLabels, Metrics};
 use crate::scheduler::SchedulerHandle;
 
+mod agents;
 pub mod error;
 mod jobs;
 pub mod openapi;
@@ -55,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/kill", post(runs::kill))
         .route("/runs/{id}/log", get(runs::log))
         .route("/schedule/preview", get(schedule::preview))
+        .route("/agents", get(agents::list))
+        .route("/agents/{name}", get(agents::show))
+        .route("/agents/{name}/drain", post(agents::drain))
+        .route("/agents/{name}/undrain", post(agents::undrain))
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .with_state(state.clone());
     let metrics = state.metrics.clone();

@@ -20,6 +20,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/runs/{id}/kill"),
     ("get", "/runs/{id}/log"),
     ("get", "/schedule/preview"),
+    ("get", "/agents"),
+    ("get", "/agents/{name}"),
+    ("post", "/agents/{name}/drain"),
+    ("post", "/agents/{name}/undrain"),
     ("get", "/openapi.json"),
 ];
 
@@ -77,6 +81,10 @@ pub fn document() -> Value {
             "/runs/{id}/kill": {"post": op("stop a run", &[id], "202", None)},
             "/runs/{id}/log": {"get": op("a run's output (text/plain)", &[id, ("follow", "query", "stream until the run ends"), ("offset", "query", "start at this byte")], "200", None)},
             "/schedule/preview": {"get": op("next fires of an expression", &[("expr", "query", "cron or ISO 8601"), ("tz", "query", "IANA zone"), ("count", "query", "1-1000"), ("after", "query", "RFC 3339")], "200", None)},
+            "/agents": {"get": op("agents with state, resources and runs", &[], "200", None)},
+            "/agents/{name}": {"get": op("one agent", &[("name", "path", "the agent's name")], "200", None)},
+            "/agents/{name}/drain": {"post": op("take no new runs", &[("name", "path", "the agent's name")], "200", None)},
+            "/agents/{name}/undrain": {"post": op("take runs again", &[("name", "path", "the agent's name")], "200", None)},
             "/openapi.json": {"get": op("this document", &[], "200", None)}
         },
         "components": {"schemas": {

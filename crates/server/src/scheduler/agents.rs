@@ -16,6 +16,7 @@ use tug_core::run::RunId;
 /// How an agent looks to the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(usize)]
 pub enum AgentState {
     /// Connected and heard from within the timeout.
     Up,

@@ -291,6 +291,7 @@ impl Scheduler {
             events: hooks.events,
             run_args: HashMap::new(),
         };
+        s.count_agents();
         s.recover().await?;
         Ok(s)
     }
@@ -380,6 +381,7 @@ impl Scheduler {
             Command::RegisterAgent(reg, tx) => {
                 let name = reg.name.clone();
                 self.agents.register(reg, tokio::time::Instant::now());
+                self.count_agents();
                 tracing::info!(agent = %name, "agent registered");
                 self.place_unplaced().await;
                 let _ = tx.send(());
@@ -392,6 +394,7 @@ impl Scheduler {
                 let r = match self.agents.index(&name) {
                     Some(i) => {
                         self.agents.snapshot.agents[i].draining = drain;
+                        self.count_agents();
                         if !drain {
                             self.place_unplaced().await;
                         }

@@ -57,9 +57,25 @@ impl Scheduler {
         }
     }
 
+    /// Sets the agents-by-state gauges from the registry.
+    pub(super) fn count_agents(&self) {
+        use super::agents::AgentState;
+        let mut counts = [0i64; 3];
+        for i in 0..self.agents.links.len() {
+            counts[self.agents.state(i) as usize] += 1;
+        }
+        for (state, n) in [(AgentState::Up, counts[0]), (AgentState::Draining, counts[1]), (AgentState::Lost, counts[2])] {
+            let label = crate::metrics::StateLabel { state: serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default() };
+            self.metrics.agents.get_or_create(&label).set(n);
+        }
+    }
+
     /// Marks agents silent past the timeout as lost, and their runs with them.
     pub(super) async fn expire_agents(&mut self) {
         let lost = self.agents.expire(tokio::time::Instant::now(), self.config.agent_timeout);
+        if !lost.is_empty() {
+            self.count_agents();
+        }
         for i in lost {
             let name = self.agents.name(i).to_string();
             let ids: Vec<RunId> = self.agents.links[i].runs.iter().copied().collect();
@@ -77,6 +93,7 @@ impl Scheduler {
         let was_up = self.agents.index(agent).is_some_and(|i| self.agents.snapshot.agents[i].up);
         if self.agents.seen(agent, tokio::time::Instant::now()).is_some() && !was_up {
             tracing::info!(agent, "agent is back");
+            self.count_agents();
             self.place_unplaced().await;
         }
     }

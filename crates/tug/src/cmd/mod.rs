@@ -1,5 +1,6 @@
 //! One module per top-level command.
 
+pub mod agent;
 pub mod bench;
 pub mod job;
 pub mod logs;
