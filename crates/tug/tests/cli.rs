@@ -1,9 +1,12 @@
 //! The CLI against a real server: `tug up` as a process, and the job/runs/logs commands.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
+
+mod common;
+use common::Up;
 
 const TUG: &str = env!("CARGO_BIN_EXE_tug");
 
@@ -25,53 +28,6 @@ fn fails(server: &str, args: &[&str]) -> String {
     let out = tug(server, args);
     assert!(!out.status.success(), "tug {args:?} should fail");
     String::from_utf8(out.stderr).unwrap()
-}
-
-/// Starts `tug up` on a free port; kills it on drop.
-struct Up {
-    child: std::process::Child,
-    server: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Up {
-    fn start() -> Up {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(TUG)
-            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = format!("http://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Up { child, server, _dir: dir };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("tug up did not start listening");
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-        for _ in 0..200 {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("tug up did not exit after SIGTERM");
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn wait_for_success(server: &str, job: &str) -> Value {
