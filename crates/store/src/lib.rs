@@ -163,6 +163,19 @@ pub trait Store: Send + Sync + 'static {
     async fn attempts(&self, id: RunId) -> Result<Vec<Attempt>>;
     /// Deletes a job's finished runs beyond the newest `keep`; returns the deleted ids.
     async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RunId>>;
+    /// Prunes many jobs (`(job, keep)`), skipping jobs that no longer exist. Implementations
+    /// should do it in one transaction: retention of many busy jobs must not cost a commit each.
+    async fn prune_many(&self, jobs: &[(String, u32)]) -> Result<Vec<RunId>> {
+        let mut ids = Vec::new();
+        for (job, keep) in jobs {
+            match self.prune_runs(job, *keep).await {
+                Ok(mut d) => ids.append(&mut d),
+                Err(StoreError::JobNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ids)
+    }
     /// Run totals of one job (`Some(name)`; [`StoreError::JobNotFound`] if unknown) or of every
     /// job (`None`), by job name. Every job is listed, with zeros when no run of it has ended.
     /// Deleting a job forgets its totals.

@@ -41,6 +41,7 @@ conformance_tests!(
     save_runs_and_attempts,
     active_runs,
     prune_keeps_newest_and_active,
+    prune_many_jobs,
     delete_cascades,
     run_totals_survive_pruning,
 );

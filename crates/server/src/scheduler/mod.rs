@@ -229,6 +229,8 @@ pub struct Scheduler {
     retry_timers: Timers<RunId>,
     runs: HashMap<RunId, Run>,
     to_prune: Vec<Slot>,
+    /// The retention task of the last prune round, if it may still be going.
+    pruning: Option<tokio::task::JoinHandle<()>>,
     stats: Stats,
     metrics: Arc<Metrics>,
     events: EventSink,
@@ -286,6 +288,7 @@ impl Scheduler {
             retry_timers: Timers::new(),
             runs: HashMap::new(),
             to_prune: Vec::new(),
+            pruning: None,
             stats: Stats::default(),
             metrics: hooks.metrics,
             events: hooks.events,
@@ -478,19 +481,32 @@ impl Scheduler {
                 self.runs.values().map(|r| (r.job.as_str(), r.scheduled_at)).collect();
             self.run_args.retain(|(job, at), _| active.contains(&(job.as_str(), *at)));
         }
+        if self.pruning.as_ref().is_some_and(|t| !t.is_finished()) {
+            return; // the last round is still going; these jobs wait for the next tick
+        }
         let slots = std::mem::take(&mut self.to_prune);
+        let mut jobs = Vec::with_capacity(slots.len());
         for slot in slots {
             let Some(e) = self.slots[slot as usize].as_mut() else { continue };
             e.finished_since_prune = 0;
-            let keep = e.job.spec.keep_runs.unwrap_or(self.config.keep_runs);
-            let name = e.job.spec.name.clone();
-            match self.store.prune_runs(&name, keep).await {
-                Ok(ids) => {
-                    let _ = self.logs.remove(&ids).await; // failures are logged by `remove`
-                }
-                Err(e) => tracing::warn!(job = %name, error = %e, "pruning old runs failed"),
-            }
+            jobs.push((e.job.spec.name.clone(), e.job.spec.keep_runs.unwrap_or(self.config.keep_runs)));
         }
+        if jobs.is_empty() {
+            return;
+        }
+        // In the background, so the loop keeps firing; a few hundred jobs per transaction: one
+        // commit for many busy jobs, yet short enough not to hold up fire commits behind it.
+        let (store, logs) = (self.store.clone(), self.logs.clone());
+        self.pruning = Some(tokio::spawn(async move {
+            for chunk in jobs.chunks(200) {
+                match store.prune_many(chunk).await {
+                    Ok(ids) => {
+                        let _ = logs.remove(&ids).await; // failures are logged by `remove`
+                    }
+                    Err(e) => tracing::warn!(error = %e, jobs = chunk.len(), "pruning old runs failed"),
+                }
+            }
+        }));
     }
 }
 

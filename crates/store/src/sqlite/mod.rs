@@ -234,6 +234,11 @@ impl Store for SqliteStore {
         self.worker.call(move |c| runs::prune(c, &job, keep)).await
     }
 
+    async fn prune_many(&self, jobs: &[(String, u32)]) -> Result<Vec<RunId>> {
+        let jobs = jobs.to_vec();
+        self.worker.call(move |c| runs::prune_many(c, &jobs)).await
+    }
+
     async fn run_totals(&self, job: Option<&str>) -> Result<Vec<(String, RunTotals)>> {
         let job = job.map(str::to_owned);
         self.worker.call(move |c| runs::totals(c, job.as_deref())).await

@@ -244,6 +244,28 @@ pub(super) fn attempts(conn: &Connection, id: RunId) -> Result<Vec<Attempt>> {
 pub(super) fn prune(conn: &mut Connection, job: &str, keep: u32) -> Result<Vec<RunId>> {
     let tx = write_tx(conn)?;
     ensure_exists(&tx, job)?;
+    let ids = prune_in(&tx, job, keep)?;
+    tx.commit().ctx("committing a prune")?;
+    Ok(ids)
+}
+
+/// Prunes many jobs in one transaction; jobs that no longer exist are skipped.
+pub(super) fn prune_many(conn: &mut Connection, jobs: &[(String, u32)]) -> Result<Vec<RunId>> {
+    let tx = write_tx(conn)?;
+    let mut ids = Vec::new();
+    for (job, keep) in jobs {
+        match ensure_exists(&tx, job) {
+            Ok(()) => ids.extend(prune_in(&tx, job, *keep)?),
+            Err(StoreError::JobNotFound(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    tx.commit().ctx("committing a prune")?;
+    Ok(ids)
+}
+
+/// The work of a prune inside the caller's transaction.
+fn prune_in(tx: &rusqlite::Transaction<'_>, job: &str, keep: u32) -> Result<Vec<RunId>> {
     let doomed = tx
         .prepare_cached(&PRUNE_SQL)
         .and_then(|mut s| {
@@ -308,7 +330,6 @@ pub(super) fn prune(conn: &mut Connection, job: &str, keep: u32) -> Result<Vec<R
             del_run.execute([id]).ctx("pruning a run")?;
         }
     }
-    tx.commit().ctx("committing a prune")?;
     let mut ids: Vec<RunId> = doomed.into_iter().map(|(id, ..)| id).collect();
     ids.reverse();
     Ok(ids)

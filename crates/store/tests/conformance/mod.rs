@@ -25,6 +25,7 @@ pub async fn all(store: &dyn Store) {
     save_runs_and_attempts(store).await;
     active_runs(store).await;
     prune_keeps_newest_and_active(store).await;
+    prune_many_jobs(store).await;
     delete_cascades(store).await;
     run_totals_survive_pruning(store).await;
 }
@@ -63,6 +64,24 @@ pub async fn bulk_create(store: &dyn Store) {
     }
     let again = [spec("bulk-new"), spec("bulk-1")];
     assert!(matches!(store.create_jobs(&again, t(0)).await, Err(StoreError::JobExists(n)) if n == "bulk-1"));
+}
+
+/// Pruning many jobs at once; a job that no longer exists is skipped.
+pub async fn prune_many_jobs(store: &dyn Store) {
+    for name in ["pm-a", "pm-b"] {
+        store.create_job(&spec(name), t(0)).await.unwrap();
+        let runs = commit(store, (1..=3).map(|i| fire(name, t(i), Trigger::Schedule)).collect(), t(10)).await;
+        let done: Vec<Run> = runs.iter().map(|r| finished(r, RunState::Succeeded, t(20))).collect();
+        store.save_runs(&done, &[]).await.unwrap();
+    }
+    let jobs = [("pm-a".to_string(), 1), ("pm-ghost".to_string(), 1), ("pm-b".to_string(), 2)];
+    let deleted = store.prune_many(&jobs).await.unwrap();
+    assert_eq!(deleted.len(), 2 + 1);
+    for (name, keep) in [("pm-a", 1), ("pm-b", 2)] {
+        let left = store.list_runs(name, &RunQuery::default()).await.unwrap().items;
+        assert_eq!(left.len(), keep);
+        assert_eq!(left[0].scheduled_at, t(3), "the newest run is kept");
+    }
 }
 
 /// Create, read, update with and without compare-and-set, and the not-found errors.
