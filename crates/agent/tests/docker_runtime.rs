@@ -394,6 +394,26 @@ async fn warm_idle_container_is_removed_and_dead_one_recreated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarm_creates_the_container_before_the_first_run() {
+    let Some(env) = Env::new("prewarm").await else { return };
+    let task = launch("prewarm", "true", |_| {}).task;
+    env.rt.prewarm("prewarm", &task).await.expect("prewarm");
+    assert_eq!(env.rt.containers_created(), 1);
+    env.expect_containers(1).await;
+    // The first run finds it warm; a second prewarm is a no-op.
+    assert_eq!(env.run(launch("prewarm", "true", |_| {})).await.state, RunState::Succeeded);
+    assert_eq!(env.rt.containers_created(), 1);
+    env.rt.prewarm("prewarm", &task).await.expect("prewarm");
+    assert_eq!(env.rt.containers_created(), 1);
+    // max_runs counts runs, not prewarms.
+    let once = |t: &mut Task| t.docker.as_mut().expect("docker").max_runs = Some(1);
+    env.rt.prewarm("prewarm-once", &launch("prewarm-once", "true", once).task).await.expect("prewarm");
+    assert_eq!(env.run(launch("prewarm-once", "true", once)).await.state, RunState::Succeeded);
+    assert_eq!(env.rt.containers_created(), 2);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_adopts_the_warm_container() {
     let Some(env) = Env::new("adopt").await else { return };
     assert_eq!(env.run(launch("adopt", "true", |_| {})).await.state, RunState::Succeeded);

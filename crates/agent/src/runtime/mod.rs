@@ -59,6 +59,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// its output to the log, stops the whole process group when `ctx.kill` fires, reaps it, and
     /// says how it ended. Never panics on a bad command; that is an `Outcome` with state `failed`.
     async fn run(&self, ctx: RunContext) -> Outcome;
+    /// Gets ready for a run of `job` that fires soon (docker: creates its warm container now,
+    /// so even the first run is warm). Runtimes with nothing to prepare do nothing.
+    async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), String> {
+        let _ = (job, task);
+        Ok(())
+    }
 }
 
 /// A shared runtime.
@@ -82,6 +88,14 @@ impl Dispatch {
 impl Runtime for Dispatch {
     fn name(&self) -> &'static str {
         "dispatch"
+    }
+
+    async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), String> {
+        match (task.runtime, &self.docker) {
+            (tug_core::job::RuntimeKind::Process, _) => self.process.prewarm(job, task).await,
+            (tug_core::job::RuntimeKind::Docker, Ok(docker)) => docker.prewarm(job, task).await,
+            (tug_core::job::RuntimeKind::Docker, Err(why)) => Err(format!("the docker runtime is unavailable: {why}")),
+        }
     }
 
     async fn run(&self, ctx: RunContext) -> Outcome {

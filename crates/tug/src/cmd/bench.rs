@@ -1,4 +1,6 @@
 //! `tug bench`: measurements printed as tables (or `--json`), never run as CI tests.
+// Benchmarks measure real elapsed time and never run under paused tokio time.
+#![allow(clippy::disallowed_types)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};

@@ -198,16 +198,21 @@ impl DockerRuntime {
         pool::remove_all(&self.inner).await;
     }
 
-    /// Creates `job`'s warm container ahead of its first run, so that run is warm too.
-    pub async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), String> {
-        pool::acquire(&self.inner, job, task, false).await.map(|lease| lease.release_unused())
-    }
 }
 
 #[async_trait::async_trait]
 impl Runtime for DockerRuntime {
     fn name(&self) -> &'static str {
         "docker"
+    }
+
+    /// Creates `job`'s warm container ahead of its first run (per-run jobs: pulls the image).
+    async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), String> {
+        let d = task.docker.as_ref().ok_or("a docker job needs docker.image")?;
+        match d.mode {
+            ContainerMode::Warm => pool::acquire(&self.inner, job, task, false).await.map(|lease| lease.release_unused()),
+            ContainerMode::PerRun => image::ensure(&self.inner.docker, &d.image, d.pull).await,
+        }
     }
 
     async fn run(&self, ctx: RunContext) -> Outcome {
@@ -261,6 +266,10 @@ impl LazyDocker {
 impl Runtime for LazyDocker {
     fn name(&self) -> &'static str {
         "docker"
+    }
+
+    async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), String> {
+        self.get().await.map_err(|e| e.to_string())?.prewarm(job, task).await
     }
 
     async fn run(&self, ctx: RunContext) -> Outcome {
