@@ -2,7 +2,8 @@
 //! server as a status update.
 //!
 //! - [`agent`]: the loop that takes launches and kills and sends status updates.
-//! - [`runtime`]: process (child in its own process group) and noop runtimes.
+//! - [`runtime`]: process (child in its own process group), docker (warm containers with the
+//!   in-container executor, or a container per run) and noop runtimes.
 
 pub mod agent;
 pub mod runtime;

@@ -51,7 +51,13 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let up_matches = matches.subcommand_matches("up").cloned().unwrap_or_default();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -61,7 +67,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Up(a) => cmd::up::run(a).await,
+            Command::Up(a) => cmd::up::run(a, &up_matches).await,
             Command::Job(c) => cmd::job::run(&cli.server, c).await,
             Command::Runs(a) => cmd::runs::list(&cli.server, a).await,
             Command::Run(c) => cmd::runs::run(&cli.server, c).await,

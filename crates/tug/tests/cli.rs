@@ -128,3 +128,21 @@ fn agents_can_be_listed_and_drained_and_a_waiting_run_says_why() {
     let err = fails(&s, &["agent", "drain", "ghost"]);
     assert!(err.contains("agent \"ghost\" not found"), "{err}");
 }
+
+#[test]
+fn up_reads_a_config_file_and_names_its_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("tug.toml");
+    std::fs::write(&bad, "keep_runs = 5\nlisten_on = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(TUG).args(["up", "--config"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid config file") && err.contains("unknown field `listen_on`"), "{err}");
+    let out = Command::new(TUG).args(["up", "--webhook", "https://example.invalid/hook", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("https"), "a global https webhook is refused at start: {err}");
+}

@@ -30,6 +30,66 @@ pub struct UpArgs {
     /// Log filter (e.g. info, debug, tug_server=debug).
     #[arg(long, env = "TUG_LOG", default_value = "info")]
     log: String,
+    /// A webhook told about every job's failures, missed fires and exhausted retries
+    /// (repeatable; http:// only).
+    #[arg(long = "webhook", env = "TUG_WEBHOOKS", value_delimiter = ',')]
+    webhooks: Vec<String>,
+    /// Export per-job run counters (`tug_job_runs_finished_total{job}`) for up to N jobs; 0 = off.
+    #[arg(long, env = "TUG_PER_JOB_METRICS", default_value_t = 0)]
+    per_job_metrics: usize,
+    /// A TOML file with any of these settings (data_dir, listen, keep_runs, log_limit, log,
+    /// webhooks, per_job_metrics); flags and TUG_* variables win over it.
+    #[arg(long, env = "TUG_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// `tug up` settings as a TOML file may give them.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    keep_runs: Option<u32>,
+    log_limit: Option<u64>,
+    log: Option<String>,
+    #[serde(default)]
+    webhooks: Vec<String>,
+    per_job_metrics: Option<usize>,
+}
+
+impl UpArgs {
+    /// Fills what flags and the environment left at their defaults from the config file.
+    fn merge_file(mut self, matches: &clap::ArgMatches) -> anyhow::Result<UpArgs> {
+        let Some(path) = &self.config else { return Ok(self) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: FileConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {}", path.display(), e.message()))?;
+        let defaulted = |id: &str| {
+            matches.value_source(id).is_none_or(|s| s == clap::parser::ValueSource::DefaultValue)
+        };
+        if self.data_dir.is_none() {
+            self.data_dir = file.data_dir;
+        }
+        if let Some(v) = file.listen.filter(|_| defaulted("listen")) {
+            self.listen = v;
+        }
+        if let Some(v) = file.keep_runs.filter(|_| defaulted("keep_runs")) {
+            self.keep_runs = v;
+        }
+        if let Some(v) = file.log_limit.filter(|_| defaulted("log_limit")) {
+            self.log_limit = v;
+        }
+        if let Some(v) = file.log.filter(|_| defaulted("log")) {
+            self.log = v;
+        }
+        if self.webhooks.is_empty() {
+            self.webhooks = file.webhooks;
+        }
+        if let Some(v) = file.per_job_metrics.filter(|_| defaulted("per_job_metrics")) {
+            self.per_job_metrics = v;
+        }
+        Ok(self)
+    }
 }
 
 /// The default data directory: `$XDG_DATA_HOME/tug`, `~/.local/share/tug`, or `./tug-data`.
@@ -44,7 +104,8 @@ fn default_data_dir() -> PathBuf {
 }
 
 /// Runs until a signal arrives.
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    let args = args.merge_file(matches)?;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
         .init();
@@ -55,6 +116,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut config = EmbeddedConfig::new(&data_dir);
     config.keep_runs = args.keep_runs;
     config.log_limit = args.log_limit;
+    config.webhooks = args
+        .webhooks
+        .iter()
+        .map(|url| tug_core::job::Webhook { url: url.clone(), on: tug_core::job::default_notify_on() })
+        .collect();
+    config.per_job_metrics = args.per_job_metrics > 0;
+    if args.per_job_metrics > 0 {
+        config.per_job_metrics_limit = args.per_job_metrics;
+    }
     let runtime = Arc::new(Dispatch::new(Arc::new(ProcessRuntime::new()), docker_runtime(&config.agent_name, &data_dir).await));
     let server = Embedded::start(config, runtime, Arc::new(SystemClock), Some(listener)).await?;
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "tugboat is up");

@@ -113,6 +113,8 @@ pub fn find_dwait() -> Option<PathBuf> {
         if !c.exists() {
             continue;
         }
+        // Docker bind-mounts it, and a bind mount needs an absolute path.
+        let c = std::fs::canonicalize(&c).unwrap_or(c);
         match spec::check_static(&c) {
             Ok(()) => return Some(c),
             Err(why) => tracing::warn!("{why}; warm containers will use docker exec"),
