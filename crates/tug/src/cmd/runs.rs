@@ -57,7 +57,10 @@ pub async fn list(server: &str, a: RunsArgs) -> anyhow::Result<()> {
         return print_json(&items);
     }
     if items.is_empty() {
-        println!("{} has no runs yet", a.job);
+        match &a.state {
+            Some(st) => println!("{} has no {st} runs", a.job),
+            None => println!("{} has no runs yet", a.job),
+        }
         return Ok(());
     }
     print_runs(&items);
