@@ -100,6 +100,14 @@ impl Agent {
                 msg = commands.recv() => match msg {
                     Some(ToAgent::Launch(launch)) => self.launch(*launch, &mut tasks),
                     Some(ToAgent::Kill { run_id, reason }) => self.kill(run_id, reason),
+                    Some(ToAgent::Prewarm { job, task }) => {
+                        let me = Arc::clone(&self);
+                        tasks.spawn(async move {
+                            if let Err(e) = me.runtime.prewarm(&job, &task).await {
+                                tracing::warn!(job = %job, error = %e, "pre-warm failed; the first run starts cold");
+                            }
+                        });
+                    }
                     None => break,
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}

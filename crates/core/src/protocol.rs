@@ -93,6 +93,13 @@ impl KillReason {
 pub enum ToAgent {
     /// Start an attempt.
     Launch(Box<Launch>),
+    /// Get ready for a run of `job` that fires soon (docker: create its warm container now).
+    Prewarm {
+        /// The job.
+        job: String,
+        /// What its runs will run.
+        task: Box<Task>,
+    },
     /// Stop a running attempt.
     Kill {
         /// The run.

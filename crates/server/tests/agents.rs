@@ -145,3 +145,51 @@ async fn a_silent_agent_is_lost_and_its_run_retried_elsewhere() {
     let a = views.iter().find(|v| v.name == "a").unwrap();
     assert_eq!(serde_json::to_value(a.state).unwrap(), "lost");
 }
+
+/// Records when it was asked to pre-warm, in simulated seconds since the test began.
+struct Prewarms {
+    start: tokio::time::Instant,
+    seen: std::sync::Mutex<Vec<(String, u64)>>,
+}
+
+#[async_trait::async_trait]
+impl Runtime for Prewarms {
+    fn name(&self) -> &'static str {
+        "prewarms"
+    }
+
+    async fn run(&self, ctx: RunContext) -> Outcome {
+        let _ = ctx.started.send(None);
+        Outcome { state: RunState::Succeeded, exit_code: Some(0), signal: None, reason: None }
+    }
+
+    async fn prewarm(&self, job: &str, _task: &tug_core::protocol::Task) -> Result<(), String> {
+        self.seen.lock().unwrap().push((job.to_string(), self.start.elapsed().as_secs()));
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn docker_jobs_with_sparse_fires_are_prewarmed_before_each_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Arc::new(Prewarms { start: tokio::time::Instant::now(), seen: Default::default() });
+    let clock = TokioClock::starting_at("2026-06-01T00:00:00Z".parse::<Timestamp>().unwrap());
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let server = Embedded::start_with_store(EmbeddedConfig::new(dir.path()), store, runtime.clone(), Arc::new(clock), None)
+        .await
+        .unwrap();
+    let docker = |name: &str, schedule: &str| {
+        json!({"name": name, "schedule": schedule, "command": "true", "runtime": "docker",
+               "docker": {"image": "busybox", "prewarm": "45s"}})
+    };
+    for (name, schedule) in [("every-5-min", "*/5 * * * *"), ("every-second", "* * * * * *")] {
+        let spec = JobSpec::from_json(&docker(name, schedule).to_string()).unwrap();
+        server.scheduler.create_job(spec).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(16 * 60)).await;
+    let seen = runtime.seen.lock().unwrap().clone();
+    let five: Vec<u64> = seen.iter().filter(|(j, _)| j == "every-5-min").map(|(_, t)| *t).collect();
+    // Fires at 5, 10, 15 min; each hint 45 s before.
+    assert_eq!(five, vec![300 - 45, 600 - 45, 900 - 45], "{seen:?}");
+    assert!(seen.iter().all(|(j, _)| j != "every-second"), "a job that fires every second stays warm without hints");
+}

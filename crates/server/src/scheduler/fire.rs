@@ -46,6 +46,9 @@ impl Scheduler {
         while let Some(id) = self.retry_timers.pop_due(now) {
             retries.push(id);
         }
+        while let Some(slot) = self.prewarm_timers.pop_due(now) {
+            self.send_prewarm(slot).await;
+        }
         self.commit(batch, kills, now).await?;
         if !retries.is_empty() {
             self.launch_existing(retries).await?;
@@ -219,6 +222,21 @@ impl Scheduler {
             self.dispatch(id).await;
         }
         Ok(created)
+    }
+
+    /// Hints the agent a job's next run will most likely land on to get ready for it.
+    async fn send_prewarm(&mut self, slot: Slot) {
+        let Some(e) = self.slots[slot as usize].as_ref() else { return };
+        if !e.firing() {
+            return;
+        }
+        let (job, task) = (e.job.spec.name.clone(), Box::new(tug_core::protocol::Task::of(&e.job.spec)));
+        let needs = tug_core::placement::Capacity::of(&e.job.spec.resources);
+        // Place without reserving: the fire itself places (and usually lands on the same agent).
+        let Ok(i) = self.place(slot) else { return };
+        self.agents.snapshot.release(i, &job, &needs);
+        let to = self.agents.links[i].tx.clone();
+        self.dispatcher.send(Outgoing { at: None, measure: false, to, msg: ToAgent::Prewarm { job, task } }).await;
     }
 
     /// Gives back the reservations of batch runs the store did not create (duplicate keys).

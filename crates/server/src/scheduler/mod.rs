@@ -66,6 +66,9 @@ pub struct AgentLink {
     pub tx: mpsc::Sender<ToAgent>,
 }
 
+/// How long before a fire a docker job's warm container is created when the job does not say.
+const DEFAULT_PREWARM: tug_core::Duration = tug_core::Duration::from_secs(30);
+
 /// A request to the scheduler, answered on its oneshot.
 pub(crate) enum Command {
     CreateJob(JobSpec, oneshot::Sender<Result<JobRecord>>),
@@ -227,6 +230,8 @@ pub struct Scheduler {
     children: HashMap<String, Vec<String>>,
     timers: Timers<Slot>,
     retry_timers: Timers<RunId>,
+    /// When to send docker jobs' pre-warm hints.
+    prewarm_timers: Timers<Slot>,
     runs: HashMap<RunId, Run>,
     to_prune: Vec<Slot>,
     /// The retention task of the last prune round, if it may still be going.
@@ -286,6 +291,7 @@ impl Scheduler {
             children: HashMap::new(),
             timers: Timers::new(),
             retry_timers: Timers::new(),
+            prewarm_timers: Timers::new(),
             runs: HashMap::new(),
             to_prune: Vec::new(),
             pruning: None,
@@ -317,7 +323,7 @@ impl Scheduler {
         let mut batch = Vec::new();
         loop {
             let early = self.timers.first().and_then(|t| t.checked_sub(fire::LEAD).ok());
-            let wake = [early, self.retry_timers.first()].into_iter().flatten().min();
+            let wake = [early, self.retry_timers.first(), self.prewarm_timers.first()].into_iter().flatten().min();
             let sleep = async {
                 match wake {
                     Some(at) if firing => tokio::time::sleep_until(instant_at(&*self.clock, at)).await,
@@ -447,6 +453,16 @@ impl Scheduler {
         if let Some(fire) = e.job.schedule.as_ref().and_then(|s| s.next_after(after)) {
             e.next = Some(fire.at);
             self.timers.insert(fire.at, slot);
+            // A docker job whose fires are further apart than its pre-warm window may find its
+            // warm container gone: hint the agent to create it shortly before the fire.
+            if let Some(d) = e.job.spec.docker.as_ref().filter(|d| d.mode == tug_core::job::ContainerMode::Warm) {
+                let window = jiff::SignedDuration::from_millis(d.prewarm.unwrap_or(DEFAULT_PREWARM).as_millis());
+                if fire.at.duration_since(after) > window
+                    && let Ok(at) = fire.at.checked_sub(window)
+                {
+                    self.prewarm_timers.insert(at, slot);
+                }
+            }
         }
     }
 
