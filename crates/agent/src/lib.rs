@@ -2,10 +2,13 @@
 //! server as a status update.
 //!
 //! - [`agent`]: the loop that takes launches and kills and sends status updates.
+//! - [`remote`]: runs that loop against a server over the gRPC agent stream (`tug agent run`),
+//!   resending unacknowledged status updates after a reconnect.
 //! - [`runtime`]: process (child in its own process group), docker (warm containers with the
 //!   in-container executor, or a container per run) and noop runtimes.
 
 pub mod agent;
+pub mod remote;
 pub mod runtime;
 
 pub use agent::{Agent, AgentConfig};

@@ -5,8 +5,11 @@
 //! - [`api`]: the native REST API under `/api/v1`.
 //! - [`clock`]: the injectable wall clock.
 //! - [`embedded`]: server + local agent + SQLite in one process.
+//! - [`chronos`]: the Chronos-compatible REST API under `/scheduler` and `/v1/scheduler`.
+//! - [`agent_service`]: the gRPC endpoint remote agents (`tug agent run`) connect to.
 //! - [`metrics`]: the Prometheus families; [`notify`]: webhooks for run events.
 
+pub mod agent_service;
 pub mod api;
 pub mod chronos;
 pub mod clock;

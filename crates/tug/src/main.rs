@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run the server, a local agent and the embedded store in one process.
     Up(cmd::up::UpArgs),
+    /// Run the server and the embedded store; agents on other hosts join with `tug agent run`.
+    Server(cmd::server::ServerArgs),
     /// Create, inspect and control jobs.
     #[command(subcommand)]
     Job(cmd::job::JobCommand),
@@ -39,15 +41,25 @@ enum Command {
     Run(cmd::runs::RunCommand),
     /// Print a run's output; -f follows it until the run ends.
     Logs(cmd::logs::LogsArgs),
-    /// List, inspect and drain agents.
+    /// Run an agent (`tug agent run`), or list, inspect and drain agents.
     #[command(subcommand)]
-    Agent(cmd::agent::AgentCommand),
+    Agent(AgentCli),
     /// Work with schedule expressions.
     #[command(subcommand)]
     Schedule(cmd::schedule::ScheduleCommand),
     /// Measure Tugboat on this machine.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+}
+
+/// `tug agent`: run one, or manage the ones a server knows.
+#[derive(Subcommand)]
+enum AgentCli {
+    /// Run an agent joined to a `tug server`; --server is the server's agent address
+    /// (default http://127.0.0.1:4401).
+    Run(cmd::agent_run::AgentRunArgs),
+    #[command(flatten)]
+    Manage(cmd::agent::AgentCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => e.exit(),
     };
     let up_matches = matches.subcommand_matches("up").cloned().unwrap_or_default();
+    let server_given = matches.value_source("server").is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -72,7 +85,12 @@ fn main() -> std::process::ExitCode {
             Command::Runs(a) => cmd::runs::list(&cli.server, a).await,
             Command::Run(c) => cmd::runs::run(&cli.server, c).await,
             Command::Logs(a) => cmd::logs::run(&cli.server, a).await,
-            Command::Agent(c) => cmd::agent::run(&cli.server, c).await,
+            Command::Server(a) => cmd::server::run(a).await,
+            Command::Agent(AgentCli::Run(a)) => {
+                let server = if server_given { cli.server.as_str() } else { cmd::agent_run::DEFAULT_AGENT_SERVER };
+                cmd::agent_run::run(server, a).await
+            }
+            Command::Agent(AgentCli::Manage(c)) => cmd::agent::run(&cli.server, c).await,
             Command::Schedule(c) => cmd::schedule::run(c),
             Command::Bench(c) => cmd::bench::run(c).await,
         }

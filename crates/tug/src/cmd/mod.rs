@@ -1,11 +1,13 @@
 //! One module per top-level command.
 
 pub mod agent;
+pub mod agent_run;
 pub mod bench;
 pub mod job;
 pub mod logs;
 pub mod runs;
 pub mod schedule;
+pub mod server;
 pub mod up;
 
 /// Prints JSON, pretty.
@@ -20,5 +22,27 @@ pub fn field(v: &serde_json::Value, key: &str) -> String {
         serde_json::Value::Null => "-".into(),
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// The default data directory: `$XDG_DATA_HOME/tug`, `~/.local/share/tug`, or `./tug-data`.
+pub fn default_data_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("tug");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/share/tug");
+    }
+    PathBuf::from("tug-data")
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

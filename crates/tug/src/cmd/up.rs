@@ -92,16 +92,6 @@ impl UpArgs {
     }
 }
 
-/// The default data directory: `$XDG_DATA_HOME/tug`, `~/.local/share/tug`, or `./tug-data`.
-fn default_data_dir() -> PathBuf {
-    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
-        return PathBuf::from(x).join("tug");
-    }
-    if let Some(h) = std::env::var_os("HOME") {
-        return PathBuf::from(h).join(".local/share/tug");
-    }
-    PathBuf::from("tug-data")
-}
 
 /// Runs until a signal arrives.
 pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
@@ -109,7 +99,7 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
         .init();
-    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let data_dir = args.data_dir.unwrap_or_else(super::default_data_dir);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}; is another tug already running? pick another with --listen", args.listen))?;
@@ -130,7 +120,7 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "tugboat is up");
     eprintln!("Tugboat is up: API at http://{}/api/v1, data in {}", args.listen, data_dir.display());
     eprintln!("Try: tug job add hello --schedule '*/10 * * * * *' -- echo hello");
-    shutdown_signal().await;
+    super::shutdown_signal().await;
     eprintln!("Shutting down: stopping runs and recording how they ended...");
     server.shutdown().await;
     Ok(())
@@ -151,11 +141,3 @@ async fn docker_runtime(agent: &str, data_dir: &std::path::Path) -> Result<Share
     Ok(Arc::new(docker))
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}

@@ -1,0 +1,222 @@
+//! An agent in its own process (`tug agent run`), connected to the server over the agent
+//! protocol's gRPC stream.
+//!
+//! [`Agent::serve`] runs unchanged on two long-lived channels; this module bridges them to the
+//! stream, one connection at a time. Status updates are kept until the server acknowledges their
+//! `seq` and are resent, in order, after a reconnect. A broken stream is reopened with backoff; a
+//! refused join token ends the agent with [`RemoteError::Refused`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tug_core::placement::Capacity;
+use tug_core::protocol::{StatusUpdate, ToAgent, ToServer};
+use tug_proto::{AgentMessage, AgentServiceClient, ServerMessage, agent_message, server_message};
+use tug_store::logs::LogFiles;
+
+use crate::agent::{Agent, AgentConfig};
+use crate::runtime::SharedRuntime;
+
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a stopping agent waits for the server to acknowledge its last status updates.
+const FLUSH_GRACE: Duration = Duration::from_secs(3);
+
+/// Where and how a remote agent joins.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    /// The server's agent endpoint, e.g. `http://10.0.0.1:4401`.
+    pub server: String,
+    /// The shared secret the server checks (empty: none).
+    pub join_token: String,
+    /// What this agent offers for placement.
+    pub resources: Capacity,
+    /// Attributes for placement constraints.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Why a remote agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The server refused the agent (a wrong join token); retrying would not help.
+    #[error("the server refused this agent: {0}")]
+    Refused(String),
+}
+
+/// How one connection ended.
+enum Ended {
+    /// The stream broke or could not be opened; reconnect.
+    Broken(String),
+    /// The agent has stopped and its last updates were flushed (or the grace ran out).
+    Done,
+}
+
+/// Runs an agent against a remote server until `shutdown` completes (then stops its runs and
+/// reports how they ended) or the server refuses it.
+pub async fn run(
+    remote: RemoteConfig,
+    config: AgentConfig,
+    runtime: SharedRuntime,
+    logs: LogFiles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RemoteError> {
+    let name = config.name.clone();
+    let (updates_tx, mut updates_rx) = mpsc::channel(65_536);
+    let (cmd_tx, cmd_rx) = mpsc::channel(65_536);
+    let agent = Agent::new(config, runtime, logs, updates_tx);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let serving = tokio::spawn(agent.serve(cmd_rx, shutdown));
+    // The agent loop has stopped (all runs reported) once `serving` finishes; tell the bridge.
+    tokio::spawn(async move {
+        let _ = serving.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut unacked: BTreeMap<u64, StatusUpdate> = BTreeMap::new();
+    let mut backoff = Duration::from_millis(200);
+    let mut tried_after_stop = false;
+    loop {
+        let mut registered = false;
+        let ended = session(&remote, &name, &mut registered, &mut unacked, &mut updates_rx, &cmd_tx, stop_rx.clone()).await;
+        if registered {
+            // The last connection worked: start the backoff afresh.
+            backoff = Duration::from_millis(200);
+        }
+        match ended {
+            Ok(Ended::Done) => return Ok(()),
+            Ok(Ended::Broken(why)) => {
+                if *stop_rx.borrow() && updates_rx.is_closed() && unacked.is_empty() {
+                    return Ok(());
+                }
+                tracing::warn!(server = %remote.server, error = %why, retry_in = ?backoff, unacked = unacked.len(), "agent stream down; reconnecting");
+            }
+            Err(e) => return Err(e),
+        }
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            // Stopped while disconnected: one more attempt to flush, then give up.
+            () = async { let _ = stop.wait_for(|s| *s).await; }, if !*stop_rx.borrow() => {}
+        }
+        if *stop_rx.borrow() {
+            // Stopping and disconnected: one more attempt to deliver the last updates, no more.
+            if tried_after_stop {
+                tracing::warn!(unacked = unacked.len(), "stopping without delivering every status update");
+                return Ok(());
+            }
+            tried_after_stop = true;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn out(m: agent_message::Msg) -> AgentMessage {
+    AgentMessage { msg: Some(m) }
+}
+
+/// One connection: register, resend what is unacknowledged, then pump both ways.
+async fn session(
+    remote: &RemoteConfig,
+    name: &str,
+    registered: &mut bool,
+    unacked: &mut BTreeMap<u64, StatusUpdate>,
+    updates: &mut mpsc::Receiver<ToServer>,
+    commands: &mpsc::Sender<ToAgent>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Ended, RemoteError> {
+    let mut client = match AgentServiceClient::connect(remote.server.clone()).await {
+        Ok(c) => c,
+        Err(e) => return Ok(Ended::Broken(format!("cannot connect to {}: {e}", remote.server))),
+    };
+    let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
+    let register = tug_proto::Register {
+        agent: name.to_string(),
+        join_token: remote.join_token.clone(),
+        cpus: remote.resources.cpus,
+        mem: remote.resources.mem,
+        disk: remote.resources.disk,
+        attributes: remote.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>(),
+    };
+    let _ = tx.send(out(agent_message::Msg::Register(register))).await;
+    let mut inbound = match client.session(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => return Ok(Ended::Broken(format!("opening the agent stream: {e}"))),
+    };
+    match inbound.message().await {
+        Ok(Some(ServerMessage { msg: Some(server_message::Msg::Registered(_)) })) => {}
+        Ok(Some(ServerMessage { msg: Some(server_message::Msg::Refused(r)) })) => return Err(RemoteError::Refused(r.reason)),
+        Ok(other) => return Ok(Ended::Broken(format!("expected Registered, got {other:?}"))),
+        Err(e) => return Ok(Ended::Broken(format!("registering: {e}"))),
+    }
+    *registered = true;
+    tracing::info!(server = %remote.server, resend = unacked.len(), "registered with the server");
+    for u in unacked.values() {
+        if !send_update(&tx, u).await {
+            return Ok(Ended::Broken("stream closed while resending".into()));
+        }
+    }
+    let mut flushing: Option<tokio::time::Instant> = None;
+    loop {
+        if updates.is_closed() && updates.is_empty() && *stop.borrow() {
+            // The agent loop is done: wait (briefly) for the last acks.
+            if unacked.is_empty() {
+                return Ok(Ended::Done);
+            }
+            let deadline = *flushing.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_GRACE);
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(unacked = unacked.len(), "stopping before the server acknowledged every status update");
+                return Ok(Ended::Done);
+            }
+        }
+        tokio::select! {
+            u = updates.recv(), if !updates.is_closed() || !updates.is_empty() => match u {
+                Some(ToServer::Status(u)) => {
+                    unacked.insert(u.seq, u.clone());
+                    if !send_update(&tx, &u).await {
+                        return Ok(Ended::Broken("stream closed".into()));
+                    }
+                }
+                Some(ToServer::Heartbeat { .. })
+                    if tx.send(out(agent_message::Msg::Heartbeat(tug_proto::Heartbeat {}))).await.is_err() =>
+                {
+                    return Ok(Ended::Broken("stream closed".into()));
+                }
+                Some(ToServer::Heartbeat { .. }) => {}
+                None => {}
+            },
+            m = inbound.message() => match m {
+                Ok(Some(ServerMessage { msg: Some(m) })) => match m {
+                    server_message::Msg::ToAgent(bytes) => match serde_json::from_slice::<ToAgent>(&bytes) {
+                        Ok(cmd) => {
+                            if commands.send(cmd).await.is_err() {
+                                tracing::warn!("agent loop has stopped; command dropped");
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "undecodable command from the server dropped"),
+                    },
+                    server_message::Msg::Ack(a) => {
+                        unacked.remove(&a.seq);
+                    }
+                    server_message::Msg::Refused(r) => return Err(RemoteError::Refused(r.reason)),
+                    server_message::Msg::Registered(_) => {}
+                },
+                Ok(Some(ServerMessage { msg: None })) => {}
+                Ok(None) => return Ok(Ended::Broken("the server closed the stream".into())),
+                Err(e) => return Ok(Ended::Broken(format!("stream: {e}"))),
+            },
+            () = async { let _ = stop.changed().await; }, if !*stop.borrow() => {}
+            () = tokio::time::sleep(Duration::from_millis(200)), if flushing.is_some() => {}
+        }
+    }
+}
+
+async fn send_update(tx: &mpsc::Sender<AgentMessage>, u: &StatusUpdate) -> bool {
+    match serde_json::to_vec(u) {
+        Ok(bytes) => tx.send(out(agent_message::Msg::StatusUpdate(bytes))).await.is_ok(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a status update");
+            true
+        }
+    }
+}

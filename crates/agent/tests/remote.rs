@@ -1,0 +1,133 @@
+//! A remote agent against a fake server: status updates the server did not acknowledge are
+//! resent, in order, on the next connection.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::Stream;
+use jiff::Timestamp;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+use tug_agent::AgentConfig;
+use tug_agent::remote::{self, RemoteConfig};
+use tug_agent::runtime::noop::NoopRuntime;
+use tug_core::job::{Command, RuntimeKind};
+use tug_core::placement::Capacity;
+use tug_core::protocol::{Launch, StatusUpdate, Task, ToAgent};
+use tug_core::run::RunState;
+use tug_proto::{AgentMessage, AgentService, AgentServiceServer, ServerMessage, agent_message, server_message};
+use tug_store::logs::LogFiles;
+
+/// Session 1: registers the agent, launches one run, takes its status updates without acking
+/// them and hangs up once it has finished. Later sessions ack everything.
+struct Fake {
+    sessions: Arc<AtomicUsize>,
+    seen: mpsc::UnboundedSender<(usize, StatusUpdate)>,
+}
+
+fn reply(m: server_message::Msg) -> Result<ServerMessage, Status> {
+    Ok(ServerMessage { msg: Some(m) })
+}
+
+#[tonic::async_trait]
+impl AgentService for Fake {
+    type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send + 'static>>;
+
+    async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+        let n = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.unwrap();
+        assert!(matches!(first.msg, Some(agent_message::Msg::Register(ref r)) if r.agent == "remote-1" && r.join_token == "t"));
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(reply(server_message::Msg::Registered(tug_proto::Registered {}))).await.unwrap();
+        if n == 1 {
+            let launch = ToAgent::Launch(Box::new(Launch {
+                run_id: 7,
+                job: "j".into(),
+                scheduled_at: Timestamp::from_second(1_700_000_000).unwrap(),
+                attempt: 1,
+                epoch: 1,
+                task: Task {
+                    runtime: RuntimeKind::Process,
+                    docker: None,
+                    resources: Default::default(),
+                    command: Command::Shell("true".into()),
+                    env: BTreeMap::new(),
+                    workdir: None,
+                    user: None,
+                    timeout: None,
+                },
+            }));
+            tx.send(reply(server_message::Msg::ToAgent(serde_json::to_vec(&launch).unwrap()))).await.unwrap();
+        }
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                let Some(agent_message::Msg::StatusUpdate(bytes)) = m.msg else { continue };
+                let u: StatusUpdate = serde_json::from_slice(&bytes).unwrap();
+                let done = u.state == RunState::Succeeded;
+                let seq = u.seq;
+                let _ = seen.send((n, u));
+                if n == 1 && done {
+                    return; // hang up without acking anything
+                }
+                if n > 1 {
+                    let _ = tx.send(reply(server_message::Msg::Ack(tug_proto::Ack { seq }))).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tokio::test]
+async fn unacknowledged_updates_are_resent_after_a_reconnect() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let fake = Fake { sessions: Arc::new(AtomicUsize::new(0)), seen: seen_tx };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentServiceServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let remote = RemoteConfig {
+        server: format!("http://{addr}"),
+        join_token: "t".into(),
+        resources: Capacity { cpus: 1.0, mem: 1 << 30, disk: 1 << 30 },
+        attributes: BTreeMap::new(),
+    };
+    let config = AgentConfig { name: "remote-1".into(), ..AgentConfig::default() };
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let agent = tokio::spawn(remote::run(remote, config, Arc::new(NoopRuntime), LogFiles::new(dir.path()), async {
+        let _ = stop_rx.await;
+    }));
+
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some((n, u)) = seen.recv().await {
+            if n == 1 {
+                first.push(u.seq);
+            } else {
+                second.push(u.seq);
+                if second.len() == first.len() {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the agent reconnected and resent its updates");
+    assert!(!first.is_empty());
+    assert_eq!(first, second, "every unacknowledged update is resent, in order");
+
+    stop_tx.send(()).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), agent).await.expect("the agent stops");
+    assert!(ended.unwrap().is_ok());
+}

@@ -1,0 +1,174 @@
+//! The server end of the agent protocol: one gRPC stream per remote agent (`tug agent run`).
+//!
+//! The agent opens the stream with `Register`; a wrong join token gets `Refused` and the stream
+//! closes. Otherwise the agent joins the scheduler's registry with a command channel whose
+//! launches and kills are forwarded down the stream, and its heartbeats and status updates go into
+//! the scheduler's updates channel, each status update acknowledged by its `seq` once forwarded.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tug_core::placement::Capacity;
+use tug_core::protocol::{StatusUpdate, ToAgent, ToServer};
+use tug_proto::{AgentMessage, AgentService, AgentServiceServer, ServerMessage, agent_message, server_message};
+
+use crate::scheduler::SchedulerHandle;
+use crate::scheduler::agents::Registration;
+
+/// Messages queued towards one agent before the stream applies backpressure.
+const OUTBOUND: usize = 1024;
+
+/// The agent protocol's gRPC service.
+pub struct AgentGateway {
+    scheduler: SchedulerHandle,
+    updates: mpsc::Sender<ToServer>,
+    join_token: Option<String>,
+    stop: watch::Receiver<bool>,
+}
+
+impl AgentGateway {
+    /// A gateway into `scheduler`. With a `join_token`, agents must present it; without one every
+    /// agent is accepted. Streams end when `stop` becomes true, so the scheduler can shut down.
+    pub fn new(
+        scheduler: SchedulerHandle,
+        updates: mpsc::Sender<ToServer>,
+        join_token: Option<String>,
+        stop: watch::Receiver<bool>,
+    ) -> AgentGateway {
+        AgentGateway { scheduler, updates, join_token, stop }
+    }
+
+    /// The tonic service, for `tonic::transport::Server::add_service`.
+    pub fn into_service(self) -> AgentServiceServer<AgentGateway> {
+        AgentServiceServer::new(self)
+    }
+}
+
+fn msg(m: server_message::Msg) -> Result<ServerMessage, Status> {
+    Ok(ServerMessage { msg: Some(m) })
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentGateway {
+    type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send + 'static>>;
+
+    async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("stream closed before Register"))?;
+        let Some(agent_message::Msg::Register(reg)) = first.msg else {
+            return Err(Status::invalid_argument("the first message on the stream must be Register"));
+        };
+        let (out_tx, out_rx) = mpsc::channel(OUTBOUND);
+        let stream: Self::SessionStream = Box::pin(ReceiverStream::new(out_rx));
+        if let Some(expected) = &self.join_token
+            && reg.join_token != *expected
+        {
+            let reason = if reg.join_token.is_empty() {
+                "join token refused: the server requires one; pass --join-token or set TUG_JOIN_TOKEN".to_string()
+            } else {
+                "join token refused: it does not match the server's; check --join-token / TUG_JOIN_TOKEN on both sides"
+                    .to_string()
+            };
+            tracing::warn!(agent = %reg.agent, ?peer, "agent refused: wrong join token");
+            let _ = out_tx.send(msg(server_message::Msg::Refused(tug_proto::Refused { reason }))).await;
+            return Ok(Response::new(stream));
+        }
+        if reg.agent.is_empty() {
+            return Err(Status::invalid_argument("Register needs an agent name"));
+        }
+        let name = reg.agent.clone();
+        let (cmd_tx, mut cmd_rx) = mpsc::channel::<ToAgent>(OUTBOUND);
+        self.scheduler
+            .register_agent(Registration {
+                name: name.clone(),
+                tx: cmd_tx,
+                resources: Capacity { cpus: reg.cpus, mem: reg.mem, disk: reg.disk },
+                attributes: reg.attributes.into_iter().collect(),
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("scheduler: {e}")))?;
+        tracing::info!(agent = %name, ?peer, cpus = reg.cpus, mem = reg.mem, "remote agent connected");
+        let _ = out_tx.send(msg(server_message::Msg::Registered(tug_proto::Registered {}))).await;
+        let updates = self.updates.clone();
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    cmd = cmd_rx.recv() => {
+                        // None: the agent registered again on a newer stream, which replaced ours.
+                        let Some(cmd) = cmd else { break };
+                        let bytes = match serde_json::to_vec(&cmd) {
+                            Ok(b) => b,
+                            Err(e) => { tracing::error!(agent = %name, error = %e, "cannot encode a command"); continue }
+                        };
+                        if out_tx.send(msg(server_message::Msg::ToAgent(bytes))).await.is_err() {
+                            break;
+                        }
+                    }
+                    m = inbound.message() => match m {
+                        Ok(Some(AgentMessage { msg: Some(m) })) => {
+                            if !forward(&name, m, &updates, &out_tx).await {
+                                break;
+                            }
+                        }
+                        Ok(Some(AgentMessage { msg: None })) => {}
+                        Ok(None) => { tracing::info!(agent = %name, "remote agent disconnected"); break }
+                        Err(e) => { tracing::warn!(agent = %name, error = %e, "remote agent stream broke"); break }
+                    },
+                    () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                }
+            }
+            // Dropping `cmd_rx` leaves the registry entry in place: the agent is lost once its
+            // heartbeats have been missing for the agent timeout, unless it reconnects first.
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// Passes one agent message to the scheduler; false when the scheduler or the stream is gone.
+async fn forward(
+    name: &str,
+    m: agent_message::Msg,
+    updates: &mpsc::Sender<ToServer>,
+    out: &mpsc::Sender<Result<ServerMessage, Status>>,
+) -> bool {
+    match m {
+        agent_message::Msg::Heartbeat(_) => updates.send(ToServer::Heartbeat { agent: name.to_string() }).await.is_ok(),
+        agent_message::Msg::StatusUpdate(bytes) => {
+            let update: StatusUpdate = match serde_json::from_slice(&bytes) {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::error!(agent = %name, error = %e, "undecodable status update dropped");
+                    return true;
+                }
+            };
+            let seq = update.seq;
+            if updates.send(ToServer::Status(update)).await.is_err() {
+                return false;
+            }
+            out.send(msg(server_message::Msg::Ack(tug_proto::Ack { seq }))).await.is_ok()
+        }
+        agent_message::Msg::Register(_) => {
+            tracing::warn!(agent = %name, "second Register on one stream ignored");
+            true
+        }
+    }
+}
+
+/// Serves the agent protocol on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: AgentGateway,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        // Notice dead peers on the transport too, not only by missing heartbeats.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .add_service(gateway.into_service())
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+}

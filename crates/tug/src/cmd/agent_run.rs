@@ -1,0 +1,118 @@
+//! `tug agent run`: an agent in its own process, joined to a `tug server` over the agent protocol.
+//! It runs process jobs, and docker jobs when Docker is reachable (connected on the first docker
+//! run). Run logs stay in this agent's data dir.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tug_agent::remote::{self, RemoteConfig};
+use tug_agent::runtime::Dispatch;
+use tug_agent::runtime::docker::{DockerConfig, LazyDocker};
+use tug_agent::runtime::process::ProcessRuntime;
+use tug_agent::AgentConfig;
+use tug_core::bytesize::ByteSize;
+use tug_core::placement::Capacity;
+use tug_store::logs::LogFiles;
+
+/// The server's agent endpoint when `--server` is left at its default.
+pub const DEFAULT_AGENT_SERVER: &str = "http://127.0.0.1:4401";
+
+/// Arguments of `tug agent run` (the server's URL is the global `--server`).
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  tug agent run --server http://10.0.0.1:4401 --join-token s3cret\n  \
+    tug agent run --server http://10.0.0.1:4401 --name gpu1 --attributes rack=a,gpu=yes --resources cpus=8,mem=32GiB")]
+pub struct AgentRunArgs {
+    /// This agent's name (default: the host name).
+    #[arg(long, env = "TUG_AGENT_NAME")]
+    name: Option<String>,
+    /// Attributes for placement constraints, as k=v,k=v.
+    #[arg(long, env = "TUG_AGENT_ATTRIBUTES", value_delimiter = ',')]
+    attributes: Vec<String>,
+    /// What this agent offers, as cpus=N,mem=SIZE,disk=SIZE; what is left out is measured on
+    /// this machine (all cores, all memory, free space of /).
+    #[arg(long, env = "TUG_AGENT_RESOURCES", value_delimiter = ',')]
+    resources: Vec<String>,
+    /// The secret the server asks for.
+    #[arg(long, env = "TUG_JOIN_TOKEN", hide_env_values = true, default_value = "")]
+    join_token: String,
+    /// Where this agent keeps run logs and docker state.
+    #[arg(long, env = "TUG_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Most bytes of output kept per run; the rest is dropped with a marker.
+    #[arg(long, env = "TUG_LOG_LIMIT", default_value_t = 1 << 20)]
+    log_limit: u64,
+    /// Log filter (e.g. info, debug, tug_agent=debug).
+    #[arg(long, env = "TUG_LOG", default_value = "info")]
+    log: String,
+}
+
+fn parse_attributes(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("invalid attribute {s:?}: expected key=value, e.g. rack=a"),
+        })
+        .collect()
+}
+
+fn parse_resources(items: &[String]) -> anyhow::Result<Capacity> {
+    let mut cap = tug_server::scheduler::agents::local_capacity();
+    for s in items.iter().filter(|s| !s.is_empty()) {
+        let Some((k, v)) = s.split_once('=') else {
+            bail!("invalid resource {s:?}: expected cpus=N, mem=SIZE or disk=SIZE");
+        };
+        match k {
+            "cpus" => {
+                cap.cpus = v.parse().ok().filter(|c: &f64| c.is_finite() && *c >= 0.0).with_context(|| {
+                    format!("invalid cpus {v:?}: expected a number of cores, e.g. cpus=2 or cpus=0.5")
+                })?
+            }
+            "mem" => cap.mem = ByteSize::parse(v).map_err(|e| anyhow::anyhow!("invalid mem {v:?}: {e}"))?.0,
+            "disk" => cap.disk = ByteSize::parse(v).map_err(|e| anyhow::anyhow!("invalid disk {v:?}: {e}"))?.0,
+            _ => bail!("unknown resource {k:?}: expected cpus, mem or disk"),
+        }
+    }
+    Ok(cap)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "agent".into())
+}
+
+/// Runs the agent until a signal arrives (then stops its runs and reports how they ended), or
+/// until the server refuses it.
+pub async fn run(server: &str, args: AgentRunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
+        .init();
+    let name = args.name.unwrap_or_else(hostname);
+    let remote = RemoteConfig {
+        server: server.to_string(),
+        join_token: args.join_token,
+        resources: parse_resources(&args.resources)?,
+        attributes: parse_attributes(&args.attributes)?,
+    };
+    let data_dir = args.data_dir.unwrap_or_else(|| super::default_data_dir().join("agent"));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let docker = LazyDocker::new(DockerConfig::new(&name, data_dir.join("docker")));
+    let runtime = Arc::new(Dispatch::new(Arc::new(ProcessRuntime::new()), Ok(Arc::new(docker))));
+    let config = AgentConfig { name: name.clone(), log_limit: args.log_limit, ..AgentConfig::default() };
+    eprintln!(
+        "Tugboat agent {name} joining {} with {} cpus, {} MiB memory; data in {}",
+        remote.server,
+        remote.resources.cpus,
+        remote.resources.mem >> 20,
+        data_dir.display()
+    );
+    let logs = LogFiles::new(data_dir.join("logs"));
+    remote::run(remote, config, runtime, logs, super::shutdown_signal()).await?;
+    Ok(())
+}

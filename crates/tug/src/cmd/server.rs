@@ -1,0 +1,93 @@
+//! `tug server`: the scheduler, API and embedded store, with remote agents (`tug agent run`)
+//! joining over the agent protocol's gRPC stream, until SIGINT or SIGTERM.
+//!
+//! The embedded server keeps its in-process agent, drained: runs go to remote agents only. It
+//! still shows in `tug agent list` (as `local`, draining); `tug agent undrain local` puts it to
+//! work on the server's host.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tug_agent::runtime::process::ProcessRuntime;
+use tug_server::agent_service::{self, AgentGateway};
+use tug_server::clock::SystemClock;
+use tug_server::embedded::{Embedded, EmbeddedConfig};
+
+/// Arguments of `tug server`.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  tug server --join-token s3cret\n  \
+    tug server --listen 0.0.0.0:4400 --agent-listen 0.0.0.0:4401 --data-dir /var/lib/tug\n\n\
+    Then on each host: tug agent run --server http://SERVER:4401 --join-token s3cret")]
+pub struct ServerArgs {
+    /// Where the database and the server's own run logs are kept.
+    #[arg(long, env = "TUG_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address the API listens on.
+    #[arg(long, env = "TUG_LISTEN", default_value = "127.0.0.1:4400")]
+    listen: SocketAddr,
+    /// Address agents connect to (gRPC).
+    #[arg(long, env = "TUG_AGENT_LISTEN", default_value = "127.0.0.1:4401")]
+    agent_listen: SocketAddr,
+    /// The secret agents must present to join; without one any agent that connects is accepted.
+    #[arg(long, env = "TUG_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// Finished runs kept per job (a job's `keep_runs` overrides it).
+    #[arg(long, env = "TUG_KEEP_RUNS", default_value_t = 100)]
+    keep_runs: u32,
+    /// Log filter (e.g. info, debug, tug_server=debug).
+    #[arg(long, env = "TUG_LOG", default_value = "info")]
+    log: String,
+}
+
+/// Runs until a signal arrives.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
+        .init();
+    let data_dir = args.data_dir.unwrap_or_else(super::default_data_dir);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; is another tug already running? pick another with --listen", args.listen))?;
+    let agent_listener = tokio::net::TcpListener::bind(args.agent_listen).await.with_context(|| {
+        format!("cannot listen for agents on {}; pick another with --agent-listen", args.agent_listen)
+    })?;
+    let mut config = EmbeddedConfig::new(&data_dir);
+    config.keep_runs = args.keep_runs;
+    let local = config.agent_name.clone();
+    // Process runtime only: the local agent is drained at once and runs work only if undrained.
+    let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), Arc::new(SystemClock), Some(listener)).await?;
+    server.scheduler.drain(&local, true).await.context("draining the server's local agent")?;
+    if args.join_token.is_none() {
+        tracing::warn!("no --join-token: any agent that can reach --agent-listen may join");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let gateway = AgentGateway::new(server.scheduler.clone(), server.updates_sender(), args.join_token, stop_rx.clone());
+    let mut grpc = tokio::spawn(agent_service::serve(agent_listener, gateway, async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    eprintln!(
+        "Tugboat server is up: API at http://{}/api/v1, agents join at http://{}, data in {}",
+        args.listen,
+        args.agent_listen,
+        data_dir.display()
+    );
+    tokio::select! {
+        () = super::shutdown_signal() => {}
+        r = &mut grpc => {
+            r.context("agent listener task")?.context("agent listener failed")?;
+        }
+    }
+    eprintln!("Shutting down...");
+    let _ = stop_tx.send(true);
+    // The agent streams hold senders into the scheduler; it stops only once they are gone.
+    if tokio::time::timeout(Duration::from_secs(5), &mut grpc).await.is_err() {
+        grpc.abort();
+    }
+    server.shutdown().await;
+    Ok(())
+}
