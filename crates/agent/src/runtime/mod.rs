@@ -11,6 +11,7 @@ use tug_core::run::RunState;
 use tug_store::logs::LogFiles;
 
 pub mod docker;
+mod ending;
 pub mod noop;
 pub mod process;
 

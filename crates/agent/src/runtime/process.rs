@@ -39,6 +39,7 @@ use tug_core::protocol::{KillReason, Launch};
 use tug_core::run::{RunId, RunState};
 use tug_store::logs::LogWriter;
 
+use super::ending::{Stop, signal_name, stopped, why_stopped};
 use super::{Outcome, RunContext, Runtime};
 
 /// How long output is still read after the leader exited, when something else keeps the pipes
@@ -83,15 +84,6 @@ impl Runtime for ProcessRuntime {
     }
 }
 
-/// Why an attempt is being stopped, and how far the stopping has gone.
-#[derive(Debug, Clone, Copy)]
-struct Stop {
-    reason: KillReason,
-    /// When SIGKILL follows the SIGTERM.
-    deadline: Instant,
-    /// Whether SIGKILL was sent.
-    sigkilled: bool,
-}
 
 async fn run_attempt(ctx: RunContext) -> Outcome {
     let RunContext { launch, logs, log_limit, mut kill, grace, started } = ctx;
@@ -467,15 +459,7 @@ fn outcome_of(status: io::Result<ExitStatus>, stop: Option<Stop>, launch: &Launc
     };
     let (exit_code, signal) = (status.code(), status.signal());
     let (state, reason) = match (stop, exit_code, signal) {
-        (Some(stop), _, _) => {
-            let why = why_stopped(stop.reason, launch);
-            let how = if stop.sigkilled {
-                format!("{why}; stopped with SIGKILL after {} grace", tug_core::duration::Duration::from(grace))
-            } else {
-                format!("{why} (SIGTERM)")
-            };
-            (stop.reason.final_state(), Some(how))
-        }
+        (Some(stop), _, _) => stopped(stop, launch, grace),
         (None, Some(0), _) => (RunState::Succeeded, None),
         (None, Some(code), _) => (RunState::Failed, Some(format!("exit code {code}"))),
         (None, None, Some(sig)) => {
@@ -485,24 +469,6 @@ fn outcome_of(status: io::Result<ExitStatus>, stop: Option<Stop>, launch: &Launc
         (None, None, None) => (RunState::Failed, Some(format!("ended with status {status}"))),
     };
     Outcome { state, exit_code, signal, reason }
-}
-
-/// Why a stop was asked for, in words.
-fn why_stopped(reason: KillReason, launch: &Launch) -> String {
-    match reason {
-        KillReason::Requested => "killed on request".into(),
-        KillReason::Replaced => "killed: replaced by a newer run".into(),
-        KillReason::Shutdown => "killed: the agent is shutting down".into(),
-        KillReason::Timeout => match launch.task.timeout {
-            Some(t) => format!("timed out after {t}"),
-            None => "timed out".into(),
-        },
-    }
-}
-
-/// "SIGSEGV" for 11; "signal 42" for numbers nix does not name.
-fn signal_name(sig: i32) -> String {
-    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
 }
 
 /// Which pipe a chunk came from.

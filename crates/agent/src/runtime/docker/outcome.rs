@@ -3,38 +3,13 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use tug_core::protocol::{KillReason, Launch};
 use tug_core::run::RunState;
 use tug_store::logs::LogWriter;
 
+pub(crate) use crate::runtime::ending::{Stop, signal_name, why_stopped};
+use crate::runtime::ending::stopped;
 use crate::runtime::Outcome;
-
-/// A stop in progress: why, and whether SIGKILL has been sent.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Stop {
-    pub reason: KillReason,
-    pub deadline: tokio::time::Instant,
-    pub sigkilled: bool,
-}
-
-/// Why a stop was asked for, in words.
-pub(crate) fn why_stopped(reason: KillReason, launch: &Launch) -> String {
-    match reason {
-        KillReason::Requested => "killed on request".into(),
-        KillReason::Replaced => "killed: replaced by a newer run".into(),
-        KillReason::Shutdown => "killed: the agent is shutting down".into(),
-        KillReason::Timeout => match launch.task.timeout {
-            Some(t) => format!("timed out after {t}"),
-            None => "timed out".into(),
-        },
-    }
-}
-
-/// "SIGSEGV" for 11; "signal 42" for numbers nix does not name.
-pub(crate) fn signal_name(sig: i32) -> String {
-    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
-}
 
 /// The outcome of a run that ended with `code`/`signal`, stopped or not.
 pub(crate) fn ended(
@@ -54,15 +29,7 @@ pub(crate) fn ended(
                 None => "OOM-killed: the container ran out of memory".to_string(),
             }),
         ),
-        (Some(stop), _, _) => {
-            let why = why_stopped(stop.reason, launch);
-            let how = if stop.sigkilled {
-                format!("{why}; stopped with SIGKILL after {} grace", tug_core::duration::Duration::from(grace))
-            } else {
-                format!("{why} (SIGTERM)")
-            };
-            (stop.reason.final_state(), Some(how))
-        }
+        (Some(stop), _, _) => stopped(stop, launch, grace),
         (None, Some(0), _) => (RunState::Succeeded, None),
         (None, Some(c), _) => (RunState::Failed, Some(format!("exit code {c}"))),
         (None, None, Some(sig)) => (RunState::Failed, Some(format!("killed by signal {} ({sig})", signal_name(sig)))),
