@@ -46,3 +46,19 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// Logs to stderr through `tracing`, filtered by `filter` (e.g. `info`, `tug_server=debug`).
+pub fn init_logs(filter: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid --log filter")?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    Ok(())
+}
+
+/// Binds the API's address, saying what to do when it is taken.
+pub async fn bind_api(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; is another tug already running? pick another with --listen"))
+}

@@ -45,13 +45,9 @@ pub struct ServerArgs {
 
 /// Runs until a signal arrives.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
-        .init();
+    super::init_logs(&args.log)?;
     let data_dir = args.data_dir.unwrap_or_else(super::default_data_dir);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}; is another tug already running? pick another with --listen", args.listen))?;
+    let listener = super::bind_api(args.listen).await?;
     let agent_listener = tokio::net::TcpListener::bind(args.agent_listen).await.with_context(|| {
         format!("cannot listen for agents on {}; pick another with --agent-listen", args.agent_listen)
     })?;

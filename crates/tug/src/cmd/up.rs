@@ -96,13 +96,9 @@ impl UpArgs {
 /// Runs until a signal arrives.
 pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     let args = args.merge_file(matches)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
-        .init();
+    super::init_logs(&args.log)?;
     let data_dir = args.data_dir.unwrap_or_else(super::default_data_dir);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}; is another tug already running? pick another with --listen", args.listen))?;
+    let listener = super::bind_api(args.listen).await?;
     let mut config = EmbeddedConfig::new(&data_dir);
     config.keep_runs = args.keep_runs;
     config.log_limit = args.log_limit;
