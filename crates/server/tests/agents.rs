@@ -193,3 +193,37 @@ async fn docker_jobs_with_sparse_fires_are_prewarmed_before_each_fire() {
     assert_eq!(five, vec![300 - 45, 600 - 45, 900 - 45], "{seen:?}");
     assert!(seen.iter().all(|(j, _)| j != "every-second"), "a job that fires every second stays warm without hints");
 }
+
+/// Never reports a start (a launch the agent lost, as far as the server can tell).
+struct Silent;
+
+#[async_trait::async_trait]
+impl Runtime for Silent {
+    fn name(&self) -> &'static str {
+        "silent"
+    }
+
+    async fn run(&self, mut ctx: RunContext) -> Outcome {
+        let _ = ctx.kill.wait_for(|k| k.is_some()).await;
+        Outcome::failed_to_start("killed before it started")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_launch_with_no_word_back_is_lost_after_the_launch_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TokioClock::starting_at("2026-06-01T00:00:00Z".parse::<Timestamp>().unwrap());
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let server = Embedded::start_with_store(EmbeddedConfig::new(dir.path()), store, Arc::new(Silent), Arc::new(clock), None)
+        .await
+        .unwrap();
+    let spec = JobSpec::from_json(&json!({"name": "quiet", "schedule": "@yearly", "command": "true"}).to_string()).unwrap();
+    server.scheduler.create_job(spec).await.unwrap();
+    let run = server.scheduler.run_now("quiet").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(299)).await;
+    assert_eq!(server.store.get_run(run.id).await.unwrap().state, RunState::Starting);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = server.store.get_run(run.id).await.unwrap();
+    assert_eq!(r.state, RunState::Lost, "{r:?}");
+    assert!(r.reason.as_deref().unwrap().contains("no word from the agent"), "{r:?}");
+}

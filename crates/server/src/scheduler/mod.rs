@@ -230,6 +230,8 @@ pub struct Scheduler {
     children: HashMap<String, Vec<String>>,
     timers: Timers<Slot>,
     retry_timers: Timers<RunId>,
+    /// When each `starting` run's launch was sent; a run that never reports back is lost.
+    launched_at: HashMap<RunId, tokio::time::Instant>,
     /// When to send docker jobs' pre-warm hints.
     prewarm_timers: Timers<Slot>,
     runs: HashMap<RunId, Run>,
@@ -292,6 +294,7 @@ impl Scheduler {
             timers: Timers::new(),
             retry_timers: Timers::new(),
             prewarm_timers: Timers::new(),
+            launched_at: HashMap::new(),
             runs: HashMap::new(),
             to_prune: Vec::new(),
             pruning: None,
@@ -352,7 +355,10 @@ impl Scheduler {
                     None => firing = false,
                 },
                 _ = prune_tick.tick() => self.prune().await,
-                _ = agent_check.tick() => self.expire_agents().await,
+                _ = agent_check.tick() => {
+                    self.expire_agents().await;
+                    self.expire_launches().await;
+                }
             }
         }
         // Drain the persister so every change made so far is written before we return.
@@ -468,6 +474,7 @@ impl Scheduler {
 
     /// Sends a launch for an active run that is already written as `starting`.
     async fn dispatch(&mut self, id: RunId) {
+        self.launched_at.insert(id, tokio::time::Instant::now());
         let Some(run) = self.runs.get(&id) else { return };
         let Some(e) = self.entry(&run.job) else { return };
         let mut task = Task::of(&e.job.spec);

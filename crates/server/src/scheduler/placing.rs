@@ -10,6 +10,9 @@ use tug_core::run::RunId;
 use super::timers::Slot;
 use super::Scheduler;
 
+/// How long a launched run may stay `starting` without any word from its agent.
+pub(super) const LAUNCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The reason of a run that waits because no agent can take it.
 pub(super) const WAITING: &str = "waiting for an agent: ";
 
@@ -86,6 +89,30 @@ impl Scheduler {
             );
             self.mark_lost(ids, &reason).await;
         }
+    }
+
+    /// Marks launches that got no word back within [`LAUNCH_TIMEOUT`] as lost (retried by
+    /// policy): a launch sent while an agent's stream was down, or an agent that lost it, must not
+    /// leave a run `starting` forever.
+    pub(super) async fn expire_launches(&mut self) {
+        let now = tokio::time::Instant::now();
+        let stale: Vec<RunId> = self
+            .launched_at
+            .iter()
+            .filter(|(id, t)| now.duration_since(**t) > LAUNCH_TIMEOUT && self.runs.get(id).is_some_and(|r| r.state == tug_core::run::RunState::Starting))
+            .map(|(id, _)| *id)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        for id in &stale {
+            self.launched_at.remove(id);
+        }
+        let reason = format!(
+            "no word from the agent within {}s of the launch; it may never have received it",
+            LAUNCH_TIMEOUT.as_secs()
+        );
+        self.mark_lost(stale, &reason).await;
     }
 
     /// Notes a heartbeat; an agent that was lost and is back makes room for waiting runs.

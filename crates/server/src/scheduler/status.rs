@@ -69,6 +69,7 @@ impl Scheduler {
             tracing::debug!(run = u.run_id, from = %run.state, to = %u.state, "stale update ignored");
             return false;
         }
+        self.launched_at.remove(&u.run_id);
         if u.state == RunState::Running {
             run.state = RunState::Running;
             run.started_at = Some(now);
@@ -137,6 +138,7 @@ impl Scheduler {
         let mut next = Vec::new();
         for id in finished {
             let Some(run) = self.runs.remove(&id) else { continue };
+            self.launched_at.remove(&id);
             self.release(id, &run.job);
             *self.stats.finished.entry(run.state.to_string()).or_default() += 1;
             self.metrics.runs_finished.get_or_create(&StateLabel { state: run.state.to_string() }).inc();
