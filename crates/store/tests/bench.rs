@@ -5,6 +5,7 @@
 //! cargo test -p tug-store --release --test bench -- --ignored --nocapture
 //! ```
 
+#[macro_use]
 mod conformance;
 
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The in-memory store: the conformance checks, plus a side-by-side run against SQLite for what the
 //! checks leave implicit (sub-millisecond timestamps, error precedence, keys freed by pruning).
 
+#[macro_use]
 mod conformance;
 
 use std::fmt::Debug;
@@ -14,30 +15,7 @@ use tug_store::{FireBatch, JobQuery, RunQuery, Store, StoreError};
 
 use conformance::{commit, finished, fire, spec, t};
 
-macro_rules! conformance_tests {
-    ($($check:ident),* $(,)?) => {$(
-        #[tokio::test]
-        async fn $check() {
-            conformance::$check(&MemStore::new()).await;
-        }
-    )*};
-}
-
-conformance_tests!(
-    jobs_crud,
-    bulk_create,
-    commit_fires_is_idempotent,
-    derived_fields,
-    job_pagination,
-    job_filters,
-    run_pagination,
-    save_runs_and_attempts,
-    active_runs,
-    prune_keeps_newest_and_active,
-    prune_many_jobs,
-    delete_cascades,
-    run_totals_survive_pruning,
-);
+conformance_tests!(Box::new(MemStore::new()));
 
 #[tokio::test]
 async fn all_checks_share_one_store() {

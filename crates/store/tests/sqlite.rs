@@ -1,6 +1,7 @@
 //! The SQLite store: the conformance checks on a real database file, plus what is particular to
 //! SQLite (durability across reopen, schema versioning, WAL, concurrent callers).
 
+#[macro_use]
 mod conformance;
 
 use std::path::Path;
@@ -20,31 +21,20 @@ fn file_store() -> (TempDir, SqliteStore) {
     (dir, store)
 }
 
-macro_rules! conformance_tests {
-    ($($check:ident),* $(,)?) => {$(
-        #[tokio::test]
-        async fn $check() {
-            let (_dir, store) = file_store();
-            conformance::$check(&store).await;
-        }
-    )*};
+/// A store on a fresh file that keeps its directory alive.
+struct FileStore(#[allow(dead_code)] TempDir, SqliteStore);
+
+impl std::ops::Deref for FileStore {
+    type Target = SqliteStore;
+    fn deref(&self) -> &SqliteStore {
+        &self.1
+    }
 }
 
-conformance_tests!(
-    jobs_crud,
-    bulk_create,
-    commit_fires_is_idempotent,
-    derived_fields,
-    job_pagination,
-    job_filters,
-    run_pagination,
-    save_runs_and_attempts,
-    active_runs,
-    prune_keeps_newest_and_active,
-    prune_many_jobs,
-    delete_cascades,
-    run_totals_survive_pruning,
-);
+conformance_tests!({
+    let (dir, store) = file_store();
+    FileStore(dir, store)
+});
 
 #[tokio::test]
 async fn all_checks_share_one_store() {

@@ -60,7 +60,7 @@ impl Scheduler {
     fn fire_job(&mut self, slot: Slot, now: Timestamp, horizon: Timestamp, batch: &mut FireBatch, kills: &mut Kills) {
         let Some(e) = self.slots[slot as usize].as_mut() else { return };
         let Some(first) = e.next.take() else { return };
-        let Some(schedule) = e.job.schedule.clone() else { return };
+        let Some(schedule) = e.job.schedule.as_ref() else { return };
         let eps = SignedDuration::from_millis(e.job.spec.epsilon.as_millis());
         let following = schedule.next_after(first);
         let on_time = first.checked_add(eps).is_ok_and(|late| now <= late);

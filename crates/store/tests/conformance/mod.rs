@@ -13,6 +13,25 @@ use tug_core::JobSpec;
 use tug_core::run::{Attempt, NewRun, Run, RunId, RunState, Trigger};
 use tug_store::{FireBatch, JobQuery, RunQuery, RunTotals, Store, StoreError};
 
+/// One `#[tokio::test]` per check, each on a fresh store from `$make` (anything that derefs to a
+/// `Store`), so every implementation runs the same list.
+#[allow(unused_macros)] // bench.rs includes this module without using it
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        conformance_tests!(@each $make;
+            jobs_crud, bulk_create, commit_fires_is_idempotent, derived_fields, job_pagination,
+            job_filters, run_pagination, save_runs_and_attempts, active_runs,
+            prune_keeps_newest_and_active, prune_many_jobs, delete_cascades, run_totals_survive_pruning);
+    };
+    (@each $make:expr; $($check:ident),*) => {$(
+        #[tokio::test]
+        async fn $check() {
+            let store = $make;
+            conformance::$check(&*store).await;
+        }
+    )*};
+}
+
 /// Runs every check on one store.
 pub async fn all(store: &dyn Store) {
     jobs_crud(store).await;
