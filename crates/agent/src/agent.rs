@@ -99,7 +99,8 @@ impl Agent {
                 }
                 msg = commands.recv() => match msg {
                     Some(ToAgent::Launch(launch)) => self.launch(*launch, &mut tasks),
-                    Some(ToAgent::Kill { run_id, reason }) => self.kill(run_id, reason),
+                    Some(ToAgent::Kill { run_id, reason, .. }) => self.kill(run_id, reason),
+                    Some(ToAgent::Drain { draining }) => tracing::info!(draining, "the server changed this agent's drain state"),
                     Some(ToAgent::Prewarm { job, task }) => {
                         let me = Arc::clone(&self);
                         tasks.spawn(async move {

@@ -137,6 +137,7 @@ async fn session(
         mem: remote.resources.mem,
         disk: remote.resources.disk,
         attributes: remote.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>(),
+        held: Vec::new(),
     };
     let _ = tx.send(out(agent_message::Msg::Register(register))).await;
     let mut inbound = match client.session(ReceiverStream::new(rx)).await {
@@ -183,7 +184,8 @@ async fn session(
                     return Ok(Ended::Broken("stream closed".into()));
                 }
                 Some(ToServer::Heartbeat { .. }) => {}
-                None => {}
+                // Remote agents say what they hold in Register, once per connection.
+                Some(ToServer::Held { .. }) | None => {}
             },
             m = inbound.message() => match m {
                 Ok(Some(ServerMessage { msg: Some(m) })) => match m {

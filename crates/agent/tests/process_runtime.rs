@@ -367,7 +367,7 @@ impl AgentHarness {
             let msg = tokio::time::timeout(Duration::from_secs(5), self.updates.recv()).await;
             match msg.expect("an update within 5s").expect("agent still running") {
                 ToServer::Status(u) => return u,
-                ToServer::Heartbeat { .. } => continue,
+                ToServer::Heartbeat { .. } | ToServer::Held { .. } => continue,
             }
         }
     }
@@ -409,7 +409,7 @@ async fn agent_kill_request_stops_the_run() {
     let id = l.run_id;
     a.send(ToAgent::Launch(Box::new(l))).await;
     assert_eq!(a.next().await.state, RunState::Running);
-    a.send(ToAgent::Kill { run_id: id, reason: KillReason::Requested }).await;
+    a.send(ToAgent::Kill { run_id: id, attempt: None, reason: KillReason::Requested }).await;
     let done = a.next().await;
     assert_eq!(done.state, RunState::Killed);
     assert_eq!(done.reason.as_deref(), Some("killed on request (SIGTERM)"));

@@ -43,7 +43,7 @@ impl AgentService for Fake {
         let first = inbound.message().await?.unwrap();
         assert!(matches!(first.msg, Some(agent_message::Msg::Register(ref r)) if r.agent == "remote-1" && r.join_token == "t"));
         let (tx, rx) = mpsc::channel(64);
-        tx.send(reply(server_message::Msg::Registered(tug_proto::Registered {}))).await.unwrap();
+        tx.send(reply(server_message::Msg::Registered(tug_proto::Registered { epoch: 1 }))).await.unwrap();
         if n == 1 {
             let launch = ToAgent::Launch(Box::new(Launch {
                 run_id: 7,

@@ -76,6 +76,9 @@ pub enum KillReason {
     Timeout,
     /// The agent is shutting down.
     Shutdown,
+    /// The server had already given this attempt up (its agent was lost) and moved on; found
+    /// still running when the agent came back.
+    Superseded,
 }
 
 impl KillReason {
@@ -104,9 +107,29 @@ pub enum ToAgent {
     Kill {
         /// The run.
         run_id: RunId,
+        /// Only this attempt (`None`: whichever attempt of the run is running).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
         /// Why.
         reason: KillReason,
     },
+    /// The agent was drained (`true`: it gets no new runs; its runs go on) or undrained.
+    Drain {
+        /// Whether it is draining now.
+        draining: bool,
+    },
+}
+
+/// An attempt an agent holds when it (re)registers: still running, or finished with its final
+/// status update not yet acknowledged (that update follows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldRun {
+    /// The run.
+    pub run_id: RunId,
+    /// The attempt.
+    pub attempt: u32,
+    /// Finished; its final update is on its way.
+    pub finished: bool,
 }
 
 /// A state change of one attempt, reported by an agent.
@@ -139,5 +162,15 @@ pub enum ToServer {
     Heartbeat {
         /// The agent's name.
         agent: String,
+    },
+    /// What the agent holds, sent once per connection before any status update of that
+    /// connection (remote agents: in `Register`). The server reconciles its runs with it: kills
+    /// attempts it has given up, re-sends launches that never arrived, and marks runs the agent
+    /// no longer has as lost.
+    Held {
+        /// The agent's name.
+        agent: String,
+        /// Its attempts.
+        runs: Vec<HeldRun>,
     },
 }

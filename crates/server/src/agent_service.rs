@@ -92,7 +92,7 @@ impl AgentService for AgentGateway {
             .await
             .map_err(|e| Status::unavailable(format!("scheduler: {e}")))?;
         tracing::info!(agent = %name, ?peer, cpus = reg.cpus, mem = reg.mem, "remote agent connected");
-        let _ = out_tx.send(msg(server_message::Msg::Registered(tug_proto::Registered {}))).await;
+        let _ = out_tx.send(msg(server_message::Msg::Registered(tug_proto::Registered { epoch: 0 }))).await;
         let updates = self.updates.clone();
         let mut stop = self.stop.clone();
         tokio::spawn(async move {

@@ -25,6 +25,7 @@ pub(crate) fn why_stopped(reason: KillReason, launch: &Launch) -> String {
         KillReason::Requested => "killed on request".into(),
         KillReason::Replaced => "killed: replaced by a newer run".into(),
         KillReason::Shutdown => "killed: the agent is shutting down".into(),
+        KillReason::Superseded => "killed: the server had given this attempt up as lost and moved on".into(),
         KillReason::Timeout => match launch.task.timeout {
             Some(t) => format!("timed out after {t}"),
             None => "timed out".into(),

@@ -256,7 +256,7 @@ impl Scheduler {
     pub(super) async fn send_kill(&mut self, id: u64, reason: KillReason) {
         let Some(to) = self.runs.get(&id).and_then(|r| self.agent_tx(r.agent.as_deref())) else { return };
         // Through the dispatcher, so a kill never overtakes the launch it is meant for.
-        let msg = ToAgent::Kill { run_id: id, reason };
+        let msg = ToAgent::Kill { run_id: id, attempt: None, reason };
         self.dispatcher.send(Outgoing { at: None, measure: false, to, msg }).await;
     }
 

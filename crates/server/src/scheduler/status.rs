@@ -34,6 +34,7 @@ impl Scheduler {
                         beats.push(agent);
                     }
                 }
+                ToServer::Held { .. } => {}
             }
         }
         for agent in beats {

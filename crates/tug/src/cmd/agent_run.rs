@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use tug_agent::remote::{self, RemoteConfig};
-use tug_agent::runtime::Dispatch;
+use tug_agent::runtime::noop::NoopRuntime;
+use tug_agent::runtime::{Dispatch, SharedRuntime};
 use tug_agent::runtime::docker::{DockerConfig, LazyDocker};
 use tug_agent::runtime::process::ProcessRuntime;
 use tug_agent::AgentConfig;
@@ -46,6 +47,9 @@ pub struct AgentRunArgs {
     /// Log filter (e.g. info, debug, tug_agent=debug).
     #[arg(long, env = "TUG_LOG", default_value = "info")]
     log: String,
+    /// Run nothing: every launch succeeds at once (for `tug bench agents`).
+    #[arg(long, hide = true)]
+    noop: bool,
 }
 
 fn parse_attributes(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -103,7 +107,11 @@ pub async fn run(server: &str, args: AgentRunArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| super::default_data_dir().join("agent"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let docker = LazyDocker::new(DockerConfig::new(&name, data_dir.join("docker")));
-    let runtime = Arc::new(Dispatch::new(Arc::new(ProcessRuntime::new()), Ok(Arc::new(docker))));
+    let runtime: SharedRuntime = if args.noop {
+        Arc::new(NoopRuntime)
+    } else {
+        Arc::new(Dispatch::new(Arc::new(ProcessRuntime::new()), Ok(Arc::new(docker))))
+    };
     let config = AgentConfig { name: name.clone(), log_limit: args.log_limit, ..AgentConfig::default() };
     eprintln!(
         "Tugboat agent {name} joining {} with {} cpus, {} MiB memory; data in {}",
