@@ -32,6 +32,20 @@ pub struct AgentConfig {
     pub grace: Duration,
     /// How often the agent tells the server it is alive.
     pub heartbeat: Duration,
+    /// Checkpointing, so runs outlive an agent restart (`None`: runs die with the agent).
+    pub durable: Option<Durability>,
+}
+
+/// How an agent keeps its runs across its own restarts.
+#[derive(Debug, Clone)]
+pub struct Durability {
+    /// Where each run's checkpoint lives (`<dir>/<run>-<attempt>/`).
+    pub dir: std::path::PathBuf,
+    /// The supervisor executable process runs are started under (`tug` itself: `tug agent shim`),
+    /// which outlives the agent and records the exit status.
+    pub shim: std::path::PathBuf,
+    /// On a stop signal, leave runs going (re-attached at the next start) instead of stopping them.
+    pub detach_on_stop: bool,
 }
 
 impl Default for AgentConfig {
@@ -41,6 +55,7 @@ impl Default for AgentConfig {
             log_limit: 1 << 20,
             grace: Duration::from_secs(10),
             heartbeat: Duration::from_secs(2),
+            durable: None,
         }
     }
 }

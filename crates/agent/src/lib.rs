@@ -11,4 +11,4 @@ pub mod agent;
 pub mod remote;
 pub mod runtime;
 
-pub use agent::{Agent, AgentConfig};
+pub use agent::{Agent, AgentConfig, Durability};

@@ -47,6 +47,10 @@ pub struct EmbeddedConfig {
     /// With `per_job_metrics`, the most jobs that get their own label; the rest are counted
     /// under `job="_other"`.
     pub per_job_metrics_limit: usize,
+    /// An agent silent this long is lost; its runs are lost and retried elsewhere.
+    pub agent_timeout: Duration,
+    /// Checkpointing for the local agent, so its runs outlive a restart of this process.
+    pub agent_durability: Option<tug_agent::Durability>,
 }
 
 impl EmbeddedConfig {
@@ -62,6 +66,8 @@ impl EmbeddedConfig {
             webhook_delivery: DeliveryConfig::default(),
             per_job_metrics: false,
             per_job_metrics_limit: 1000,
+            agent_timeout: Duration::from_secs(10),
+            agent_durability: None,
         }
     }
 }
@@ -121,11 +127,16 @@ impl Embedded {
             name: config.agent_name.clone(),
             log_limit: config.log_limit,
             grace: config.grace,
+            durable: config.agent_durability.clone(),
             ..AgentConfig::default()
         };
         let agent = Agent::new(agent_cfg, runtime, logs.clone(), updates_tx.clone());
         let mut tasks = vec![tokio::spawn(agent.serve(agent_rx, stopped(stop_rx.clone())))];
-        let sched_cfg = SchedulerConfig { keep_runs: config.keep_runs, ..SchedulerConfig::default() };
+        let sched_cfg = SchedulerConfig {
+            keep_runs: config.keep_runs,
+            agent_timeout: config.agent_timeout,
+            ..SchedulerConfig::default()
+        };
         let link = AgentLink { name: config.agent_name.clone(), tx: agent_tx };
         let per_job = config.per_job_metrics.then(|| PerJobMetrics::new(config.per_job_metrics_limit));
         let metrics = Arc::new(Metrics::with_per_job(per_job.as_ref()));

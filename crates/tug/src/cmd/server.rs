@@ -38,6 +38,10 @@ pub struct ServerArgs {
     /// Finished runs kept per job (a job's `keep_runs` overrides it).
     #[arg(long, env = "TUG_KEEP_RUNS", default_value_t = 100)]
     keep_runs: u32,
+    /// An agent not heard from for this long is lost; its runs are lost and retried elsewhere
+    /// (e.g. 10s, 1m).
+    #[arg(long, env = "TUG_AGENT_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    agent_timeout: std::time::Duration,
     /// Log filter (e.g. info, debug, tug_server=debug).
     #[arg(long, env = "TUG_LOG", default_value = "info")]
     log: String,
@@ -53,6 +57,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     })?;
     let mut config = EmbeddedConfig::new(&data_dir);
     config.keep_runs = args.keep_runs;
+    config.agent_timeout = args.agent_timeout;
     let local = config.agent_name.clone();
     // Process runtime only: the local agent is drained at once and runs work only if undrained.
     let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), Arc::new(SystemClock), Some(listener)).await?;
@@ -86,4 +91,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     server.shutdown().await;
     Ok(())
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d: tug_core::Duration = s.parse().map_err(|e| format!("{e}; e.g. 10s or 1m"))?;
+    if d.as_std().is_zero() {
+        return Err("must be more than zero, e.g. 10s".into());
+    }
+    Ok(d.as_std())
 }
