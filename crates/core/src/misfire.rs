@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn run_all_is_bounded() {
-        let due: Vec<_> = (0..250).map(|i| ts(i)).collect();
+        let due: Vec<_> = (0..250).map(ts).collect();
         let p = plan(due, ts(10_000), Duration::from_secs(1), MisfirePolicy::RunAll);
         assert_eq!(p.backfill.len(), MAX_BACKFILL);
         assert_eq!(p.backfill.first(), Some(&ts(150)));

@@ -4,6 +4,8 @@
 //! closes. Otherwise the agent joins the scheduler's registry with a command channel whose
 //! launches and kills are forwarded down the stream, and its heartbeats and status updates go into
 //! the scheduler's updates channel, each status update acknowledged by its `seq` once forwarded.
+//! The runs the agent holds, from `Register`, go into that channel first (as `ToServer::Held`),
+//! so the scheduler reconciles them before it sees anything else from this connection.
 
 use std::pin::Pin;
 
@@ -12,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tug_core::placement::Capacity;
-use tug_core::protocol::{StatusUpdate, ToAgent, ToServer};
+use tug_core::protocol::{HeldRun, StatusUpdate, ToAgent, ToServer};
 use tug_proto::{AgentMessage, AgentService, AgentServiceServer, ServerMessage, agent_message, server_message};
 
 use crate::scheduler::SchedulerHandle;
@@ -81,6 +83,11 @@ impl AgentService for AgentGateway {
             return Err(Status::invalid_argument("Register needs an agent name"));
         }
         let name = reg.agent.clone();
+        let held: Vec<HeldRun> = reg
+            .held
+            .iter()
+            .map(|h| HeldRun { run_id: h.run_id, attempt: h.attempt, finished: h.finished })
+            .collect();
         let (cmd_tx, mut cmd_rx) = mpsc::channel::<ToAgent>(OUTBOUND);
         self.scheduler
             .register_agent(Registration {
@@ -91,8 +98,13 @@ impl AgentService for AgentGateway {
             })
             .await
             .map_err(|e| Status::unavailable(format!("scheduler: {e}")))?;
-        tracing::info!(agent = %name, ?peer, cpus = reg.cpus, mem = reg.mem, "remote agent connected");
-        let _ = out_tx.send(msg(server_message::Msg::Registered(tug_proto::Registered { epoch: 0 }))).await;
+        tracing::info!(agent = %name, ?peer, cpus = reg.cpus, mem = reg.mem, held = held.len(), "remote agent connected");
+        // Before anything else this stream carries, so the scheduler reconciles first.
+        self.updates
+            .send(ToServer::Held { agent: name.clone(), runs: held })
+            .await
+            .map_err(|_| Status::unavailable("the scheduler is shutting down"))?;
+        let _ = out_tx.send(msg(server_message::Msg::Registered(tug_proto::Registered { epoch: self.scheduler.epoch() }))).await;
         let updates = self.updates.clone();
         let mut stop = self.stop.clone();
         tokio::spawn(async move {

@@ -180,4 +180,9 @@ pub trait Store: Send + Sync + 'static {
     /// job (`None`), by job name. Every job is listed, with zeros when no run of it has ended.
     /// Deleting a job forgets its totals.
     async fn run_totals(&self, job: Option<&str>) -> Result<Vec<(String, RunTotals)>>;
+
+    /// Takes the next leader epoch: one more than any this store has handed out (the first is 1),
+    /// durable before it returns. A server takes one at start-up and stamps it on every launch,
+    /// so agents can refuse launches from a server that has since been replaced.
+    async fn next_epoch(&self) -> Result<u64>;
 }

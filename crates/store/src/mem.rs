@@ -74,6 +74,8 @@ struct State {
     attempts: BTreeMap<(RunId, u32), Attempt>,
     /// The last run id handed out (0: none yet).
     last_id: RunId,
+    /// The last leader epoch handed out (0: none yet).
+    epoch: u64,
 }
 
 /// A job as stored: the spec, its bookkeeping and an index of its runs.
@@ -488,6 +490,12 @@ impl Store for MemStore {
         let mut ids = doomed;
         ids.reverse();
         Ok(ids)
+    }
+
+    async fn next_epoch(&self) -> Result<u64> {
+        let mut state = self.lock();
+        state.epoch += 1;
+        Ok(state.epoch)
     }
 
     async fn run_totals(&self, job: Option<&str>) -> Result<Vec<(String, RunTotals)>> {

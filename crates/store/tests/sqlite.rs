@@ -89,6 +89,16 @@ async fn data_survives_a_reopen() {
 }
 
 #[tokio::test]
+async fn epochs_keep_increasing_across_a_reopen() {
+    let (dir, store) = file_store();
+    assert_eq!(store.next_epoch().await.unwrap(), 1);
+    assert_eq!(store.next_epoch().await.unwrap(), 2);
+    drop(store);
+    let store = SqliteStore::open(&dir.path().join("tug.db")).unwrap();
+    assert_eq!(store.next_epoch().await.unwrap(), 3);
+}
+
+#[tokio::test]
 async fn schema_is_versioned_and_in_wal_mode() {
     let (dir, store) = file_store();
     drop(store);

@@ -2,7 +2,13 @@
 //! heard from, and its place in the placement snapshot (resources, attributes, runs).
 //!
 //! An agent silent for longer than the agent timeout is `lost`: it takes no new runs and the
-//! scheduler marks its active runs `lost` (retried by their jobs' policies, elsewhere).
+//! scheduler marks its active runs `lost` (retried by their jobs' policies, elsewhere). The
+//! attempts given up that way are remembered, so that when the agent comes back they are stopped
+//! there (whatever still runs of them has been replaced).
+//!
+//! After a server restart, the agents named by the runs that were starting or running are
+//! *awaited*: entries with no connection yet, holding those runs, until the agent registers and
+//! says what it holds (see `reconcile.rs`), or the agent timeout passes and the runs are lost.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -24,6 +30,8 @@ pub enum AgentState {
     Draining,
     /// Not heard from within the timeout.
     Lost,
+    /// Held runs before the server restarted; not reconnected yet.
+    Awaited,
 }
 
 /// An agent joining: who it is, what it offers, and how to reach it.
@@ -44,6 +52,10 @@ pub(crate) struct Registered {
     pub tx: mpsc::Sender<ToAgent>,
     pub last_seen: Instant,
     pub runs: HashSet<RunId>,
+    /// Known from runs recovered at start-up, not connected since: lost at the timeout.
+    pub awaited: bool,
+    /// Attempts given up when the agent was lost, to stop if it comes back.
+    pub given_up: Vec<(RunId, u32)>,
 }
 
 /// All agents, indexed alike in `snapshot.agents` and `links`.
@@ -67,6 +79,7 @@ impl Agents {
             self.snapshot.attributes_changed();
             self.links[i].tx = link.tx;
             self.links[i].last_seen = now;
+            self.links[i].awaited = false;
             return i;
         }
         let i = self.snapshot.add_agent(AgentInfo {
@@ -77,8 +90,30 @@ impl Agents {
             up: true,
             draining: false,
         });
-        self.links.push(Registered { tx: link.tx, last_seen: now, runs: HashSet::new() });
+        self.links.push(Registered { tx: link.tx, last_seen: now, runs: HashSet::new(), awaited: false, given_up: Vec::new() });
         self.by_name.insert(link.name, i);
+        i
+    }
+
+    /// The entry of an agent that held runs before a server restart and has not registered since
+    /// (created if needed): it takes no new runs until it registers.
+    pub fn awaited(&mut self, name: &str, now: Instant) -> usize {
+        if let Some(i) = self.index(name) {
+            return i;
+        }
+        let (tx, _) = mpsc::channel(1);
+        let mut attributes = BTreeMap::new();
+        attributes.insert("hostname".to_string(), name.to_string());
+        let i = self.snapshot.add_agent(AgentInfo {
+            name: name.to_string(),
+            attributes,
+            total: Capacity::default(),
+            used: Capacity::default(),
+            up: false,
+            draining: false,
+        });
+        self.links.push(Registered { tx, last_seen: now, runs: HashSet::new(), awaited: true, given_up: Vec::new() });
+        self.by_name.insert(name.to_string(), i);
         i
     }
 
@@ -95,14 +130,15 @@ impl Agents {
         Some(i)
     }
 
-    /// Marks agents silent for longer than `timeout` as lost; returns the newly lost ones.
-    pub fn expire(&mut self, now: Instant, timeout: std::time::Duration) -> Vec<usize> {
+    /// Marks agents silent for longer than `timeout` as lost; returns the newly lost ones, each
+    /// with whether it was awaited (never reconnected after a server restart).
+    pub fn expire(&mut self, now: Instant, timeout: std::time::Duration) -> Vec<(usize, bool)> {
         let mut lost = Vec::new();
-        for (i, l) in self.links.iter().enumerate() {
+        for (i, l) in self.links.iter_mut().enumerate() {
             let a = &mut self.snapshot.agents[i];
-            if a.up && now.duration_since(l.last_seen) > timeout {
+            if (a.up || l.awaited) && now.duration_since(l.last_seen) > timeout {
                 a.up = false;
-                lost.push(i);
+                lost.push((i, std::mem::take(&mut l.awaited)));
             }
         }
         lost
@@ -112,6 +148,7 @@ impl Agents {
     pub fn state(&self, i: usize) -> AgentState {
         let a = &self.snapshot.agents[i];
         match (a.up, a.draining) {
+            (false, _) if self.links[i].awaited => AgentState::Awaited,
             (false, _) => AgentState::Lost,
             (true, true) => AgentState::Draining,
             (true, false) => AgentState::Up,
@@ -174,6 +211,6 @@ pub fn local_capacity() -> Capacity {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
         })
         .map_or(0, |kb| kb * 1024);
-    let disk = nix::sys::statvfs::statvfs("/").map_or(0, |s| s.blocks_available() as u64 * s.fragment_size() as u64);
+    let disk = nix::sys::statvfs::statvfs("/").map_or(0, |s| s.blocks_available() * s.fragment_size());
     Capacity { cpus, mem, disk }
 }

@@ -126,7 +126,7 @@ impl Scheduler {
 
     /// The concurrency policy's verdict on a new run.
     fn admit_policy(&mut self, slot: Slot, at: Timestamp, trigger: Trigger, batch: &mut FireBatch, kills: &mut Kills) -> Option<NewRun> {
-        let Some(e) = self.slots[slot as usize].as_ref() else { return None };
+        let e = self.slots[slot as usize].as_ref()?;
         let name = &e.job.spec.name;
         // Runs of this job already in the batch count as active too.
         let batched = batch.runs.iter().rev().take_while(|r| r.job == *name).filter(|r| r.state != RunState::Skipped).count();

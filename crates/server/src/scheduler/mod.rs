@@ -27,6 +27,7 @@ mod fire;
 mod jobs;
 mod persist;
 mod placing;
+mod reconcile;
 mod recovery;
 pub mod stats;
 mod status;
@@ -45,15 +46,13 @@ pub struct SchedulerConfig {
     pub keep_runs: u32,
     /// Most status updates applied in one store transaction.
     pub max_update_batch: usize,
-    /// The leader epoch stamped on launches.
-    pub epoch: u64,
     /// An agent silent this long is lost; its runs are lost and retried elsewhere.
     pub agent_timeout: StdDuration,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { keep_runs: 100, max_update_batch: 1024, epoch: 1, agent_timeout: StdDuration::from_secs(10) }
+        SchedulerConfig { keep_runs: 100, max_update_batch: 1024, agent_timeout: StdDuration::from_secs(10) }
     }
 }
 
@@ -88,9 +87,16 @@ pub(crate) enum Command {
 #[derive(Clone)]
 pub struct SchedulerHandle {
     tx: mpsc::Sender<Command>,
+    epoch: u64,
 }
 
 impl SchedulerHandle {
+    /// The leader epoch this scheduler stamps on launches (one more than the last server's on
+    /// the same store).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).await.map_err(|_| Error::ShuttingDown)?;
@@ -241,6 +247,12 @@ pub struct Scheduler {
     stats: Stats,
     metrics: Arc<Metrics>,
     events: EventSink,
+    /// The leader epoch stamped on launches.
+    epoch: u64,
+    /// When this scheduler started.
+    started: tokio::time::Instant,
+    /// Runs recovered as starting or running, by agent, until the agent reports what it holds.
+    unconfirmed: HashMap<usize, Vec<RunId>>,
     /// Extra command arguments of manual runs, by run key (memory only; see
     /// [`SchedulerHandle::run_now_with_args`]). Dropped at prune once the run is no longer active.
     run_args: HashMap<(String, Timestamp), Vec<String>>,
@@ -265,6 +277,7 @@ impl Scheduler {
         agent: AgentLink,
         hooks: Hooks,
     ) -> Result<Scheduler> {
+        let epoch = store.next_epoch().await?;
         let (persister, persister_task) = Persister::start(store.clone());
         let (dispatcher, dispatcher_task) = Dispatcher::start(clock.clone(), hooks.metrics.clone());
         let mut registry = Agents::default();
@@ -302,6 +315,9 @@ impl Scheduler {
             metrics: hooks.metrics,
             events: hooks.events,
             run_args: HashMap::new(),
+            epoch,
+            started: tokio::time::Instant::now(),
+            unconfirmed: HashMap::new(),
         };
         s.count_agents();
         s.recover().await?;
@@ -358,6 +374,7 @@ impl Scheduler {
                 _ = agent_check.tick() => {
                     self.expire_agents().await;
                     self.expire_launches().await;
+                    self.expire_unconfirmed().await;
                 }
             }
         }
@@ -409,6 +426,8 @@ impl Scheduler {
                 let r = match self.agents.index(&name) {
                     Some(i) => {
                         self.agents.snapshot.agents[i].draining = drain;
+                        // Tell the agent too; a lost or awaited one learns nothing, which is fine.
+                        let _ = self.agents.links[i].tx.try_send(ToAgent::Drain { draining: drain });
                         self.count_agents();
                         if !drain {
                             self.place_unplaced().await;
@@ -486,7 +505,7 @@ impl Scheduler {
             job: run.job.clone(),
             scheduled_at: run.scheduled_at,
             attempt: run.attempt,
-            epoch: self.config.epoch,
+            epoch: self.epoch,
             task,
         };
         let measure = run.trigger == tug_core::run::Trigger::Schedule;
@@ -534,6 +553,7 @@ impl Scheduler {
 }
 
 /// Starts the scheduler task. Returns its handle, the sender agents report on, and the task.
+#[allow(clippy::too_many_arguments)] // each is a distinct part the embedding process owns
 pub async fn start(
     store: Arc<dyn Store>,
     clock: SharedClock,
@@ -545,7 +565,8 @@ pub async fn start(
     stop_firing: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>)> {
     let sched = Scheduler::load(store, clock, logs, config, agent, hooks).await?;
+    let epoch = sched.epoch;
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(sched.run(rx, updates, stop_firing));
-    Ok((SchedulerHandle { tx }, task))
+    Ok((SchedulerHandle { tx, epoch }, task))
 }

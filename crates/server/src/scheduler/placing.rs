@@ -63,11 +63,12 @@ impl Scheduler {
     /// Sets the agents-by-state gauges from the registry.
     pub(super) fn count_agents(&self) {
         use super::agents::AgentState;
-        let mut counts = [0i64; 3];
+        let mut counts = [0i64; 4];
         for i in 0..self.agents.links.len() {
             counts[self.agents.state(i) as usize] += 1;
         }
-        for (state, n) in [(AgentState::Up, counts[0]), (AgentState::Draining, counts[1]), (AgentState::Lost, counts[2])] {
+        let states = [AgentState::Up, AgentState::Draining, AgentState::Lost, AgentState::Awaited];
+        for (state, n) in states.into_iter().zip(counts) {
             let label = crate::metrics::StateLabel { state: serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default() };
             self.metrics.agents.get_or_create(&label).set(n);
         }
@@ -79,14 +80,20 @@ impl Scheduler {
         if !lost.is_empty() {
             self.count_agents();
         }
-        for i in lost {
+        for (i, awaited) in lost {
             let name = self.agents.name(i).to_string();
             let ids: Vec<RunId> = self.agents.links[i].runs.iter().copied().collect();
-            tracing::warn!(agent = %name, runs = ids.len(), "agent lost: no heartbeat within the agent timeout");
-            let reason = format!(
-                "agent {name} stopped responding (no heartbeat for {}s); the run's outcome is unknown",
-                self.config.agent_timeout.as_secs()
-            );
+            let secs = self.config.agent_timeout.as_secs();
+            let reason = if awaited {
+                tracing::warn!(agent = %name, runs = ids.len(), "agent lost: it did not reconnect after the server restarted");
+                format!("agent {name} did not reconnect within {secs}s of the server's restart; the run's outcome is unknown")
+            } else {
+                tracing::warn!(agent = %name, runs = ids.len(), "agent lost: no heartbeat within the agent timeout");
+                format!("agent {name} stopped responding (no heartbeat for {secs}s); the run's outcome is unknown")
+            };
+            // Stopped there if the agent comes back: by then they are replaced or given up.
+            let given_up: Vec<(RunId, u32)> = ids.iter().filter_map(|id| self.runs.get(id).map(|r| (*id, r.attempt))).collect();
+            self.agents.links[i].given_up.extend(given_up);
             self.mark_lost(ids, &reason).await;
         }
     }
@@ -115,11 +122,15 @@ impl Scheduler {
         self.mark_lost(stale, &reason).await;
     }
 
-    /// Notes a heartbeat; an agent that was lost and is back makes room for waiting runs.
+    /// Notes a heartbeat; an agent that was lost and is back has the attempts given up on it
+    /// stopped, and makes room for waiting runs.
     pub(super) async fn heartbeat(&mut self, agent: &str) {
         let was_up = self.agents.index(agent).is_some_and(|i| self.agents.snapshot.agents[i].up);
-        if self.agents.seen(agent, tokio::time::Instant::now()).is_some() && !was_up {
+        if let Some(i) = self.agents.seen(agent, tokio::time::Instant::now())
+            && !was_up
+        {
             tracing::info!(agent, "agent is back");
+            self.stop_given_up(i).await;
             self.count_agents();
             self.place_unplaced().await;
         }

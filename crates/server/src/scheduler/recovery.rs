@@ -1,6 +1,9 @@
 //! Start-up: rebuild the scheduler from the store. Jobs come back with their fire cursors (the
-//! first tick then applies each job's misfire policy to the gap); pending runs are re-queued;
-//! runs that were starting or running belonged to an agent that is gone, so they are `lost`.
+//! first tick then applies each job's misfire policy to the gap); pending runs are re-queued.
+//! Runs that were starting or running stay so, held on their agents, until each agent reconnects
+//! and reports what it holds (`reconcile.rs`): a run its agent still has goes on and is recorded
+//! once. Agents that do not come back within the agent timeout are lost with their runs, and a
+//! run whose agent never confirms it within that time is lost too.
 
 use tug_core::run::RunState;
 
@@ -30,6 +33,7 @@ impl Scheduler {
         }
         let mut lost = Vec::new();
         let mut queued = Vec::new();
+        let now = tokio::time::Instant::now();
         for run in self.store.active_runs().await? {
             let Some(&slot) = self.index.get(&run.job) else { continue };
             let Some(e) = self.slots[slot as usize].as_mut() else { continue };
@@ -40,11 +44,27 @@ impl Scheduler {
                     e.queued.push_back(run.id);
                     queued.push(slot);
                 }
+                (RunState::Starting | RunState::Running, _) if run.agent.is_some() => {
+                    let agent = run.agent.as_deref().unwrap_or_default();
+                    let i = self.agents.awaited(agent, now);
+                    let needs = tug_core::placement::Capacity::of(&e.job.spec.resources);
+                    self.agents.snapshot.commit(i, &run.job, &needs);
+                    self.placed.insert(run.id, (i, needs));
+                    self.agents.links[i].runs.insert(run.id);
+                    self.unconfirmed.entry(i).or_default().push(run.id);
+                    if run.state == RunState::Starting {
+                        self.launched_at.insert(run.id, now);
+                    }
+                }
                 _ => lost.push(run.id),
             }
             self.runs.insert(run.id, run);
         }
-        tracing::info!(jobs = self.index.len(), active = self.runs.len(), lost = lost.len(), "scheduler state loaded");
+        let awaiting: usize = self.unconfirmed.values().map(Vec::len).sum();
+        tracing::info!(jobs = self.index.len(), active = self.runs.len(), awaiting, lost = lost.len(), "scheduler state loaded");
+        if awaiting > 0 {
+            self.count_agents();
+        }
         if !lost.is_empty() {
             self.mark_lost(lost, "the server restarted while this run was active; its outcome is unknown").await;
         }
@@ -61,5 +81,26 @@ impl Scheduler {
         }
         self.launch_existing(start).await?;
         Ok(())
+    }
+}
+
+impl Scheduler {
+    /// After the agent timeout, runs recovered at start-up that no agent has confirmed are lost.
+    pub(super) async fn expire_unconfirmed(&mut self) {
+        if self.unconfirmed.is_empty() || self.started.elapsed() <= self.config.agent_timeout {
+            return;
+        }
+        for (i, ids) in std::mem::take(&mut self.unconfirmed) {
+            let ids: Vec<_> = ids.into_iter().filter(|id| self.runs.contains_key(id)).collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let name = self.agents.name(i).to_string();
+            let reason = format!(
+                "agent {name} did not report this run within {}s of the server's restart; its outcome is unknown",
+                self.config.agent_timeout.as_secs()
+            );
+            self.mark_lost(ids, &reason).await;
+        }
     }
 }

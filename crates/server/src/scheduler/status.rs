@@ -22,6 +22,7 @@ impl Scheduler {
         let mut attempts = Vec::new();
         let mut finished = Vec::new();
         let mut beats = Vec::new();
+        let mut held = Vec::new();
         for msg in msgs {
             match msg {
                 ToServer::Status(u) => {
@@ -34,13 +35,17 @@ impl Scheduler {
                         beats.push(agent);
                     }
                 }
-                ToServer::Held { .. } => {}
+                ToServer::Held { agent, runs } => held.push((agent, runs)),
             }
         }
         for agent in beats {
             self.heartbeat(&agent).await;
         }
         self.save_and_complete(changed, attempts, finished, now).await;
+        // After the batch: updates an agent sent before reconnecting are applied first.
+        for (agent, runs) in held {
+            Box::pin(self.reconcile(&agent, &runs)).await;
+        }
     }
 
     /// Writes changed runs and attempts, then completes the finished ones.

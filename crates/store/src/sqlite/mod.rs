@@ -239,6 +239,24 @@ impl Store for SqliteStore {
         self.worker.call(move |c| runs::prune_many(c, &jobs)).await
     }
 
+    async fn next_epoch(&self) -> Result<u64> {
+        self.worker
+            .call(|c| {
+                let tx = write_tx(c)?;
+                let epoch: i64 = tx
+                    .query_row(
+                        "INSERT INTO counters (name, value) VALUES ('epoch', 1)
+                         ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .ctx("taking the next leader epoch")?;
+                tx.commit().ctx("taking the next leader epoch")?;
+                Ok(epoch as u64)
+            })
+            .await
+    }
+
     async fn run_totals(&self, job: Option<&str>) -> Result<Vec<(String, RunTotals)>> {
         let job = job.map(str::to_owned);
         self.worker.call(move |c| runs::totals(c, job.as_deref())).await

@@ -12,7 +12,7 @@ use super::codec::Context;
 use crate::{Result, StoreError};
 
 /// Every migration, in order. The schema version of a database is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Version 1: jobs, runs and attempts.
 pub(super) const V1: &str = "
@@ -81,6 +81,14 @@ pub(super) const V2: &str = "
 -- A job's totals are these plus the counts over its current runs.
 ALTER TABLE jobs ADD COLUMN pruned_succeeded INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN pruned_failed INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Version 3: small named counters (the leader epoch).
+pub(super) const V3: &str = "
+CREATE TABLE counters (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// The schema version this build writes.

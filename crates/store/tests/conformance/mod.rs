@@ -21,7 +21,8 @@ macro_rules! conformance_tests {
         conformance_tests!(@each $make;
             jobs_crud, bulk_create, commit_fires_is_idempotent, derived_fields, job_pagination,
             job_filters, run_pagination, save_runs_and_attempts, active_runs,
-            prune_keeps_newest_and_active, prune_many_jobs, delete_cascades, run_totals_survive_pruning);
+            prune_keeps_newest_and_active, prune_many_jobs, delete_cascades, run_totals_survive_pruning,
+            epochs_increase);
     };
     (@each $make:expr; $($check:ident),*) => {$(
         #[tokio::test]
@@ -47,6 +48,7 @@ pub async fn all(store: &dyn Store) {
     prune_many_jobs(store).await;
     delete_cascades(store).await;
     run_totals_survive_pruning(store).await;
+    epochs_increase(store).await;
 }
 
 /// A scheduled job named `name`.
@@ -600,4 +602,11 @@ pub async fn run_totals_survive_pruning(store: &dyn Store) {
     store.delete_job("totals-a").await.unwrap();
     store.create_job(&spec("totals-a"), t(3_000)).await.unwrap();
     assert_eq!(store.run_totals(Some("totals-a")).await.unwrap()[0].1, RunTotals::default());
+}
+
+/// Each epoch is one more than the last, starting at 1.
+pub async fn epochs_increase(store: &dyn Store) {
+    assert_eq!(store.next_epoch().await.unwrap(), 1);
+    assert_eq!(store.next_epoch().await.unwrap(), 2);
+    assert_eq!(store.next_epoch().await.unwrap(), 3);
 }

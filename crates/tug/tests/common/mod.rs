@@ -17,6 +17,7 @@ pub struct Up {
 
 impl Up {
     /// Starts it and waits until it listens.
+    #[allow(clippy::zombie_processes)] // waited for in Drop
     pub fn start() -> Up {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -1,0 +1,289 @@
+//! Reconciliation between the server and its agents: an agent whose link was cut comes back and
+//! has its given-up attempts stopped; an agent that re-registers says what it holds and the
+//! server re-sends lost launches and gives up runs the agent no longer has; after a server
+//! restart, running runs are rebuilt from the agents' reports instead of being launched again.
+//!
+//! The agents here are driven by hand (the test sends their heartbeats, reports and `Held`), so
+//! each message the server sends back can be checked. Paused tokio time and the in-memory store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tug_core::placement::Capacity;
+use tug_core::protocol::{HeldRun, KillReason, Launch, StatusUpdate, ToAgent, ToServer};
+use tug_core::run::{Run, RunId, RunState};
+use tug_core::JobSpec;
+use tug_server::clock::TokioClock;
+use tug_server::embedded::{Embedded, EmbeddedConfig};
+use tug_server::scheduler::agents::Registration;
+use tug_store::mem::MemStore;
+use tug_store::{RunQuery, Store};
+
+const START: &str = "2026-06-01T00:00:00Z";
+
+async fn server(store: Arc<dyn Store>, dir: &std::path::Path) -> Embedded {
+    let clock = TokioClock::starting_at(START.parse::<Timestamp>().unwrap());
+    let noop = Arc::new(tug_agent::runtime::noop::NoopRuntime);
+    let server = Embedded::start_with_store(EmbeddedConfig::new(dir), store, noop, Arc::new(clock), None).await.unwrap();
+    // The in-process agent stays out of the way: runs go to the hand-driven agents.
+    server.scheduler.drain("local", true).await.unwrap();
+    server
+}
+
+/// An agent driven by the test.
+struct Hand {
+    name: String,
+    rx: mpsc::Receiver<ToAgent>,
+    updates: mpsc::Sender<ToServer>,
+    beats: Option<tokio::task::JoinHandle<()>>,
+    seq: u64,
+}
+
+impl Hand {
+    /// Registers (or registers again, on a fresh channel) and starts heartbeats.
+    async fn join(server: &Embedded, name: &str) -> Hand {
+        let (tx, rx) = mpsc::channel(1024);
+        let resources = Capacity { cpus: 4.0, mem: 8 << 30, disk: 100 << 30 };
+        let reg = Registration { name: name.into(), tx, resources, attributes: Default::default() };
+        server.scheduler.register_agent(reg).await.unwrap();
+        let mut hand = Hand { name: name.into(), rx, updates: server.updates_sender(), beats: None, seq: 0 };
+        hand.resume();
+        hand
+    }
+
+    /// Heartbeats every 2 s from now on.
+    fn resume(&mut self) {
+        let (updates, agent) = (self.updates.clone(), self.name.clone());
+        self.beats = Some(tokio::spawn(async move {
+            loop {
+                if updates.send(ToServer::Heartbeat { agent: agent.clone() }).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }));
+    }
+
+    /// Goes silent (a cut link, a dead host).
+    fn cut(&mut self) {
+        if let Some(b) = self.beats.take() {
+            b.abort();
+        }
+    }
+
+    async fn held(&self, runs: &[(RunId, u32)]) {
+        let runs = runs.iter().map(|&(run_id, attempt)| HeldRun { run_id, attempt, finished: false }).collect();
+        self.updates.send(ToServer::Held { agent: self.name.clone(), runs }).await.unwrap();
+    }
+
+    async fn report(&mut self, run_id: RunId, attempt: u32, state: RunState) {
+        self.seq += 1;
+        let exit_code = (state == RunState::Succeeded).then_some(0);
+        let u = StatusUpdate { seq: self.seq, run_id, attempt, state, at: Timestamp::now(), exit_code, signal: None, reason: None };
+        self.updates.send(ToServer::Status(u)).await.unwrap();
+    }
+
+    /// The next launch or kill (drain notices and pre-warm hints skipped), within 5 s.
+    async fn next(&mut self) -> ToAgent {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.rx.recv()).await;
+            match msg.expect("a message within 5s").expect("channel open") {
+                ToAgent::Drain { .. } | ToAgent::Prewarm { .. } => continue,
+                m => return m,
+            }
+        }
+    }
+
+    async fn launch(&mut self) -> Launch {
+        match self.next().await {
+            ToAgent::Launch(l) => *l,
+            other => panic!("expected a launch, got {other:?}"),
+        }
+    }
+
+    /// Nothing but heartbeat-free chatter arrives for a second.
+    async fn quiet(&mut self) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        while let Ok(m) = self.rx.try_recv() {
+            assert!(matches!(m, ToAgent::Drain { .. } | ToAgent::Prewarm { .. }), "unexpected message: {m:?}");
+        }
+    }
+}
+
+impl Drop for Hand {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+async fn job(server: &Embedded, name: &str) {
+    let spec = json!({"name": name, "schedule": "@yearly", "command": "true", "resources": {"cpus": 1},
+                      "retries": {"count": 1, "initial_delay": "1s"}});
+    server.scheduler.create_job(JobSpec::from_json(&spec.to_string()).unwrap()).await.unwrap();
+}
+
+async fn runs(server: &Embedded, job: &str) -> Vec<Run> {
+    server.store.list_runs(job, &RunQuery { limit: 100, ..Default::default() }).await.unwrap().items
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_back_from_a_cut_link_has_its_replaced_attempt_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(Arc::new(MemStore::new()), dir.path()).await;
+    let mut x = Hand::join(&server, "x").await;
+    job(&server, "long").await;
+    let run = server.scheduler.run_now("long").await.unwrap();
+    let l = x.launch().await;
+    assert_eq!((l.run_id, l.attempt), (run.id, 1));
+    x.report(run.id, 1, RunState::Running).await;
+    let mut y = Hand::join(&server, "y").await;
+
+    x.cut();
+    // Lost after the 10 s agent timeout; retried 1 s later on the only agent left.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    let l2 = y.launch().await;
+    assert_eq!((l2.run_id, l2.attempt), (run.id, 2));
+    y.report(run.id, 2, RunState::Running).await;
+
+    // The link comes back (the old stream survived): the stale attempt is stopped, only it.
+    x.resume();
+    match x.next().await {
+        ToAgent::Kill { run_id, attempt, reason } => {
+            assert_eq!((run_id, attempt, reason), (run.id, Some(1), KillReason::Superseded));
+        }
+        other => panic!("expected a kill of attempt 1, got {other:?}"),
+    }
+    // Its report of that attempt changes nothing; attempt 2 decides the run.
+    x.report(run.id, 1, RunState::Killed).await;
+    y.report(run.id, 2, RunState::Succeeded).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = runs(&server, "long").await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    let r = &all[0];
+    assert_eq!((r.state, r.attempt, r.agent.as_deref()), (RunState::Succeeded, 2, Some("y")), "{r:?}");
+    let attempts = server.store.attempts(r.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].state, RunState::Lost);
+    let x_view = server.scheduler.agents().await.unwrap().into_iter().find(|a| a.name == "x").unwrap();
+    assert_eq!(serde_json::to_value(x_view.state).unwrap(), "up");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reregistering_agent_gets_lost_launches_again_and_loses_runs_it_no_longer_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(Arc::new(MemStore::new()), dir.path()).await;
+    let mut x = Hand::join(&server, "x").await;
+    job(&server, "ran").await;
+    job(&server, "sent").await;
+    let ran = server.scheduler.run_now("ran").await.unwrap();
+    x.launch().await;
+    x.report(ran.id, 1, RunState::Running).await;
+    let sent = server.scheduler.run_now("sent").await.unwrap();
+    // This launch goes into a stream that is about to break: the agent never gets it.
+    x.launch().await;
+
+    // The agent restarts without either run and registers again, holding nothing but an attempt
+    // the server never gave it.
+    let mut x = Hand::join(&server, "x").await;
+    x.held(&[(999, 1)]).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(x.next().await);
+    }
+    assert!(
+        got.iter().any(|m| matches!(m, ToAgent::Kill { run_id: 999, attempt: Some(1), reason: KillReason::Superseded })),
+        "an attempt the server does not know is stopped: {got:?}"
+    );
+    let relaunched = got.iter().find_map(|m| match m {
+        ToAgent::Launch(l) => Some((l.run_id, l.attempt)),
+        _ => None,
+    });
+    assert_eq!(relaunched, Some((sent.id, 1)), "the starting run's launch is sent again, same attempt: {got:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = server.store.get_run(ran.id).await.unwrap();
+    // Retried (1 retry allowed): pending now, with the lost attempt recorded and explained.
+    assert_eq!((r.state, r.attempt), (RunState::Pending, 2), "{r:?}");
+    let attempts = server.store.attempts(ran.id).await.unwrap();
+    assert_eq!(attempts[0].state, RunState::Lost);
+    assert!(attempts[0].reason.as_deref().unwrap().contains("agent x came back without this run"), "{attempts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_server_restart_a_run_its_agent_still_holds_goes_on_and_is_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let first = server(store.clone(), dir.path()).await;
+    let mut x = Hand::join(&first, "x").await;
+    job(&first, "steady").await;
+    job(&first, "starting").await;
+    let run = first.scheduler.run_now("steady").await.unwrap();
+    let l = x.launch().await;
+    assert_eq!(l.epoch, 1);
+    x.report(run.id, 1, RunState::Running).await;
+    let waiting = first.scheduler.run_now("starting").await.unwrap();
+    x.launch().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    x.cut();
+    x.updates = mpsc::channel(1).0; // let go of the old server
+    drop(x);
+    first.shutdown().await;
+
+    let second = server(store.clone(), dir.path()).await;
+    let agents = second.scheduler.agents().await.unwrap();
+    let x_view = agents.iter().find(|a| a.name == "x").expect("the agent of recovered runs is known");
+    assert_eq!(serde_json::to_value(x_view.state).unwrap(), "awaited");
+    assert_eq!(x_view.runs, 2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut x = Hand::join(&second, "x").await;
+    x.held(&[(run.id, 1), (waiting.id, 1)]).await;
+    x.quiet().await;
+    assert_eq!(second.store.get_run(run.id).await.unwrap().state, RunState::Running);
+    x.report(waiting.id, 1, RunState::Running).await;
+    x.report(run.id, 1, RunState::Succeeded).await;
+    x.report(waiting.id, 1, RunState::Succeeded).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    for (job, id) in [("steady", run.id), ("starting", waiting.id)] {
+        let all = runs(&second, job).await;
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!((all[0].id, all[0].state, all[0].attempt), (id, RunState::Succeeded, 1), "{all:?}");
+        assert!(second.store.attempts(id).await.unwrap().is_empty());
+    }
+    // Launches from the restarted server carry the next epoch.
+    let again = second.scheduler.run_now("steady").await.unwrap();
+    let l = x.launch().await;
+    assert_eq!((l.run_id, l.epoch), (again.id, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_server_restart_runs_of_an_agent_that_never_returns_are_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let first = server(store.clone(), dir.path()).await;
+    let mut x = Hand::join(&first, "x").await;
+    job(&first, "orphan").await;
+    let run = first.scheduler.run_now("orphan").await.unwrap();
+    x.launch().await;
+    x.report(run.id, 1, RunState::Running).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    x.cut();
+    x.updates = mpsc::channel(1).0;
+    drop(x);
+    first.shutdown().await;
+
+    let second = server(store.clone(), dir.path()).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(second.store.get_run(run.id).await.unwrap().state, RunState::Running, "awaited until the timeout");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = second.store.attempts(run.id).await.unwrap();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0].state, RunState::Lost);
+    assert!(
+        attempts[0].reason.as_deref().unwrap().contains("agent x did not reconnect within 10s of the server's restart"),
+        "{attempts:?}"
+    );
+    let x_view = second.scheduler.agents().await.unwrap().into_iter().find(|a| a.name == "x").unwrap();
+    assert_eq!(serde_json::to_value(x_view.state).unwrap(), "lost");
+}
