@@ -201,7 +201,7 @@ async fn session(
                         unacked.remove(&a.seq);
                     }
                     server_message::Msg::Refused(r) => return Err(RemoteError::Refused(r.reason)),
-                    server_message::Msg::Registered(_) => {}
+                    server_message::Msg::Registered(_) | server_message::Msg::LogRequest(_) => {}
                 },
                 Ok(Some(ServerMessage { msg: None })) => {}
                 Ok(None) => return Ok(Ended::Broken("the server closed the stream".into())),

@@ -22,6 +22,7 @@ use crate::clock::SharedClock;
 use crate::metrics::{Metrics, PerJobMetrics};
 use crate::notify::{self, DeliveryConfig, Notifier};
 use crate::scheduler::events::EventSink;
+use crate::remote_logs::RemoteLogs;
 use crate::scheduler::{self, AgentLink, Hooks, SchedulerConfig, SchedulerHandle};
 
 /// Settings of an embedded server.
@@ -80,6 +81,8 @@ pub struct Embedded {
     pub store: Arc<dyn Store>,
     /// The metric families.
     pub metrics: Arc<Metrics>,
+    /// Reads of run logs kept on remote agents (give it to the agent gateway).
+    pub remote_logs: RemoteLogs,
     /// Where agents in this process report (another in-process agent can be added with it).
     updates: mpsc::Sender<tug_core::protocol::ToServer>,
     stop: watch::Sender<bool>,
@@ -167,8 +170,16 @@ impl Embedded {
         .await
         .context("starting the scheduler")?;
         tasks.push(sched_task);
+        let remote_logs = RemoteLogs::default();
         if let Some(listener) = listener {
-            let state = AppState { store: store.clone(), scheduler: handle.clone(), logs, clock, metrics: metrics.clone() };
+            let state = AppState {
+                store: store.clone(),
+                scheduler: handle.clone(),
+                logs,
+                remote_logs: remote_logs.clone(),
+                clock,
+                metrics: metrics.clone(),
+            };
             let app = api::router(state);
             let rx = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
@@ -177,7 +188,18 @@ impl Embedded {
                 }
             }));
         }
-        Ok(Embedded { scheduler: handle, store, metrics, updates: updates_tx, stop, tasks, notify_stop, notifier, per_job })
+        Ok(Embedded {
+            scheduler: handle,
+            store,
+            metrics,
+            remote_logs,
+            updates: updates_tx,
+            stop,
+            tasks,
+            notify_stop,
+            notifier,
+            per_job,
+        })
     }
 
     /// A sender for another agent in this process to report on (tests, benchmarks).

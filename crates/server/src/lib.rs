@@ -17,6 +17,7 @@ pub mod embedded;
 pub mod error;
 pub mod metrics;
 pub mod notify;
+pub mod remote_logs;
 pub mod scheduler;
 
 pub use error::{Error, Result};

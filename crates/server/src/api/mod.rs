@@ -33,8 +33,10 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Writes go through the scheduler.
     pub scheduler: SchedulerHandle,
-    /// Run logs.
+    /// Run logs of the agent in this process.
     pub logs: LogFiles,
+    /// Run logs on remote agents.
+    pub remote_logs: crate::remote_logs::RemoteLogs,
     /// The wall clock.
     pub clock: SharedClock,
     /// Metric families, for `/metrics`.

@@ -97,7 +97,7 @@ pub(super) async fn log(
 ) -> ApiResult<Response> {
     let Query(p) = params.map_err(query_error)?;
     let id = parse_id(&id)?;
-    st.store.get_run(id).await?;
+    let agent = st.store.get_run(id).await?.agent;
     let text = |body| {
         Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -108,7 +108,7 @@ pub(super) async fn log(
         let mut out = Vec::new();
         let mut offset = p.offset;
         loop {
-            let chunk = read(&st, id, offset).await?;
+            let chunk = read(&st, id, agent.as_deref(), offset).await?;
             if chunk.is_empty() {
                 break;
             }
@@ -118,34 +118,47 @@ pub(super) async fn log(
         return Ok(text(Body::from(out)));
     }
     // Follow: stream what is there, then poll for more until the run is final and drained.
-    let stream = futures::stream::unfold((st, p.offset, false), move |(st, offset, done)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            let finished = match st.store.get_run(id).await {
-                Ok(run) => run.state.is_terminal(),
-                Err(_) => true,
-            };
-            match read(&st, id, offset).await {
-                Ok(chunk) if !chunk.is_empty() => {
-                    let next = offset + chunk.len() as u64;
-                    return Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), (st, next, false)));
+    let stream = futures::stream::unfold((st, p.offset, false), move |(st, offset, done)| {
+        let agent = agent.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                let finished = match st.store.get_run(id).await {
+                    Ok(run) => run.state.is_terminal(),
+                    Err(_) => true,
+                };
+                match read(&st, id, agent.as_deref(), offset).await {
+                    Ok(chunk) if !chunk.is_empty() => {
+                        let next = offset + chunk.len() as u64;
+                        return Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), (st, next, false)));
+                    }
+                    Ok(_) if finished => return None,
+                    Ok(_) => tokio::time::sleep(POLL).await,
+                    Err(e) => return Some((Err(std::io::Error::other(e.message)), (st, offset, true))),
                 }
-                Ok(_) if finished => return None,
-                Ok(_) => tokio::time::sleep(POLL).await,
-                Err(e) => return Some((Err(std::io::Error::other(e.message)), (st, offset, true))),
             }
         }
     });
     Ok(text(Body::from_stream(stream)))
 }
 
-/// Reads a chunk of a run's log; a log not written yet reads as empty.
-async fn read(st: &AppState, id: RunId, offset: u64) -> ApiResult<Vec<u8>> {
+/// Reads a chunk of a run's log: here, or from its agent when that is a remote one (the log of a
+/// remote run is not in this process's log dir). A log not written yet reads as empty.
+async fn read(st: &AppState, id: RunId, agent: Option<&str>, offset: u64) -> ApiResult<Vec<u8>> {
     match st.logs.read(id, offset, CHUNK).await {
         Ok(b) => Ok(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match agent {
+            Some(a) if st.remote_logs.knows(a) => {
+                st.remote_logs.read(a, id, offset, CHUNK as u32).await.map_err(|e| ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "log_unavailable",
+                    message: format!("cannot read the log of run {id}: {e}"),
+                })
+            }
+            _ => Ok(Vec::new()),
+        },
         Err(e) => Err(ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "log_read_failed",

@@ -66,7 +66,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tracing::warn!("no --join-token: any agent that can reach --agent-listen may join");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let gateway = AgentGateway::new(server.scheduler.clone(), server.updates_sender(), args.join_token, stop_rx.clone());
+    let gateway = AgentGateway::new(
+        server.scheduler.clone(),
+        server.updates_sender(),
+        args.join_token,
+        stop_rx.clone(),
+        server.remote_logs.clone(),
+    );
     let mut grpc = tokio::spawn(agent_service::serve(agent_listener, gateway, async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|s| *s).await;
