@@ -94,6 +94,21 @@ fn job_files_and_their_errors() {
 }
 
 #[test]
+fn resources_and_constraints_from_flags() {
+    let up = Up::start();
+    let s = up.server.clone();
+    let flags = ["--schedule", "@yearly", "--cpus", "2", "--mem", "512MiB", "--constraint", "rack:EQUALS:r1", "--constraint", "hostname:UNIQUE"];
+    ok(&s, &[&["job", "add", "etl"][..], &flags, &["--", "true"]].concat());
+    let out = ok(&s, &["job", "show", "etl"]);
+    assert!(out.contains("rack:EQUALS:r1, hostname:UNIQUE"), "{out}");
+    assert!(out.contains("cpus=2") && out.contains("mem=512MiB"), "{out}");
+    let err = fails(&s, &["job", "add", "bad", "--schedule", "@yearly", "--constraint", "rack:EQUALS", "--", "true"]);
+    assert!(err.contains("EQUALS needs a value"), "{err}");
+    let err = fails(&s, &["job", "add", "bad", "--schedule", "@yearly", "--constraint", "rack:NEAR:r1", "--", "true"]);
+    assert!(err.contains("unknown operator \"NEAR\""), "{err}");
+}
+
+#[test]
 fn schedule_next_is_local_and_prints_json() {
     // Vixie day matching: the 1st of the month OR a Monday (2026-06-01 is both).
     let v = json("http://127.0.0.1:9", &["schedule", "next", "0 0 1 * MON", "--after", "2026-05-31T12:00:00Z", "--count", "3", "--json"]);

@@ -15,7 +15,7 @@ use crate::table::{self, Table};
 #[derive(clap::Subcommand)]
 pub enum JobCommand {
     /// Add a job from a file (TOML or JSON) or from flags and a command.
-    #[command(after_help = "Examples:\n  tug job add -f backup.toml\n  tug job add hello --schedule '*/5 * * * * *' -- echo hello\n  tug job add report --schedule '0 9 * * MON-FRI' --tz Europe/Berlin --retries 2 --timeout 10m -- ./report.sh\n  tug job add publish --parents build,test -- ./publish.sh")]
+    #[command(after_help = "Examples:\n  tug job add -f backup.toml\n  tug job add hello --schedule '*/5 * * * * *' -- echo hello\n  tug job add report --schedule '0 9 * * MON-FRI' --tz Europe/Berlin --retries 2 --timeout 10m -- ./report.sh\n  tug job add publish --parents build,test -- ./publish.sh\n  tug job add etl --schedule '@hourly' --cpus 2 --mem 4GiB --constraint rack:EQUALS:r1 -- ./etl.sh")]
     Add(AddArgs),
     /// List jobs.
     List(ListArgs),
@@ -62,6 +62,16 @@ pub struct AddArgs {
     /// Description shown in listings.
     #[arg(long)]
     description: Option<String>,
+    /// CPU cores each run needs on its agent (e.g. 0.5, 2).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory each run needs on its agent (e.g. 256MiB, 2GiB).
+    #[arg(long)]
+    mem: Option<String>,
+    /// A placement constraint on agent attributes, FIELD:OPERATOR[:VALUE], repeatable:
+    /// rack:EQUALS:r1, host:LIKE:web-[0-9]+, rack:UNLIKE:r2, hostname:UNIQUE, rack:GROUP_BY.
+    #[arg(long = "constraint")]
+    constraints: Vec<String>,
     /// Print the created job as JSON.
     #[arg(long)]
     json: bool,
@@ -210,6 +220,20 @@ fn spec_from_flags(a: &AddArgs) -> anyhow::Result<JobSpec> {
     if let Some(d) = &a.description {
         obj.insert("description".into(), d.clone().into());
     }
+    let mut resources = serde_json::Map::new();
+    if let Some(c) = a.cpus {
+        resources.insert("cpus".into(), c.into());
+    }
+    if let Some(m) = &a.mem {
+        resources.insert("mem".into(), m.clone().into());
+    }
+    if !resources.is_empty() {
+        obj.insert("resources".into(), resources.into());
+    }
+    if !a.constraints.is_empty() {
+        let parsed: Vec<Vec<String>> = a.constraints.iter().map(|c| c.splitn(3, ':').map(str::to_string).collect()).collect();
+        obj.insert("constraints".into(), serde_json::to_value(parsed)?);
+    }
     Ok(JobSpec::from_json(&v.to_string())?)
 }
 
@@ -284,6 +308,23 @@ fn command(spec: &Value) -> String {
     }
 }
 
+/// `cpus=0.1 mem=128MiB`, as the spec has them.
+fn resources(spec: &Value) -> String {
+    match spec["resources"].as_object() {
+        Some(r) if !r.is_empty() => r.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect::<Vec<_>>().join(" "),
+        _ => "-".into(),
+    }
+}
+
+/// `rack:EQUALS:r1, hostname:UNIQUE`.
+fn constraints(spec: &Value) -> String {
+    let Some(cs) = spec["constraints"].as_array().filter(|a| !a.is_empty()) else { return "-".into() };
+    cs.iter()
+        .map(|c| c.as_array().map_or_else(|| c.to_string(), |p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(":")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn show(c: &Client, job: &Value) -> anyhow::Result<()> {
     let spec = &job["spec"];
     let name = field(spec, "name");
@@ -300,6 +341,8 @@ async fn show(c: &Client, job: &Value) -> anyhow::Result<()> {
         ("misfire", format!("{} (epsilon {})", field(spec, "misfire"), field(spec, "epsilon"))),
         ("retries", spec["retries"]["count"].to_string()),
         ("timeout", field(spec, "timeout")),
+        ("resources", resources(spec)),
+        ("constraints", constraints(spec)),
         ("version", field(job, "version")),
     ];
     for (k, v) in rows {
