@@ -227,3 +227,30 @@ async fn a_launch_with_no_word_back_is_lost_after_the_launch_timeout() {
     assert_eq!(r.state, RunState::Lost, "{r:?}");
     assert!(r.reason.as_deref().unwrap().contains("no word from the agent"), "{r:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_docker_job_goes_back_to_the_agent_that_holds_its_warm_container() {
+    let mut c = Cluster::start().await;
+    c.add_agent("a", 4.0, &[]).await;
+    c.add_agent("b", 16.0, &[]).await;
+    // Bin-packing puts each run on the fullest agent that fits: the blocker on a, then the first
+    // docker run on b, as a has no room left for it.
+    c.job(json!({"name": "blocker", "schedule": "@yearly", "command": "3600", "resources": {"cpus": 3}})).await;
+    let docker = json!({"name": "warm", "schedule": "@yearly", "command": "1", "resources": {"cpus": 2},
+                        "runtime": "docker", "docker": {"image": "busybox"}});
+    c.job(docker).await;
+    c.job(json!({"name": "plain", "schedule": "@yearly", "command": "1", "resources": {"cpus": 2}})).await;
+    let blocker = c.server.scheduler.run_now("blocker").await.unwrap();
+    assert_eq!(blocker.agent.as_deref(), Some("a"));
+    let first = c.server.scheduler.run_now("warm").await.unwrap();
+    assert_eq!(first.agent.as_deref(), Some("b"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.server.scheduler.kill_run(blocker.id).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Now a fits and packs better, yet the docker job returns to its warm container on b; a job
+    // without one goes to a.
+    let second = c.server.scheduler.run_now("warm").await.unwrap();
+    assert_eq!(second.agent.as_deref(), Some("b"), "{second:?}");
+    let plain = c.server.scheduler.run_now("plain").await.unwrap();
+    assert_eq!(plain.agent.as_deref(), Some("a"), "{plain:?}");
+}

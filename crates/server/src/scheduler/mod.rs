@@ -192,6 +192,8 @@ pub(crate) struct Entry {
     pub last_success_at: Option<Timestamp>,
     /// Runs finished since the last prune.
     pub finished_since_prune: u32,
+    /// The agent its last docker run went to, which holds its warm container.
+    pub warm_agent: Option<usize>,
 }
 
 impl Entry {
@@ -206,6 +208,7 @@ impl Entry {
             last_run_at: None,
             last_success_at: None,
             finished_since_prune: 0,
+            warm_agent: None,
         }
     }
 

@@ -17,15 +17,20 @@ pub(super) const LAUNCH_TIMEOUT: std::time::Duration = std::time::Duration::from
 pub(super) const WAITING: &str = "waiting for an agent: ";
 
 impl Scheduler {
-    /// Chooses an agent for a run of the job in `slot` and reserves its resources there.
+    /// Chooses an agent for a run of the job in `slot` and reserves its resources there. A job
+    /// with a warm container goes back to the agent that holds it when that agent has room.
     pub(super) fn place(&mut self, slot: Slot) -> Result<usize, NoFit> {
-        let Some(e) = self.slots[slot as usize].as_ref() else { return Err(NoFit::NoAgents) };
+        let Some(e) = self.slots[slot as usize].as_mut() else { return Err(NoFit::NoAgents) };
         let spec = &e.job.spec;
         let needs = Capacity::of(&spec.resources);
         let constraints = CompiledConstraint::compile(&spec.constraints);
-        let req = Request { job: &spec.name, needs, constraints: &constraints, strategy: spec.placement, warm_agent: None };
+        let warm = e.warm_agent.map(|i| self.agents.snapshot.agents[i].name.clone());
+        let req = Request { job: &spec.name, needs, constraints: &constraints, strategy: spec.placement, warm_agent: warm.as_deref() };
         let i = self.agents.snapshot.place(&req)?;
         self.agents.snapshot.commit(i, &spec.name, &needs);
+        if spec.docker.as_ref().is_some_and(|d| d.mode == tug_core::job::ContainerMode::Warm) {
+            e.warm_agent = Some(i);
+        }
         Ok(i)
     }
 
