@@ -235,7 +235,7 @@ impl Snapshot {
         let candidates = self.candidates(req);
         let m = candidates.len();
         let start = if m == 0 { 0 } else { self.cursor % m };
-        let mut best: Option<(f64, usize)> = None;
+        let mut best: Option<(f64, usize, usize)> = None;
         let mut found = 0;
         for k in 0..m {
             let i = candidates[(start + k) % m];
@@ -243,17 +243,19 @@ impl Snapshot {
                 continue;
             }
             let s = self.score(i, req);
-            if best.is_none_or(|(b, _)| s > b) {
-                best = Some((s, i));
+            if best.is_none_or(|(b, _, _)| s > b) {
+                best = Some((s, i, k));
             }
             found += 1;
             if found >= SAMPLE {
                 break;
             }
         }
-        // Rotate so that equal agents share the load and samples differ between decisions.
-        self.cursor = start + 1;
-        best.map(|(_, i)| i).ok_or_else(|| explain::why(self, req, &candidates))
+        // Start the next decision just past the chosen agent: equal agents take turns (an agent
+        // that cannot take the run, such as a drained one, passes its turn on to nobody in
+        // particular), and samples differ between decisions.
+        self.cursor = start + best.map_or(0, |(_, _, k)| k) + 1;
+        best.map(|(_, i, _)| i).ok_or_else(|| explain::why(self, req, &candidates))
     }
 
     /// Adds an agent; returns its index. (Agents are added here, not pushed into `agents`

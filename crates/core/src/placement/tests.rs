@@ -145,3 +145,20 @@ fn no_fit_says_why() {
     assert_eq!(s.place(&req("j", 1.0, &[])).unwrap_err(), NoFit::NoneUp { agents: 2 });
     assert_eq!(Snapshot::default().place(&req("j", 1.0, &[])).unwrap_err(), NoFit::NoAgents);
 }
+
+#[test]
+fn equal_agents_take_turns_even_when_one_cannot_take_the_run() {
+    let mut agents: Vec<AgentInfo> = (0..4).map(|n| agent(&format!("a{n}"), 4.0, 8, &[])).collect();
+    agents[0].draining = true;
+    let mut s = Snapshot::new(agents);
+    let mut counts = [0u32; 4];
+    // Runs that end before the next is placed: every agent is equally good each time.
+    for _ in 0..300 {
+        let r = req("j", 1.0, &[]);
+        let i = s.place(&r).unwrap();
+        s.commit(i, "j", &r.needs);
+        s.release(i, "j", &r.needs);
+        counts[i] += 1;
+    }
+    assert_eq!(counts, [0, 100, 100, 100]);
+}
