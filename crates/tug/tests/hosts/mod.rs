@@ -218,6 +218,7 @@ impl Proc {
             .args(args)
             .env_remove("TUG_JOIN_TOKEN")
             .env_remove("TUG_SERVER")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
