@@ -563,7 +563,7 @@ async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Chil
             ],
             &name,
         )?;
-        if !a.json && ((i + 1) % 10 == 0 || i + 1 == a.agents) {
+        if !a.json && ((i + 1).is_multiple_of(10) || i + 1 == a.agents) {
             progress(format!("started {}/{} agents", i + 1, a.agents));
         }
     }
@@ -612,7 +612,7 @@ async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Chil
     while let Some(r) = posts.next().await {
         r?;
         created += 1;
-        if !a.json && (created % 500 == 0 || created == a.jobs) {
+        if !a.json && (created.is_multiple_of(500) || created == a.jobs) {
             progress(format!("created {created}/{} jobs", a.jobs));
         }
     }
@@ -695,6 +695,7 @@ async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Chil
         "runs_per_agent_min": min_per_agent,
         "runs_per_agent_max": max_per_agent,
         "agents_with_runs": per_agent.len(),
+        "runs_per_agent": per_agent,
         "agents_start_s": r1(agents_start_s),
         "jobs_create_s": r1(jobs_create_s),
     });

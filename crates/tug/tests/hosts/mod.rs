@@ -87,14 +87,16 @@ fn kill_netns_pids(ns: &str) {
     }
 }
 
-/// A /24 not yet on any interface of this machine, chosen from the pid and `n`.
+/// A /24 on no interface and in no route of this machine, chosen from the pid and `n`.
 fn free_subnet(n: u32) -> (u8, u8) {
-    let addrs = ip_quiet(&["-4", "-o", "addr", "show"]);
+    let taken = ip_quiet(&["-4", "-o", "addr", "show"]) + "\n" + &ip_quiet(&["-4", "route", "show"]);
+    let taken: Vec<&str> = taken.split_whitespace().filter(|w| w.starts_with("10.")).collect();
     let start = (std::process::id().wrapping_mul(7919).wrapping_add(n.wrapping_mul(131))) % (200 * 250);
     for k in 0..(200 * 250) {
         let v = (start + k) % (200 * 250);
         let (x, y) = (50 + (v / 250) as u8, (v % 250) as u8 + 1);
-        if !addrs.contains(&format!(" 10.{x}.{y}.")) {
+        let prefix = format!("10.{x}.{y}.");
+        if !taken.iter().any(|w| w.starts_with(&prefix)) {
             return (x, y);
         }
     }
