@@ -145,10 +145,11 @@ async fn restarted_agent_reattaches_its_run() {
     // A little longer, for a duplicate to show up if there is one.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let runs = c.runs("reattach").await;
+    let seen = format!("{done}\nattempts: {:?}\nmarker: {:?}\n{}", attempts(&c, &done).await, marker_lines(&marker), c.logs());
     assert_eq!(runs.len(), 1, "one run record: {runs:?}");
-    assert_eq!(done["state"], "succeeded", "the re-attached run succeeds: {done}\n{}", c.logs());
-    assert_eq!(done["attempt"], 1, "on its first attempt: {done}");
-    assert_eq!(done["agent"], name.as_str(), "on the restarted agent: {done}");
+    assert_eq!(done["state"], "succeeded", "the re-attached run succeeds: {seen}");
+    assert_eq!(done["attempt"], 1, "on its first attempt: {seen}");
+    assert_eq!(done["agent"], name.as_str(), "on the restarted agent: {seen}");
     assert_eq!(marker_lines(&marker), vec![format!("{} 1", done["id"])], "the command ran to the end exactly once");
 }
 
@@ -180,14 +181,15 @@ async fn cut_link_run_is_retried_and_stale_attempt_killed() {
         })
         .await;
     let runs = c.runs("cut").await;
+    let seen = format!("{done}\nattempts: {:?}\nmarker: {:?}\n{}", attempts(&c, &done).await, marker_lines(&marker), c.logs());
     assert_eq!(runs.len(), 1, "one run record: {runs:?}");
-    assert_eq!(done["state"], "succeeded", "{done}\n{}", c.logs());
-    assert_eq!(done["attempt"], 2, "{done}");
-    assert_eq!(done["agent"], retried["agent"], "it ends on the agent that took the retry: {done}");
+    assert_eq!(done["state"], "succeeded", "{seen}");
+    assert_eq!(done["attempt"], 2, "{seen}");
+    assert_eq!(done["agent"], retried["agent"], "it ends on the agent that took the retry: {seen}");
     assert_eq!(
         marker_lines(&marker),
         vec![format!("{} 2", done["id"])],
-        "only the retry ran to the end; the stale attempt on {} was killed",
+        "only the retry ran to the end; the stale attempt on {} was killed: {seen}",
         first["agent"]
     );
 }
@@ -208,10 +210,11 @@ async fn restarted_server_keeps_running_runs() {
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let runs = c.runs("survive").await;
+    let seen = format!("{done}\nattempts: {:?}\nmarker: {:?}\n{}", attempts(&c, &done).await, marker_lines(&marker), c.logs());
     assert_eq!(runs.len(), 1, "one run record: {runs:?}");
-    assert_eq!(done["state"], "succeeded", "{done}\n{}", c.logs());
-    assert_eq!(done["attempt"], 1, "{done}");
-    assert_eq!(done["agent"], first["agent"], "{done}");
+    assert_eq!(done["state"], "succeeded", "{seen}");
+    assert_eq!(done["attempt"], 1, "still its first attempt: {seen}");
+    assert_eq!(done["agent"], first["agent"], "{seen}");
     assert_eq!(marker_lines(&marker), vec![format!("{} 1", done["id"])], "the command ran to the end exactly once");
 }
 
