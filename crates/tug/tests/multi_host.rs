@@ -1,0 +1,248 @@
+//! `tug server` and `tug agent run` processes on simulated hosts: each agent in its own network
+//! namespace behind a veth pair on a bridge (see `hosts/mod.rs`), so failures are the real ones:
+//! a `kill -9`, a restart, a cut link. Every assertion is on state read back through the API.
+//!
+//! Needs root (CI runs ./scripts/test as root); without it every test here fails and says why.
+
+mod hosts;
+
+use std::time::Duration;
+
+use hosts::{AgentArgs, Cluster, TOKEN, marker_lines, until};
+use serde_json::{Value, json};
+
+/// Three agents on racks a, b and c with 1, 2 and 4 cpus.
+async fn three_racks(server_extra: &[&str]) -> Cluster {
+    let mut c = Cluster::new(3, server_extra).await;
+    for (i, (name, rack, cpus)) in [("host-a", "a", "1"), ("host-b", "b", "2"), ("host-c", "c", "4")].into_iter().enumerate() {
+        c.start_agent(i, &AgentArgs { name, attributes: &format!("rack={rack}"), cpus, token: TOKEN });
+    }
+    c.wait_agents_up(&["host-a", "host-b", "host-c"]).await;
+    c
+}
+
+/// The host index of an agent of [`three_racks`].
+fn host_of(agent: &Value) -> usize {
+    match agent.as_str() {
+        Some("host-a") => 0,
+        Some("host-b") => 1,
+        Some("host-c") => 2,
+        other => panic!("run on an unexpected agent {other:?}"),
+    }
+}
+
+/// A job run on demand whose command sleeps `secs`, then appends "run-id attempt" to `marker`.
+fn marked_job(name: &str, secs: u32, marker: &std::path::Path, retries: u32) -> Value {
+    json!({
+        "name": name,
+        "schedule": "@yearly",
+        "command": ["sh", "-c", format!("sleep {secs}; echo \"$TUG_RUN_ID $TUG_ATTEMPT\" >> {}", marker.display())],
+        "resources": {"cpus": 0.5},
+        "retries": {"count": retries, "initial_delay": "100ms", "max_delay": "100ms"},
+    })
+}
+
+/// The run's attempts, from GET /runs/{id}.
+async fn attempts(c: &Cluster, run: &Value) -> Vec<Value> {
+    c.get(&format!("/runs/{}", run["id"])).await["attempts"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_respects_resources_and_constraints() {
+    let c = three_racks(&[]).await;
+    // (job, resources, constraints, the only agent that may run it)
+    let cases = [
+        ("on-rack-b", json!({"cpus": 0.5}), json!([["rack", "EQUALS", "b"]]), "host-b"),
+        ("not-rack-a-or-b", json!({"cpus": 0.5}), json!([["rack", "UNLIKE", "a|b"]]), "host-c"),
+        ("three-cpus", json!({"cpus": 3}), json!([]), "host-c"),
+        ("cpus-and-unlike", json!({"cpus": 1.5}), json!([["rack", "UNLIKE", "c"]]), "host-b"),
+    ];
+    for (name, resources, constraints, want) in &cases {
+        c.post("/jobs", json!({"name": name, "schedule": "@yearly", "command": ["true"], "resources": resources, "constraints": constraints}))
+            .await;
+        // Several runs, one after the other: a right answer by chance is then unlikely.
+        for n in 1..=3 {
+            c.post(&format!("/jobs/{name}/run"), json!({})).await;
+            until(Duration::from_secs(15), || format!("{name} run {n} to succeed\n{}", c.logs()), || async {
+                let runs = c.runs(name).await;
+                (runs.len() == n && runs.iter().all(|r| r["state"] == "succeeded")).then_some(())
+            })
+            .await;
+        }
+        for r in c.runs(name).await {
+            assert_eq!(r["agent"], *want, "{name} must run on {want}: {r}");
+        }
+    }
+
+    // Nobody has 8 cpus; nobody is on rack z. Both wait, saying why.
+    c.create_and_run(json!({"name": "too-big", "schedule": "@yearly", "command": ["true"], "resources": {"cpus": 8}})).await;
+    c.create_and_run(json!({"name": "rack-z", "schedule": "@yearly", "command": ["true"], "constraints": [["rack", "EQUALS", "z"]]}))
+        .await;
+    let big = c.wait_run("too-big", Duration::from_secs(10), "too-big pending", |r| r["state"] == "pending" && r["reason"].is_string()).await;
+    let reason = big["reason"].as_str().unwrap();
+    assert!(reason.contains("no agent has 8 cpus free; the most free is 4"), "the reason names the shortfall: {reason}");
+    let z = c.wait_run("rack-z", Duration::from_secs(10), "rack-z pending", |r| r["state"] == "pending" && r["reason"].is_string()).await;
+    let reason = z["reason"].as_str().unwrap();
+    assert!(reason.contains("constraints") && reason.contains("rack") && reason.contains('z'), "the reason names the constraint: {reason}");
+    // Still waiting a little later, and said so by the CLI too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for job in ["too-big", "rack-z"] {
+        let runs = c.runs(job).await;
+        assert!(runs.len() == 1 && runs[0]["state"] == "pending" && runs[0]["agent"].is_null(), "{job} stays pending: {runs:?}");
+    }
+    let out = std::process::Command::new(hosts::TUG).args(["--server", &c.api, "runs", "too-big"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("pending") && text.contains("no agent has 8 cpus free"), "tug runs too-big:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_run_is_lost_and_retried_elsewhere() {
+    const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
+    // Detection is checked once a second and the retry waits 100 ms; the rest is CI noise.
+    const SLACK: Duration = Duration::from_secs(2);
+    let mut c = three_racks(&["--agent-timeout", "3s"]).await;
+    let marker = c.path("long.marker");
+    c.create_and_run(marked_job("long", 20, &marker, 1)).await;
+    let first = c.wait_run("long", Duration::from_secs(10), "long to run", |r| r["state"] == "running").await;
+    let victim = host_of(&first["agent"]);
+    c.kill_agent(victim);
+    let killed_at = tokio::time::Instant::now();
+    let retried = c
+        .wait_run("long", AGENT_TIMEOUT + SLACK + Duration::from_secs(5), "long retried on another agent", |r| {
+            r["state"] == "running" && r["attempt"] == 2 && r["agent"].is_string() && r["agent"] != first["agent"]
+        })
+        .await;
+    let took = killed_at.elapsed();
+    assert_eq!(retried["id"], first["id"], "the same run is retried: {retried}");
+    assert!(took >= AGENT_TIMEOUT - Duration::from_secs(1), "retried only once the agent timed out, not after {took:?}");
+    assert!(took <= AGENT_TIMEOUT + SLACK, "retried within the agent timeout + {SLACK:?}, took {took:?}");
+    let history = attempts(&c, &retried).await;
+    assert_eq!(history.len(), 2, "two attempts: {history:?}");
+    assert_eq!(history[0]["state"], "lost", "the first attempt is lost: {history:?}");
+    let agents = c.get("/agents").await;
+    let gone = agents.as_array().unwrap().iter().find(|a| a["name"] == first["agent"]).cloned().unwrap_or_default();
+    assert_eq!(gone["state"], "lost", "the killed agent is lost: {gone}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_reattaches_its_run() {
+    let mut c = three_racks(&[]).await;
+    let marker = c.path("reattach.marker");
+    c.create_and_run(marked_job("reattach", 8, &marker, 1)).await;
+    let first = c.wait_run("reattach", Duration::from_secs(10), "reattach to run", |r| r["state"] == "running").await;
+    let i = host_of(&first["agent"]);
+    let name = first["agent"].as_str().unwrap().to_string();
+    let (attributes, cpus) = [("rack=a", "1"), ("rack=b", "2"), ("rack=c", "4")][i];
+    // The agent process only: its runs live on.
+    c.kill_agent(i);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.start_agent(i, &AgentArgs { name: &name, attributes, cpus, token: TOKEN });
+    let done = c
+        .wait_run("reattach", Duration::from_secs(30), "reattach to end", |r| {
+            matches!(r["state"].as_str(), Some("succeeded" | "failed" | "lost" | "killed" | "timed_out")) && r["retry_at"].is_null()
+        })
+        .await;
+    // A little longer, for a duplicate to show up if there is one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let runs = c.runs("reattach").await;
+    let seen = format!("{done}\nattempts: {:?}\nmarker: {:?}\n{}", attempts(&c, &done).await, marker_lines(&marker), c.logs());
+    assert_eq!(runs.len(), 1, "one run record: {runs:?}");
+    assert_eq!(done["state"], "succeeded", "the re-attached run succeeds: {seen}");
+    assert_eq!(done["attempt"], 1, "on its first attempt: {seen}");
+    assert_eq!(done["agent"], name.as_str(), "on the restarted agent: {seen}");
+    assert_eq!(marker_lines(&marker), vec![format!("{} 1", done["id"])], "the command ran to the end exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_link_run_is_retried_and_stale_attempt_killed() {
+    // Default agent timeout (10 s); the link is cut for 30 s; the command takes 45 s.
+    let c = three_racks(&[]).await;
+    let marker = c.path("cut.marker");
+    c.create_and_run(marked_job("cut", 45, &marker, 1)).await;
+    let first = c.wait_run("cut", Duration::from_secs(10), "cut to run", |r| r["state"] == "running").await;
+    let i = host_of(&first["agent"]);
+    c.net.set_link(i, false);
+    let cut_at = tokio::time::Instant::now();
+    let retried = c
+        .wait_run("cut", Duration::from_secs(20), "cut retried on another agent", |r| {
+            r["state"] == "running" && r["attempt"] == 2 && r["agent"].is_string() && r["agent"] != first["agent"]
+        })
+        .await;
+    let history = attempts(&c, &retried).await;
+    assert_eq!(history.first().map(|a| &a["state"]), Some(&json!("lost")), "attempt 1 is lost: {history:?}");
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(cut_at.elapsed())).await;
+    c.net.set_link(i, true);
+    // The cut agent comes back; the server kills its stale attempt (which would otherwise finish
+    // at 45 s and append a line).
+    c.wait_agents_up(&[first["agent"].as_str().unwrap()]).await;
+    let done = c
+        .wait_run("cut", Duration::from_secs(45), "cut to end", |r| {
+            matches!(r["state"].as_str(), Some("succeeded" | "failed" | "lost" | "killed" | "timed_out")) && r["retry_at"].is_null()
+        })
+        .await;
+    let runs = c.runs("cut").await;
+    let seen = format!("{done}\nattempts: {:?}\nmarker: {:?}\n{}", attempts(&c, &done).await, marker_lines(&marker), c.logs());
+    assert_eq!(runs.len(), 1, "one run record: {runs:?}");
+    assert_eq!(done["state"], "succeeded", "{seen}");
+    assert_eq!(done["attempt"], 2, "{seen}");
+    assert_eq!(done["agent"], retried["agent"], "it ends on the agent that took the retry: {seen}");
+    assert_eq!(
+        marker_lines(&marker),
+        vec![format!("{} 2", done["id"])],
+        "only the retry ran to the end; the stale attempt on {} was killed: {seen}",
+        first["agent"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_server_keeps_running_runs() {
+    let mut c = three_racks(&[]).await;
+    let marker = c.path("survive.marker");
+    c.create_and_run(marked_job("survive", 10, &marker, 1)).await;
+    let first = c.wait_run("survive", Duration::from_secs(10), "survive to run", |r| r["state"] == "running").await;
+    c.kill_server();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.start_server().await;
+    let done = c
+        .wait_run("survive", Duration::from_secs(40), "survive to end", |r| {
+            matches!(r["state"].as_str(), Some("succeeded" | "failed" | "lost" | "killed" | "timed_out")) && r["retry_at"].is_null()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let runs = c.runs("survive").await;
+    let seen = format!("{done}\nattempts: {:?}\nmarker: {:?}\n{}", attempts(&c, &done).await, marker_lines(&marker), c.logs());
+    assert_eq!(runs.len(), 1, "one run record: {runs:?}");
+    assert_eq!(done["state"], "succeeded", "{seen}");
+    assert_eq!(done["attempt"], 1, "still its first attempt: {seen}");
+    assert_eq!(done["agent"], first["agent"], "{seen}");
+    assert_eq!(marker_lines(&marker), vec![format!("{} 1", done["id"])], "the command ran to the end exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_join_token_is_refused() {
+    let mut c = Cluster::new(2, &[]).await;
+    c.start_agent(0, &AgentArgs { name: "intruder", attributes: "", cpus: "1", token: "wrong-token" });
+    c.start_agent(1, &AgentArgs { name: "member", attributes: "", cpus: "1", token: TOKEN });
+    let mut intruder = c.agents[0].take().unwrap();
+    let status = until(Duration::from_secs(15), || format!("the refused agent to exit\n{}", c.logs()), || {
+        let s = intruder.child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    let agent_out = intruder.output();
+    assert!(!status.success(), "a refused agent exits non-zero:\n{agent_out}");
+    assert!(
+        agent_out.contains("join token refused") && agent_out.contains("--join-token"),
+        "the agent says its token was refused and what to check:\n{agent_out}"
+    );
+    let server = c.server.as_ref().unwrap();
+    until(Duration::from_secs(5), || format!("the server to say which agent it refused and why:\n{}", server.output()), || {
+        let out = server.output();
+        let said = out.lines().any(|l| l.contains("agent refused: wrong join token") && l.contains("intruder"));
+        async move { said.then_some(()) }
+    })
+    .await;
+    c.wait_agents_up(&["member"]).await;
+    let agents = c.get("/agents").await;
+    assert!(!agents.as_array().unwrap().iter().any(|a| a["name"] == "intruder"), "a refused agent is not registered: {agents}");
+}
