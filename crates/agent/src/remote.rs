@@ -4,7 +4,9 @@
 //! [`Agent::serve`] runs unchanged on two long-lived channels; this module bridges them to the
 //! stream, one connection at a time. Status updates are kept until the server acknowledges their
 //! `seq` and are resent, in order, after a reconnect. A broken stream is reopened with backoff; a
-//! refused join token ends the agent with [`RemoteError::Refused`].
+//! refused join token ends the agent with [`RemoteError::Refused`]. Every `Register` lists the
+//! attempts the agent holds ([`Agent::held`]); an ack tells the agent the server has the update
+//! ([`Agent::delivered`]), and `Registered` carries the leader epoch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -65,9 +67,11 @@ pub async fn run(
     let name = config.name.clone();
     let (updates_tx, mut updates_rx) = mpsc::channel(65_536);
     let (cmd_tx, cmd_rx) = mpsc::channel(65_536);
-    let agent = Agent::new(config, runtime, logs, updates_tx);
+    let agent = Agent::with_acks(config, runtime, logs, updates_tx);
+    // Before the first Register, so that it lists the runs of the last start.
+    agent.recover().await;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let serving = tokio::spawn(agent.serve(cmd_rx, shutdown));
+    let serving = tokio::spawn(std::sync::Arc::clone(&agent).serve(cmd_rx, shutdown));
     // The agent loop has stopped (all runs reported) once `serving` finishes; tell the bridge.
     tokio::spawn(async move {
         let _ = serving.await;
@@ -78,7 +82,8 @@ pub async fn run(
     let mut tried_after_stop = false;
     loop {
         let mut registered = false;
-        let ended = session(&remote, &name, &mut registered, &mut unacked, &mut updates_rx, &cmd_tx, stop_rx.clone()).await;
+        let ended =
+            session(&remote, &agent, &name, &mut registered, &mut unacked, &mut updates_rx, &cmd_tx, stop_rx.clone()).await;
         if registered {
             // The last connection worked: start the backoff afresh.
             backoff = Duration::from_millis(200);
@@ -116,8 +121,10 @@ fn out(m: agent_message::Msg) -> AgentMessage {
 }
 
 /// One connection: register, resend what is unacknowledged, then pump both ways.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     remote: &RemoteConfig,
+    agent: &Agent,
     name: &str,
     registered: &mut bool,
     unacked: &mut BTreeMap<u64, StatusUpdate>,
@@ -137,7 +144,11 @@ async fn session(
         mem: remote.resources.mem,
         disk: remote.resources.disk,
         attributes: remote.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>(),
-        held: Vec::new(),
+        held: agent
+            .held()
+            .into_iter()
+            .map(|h| tug_proto::HeldRun { run_id: h.run_id, attempt: h.attempt, finished: h.finished })
+            .collect(),
     };
     let _ = tx.send(out(agent_message::Msg::Register(register))).await;
     let mut inbound = match client.session(ReceiverStream::new(rx)).await {
@@ -145,7 +156,7 @@ async fn session(
         Err(e) => return Ok(Ended::Broken(format!("opening the agent stream: {e}"))),
     };
     match inbound.message().await {
-        Ok(Some(ServerMessage { msg: Some(server_message::Msg::Registered(_)) })) => {}
+        Ok(Some(ServerMessage { msg: Some(server_message::Msg::Registered(r)) })) => agent.observe_epoch(r.epoch),
         Ok(Some(ServerMessage { msg: Some(server_message::Msg::Refused(r)) })) => return Err(RemoteError::Refused(r.reason)),
         Ok(other) => return Ok(Ended::Broken(format!("expected Registered, got {other:?}"))),
         Err(e) => return Ok(Ended::Broken(format!("registering: {e}"))),
@@ -198,10 +209,12 @@ async fn session(
                         Err(e) => tracing::error!(error = %e, "undecodable command from the server dropped"),
                     },
                     server_message::Msg::Ack(a) => {
-                        unacked.remove(&a.seq);
+                        if let Some(u) = unacked.remove(&a.seq) {
+                            agent.delivered(&u);
+                        }
                     }
                     server_message::Msg::Refused(r) => return Err(RemoteError::Refused(r.reason)),
-                    server_message::Msg::Registered(_) => {}
+                    server_message::Msg::Registered(r) => agent.observe_epoch(r.epoch),
                 },
                 Ok(Some(ServerMessage { msg: None })) => {}
                 Ok(None) => return Ok(Ended::Broken("the server closed the stream".into())),
