@@ -91,7 +91,7 @@ pub async fn run(
         match ended {
             Ok(Ended::Done) => return Ok(()),
             Ok(Ended::Broken(why)) => {
-                if *stop_rx.borrow() && updates_rx.is_closed() && unacked.is_empty() {
+                if *stop_rx.borrow() && updates_rx.is_empty() && unacked.is_empty() {
                     return Ok(());
                 }
                 tracing::warn!(server = %remote.server, error = %why, retry_in = ?backoff, unacked = unacked.len(), "agent stream down; reconnecting");
@@ -170,7 +170,9 @@ async fn session(
     }
     let mut flushing: Option<tokio::time::Instant> = None;
     loop {
-        if updates.is_closed() && updates.is_empty() && *stop.borrow() {
+        // `updates` stays open (this bridge keeps the agent), but once the agent loop is done it
+        // sends nothing more.
+        if *stop.borrow() && updates.is_empty() {
             // The agent loop is done: wait (briefly) for the last acks.
             if unacked.is_empty() {
                 return Ok(Ended::Done);
