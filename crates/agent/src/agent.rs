@@ -107,7 +107,12 @@ struct Inflight {
 /// An attempt found in the checkpoints at start.
 enum Recovered {
     /// Still running under its shim.
-    Running { record: LaunchRecord, ckpt: Checkpoint, shim: ShimRecord, kill: (watch::Sender<Option<KillReason>>, watch::Receiver<Option<KillReason>>) },
+    Running {
+        record: Box<LaunchRecord>,
+        ckpt: Checkpoint,
+        shim: ShimRecord,
+        kill: (watch::Sender<Option<KillReason>>, watch::Receiver<Option<KillReason>>),
+    },
     /// Ended while no agent watched (or lost).
     Finished { run_id: RunId, attempt: u32, outcome: Outcome },
 }
@@ -477,7 +482,7 @@ async fn recover_one(ckpt: Checkpoint, run_id: RunId, attempt: u32) -> Recovered
     };
     match ckpt.read_shim().await {
         Ok(Some(shim)) if shim.is_alive() => {
-            return Recovered::Running { record, ckpt, shim, kill: watch::channel(None) };
+            return Recovered::Running { record: Box::new(record), ckpt, shim, kill: watch::channel(None) };
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(run = run_id, attempt, error = %e, "cannot read the shim's record"),
