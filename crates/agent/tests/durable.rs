@@ -386,3 +386,26 @@ async fn a_kill_for_another_attempt_is_ignored_and_drain_is_noted() {
     assert_eq!(done.reason.as_deref(), Some("killed on request (SIGTERM)"));
     assert!(a.close().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_re_attached_run_keeps_its_timeout_from_the_first_start() {
+    let node = Node::new();
+    let mut a = node.start().await;
+    let ready = node.path("ready");
+    let mut l = sh(&format!("touch {}; sleep 1000", ready.display()));
+    l.task.timeout = Some(tug_core::duration::Duration::from_millis(800));
+    let id = l.run_id;
+    let begin = Instant::now();
+    a.send(ToAgent::Launch(Box::new(l))).await;
+    assert_eq!(a.next().await.state, RunState::Running);
+    wait_for_file(&ready).await;
+    a.detach().await;
+
+    let mut b = node.start().await;
+    assert_eq!(b.next().await.state, RunState::Running);
+    let done = b.next().await;
+    assert_eq!((done.run_id, done.state), (id, RunState::TimedOut), "{done:?}");
+    assert_eq!(done.reason.as_deref(), Some("timed out after 800ms (SIGTERM)"));
+    assert!(begin.elapsed() < Duration::from_secs(5), "the timeout counts from the first start");
+    assert!(b.close().await.is_empty());
+}
