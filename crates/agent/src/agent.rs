@@ -333,9 +333,13 @@ impl Agent {
             }
         }
         if detach {
-            // Cancelling the tasks leaves the shims alone; they record how their runs end.
-            let n = self.inflight();
-            tracing::info!("{n} runs left running; they are re-attached at the next start");
+            // Cancelling the tasks leaves the shims alone; they record how their runs end. Runs
+            // without a checkpoint (docker) end with the agent.
+            let (kept, ending) = self.split_by_checkpoint();
+            tracing::info!("{kept} runs left running; they are re-attached at the next start");
+            if ending > 0 {
+                tracing::warn!("{ending} runs without a checkpoint (docker) end with the agent");
+            }
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
             return;
@@ -345,6 +349,15 @@ impl Agent {
             self.kill(id, KillReason::Shutdown);
         }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// How many running attempts have a checkpoint, and how many do not.
+    fn split_by_checkpoint(&self) -> (usize, usize) {
+        let Some(d) = &self.config.durable else { return (0, self.inflight()) };
+        let st = self.lock();
+        // A stat per run, once, on the way out.
+        let kept = st.running.iter().filter(|(run, (attempt, _))| Checkpoint::new(&d.dir, **run, *attempt).dir().exists()).count();
+        (kept, st.running.len() - kept)
     }
 
     /// Asks a running attempt to stop. Unknown runs are ignored (they already finished).
