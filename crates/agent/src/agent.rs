@@ -3,19 +3,32 @@
 //!
 //! Status updates go out over a bounded channel with `send().await`: when the server is slow the
 //! agent waits, it never drops an update.
+//!
+//! A durable agent ([`AgentConfig::durable`], with process runs under a
+//! [`ShimRuntime`](crate::runtime::shim::ShimRuntime)) keeps a [`Checkpoint`] per attempt until the
+//! server has the attempt's final update. At start, [`Agent::recover`] goes through them:
+//!
+//! ```text
+//! outcome.json present            -> report the final update (the real exit status)
+//! shim alive (pid + start time)   -> re-attach: running again, timeout and kills as before
+//! neither                         -> report it lost: its exit status is unknown
+//! ```
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tug_core::protocol::{KillReason, Launch, StatusUpdate, ToAgent, ToServer};
+use tug_core::protocol::{HeldRun, KillReason, Launch, StatusUpdate, ToAgent, ToServer};
 use tug_core::run::{RunId, RunState};
 use tug_store::logs::LogFiles;
 
+use crate::checkpoint::{Checkpoint, LaunchRecord, ShimRecord};
+use crate::runtime::shim::{follow, lost};
 use crate::runtime::{Outcome, RunContext, SharedRuntime};
 
 /// How many finished `(run, attempt)` pairs the agent remembers to ignore duplicate launches.
@@ -36,7 +49,8 @@ pub struct AgentConfig {
     pub durable: Option<Durability>,
 }
 
-/// How an agent keeps its runs across its own restarts.
+/// How an agent keeps its runs across its own restarts. Process runs must go through a
+/// [`ShimRuntime`](crate::runtime::shim::ShimRuntime) built from the same settings.
 #[derive(Debug, Clone)]
 pub struct Durability {
     /// Where each run's checkpoint lives (`<dir>/<run>-<attempt>/`).
@@ -66,21 +80,77 @@ pub struct Agent {
     runtime: SharedRuntime,
     logs: LogFiles,
     updates: mpsc::Sender<ToServer>,
+    /// Final updates count as delivered only on [`Agent::delivered`] (remote agents, which get
+    /// acks); otherwise once they are on the channel.
+    acked: bool,
     seq: AtomicU64,
+    /// The highest leader epoch seen; launches from older epochs are refused.
+    epoch: AtomicU64,
+    draining: AtomicBool,
+    /// Whether [`Agent::recover`] has run.
+    recovered: AtomicBool,
     state: Mutex<Inflight>,
 }
 
 #[derive(Default)]
 struct Inflight {
     running: HashMap<RunId, (u32, watch::Sender<Option<KillReason>>)>,
+    /// Finished attempts whose final update the server may not have yet: the update's seq (0: not
+    /// sent yet).
+    finished: HashMap<(RunId, u32), u64>,
     seen: HashSet<(RunId, u32)>,
     seen_order: VecDeque<(RunId, u32)>,
+    /// What [`Agent::recover`] found, for [`Agent::serve`] to take up.
+    recovered: Vec<Recovered>,
+}
+
+/// An attempt found in the checkpoints at start.
+enum Recovered {
+    /// Still running under its shim.
+    Running {
+        record: Box<LaunchRecord>,
+        ckpt: Checkpoint,
+        shim: ShimRecord,
+        kill: (watch::Sender<Option<KillReason>>, watch::Receiver<Option<KillReason>>),
+    },
+    /// Ended while no agent watched (or lost).
+    Finished { run_id: RunId, attempt: u32, outcome: Outcome },
+}
+
+/// How [`Agent::run_one`] gets its attempt going.
+enum Start {
+    /// Through the runtime.
+    Fresh,
+    /// Following a shim an earlier agent started.
+    Reattach { ckpt: Checkpoint, shim: ShimRecord, time_left: Option<Duration> },
 }
 
 impl Agent {
-    /// An agent that reports to `updates`.
+    /// An agent that reports to `updates`, in the same process as the server: a final update
+    /// counts as delivered once it is on the channel.
     pub fn new(config: AgentConfig, runtime: SharedRuntime, logs: LogFiles, updates: mpsc::Sender<ToServer>) -> Arc<Agent> {
-        Arc::new(Agent { config, runtime, logs, updates, seq: AtomicU64::new(0), state: Mutex::default() })
+        Arc::new(Self::build(config, runtime, logs, updates, false))
+    }
+
+    /// An agent whose final updates count as delivered only when the caller says so with
+    /// [`Agent::delivered`] (a remote agent, on the server's ack).
+    pub fn with_acks(config: AgentConfig, runtime: SharedRuntime, logs: LogFiles, updates: mpsc::Sender<ToServer>) -> Arc<Agent> {
+        Arc::new(Self::build(config, runtime, logs, updates, true))
+    }
+
+    fn build(config: AgentConfig, runtime: SharedRuntime, logs: LogFiles, updates: mpsc::Sender<ToServer>, acked: bool) -> Agent {
+        Agent {
+            config,
+            runtime,
+            logs,
+            updates,
+            acked,
+            seq: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            recovered: AtomicBool::new(false),
+            state: Mutex::default(),
+        }
     }
 
     /// The agent's name.
@@ -88,9 +158,113 @@ impl Agent {
         &self.config.name
     }
 
+    /// Where its run logs are.
+    pub fn logs(&self) -> &LogFiles {
+        &self.logs
+    }
+
     /// Number of attempts in flight.
     pub fn inflight(&self) -> usize {
         self.lock().running.len()
+    }
+
+    /// Whether the server has drained this agent (it gets no new runs; its runs go on).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Notes the server's leader epoch (from `Registered`); 0 means unknown and is ignored.
+    /// Launches stamped with an older epoch than the highest seen are refused.
+    pub fn observe_epoch(&self, epoch: u64) {
+        if epoch != 0 {
+            self.epoch.fetch_max(epoch, Ordering::Relaxed);
+        }
+    }
+
+    /// The attempts this agent holds: running ones, and finished ones whose final update the
+    /// server may not have yet (`finished: true`).
+    pub fn held(&self) -> Vec<HeldRun> {
+        let st = self.lock();
+        let mut runs: Vec<HeldRun> = st
+            .running
+            .iter()
+            .map(|(&run_id, &(attempt, _))| HeldRun { run_id, attempt, finished: false })
+            .chain(st.finished.keys().map(|&(run_id, attempt)| HeldRun { run_id, attempt, finished: true }))
+            .collect();
+        runs.sort_by_key(|h| (h.run_id, h.attempt));
+        runs
+    }
+
+    /// The server has `update`. For a final update, the attempt is forgotten and its checkpoint
+    /// removed.
+    pub fn delivered(&self, update: &StatusUpdate) {
+        if !update.state.is_terminal() {
+            return;
+        }
+        let key = (update.run_id, update.attempt);
+        {
+            let mut st = self.lock();
+            if st.finished.get(&key) != Some(&update.seq) {
+                return;
+            }
+            st.finished.remove(&key);
+        }
+        if let Some(d) = &self.config.durable {
+            let ckpt = Checkpoint::new(&d.dir, update.run_id, update.attempt);
+            if let Err(e) = ckpt.remove() {
+                tracing::warn!(run = update.run_id, attempt = update.attempt, dir = %ckpt.dir().display(), error = %e,
+                    "cannot remove the run's checkpoint; remove it by hand, or the next start reports the run again");
+            }
+        }
+    }
+
+    /// Goes through the checkpoints of a durable agent (once; later calls do nothing): runs that
+    /// are still going are re-attached, the others are reported as they ended (see the module
+    /// docs). Call before the first [`Agent::held`]; [`Agent::serve`] calls it too.
+    pub async fn recover(&self) {
+        if self.recovered.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Some(d) = &self.config.durable else { return };
+        let mut entries = match tokio::fs::read_dir(&d.dir).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::error!(dir = %d.dir.display(), error = %e, "cannot read the run checkpoints; runs of the last start are not re-attached");
+                return;
+            }
+        };
+        let mut found = Vec::new();
+        loop {
+            let entry = match entries.next_entry().await {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(dir = %d.dir.display(), error = %e, "cannot read the run checkpoints");
+                    break;
+                }
+            };
+            let name = entry.file_name();
+            let Some((run_id, attempt)) = name.to_str().and_then(Checkpoint::parse_name) else { continue };
+            found.push(recover_one(Checkpoint::at(entry.path()), run_id, attempt).await);
+        }
+        let mut st = self.lock();
+        for r in found {
+            let (run_id, attempt) = match &r {
+                Recovered::Running { record, kill, .. } => {
+                    st.running.insert(record.launch.run_id, (record.launch.attempt, kill.0.clone()));
+                    (record.launch.run_id, record.launch.attempt)
+                }
+                Recovered::Finished { run_id, attempt, .. } => {
+                    st.finished.insert((*run_id, *attempt), 0);
+                    (*run_id, *attempt)
+                }
+            };
+            if st.seen.insert((run_id, attempt)) {
+                st.seen_order.push_back((run_id, attempt));
+            }
+            st.recovered.push(r);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inflight> {
@@ -98,10 +272,37 @@ impl Agent {
     }
 
     /// Serves messages until `commands` closes or `shutdown` completes; then stops every run
-    /// still going (SIGTERM, grace, SIGKILL) and waits until each has reported.
+    /// still going (SIGTERM, grace, SIGKILL) and waits until each has reported. A durable agent
+    /// with [`Durability::detach_on_stop`] leaves its runs going on `shutdown` instead.
+    ///
+    /// First it [recovers](Agent::recover); an agent without acks then sends
+    /// [`ToServer::Held`] before any status update.
     pub async fn serve(self: Arc<Self>, mut commands: mpsc::Receiver<ToAgent>, shutdown: impl Future<Output = ()>) {
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
+        self.recover().await;
+        if !self.acked {
+            let held = ToServer::Held { agent: self.config.name.clone(), runs: self.held() };
+            if self.updates.send(held).await.is_err() {
+                tracing::warn!("server side of the agent channel is closed; held runs not reported");
+            }
+        }
+        let recovered = std::mem::take(&mut self.lock().recovered);
+        for r in recovered {
+            match r {
+                Recovered::Running { record, ckpt, shim, kill: (kill_tx, kill_rx) } => {
+                    tracing::info!(run = record.launch.run_id, attempt = record.launch.attempt, pid = shim.pid, "re-attached to a run of the last start");
+                    let time_left = record.time_left(Timestamp::now());
+                    let me = Arc::clone(&self);
+                    tasks.spawn(me.run_one(record.launch, kill_tx, kill_rx, Start::Reattach { ckpt, shim, time_left }));
+                }
+                Recovered::Finished { run_id, attempt, outcome } => {
+                    tracing::info!(run = run_id, attempt, state = %outcome.state, "reporting a run that ended while the agent was down");
+                    self.report(run_id, attempt, outcome.state, Some(outcome)).await;
+                }
+            }
+        }
+        let mut detach = false;
         let mut beat = tokio::time::interval(self.config.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -114,8 +315,11 @@ impl Agent {
                 }
                 msg = commands.recv() => match msg {
                     Some(ToAgent::Launch(launch)) => self.launch(*launch, &mut tasks),
-                    Some(ToAgent::Kill { run_id, reason, .. }) => self.kill(run_id, reason),
-                    Some(ToAgent::Drain { draining }) => tracing::info!(draining, "the server changed this agent's drain state"),
+                    Some(ToAgent::Kill { run_id, attempt, reason }) => self.kill_attempt(run_id, attempt, reason),
+                    Some(ToAgent::Drain { draining }) => {
+                        tracing::info!(draining, "the server changed this agent's drain state");
+                        self.draining.store(draining, Ordering::Relaxed);
+                    }
                     Some(ToAgent::Prewarm { job, task }) => {
                         let me = Arc::clone(&self);
                         tasks.spawn(async move {
@@ -127,8 +331,23 @@ impl Agent {
                     None => break,
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                () = &mut shutdown => break,
+                () = &mut shutdown => {
+                    detach = self.config.durable.as_ref().is_some_and(|d| d.detach_on_stop);
+                    break;
+                }
             }
+        }
+        if detach {
+            // Cancelling the tasks leaves the shims alone; they record how their runs end. Runs
+            // without a checkpoint (docker) end with the agent.
+            let (kept, ending) = self.split_by_checkpoint();
+            tracing::info!("{kept} runs left running; they are re-attached at the next start");
+            if ending > 0 {
+                tracing::warn!("{ending} runs without a checkpoint (docker) end with the agent");
+            }
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            return;
         }
         let ids: Vec<RunId> = self.lock().running.keys().copied().collect();
         for id in ids {
@@ -137,15 +356,40 @@ impl Agent {
         while tasks.join_next().await.is_some() {}
     }
 
+    /// How many running attempts have a checkpoint, and how many do not.
+    fn split_by_checkpoint(&self) -> (usize, usize) {
+        let Some(d) = &self.config.durable else { return (0, self.inflight()) };
+        let st = self.lock();
+        // A stat per run, once, on the way out.
+        let kept = st.running.iter().filter(|(run, (attempt, _))| Checkpoint::new(&d.dir, **run, *attempt).dir().exists()).count();
+        (kept, st.running.len() - kept)
+    }
+
     /// Asks a running attempt to stop. Unknown runs are ignored (they already finished).
     pub fn kill(&self, run_id: RunId, reason: KillReason) {
-        if let Some((_, tx)) = self.lock().running.get(&run_id) {
+        self.kill_attempt(run_id, None, reason);
+    }
+
+    /// Asks attempt `attempt` of a run to stop (`None`: whichever is running). Another attempt,
+    /// or none, is left alone.
+    pub fn kill_attempt(&self, run_id: RunId, attempt: Option<u32>, reason: KillReason) {
+        if let Some((running, tx)) = self.lock().running.get(&run_id) {
+            if attempt.is_some_and(|a| a != *running) {
+                tracing::info!(run = run_id, ?attempt, running, "kill for another attempt ignored");
+                return;
+            }
             // The first reason wins: a timeout racing a kill request stays a timeout.
             tx.send_if_modified(|cur| cur.is_none() && { *cur = Some(reason); true });
         }
     }
 
     fn launch(self: &Arc<Self>, launch: Launch, tasks: &mut JoinSet<()>) {
+        let newest = self.epoch.fetch_max(launch.epoch, Ordering::Relaxed);
+        if launch.epoch < newest {
+            tracing::warn!(run = launch.run_id, attempt = launch.attempt, epoch = launch.epoch, newest,
+                "launch from an older leader epoch ignored");
+            return;
+        }
         let key = (launch.run_id, launch.attempt);
         let (kill_tx, kill_rx) = watch::channel(None);
         {
@@ -163,7 +407,7 @@ impl Agent {
             st.running.insert(launch.run_id, (launch.attempt, kill_tx.clone()));
         }
         let me = Arc::clone(self);
-        tasks.spawn(async move { me.run_one(launch, kill_tx, kill_rx).await });
+        tasks.spawn(async move { me.run_one(launch, kill_tx, kill_rx, Start::Fresh).await });
     }
 
     async fn run_one(
@@ -171,20 +415,30 @@ impl Agent {
         launch: Launch,
         kill_tx: watch::Sender<Option<KillReason>>,
         kill_rx: watch::Receiver<Option<KillReason>>,
+        start: Start,
     ) {
-        let (run_id, attempt, timeout) = (launch.run_id, launch.attempt, launch.task.timeout);
+        let (run_id, attempt) = (launch.run_id, launch.attempt);
         let (started_tx, started_rx) = oneshot::channel();
-        let ctx = RunContext {
-            launch,
-            logs: self.logs.clone(),
-            log_limit: self.config.log_limit,
-            kill: kill_rx,
-            grace: self.config.grace,
-            started: started_tx,
+        let (time_left, mut fut): (_, Pin<Box<dyn Future<Output = Outcome> + Send + '_>>) = match start {
+            Start::Fresh => {
+                let timeout = launch.task.timeout.map(|t| t.as_std());
+                let ctx = RunContext {
+                    launch,
+                    logs: self.logs.clone(),
+                    log_limit: self.config.log_limit,
+                    kill: kill_rx,
+                    grace: self.config.grace,
+                    started: started_tx,
+                };
+                (timeout, self.runtime.run(ctx))
+            }
+            Start::Reattach { ckpt, shim, time_left } => {
+                // Running again, for a server that never heard it started.
+                let _ = started_tx.send(shim.child_pid);
+                (time_left, Box::pin(follow(ckpt, shim, kill_rx)))
+            }
         };
-        let fut = self.runtime.run(ctx);
-        tokio::pin!(fut);
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t.as_std());
+        let deadline = time_left.map(|t| tokio::time::Instant::now() + t);
         let mut started_rx = Some(started_rx);
         let outcome: Outcome = loop {
             tokio::select! {
@@ -207,18 +461,59 @@ impl Agent {
         {
             self.report(run_id, attempt, RunState::Running, None).await;
         }
-        self.lock().running.remove(&run_id);
         self.report(run_id, attempt, outcome.state, Some(outcome)).await;
     }
 
+    /// Sends a status update. A final one moves the attempt from running to finished first, so
+    /// that [`Agent::held`] never misses it.
     async fn report(&self, run_id: RunId, attempt: u32, state: RunState, outcome: Option<Outcome>) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let (exit_code, signal, reason) = outcome.map(|o| (o.exit_code, o.signal, o.reason)).unwrap_or_default();
         let update = StatusUpdate { seq, run_id, attempt, state, at: Timestamp::now(), exit_code, signal, reason };
+        if state.is_terminal() {
+            let mut st = self.lock();
+            if st.running.get(&run_id).is_some_and(|(a, _)| *a == attempt) {
+                st.running.remove(&run_id);
+            }
+            st.finished.insert((run_id, attempt), seq);
+        }
+        let copy = (!self.acked && state.is_terminal()).then(|| update.clone());
         if self.updates.send(ToServer::Status(update)).await.is_err() {
             tracing::warn!(run = run_id, %state, "server side of the agent channel is closed; update not delivered");
+        } else if let Some(update) = copy {
+            self.delivered(&update);
         }
     }
+}
+
+/// What one checkpoint holds at start.
+async fn recover_one(ckpt: Checkpoint, run_id: RunId, attempt: u32) -> Recovered {
+    let finished = |outcome| Recovered::Finished { run_id, attempt, outcome };
+    match ckpt.read_outcome().await {
+        Ok(Some(outcome)) => return finished(outcome),
+        Ok(None) => {}
+        Err(e) => return finished(lost(format!("the agent restarted and cannot read how the run ended: {e}"))),
+    }
+    let record = match ckpt.read_launch().await {
+        Ok(r) => r,
+        Err(e) => return finished(lost(format!("the agent restarted and cannot read the run's checkpoint: {e}"))),
+    };
+    match ckpt.read_shim().await {
+        Ok(Some(shim)) if shim.is_alive() => {
+            return Recovered::Running { record: Box::new(record), ckpt, shim, kill: watch::channel(None) };
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(run = run_id, attempt, error = %e, "cannot read the shim's record"),
+    }
+    // The shim may have recorded the outcome just before it exited.
+    if let Ok(Some(outcome)) = ckpt.read_outcome().await {
+        return finished(outcome);
+    }
+    let outcome = lost("the agent restarted and the run's process is gone; its exit status is unknown");
+    if let Err(e) = ckpt.write_outcome(&outcome).await {
+        tracing::warn!(run = run_id, attempt, error = %e, "cannot record the outcome");
+    }
+    finished(outcome)
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

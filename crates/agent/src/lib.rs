@@ -2,12 +2,15 @@
 //! server as a status update.
 //!
 //! - [`agent`]: the loop that takes launches and kills and sends status updates.
+//! - [`checkpoint`]: what a durable agent records per attempt, so runs outlive its restarts.
 //! - [`remote`]: runs that loop against a server over the gRPC agent stream (`tug agent run`),
 //!   resending unacknowledged status updates after a reconnect.
-//! - [`runtime`]: process (child in its own process group), docker (warm containers with the
-//!   in-container executor, or a container per run) and noop runtimes.
+//! - [`runtime`]: process (child in its own process group), shim (the same under a supervisor
+//!   that outlives the agent), docker (warm containers with the in-container executor, or a
+//!   container per run) and noop runtimes.
 
 pub mod agent;
+pub mod checkpoint;
 pub mod remote;
 pub mod runtime;
 

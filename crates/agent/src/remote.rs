@@ -4,7 +4,9 @@
 //! [`Agent::serve`] runs unchanged on two long-lived channels; this module bridges them to the
 //! stream, one connection at a time. Status updates are kept until the server acknowledges their
 //! `seq` and are resent, in order, after a reconnect. A broken stream is reopened with backoff; a
-//! refused join token ends the agent with [`RemoteError::Refused`].
+//! refused join token ends the agent with [`RemoteError::Refused`]. Every `Register` lists the
+//! attempts the agent holds ([`Agent::held`]); an ack tells the agent the server has the update
+//! ([`Agent::delivered`]), and `Registered` carries the leader epoch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -65,9 +67,11 @@ pub async fn run(
     let name = config.name.clone();
     let (updates_tx, mut updates_rx) = mpsc::channel(65_536);
     let (cmd_tx, cmd_rx) = mpsc::channel(65_536);
-    let agent = Agent::new(config, runtime, logs, updates_tx);
+    let agent = Agent::with_acks(config, runtime, logs, updates_tx);
+    // Before the first Register, so that it lists the runs of the last start.
+    agent.recover().await;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let serving = tokio::spawn(agent.serve(cmd_rx, shutdown));
+    let serving = tokio::spawn(std::sync::Arc::clone(&agent).serve(cmd_rx, shutdown));
     // The agent loop has stopped (all runs reported) once `serving` finishes; tell the bridge.
     tokio::spawn(async move {
         let _ = serving.await;
@@ -78,7 +82,8 @@ pub async fn run(
     let mut tried_after_stop = false;
     loop {
         let mut registered = false;
-        let ended = session(&remote, &name, &mut registered, &mut unacked, &mut updates_rx, &cmd_tx, stop_rx.clone()).await;
+        let ended =
+            session(&remote, &agent, &name, &mut registered, &mut unacked, &mut updates_rx, &cmd_tx, stop_rx.clone()).await;
         if registered {
             // The last connection worked: start the backoff afresh.
             backoff = Duration::from_millis(200);
@@ -86,7 +91,7 @@ pub async fn run(
         match ended {
             Ok(Ended::Done) => return Ok(()),
             Ok(Ended::Broken(why)) => {
-                if *stop_rx.borrow() && updates_rx.is_closed() && unacked.is_empty() {
+                if *stop_rx.borrow() && updates_rx.is_empty() && unacked.is_empty() {
                     return Ok(());
                 }
                 tracing::warn!(server = %remote.server, error = %why, retry_in = ?backoff, unacked = unacked.len(), "agent stream down; reconnecting");
@@ -116,8 +121,10 @@ fn out(m: agent_message::Msg) -> AgentMessage {
 }
 
 /// One connection: register, resend what is unacknowledged, then pump both ways.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     remote: &RemoteConfig,
+    agent: &Agent,
     name: &str,
     registered: &mut bool,
     unacked: &mut BTreeMap<u64, StatusUpdate>,
@@ -125,8 +132,18 @@ async fn session(
     commands: &mpsc::Sender<ToAgent>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Ended, RemoteError> {
-    let mut client = match AgentServiceClient::connect(remote.server.clone()).await {
-        Ok(c) => c,
+    let endpoint = match tonic::transport::Endpoint::from_shared(remote.server.clone()) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(5))
+            // A silent link (a cut cable, a dead server host) is noticed in ~15 s, not after TCP's
+            // retransmissions give up many minutes later; the agent then reconnects and re-registers.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true),
+        Err(e) => return Ok(Ended::Broken(format!("invalid server address {}: {e}", remote.server))),
+    };
+    let mut client = match endpoint.connect().await {
+        Ok(ch) => AgentServiceClient::new(ch),
         Err(e) => return Ok(Ended::Broken(format!("cannot connect to {}: {e}", remote.server))),
     };
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
@@ -137,7 +154,11 @@ async fn session(
         mem: remote.resources.mem,
         disk: remote.resources.disk,
         attributes: remote.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>(),
-        held: Vec::new(),
+        held: agent
+            .held()
+            .into_iter()
+            .map(|h| tug_proto::HeldRun { run_id: h.run_id, attempt: h.attempt, finished: h.finished })
+            .collect(),
     };
     let _ = tx.send(out(agent_message::Msg::Register(register))).await;
     let mut inbound = match client.session(ReceiverStream::new(rx)).await {
@@ -145,7 +166,7 @@ async fn session(
         Err(e) => return Ok(Ended::Broken(format!("opening the agent stream: {e}"))),
     };
     match inbound.message().await {
-        Ok(Some(ServerMessage { msg: Some(server_message::Msg::Registered(_)) })) => {}
+        Ok(Some(ServerMessage { msg: Some(server_message::Msg::Registered(r)) })) => agent.observe_epoch(r.epoch),
         Ok(Some(ServerMessage { msg: Some(server_message::Msg::Refused(r)) })) => return Err(RemoteError::Refused(r.reason)),
         Ok(other) => return Ok(Ended::Broken(format!("expected Registered, got {other:?}"))),
         Err(e) => return Ok(Ended::Broken(format!("registering: {e}"))),
@@ -159,7 +180,9 @@ async fn session(
     }
     let mut flushing: Option<tokio::time::Instant> = None;
     loop {
-        if updates.is_closed() && updates.is_empty() && *stop.borrow() {
+        // `updates` stays open (this bridge keeps the agent), but once the agent loop is done it
+        // sends nothing more.
+        if *stop.borrow() && updates.is_empty() {
             // The agent loop is done: wait (briefly) for the last acks.
             if unacked.is_empty() {
                 return Ok(Ended::Done);
@@ -198,10 +221,16 @@ async fn session(
                         Err(e) => tracing::error!(error = %e, "undecodable command from the server dropped"),
                     },
                     server_message::Msg::Ack(a) => {
-                        unacked.remove(&a.seq);
+                        if let Some(u) = unacked.remove(&a.seq) {
+                            agent.delivered(&u);
+                        }
                     }
                     server_message::Msg::Refused(r) => return Err(RemoteError::Refused(r.reason)),
-                    server_message::Msg::Registered(_) | server_message::Msg::LogRequest(_) => {}
+                    server_message::Msg::Registered(r) => agent.observe_epoch(r.epoch),
+                    server_message::Msg::LogRequest(req) => {
+                        let (logs, tx) = (agent.logs().clone(), tx.clone());
+                        tokio::spawn(async move { send_log(&logs, req, &tx).await });
+                    }
                 },
                 Ok(Some(ServerMessage { msg: None })) => {}
                 Ok(None) => return Ok(Ended::Broken("the server closed the stream".into())),
@@ -221,4 +250,16 @@ async fn send_update(tx: &mpsc::Sender<AgentMessage>, u: &StatusUpdate) -> bool 
             true
         }
     }
+}
+
+/// Answers a log read from the server with up to `max` bytes of the run's log (none yet: empty).
+async fn send_log(logs: &LogFiles, req: tug_proto::LogRequest, tx: &mpsc::Sender<AgentMessage>) {
+    let max = (req.max as usize).min(1 << 20);
+    let (data, error) = match logs.read(req.run_id, req.offset, max).await {
+        Ok(d) => (d, String::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), String::new()),
+        Err(e) => (Vec::new(), format!("reading the log of run {}: {e}", req.run_id)),
+    };
+    let chunk = tug_proto::LogChunk { request: req.request, data, error };
+    let _ = tx.send(out(agent_message::Msg::LogChunk(chunk))).await;
 }

@@ -60,6 +60,12 @@ enum AgentCli {
     Run(cmd::agent_run::AgentRunArgs),
     #[command(flatten)]
     Manage(cmd::agent::AgentCommand),
+    /// Supervise one durable process run; started by the agent, not by hand.
+    #[command(hide = true)]
+    Shim {
+        /// The run's checkpoint directory.
+        run_dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +97,7 @@ fn main() -> std::process::ExitCode {
                 cmd::agent_run::run(server, a).await
             }
             Command::Agent(AgentCli::Manage(c)) => cmd::agent::run(&cli.server, c).await,
+            Command::Agent(AgentCli::Shim { run_dir }) => cmd::agent::shim(&run_dir).await,
             Command::Schedule(c) => cmd::schedule::run(c),
             Command::Bench(c) => cmd::bench::run(c).await,
         }

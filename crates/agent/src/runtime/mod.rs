@@ -1,6 +1,7 @@
 //! Runtimes: how an agent turns a [`Launch`] into a running process. `process` forks a child in
-//! its own process group; `docker` runs it in a container (see [`docker`]); `noop` finishes at
-//! once (for benchmarks); [`Dispatch`] routes each launch by its task's runtime kind.
+//! its own process group; `shim` does the same under a supervisor that outlives the agent (durable
+//! agents); `docker` runs it in a container (see [`docker`]); `noop` finishes at once (for
+//! benchmarks); [`Dispatch`] routes each launch by its task's runtime kind.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +15,10 @@ pub mod docker;
 mod ending;
 pub mod noop;
 pub mod process;
+pub mod shim;
 
 /// How an attempt ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// succeeded, failed, killed or timed_out.
     pub state: RunState,

@@ -80,12 +80,16 @@ impl Runtime for ProcessRuntime {
             run = ctx.launch.run_id,
             attempt = ctx.launch.attempt
         );
-        run_attempt(ctx).instrument(span).await
+        // Output of background processes still holding the pipes goes on being copied by the
+        // detached tail task.
+        run_attempt(ctx).instrument(span).await.0
     }
 }
 
-
-async fn run_attempt(ctx: RunContext) -> Outcome {
+/// Runs one attempt like [`ProcessRuntime::run`], and also returns the task that copies the output
+/// of background processes still holding the pipes after the leader exited (if any), so that a
+/// caller about to exit (the shim) can wait for it.
+pub(crate) async fn run_attempt(ctx: RunContext) -> (Outcome, Option<tokio::task::JoinHandle<()>>) {
     let RunContext { launch, logs, log_limit, mut kill, grace, started } = ctx;
     let run_id = launch.run_id;
     let log = match logs.writer(run_id, log_limit).await {
@@ -104,18 +108,18 @@ async fn run_attempt(ctx: RunContext) -> Outcome {
             signal: None,
             reason: Some(format!("{} before it started", why_stopped(reason, &launch))),
         };
-        return finish_without_process(log, outcome).await;
+        return (finish_without_process(log, outcome).await, None);
     }
 
     let mut command = match prepare(&launch).await {
         Ok(c) => c,
-        Err(reason) => return finish_without_process(log, Outcome::failed_to_start(reason)).await,
+        Err(reason) => return (finish_without_process(log, Outcome::failed_to_start(reason)).await, None),
     };
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
             let reason = format!("cannot start {}: {e}", describe_start(&launch));
-            return finish_without_process(log, Outcome::failed_to_start(reason)).await;
+            return (finish_without_process(log, Outcome::failed_to_start(reason)).await, None);
         }
     };
     let (pid, pgid) = match child.id().and_then(|p| Some((p, Pid::from_raw(i32::try_from(p).ok()?)))) {
@@ -125,7 +129,7 @@ async fn run_attempt(ctx: RunContext) -> Outcome {
             let _ = child.start_kill();
             let _ = child.wait().await;
             let reason = format!("cannot start {}: the process has no usable id", describe_start(&launch));
-            return finish_without_process(log, Outcome::failed_to_start(reason)).await;
+            return (finish_without_process(log, Outcome::failed_to_start(reason)).await, None);
         }
     };
     tracing::debug!(pid, "started");
@@ -152,16 +156,17 @@ async fn run_attempt(ctx: RunContext) -> Outcome {
             "the command exited but background processes still hold its output open; \
              their output keeps going to the log until they close it"
         );
-        tokio::spawn(capture.copy_to_end().in_current_span());
-    } else {
-        capture.close().await;
+        let tail = tokio::spawn(capture.copy_to_end().in_current_span());
+        tracing::debug!(state = %outcome.state, reason = outcome.reason.as_deref().unwrap_or(""), "finished");
+        return (outcome, Some(tail));
     }
+    capture.close().await;
     tracing::debug!(state = %outcome.state, reason = outcome.reason.as_deref().unwrap_or(""), "finished");
-    outcome
+    (outcome, None)
 }
 
 /// Records why nothing ran in the log (so `tug logs` shows it) and returns `outcome`.
-async fn finish_without_process(log: Option<LogWriter>, outcome: Outcome) -> Outcome {
+pub(crate) async fn finish_without_process(log: Option<LogWriter>, outcome: Outcome) -> Outcome {
     if let Some(mut log) = log {
         let written = match &outcome.reason {
             Some(reason) => log.line(reason).await,
@@ -342,7 +347,7 @@ async fn stop_group(pgid: Pid, stop: &mut Stop, capture: &mut Capture) {
 }
 
 /// Resolves once `kill` holds a reason; never, if the sender is gone without one.
-async fn kill_requested(kill: &mut watch::Receiver<Option<KillReason>>) -> KillReason {
+pub(crate) async fn kill_requested(kill: &mut watch::Receiver<Option<KillReason>>) -> KillReason {
     let reason = match kill.wait_for(Option::is_some).await {
         Ok(r) => *r,
         Err(_) => None,

@@ -1,5 +1,7 @@
-//! `tug agent list|show|drain|undrain`: the agents a server knows.
+//! `tug agent list|show|drain|undrain`: the agents a server knows; and the hidden `tug agent
+//! shim`, the supervisor an agent starts each durable process run under.
 
+use anyhow::Context;
 use serde_json::Value;
 
 use super::{field, print_json};
@@ -51,6 +53,20 @@ fn row(a: &Value) -> Vec<String> {
 }
 
 const HEADER: [&str; 6] = ["NAME", "STATE", "CPUS USED/TOTAL", "MEM USED/TOTAL", "RUNS", "LAST SEEN"];
+
+/// `tug agent shim <RUN_DIR>`: supervises one durable run to its end. Its diagnostics go to
+/// stderr, which the agent points at the run's checkpoint (`shim.log`).
+pub async fn shim(run_dir: &std::path::Path) -> anyhow::Result<()> {
+    let filter = std::env::var("TUG_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .try_init();
+    tug_agent::runtime::shim::run(run_dir)
+        .await
+        .with_context(|| format!("supervising the run in {}", run_dir.display()))
+}
 
 /// Runs a `tug agent` subcommand.
 pub async fn run(server: &str, cmd: AgentCommand) -> anyhow::Result<()> {

@@ -1,6 +1,8 @@
 //! `tug agent run`: an agent in its own process, joined to a `tug server` over the agent protocol.
 //! It runs process jobs, and docker jobs when Docker is reachable (connected on the first docker
-//! run). Run logs stay in this agent's data dir.
+//! run). Run logs stay in this agent's data dir. Process runs are durable: each runs under a shim
+//! (`tug agent shim`) with a checkpoint in `<data dir>/runs`, so stopping or restarting the agent
+//! leaves them running; the next start re-attaches them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,8 +13,8 @@ use tug_agent::remote::{self, RemoteConfig};
 use tug_agent::runtime::noop::NoopRuntime;
 use tug_agent::runtime::{Dispatch, SharedRuntime};
 use tug_agent::runtime::docker::{DockerConfig, LazyDocker};
-use tug_agent::runtime::process::ProcessRuntime;
-use tug_agent::AgentConfig;
+use tug_agent::runtime::shim::ShimRuntime;
+use tug_agent::{AgentConfig, Durability};
 use tug_core::bytesize::ByteSize;
 use tug_core::placement::Capacity;
 use tug_store::logs::LogFiles;
@@ -91,8 +93,8 @@ fn hostname() -> String {
         .unwrap_or_else(|| "agent".into())
 }
 
-/// Runs the agent until a signal arrives (then stops its runs and reports how they ended), or
-/// until the server refuses it.
+/// Runs the agent until a signal arrives (then leaves its process runs going, to be re-attached at
+/// the next start), or until the server refuses it.
 pub async fn run(server: &str, args: AgentRunArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
@@ -107,12 +109,18 @@ pub async fn run(server: &str, args: AgentRunArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| super::default_data_dir().join("agent"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let docker = LazyDocker::new(DockerConfig::new(&name, data_dir.join("docker")));
-    let runtime: SharedRuntime = if args.noop {
-        Arc::new(NoopRuntime)
+    let (runtime, durable): (SharedRuntime, _) = if args.noop {
+        (Arc::new(NoopRuntime), None)
     } else {
-        Arc::new(Dispatch::new(Arc::new(ProcessRuntime::new()), Ok(Arc::new(docker))))
+        let durable = Durability {
+            dir: data_dir.join("runs"),
+            shim: std::env::current_exe().context("finding the tug executable to supervise runs with")?,
+            detach_on_stop: true,
+        };
+        let process = Arc::new(ShimRuntime::new(&durable));
+        (Arc::new(Dispatch::new(process, Ok(Arc::new(docker)))), Some(durable))
     };
-    let config = AgentConfig { name: name.clone(), log_limit: args.log_limit, ..AgentConfig::default() };
+    let config = AgentConfig { name: name.clone(), log_limit: args.log_limit, durable, ..AgentConfig::default() };
     eprintln!(
         "Tugboat agent {name} joining {} with {} cpus, {} MiB memory; data in {}",
         remote.server,

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tug_agent::runtime::docker::{DockerConfig, LazyDocker};
-use tug_agent::runtime::process::ProcessRuntime;
+use tug_agent::Durability;
+use tug_agent::runtime::shim::ShimRuntime;
 use tug_agent::runtime::{Dispatch, SharedRuntime};
 use tug_server::clock::SystemClock;
 use tug_server::embedded::{Embedded, EmbeddedConfig};
@@ -111,7 +112,16 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     if args.per_job_metrics > 0 {
         config.per_job_metrics_limit = args.per_job_metrics;
     }
-    let runtime = Arc::new(Dispatch::new(Arc::new(ProcessRuntime::new()), docker_runtime(&config.agent_name, &data_dir).await));
+    // Process runs go through a shim with a checkpoint, so that a run that ends while `tug up`
+    // is down (it stops its runs, but may crash) is still recorded with its exit status.
+    let durable = Durability {
+        dir: data_dir.join("agent-runs"),
+        shim: std::env::current_exe().context("finding the tug executable to supervise runs with")?,
+        detach_on_stop: false,
+    };
+    let process = Arc::new(ShimRuntime::new(&durable));
+    config.agent_durability = Some(durable);
+    let runtime = Arc::new(Dispatch::new(process, docker_runtime(&config.agent_name, &data_dir).await));
     let server = Embedded::start(config, runtime, Arc::new(SystemClock), Some(listener)).await?;
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "tugboat is up");
     eprintln!("Tugboat is up: API at http://{}/api/v1, data in {}", args.listen, data_dir.display());
