@@ -161,3 +161,11 @@ fn up_reads_a_config_file_and_names_its_mistakes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("https"), "a global https webhook is refused at start: {err}");
 }
+
+#[test]
+fn an_agent_refuses_a_server_address_that_is_not_a_url() {
+    for bad in ["10.0.0.1:4401", "https://10.0.0.1:4401"] {
+        let err = fails(bad, &["agent", "run", "--name", "x"]);
+        assert!(err.contains("invalid --server") && err.contains("e.g. --server http://10.0.0.1:4401"), "{err}");
+    }
+}

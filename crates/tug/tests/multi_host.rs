@@ -128,7 +128,11 @@ async fn killed_agent_run_is_lost_and_retried_elsewhere() {
 async fn restarted_agent_reattaches_its_run() {
     let mut c = three_racks(&[]).await;
     let marker = c.path("reattach.marker");
-    c.create_and_run(marked_job("reattach", 8, &marker, 1)).await;
+    let mut job = marked_job("reattach", 8, &marker, 1);
+    // Output before and after the agent's restart, both in the run's log.
+    let script = format!("echo before; {}; echo after", job["command"][2].as_str().unwrap());
+    job["command"][2] = json!(script);
+    c.create_and_run(job).await;
     let first = c.wait_run("reattach", Duration::from_secs(10), "reattach to run", |r| r["state"] == "running").await;
     let i = host_of(&first["agent"]);
     let name = first["agent"].as_str().unwrap().to_string();
@@ -151,6 +155,13 @@ async fn restarted_agent_reattaches_its_run() {
     assert_eq!(done["attempt"], 1, "on its first attempt: {seen}");
     assert_eq!(done["agent"], name.as_str(), "on the restarted agent: {seen}");
     assert_eq!(marker_lines(&marker), vec![format!("{} 1", done["id"])], "the command ran to the end exactly once");
+    // The log stays on the agent's host; the server reads it through the agent's stream.
+    let (status, log) = c.get_text(&format!("/runs/{}/log", done["id"])).await;
+    assert_eq!((status, log.as_str()), (200, "before\nafter\n"), "the whole log, read from the agent");
+    c.kill_agent(i);
+    let (status, err) = c.get_text(&format!("/runs/{}/log", done["id"])).await;
+    assert_eq!(status, 503, "{err}");
+    assert!(err.contains(&format!("the log is on agent {name}, which is not connected now")), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

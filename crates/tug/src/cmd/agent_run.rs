@@ -96,10 +96,12 @@ fn hostname() -> String {
 /// Runs the agent until a signal arrives (then leaves its process runs going, to be re-attached at
 /// the next start), or until the server refuses it.
 pub async fn run(server: &str, args: AgentRunArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
-        .init();
+    super::init_logs(&args.log)?;
     let name = args.name.unwrap_or_else(hostname);
+    let valid = reqwest::Url::parse(server).ok().filter(|u| u.scheme() == "http" && u.host().is_some());
+    if valid.is_none() {
+        bail!("invalid --server {server:?}: give the server's agent endpoint as a URL, e.g. --server http://10.0.0.1:4401 (plain http: the agent protocol has no TLS yet)");
+    }
     let remote = RemoteConfig {
         server: server.to_string(),
         join_token: args.join_token,

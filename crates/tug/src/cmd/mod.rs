@@ -51,7 +51,8 @@ pub async fn shutdown_signal() {
 pub fn init_logs(filter: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid --log filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs to stderr, like the banner; stdout stays for what commands print.
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     Ok(())
 }
 

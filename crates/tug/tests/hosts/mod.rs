@@ -204,7 +204,7 @@ impl Drop for Net {
     }
 }
 
-/// A child process with its output (stdout and stderr: logs go to stdout) in a file; SIGKILLed
+/// A child process with its output (stdout and stderr) in a file; SIGKILLed
 /// on drop.
 pub struct Proc {
     /// The process.
@@ -417,6 +417,12 @@ impl Cluster {
             Ok(r) => r.json().await.unwrap_or(Value::Null),
             Err(_) => Value::Null,
         }
+    }
+
+    /// GET of an API path under /api/v1 as text, with its status.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("{}/api/v1{path}", self.api)).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
     /// POST of JSON to an API path under /api/v1; panics unless it succeeds.
