@@ -169,3 +169,24 @@ fn an_agent_refuses_a_server_address_that_is_not_a_url() {
         assert!(err.contains("invalid --server") && err.contains("e.g. --server http://10.0.0.1:4401"), "{err}");
     }
 }
+
+#[test]
+fn a_run_outlives_a_kill_9_of_tug_up_and_is_recorded_once() {
+    let mut up = Up::start();
+    let s = up.server.clone();
+    ok(&s, &["job", "add", "steady", "--schedule", "@yearly", "--", "echo before; sleep 3; echo after"]);
+    let id = json(&s, &["job", "run", "steady", "--json"])["id"].as_u64().unwrap().to_string();
+    for _ in 0..100 {
+        if json(&s, &["run", "show", &id, "--json"])["state"] == "running" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    up.kill9_and_restart();
+    // The restarted agent re-attaches the run; the restarted scheduler carries on with it.
+    let done = wait_for_success(&s, "steady");
+    assert_eq!(done["id"].as_u64().unwrap().to_string(), id);
+    assert_eq!(done["attempt"], 1, "not retried: {done}");
+    assert_eq!(json(&s, &["runs", "steady", "--json"]).as_array().unwrap().len(), 1);
+    assert_eq!(ok(&s, &["logs", &id]), "before\nafter\n", "one log, written across the restart");
+}

@@ -16,7 +16,7 @@ use crate::table::{self, Table};
 pub enum JobCommand {
     /// Add a job from a file (TOML or JSON) or from flags and a command.
     #[command(after_help = "Examples:\n  tug job add -f backup.toml\n  tug job add hello --schedule '*/5 * * * * *' -- echo hello\n  tug job add report --schedule '0 9 * * MON-FRI' --tz Europe/Berlin --retries 2 --timeout 10m -- ./report.sh\n  tug job add publish --parents build,test -- ./publish.sh\n  tug job add etl --schedule '@hourly' --cpus 2 --mem 4GiB --constraint rack:EQUALS:r1 -- ./etl.sh")]
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List jobs.
     List(ListArgs),
     /// Show one job.
@@ -111,7 +111,7 @@ pub struct NameArgs {
 pub async fn run(server: &str, cmd: JobCommand) -> anyhow::Result<()> {
     let c = Client::new(server);
     match cmd {
-        JobCommand::Add(a) => add(&c, a).await,
+        JobCommand::Add(a) => add(&c, *a).await,
         JobCommand::List(a) => list(&c, a).await,
         JobCommand::Show(a) => {
             let job = c.get(&format!("/jobs/{}", enc(&a.name))).await?;

@@ -17,25 +17,18 @@ pub struct Up {
 
 impl Up {
     /// Starts it and waits until it listens.
-    #[allow(clippy::zombie_processes)] // waited for in Drop
     pub fn start() -> Up {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(TUG)
-            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = format!("http://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Up { child, server, _dir: dir };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("tug up did not start listening");
+        let child = spawn(dir.path(), port);
+        Up { child, server: format!("http://127.0.0.1:{port}"), _dir: dir }
+    }
+
+    /// Kills it with SIGKILL (no shutdown at all) and starts it again on the same port and data.
+    pub fn kill9_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = spawn(self._dir.path(), self.port());
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -49,6 +42,25 @@ impl Up {
         }
         panic!("tug up did not exit after SIGTERM");
     }
+}
+
+/// Starts `tug up` and waits until it listens.
+fn spawn(dir: &std::path::Path, port: u16) -> std::process::Child {
+    #[allow(clippy::zombie_processes)] // waited for by `Up`
+    let child = Command::new(TUG)
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("tug up did not start listening");
 }
 
 impl Drop for Up {
