@@ -78,6 +78,9 @@ impl AgentInfo {
     }
 }
 
+/// Runs by attribute name, then value.
+type AttrRuns = HashMap<String, HashMap<String, u32>>;
+
 /// The cluster as placement sees it.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -85,6 +88,11 @@ pub struct Snapshot {
     pub agents: Vec<AgentInfo>,
     /// Active runs per job per agent index (for spread, UNIQUE and GROUP_BY).
     pub job_runs: HashMap<String, HashMap<usize, u32>>,
+    /// Active runs per job per value of each attribute some UNIQUE or GROUP_BY constraint has
+    /// asked about (`tracked`), kept in step with `job_runs` so each answer is one lookup.
+    /// Attributes no such constraint names cost nothing.
+    job_attr_runs: HashMap<String, AttrRuns>,
+    tracked: Vec<String>,
     cursor: usize,
     /// Agents satisfying each distinct set of attribute-only constraints, computed on first use.
     candidates: HashMap<String, std::sync::Arc<Vec<usize>>>,
@@ -138,11 +146,9 @@ impl CompiledConstraint {
             Operator::Like => value.is_some_and(|v| self.regex.as_ref().is_some_and(|r| r.is_match(v))),
             Operator::Unlike => value.is_none_or(|v| !self.regex.as_ref().is_some_and(|r| r.is_match(v))),
             Operator::Unique => {
-                // No other agent with the same value may hold an active run of the job.
+                // No agent with the same value may hold an active run of the job.
                 let Some(v) = value else { return false };
-                snap.job_runs.get(job).is_none_or(|m| {
-                    m.iter().all(|(&a, &n)| n == 0 || snap.agents[a].attributes.get(&c.attribute) != Some(v))
-                })
+                snap.attr_runs(job, &c.attribute, v) == 0
             }
             Operator::GroupBy => value.is_some(),
         }
@@ -152,7 +158,19 @@ impl CompiledConstraint {
 impl Snapshot {
     /// A snapshot of these agents with no runs.
     pub fn new(agents: Vec<AgentInfo>) -> Snapshot {
-        Snapshot { agents, job_runs: HashMap::new(), cursor: 0, candidates: HashMap::new() }
+        Snapshot {
+            agents,
+            job_runs: HashMap::new(),
+            job_attr_runs: HashMap::new(),
+            tracked: Vec::new(),
+            cursor: 0,
+            candidates: HashMap::new(),
+        }
+    }
+
+    /// Active runs of `job` on agents whose attribute `attr` is `value`.
+    fn attr_runs(&self, job: &str, attr: &str, value: &str) -> u32 {
+        self.job_attr_runs.get(job).and_then(|m| m.get(attr)).and_then(|m| m.get(value)).copied().unwrap_or(0)
     }
 
     /// Indices of agents whose attributes satisfy the request's static constraints (all but
@@ -208,12 +226,7 @@ impl Snapshot {
             if c.constraint.operator == Operator::GroupBy {
                 // Fewer runs of the job in this agent's group is better.
                 let attr = &c.constraint.attribute;
-                let value = a.attributes.get(attr);
-                let in_group: u32 = self
-                    .job_runs
-                    .get(req.job)
-                    .map(|m| m.iter().filter(|(j, _)| self.agents[**j].attributes.get(attr) == value).map(|(_, n)| *n).sum())
-                    .unwrap_or(0);
+                let in_group = a.attributes.get(attr).map_or(0, |v| self.attr_runs(req.job, attr, v));
                 s -= 1000.0 * f64::from(in_group);
             }
         }
@@ -222,6 +235,11 @@ impl Snapshot {
 
     /// Chooses an agent for `req`, or says why none fits. Does not change the snapshot.
     pub fn place(&mut self, req: &Request<'_>) -> Result<usize, NoFit> {
+        for c in req.constraints {
+            if matches!(c.constraint.operator, Operator::Unique | Operator::GroupBy) {
+                self.track(&c.constraint.attribute);
+            }
+        }
         let n = self.agents.len();
         if n == 0 {
             return Err(NoFit::NoAgents);
@@ -269,6 +287,26 @@ impl Snapshot {
     /// Call after changing an agent's attributes in place.
     pub fn attributes_changed(&mut self) {
         self.candidates.clear();
+        self.job_attr_runs.clear();
+        for attr in std::mem::take(&mut self.tracked) {
+            self.track(&attr);
+        }
+    }
+
+    /// Starts counting runs by the values of `attr` (once per attribute), from runs by agent.
+    fn track(&mut self, attr: &str) {
+        if self.tracked.iter().any(|t| t == attr) {
+            return;
+        }
+        self.tracked.push(attr.to_string());
+        for (job, per_agent) in &self.job_runs {
+            let values = self.job_attr_runs.entry(job.clone()).or_default().entry(attr.to_string()).or_default();
+            for (&i, &n) in per_agent {
+                if let Some(v) = self.agents[i].attributes.get(attr) {
+                    *values.entry(v.clone()).or_default() += n;
+                }
+            }
+        }
     }
 
     /// Records a run of `job` with `needs` on agent `i`.
@@ -276,6 +314,23 @@ impl Snapshot {
         let a = &mut self.agents[i];
         a.used = a.used.plus(needs);
         *self.job_runs.entry(job.to_string()).or_default().entry(i).or_default() += 1;
+        if self.tracked.is_empty() {
+            return;
+        }
+        let counts = self.job_attr_runs.entry(job.to_string()).or_default();
+        for k in &self.tracked {
+            let Some(v) = a.attributes.get(k) else { continue };
+            let values = match counts.get_mut(k) {
+                Some(m) => m,
+                None => counts.entry(k.clone()).or_default(),
+            };
+            match values.get_mut(v) {
+                Some(n) => *n += 1,
+                None => {
+                    values.insert(v.clone(), 1);
+                }
+            }
+        }
     }
 
     /// Releases a run of `job` with `needs` from agent `i`.
@@ -284,8 +339,17 @@ impl Snapshot {
         a.used = a.used.minus(needs);
         if let Some(m) = self.job_runs.get_mut(job)
             && let Some(c) = m.get_mut(&i)
+            && *c > 0
         {
-            *c = c.saturating_sub(1);
+            *c -= 1;
+            if let Some(counts) = self.job_attr_runs.get_mut(job) {
+                for k in &self.tracked {
+                    let Some(v) = a.attributes.get(k) else { continue };
+                    if let Some(n) = counts.get_mut(k).and_then(|m| m.get_mut(v)) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+            }
         }
     }
 }
