@@ -162,3 +162,26 @@ fn equal_agents_take_turns_even_when_one_cannot_take_the_run() {
     }
     assert_eq!(counts, [0, 100, 100, 100]);
 }
+
+#[test]
+fn unique_counts_follow_releases_and_attribute_changes() {
+    let mut s = Snapshot::new(vec![agent("a", 4.0, 8, &[("rack", "r1")]), agent("b", 4.0, 8, &[("rack", "r2")])]);
+    let cs = cons(&[&["rack", "UNIQUE"]]);
+    let r = req("j", 1.0, &cs);
+    let first = s.place(&r).unwrap();
+    s.commit(first, "j", &r.needs);
+    let second = s.place(&r).unwrap();
+    s.commit(second, "j", &r.needs);
+    assert!(s.place(&r).is_err(), "both racks hold a run");
+    // A run ends: its rack is free again.
+    s.release(first, "j", &r.needs);
+    assert_eq!(s.place(&r).unwrap(), first);
+    // The agent without a run moves into the other's rack: no rack is free any more.
+    let other = 1 - second;
+    s.commit(other, "j", &r.needs);
+    s.release(other, "j", &r.needs);
+    let moved_to = s.agents[second].attributes["rack"].clone();
+    s.agents[other].attributes.insert("rack".into(), moved_to);
+    s.attributes_changed();
+    assert!(s.place(&r).is_err(), "the only rack holds a run");
+}
