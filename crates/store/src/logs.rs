@@ -82,6 +82,30 @@ impl LogFiles {
         }
         first_error.map_or(Ok(()), Err)
     }
+
+    /// Removes the logs not written to for longer than `age` (by modification time); returns how
+    /// many. For agents, whose logs outlive the run records the server prunes. A missing
+    /// directory holds nothing to remove.
+    pub async fn remove_older_than(&self, age: std::time::Duration) -> io::Result<usize> {
+        let mut entries = match fs::read_dir(&self.dir).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        while let Some(entry) = entries.next_entry().await? {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            let Ok(modified) = entry.metadata().await.and_then(|m| m.modified()) else { continue };
+            if now.duration_since(modified).is_ok_and(|d| d > age) && fs::remove_file(&path).await.is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }
 
 /// The last byte of a file of length `len > 0`.

@@ -133,3 +133,25 @@ async fn remove_ignores_missing_logs() {
     // A directory that never existed is fine too.
     LogFiles::new("/nonexistent/tug-logs").remove(&[1]).await.unwrap();
 }
+
+#[tokio::test]
+async fn logs_past_their_age_are_removed_and_others_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = LogFiles::new(dir.path().join("logs"));
+    assert_eq!(logs.remove_older_than(std::time::Duration::from_secs(1)).await.unwrap(), 0, "no directory yet");
+    for run in [1, 2] {
+        let mut w = logs.writer(run, 1 << 20).await.unwrap();
+        w.write(b"output\n").await.unwrap();
+        w.finish().await.unwrap();
+    }
+    std::fs::write(dir.path().join("logs/notes.txt"), "not a log").unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(10 * 86_400);
+    for path in [logs.path(1), dir.path().join("logs/notes.txt")] {
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(old).unwrap();
+    }
+    let week = std::time::Duration::from_secs(7 * 86_400);
+    assert_eq!(logs.remove_older_than(week).await.unwrap(), 1);
+    assert!(!logs.path(1).exists());
+    assert_eq!(contents(&logs, 2).await, "output\n");
+    assert!(dir.path().join("logs/notes.txt").exists(), "only run logs are removed");
+}

@@ -46,6 +46,10 @@ pub struct AgentRunArgs {
     /// Most bytes of output kept per run; the rest is dropped with a marker.
     #[arg(long, env = "TUG_LOG_LIMIT", default_value_t = 1 << 20)]
     log_limit: u64,
+    /// Run logs not written to for this long are removed (e.g. 7d, 12h). The server prunes run
+    /// records; the logs of runs on this agent stay here, so this bounds them.
+    #[arg(long, env = "TUG_LOG_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    log_retention: std::time::Duration,
     /// Log filter (e.g. info, debug, tug_agent=debug).
     #[arg(long, env = "TUG_LOG", default_value = "info")]
     log: String,
@@ -131,6 +135,27 @@ pub async fn run(server: &str, args: AgentRunArgs) -> anyhow::Result<()> {
         data_dir.display()
     );
     let logs = LogFiles::new(data_dir.join("logs"));
-    remote::run(remote, config, runtime, logs, super::shutdown_signal()).await?;
+    let sweeper = tokio::spawn(sweep_logs(logs.clone(), args.log_retention));
+    let result = remote::run(remote, config, runtime, logs, super::shutdown_signal()).await;
+    sweeper.abort();
+    result?;
     Ok(())
+}
+
+fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    let d: tug_core::Duration = s.parse().map_err(|e| format!("{e}; e.g. 7d or 12h"))?;
+    Ok(d.as_std())
+}
+
+/// Removes run logs older than `retention`, at start and then hourly.
+async fn sweep_logs(logs: LogFiles, retention: std::time::Duration) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match logs.remove_older_than(retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed run logs past the log retention"),
+            Err(e) => tracing::warn!(error = %e, dir = %logs.dir().display(), "sweeping old run logs failed"),
+        }
+    }
 }
