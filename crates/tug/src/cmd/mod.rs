@@ -52,7 +52,9 @@ pub fn init_logs(filter: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid --log filter")?;
     // Logs to stderr, like the banner; stdout stays for what commands print.
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     Ok(())
 }
 
