@@ -496,6 +496,12 @@ impl Scheduler {
 
     /// Sends a launch for an active run that is already written as `starting`.
     async fn dispatch(&mut self, id: RunId) {
+        self.dispatch_measured(id, true).await;
+    }
+
+    /// Like `dispatch`; with `measure` false its lateness is not recorded (a launch sent again
+    /// on reconnect is late by design, not because the scheduler was).
+    async fn dispatch_measured(&mut self, id: RunId, measure: bool) {
         self.launched_at.insert(id, tokio::time::Instant::now());
         let Some(run) = self.runs.get(&id) else { return };
         let Some(e) = self.entry(&run.job) else { return };
@@ -511,7 +517,7 @@ impl Scheduler {
             epoch: self.epoch,
             task,
         };
-        let measure = run.trigger == tug_core::run::Trigger::Schedule;
+        let measure = measure && run.trigger == tug_core::run::Trigger::Schedule;
         let at = Some(run.scheduled_at);
         let Some(to) = self.agent_tx(run.agent.as_deref()) else {
             tracing::error!(run = id, agent = ?run.agent, "run is starting on an unknown agent; not launched");

@@ -77,7 +77,7 @@ impl Scheduler {
         }
         self.kill_attempts(i, stale).await;
         for id in relaunch {
-            self.dispatch(id).await;
+            self.dispatch_measured(id, false).await;
         }
         if !lost.is_empty() {
             let reason = format!("agent {agent} came back without this run (it restarted and could not re-attach it); its outcome is unknown");
