@@ -517,7 +517,8 @@ impl Scheduler {
             epoch: self.epoch,
             task,
         };
-        let measure = measure && run.trigger == tug_core::run::Trigger::Schedule;
+        // Fire lateness is the first attempt's: a retry waits for its backoff on purpose.
+        let measure = measure && run.attempt == 1 && run.trigger == tug_core::run::Trigger::Schedule;
         let at = Some(run.scheduled_at);
         let Some(to) = self.agent_tx(run.agent.as_deref()) else {
             tracing::error!(run = id, agent = ?run.agent, "run is starting on an unknown agent; not launched");
