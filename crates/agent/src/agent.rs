@@ -308,7 +308,8 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = beat.tick() => {
-                    let hb = ToServer::Heartbeat { agent: self.config.name.clone() };
+                    let warm_containers = u32::try_from(self.runtime.warm_containers()).unwrap_or(u32::MAX);
+                    let hb = ToServer::Heartbeat { agent: self.config.name.clone(), warm_containers };
                     if self.updates.send(hb).await.is_err() {
                         tracing::warn!("server side of the agent channel is closed; heartbeat not delivered");
                     }

@@ -201,8 +201,8 @@ async fn session(
                         return Ok(Ended::Broken("stream closed".into()));
                     }
                 }
-                Some(ToServer::Heartbeat { .. })
-                    if tx.send(out(agent_message::Msg::Heartbeat(tug_proto::Heartbeat {}))).await.is_err() =>
+                Some(ToServer::Heartbeat { warm_containers, .. })
+                    if tx.send(out(agent_message::Msg::Heartbeat(tug_proto::Heartbeat { warm_containers }))).await.is_err() =>
                 {
                     return Ok(Ended::Broken("stream closed".into()));
                 }

@@ -228,6 +228,7 @@ async fn warm_hundred_runs_share_one_container_with_right_output_and_exit_codes(
         assert!(log.contains(&format!("out-{i} hundred\n")) && log.contains(&format!("err-{i}\n")), "run {i} log: {log:?}");
     }
     assert_eq!(env.rt.containers_created(), 1);
+    assert_eq!(env.rt.warm_containers(), 1, "what heartbeats report");
     let c = env.expect_containers(1).await;
     assert_eq!(c[0].1.get(label::JOB).map(String::as_str), Some("hundred"));
     assert_eq!(c[0].1.get(label::MODE).map(String::as_str), Some("warm"));

@@ -162,6 +162,9 @@ pub enum ToServer {
     Heartbeat {
         /// The agent's name.
         agent: String,
+        /// Warm containers its container runtime holds now.
+        #[serde(default)]
+        warm_containers: u32,
     },
     /// What the agent holds, sent once per connection before any status update of that
     /// connection (remote agents: in `Register`). The server reconciles its runs with it: kills

@@ -171,7 +171,10 @@ async fn forward(
     out: &mpsc::Sender<Result<ServerMessage, Status>>,
 ) -> bool {
     match m {
-        agent_message::Msg::Heartbeat(_) => updates.send(ToServer::Heartbeat { agent: name.to_string() }).await.is_ok(),
+        agent_message::Msg::Heartbeat(h) => {
+            let hb = ToServer::Heartbeat { agent: name.to_string(), warm_containers: h.warm_containers };
+            updates.send(hb).await.is_ok()
+        }
         agent_message::Msg::StatusUpdate(bytes) => {
             let update: StatusUpdate = match serde_json::from_slice(&bytes) {
                 Ok(u) => u,

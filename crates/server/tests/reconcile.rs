@@ -59,7 +59,7 @@ impl Hand {
         let (updates, agent) = (self.updates.clone(), self.name.clone());
         self.beats = Some(tokio::spawn(async move {
             loop {
-                if updates.send(ToServer::Heartbeat { agent: agent.clone() }).await.is_err() {
+                if updates.send(ToServer::Heartbeat { agent: agent.clone(), warm_containers: 0 }).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -286,4 +286,23 @@ async fn after_a_server_restart_runs_of_an_agent_that_never_returns_are_lost() {
     );
     let x_view = second.scheduler.agents().await.unwrap().into_iter().find(|a| a.name == "x").unwrap();
     assert_eq!(serde_json::to_value(x_view.state).unwrap(), "lost");
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_report_warm_containers_to_the_agent_list_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(Arc::new(MemStore::new()), dir.path()).await;
+    let mut x = Hand::join(&server, "x").await;
+    let mut y = Hand::join(&server, "y").await;
+    // Their own heartbeats (which say 0) stop, so only these count.
+    x.cut();
+    y.cut();
+    for (hand, warm) in [(&x, 3), (&y, 2)] {
+        hand.updates.send(ToServer::Heartbeat { agent: hand.name.clone(), warm_containers: warm }).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let agents = server.scheduler.agents().await.unwrap();
+    let warm = |n: &str| agents.iter().find(|a| a.name == n).unwrap().warm_containers;
+    assert_eq!((warm("x"), warm("y")), (3, 2));
+    assert_eq!(server.metrics.warm_containers.get(), 5);
 }

@@ -68,6 +68,10 @@ pub trait Runtime: Send + Sync + 'static {
         let _ = (job, task);
         Ok(())
     }
+    /// Warm containers it holds now (runtimes without containers: 0).
+    fn warm_containers(&self) -> usize {
+        0
+    }
 }
 
 /// A shared runtime.
@@ -91,6 +95,10 @@ impl Dispatch {
 impl Runtime for Dispatch {
     fn name(&self) -> &'static str {
         "dispatch"
+    }
+
+    fn warm_containers(&self) -> usize {
+        self.docker.as_ref().map_or(0, |d| d.warm_containers())
     }
 
     async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), String> {

@@ -56,6 +56,8 @@ pub(crate) struct Registered {
     pub awaited: bool,
     /// Attempts given up when the agent was lost, to stop if it comes back.
     pub given_up: Vec<(RunId, u32)>,
+    /// Warm containers it last said it holds.
+    pub warm_containers: u32,
 }
 
 /// All agents, indexed alike in `snapshot.agents` and `links`.
@@ -90,7 +92,7 @@ impl Agents {
             up: true,
             draining: false,
         });
-        self.links.push(Registered { tx: link.tx, last_seen: now, runs: HashSet::new(), awaited: false, given_up: Vec::new() });
+        self.links.push(Registered { tx: link.tx, last_seen: now, runs: HashSet::new(), awaited: false, given_up: Vec::new(), warm_containers: 0 });
         self.by_name.insert(link.name, i);
         i
     }
@@ -112,7 +114,7 @@ impl Agents {
             up: false,
             draining: false,
         });
-        self.links.push(Registered { tx, last_seen: now, runs: HashSet::new(), awaited: true, given_up: Vec::new() });
+        self.links.push(Registered { tx, last_seen: now, runs: HashSet::new(), awaited: true, given_up: Vec::new(), warm_containers: 0 });
         self.by_name.insert(name.to_string(), i);
         i
     }
@@ -178,6 +180,8 @@ pub struct AgentView {
     pub disk: (u64, u64),
     /// Active runs on it.
     pub runs: usize,
+    /// Warm containers it holds.
+    pub warm_containers: u32,
     /// Seconds since it was last heard from.
     pub last_seen_secs: f64,
 }
@@ -194,6 +198,7 @@ impl Agents {
             mem: (a.total.mem, a.used.mem),
             disk: (a.total.disk, a.used.disk),
             runs: self.links[i].runs.len(),
+            warm_containers: self.links[i].warm_containers,
             last_seen_secs: now.duration_since(self.links[i].last_seen).as_secs_f64(),
         }
     }

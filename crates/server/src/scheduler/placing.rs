@@ -129,8 +129,15 @@ impl Scheduler {
 
     /// Notes a heartbeat; an agent that was lost and is back has the attempts given up on it
     /// stopped, and makes room for waiting runs.
-    pub(super) async fn heartbeat(&mut self, agent: &str) {
+    pub(super) async fn heartbeat(&mut self, agent: &str, warm_containers: u32) {
         let was_up = self.agents.index(agent).is_some_and(|i| self.agents.snapshot.agents[i].up);
+        if let Some(i) = self.agents.index(agent)
+            && self.agents.links[i].warm_containers != warm_containers
+        {
+            self.agents.links[i].warm_containers = warm_containers;
+            let total: u64 = self.agents.links.iter().map(|l| u64::from(l.warm_containers)).sum();
+            self.metrics.warm_containers.set(i64::try_from(total).unwrap_or(i64::MAX));
+        }
         if let Some(i) = self.agents.seen(agent, tokio::time::Instant::now())
             && !was_up
         {

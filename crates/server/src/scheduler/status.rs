@@ -30,16 +30,17 @@ impl Scheduler {
                         changed.push(u.run_id);
                     }
                 }
-                ToServer::Heartbeat { agent } => {
-                    if !beats.contains(&agent) {
-                        beats.push(agent);
+                ToServer::Heartbeat { agent, warm_containers } => {
+                    match beats.iter_mut().find(|(a, _)| *a == agent) {
+                        Some(b) => b.1 = warm_containers,
+                        None => beats.push((agent, warm_containers)),
                     }
                 }
                 ToServer::Held { agent, runs } => held.push((agent, runs)),
             }
         }
-        for agent in beats {
-            self.heartbeat(&agent).await;
+        for (agent, warm) in beats {
+            self.heartbeat(&agent, warm).await;
         }
         self.save_and_complete(changed, attempts, finished, now).await;
         // After the batch: updates an agent sent before reconnecting are applied first.

@@ -48,11 +48,12 @@ fn row(a: &Value) -> Vec<String> {
         format!("{}/{}", a["cpus"][1], a["cpus"][0]),
         format!("{}/{} GiB", gib(&a["mem"][1]), gib(&a["mem"][0])),
         field(a, "runs"),
+        field(a, "warm_containers"),
         format!("{:.0}s ago", a["last_seen_secs"].as_f64().unwrap_or(0.0)),
     ]
 }
 
-const HEADER: [&str; 6] = ["NAME", "STATE", "CPUS USED/TOTAL", "MEM USED/TOTAL", "RUNS", "LAST SEEN"];
+const HEADER: [&str; 7] = ["NAME", "STATE", "CPUS USED/TOTAL", "MEM USED/TOTAL", "RUNS", "WARM", "LAST SEEN"];
 
 /// `tug agent shim <RUN_DIR>`: supervises one durable run to its end. Its diagnostics go to
 /// stderr, which the agent points at the run's checkpoint (`shim.log`).

@@ -184,6 +184,11 @@ impl DockerRuntime {
         Ok(DockerRuntime { inner })
     }
 
+    /// Warm containers it holds now.
+    pub fn warm_containers(&self) -> usize {
+        self.inner.pool.warm()
+    }
+
     /// Containers this runtime created so far.
     pub fn containers_created(&self) -> u64 {
         self.inner.created.load(Ordering::Relaxed)
@@ -268,6 +273,11 @@ impl LazyDocker {
 impl Runtime for LazyDocker {
     fn name(&self) -> &'static str {
         "docker"
+    }
+
+    fn warm_containers(&self) -> usize {
+        // Not connected yet (or busy connecting): no containers of ours to count.
+        self.runtime.try_lock().ok().and_then(|g| g.as_ref().map(DockerRuntime::warm_containers)).unwrap_or(0)
     }
 
     async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), String> {

@@ -70,6 +70,11 @@ impl Pool {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).entry(job.to_string()).or_default().clone()
     }
 
+    /// Jobs with a warm container now (one being created counts).
+    pub fn warm(&self) -> usize {
+        self.all().iter().filter(|(_, s)| s.try_lock().map_or(true, |g| g.is_some())).count()
+    }
+
     fn all(&self) -> Vec<(String, Slot)> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
