@@ -69,7 +69,7 @@ pub async fn list(server: &str, a: RunsArgs) -> anyhow::Result<()> {
 
 /// Prints runs as a table.
 pub fn print_runs(items: &[Value]) {
-    let mut t = Table::new(&["ID", "SCHEDULED", "TRIGGER", "STATE", "ATTEMPT", "DURATION", "REASON"]);
+    let mut t = Table::new(&["ID", "SCHEDULED", "TRIGGER", "STATE", "ATTEMPT", "AGENT", "DURATION", "REASON"]);
     for r in items {
         t.row(vec![
             field(r, "id"),
@@ -77,6 +77,7 @@ pub fn print_runs(items: &[Value]) {
             field(r, "trigger"),
             field(r, "state"),
             field(r, "attempt"),
+            field(r, "agent"),
             duration(r),
             field(r, "reason"),
         ]);
