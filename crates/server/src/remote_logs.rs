@@ -64,11 +64,6 @@ impl RemoteLogs {
         self.lock().contains_key(agent)
     }
 
-    /// Whether `agent` has a connection that takes reads.
-    pub fn is_connected(&self, agent: &str) -> bool {
-        self.lock().get(agent).is_some_and(|tx| !tx.is_closed())
-    }
-
     /// Reads up to `max` bytes of run `run_id`'s log from `offset`, from `agent`.
     pub async fn read(&self, agent: &str, run_id: RunId, offset: u64, max: u32) -> Result<Vec<u8>, RemoteLogError> {
         let not_connected = || RemoteLogError::NotConnected(agent.to_string());

@@ -286,6 +286,11 @@ async fn after_a_server_restart_runs_of_an_agent_that_never_returns_are_lost() {
     );
     let x_view = second.scheduler.agents().await.unwrap().into_iter().find(|a| a.name == "x").unwrap();
     assert_eq!(serde_json::to_value(x_view.state).unwrap(), "lost");
+    // Its one retry waits for an agent (the only other one is drained): lost once, not twice.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let r = second.store.get_run(run.id).await.unwrap();
+    assert_eq!((r.state, r.attempt), (RunState::Pending, 2), "{r:?}");
+    assert_eq!(second.store.attempts(run.id).await.unwrap().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]

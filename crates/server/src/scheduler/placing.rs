@@ -86,6 +86,8 @@ impl Scheduler {
             self.count_agents();
         }
         for (i, awaited) in lost {
+            // Its recovered runs are settled here, not again by `expire_unconfirmed`.
+            self.unconfirmed.remove(&i);
             let name = self.agents.name(i).to_string();
             let ids: Vec<RunId> = self.agents.links[i].runs.iter().copied().collect();
             let secs = self.config.agent_timeout.as_secs();

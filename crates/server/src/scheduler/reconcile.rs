@@ -87,7 +87,7 @@ impl Scheduler {
 
     /// Makes sure run `id` holds its resources on agent `i` (runs recovered at start-up are
     /// adopted here once their agent confirms them).
-    fn adopt(&mut self, id: RunId, i: usize) {
+    pub(super) fn adopt(&mut self, id: RunId, i: usize) {
         if self.placed.contains_key(&id) {
             return;
         }

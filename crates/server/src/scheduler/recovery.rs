@@ -33,6 +33,7 @@ impl Scheduler {
         }
         let mut lost = Vec::new();
         let mut queued = Vec::new();
+        let mut held = Vec::new();
         let now = tokio::time::Instant::now();
         for run in self.store.active_runs().await? {
             let Some(&slot) = self.index.get(&run.job) else { continue };
@@ -45,13 +46,8 @@ impl Scheduler {
                     queued.push(slot);
                 }
                 (RunState::Starting | RunState::Running, _) if run.agent.is_some() => {
-                    let agent = run.agent.as_deref().unwrap_or_default();
-                    let i = self.agents.awaited(agent, now);
-                    let needs = tug_core::placement::Capacity::of(&e.job.spec.resources);
-                    self.agents.snapshot.commit(i, &run.job, &needs);
-                    self.placed.insert(run.id, (i, needs));
-                    self.agents.links[i].runs.insert(run.id);
-                    self.unconfirmed.entry(i).or_default().push(run.id);
+                    let i = self.agents.awaited(run.agent.as_deref().unwrap_or_default(), now);
+                    held.push((run.id, i));
                     if run.state == RunState::Starting {
                         self.launched_at.insert(run.id, now);
                     }
@@ -59,6 +55,11 @@ impl Scheduler {
                 _ => lost.push(run.id),
             }
             self.runs.insert(run.id, run);
+        }
+        // Each holds its resources on its agent until that agent confirms or denies it.
+        for (id, i) in held {
+            self.adopt(id, i);
+            self.unconfirmed.entry(i).or_default().push(id);
         }
         let awaiting: usize = self.unconfirmed.values().map(Vec::len).sum();
         tracing::info!(jobs = self.index.len(), active = self.runs.len(), awaiting, lost = lost.len(), "scheduler state loaded");
@@ -91,7 +92,17 @@ impl Scheduler {
             return;
         }
         for (i, ids) in std::mem::take(&mut self.unconfirmed) {
-            let ids: Vec<_> = ids.into_iter().filter(|id| self.runs.contains_key(id)).collect();
+            // Only runs still as recovered: one that was lost with its agent may be a pending
+            // retry by now, which is not this agent's to lose.
+            let name = self.agents.name(i);
+            let ids: Vec<_> = ids
+                .into_iter()
+                .filter(|id| {
+                    self.runs.get(id).is_some_and(|r| {
+                        matches!(r.state, RunState::Starting | RunState::Running) && r.agent.as_deref() == Some(name)
+                    })
+                })
+                .collect();
             if ids.is_empty() {
                 continue;
             }
