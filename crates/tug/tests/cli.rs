@@ -190,3 +190,13 @@ fn a_run_outlives_a_kill_9_of_tug_up_and_is_recorded_once() {
     assert_eq!(json(&s, &["runs", "steady", "--json"]).as_array().unwrap().len(), 1);
     assert_eq!(ok(&s, &["logs", &id]), "before\nafter\n", "one log, written across the restart");
 }
+
+#[test]
+fn server_and_agent_durations_are_checked() {
+    let err = fails("http://127.0.0.1:9", &["server", "--agent-timeout", "0s"]);
+    assert!(err.contains("--agent-timeout") && err.contains("must be more than zero"), "{err}");
+    let err = fails("http://127.0.0.1:9", &["server", "--agent-timeout", "soon"]);
+    assert!(err.contains("invalid duration \"soon\"") && err.contains("e.g. 10s"), "{err}");
+    let err = fails("http://127.0.0.1:4401", &["agent", "run", "--log-retention", "a week"]);
+    assert!(err.contains("--log-retention") && err.contains("e.g. 7d or 12h"), "{err}");
+}

@@ -313,11 +313,20 @@ impl Snapshot {
     pub fn commit(&mut self, i: usize, job: &str, needs: &Capacity) {
         let a = &mut self.agents[i];
         a.used = a.used.plus(needs);
-        *self.job_runs.entry(job.to_string()).or_default().entry(i).or_default() += 1;
+        // Looked up before inserting: the job's name is copied once per job, not per run.
+        if !self.job_runs.contains_key(job) {
+            self.job_runs.insert(job.to_string(), HashMap::new());
+        }
+        if let Some(m) = self.job_runs.get_mut(job) {
+            *m.entry(i).or_default() += 1;
+        }
         if self.tracked.is_empty() {
             return;
         }
-        let counts = self.job_attr_runs.entry(job.to_string()).or_default();
+        if !self.job_attr_runs.contains_key(job) {
+            self.job_attr_runs.insert(job.to_string(), AttrRuns::new());
+        }
+        let Some(counts) = self.job_attr_runs.get_mut(job) else { return };
         for k in &self.tracked {
             let Some(v) = a.attributes.get(k) else { continue };
             let values = match counts.get_mut(k) {
