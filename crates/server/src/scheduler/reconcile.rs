@@ -32,7 +32,7 @@ impl Scheduler {
             return;
         };
         self.unconfirmed.remove(&i);
-        self.stop_given_up(i).await;
+        let given_up = std::mem::take(&mut self.agents.links[i].given_up);
         let mut holds: HashMap<RunId, (u32, bool)> = HashMap::with_capacity(held.len());
         let mut stale = Vec::new();
         for h in held {
@@ -49,6 +49,12 @@ impl Scheduler {
                 self.adopt(h.run_id, i);
             } else {
                 stale.push((h.run_id, h.attempt));
+            }
+        }
+        // Attempts given up when the agent was lost are stopped too (once, if also reported).
+        for g in given_up {
+            if !stale.contains(&g) {
+                stale.push(g);
             }
         }
         let mut relaunch = Vec::new();
