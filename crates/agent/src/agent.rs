@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tug_core::protocol::{HeldRun, KillReason, Launch, StatusUpdate, ToAgent, ToServer};
 use tug_core::run::{RunId, RunState};
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 
 use crate::checkpoint::{Checkpoint, LaunchRecord, ShimRecord};
 use crate::runtime::shim::{follow, lost};

@@ -33,7 +33,7 @@ use crate::runtime::Outcome;
 pub struct LaunchRecord {
     /// The launch.
     pub launch: Launch,
-    /// The run log directory ([`tug_store::logs::LogFiles`]).
+    /// The run log directory ([`tug_logs::LogFiles`]).
     pub log_dir: PathBuf,
     /// The most bytes of output kept in the run log.
     pub log_limit: u64,

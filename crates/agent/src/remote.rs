@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tug_core::placement::Capacity;
 use tug_core::protocol::{StatusUpdate, ToAgent, ToServer};
 use tug_proto::{AgentMessage, AgentServiceClient, ServerMessage, agent_message, server_message};
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 
 use crate::agent::{Agent, AgentConfig};
 use crate::runtime::SharedRuntime;

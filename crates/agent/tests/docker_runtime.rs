@@ -25,7 +25,7 @@ use tug_core::bytesize::ByteSize;
 use tug_core::job::{Command, ContainerMode, DockerSpec, PullPolicy, RuntimeKind};
 use tug_core::protocol::{KillReason, Launch, Task};
 use tug_core::run::{RunId, RunState};
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 
 const GRACE: Duration = Duration::from_millis(500);
 

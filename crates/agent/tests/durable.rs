@@ -21,7 +21,7 @@ use tug_agent::{Agent, AgentConfig, Durability};
 use tug_core::job::{Command, RuntimeKind};
 use tug_core::protocol::{HeldRun, KillReason, Launch, StatusUpdate, Task, ToAgent, ToServer};
 use tug_core::run::{RunId, RunState};
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 
 const GRACE: Duration = Duration::from_millis(300);
 

@@ -26,7 +26,7 @@ use tug_agent::{Agent, AgentConfig};
 use tug_core::job::{Command, RuntimeKind};
 use tug_core::protocol::{KillReason, Launch, StatusUpdate, Task, ToAgent, ToServer};
 use tug_core::run::{RunId, RunState};
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 
 const GRACE: Duration = Duration::from_millis(300);
 

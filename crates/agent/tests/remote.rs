@@ -21,7 +21,7 @@ use tug_core::placement::Capacity;
 use tug_core::protocol::{Launch, StatusUpdate, Task, ToAgent};
 use tug_core::run::RunState;
 use tug_proto::{AgentMessage, AgentService, AgentServiceServer, ServerMessage, agent_message, server_message};
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 
 /// Session 1: registers the agent, launches one run, takes its status updates without acking
 /// them and hangs up once it has finished. Later sessions ack everything.

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tug_agent::runtime::SharedRuntime;
 use tug_agent::{Agent, AgentConfig};
 use tug_core::job::Webhook;
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 use tug_store::sqlite::SqliteStore;
 use tug_store::Store;
 

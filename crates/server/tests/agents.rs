@@ -18,7 +18,7 @@ use tug_server::clock::TokioClock;
 use tug_server::embedded::{Embedded, EmbeddedConfig};
 use tug_server::scheduler::agents::Registration;
 use tug_store::mem::MemStore;
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 use tug_store::{RunQuery, Store};
 
 /// Runs last `secs` simulated seconds (from the command's first word), then succeed.

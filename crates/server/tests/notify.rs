@@ -348,7 +348,7 @@ async fn the_backlog_is_bounded_per_endpoint_and_drops_are_counted() {
         ..DeliveryConfig::default()
     };
     let slow = vec![hook(rx_slow.url("slow/x"), &[NotifyOn::Failure])];
-    let logs = tug_store::logs::LogFiles::new(dir.path());
+    let logs = tug_logs::LogFiles::new(dir.path());
     let clock = Arc::new(tug_server::clock::SystemClock);
     let notifier = Notifier::new(slow, cfg, logs, clock, metrics.clone()).unwrap();
     let (tx, events) = tokio::sync::mpsc::channel(100);

@@ -1,4 +1,4 @@
-//! Tugboat's persistent state behind one [`Store`] trait, and run logs as files.
+//! Tugboat's persistent state behind one [`Store`] trait.
 //!
 //! The trait speaks in jobs, runs and batches, never SQL, so a key-value store with transactions,
 //! watches and leases (etcd) can implement it too. [`sqlite::SqliteStore`] is the embedded default.
@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use tug_core::run::{Attempt, NewRun, Run, RunId, RunState};
 use tug_core::JobSpec;
 
-pub mod logs;
 pub mod mem;
 pub mod sqlite;
 

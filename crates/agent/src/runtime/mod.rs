@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tug_core::protocol::{KillReason, Launch};
 use tug_core::run::RunState;
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 
 pub mod docker;
 mod ending;

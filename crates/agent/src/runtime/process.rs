@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use tug_core::protocol::{KillReason, Launch};
 use tug_core::run::{RunId, RunState};
-use tug_store::logs::LogWriter;
+use tug_logs::LogWriter;
 
 use super::ending::{Stop, signal_name, stopped, why_stopped};
 use super::{Outcome, RunContext, Runtime};

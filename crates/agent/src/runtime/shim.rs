@@ -33,7 +33,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{oneshot, watch};
 use tug_core::protocol::KillReason;
 use tug_core::run::RunState;
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 
 use super::process::{finish_without_process, kill_requested, run_attempt};
 use super::{Outcome, RunContext, Runtime};

@@ -10,7 +10,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 use tug_store::Store;
 
 use crate::clock::SharedClock;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tug_core::job::Webhook;
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;

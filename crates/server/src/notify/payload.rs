@@ -4,7 +4,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use tug_core::job::NotifyOn;
 use tug_core::run::{Run, RunId, RunState};
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 
 /// What a webhook receives:
 ///

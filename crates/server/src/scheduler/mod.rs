@@ -11,7 +11,7 @@ use tug_core::job::Job;
 use tug_core::protocol::{Launch, Task, ToAgent, ToServer};
 use tug_core::run::{Run, RunId};
 use tug_core::JobSpec;
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 use tug_store::{JobRecord, Store};
 
 use crate::clock::{SharedClock, instant_at};

@@ -17,7 +17,7 @@ use tug_agent::runtime::shim::ShimRuntime;
 use tug_agent::{AgentConfig, Durability};
 use tug_core::bytesize::ByteSize;
 use tug_core::placement::Capacity;
-use tug_store::logs::LogFiles;
+use tug_logs::LogFiles;
 
 /// The server's agent endpoint when `--server` is left at its default.
 pub const DEFAULT_AGENT_SERVER: &str = "http://127.0.0.1:4401";

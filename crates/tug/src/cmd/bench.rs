@@ -204,7 +204,7 @@ async fn launch(runs: [usize; 3], image: &str, json: bool) -> anyhow::Result<()>
     anyhow::ensure!(runs.iter().all(|n| *n > 0), "--runs, --exec-runs and --per-run-runs must be at least 1");
     let state = tempfile::Builder::new().prefix("tugb").tempdir_in("/tmp").context("creating a state dir")?;
     let logs_dir = tempfile::tempdir().context("creating a log dir")?;
-    let logs = tug_store::logs::LogFiles::new(logs_dir.path().join("logs"));
+    let logs = tug_logs::LogFiles::new(logs_dir.path().join("logs"));
     let mut results = Vec::new();
     for ((mode, label), n) in LAUNCH_MODES.into_iter().zip(runs) {
         let mut config = DockerConfig::new(format!("bench-{mode}-{}", std::process::id()), state.path().join(mode));
@@ -277,7 +277,7 @@ async fn launch(runs: [usize; 3], image: &str, json: bool) -> anyhow::Result<()>
 /// Measures one mode: `n` sequential runs for latency, then `n` runs at each concurrency.
 async fn launch_mode(
     rt: &tug_agent::runtime::docker::DockerRuntime,
-    logs: &tug_store::logs::LogFiles,
+    logs: &tug_logs::LogFiles,
     mode: &'static str,
     image: &str,
     n: usize,
@@ -295,7 +295,7 @@ async fn launch_mode(
     let job = JobSpec::from_json(&spec.to_string()).context("bench job spec")?;
     let task = tug_core::protocol::Task::of(&job);
     // One attempt: (fire → started, fire → finished), in ms.
-    let one = move |rt: tug_agent::runtime::docker::DockerRuntime, logs: tug_store::logs::LogFiles, task: tug_core::protocol::Task| async move {
+    let one = move |rt: tug_agent::runtime::docker::DockerRuntime, logs: tug_logs::LogFiles, task: tug_core::protocol::Task| async move {
         let launch = tug_core::protocol::Launch {
             run_id: RUN_ID.fetch_add(1, Ordering::Relaxed),
             job: format!("bench-launch-{mode}"),

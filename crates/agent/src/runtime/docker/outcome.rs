@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tug_core::protocol::{KillReason, Launch};
 use tug_core::run::RunState;
-use tug_store::logs::LogWriter;
+use tug_logs::LogWriter;
 
 pub(crate) use crate::runtime::ending::{Stop, signal_name, why_stopped};
 use crate::runtime::ending::stopped;
@@ -43,7 +43,7 @@ pub(crate) struct Log(pub Option<LogWriter>);
 
 impl Log {
     /// Opens the run's log; on failure the run goes on and its output is discarded.
-    pub async fn open(ctx_logs: &tug_store::logs::LogFiles, run_id: tug_core::run::RunId, limit: u64) -> Log {
+    pub async fn open(ctx_logs: &tug_logs::LogFiles, run_id: tug_core::run::RunId, limit: u64) -> Log {
         match ctx_logs.writer(run_id, limit).await {
             Ok(w) => Log(Some(w)),
             Err(e) => {

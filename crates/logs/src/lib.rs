@@ -1,6 +1,10 @@
 //! Run logs as files: `<dir>/<run id>.log`, appended to by every attempt of a run, capped in size,
 //! and read back by offset so the API can stream a run's output while it is still going.
 //!
+//! The agent that runs the work owns these files: it writes them and answers reads of them over
+//! its stream. A server reads them directly only when it shares the agent's data dir. This crate
+//! pulls in no database, so an agent does not link one for its logs.
+//!
 //! Every write reaches the file before it returns (no buffering in the writer): a follower polling
 //! [`LogFiles::read`] sees output as soon as the process produced it. Callers batch naturally by
 //! passing whole pipe reads.

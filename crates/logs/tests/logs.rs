@@ -3,7 +3,7 @@
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use tug_store::logs::{LogFiles, LogWriter};
+use tug_logs::{LogFiles, LogWriter};
 
 fn logs() -> (tempfile::TempDir, LogFiles) {
     let dir = tempfile::tempdir().unwrap();
