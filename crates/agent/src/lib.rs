@@ -3,6 +3,7 @@
 //!
 //! - [`agent`]: the loop that takes launches and kills and sends status updates.
 //! - [`checkpoint`]: what a durable agent records per attempt, so runs outlive its restarts.
+//! - [`logs`]: answers the server's reads and removals of this agent's run logs.
 //! - [`remote`]: runs that loop against a server over the gRPC agent stream (`tug agent run`),
 //!   resending unacknowledged status updates after a reconnect.
 //! - [`runtime`]: process (child in its own process group), shim (the same under a supervisor
@@ -11,6 +12,7 @@
 
 pub mod agent;
 pub mod checkpoint;
+pub mod logs;
 pub mod remote;
 pub mod runtime;
 

@@ -229,7 +229,13 @@ async fn session(
                     server_message::Msg::Registered(r) => agent.observe_epoch(r.epoch),
                     server_message::Msg::LogRequest(req) => {
                         let (logs, tx) = (agent.logs().clone(), tx.clone());
-                        tokio::spawn(async move { send_log(&logs, req, &tx).await });
+                        tokio::spawn(async move {
+                            let _ = tx.send(out(agent_message::Msg::LogChunk(crate::logs::answer(&logs, req).await))).await;
+                        });
+                    }
+                    server_message::Msg::RemoveLogs(req) => {
+                        let logs = agent.logs().clone();
+                        tokio::spawn(async move { crate::logs::remove(&logs, req).await });
                     }
                 },
                 Ok(Some(ServerMessage { msg: None })) => {}
@@ -250,16 +256,4 @@ async fn send_update(tx: &mpsc::Sender<AgentMessage>, u: &StatusUpdate) -> bool 
             true
         }
     }
-}
-
-/// Answers a log read from the server with up to `max` bytes of the run's log (none yet: empty).
-async fn send_log(logs: &LogFiles, req: tug_proto::LogRequest, tx: &mpsc::Sender<AgentMessage>) {
-    let max = (req.max as usize).min(1 << 20);
-    let (data, error) = match logs.read(req.run_id, req.offset, max).await {
-        Ok(d) => (d, String::new()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), String::new()),
-        Err(e) => (Vec::new(), format!("reading the log of run {}: {e}", req.run_id)),
-    };
-    let chunk = tug_proto::LogChunk { request: req.request, data, error };
-    let _ = tx.send(out(agent_message::Msg::LogChunk(chunk))).await;
 }

@@ -65,6 +65,13 @@ impl LogFiles {
         Ok(buf)
     }
 
+    /// The last (up to) `max` bytes of a run's log, and the offset they start at; fails with
+    /// [`io::ErrorKind::NotFound`] when the run has no log.
+    pub async fn tail(&self, run_id: RunId, max: usize) -> io::Result<(u64, Vec<u8>)> {
+        let from = self.len(run_id).await?.saturating_sub(max as u64);
+        Ok((from, self.read(run_id, from, max).await?))
+    }
+
     /// The size of a run's log in bytes; [`io::ErrorKind::NotFound`] when it has none.
     pub async fn len(&self, run_id: RunId) -> io::Result<u64> {
         Ok(fs::metadata(self.path(run_id)).await?.len())

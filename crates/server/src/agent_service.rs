@@ -7,18 +7,17 @@
 //! The runs the agent holds, from `Register`, go into that channel first (as `ToServer::Held`),
 //! so the scheduler reconciles them before it sees anything else from this connection.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 
 use futures::Stream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tug_core::placement::Capacity;
 use tug_core::protocol::{HeldRun, StatusUpdate, ToAgent, ToServer};
 use tug_proto::{AgentMessage, AgentService, AgentServiceServer, ServerMessage, agent_message, server_message};
 
-use crate::remote_logs::RemoteLogs;
+use crate::logs::RunLogs;
 use crate::scheduler::SchedulerHandle;
 use crate::scheduler::agents::Registration;
 
@@ -31,19 +30,19 @@ pub struct AgentGateway {
     updates: mpsc::Sender<ToServer>,
     join_token: Option<String>,
     stop: watch::Receiver<bool>,
-    logs: RemoteLogs,
+    logs: RunLogs,
 }
 
 impl AgentGateway {
     /// A gateway into `scheduler`. With a `join_token`, agents must present it; without one every
     /// agent is accepted. Streams end when `stop` becomes true, so the scheduler can shut down.
-    /// Reads of remote run logs arrive through `logs` (the API's side of it).
+    /// Each connected agent serves its run logs to `logs` (see `logs.rs`).
     pub fn new(
         scheduler: SchedulerHandle,
         updates: mpsc::Sender<ToServer>,
         join_token: Option<String>,
         stop: watch::Receiver<bool>,
-        logs: RemoteLogs,
+        logs: RunLogs,
     ) -> AgentGateway {
         AgentGateway { scheduler, updates, join_token, stop, logs }
     }
@@ -112,18 +111,12 @@ impl AgentService for AgentGateway {
         let _ = out_tx.send(msg(server_message::Msg::Registered(tug_proto::Registered { epoch: self.scheduler.epoch() }))).await;
         let updates = self.updates.clone();
         let mut stop = self.stop.clone();
-        let mut fetches = self.logs.connect(&name);
+        let mut logs = self.logs.connect(&name);
         tokio::spawn(async move {
-            // Log reads waiting for the agent's answer, by request number.
-            let mut pending: HashMap<u64, oneshot::Sender<Result<Vec<u8>, String>>> = HashMap::new();
-            let mut next_request = 0u64;
             loop {
                 tokio::select! {
-                    Some(f) = fetches.recv() => {
-                        next_request += 1;
-                        let req = tug_proto::LogRequest { request: next_request, run_id: f.run_id, offset: f.offset, max: f.max };
-                        pending.insert(next_request, f.reply);
-                        if out_tx.send(msg(server_message::Msg::LogRequest(req))).await.is_err() {
+                    Some(m) = logs.next() => {
+                        if out_tx.send(msg(m)).await.is_err() {
                             break;
                         }
                     }
@@ -139,11 +132,7 @@ impl AgentService for AgentGateway {
                         }
                     }
                     m = inbound.message() => match m {
-                        Ok(Some(AgentMessage { msg: Some(agent_message::Msg::LogChunk(c)) })) => {
-                            if let Some(reply) = pending.remove(&c.request) {
-                                let _ = reply.send(if c.error.is_empty() { Ok(c.data) } else { Err(c.error) });
-                            }
-                        }
+                        Ok(Some(AgentMessage { msg: Some(agent_message::Msg::LogChunk(c)) })) => logs.answer(c),
                         Ok(Some(AgentMessage { msg: Some(m) })) => {
                             if !forward(&name, m, &updates, &out_tx).await {
                                 break;

@@ -19,10 +19,10 @@ use tug_store::Store;
 
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
+use crate::logs::RunLogs;
 use crate::metrics::{Metrics, PerJobMetrics};
 use crate::notify::{self, DeliveryConfig, Notifier};
 use crate::scheduler::events::EventSink;
-use crate::remote_logs::RemoteLogs;
 use crate::scheduler::{self, AgentLink, Hooks, SchedulerConfig, SchedulerHandle};
 
 /// Settings of an embedded server.
@@ -81,8 +81,9 @@ pub struct Embedded {
     pub store: Arc<dyn Store>,
     /// The metric families.
     pub metrics: Arc<Metrics>,
-    /// Reads of run logs kept on remote agents (give it to the agent gateway).
-    pub remote_logs: RemoteLogs,
+    /// Every run's log: the local agent's in the data dir, remote agents' through their streams
+    /// (give it to the agent gateway).
+    pub logs: RunLogs,
     /// Where agents in this process report (another in-process agent can be added with it).
     updates: mpsc::Sender<tug_core::protocol::ToServer>,
     stop: watch::Sender<bool>,
@@ -122,7 +123,9 @@ impl Embedded {
         clock: SharedClock,
         listener: Option<TcpListener>,
     ) -> anyhow::Result<Embedded> {
-        let logs = LogFiles::new(config.data_dir.join("logs"));
+        let files = LogFiles::new(config.data_dir.join("logs"));
+        let logs = RunLogs::default();
+        logs.share_dir(&config.agent_name, files.clone());
         let (stop, stop_rx) = watch::channel(false);
         let (agent_tx, agent_rx) = mpsc::channel(65_536);
         let (updates_tx, updates_rx) = mpsc::channel(65_536);
@@ -133,7 +136,7 @@ impl Embedded {
             durable: config.agent_durability.clone(),
             ..AgentConfig::default()
         };
-        let agent = Agent::new(agent_cfg, runtime, logs.clone(), updates_tx.clone());
+        let agent = Agent::new(agent_cfg, runtime, files, updates_tx.clone());
         let mut tasks = vec![tokio::spawn(agent.serve(agent_rx, stopped(stop_rx.clone())))];
         let sched_cfg = SchedulerConfig {
             keep_runs: config.keep_runs,
@@ -170,13 +173,11 @@ impl Embedded {
         .await
         .context("starting the scheduler")?;
         tasks.push(sched_task);
-        let remote_logs = RemoteLogs::default();
         if let Some(listener) = listener {
             let state = AppState {
                 store: store.clone(),
                 scheduler: handle.clone(),
-                logs,
-                remote_logs: remote_logs.clone(),
+                logs: logs.clone(),
                 clock,
                 metrics: metrics.clone(),
             };
@@ -192,7 +193,7 @@ impl Embedded {
             scheduler: handle,
             store,
             metrics,
-            remote_logs,
+            logs,
             updates: updates_tx,
             stop,
             tasks,

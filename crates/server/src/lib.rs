@@ -7,6 +7,7 @@
 //! - [`embedded`]: server + local agent + SQLite in one process.
 //! - [`chronos`]: the Chronos-compatible REST API under `/scheduler` and `/v1/scheduler`.
 //! - [`agent_service`]: the gRPC endpoint remote agents (`tug agent run`) connect to.
+//! - [`logs`]: every run's log, read and removed through one interface wherever its agent keeps it.
 //! - [`metrics`]: the Prometheus families; [`notify`]: webhooks for run events.
 
 pub mod agent_service;
@@ -14,10 +15,10 @@ pub mod api;
 pub mod chronos;
 pub mod clock;
 pub mod embedded;
+pub mod logs;
 pub mod error;
 pub mod metrics;
 pub mod notify;
-pub mod remote_logs;
 pub mod scheduler;
 
 pub use error::{Error, Result};

@@ -335,7 +335,6 @@ async fn the_backlog_is_bounded_per_endpoint_and_drops_are_counted() {
     use tug_server::metrics::Metrics;
     use tug_server::notify::{DeliveryConfig, Notifier};
 
-    let dir = tempfile::tempdir().unwrap();
     // Two receivers: limits are per endpoint (scheme, host, port).
     let rx = Receiver::start().await;
     let rx_slow = Receiver::start().await;
@@ -348,7 +347,7 @@ async fn the_backlog_is_bounded_per_endpoint_and_drops_are_counted() {
         ..DeliveryConfig::default()
     };
     let slow = vec![hook(rx_slow.url("slow/x"), &[NotifyOn::Failure])];
-    let logs = tug_logs::LogFiles::new(dir.path());
+    let logs = tug_server::logs::RunLogs::default();
     let clock = Arc::new(tug_server::clock::SystemClock);
     let notifier = Notifier::new(slow, cfg, logs, clock, metrics.clone()).unwrap();
     let (tx, events) = tokio::sync::mpsc::channel(100);

@@ -79,6 +79,16 @@ pub struct RunTotals {
     pub failed: u64,
 }
 
+/// A run the store deleted (pruned, or with its job), and the agent of its last attempt, which
+/// holds its log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedRun {
+    /// The run.
+    pub id: RunId,
+    /// The agent its last attempt ran on; `None` if it never started.
+    pub agent: Option<String>,
+}
+
 /// A page of results and the cursor for the next page, if any.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
@@ -140,9 +150,9 @@ pub trait Store: Send + Sync + 'static {
     }
     /// One job.
     async fn get_job(&self, name: &str) -> Result<JobRecord>;
-    /// Deletes a job, its runs, attempts and cursor; returns the ids of the deleted runs (so their
-    /// logs can be removed).
-    async fn delete_job(&self, name: &str) -> Result<Vec<RunId>>;
+    /// Deletes a job, its runs, attempts and cursor; returns the deleted runs, ascending by id (so
+    /// their logs can be removed).
+    async fn delete_job(&self, name: &str) -> Result<Vec<RemovedRun>>;
     /// A page of jobs.
     async fn list_jobs(&self, query: &JobQuery) -> Result<Page<JobRecord>>;
     /// Every job, for the scheduler at start-up.
@@ -160,11 +170,12 @@ pub trait Store: Send + Sync + 'static {
     async fn active_runs(&self) -> Result<Vec<Run>>;
     /// The finished attempts of a run, oldest first.
     async fn attempts(&self, id: RunId) -> Result<Vec<Attempt>>;
-    /// Deletes a job's finished runs beyond the newest `keep`; returns the deleted ids.
-    async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RunId>>;
+    /// Deletes a job's finished runs beyond the newest `keep`; returns the deleted runs, ascending
+    /// by id.
+    async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RemovedRun>>;
     /// Prunes many jobs (`(job, keep)`), skipping jobs that no longer exist. Implementations
     /// should do it in one transaction: retention of many busy jobs must not cost a commit each.
-    async fn prune_many(&self, jobs: &[(String, u32)]) -> Result<Vec<RunId>> {
+    async fn prune_many(&self, jobs: &[(String, u32)]) -> Result<Vec<RemovedRun>> {
         let mut ids = Vec::new();
         for (job, keep) in jobs {
             match self.prune_runs(job, *keep).await {

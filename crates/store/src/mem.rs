@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use tug_core::JobSpec;
 use tug_core::run::{Attempt, Run, RunId, RunState, Trigger};
 
-use crate::{FireBatch, JobQuery, JobRecord, Page, Result, RunQuery, RunTotals, Store, StoreError};
+use crate::{FireBatch, JobQuery, JobRecord, Page, RemovedRun, Result, RunQuery, RunTotals, Store, StoreError};
 
 /// Page size when a query asks for 0 (as in SQLite).
 const DEFAULT_LIMIT: usize = 100;
@@ -251,14 +251,19 @@ impl State {
     }
 
     /// Removes runs (and their attempts) from the global tables; the caller fixes the job's index.
-    fn forget_runs(&mut self, ids: &[RunId]) {
+    /// Deletes runs and their attempts; returns them as removed, in the order of `ids`.
+    fn forget_runs(&mut self, ids: &[RunId]) -> Vec<RemovedRun> {
+        let mut removed = Vec::with_capacity(ids.len());
         for &id in ids {
-            self.runs.remove(&id);
+            if let Some(run) = self.runs.remove(&id) {
+                removed.push(RemovedRun { id, agent: run.agent });
+            }
             let attempts: Vec<_> = self.attempts.range((id, 0)..=(id, u32::MAX)).map(|(k, _)| *k).collect();
             for key in attempts {
                 self.attempts.remove(&key);
             }
         }
+        removed
     }
 }
 
@@ -308,12 +313,11 @@ impl Store for MemStore {
         self.lock().get_record(name)
     }
 
-    async fn delete_job(&self, name: &str) -> Result<Vec<RunId>> {
+    async fn delete_job(&self, name: &str) -> Result<Vec<RemovedRun>> {
         let mut state = self.lock();
         let row = state.jobs.remove(name).ok_or_else(|| StoreError::JobNotFound(name.to_owned()))?;
         let ids: Vec<RunId> = row.run_ids.into_iter().collect();
-        state.forget_runs(&ids);
-        Ok(ids)
+        Ok(state.forget_runs(&ids))
     }
 
     async fn list_jobs(&self, query: &JobQuery) -> Result<Page<JobRecord>> {
@@ -460,7 +464,7 @@ impl Store for MemStore {
         Ok(state.attempts.range((id, 0)..=(id, u32::MAX)).map(|(_, a)| a.clone()).collect())
     }
 
-    async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RunId>> {
+    async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RemovedRun>> {
         let mut state = self.lock();
         let row = state.job(job)?;
         let doomed: Vec<RunId> = row
@@ -472,7 +476,7 @@ impl Store for MemStore {
             .copied()
             .collect();
         if doomed.is_empty() {
-            return Ok(doomed);
+            return Ok(Vec::new());
         }
         // The floors absorb what the deleted runs said, so a pruned schedule key never fires again.
         let mut floors = row.floors;
@@ -486,10 +490,9 @@ impl Store for MemStore {
         }
         let gone: BTreeSet<RunId> = doomed.iter().copied().collect();
         row.keys.retain(|_, id| !gone.contains(id));
-        state.forget_runs(&doomed);
-        let mut ids = doomed;
-        ids.reverse();
-        Ok(ids)
+        let mut removed = state.forget_runs(&doomed);
+        removed.reverse();
+        Ok(removed)
     }
 
     async fn next_epoch(&self) -> Result<u64> {

@@ -257,3 +257,121 @@ async fn wrong_join_token_is_refused() {
     let agents = c.get("/agents").await;
     assert!(!agents.as_array().unwrap().iter().any(|a| a["name"] == "intruder"), "a refused agent is not registered: {agents}");
 }
+
+/// A webhook receiver on 127.0.0.1 (the server's namespace): the JSON bodies POSTed to it.
+struct Hook {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Hook {
+    async fn start() -> Hook {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let got = bodies.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let got = got.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    // Headers, then as many body bytes as Content-Length says.
+                    while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                        req.extend_from_slice(&buf[..n]);
+                        let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                        let head = String::from_utf8_lossy(&req[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if req.len() >= end + 4 + len {
+                            if let Ok(body) = serde_json::from_slice(&req[end + 4..end + 4 + len]) {
+                                got.lock().unwrap().push(body);
+                            }
+                            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Hook { url, bodies }
+    }
+
+    /// Waits for the payload of `event` for run `id`.
+    async fn payload(&self, event: &str, id: &Value, c: &Cluster) -> Value {
+        until(Duration::from_secs(15), || format!("a {event} webhook for run {id}: {:?}\n{}", self.bodies.lock().unwrap(), c.logs()), || {
+            let found = self.bodies.lock().unwrap().iter().find(|b| b["event"] == event && b["run"]["id"] == *id).cloned();
+            async move { found }
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_logs_reach_webhooks_and_are_pruned_on_their_agents() {
+    let mut c = Cluster::new(2, &[]).await;
+    let host_a = AgentArgs { name: "host-a", attributes: "rack=a", cpus: "1", token: TOKEN };
+    c.start_agent(0, &host_a);
+    c.start_agent(1, &AgentArgs { name: "host-b", attributes: "rack=b", cpus: "1", token: TOKEN });
+    c.wait_agents_up(&["host-a", "host-b"]).await;
+    let hook = Hook::start().await;
+    // More output than the 4 KiB tail a webhook carries; one finished run kept.
+    let mut job = json!({
+        "name": "chatty",
+        "schedule": "@yearly",
+        "command": ["sh", "-c", "seq 1 2000; echo \"done $TUG_RUN_ID\""],
+        "keep_runs": 1,
+        "constraints": [["rack", "EQUALS", "a"]],
+        "webhooks": [{"url": hook.url, "on": ["success"]}],
+    });
+    let agents_dir = c.path("agents");
+    let log_on = |agent: &str, run: &Value| agents_dir.join(agent).join("logs").join(format!("{run}.log"));
+
+    c.create_and_run(job.clone()).await;
+    let first = c.wait_run("chatty", Duration::from_secs(15), "the first run to succeed", |r| r["state"] == "succeeded").await;
+    assert_eq!(first["agent"], "host-a");
+    let payload = hook.payload("success", &first["id"], &c).await;
+    let tail = payload["log_tail"].as_str().unwrap_or_else(|| panic!("a tail read from host-a: {payload}"));
+    assert!(tail.ends_with(&format!("1999\n2000\ndone {}\n", first["id"])), "{tail}");
+    assert_eq!(payload["log_truncated"], true, "{payload}");
+    assert!(log_on("host-a", &first["id"]).exists(), "the log stays on its agent's host");
+
+    // A second run on host-a: retention (keep 1) removes the first run's log there.
+    c.post("/jobs/chatty/run", json!({})).await;
+    let second = c
+        .wait_run("chatty", Duration::from_secs(15), "the second run to succeed", |r| r["state"] == "succeeded" && r["id"] != first["id"])
+        .await;
+    until(Duration::from_secs(25), || format!("run {}'s log removed on host-a\n{}", first["id"], c.logs()), || {
+        let gone = !log_on("host-a", &first["id"]).exists();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    assert!(log_on("host-a", &second["id"]).exists());
+
+    // host-a goes away; a third run on host-b prunes the second, whose log waits on host-a.
+    c.kill_agent(0);
+    job["constraints"] = json!([["rack", "EQUALS", "b"]]);
+    let r = reqwest::Client::new().put(format!("{}/api/v1/jobs/chatty", c.api)).json(&job).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
+    c.post("/jobs/chatty/run", json!({})).await;
+    let third = c
+        .wait_run("chatty", Duration::from_secs(15), "the third run to succeed", |r| r["state"] == "succeeded" && r["agent"] == "host-b")
+        .await;
+    until(Duration::from_secs(25), || format!("run {} pruned\n{}", second["id"], c.logs()), || async {
+        let ids: Vec<Value> = c.runs("chatty").await.iter().map(|r| r["id"].clone()).collect();
+        (ids == vec![third["id"].clone()]).then_some(())
+    })
+    .await;
+    assert!(log_on("host-a", &second["id"]).exists(), "host-a is away: its log is still there");
+    c.start_agent(0, &host_a);
+    until(Duration::from_secs(20), || format!("run {}'s log removed when host-a came back\n{}", second["id"], c.logs()), || {
+        let gone = !log_on("host-a", &second["id"]).exists();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    assert!(log_on("host-b", &third["id"]).exists(), "the kept run's log stays");
+}

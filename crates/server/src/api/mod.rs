@@ -10,7 +10,6 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use tug_logs::LogFiles;
 use tug_store::Store;
 
 use crate::clock::SharedClock;
@@ -33,10 +32,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Writes go through the scheduler.
     pub scheduler: SchedulerHandle,
-    /// Run logs of the agent in this process.
-    pub logs: LogFiles,
-    /// Run logs on remote agents.
-    pub remote_logs: crate::remote_logs::RemoteLogs,
+    /// Every run's log, wherever its agent keeps it.
+    pub logs: crate::logs::RunLogs,
     /// The wall clock.
     pub clock: SharedClock,
     /// Metric families, for `/metrics`.

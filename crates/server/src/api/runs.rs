@@ -13,6 +13,7 @@ use tug_core::run::{Attempt, Run, RunId, RunState};
 use tug_store::{Page, RunQuery};
 
 use super::{query_error, ApiError, ApiResult, AppState};
+use crate::logs::LogError;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +98,7 @@ pub(super) async fn log(
 ) -> ApiResult<Response> {
     let Query(p) = params.map_err(query_error)?;
     let id = parse_id(&id)?;
-    let agent = st.store.get_run(id).await?.agent;
+    let run = st.store.get_run(id).await?;
     let text = |body| {
         Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -108,7 +109,7 @@ pub(super) async fn log(
         let mut out = Vec::new();
         let mut offset = p.offset;
         loop {
-            let chunk = read(&st, id, agent.as_deref(), offset).await?;
+            let chunk = read(&st, id, run.agent.as_deref(), offset).await?;
             if chunk.is_empty() {
                 break;
             }
@@ -117,17 +118,17 @@ pub(super) async fn log(
         }
         return Ok(text(Body::from(out)));
     }
-    // Follow: stream what is there, then poll for more until the run is final and drained.
+    // Follow: stream what is there, then poll for more until the run is final and drained. The
+    // run is read again each round: a pending run gets its agent when it starts.
     let stream = futures::stream::unfold((st, p.offset, false), move |(st, offset, done)| {
-        let agent = agent.clone();
         async move {
             if done {
                 return None;
             }
             loop {
-                let finished = match st.store.get_run(id).await {
-                    Ok(run) => run.state.is_terminal(),
-                    Err(_) => true,
+                let (finished, agent) = match st.store.get_run(id).await {
+                    Ok(run) => (run.state.is_terminal(), run.agent),
+                    Err(_) => (true, None),
                 };
                 match read(&st, id, agent.as_deref(), offset).await {
                     Ok(chunk) if !chunk.is_empty() => {
@@ -144,25 +145,16 @@ pub(super) async fn log(
     Ok(text(Body::from_stream(stream)))
 }
 
-/// Reads a chunk of a run's log: here, or from its agent when that is a remote one (the log of a
-/// remote run is not in this process's log dir). A log not written yet reads as empty.
+/// Reads a chunk of a run's log from wherever its agent keeps it. A log not written yet reads
+/// as empty.
 async fn read(st: &AppState, id: RunId, agent: Option<&str>, offset: u64) -> ApiResult<Vec<u8>> {
-    match st.logs.read(id, offset, CHUNK).await {
-        Ok(b) => Ok(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match agent {
-            Some(a) if st.remote_logs.knows(a) => {
-                st.remote_logs.read(a, id, offset, CHUNK as u32).await.map_err(|e| ApiError {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    code: "log_unavailable",
-                    message: format!("cannot read the log of run {id}: {e}"),
-                })
+    st.logs.read(id, agent, offset, CHUNK).await.map_err(|e| {
+        let (status, code) = match e {
+            LogError::Local { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "log_read_failed"),
+            LogError::NotConnected(_) | LogError::Agent { .. } | LogError::Timeout(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable")
             }
-            _ => Ok(Vec::new()),
-        },
-        Err(e) => Err(ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "log_read_failed",
-            message: format!("reading the log of run {id} failed: {e}"),
-        }),
-    }
+        };
+        ApiError { status, code, message: format!("cannot read the log of run {id}: {e}") }
+    })
 }

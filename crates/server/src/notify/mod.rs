@@ -27,9 +27,9 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tug_core::job::Webhook;
-use tug_logs::LogFiles;
 
 use crate::clock::SharedClock;
+use crate::logs::RunLogs;
 use crate::metrics::Metrics;
 use crate::scheduler::events::RunEvent;
 
@@ -76,7 +76,7 @@ pub struct Notifier {
 struct Shared {
     global: Vec<Webhook>,
     http: reqwest::Client,
-    logs: LogFiles,
+    logs: RunLogs,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     cfg: DeliveryConfig,
@@ -93,7 +93,7 @@ impl Notifier {
     pub fn new(
         global: Vec<Webhook>,
         cfg: DeliveryConfig,
-        logs: LogFiles,
+        logs: RunLogs,
         clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> Result<Notifier, NotifyError> {
@@ -175,7 +175,14 @@ impl Notifier {
         }
         shared.metrics.webhook_pending.inc_by(targets.len() as i64);
         tasks.spawn(async move {
-            let tail = payload::log_tail(&shared.logs, ev.run.id, shared.cfg.log_tail_bytes).await;
+            // A payload without a tail beats no payload.
+            let tail = match shared.logs.tail(ev.run.id, ev.run.agent.as_deref(), shared.cfg.log_tail_bytes).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(run = ev.run.id, error = %e, "reading the run's log for a webhook failed; sending without it");
+                    None
+                }
+            };
             let payload = Payload::new(ev.event, &ev.run, tail);
             let sends = targets.into_iter().map(|(url, permits)| {
                 let shared = shared.clone();

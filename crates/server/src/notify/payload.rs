@@ -4,7 +4,8 @@ use jiff::Timestamp;
 use serde::Serialize;
 use tug_core::job::NotifyOn;
 use tug_core::run::{Run, RunId, RunState};
-use tug_logs::LogFiles;
+
+use crate::logs::LogTail;
 
 /// What a webhook receives:
 ///
@@ -84,57 +85,5 @@ impl Payload {
     pub fn to_json(&mut self, sent_at: Timestamp) -> Vec<u8> {
         self.sent_at = sent_at;
         serde_json::to_vec(self).expect("a payload always serializes")
-    }
-}
-
-/// The end of a run's log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogTail {
-    /// The text.
-    pub text: String,
-    /// Whether the log had more before it.
-    pub truncated: bool,
-}
-
-/// The last `max` bytes of a run's log, starting at a character boundary; `None` when the run
-/// has no log or it cannot be read (logged: a payload without a tail beats no payload).
-pub async fn log_tail(logs: &LogFiles, run: RunId, max: usize) -> Option<LogTail> {
-    let read = async {
-        let len = logs.len(run).await?;
-        let from = len.saturating_sub(max as u64);
-        let bytes = logs.read(run, from, max).await?;
-        Ok::<_, std::io::Error>((from > 0, bytes))
-    };
-    match read.await {
-        Ok((truncated, bytes)) => {
-            // A cut inside a multi-byte character leaves continuation bytes at the start.
-            let start = if truncated { bytes.iter().take(3).take_while(|b| (**b & 0xC0) == 0x80).count() } else { 0 };
-            Some(LogTail { text: String::from_utf8_lossy(&bytes[start..]).into_owned(), truncated })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            tracing::warn!(run, error = %e, "reading the run's log for a webhook failed; sending without it");
-            None
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn tail_keeps_the_end_and_starts_on_a_character() {
-        let dir = tempfile::tempdir().unwrap();
-        let logs = LogFiles::new(dir.path());
-        let mut w = logs.writer(7, 1 << 20).await.unwrap();
-        // "é" is two bytes: a 5-byte tail of "aé\né\n" would begin inside the first "é".
-        w.write(b"a\xc3\xa9\n\xc3\xa9\n").await.unwrap();
-        w.finish().await.unwrap();
-        let t = log_tail(&logs, 7, 5).await.unwrap();
-        assert_eq!(t, LogTail { text: "\n\u{e9}\n".into(), truncated: true });
-        let t = log_tail(&logs, 7, 100).await.unwrap();
-        assert_eq!(t, LogTail { text: "a\u{e9}\n\u{e9}\n".into(), truncated: false });
-        assert_eq!(log_tail(&logs, 8, 100).await, None);
     }
 }

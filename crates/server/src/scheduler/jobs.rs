@@ -114,7 +114,7 @@ impl Scheduler {
         if let Some(children) = self.children.get(name).filter(|c| !c.is_empty()) {
             return Err(Error::HasChildren { job: name.to_string(), children: children.join(", ") });
         }
-        let ids = self.store.delete_job(name).await?;
+        let removed = self.store.delete_job(name).await?;
         let e = self.slots[slot as usize].take().expect("indexed slot is occupied");
         if let Some(at) = e.next {
             self.timers.remove(at, slot);
@@ -133,7 +133,7 @@ impl Scheduler {
         self.index.remove(name);
         self.metrics.jobs.set(self.index.len() as i64);
         self.free.push(slot);
-        let _ = self.logs.remove(&ids).await; // failures are logged by `remove`
+        self.logs.remove(&removed).await;
         Ok(())
     }
 

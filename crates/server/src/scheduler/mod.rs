@@ -11,10 +11,10 @@ use tug_core::job::Job;
 use tug_core::protocol::{Launch, Task, ToAgent, ToServer};
 use tug_core::run::{Run, RunId};
 use tug_core::JobSpec;
-use tug_logs::LogFiles;
 use tug_store::{JobRecord, Store};
 
 use crate::clock::{SharedClock, instant_at};
+use crate::logs::RunLogs;
 use crate::metrics::Metrics;
 use events::EventSink;
 use crate::error::{Error, Result};
@@ -226,7 +226,7 @@ pub struct Scheduler {
     dispatcher: Dispatcher,
     dispatcher_task: Option<tokio::task::JoinHandle<()>>,
     clock: SharedClock,
-    logs: LogFiles,
+    logs: RunLogs,
     config: SchedulerConfig,
     agents: Agents,
     /// Pending runs no agent can take now, oldest first; placed again when room appears.
@@ -275,7 +275,7 @@ impl Scheduler {
     pub async fn load(
         store: Arc<dyn Store>,
         clock: SharedClock,
-        logs: LogFiles,
+        logs: RunLogs,
         config: SchedulerConfig,
         agent: AgentLink,
         hooks: Hooks,
@@ -552,9 +552,7 @@ impl Scheduler {
         self.pruning = Some(tokio::spawn(async move {
             for chunk in jobs.chunks(200) {
                 match store.prune_many(chunk).await {
-                    Ok(ids) => {
-                        let _ = logs.remove(&ids).await; // failures are logged by `remove`
-                    }
+                    Ok(removed) => logs.remove(&removed).await,
                     Err(e) => tracing::warn!(error = %e, jobs = chunk.len(), "pruning old runs failed"),
                 }
             }
@@ -567,7 +565,7 @@ impl Scheduler {
 pub async fn start(
     store: Arc<dyn Store>,
     clock: SharedClock,
-    logs: LogFiles,
+    logs: RunLogs,
     config: SchedulerConfig,
     agent: AgentLink,
     hooks: Hooks,

@@ -8,11 +8,10 @@ use jiff::Timestamp;
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, named_params, params};
 use tug_core::JobSpec;
-use tug_core::run::RunId;
 
 use super::codec::{Context, conversion, get_opt_ts, get_ts, get_unsigned, ms};
 use super::{page_size, write_tx};
-use crate::{JobQuery, JobRecord, Page, Result, StoreError};
+use crate::{JobQuery, JobRecord, Page, RemovedRun, Result, StoreError};
 
 /// What a job's runs say about it, in the order [`record_from_row`] reads them (after
 /// [`JOB_COLUMNS`]): the latest schedule- or misfire-triggered key, the latest non-skipped key,
@@ -182,12 +181,15 @@ pub(super) fn update(
 }
 
 /// Deletes a job with its runs and their attempts; returns the run ids, ascending.
-pub(super) fn delete(conn: &mut Connection, name: &str) -> Result<Vec<RunId>> {
+pub(super) fn delete(conn: &mut Connection, name: &str) -> Result<Vec<RemovedRun>> {
     let tx = write_tx(conn)?;
     ensure_exists(&tx, name)?;
     let ids = tx
-        .prepare_cached("SELECT id FROM runs WHERE job = ?1 ORDER BY id")
-        .and_then(|mut s| s.query_map([name], |r| get_unsigned(r, 0))?.collect::<rusqlite::Result<Vec<RunId>>>())
+        .prepare_cached("SELECT id, agent FROM runs WHERE job = ?1 ORDER BY id")
+        .and_then(|mut s| {
+            s.query_map([name], |r| Ok(RemovedRun { id: get_unsigned(r, 0)?, agent: r.get(1)? }))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
         .ctx("listing a job's runs")?;
     for sql in [
         "DELETE FROM attempts WHERE run_id IN (SELECT id FROM runs WHERE job = ?1)",

@@ -21,7 +21,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tug_core::JobSpec;
 use tug_core::run::{Attempt, Run, RunId};
 
-use crate::{FireBatch, JobQuery, JobRecord, Page, Result, RunQuery, RunTotals, Store, StoreError};
+use crate::{FireBatch, JobQuery, JobRecord, Page, RemovedRun, Result, RunQuery, RunTotals, Store, StoreError};
 use checkpoint::Checkpointer;
 use codec::Context;
 use worker::Worker;
@@ -189,7 +189,7 @@ impl Store for SqliteStore {
         self.worker.call(move |c| jobs::get(c, &name)).await
     }
 
-    async fn delete_job(&self, name: &str) -> Result<Vec<RunId>> {
+    async fn delete_job(&self, name: &str) -> Result<Vec<RemovedRun>> {
         let name = name.to_owned();
         self.worker.call(move |c| jobs::delete(c, &name)).await
     }
@@ -229,12 +229,12 @@ impl Store for SqliteStore {
         self.worker.call(move |c| runs::attempts(c, id)).await
     }
 
-    async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RunId>> {
+    async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RemovedRun>> {
         let job = job.to_owned();
         self.worker.call(move |c| runs::prune(c, &job, keep)).await
     }
 
-    async fn prune_many(&self, jobs: &[(String, u32)]) -> Result<Vec<RunId>> {
+    async fn prune_many(&self, jobs: &[(String, u32)]) -> Result<Vec<RemovedRun>> {
         let jobs = jobs.to_vec();
         self.worker.call(move |c| runs::prune_many(c, &jobs)).await
     }

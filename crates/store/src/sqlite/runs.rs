@@ -11,7 +11,7 @@ use super::codec::{
 };
 use super::jobs::ensure_exists;
 use super::{page_size, write_tx};
-use crate::{FireBatch, Page, Result, RunQuery, RunTotals, StoreError};
+use crate::{FireBatch, Page, RemovedRun, Result, RunQuery, RunTotals, StoreError};
 
 /// "The run is active", as SQL. Must match the condition of the partial index `runs_active` word
 /// for word so the planner uses it, and [`RunState::is_terminal`] (both checked by tests).
@@ -36,7 +36,7 @@ pub(super) static ACTIVE_SQL: LazyLock<String> =
 /// A job's terminal runs beyond the newest `?2`.
 pub(super) static PRUNE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT id, scheduled_at, trigger, state, finished_at FROM runs \
+        "SELECT id, scheduled_at, trigger, state, finished_at, agent FROM runs \
          WHERE job = ?1 AND NOT {ACTIVE} ORDER BY id DESC LIMIT -1 OFFSET ?2"
     )
 });
@@ -241,7 +241,7 @@ pub(super) fn attempts(conn: &Connection, id: RunId) -> Result<Vec<Attempt>> {
 /// Before deleting, the job row's floors absorb what the deleted runs contributed to the derived
 /// fields, so the fire cursor (and the last run, success and failure times) never move back: a
 /// pruned schedule key must not fire again.
-pub(super) fn prune(conn: &mut Connection, job: &str, keep: u32) -> Result<Vec<RunId>> {
+pub(super) fn prune(conn: &mut Connection, job: &str, keep: u32) -> Result<Vec<RemovedRun>> {
     let tx = write_tx(conn)?;
     ensure_exists(&tx, job)?;
     let ids = prune_in(&tx, job, keep)?;
@@ -250,7 +250,7 @@ pub(super) fn prune(conn: &mut Connection, job: &str, keep: u32) -> Result<Vec<R
 }
 
 /// Prunes many jobs in one transaction; jobs that no longer exist are skipped.
-pub(super) fn prune_many(conn: &mut Connection, jobs: &[(String, u32)]) -> Result<Vec<RunId>> {
+pub(super) fn prune_many(conn: &mut Connection, jobs: &[(String, u32)]) -> Result<Vec<RemovedRun>> {
     let tx = write_tx(conn)?;
     let mut ids = Vec::new();
     for (job, keep) in jobs {
@@ -265,7 +265,7 @@ pub(super) fn prune_many(conn: &mut Connection, jobs: &[(String, u32)]) -> Resul
 }
 
 /// The work of a prune inside the caller's transaction.
-fn prune_in(tx: &rusqlite::Transaction<'_>, job: &str, keep: u32) -> Result<Vec<RunId>> {
+fn prune_in(tx: &rusqlite::Transaction<'_>, job: &str, keep: u32) -> Result<Vec<RemovedRun>> {
     let doomed = tx
         .prepare_cached(&PRUNE_SQL)
         .and_then(|mut s| {
@@ -276,6 +276,7 @@ fn prune_in(tx: &rusqlite::Transaction<'_>, job: &str, keep: u32) -> Result<Vec<
                     get_parsed::<Trigger>(row, 2)?,
                     get_parsed::<RunState>(row, 3)?,
                     row.get::<_, Option<i64>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -287,7 +288,7 @@ fn prune_in(tx: &rusqlite::Transaction<'_>, job: &str, keep: u32) -> Result<Vec<
 
     let (mut cursor, mut last_run, mut last_ok, mut last_fail) = (None, None, None, None);
     let (mut n_ok, mut n_fail) = (0i64, 0i64);
-    for &(_, scheduled_at, trigger, state, finished_at) in &doomed {
+    for &(_, scheduled_at, trigger, state, finished_at, _) in &doomed {
         if matches!(trigger, Trigger::Schedule | Trigger::Misfire) {
             cursor = cursor.max(Some(scheduled_at));
         }
@@ -330,9 +331,9 @@ fn prune_in(tx: &rusqlite::Transaction<'_>, job: &str, keep: u32) -> Result<Vec<
             del_run.execute([id]).ctx("pruning a run")?;
         }
     }
-    let mut ids: Vec<RunId> = doomed.into_iter().map(|(id, ..)| id).collect();
-    ids.reverse();
-    Ok(ids)
+    let mut removed: Vec<RemovedRun> = doomed.into_iter().map(|(id, .., agent)| RemovedRun { id, agent }).collect();
+    removed.reverse();
+    Ok(removed)
 }
 
 /// Run totals: the pruned floors plus counts over the current runs (through `runs_by_job`).

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use jiff::Timestamp;
 use tug_core::JobSpec;
 use tug_core::run::{Attempt, NewRun, Run, RunId, RunState, Trigger};
-use tug_store::{FireBatch, JobQuery, RunQuery, RunTotals, Store, StoreError};
+use tug_store::{FireBatch, JobQuery, RemovedRun, RunQuery, RunTotals, Store, StoreError};
 
 /// One `#[tokio::test]` per check, each on a fresh store from `$make` (anything that derefs to a
 /// `Store`), so every implementation runs the same list.
@@ -69,6 +69,11 @@ pub fn fire(job: &str, at: Timestamp, trigger: Trigger) -> NewRun {
 /// Commits runs only.
 pub async fn commit(store: &dyn Store, runs: Vec<NewRun>, now: Timestamp) -> Vec<Run> {
     store.commit_fires(FireBatch { runs, cursors: vec![] }, now).await.unwrap()
+}
+
+/// The ids of removed runs.
+pub fn ids(removed: &[RemovedRun]) -> Vec<RunId> {
+    removed.iter().map(|r| r.id).collect()
 }
 
 /// `run` moved to a terminal `state` that finished at `finished`.
@@ -497,7 +502,7 @@ pub async fn prune_keeps_newest_and_active(store: &dyn Store) {
     assert_eq!(before.fire_cursor, Some(t(10_000)));
     assert_eq!(before.last_success_at, Some(t(10_000)));
 
-    let pruned = store.prune_runs("prune", 2).await.unwrap();
+    let pruned = ids(&store.prune_runs("prune", 2).await.unwrap());
     // Terminal by id, newest first: 9 lost, 8 succeeded | 7 killed, 5 skipped, 4 succeeded, 2 failed, 0 succeeded.
     let expected: Vec<RunId> = [0, 2, 4, 5, 7].iter().map(|&i| runs[i].id).collect();
     assert_eq!(pruned, expected, "ascending ids of the deleted runs");
@@ -515,9 +520,9 @@ pub async fn prune_keeps_newest_and_active(store: &dyn Store) {
     assert_eq!(after.last_run_at, before.last_run_at);
     assert_eq!(after.last_success_at, before.last_success_at);
     assert_eq!(after.last_failure_at, before.last_failure_at);
-    assert_eq!(store.prune_runs("prune", 2).await.unwrap(), Vec::<RunId>::new(), "nothing more to prune");
+    assert_eq!(store.prune_runs("prune", 2).await.unwrap(), Vec::new(), "nothing more to prune");
 
-    let rest = store.prune_runs("prune", 0).await.unwrap();
+    let rest = ids(&store.prune_runs("prune", 0).await.unwrap());
     assert_eq!(rest, vec![runs[8].id, runs[9].id], "keep 0 deletes every terminal run");
     let left = store.list_runs("prune", &RunQuery::default()).await.unwrap().items;
     assert!(left.iter().all(|r| !r.state.is_terminal()) && left.len() == 3, "{left:?}");
@@ -541,9 +546,15 @@ pub async fn delete_cascades(store: &dyn Store) {
         signal: None,
         reason: None,
     };
-    store.save_runs(&[], &[attempt]).await.unwrap();
+    // The first run ran on an agent (which holds its log); the second never started.
+    let ran = Run { agent: Some("agent-7".into()), ..finished(&runs[0], RunState::Failed, t(130)) };
+    store.save_runs(&[ran], &[attempt]).await.unwrap();
     let deleted = store.delete_job("del").await.unwrap();
-    assert_eq!(deleted, runs.iter().map(|r| r.id).collect::<Vec<_>>());
+    let expected = vec![
+        RemovedRun { id: runs[0].id, agent: Some("agent-7".into()) },
+        RemovedRun { id: runs[1].id, agent: None },
+    ];
+    assert_eq!(deleted, expected, "the deleted runs, each with the agent that holds its log");
     assert!(matches!(store.get_job("del").await, Err(StoreError::JobNotFound(_))));
     for r in &runs {
         assert!(matches!(store.get_run(r.id).await, Err(StoreError::RunNotFound(_))));

@@ -71,7 +71,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         server.updates_sender(),
         args.join_token,
         stop_rx.clone(),
-        server.remote_logs.clone(),
+        server.logs.clone(),
     );
     let mut grpc = tokio::spawn(agent_service::serve(agent_listener, gateway, async move {
         let mut rx = stop_rx;
