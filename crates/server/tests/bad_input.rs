@@ -110,3 +110,30 @@ async fn every_documented_route_exists() {
     assert_eq!(doc["openapi"], "3.1.0");
     s.stop().await;
 }
+
+/// A real full disk under the server's data dir: writes get 507 with the directory to clean up,
+/// reads keep working, and writes work again once there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_507_that_names_the_directory() {
+    let Some(disk) = tug_store::testing::Tmpfs::mount("2m") else { return };
+    let mut s = TestServer::start(disk.path()).await;
+    s.create(json!({"name": "before", "schedule": "@yearly", "command": "true"})).await;
+    disk.fill("filler");
+    let mut full = None;
+    for i in 0..1000 {
+        let job = json!({"name": format!("full-{i}"), "schedule": "@yearly", "command": "true", "description": "x".repeat(2000)});
+        let (st, v) = s.req(Method::POST, "/jobs", Some(job)).await;
+        if st != 201 {
+            full = Some((st, v));
+            break;
+        }
+    }
+    let (st, v) = full.expect("writes fail once the disk is full");
+    assert_eq!((st, v["error"]["code"].as_str()), (507, Some("storage_full")), "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("holding {}", disk.path().display())) && msg.contains("free space"), "{msg}");
+    assert_eq!(s.get("/jobs/before").await["spec"]["name"], "before", "reads still work");
+    disk.free("filler");
+    s.create(json!({"name": "after", "schedule": "@yearly", "command": "true"})).await;
+    s.stop().await;
+}

@@ -11,38 +11,13 @@ use serde::{Deserialize, Serialize};
 use tug_core::run::{Attempt, NewRun, Run, RunId, RunState};
 use tug_core::JobSpec;
 
+mod error;
 pub mod mem;
 pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-/// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No job with that name.
-    #[error("job {0:?} not found")]
-    JobNotFound(String),
-    /// No run with that id.
-    #[error("run {0} not found")]
-    RunNotFound(RunId),
-    /// A job with that name already exists.
-    #[error("job {0:?} already exists; use update (PUT) to change it")]
-    JobExists(String),
-    /// The job was changed by someone else since it was read.
-    #[error("job {name:?} was changed concurrently (expected version {expected}, found {found}); read it again")]
-    VersionConflict {
-        /// The job.
-        name: String,
-        /// The version the writer read.
-        expected: u64,
-        /// The version in the store.
-        found: u64,
-    },
-    /// A pagination cursor that this store did not hand out.
-    #[error("invalid cursor {0:?}: pass the `next_cursor` of a previous page")]
-    BadCursor(String),
-    /// The backend failed (disk, corruption, lock).
-    #[error("store backend error: {0}")]
-    Backend(String),
-}
+pub use error::{Cause, ErrorKind, StoreError};
 
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use tempfile::TempDir;
 use tug_core::run::{RunState, Trigger};
 use tug_store::sqlite::SqliteStore;
-use tug_store::{FireBatch, RunQuery, Store, StoreError};
+use tug_store::testing::Tmpfs;
+use tug_store::{ErrorKind, FireBatch, RunQuery, Store, StoreError};
 
 use conformance::{commit, finished, fire, spec, t};
 
@@ -118,22 +119,67 @@ async fn a_newer_schema_is_refused() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let err = SqliteStore::open(&path).unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Backend(m) if m.contains("schema version 99") && m.contains("upgrade tug")),
-        "{err}"
-    );
+    assert!(matches!(&err, StoreError::NewerSchema { found: 99, path: p, .. } if *p == path), "{err:?}");
+    assert!(err.to_string().contains("schema version 99") && err.to_string().contains("upgrade tug"), "{err}");
 }
 
 #[tokio::test]
-async fn an_unopenable_path_is_a_backend_error() {
+async fn an_unopenable_path_or_a_foreign_file_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, b"not a directory").unwrap();
     let err = SqliteStore::open(&file.join("tug.db")).unwrap_err();
-    assert!(matches!(&err, StoreError::Backend(m) if m.contains("creating the database directory")), "{err}");
+    assert!(matches!(&err, StoreError::Backend { what, .. } if what == "creating the database directory"), "{err:?}");
+    assert!(err.cause().is_some_and(|c| c.downcast_ref::<std::io::Error>().is_some()), "the I/O error is kept: {err:?}");
     std::fs::write(dir.path().join("junk.db"), vec![b'x'; 8192]).unwrap();
     let err = SqliteStore::open(&dir.path().join("junk.db")).unwrap_err();
-    assert!(matches!(&err, StoreError::Backend(m) if m.contains("junk.db")), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("junk.db") && text.contains("not a Tugboat database") && text.contains("backup"), "{text}");
+}
+
+#[tokio::test]
+async fn a_locked_database_is_unavailable_until_the_lock_goes() {
+    let (dir, store) = file_store();
+    store.create_job(&spec("locked"), t(0)).await.unwrap();
+    // Another process holds the write lock past the store's busy timeout.
+    let other = rusqlite::Connection::open(dir.path().join("tug.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = store.create_job(&spec("blocked"), t(1)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
+    assert!(err.to_string().contains("busy") && err.to_string().contains("retry"), "{err}");
+    other.execute_batch("ROLLBACK").unwrap();
+    store.create_job(&spec("blocked"), t(1)).await.unwrap();
+}
+
+/// The real thing: SQLite on a file system with no space left.
+#[tokio::test]
+async fn a_full_disk_says_which_directory_is_full_and_writes_resume_once_freed() {
+    let Some(disk) = Tmpfs::mount("1m") else { return };
+    let store = SqliteStore::open(&disk.path().join("tug.db")).unwrap();
+    store.create_job(&spec("before"), t(0)).await.unwrap();
+    disk.fill("filler");
+    // The WAL may hold a little room already; a few writes use it up.
+    let mut err = None;
+    for i in 0..10_000 {
+        let mut s = spec(&format!("full-{i}"));
+        s.description = "x".repeat(2000);
+        if let Err(e) = store.create_job(&s, t(1)).await {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("writes fail once the disk is full");
+    assert_eq!(err.kind(), ErrorKind::StorageFull, "{err:?}");
+    assert!(matches!(&err, StoreError::StorageFull { dir, .. } if dir == disk.path()), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(&disk.path().display().to_string()) && text.contains("free space"), "{text}");
+    assert!(err.cause().is_some_and(|c| c.downcast_ref::<rusqlite::Error>().is_some()), "the SQLite error is kept: {err:?}");
+    // Reads still work; once space is freed, so do writes.
+    assert_eq!(store.get_job("before").await.unwrap().spec.name, "before");
+    disk.free("filler");
+    store.create_job(&spec("after"), t(2)).await.unwrap();
+    drop(store);
 }
 
 /// Concurrent callers committing overlapping fires: every key is created exactly once.

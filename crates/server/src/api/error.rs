@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use tug_core::job::JobError;
-use tug_store::StoreError;
+use tug_store::{ErrorKind, StoreError};
 
 use crate::error::Error;
 
@@ -42,7 +42,12 @@ impl From<StoreError> for ApiError {
             StoreError::JobExists(_) => (StatusCode::CONFLICT, "job_exists"),
             StoreError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             StoreError::BadCursor(_) => (StatusCode::BAD_REQUEST, "bad_cursor"),
-            StoreError::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            _ => match e.kind() {
+                ErrorKind::StorageFull => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
+                ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+                ErrorKind::Corrupt => (StatusCode::INTERNAL_SERVER_ERROR, "store_corrupt"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            },
         };
         ApiError { status, code, message: e.to_string() }
     }
@@ -81,3 +86,41 @@ impl From<Error> for ApiError {
 
 /// Result of handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn io(kind: std::io::ErrorKind) -> tug_store::Cause {
+        Arc::new(std::io::Error::from(kind))
+    }
+
+    #[test]
+    fn store_errors_get_the_status_that_says_what_to_do() {
+        let what = || "committing a run save".to_string();
+        let cases = [
+            (StoreError::JobNotFound("j".into()), 404, "job_not_found", "job \"j\" not found"),
+            (StoreError::RunNotFound(7), 404, "run_not_found", "run 7 not found"),
+            (StoreError::JobExists("j".into()), 409, "job_exists", "use update (PUT)"),
+            (StoreError::VersionConflict { name: "j".into(), expected: 1, found: 2 }, 409, "version_conflict", "read it again"),
+            (StoreError::BadCursor("x".into()), 400, "bad_cursor", "next_cursor"),
+            (
+                StoreError::StorageFull { what: what(), dir: "/var/lib/tug".into(), source: io(std::io::ErrorKind::StorageFull) },
+                507,
+                "storage_full",
+                "no space left on the file system holding /var/lib/tug; free space there",
+            ),
+            (StoreError::Unavailable { what: what(), source: io(std::io::ErrorKind::WouldBlock) }, 503, "store_unavailable", "retry shortly"),
+            (StoreError::Stopped("the SQLite thread has stopped"), 503, "store_unavailable", "restart"),
+            (StoreError::Corrupt { what: what(), source: io(std::io::ErrorKind::InvalidData) }, 500, "store_corrupt", "restore the database from a backup"),
+            (StoreError::Backend { what: what(), source: io(std::io::ErrorKind::PermissionDenied) }, 500, "store_error", "committing a run save: permission denied"),
+        ];
+        for (e, status, code, says) in cases {
+            let api = ApiError::from(e);
+            assert_eq!((api.status.as_u16(), api.code), (status, code), "{}", api.message);
+            assert!(api.message.contains(says), "{:?} should say {says:?}", api.message);
+        }
+    }
+}

@@ -26,7 +26,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tug_store::{JobRecord, StoreError};
+use tug_store::{ErrorKind, JobRecord, StoreError};
 
 use crate::api::AppState;
 use crate::error::Error;
@@ -119,7 +119,11 @@ fn s_error(e: &StoreError, message: String) -> ChronosError {
         StoreError::JobNotFound(name) => return ChronosError::not_found(name),
         StoreError::JobExists(_) | StoreError::VersionConflict { .. } => StatusCode::CONFLICT,
         StoreError::RunNotFound(_) | StoreError::BadCursor(_) => StatusCode::BAD_REQUEST,
-        StoreError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => match e.kind() {
+            ErrorKind::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        },
     };
     ChronosError { status, message, json: false }
 }

@@ -299,7 +299,7 @@ impl Scheduler {
         let ids: Vec<u64> = changed.iter().filter(|r| r.state == RunState::Starting).map(|r| r.id).collect();
         match self.persister.save(changed, Vec::new()).await.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(tug_store::StoreError::Backend(e).into()),
+            Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(crate::error::Error::ShuttingDown),
         }
         for id in ids {

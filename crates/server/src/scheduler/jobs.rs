@@ -216,7 +216,7 @@ impl Scheduler {
                 let out = r.clone();
                 self.save_and_complete(vec![id], vec![], vec![id], now).await;
                 // Durable before the API answers.
-                self.persister.flush().await.map_err(tug_store::StoreError::Backend)?;
+                self.persister.flush().await?;
                 Ok(out)
             }
         }

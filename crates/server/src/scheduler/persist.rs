@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tug_core::run::{Attempt, Run, RunId};
-use tug_store::Store;
+use tug_store::{Store, StoreError};
 
 /// Most queued batches merged into one transaction.
 const MAX_MERGE: usize = 64;
@@ -16,10 +16,13 @@ const MAX_MERGE: usize = 64;
 /// and delay the next fire commit queued behind it.
 const MAX_MERGED_RUNS: usize = 1024;
 
+/// What a write queued after the persister stopped (the scheduler is shutting down) gets.
+const STOPPED: StoreError = StoreError::Stopped("the scheduler's run writer has stopped");
+
 struct Batch {
     runs: Vec<Run>,
     attempts: Vec<Attempt>,
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 /// Handle to the persister task.
@@ -35,13 +38,13 @@ impl Persister {
     }
 
     /// Queues a write and returns at once; the receiver says when it is durable.
-    pub(crate) async fn save(&self, runs: Vec<Run>, attempts: Vec<Attempt>) -> oneshot::Receiver<Result<(), String>> {
+    pub(crate) async fn save(&self, runs: Vec<Run>, attempts: Vec<Attempt>) -> oneshot::Receiver<Result<(), StoreError>> {
         let (done, rx) = oneshot::channel();
         let batch = Batch { runs, attempts, done: Some(done) };
         if let Err(mpsc::error::SendError(b)) = self.tx.send(batch).await
             && let Some(done) = b.done
         {
-            let _ = done.send(Err("the persister has stopped".into()));
+            let _ = done.send(Err(STOPPED));
         }
         rx
     }
@@ -49,8 +52,8 @@ impl Persister {
 
 impl Persister {
     /// Waits until everything queued so far is written.
-    pub(crate) async fn flush(&self) -> Result<(), String> {
-        self.save(Vec::new(), Vec::new()).await.await.unwrap_or_else(|_| Err("the persister has stopped".into()))
+    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
+        self.save(Vec::new(), Vec::new()).await.await.unwrap_or(Err(STOPPED))
     }
 }
 
@@ -82,7 +85,7 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Batch>) {
             waiters.extend(b.done);
         }
         let runs: Vec<Run> = order.into_iter().filter_map(|id| latest.remove(&id)).collect();
-        let result = store.save_runs(&runs, &attempts).await.map_err(|e| e.to_string());
+        let result = store.save_runs(&runs, &attempts).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, runs = runs.len(), "saving run changes failed");
         }

@@ -7,6 +7,7 @@
 //! busy that a passive checkpoint never catches up.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -48,7 +49,7 @@ impl Checkpointer {
                     }
                 }
             })
-            .map_err(|e| StoreError::Backend(format!("starting the SQLite checkpoint thread: {e}")))?;
+            .map_err(|e| StoreError::Backend { what: "starting the SQLite checkpoint thread".into(), source: Arc::new(e) })?;
         Ok(Checkpointer { stop: Some(stop), thread: Some(thread) })
     }
 }

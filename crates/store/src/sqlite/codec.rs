@@ -1,25 +1,74 @@
 //! Conversions between SQLite values and Tugboat's types: timestamps as integer milliseconds since
 //! the Unix epoch (UTC), states and triggers as their snake_case names, run ids as `INTEGER`.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use rusqlite::Row;
 use rusqlite::types::{FromSqlError, Type};
 use tug_core::run::{Run, RunId};
 
-use crate::{Result, StoreError};
+use crate::{Cause, Result, StoreError};
 
-/// Adds what the store was doing to a SQLite error, as a [`StoreError::Backend`].
+/// Adds what the store was doing to a SQLite error, classified by [`classify`].
 pub(super) trait Context<T> {
-    /// Maps the error to `Backend("{what}: {error}")`.
+    /// Maps the error to a [`StoreError`] that says it happened while doing `what`.
     fn ctx(self, what: &str) -> Result<T>;
 }
 
 impl<T> Context<T> for rusqlite::Result<T> {
     fn ctx(self, what: &str) -> Result<T> {
-        self.map_err(|e| StoreError::Backend(format!("{what}: {e}")))
+        self.map_err(|e| classify(what, e))
     }
+}
+
+/// A SQLite error as a [`StoreError`] by what the caller can do about it. A full disk gets its
+/// directory from [`locate`], which knows where the database lives.
+pub(super) fn classify(what: &str, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::*;
+    let what = what.to_owned();
+    let code = e.sqlite_error_code();
+    let corrupt_row = matches!(e, rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..));
+    let source: Cause = Arc::new(e);
+    match code {
+        Some(DiskFull) => StoreError::StorageFull { what, dir: PathBuf::new(), source },
+        Some(DatabaseBusy | DatabaseLocked) => StoreError::Unavailable { what, source },
+        Some(DatabaseCorrupt | NotADatabase) => StoreError::Corrupt { what, source },
+        _ if corrupt_row => StoreError::Corrupt { what, source },
+        _ => StoreError::Backend { what, source },
+    }
+}
+
+/// Fills in where a full disk is: the directory of the database. SQLite reports some failures to
+/// grow a file (its shared-memory index, say) as an I/O error rather than as a full disk, so an
+/// I/O error while the directory's file system has no room left is a full disk too.
+pub(super) fn locate(e: StoreError, dir: Option<&Path>) -> StoreError {
+    let Some(dir) = dir else { return e };
+    match e {
+        StoreError::StorageFull { what, dir: d, source } if d.as_os_str().is_empty() => {
+            StoreError::StorageFull { what, dir: dir.to_owned(), source }
+        }
+        StoreError::Backend { what, source } if is_io_error(&source) && no_room(dir) => {
+            StoreError::StorageFull { what, dir: dir.to_owned(), source }
+        }
+        e => e,
+    }
+}
+
+fn is_io_error(e: &Cause) -> bool {
+    e.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code)
+        == Some(rusqlite::ErrorCode::SystemIoFailure)
+        || e.downcast_ref::<std::io::Error>().is_some()
+}
+
+/// Whether the file system holding `dir` is out of blocks (less than a few pages) or inodes.
+fn no_room(dir: &Path) -> bool {
+    const FEW_PAGES: u64 = 64 * 1024;
+    nix::sys::statvfs::statvfs(dir).is_ok_and(|s| {
+        s.blocks_available().saturating_mul(s.fragment_size()) < FEW_PAGES || s.files_available() == 0
+    })
 }
 
 /// A timestamp as stored: milliseconds since the epoch. Sub-millisecond precision is dropped.
@@ -111,5 +160,36 @@ mod tests {
         let t: Timestamp = "2026-03-29T01:30:00.123456789Z".parse().unwrap();
         assert_eq!(Timestamp::from_millisecond(ms(t)).unwrap(), stored(t));
         assert_eq!(stored(t).to_string(), "2026-03-29T01:30:00.123Z");
+    }
+
+    fn io_error() -> StoreError {
+        let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_WRITE), None);
+        classify("writing", e)
+    }
+
+    #[test]
+    fn an_io_error_on_a_full_file_system_is_a_full_disk() {
+        let Some(disk) = crate::testing::Tmpfs::mount("256k") else { return };
+        let e = locate(io_error(), Some(disk.path()));
+        assert!(matches!(e, StoreError::Backend { .. }), "room left: an I/O error stays one: {e:?}");
+        disk.fill("filler");
+        let e = locate(io_error(), Some(disk.path()));
+        assert!(matches!(&e, StoreError::StorageFull { dir, .. } if dir == disk.path()), "{e:?}");
+        let full = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+        let e = locate(classify("writing", full), Some(disk.path()));
+        assert!(matches!(&e, StoreError::StorageFull { dir, .. } if dir == disk.path()), "{e:?}");
+    }
+
+    #[test]
+    fn sqlite_codes_map_to_what_the_caller_can_do() {
+        let code = |c| classify("x", rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(c), None)).kind();
+        assert_eq!(code(rusqlite::ffi::SQLITE_BUSY), crate::ErrorKind::Unavailable);
+        assert_eq!(code(rusqlite::ffi::SQLITE_LOCKED), crate::ErrorKind::Unavailable);
+        assert_eq!(code(rusqlite::ffi::SQLITE_CORRUPT), crate::ErrorKind::Corrupt);
+        assert_eq!(code(rusqlite::ffi::SQLITE_NOTADB), crate::ErrorKind::Corrupt);
+        assert_eq!(code(rusqlite::ffi::SQLITE_FULL), crate::ErrorKind::StorageFull);
+        assert_eq!(code(rusqlite::ffi::SQLITE_READONLY), crate::ErrorKind::Other);
+        let in_memory = locate(classify("x", rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None)), None);
+        assert!(in_memory.to_string().contains("no space left for the store"), "{in_memory}");
     }
 }

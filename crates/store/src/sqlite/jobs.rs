@@ -2,7 +2,7 @@
 //! a [`JobRecord`] are derived from the job's runs with one aggregate per query, never a query per
 //! job.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use jiff::Timestamp;
 use rusqlite::types::Type;
@@ -86,7 +86,8 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
 
 /// The spec as stored.
 fn spec_json(spec: &JobSpec) -> Result<String> {
-    serde_json::to_string(spec).map_err(|e| StoreError::Backend(format!("encoding job {:?}: {e}", spec.name)))
+    serde_json::to_string(spec)
+        .map_err(|e| StoreError::Backend { what: format!("encoding job {:?}", spec.name), source: Arc::new(e) })
 }
 
 /// The text `q` searches: name, description and owner, lowercased (Unicode-aware, which SQLite's

@@ -23,7 +23,7 @@ use tug_core::run::{Attempt, Run, RunId};
 
 use crate::{FireBatch, JobQuery, JobRecord, Page, RemovedRun, Result, RunQuery, RunTotals, Store, StoreError};
 use checkpoint::Checkpointer;
-use codec::Context;
+use codec::{Context, locate};
 use worker::Worker;
 
 mod checkpoint;
@@ -97,31 +97,33 @@ impl SqliteStore {
     /// Fails if the file is not a Tugboat database, was written by a newer Tugboat, or lives on
     /// a file system without WAL support (some network file systems).
     pub fn open(path: &Path) -> Result<SqliteStore> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Backend(format!("creating the database directory {}: {e}", dir.display())))?;
-        }
+        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => dir.to_owned(),
+            None => PathBuf::from("."),
+        };
+        Self::open_in(path, &dir).map_err(|e| locate(e, Some(&dir)))
+    }
+
+    fn open_in(path: &Path, dir: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io("creating the database directory", dir, e))?;
         let what = format!("opening the database {}", path.display());
         let conn = Connection::open(path).ctx(&what)?;
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).ctx(&what)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Backend(format!(
-                "{what}: the file system does not support WAL mode (journal_mode is {mode}); \
-                 put the database on a local disk"
-            )));
+            return Err(StoreError::NoWal { path: path.to_owned(), mode });
         }
         // The checkpointer takes over from the writer's automatic checkpoint, but for a safety valve.
         conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_THRESHOLD_PAGES).ctx(&what)?;
         // After a checkpoint, shrink the WAL file back to this size rather than keep its peak.
         conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT).ctx(&what)?;
-        let mut store = Self::start(conn, Some(path.to_owned()))?;
+        let mut store = Self::start(conn, Some(path.to_owned()), Some(dir.to_owned()))?;
         store.checkpointer = Some(Checkpointer::spawn(path)?);
         Ok(store)
     }
 
     /// A private database in memory, for tests. Gone when the store is dropped.
     pub fn open_in_memory() -> Result<SqliteStore> {
-        Self::start(Connection::open_in_memory().ctx("opening an in-memory database")?, None)
+        Self::start(Connection::open_in_memory().ctx("opening an in-memory database")?, None, None)
     }
 
     /// The database file; `None` in memory.
@@ -134,7 +136,7 @@ impl SqliteStore {
         schema::VERSION
     }
 
-    fn start(mut conn: Connection, path: Option<PathBuf>) -> Result<SqliteStore> {
+    fn start(mut conn: Connection, path: Option<PathBuf>, dir: Option<PathBuf>) -> Result<SqliteStore> {
         let what = "configuring the database";
         // FULL: the WAL is synced at every commit, so an acknowledged write survives a power cut.
         conn.pragma_update(None, "synchronous", "FULL").ctx(what)?;
@@ -143,7 +145,7 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT).ctx(what)?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
-        let worker = Worker::spawn(conn, "tug-sqlite")?;
+        let worker = Worker::spawn(conn, "tug-sqlite", dir)?;
         Ok(SqliteStore { worker, checkpointer: None, path })
     }
 }

@@ -6,6 +6,8 @@
 //! Conventions: timestamps are `INTEGER` milliseconds since the Unix epoch (UTC); run states and
 //! triggers are their snake_case names (as in the API); a job's spec is its JSON document.
 
+use std::path::PathBuf;
+
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::codec::Context;
@@ -99,10 +101,8 @@ pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).ctx("reading the schema version")?;
     if current > VERSION {
-        return Err(StoreError::Backend(format!(
-            "the database has schema version {current} but this tug only knows up to {VERSION}; \
-             upgrade tug or point it at another database"
-        )));
+        let path = PathBuf::from(conn.path().unwrap_or_default());
+        return Err(StoreError::NewerSchema { path, found: current, known: VERSION });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;

@@ -6,12 +6,15 @@
 //! behind a large fire batch ever matter.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::codec::locate;
 use crate::{Result, StoreError};
 
 /// Work for the thread.
@@ -22,11 +25,13 @@ type Task = Box<dyn FnOnce(&mut Connection) + Send>;
 pub(super) struct Worker {
     tasks: Option<mpsc::Sender<Task>>,
     thread: Option<JoinHandle<()>>,
+    dir: Option<PathBuf>,
 }
 
 impl Worker {
     /// Starts the thread, which takes ownership of `conn`.
-    pub(super) fn spawn(mut conn: Connection, name: &str) -> Result<Worker> {
+    /// Full disks are reported as full in `dir`, the database's directory (`None`: in memory).
+    pub(super) fn spawn(mut conn: Connection, name: &str, dir: Option<PathBuf>) -> Result<Worker> {
         let (tasks, queue) = mpsc::channel::<Task>();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
@@ -43,8 +48,8 @@ impl Worker {
                     tracing::warn!(error = %e, "closing the SQLite database failed");
                 }
             })
-            .map_err(|e| StoreError::Backend(format!("starting the SQLite thread: {e}")))?;
-        Ok(Worker { tasks: Some(tasks), thread: Some(thread) })
+            .map_err(|e| StoreError::Backend { what: "starting the SQLite thread".into(), source: Arc::new(e) })?;
+        Ok(Worker { tasks: Some(tasks), thread: Some(thread), dir })
     }
 
     /// Runs `f` on the connection thread and returns its result.
@@ -62,8 +67,9 @@ impl Worker {
             .as_ref()
             .expect("the sender lives until drop")
             .send(task)
-            .map_err(|_| StoreError::Backend("the SQLite thread has stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Backend("the SQLite operation panicked; see the server log".into()))?
+            .map_err(|_| StoreError::Stopped("the SQLite thread has stopped"))?;
+        let result = answer.await.map_err(|_| StoreError::Stopped("a SQLite operation panicked"))?;
+        result.map_err(|e| locate(e, self.dir.as_deref()))
     }
 }
 
