@@ -18,9 +18,9 @@ use tempfile::TempDir;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tug_agent::runtime::docker::spec::label;
-use tug_agent::runtime::docker::{DockerConfig, DockerRuntime, LazyDocker};
+use tug_agent::runtime::docker::{ContainerError, DockerConfig, DockerError, DockerRuntime, LazyDocker};
 use tug_agent::runtime::process::ProcessRuntime;
-use tug_agent::runtime::{Dispatch, Outcome, RunContext, Runtime};
+use tug_agent::runtime::{Dispatch, Outcome, RunContext, Runtime, RuntimeError};
 use tug_core::bytesize::ByteSize;
 use tug_core::job::{Command, ContainerMode, DockerSpec, PullPolicy, RuntimeKind};
 use tug_core::protocol::{KillReason, Launch, Task};
@@ -490,14 +490,20 @@ async fn missing_image_fails_the_run_and_the_runtime_stays_healthy() {
     let o = env.run(l).await;
     assert_eq!(o.state, RunState::Failed);
     let reason = o.reason.unwrap_or_default();
-    assert!(reason.starts_with("image tugboat-test-absent:nope not found locally and pull failed: "), "{reason}");
-    assert!(env.log(id).await.contains("not found locally"));
+    assert!(reason.starts_with("image tugboat-test-absent:nope is not on this host and pulling it failed: "), "{reason}");
+    assert!(reason.contains("docker import - tugboat-test-absent:nope"), "says how to load it without a registry: {reason}");
+    assert!(env.log(id).await.contains("is not on this host"));
     let never = |t: &mut Task| {
         let d = t.docker.as_mut().expect("docker");
         d.image = "tugboat-test-absent:nope".into();
         d.pull = PullPolicy::Never;
     };
-    assert!(env.run(launch("noimage", "true", never)).await.reason.unwrap_or_default().contains("pull = \"never\""));
+    let reason = env.run(launch("noimage", "true", never)).await.reason.unwrap_or_default();
+    assert!(reason.contains("pull = \"never\"") && reason.contains("docker load"), "{reason}");
+    // A pre-warm fails the same way, with the error typed.
+    let err = env.rt.prewarm("noimage", &launch("noimage", "true", never).task).await.unwrap_err();
+    let missing = matches!(&err, RuntimeError::Container(ContainerError::ImageMissing { image }) if image == "tugboat-test-absent:nope");
+    assert!(missing, "{err:?}");
     assert_eq!(env.run(launch("ok", "true", |_| {})).await.state, RunState::Succeeded);
     env.cleanup().await;
 }
@@ -541,7 +547,8 @@ async fn lazy_docker_reports_an_unreachable_daemon_per_run() {
 async fn dispatch_without_docker_fails_docker_runs_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let logs = LogFiles::new(dir.path().join("logs"));
-    let rt = Dispatch::new(std::sync::Arc::new(ProcessRuntime), Err("cannot reach the Docker daemon at /nope".into()));
+    let no_answer = DockerError::NoAnswer { socket: "/nope".into(), waited: Duration::from_secs(5) };
+    let rt = Dispatch::new(std::sync::Arc::new(ProcessRuntime), Err(no_answer));
     let run = |l: Launch| {
         let (_k, kill) = watch::channel(None);
         let (started, _s) = oneshot::channel();
@@ -549,7 +556,8 @@ async fn dispatch_without_docker_fails_docker_runs_clearly() {
     };
     let o = rt.run(run(launch("d", "true", |_| {}))).await;
     assert_eq!(o.state, RunState::Failed);
-    assert!(o.reason.unwrap_or_default().contains("docker runtime is unavailable: cannot reach the Docker daemon"));
+    let reason = o.reason.unwrap_or_default();
+    assert!(reason.contains("docker runtime is unavailable: cannot reach the Docker daemon at /nope") && reason.contains("docker info"), "{reason}");
     let o = rt.run(run(launch("p", "exit 0", |t| { t.runtime = RuntimeKind::Process; t.docker = None; }))).await;
     assert_eq!(o.state, RunState::Succeeded);
 }

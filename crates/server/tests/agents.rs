@@ -163,7 +163,7 @@ impl Runtime for Prewarms {
         Outcome { state: RunState::Succeeded, exit_code: Some(0), signal: None, reason: None }
     }
 
-    async fn prewarm(&self, job: &str, _task: &tug_core::protocol::Task) -> Result<(), String> {
+    async fn prewarm(&self, job: &str, _task: &tug_core::protocol::Task) -> Result<(), tug_agent::runtime::RuntimeError> {
         self.seen.lock().unwrap().push((job.to_string(), self.start.elapsed().as_secs()));
         Ok(())
     }

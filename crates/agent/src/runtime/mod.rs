@@ -64,7 +64,7 @@ pub trait Runtime: Send + Sync + 'static {
     async fn run(&self, ctx: RunContext) -> Outcome;
     /// Gets ready for a run of `job` that fires soon (docker: creates its warm container now,
     /// so even the first run is warm). Runtimes with nothing to prepare do nothing.
-    async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), String> {
+    async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), RuntimeError> {
         let _ = (job, task);
         Ok(())
     }
@@ -77,17 +77,28 @@ pub trait Runtime: Send + Sync + 'static {
 /// A shared runtime.
 pub type SharedRuntime = Arc<dyn Runtime>;
 
+/// Why a runtime could not get ready for a job ([`Runtime::prewarm`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Docker cannot be used on this agent now.
+    #[error("the docker runtime is unavailable: {0}")]
+    DockerUnavailable(#[source] Arc<docker::DockerError>),
+    /// The job's container or image could not be made ready.
+    #[error(transparent)]
+    Container(#[from] docker::ContainerError),
+}
+
 /// Routes each launch to the runtime its task names: `process` or `docker`. When Docker is not
 /// available, docker runs fail with the reason instead of taking the agent down.
 pub struct Dispatch {
     process: SharedRuntime,
-    docker: Result<SharedRuntime, String>,
+    docker: Result<SharedRuntime, Arc<docker::DockerError>>,
 }
 
 impl Dispatch {
     /// A dispatcher over `process` and `docker` (or why docker is unavailable).
-    pub fn new(process: SharedRuntime, docker: Result<SharedRuntime, String>) -> Dispatch {
-        Dispatch { process, docker }
+    pub fn new(process: SharedRuntime, docker: Result<SharedRuntime, docker::DockerError>) -> Dispatch {
+        Dispatch { process, docker: docker.map_err(Arc::new) }
     }
 }
 
@@ -101,11 +112,11 @@ impl Runtime for Dispatch {
         self.docker.as_ref().map_or(0, |d| d.warm_containers())
     }
 
-    async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), String> {
+    async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), RuntimeError> {
         match (task.runtime, &self.docker) {
             (tug_core::job::RuntimeKind::Process, _) => self.process.prewarm(job, task).await,
             (tug_core::job::RuntimeKind::Docker, Ok(docker)) => docker.prewarm(job, task).await,
-            (tug_core::job::RuntimeKind::Docker, Err(why)) => Err(format!("the docker runtime is unavailable: {why}")),
+            (tug_core::job::RuntimeKind::Docker, Err(why)) => Err(RuntimeError::DockerUnavailable(why.clone())),
         }
     }
 
@@ -114,7 +125,8 @@ impl Runtime for Dispatch {
             (tug_core::job::RuntimeKind::Process, _) => self.process.run(ctx).await,
             (tug_core::job::RuntimeKind::Docker, Ok(docker)) => docker.run(ctx).await,
             (tug_core::job::RuntimeKind::Docker, Err(why)) => {
-                let outcome = Outcome::failed_to_start(format!("cannot start: the docker runtime is unavailable: {why}"));
+                let why = RuntimeError::DockerUnavailable(why.clone());
+                let outcome = Outcome::failed_to_start(format!("cannot start: {why}"));
                 if let Ok(mut log) = ctx.logs.writer(ctx.launch.run_id, ctx.log_limit).await {
                     let _ = log.line(outcome.reason.as_deref().unwrap_or_default()).await;
                     let _ = log.finish().await;

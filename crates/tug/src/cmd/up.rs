@@ -121,7 +121,7 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     };
     let process = Arc::new(ShimRuntime::new(&durable));
     config.agent_durability = Some(durable);
-    let runtime = Arc::new(Dispatch::new(process, docker_runtime(&config.agent_name, &data_dir).await));
+    let runtime = Arc::new(Dispatch::new(process, Ok(docker_runtime(&config.agent_name, &data_dir).await)));
     let server = Embedded::start(config, runtime, Arc::new(SystemClock), Some(listener)).await?;
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "tugboat is up");
     eprintln!("Tugboat is up: API at http://{}/api/v1, data in {}", args.listen, data_dir.display());
@@ -135,7 +135,7 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
 /// The docker runtime. It connects now when it can (adopting the warm containers a previous
 /// `tug up` left), and otherwise on the first docker run: with Docker down, docker runs fail with
 /// the reason and work again once Docker is back; process jobs are unaffected.
-async fn docker_runtime(agent: &str, data_dir: &std::path::Path) -> Result<SharedRuntime, String> {
+async fn docker_runtime(agent: &str, data_dir: &std::path::Path) -> SharedRuntime {
     let config = DockerConfig::new(agent, data_dir.join("docker"));
     if config.dwait.is_none() {
         tracing::warn!("no static dwait found (set TUG_DWAIT or put it next to tug): docker jobs run through docker exec");
@@ -144,6 +144,6 @@ async fn docker_runtime(agent: &str, data_dir: &std::path::Path) -> Result<Share
     if let Err(e) = docker.get().await {
         tracing::warn!(error = %e, "docker jobs fail until Docker is available");
     }
-    Ok(Arc::new(docker))
+    Arc::new(docker)
 }
 

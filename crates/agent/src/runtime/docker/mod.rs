@@ -15,6 +15,7 @@
 //! - [`exec`]: runs through `docker exec`.
 //! - [`per_run`]: a fresh container per run.
 //! - [`image`], [`spec`], [`outcome`]: pull policy, container settings and labels, wording.
+//! - [`error`]: why a container could not be made ready, with what to do.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,8 +26,9 @@ use bollard::Docker;
 use tracing::Instrument;
 use tug_core::job::ContainerMode;
 
-use super::{Outcome, RunContext, Runtime};
+use super::{Outcome, RunContext, Runtime, RuntimeError};
 
+mod error;
 mod events;
 mod exec;
 mod executor;
@@ -35,6 +37,8 @@ mod outcome;
 mod per_run;
 mod pool;
 pub mod spec;
+
+pub use error::{ContainerError, DockerError, PullError};
 
 /// The Docker Engine API version spoken. 1.41 (Docker 20.10) is served by every current engine.
 const API_VERSION: bollard::ClientVersion = bollard::ClientVersion { major_version: 1, minor_version: 41 };
@@ -147,22 +151,6 @@ pub(crate) struct Inner {
     pub events: events::Cache,
 }
 
-/// Why the docker runtime could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    /// The daemon did not answer.
-    #[error("cannot reach the Docker daemon at {socket}: {message}; start Docker (or set DOCKER_HOST=unix://PATH)")]
-    Unreachable {
-        /// The socket tried.
-        socket: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// The state directory could not be made.
-    #[error("cannot create the docker state directory {0}: {1}")]
-    StateDir(PathBuf, #[source] std::io::Error),
-}
-
 impl DockerRuntime {
     /// Connects to the daemon, adopts this agent's existing containers (removing the ones it
     /// cannot use) and starts the sweeper that removes idle and retired containers.
@@ -173,9 +161,9 @@ impl DockerRuntime {
             tracing::warn!(state_dir = %config.state_dir.display(), using = %short.display(), "the docker state directory is too long for unix sockets");
             config.state_dir = short;
         }
-        let unreachable = |m: String| DockerError::Unreachable { socket: config.socket.clone(), message: m };
-        let docker = Docker::connect_with_unix(&config.socket, 120, &API_VERSION).map_err(|e| unreachable(describe(&e)))?;
-        docker.ping().await.map_err(|e| unreachable(describe(&e)))?;
+        let unreachable = |source| DockerError::Unreachable { socket: config.socket.clone(), source };
+        let docker = Docker::connect_with_unix(&config.socket, 120, &API_VERSION).map_err(unreachable)?;
+        docker.ping().await.map_err(unreachable)?;
         std::fs::create_dir_all(config.state_dir.join("c")).map_err(|e| DockerError::StateDir(config.state_dir.clone(), e))?;
         let inner = Arc::new(Inner { docker, config, pool: pool::Pool::default(), created: AtomicU64::new(0), events: events::Cache::default() });
         pool::adopt(&inner).await;
@@ -214,12 +202,13 @@ impl Runtime for DockerRuntime {
     }
 
     /// Creates `job`'s warm container ahead of its first run (per-run jobs: pulls the image).
-    async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), String> {
-        let d = task.docker.as_ref().ok_or("a docker job needs docker.image")?;
+    async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), RuntimeError> {
+        let d = task.docker.as_ref().ok_or(ContainerError::NoImage)?;
         match d.mode {
-            ContainerMode::Warm => pool::acquire(&self.inner, job, task, false).await.map(|lease| lease.release_unused()),
-            ContainerMode::PerRun => image::ensure(&self.inner.docker, &d.image, d.pull).await,
+            ContainerMode::Warm => pool::acquire(&self.inner, job, task, false).await.map(|lease| lease.release_unused())?,
+            ContainerMode::PerRun => image::ensure(&self.inner.docker, &d.image, d.pull).await?,
         }
+        Ok(())
     }
 
     async fn run(&self, ctx: RunContext) -> Outcome {
@@ -229,7 +218,7 @@ impl Runtime for DockerRuntime {
             let mode = ctx.launch.task.docker.as_ref().map(|d| d.mode).unwrap_or_default();
             if ctx.launch.task.docker.is_none() {
                 let log = outcome::Log::open(&ctx.logs, ctx.launch.run_id, ctx.log_limit).await;
-                return log.finish(Outcome::failed_to_start("cannot start: a docker job needs docker.image"), true).await;
+                return log.finish(Outcome::failed_to_start(format!("cannot start: {}", ContainerError::NoImage)), true).await;
             }
             match mode {
                 ContainerMode::Warm => pool::run_warm(&inner, ctx).await,
@@ -261,9 +250,10 @@ impl LazyDocker {
         if let Some(rt) = rt.as_ref() {
             return Ok(rt.clone());
         }
-        let connected = tokio::time::timeout(Duration::from_secs(5), DockerRuntime::connect(self.config.clone()))
+        let waited = Duration::from_secs(5);
+        let connected = tokio::time::timeout(waited, DockerRuntime::connect(self.config.clone()))
             .await
-            .unwrap_or_else(|_| Err(DockerError::Unreachable { socket: self.config.socket.clone(), message: "no answer within 5s".into() }))?;
+            .unwrap_or_else(|_| Err(DockerError::NoAnswer { socket: self.config.socket.clone(), waited }))?;
         *rt = Some(connected.clone());
         Ok(connected)
     }
@@ -280,8 +270,9 @@ impl Runtime for LazyDocker {
         self.runtime.try_lock().ok().and_then(|g| g.as_ref().map(DockerRuntime::warm_containers)).unwrap_or(0)
     }
 
-    async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), String> {
-        self.get().await.map_err(|e| e.to_string())?.prewarm(job, task).await
+    async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), RuntimeError> {
+        let docker = self.get().await.map_err(|e| RuntimeError::DockerUnavailable(Arc::new(e)))?;
+        docker.prewarm(job, task).await
     }
 
     async fn run(&self, ctx: RunContext) -> Outcome {

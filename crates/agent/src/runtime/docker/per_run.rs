@@ -9,7 +9,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::outcome::{self, Log, Stop};
-use super::{Inner, describe, image, spec};
+use super::{ContainerError, Inner, describe, image, spec};
 use crate::runtime::{Outcome, RunContext};
 
 /// Runs one attempt in a container of its own.
@@ -22,10 +22,10 @@ pub async fn run(inner: &Arc<Inner>, ctx: RunContext) -> Outcome {
         return log.finish(o, true).await;
     }
     let Some(d) = launch.task.docker.as_ref() else {
-        return log.finish(Outcome::failed_to_start("cannot start: a docker job needs docker.image"), true).await;
+        return log.finish(Outcome::failed_to_start(format!("cannot start: {}", ContainerError::NoImage)), true).await;
     };
     if let Err(e) = image::ensure(&inner.docker, &d.image, d.pull).await {
-        return log.finish(Outcome::failed_to_start(e), true).await;
+        return log.finish(Outcome::failed_to_start(e.to_string()), true).await;
     }
     let cfg = &inner.config;
     let task = &launch.task;
@@ -45,7 +45,7 @@ pub async fn run(inner: &Arc<Inner>, ctx: RunContext) -> Outcome {
     let opts = bollard::query_parameters::CreateContainerOptionsBuilder::new().name(&name).build();
     let id = match inner.docker.create_container(Some(opts), body).await {
         Ok(c) => c.id,
-        Err(e) => return log.finish(Outcome::failed_to_start(format!("cannot create the container: {}", describe(&e))), true).await,
+        Err(source) => return log.finish(Outcome::failed_to_start(ContainerError::Create { source }.to_string()), true).await,
     };
     inner.created.fetch_add(1, Ordering::Relaxed);
     let o = attach_start_wait(inner, &id, &launch, &mut log, &mut kill, grace, started).await;
@@ -85,7 +85,7 @@ async fn attach_start_wait(
         Err(e) => return Outcome::failed_to_start(format!("cannot attach to the container: {}", describe(&e))),
     };
     if let Err(e) = docker.start_container(id, None).await {
-        return Outcome::failed_to_start(format!("cannot start the container: {}", describe(&e)));
+        return Outcome::failed_to_start(ContainerError::Start { source: e }.to_string());
     }
     let _ = started.send(None);
     let mut wait = docker.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>);

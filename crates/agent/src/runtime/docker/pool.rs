@@ -18,7 +18,7 @@ use tug_core::protocol::Task;
 
 use super::outcome::Log;
 use super::spec::{self, label};
-use super::{Inner, Lifecycle, describe, executor, image};
+use super::{ContainerError, Inner, Lifecycle, describe, executor, image};
 use crate::runtime::{Outcome, RunContext};
 
 /// Where dwait and its socket directory appear inside a warm container.
@@ -116,7 +116,7 @@ fn lifecycle(inner: &Inner, task: &Task) -> Lifecycle {
 }
 
 /// The job's warm container, created or replaced as needed, with one more run counted on it.
-pub async fn acquire(inner: &Arc<Inner>, job: &str, task: &Task, replace_dead: bool) -> Result<Lease, String> {
+pub async fn acquire(inner: &Arc<Inner>, job: &str, task: &Task, replace_dead: bool) -> Result<Lease, ContainerError> {
     let hash = spec::spec_hash(task, &inner.config.default_network);
     let life = lifecycle(inner, task);
     let slot = inner.pool.slot(job);
@@ -142,10 +142,10 @@ pub async fn acquire(inner: &Arc<Inner>, job: &str, task: &Task, replace_dead: b
             *current = None;
         }
     }
-    if current.is_none() {
-        *current = Some(create(inner, job, task, &hash, life).await?);
-    }
-    let warm = current.as_ref().map(Arc::clone).ok_or("no container")?;
+    let warm = match current.as_ref() {
+        Some(w) => Arc::clone(w),
+        None => Arc::clone(current.insert(create(inner, job, task, &hash, life).await?)),
+    };
     *warm.life.lock().unwrap_or_else(|p| p.into_inner()) = life;
     warm.runs.fetch_add(1, Ordering::SeqCst);
     warm.inflight.fetch_add(1, Ordering::SeqCst);
@@ -176,8 +176,8 @@ fn short(id: &str) -> &str {
 }
 
 /// Creates and starts a warm container and waits for its executor to listen.
-async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Lifecycle) -> Result<Arc<Warm>, String> {
-    let d = task.docker.as_ref().ok_or("cannot start: a docker job needs docker.image")?;
+async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Lifecycle) -> Result<Arc<Warm>, ContainerError> {
+    let d = task.docker.as_ref().ok_or(ContainerError::NoImage)?;
     image::ensure(&inner.docker, &d.image, d.pull).await?;
     let cfg = &inner.config;
     let nonce = spec::nonce();
@@ -185,7 +185,9 @@ async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Li
     let dwait = cfg.dwait.clone().filter(|_| !cfg.force_exec);
     let via_exec = dwait.is_none();
     let dir = cfg.state_dir.join("c").join(&nonce);
-    tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    if let Err(source) = tokio::fs::create_dir_all(&dir).await {
+        return Err(ContainerError::RunDir { dir, source });
+    }
     let (entrypoint, cmd, binds) = match &dwait {
         Some(bin) => (
             vec![DWAIT_IN_CONTAINER.to_string()],
@@ -209,12 +211,11 @@ async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Li
         ..Default::default()
     };
     let opts = bollard::query_parameters::CreateContainerOptionsBuilder::new().name(&name).build();
-    let created = inner.docker.create_container(Some(opts), body).await.map_err(|e| format!("cannot create the container: {}", describe(&e)));
-    let id = match created {
+    let id = match inner.docker.create_container(Some(opts), body).await {
         Ok(c) => c.id,
-        Err(e) => {
+        Err(source) => {
             let _ = tokio::fs::remove_dir_all(&dir).await;
-            return Err(e);
+            return Err(ContainerError::Create { source });
         }
     };
     inner.created.fetch_add(1, Ordering::Relaxed);
@@ -230,9 +231,9 @@ async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Li
         last_used: Mutex::new(Instant::now()),
         life: Mutex::new(life),
     });
-    if let Err(e) = inner.docker.start_container(&id, None).await {
+    if let Err(source) = inner.docker.start_container(&id, None).await {
         remove(inner, &warm).await;
-        return Err(format!("cannot start the container: {}", describe(&e)));
+        return Err(ContainerError::Start { source });
     }
     if !via_exec {
         let sock = warm.socket();
@@ -240,7 +241,7 @@ async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Li
         while tokio::net::UnixStream::connect(&sock).await.is_err() {
             if Instant::now() >= deadline {
                 remove(inner, &warm).await;
-                return Err(format!("the container's executor did not listen within {READY_TIMEOUT:?}"));
+                return Err(ContainerError::ExecutorTimeout(READY_TIMEOUT));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -264,7 +265,7 @@ pub async fn run_warm(inner: &Arc<Inner>, ctx: RunContext) -> Outcome {
     for attempt in 0..2 {
         let lease = match acquire(inner, &launch.job, &launch.task, replace_dead).await {
             Ok(l) => l,
-            Err(e) => return log.finish(Outcome::failed_to_start(e), true).await,
+            Err(e) => return log.finish(Outcome::failed_to_start(e.to_string()), true).await,
         };
         if lease.warm.via_exec {
             let o = super::exec::run(inner, &lease.warm.id, &launch, &mut log, &mut kill, grace, &mut started, mem).await;
