@@ -1,0 +1,41 @@
+//! `tug bench`: measurements printed as tables (or `--json`), never run as CI tests. One file per
+//! benchmark; what they share is in `common.rs`.
+//!
+//! - `fire`: N jobs firing every second through the real scheduler and SQLite store.
+//! - `launch`: one trivial docker job launched three ways (executor, exec, container per run).
+//! - `agents`: a real `tug server` and N `tug agent run --noop` processes, launches end to end.
+
+mod agents;
+mod common;
+mod fire;
+mod launch;
+
+pub use agents::AgentsArgs;
+pub use fire::FireArgs;
+pub use launch::LaunchArgs;
+
+/// `tug bench` subcommands.
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Fire N jobs every second through the real scheduler and SQLite store with a no-op runtime.
+    #[command(after_help = "Examples:\n  tug bench fire --jobs 10000 --seconds 10\n  tug bench fire --jobs 100000 --seconds 10 --burst --json\n\nBy default fire instants are spread evenly over each second (steady load); --burst puts every\njob on the same instant, the top-of-the-minute herd.")]
+    Fire(FireArgs),
+    /// Launch one trivial docker job three ways: warm through the in-container executor, warm
+    /// through docker exec, and a container per run.
+    #[command(after_help = "Examples:\n  tug bench launch --runs 1000\n  tug bench launch --runs 10000 --exec-runs 100 --per-run-runs 20 --json\n\nNeeds a Docker daemon, the static dwait (TUG_DWAIT or next to tug) and a local image with\n`true` (default tugboat-test-busybox:1, built by scripts/test). \"fire\" is the moment the launch is\nhanded to the runtime; \"started\" when the process runs; \"finished\" when its outcome is known.")]
+    Launch(LaunchArgs),
+    /// Start a real `tug server` and N `tug agent run --noop` processes on 127.0.0.1, load J
+    /// jobs firing every second through the API, and measure launches end to end.
+    #[command(after_help = "Examples:\n  tug bench agents\n  tug bench agents --agents 50 --jobs 5000 --seconds 20 --json\n\nEvery job is `* * * * * *` (all on the same instant of each second) and asks for 0.01 cpus, so\nall fit. No-op agents answer every launch at once: what is measured is the server, the store,\nthe agent protocol and the processes' scheduling on this machine.")]
+    Agents(AgentsArgs),
+}
+
+
+/// Runs a benchmark.
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Fire(a) => fire::run(a).await,
+        BenchCommand::Launch(a) => launch::run(a).await,
+        BenchCommand::Agents(a) => agents::run(a).await,
+    }
+}
