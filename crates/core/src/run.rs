@@ -205,6 +205,29 @@ pub struct NewRun {
     pub agent: Option<String>,
 }
 
+impl NewRun {
+    /// The run a store creates from it, with the id and creation time it gives: the first
+    /// attempt, nothing started or finished yet.
+    pub fn into_run(self, id: RunId, created_at: Timestamp) -> Run {
+        Run {
+            id,
+            job: self.job,
+            scheduled_at: self.scheduled_at,
+            trigger: self.trigger,
+            state: self.state,
+            attempt: 1,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            signal: None,
+            reason: self.reason,
+            agent: self.agent,
+            retry_at: None,
+        }
+    }
+}
+
 /// A finished attempt of a run, kept for history when a run is retried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {

@@ -115,8 +115,9 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a job's spec. With `expected_version`, fails with
     /// [`StoreError::VersionConflict`] unless the stored version matches.
     async fn update_job(&self, spec: &JobSpec, expected_version: Option<u64>, now: Timestamp) -> Result<JobRecord>;
-    /// Creates many jobs (an import). Stops at the first error; implementations that can do it
-    /// in one transaction should, so that it is all or nothing.
+    /// Creates many jobs (an import), all or nothing: the first error creates none of them. The
+    /// default (one `create_job` per spec) is not atomic; every store overrides it (the
+    /// conformance suite checks).
     async fn create_jobs(&self, specs: &[JobSpec], now: Timestamp) -> Result<()> {
         for spec in specs {
             self.create_job(spec, now).await?;

@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use jiff::Timestamp;
 use tug_core::JobSpec;
-use tug_core::run::{Attempt, Run, RunId, RunState, Trigger};
+use tug_core::run::{Attempt, NewRun, Run, RunId, RunState, Trigger};
 
 use crate::{FireBatch, JobQuery, JobRecord, Page, RemovedRun, Result, RunQuery, RunTotals, Store, StoreError};
 
@@ -367,22 +367,7 @@ impl Store for MemStore {
             }
             row.keys.insert(key, id);
             row.run_ids.insert(id);
-            let run = Run {
-                id,
-                job: new.job,
-                scheduled_at,
-                trigger: new.trigger,
-                state: new.state,
-                attempt: 1,
-                created_at,
-                started_at: None,
-                finished_at: None,
-                exit_code: None,
-                signal: None,
-                reason: new.reason,
-                agent: new.agent,
-                retry_at: None,
-            };
+            let run = NewRun { scheduled_at, ..new }.into_run(id, created_at);
             state.runs.insert(id, run.clone());
             created.push(run);
         }

@@ -5,54 +5,20 @@
 mod conformance;
 
 use std::fmt::Debug;
-use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use tug_core::run::{Attempt, NewRun, Run, RunState, Trigger};
 use tug_store::mem::MemStore;
 use tug_store::sqlite::SqliteStore;
-use tug_store::{FireBatch, JobQuery, RunQuery, Store, StoreError};
+use tug_store::{FireBatch, JobQuery, RunQuery, Store};
 
-use conformance::{commit, finished, fire, spec, t};
+use conformance::{finished, fire, spec, t};
 
 conformance_tests!(Box::new(MemStore::new()));
 
 #[tokio::test]
 async fn all_checks_share_one_store() {
     conformance::all(&MemStore::new()).await;
-}
-
-#[tokio::test]
-async fn bulk_create_is_all_or_nothing() {
-    let store = MemStore::new();
-    store.create_job(&spec("taken"), t(0)).await.unwrap();
-    let specs = [spec("fresh"), spec("taken")];
-    assert!(store.create_jobs(&specs, t(0)).await.is_err());
-    assert!(matches!(store.get_job("fresh").await, Err(StoreError::JobNotFound(_))));
-}
-
-/// Concurrent callers committing overlapping fires: every key is created exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_commits_create_each_key_once() {
-    let store = Arc::new(MemStore::new());
-    store.create_job(&spec("race"), t(0)).await.unwrap();
-    let tasks: Vec<_> = (0..16)
-        .map(|task| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                let mut fires: Vec<_> = (0..50).map(|i| fire("race", t(i * 60), Trigger::Schedule)).collect();
-                fires.rotate_left(task * 3);
-                commit(&*store, fires, t(0)).await.len()
-            })
-        })
-        .collect();
-    let mut created = 0;
-    for task in tasks {
-        created += task.await.unwrap();
-    }
-    assert_eq!(created, 50);
-    let runs = store.list_runs("race", &RunQuery { limit: 1000, ..Default::default() }).await.unwrap();
-    assert_eq!(runs.items.len(), 50);
 }
 
 /// Two stores fed the same calls, each answer compared (errors by their message).

@@ -5,7 +5,6 @@
 mod conformance;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use tempfile::TempDir;
 use tug_core::run::{RunState, Trigger};
@@ -48,15 +47,6 @@ async fn all_checks_in_memory() {
     let store = SqliteStore::open_in_memory().unwrap();
     assert_eq!(store.path(), None);
     conformance::all(&store).await;
-}
-
-#[tokio::test]
-async fn bulk_create_is_all_or_nothing() {
-    let (_dir, store) = file_store();
-    store.create_job(&conformance::spec("taken"), conformance::t(0)).await.unwrap();
-    let specs = [conformance::spec("fresh"), conformance::spec("taken")];
-    assert!(store.create_jobs(&specs, conformance::t(0)).await.is_err());
-    assert!(matches!(store.get_job("fresh").await, Err(tug_store::StoreError::JobNotFound(_))));
 }
 
 #[tokio::test]
@@ -180,32 +170,6 @@ async fn a_full_disk_says_which_directory_is_full_and_writes_resume_once_freed()
     disk.free("filler");
     store.create_job(&spec("after"), t(2)).await.unwrap();
     drop(store);
-}
-
-/// Concurrent callers committing overlapping fires: every key is created exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_commits_create_each_key_once() {
-    let (_dir, store) = file_store();
-    let store = Arc::new(store);
-    store.create_job(&spec("race"), t(0)).await.unwrap();
-    let tasks: Vec<_> = (0..16)
-        .map(|task| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                // Every task fires the same 50 keys, in a different order.
-                let mut fires: Vec<_> = (0..50).map(|i| fire("race", t(i * 60), Trigger::Schedule)).collect();
-                fires.rotate_left(task * 3);
-                commit(&*store, fires, t(0)).await.len()
-            })
-        })
-        .collect();
-    let mut created = 0;
-    for task in tasks {
-        created += task.await.unwrap();
-    }
-    assert_eq!(created, 50);
-    let runs = store.list_runs("race", &RunQuery { limit: 1000, ..Default::default() }).await.unwrap();
-    assert_eq!(runs.items.len(), 50);
 }
 
 /// The hot path: one tick of 100,000 fires in one batch. Prints the time; asserts only the outcome.

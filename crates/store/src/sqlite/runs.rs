@@ -4,7 +4,7 @@ use std::sync::LazyLock;
 
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
-use tug_core::run::{Attempt, Run, RunId, RunState, Trigger};
+use tug_core::run::{Attempt, NewRun, Run, RunId, RunState, Trigger};
 
 use super::codec::{
     Context, RUN_COLUMNS, get_opt_ts, get_parsed, get_unsigned, ms, opt_ms, run_from_row, sql_id, stored,
@@ -73,22 +73,8 @@ pub(super) fn commit_fires(conn: &mut Connection, batch: FireBatch, now: Timesta
             if inserted == 0 {
                 continue;
             }
-            created.push(Run {
-                id: tx.last_insert_rowid() as RunId,
-                job: run.job,
-                scheduled_at: stored(run.scheduled_at),
-                trigger: run.trigger,
-                state: run.state,
-                attempt: 1,
-                created_at,
-                started_at: None,
-                finished_at: None,
-                exit_code: None,
-                signal: None,
-                reason: run.reason,
-                agent: run.agent,
-                retry_at: None,
-            });
+            let id = tx.last_insert_rowid() as RunId;
+            created.push(NewRun { scheduled_at: stored(run.scheduled_at), ..run }.into_run(id, created_at));
         }
         let mut advance = tx
             .prepare_cached("UPDATE jobs SET fire_cursor = max(coalesce(fire_cursor, ?2), ?2) WHERE name = ?1")

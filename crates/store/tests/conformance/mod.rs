@@ -22,7 +22,7 @@ macro_rules! conformance_tests {
             jobs_crud, bulk_create, commit_fires_is_idempotent, derived_fields, job_pagination,
             job_filters, run_pagination, save_runs_and_attempts, active_runs,
             prune_keeps_newest_and_active, prune_many_jobs, delete_cascades, run_totals_survive_pruning,
-            epochs_increase);
+            epochs_increase, concurrent_commits_create_each_key_once);
     };
     (@each $make:expr; $($check:ident),*) => {$(
         #[tokio::test]
@@ -49,6 +49,7 @@ pub async fn all(store: &dyn Store) {
     delete_cascades(store).await;
     run_totals_survive_pruning(store).await;
     epochs_increase(store).await;
+    concurrent_commits_create_each_key_once(store).await;
 }
 
 /// A scheduled job named `name`.
@@ -81,7 +82,7 @@ pub fn finished(run: &Run, state: RunState, finished: Timestamp) -> Run {
     Run { state, started_at: Some(run.scheduled_at), finished_at: Some(finished), ..run.clone() }
 }
 
-/// Many jobs at once; a taken name is refused.
+/// Many jobs at once; a taken name is refused, and then none of them is created.
 pub async fn bulk_create(store: &dyn Store) {
     let specs: Vec<JobSpec> = (0..3).map(|i| spec(&format!("bulk-{i}"))).collect();
     store.create_jobs(&specs, t(0)).await.unwrap();
@@ -90,6 +91,22 @@ pub async fn bulk_create(store: &dyn Store) {
     }
     let again = [spec("bulk-new"), spec("bulk-1")];
     assert!(matches!(store.create_jobs(&again, t(0)).await, Err(StoreError::JobExists(n)) if n == "bulk-1"));
+    assert!(matches!(store.get_job("bulk-new").await, Err(StoreError::JobNotFound(_))), "all or nothing");
+}
+
+/// Callers committing overlapping fires at the same time: every key is created exactly once.
+pub async fn concurrent_commits_create_each_key_once(store: &dyn Store) {
+    store.create_job(&spec("race"), t(0)).await.unwrap();
+    // Sixteen callers in flight at once, each firing the same 50 keys in a different order.
+    let callers = (0..16).map(|caller| {
+        let mut fires: Vec<_> = (0..50).map(|i| fire("race", t(i * 60), Trigger::Schedule)).collect();
+        fires.rotate_left(caller * 3);
+        async move { commit(store, fires, t(0)).await.len() }
+    });
+    let created: usize = futures::future::join_all(callers).await.into_iter().sum();
+    assert_eq!(created, 50);
+    let runs = store.list_runs("race", &RunQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(runs.items.len(), 50);
 }
 
 /// Pruning many jobs at once; a job that no longer exists is skipped.
