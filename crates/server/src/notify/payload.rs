@@ -28,8 +28,9 @@ pub struct Payload {
     pub job: String,
     /// The run as it was after the event.
     pub run: RunInfo,
-    /// The end of the run's log (lossy UTF-8), or `null` when the run has no log (a skipped
-    /// fire, or a missed fire that has not started yet).
+    /// The end of the run's log (lossy UTF-8), read from the agent that ran it, or `null` when
+    /// the run has no log (a skipped fire, or a missed fire that has not started yet) or it could
+    /// not be read (its agent is away).
     pub log_tail: Option<String>,
     /// True when the log is longer than the tail.
     pub log_truncated: bool,
