@@ -334,6 +334,17 @@ pub async fn adopt(inner: &Arc<Inner>) {
     }
 }
 
+/// Removes the warm containers this runtime holds (and no other container, even of an agent of
+/// the same name).
+pub async fn remove_warm(inner: &Arc<Inner>) {
+    for (_job, slot) in inner.pool.all() {
+        if let Some(w) = slot.lock().await.take() {
+            w.retired.store(true, Ordering::SeqCst);
+            remove(inner, &w).await;
+        }
+    }
+}
+
 /// Every second (or `sweep_every`), retires warm containers idle past their `idle_timeout`.
 pub fn spawn_sweeper(weak: Weak<Inner>) {
     tokio::spawn(async move {
@@ -362,12 +373,7 @@ pub fn spawn_sweeper(weak: Weak<Inner>) {
 
 /// Removes every container of this agent.
 pub async fn remove_all(inner: &Arc<Inner>) {
-    for (_job, slot) in inner.pool.all() {
-        if let Some(w) = slot.lock().await.take() {
-            w.retired.store(true, Ordering::SeqCst);
-            remove(inner, &w).await;
-        }
-    }
+    remove_warm(inner).await;
     let filters = HashMap::from([("label".to_string(), vec![format!("{}={}", label::AGENT, inner.config.agent)])]);
     let opts = bollard::query_parameters::ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
     if let Ok(list) = inner.docker.list_containers(Some(opts)).await {
