@@ -383,11 +383,20 @@ fn a_clean_stop_removes_warm_containers_unless_asked_to_keep_them() {
         std::fs::write(&file, format!("name = \"{job}\"\nschedule = \"@yearly\"\ncommand = \"echo warm\"\nruntime = \"docker\"\n[docker]\nimage = \"{image}\"\npull = \"never\"\n")).unwrap();
         ok(&s, &["job", "add", "-f", file.to_str().unwrap()]);
         ok(&s, &["job", "run", &job]);
-        wait_for_success(&s, &job);
+        let mut state = Value::Null;
+        for _ in 0..600 {
+            state = json(&s, &["runs", &job, "--json"])[0].clone();
+            if state["finished_at"].is_string() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = || std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+        assert_eq!(state["state"], "succeeded", "{state}\n{}", log());
         assert_eq!(containers_of(&job).len(), 1);
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
         assert!(child.wait().unwrap().success());
-        let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+        let log = log();
         let left = containers_of(&job);
         if keep {
             assert!(log.contains("1 warm container(s) stay in Docker (--keep-warm)"), "{log}");
