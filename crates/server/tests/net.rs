@@ -7,14 +7,6 @@ use common::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-async fn expect(s: &TestServer, method: Method, path: &str, body: Option<Value>, status: u16, code: &str, needle: &str) {
-    let (st, v) = s.req(method, path, body).await;
-    assert_eq!(st, status, "{path}: {v}");
-    assert_eq!(v["error"]["code"], code, "{v}");
-    let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains(needle), "message {msg:?} should contain {needle:?}");
-}
-
 fn pool(name: &str, cidr: &str, kind: &str, id: u64, gateway: &str) -> Value {
     json!({"name": name, "cidr": cidr, "segment": {"kind": kind, "id": id}, "gateway": gateway})
 }
