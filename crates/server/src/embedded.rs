@@ -181,6 +181,7 @@ impl Embedded {
                 store: store.clone(),
                 scheduler: handle.clone(),
                 logs: logs.clone(),
+                net: Arc::new(crate::net::Network::new(store.clone(), clock.clone())),
                 clock,
                 metrics: metrics.clone(),
             };
