@@ -389,6 +389,27 @@ impl Store for Stalling {
     async fn next_epoch(&self) -> tug_store::Result<u64> {
         self.inner.next_epoch().await
     }
+    async fn create_pool(&self, spec: &tug_store::PoolSpec, now: Timestamp) -> tug_store::Result<tug_store::PoolRecord> {
+        self.inner.create_pool(spec, now).await
+    }
+    async fn get_pool(&self, name: &str) -> tug_store::Result<tug_store::PoolRecord> {
+        self.inner.get_pool(name).await
+    }
+    async fn list_pools(&self) -> tug_store::Result<Vec<tug_store::PoolRecord>> {
+        self.inner.list_pools().await
+    }
+    async fn delete_pool(&self, name: &str) -> tug_store::Result<()> {
+        self.inner.delete_pool(name).await
+    }
+    async fn list_claims(&self, pool: Option<&str>) -> tug_store::Result<Vec<tug_store::Claim>> {
+        self.inner.list_claims(pool).await
+    }
+    async fn put_claim(&self, claim: &tug_store::Claim) -> tug_store::Result<()> {
+        self.inner.put_claim(claim).await
+    }
+    async fn remove_claim(&self, pool: &str, name: &str) -> tug_store::Result<Option<tug_store::Claim>> {
+        self.inner.remove_claim(pool, name).await
+    }
 }
 
 #[tokio::test(start_paused = true)]
