@@ -184,6 +184,7 @@ impl Scheduler {
             }
         };
         self.unreserve(&placed, &created);
+        self.announce_created(&created);
         self.stats.fire_commits += 1;
         for id in kills {
             self.send_kill(id, KillReason::Replaced).await;
