@@ -210,3 +210,118 @@ fn a_container_that_is_gone_says_so() {
     let e = vlan.plumb(c.pid(), &a).unwrap_err().to_string();
     assert!(e.contains("needs an Open vSwitch bridge on this host; start the agent with --ovs-bridge"), "{e}");
 }
+
+/// Open vSwitch for one host: its own database and switch daemon, in the host's namespace, with
+/// every file in a directory of its own; both daemons stop on drop.
+struct Ovs {
+    dir: tempfile::TempDir,
+    daemons: Vec<Child>,
+}
+
+impl Ovs {
+    fn start(host: &Netns) -> Option<Ovs> {
+        if Command::new("ovs-vsctl").arg("--version").output().is_err() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap().to_owned();
+        sh(&["ovsdb-tool", "create", &format!("{d}/conf.db"), "/usr/share/openvswitch/vswitch.ovsschema"]);
+        let spawn = |args: Vec<String>| {
+            let mut full = vec!["netns".to_string(), "exec".into(), host.0.clone()];
+            full.extend(args);
+            Command::new("ip")
+                .args(&full)
+                .env("OVS_RUNDIR", &d)
+                .env("OVS_DBDIR", &d)
+                .env("OVS_LOGDIR", &d)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut ovs = Ovs { daemons: Vec::new(), dir };
+        ovs.daemons.push(spawn(vec![
+            "ovsdb-server".into(),
+            format!("{d}/conf.db"),
+            format!("--remote=punix:{d}/db.sock"),
+            format!("--unixctl={d}/ovsdb.ctl"),
+            format!("--log-file={d}/ovsdb.log"),
+        ]));
+        for _ in 0..500 {
+            if std::path::Path::new(&format!("{d}/db.sock")).exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        ovs.vsctl(&["--no-wait", "init"]);
+        ovs.daemons.push(spawn(vec![
+            "ovs-vswitchd".into(),
+            format!("unix:{d}/db.sock"),
+            format!("--unixctl={d}/vswitchd.ctl"),
+            format!("--log-file={d}/vswitchd.log"),
+        ]));
+        Some(ovs)
+    }
+    fn db(&self) -> String {
+        format!("unix:{}/db.sock", self.dir.path().display())
+    }
+    fn vsctl(&self, args: &[&str]) -> String {
+        let db = format!("--db={}", self.db());
+        let mut full = vec!["ovs-vsctl", &db, "--timeout=10"];
+        full.extend(args);
+        sh(&full)
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+}
+
+#[test]
+fn vlan_pools_on_open_vswitch_reach_across_a_trunk_and_a_retag_cuts_off() {
+    if !root() {
+        eprintln!("skipped: plumbing needs root");
+        return;
+    }
+    let (ha, hb) = two_hosts();
+    let (Some(oa), Some(ob)) = (Ovs::start(&ha), Ovs::start(&hb)) else {
+        eprintln!("skipped: Open vSwitch is not installed (scripts/test installs it)");
+        return;
+    };
+    let mut plumbers = Vec::new();
+    for (ovs, host) in [(&oa, &ha), (&ob, &hb)] {
+        // The switch: userspace datapath, the uplink a trunk (no tag: every VLAN).
+        ovs.vsctl(&["add-br", "br-tug", "--", "set", "bridge", "br-tug", "datapath_type=netdev"]);
+        ovs.vsctl(&["add-port", "br-tug", "uplink"]);
+        plumbers.push(Plumber::new(HostNet {
+            netns: Some(host.path()),
+            ovs_bridge: Some("br-tug".into()),
+            ovs_db: Some(ovs.db()),
+            ..HostNet::default()
+        }));
+    }
+    let (pa, pb) = (&plumbers[0], &plumbers[1]);
+    let vlan = |ip: &str, tag: u16| Attachment { segment: Segment::Vlan(tag), mtu: 1500, ..attach(ip, 1) };
+    let (c1, c2) = (Container::start(), Container::start());
+    let (a1, a2) = (vlan("10.97.0.11", 77), vlan("10.97.0.12", 77));
+    pa.plumb(c1.pid(), &a1).unwrap();
+    pb.plumb(c2.pid(), &a2).unwrap();
+    assert!(oa.vsctl(&["get", "port", &host_link(a1.ip), "tag"]).trim() == "77");
+    let reached = (0..10).any(|_| c1.pings(a2.ip));
+    assert!(reached, "two access ports tagged 77 on two hosts reach each other over the trunk");
+    ob.vsctl(&["set", "port", &host_link(a2.ip), "tag=88"]);
+    assert!(!c1.pings(a2.ip), "retagged to 88, it is cut off");
+
+    // Teardown removes the port and the veth.
+    pa.unplumb(a1.ip, a1.segment).unwrap();
+    pb.unplumb(a2.ip, a2.segment).unwrap();
+    let ports = oa.vsctl(&["list-ports", "br-tug"]);
+    assert_eq!(ports.trim(), "uplink");
+    assert!(!ha.ip(&["-o", "link"]).contains(&host_link(a1.ip)));
+}
