@@ -10,6 +10,12 @@ use tug_net::claim::Mac;
 use tug_net::plumb::{Attachment, HostNet, Plumber, host_link};
 use tug_net::pool::Segment;
 
+/// A suffix unique to this process and call: tests run in parallel threads of one process.
+fn unique() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!("{}x{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 fn root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -25,7 +31,7 @@ struct Netns(String);
 
 impl Netns {
     fn new(tag: &str) -> Netns {
-        let name = format!("tug{tag}{}", std::process::id());
+        let name = format!("tug{tag}{}", unique());
         let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
         sh(&["ip", "netns", "add", &name]);
         sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
@@ -93,8 +99,8 @@ impl Drop for Container {
 /// Two hosts with underlay addresses 192.168.77.1 and .2.
 fn two_hosts() -> (Netns, Netns) {
     let (a, b) = (Netns::new("ha"), Netns::new("hb"));
-    let pid = std::process::id();
-    let (ua, ub) = (format!("tua{pid}"), format!("tub{pid}"));
+    let u = unique();
+    let (ua, ub) = (format!("tua{u}"), format!("tub{u}"));
     let (ua, ub) = (&ua[..ua.len().min(15)], &ub[..ub.len().min(15)]);
     sh(&["ip", "link", "add", ua, "type", "veth", "peer", "name", ub]);
     sh(&["ip", "link", "set", ua, "netns", &a.0]);
