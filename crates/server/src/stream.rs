@@ -271,6 +271,43 @@ impl EventBus {
     }
 }
 
+/// Announces stored run changes, filling in a start the write merged away: an agent's
+/// `running` and `succeeded` for a short run often arrive in one batch, which stores only the
+/// end, yet followers count starts. Remembers the attempts it announced as started until they end.
+#[derive(Default)]
+pub struct RunAnnouncer {
+    started: std::collections::HashSet<(u64, u32)>,
+}
+
+impl RunAnnouncer {
+    /// Publishes the change `run` was stored with.
+    pub fn announce(&mut self, bus: &EventBus, run: &Run) {
+        let key = (run.id, run.attempt);
+        match run.state {
+            RunState::Running => {
+                self.started.insert(key);
+            }
+            s if s.is_terminal() => {
+                if !self.started.remove(&key) && run.started_at.is_some() {
+                    let mut running = run.clone();
+                    running.state = RunState::Running;
+                    running.finished_at = None;
+                    running.exit_code = None;
+                    running.signal = None;
+                    running.reason = None;
+                    bus.publish(EventKind::RunStarted, Some(&run.job), None, Some(running));
+                }
+            }
+            RunState::Pending => {
+                // A retry: the attempt that ran is over.
+                self.started.remove(&(run.id, run.attempt.saturating_sub(1)));
+            }
+            _ => {}
+        }
+        bus.publish_run(run);
+    }
+}
+
 /// One subscriber's place in the stream.
 pub struct Subscription {
     bus: EventBus,

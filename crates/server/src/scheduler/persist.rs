@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tug_core::run::{Attempt, Run, RunId};
 use tug_store::{Store, StoreError};
 
-use crate::stream::EventBus;
+use crate::stream::{EventBus, RunAnnouncer};
 
 /// Most queued batches merged into one transaction.
 const MAX_MERGE: usize = 64;
@@ -62,6 +62,7 @@ impl Persister {
 
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Batch>, bus: Option<EventBus>) {
     let mut queued = Vec::new();
+    let mut announcer = RunAnnouncer::default();
     while rx.recv_many(&mut queued, 1).await > 0 {
         let mut n = queued[0].runs.len();
         while n < MAX_MERGED_RUNS && queued.len() < MAX_MERGE {
@@ -98,7 +99,7 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Batch>, bus: Option<E
             tracing::error!(error = %e, runs = runs.len(), "saving run changes failed");
         } else if let Some(bus) = &bus {
             for r in &changes {
-                bus.publish_run(r);
+                announcer.announce(bus, r);
             }
         }
         for w in waiters {
