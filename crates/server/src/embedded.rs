@@ -1,5 +1,5 @@
-//! `tug up`: the scheduler, its API, the embedded SQLite store and one local agent in a single
-//! process. Shutdown stops firing and API writes at once, lets the agent stop its runs (SIGTERM,
+//! `tug up`: the scheduler, its API, the embedded SQLite store and (unless turned off) one local
+//! agent in a single process. Shutdown stops firing and API writes at once, lets the agent stop its runs (SIGTERM,
 //! grace, SIGKILL) and record how they ended, then gives the webhooks of those last events a
 //! short grace to go out, then returns.
 
@@ -24,7 +24,8 @@ use crate::logs::RunLogs;
 use crate::metrics::{Metrics, PerJobMetrics};
 use crate::notify::{self, DeliveryConfig, Notifier};
 use crate::scheduler::events::EventSink;
-use crate::scheduler::{self, AgentLink, FromAgent, Hooks, SchedulerConfig, SchedulerHandle};
+use crate::scheduler::agents::Registration;
+use crate::scheduler::{self, FromAgent, Hooks, SchedulerConfig, SchedulerHandle};
 
 /// Settings of an embedded server.
 #[derive(Debug, Clone)]
@@ -39,6 +40,9 @@ pub struct EmbeddedConfig {
     pub grace: Duration,
     /// The local agent's name.
     pub agent_name: String,
+    /// Run a local agent in this process (`tug up`); without one (`tug server`) runs go to
+    /// agents that join over the stream.
+    pub local_agent: bool,
     /// Server-wide webhooks, called for every job's runs (each job may add its own).
     pub webhooks: Vec<Webhook>,
     /// Timeouts, retries and bounds of webhook deliveries.
@@ -64,6 +68,7 @@ impl EmbeddedConfig {
             log_limit: 1 << 20,
             grace: Duration::from_secs(10),
             agent_name: "local".into(),
+            local_agent: true,
             webhooks: Vec::new(),
             webhook_delivery: DeliveryConfig::default(),
             per_job_metrics: false,
@@ -126,27 +131,13 @@ impl Embedded {
     ) -> anyhow::Result<Embedded> {
         let files = LogFiles::new(config.data_dir.join("logs"));
         let logs = RunLogs::default();
-        logs.share_dir(&config.agent_name, files.clone());
         let (stop, stop_rx) = watch::channel(false);
-        let (agent_tx, agent_rx) = mpsc::channel(65_536);
         let (updates_tx, updates_rx) = mpsc::channel(65_536);
-        let (reports_tx, reports_rx) = mpsc::channel(65_536);
-        let agent_cfg = AgentConfig {
-            name: config.agent_name.clone(),
-            log_limit: config.log_limit,
-            grace: config.grace,
-            durable: config.agent_durability.clone(),
-            ..AgentConfig::default()
-        };
-        let agent = Agent::with_acks(agent_cfg, runtime, files, reports_tx);
-        let serving = serve_in_process(agent, agent_rx, reports_rx, updates_tx.clone(), stopped(stop_rx.clone()));
-        let mut tasks = vec![tokio::spawn(serving)];
         let sched_cfg = SchedulerConfig {
             keep_runs: config.keep_runs,
             agent_timeout: config.agent_timeout,
             ..SchedulerConfig::default()
         };
-        let link = AgentLink { name: config.agent_name.clone(), tx: agent_tx };
         let per_job = config.per_job_metrics.then(|| PerJobMetrics::new(config.per_job_metrics_limit));
         let metrics = Arc::new(Metrics::with_per_job(per_job.as_ref()));
         let mut events = EventSink::new(metrics.clone());
@@ -168,14 +159,36 @@ impl Embedded {
             clock.clone(),
             logs.clone(),
             sched_cfg,
-            link,
             hooks,
             updates_rx,
             stopped(stop_rx.clone()),
         )
         .await
         .context("starting the scheduler")?;
-        tasks.push(sched_task);
+        let mut tasks = vec![sched_task];
+        if config.local_agent {
+            logs.share_dir(&config.agent_name, files.clone());
+            let (agent_tx, agent_rx) = mpsc::channel(65_536);
+            let (reports_tx, reports_rx) = mpsc::channel(65_536);
+            let agent_cfg = AgentConfig {
+                name: config.agent_name.clone(),
+                log_limit: config.log_limit,
+                grace: config.grace,
+                durable: config.agent_durability.clone(),
+                ..AgentConfig::default()
+            };
+            let agent = Agent::with_acks(agent_cfg, runtime, files, reports_tx);
+            // Registered before it reports what it holds, as a remote agent is.
+            let reg = Registration {
+                name: config.agent_name.clone(),
+                tx: agent_tx,
+                resources: tug_agent::capacity::host_capacity(),
+                attributes: Default::default(),
+            };
+            handle.register_agent(reg).await.context("registering the local agent")?;
+            let serving = serve_in_process(agent, agent_rx, reports_rx, updates_tx.clone(), stopped(stop_rx.clone()));
+            tasks.push(tokio::spawn(serving));
+        }
         if let Some(listener) = listener {
             let state = AppState {
                 store: store.clone(),

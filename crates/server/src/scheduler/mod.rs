@@ -58,15 +58,6 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// The agent inside the server's own process (`tug up`): it offers this machine's capacity.
-#[derive(Debug, Clone)]
-pub struct AgentLink {
-    /// The agent's name, recorded on runs.
-    pub name: String,
-    /// Its command channel.
-    pub tx: mpsc::Sender<ToAgent>,
-}
-
 /// A message from an agent connection to the scheduler. A status update that carries `acks` is
 /// acknowledged there, by its `seq`, once its store write has returned (and only then: on the ack
 /// the agent forgets the attempt and deletes its checkpoint).
@@ -288,20 +279,13 @@ impl Scheduler {
         clock: SharedClock,
         logs: RunLogs,
         config: SchedulerConfig,
-        agent: AgentLink,
         hooks: Hooks,
     ) -> Result<Scheduler> {
         let epoch = store.next_epoch().await?;
         let (persister, persister_task) = Persister::start(store.clone());
         let (dispatcher, dispatcher_task) = Dispatcher::start(clock.clone(), hooks.metrics.clone());
-        let mut registry = Agents::default();
-        let local = Registration {
-            name: agent.name,
-            tx: agent.tx,
-            resources: agents::local_capacity(),
-            attributes: Default::default(),
-        };
-        registry.register(local, tokio::time::Instant::now());
+        // No agents yet: each joins with `register_agent`, in this process or over the stream.
+        let registry = Agents::default();
         let mut s = Scheduler {
             store,
             persister,
@@ -566,19 +550,18 @@ impl Scheduler {
     }
 }
 
-/// Starts the scheduler task. Returns its handle, the sender agents report on, and the task.
-#[allow(clippy::too_many_arguments)] // each is a distinct part the embedding process owns
+/// Starts the scheduler task, with no agents: each joins through
+/// [`SchedulerHandle::register_agent`]. Returns its handle and the task.
 pub async fn start(
     store: Arc<dyn Store>,
     clock: SharedClock,
     logs: RunLogs,
     config: SchedulerConfig,
-    agent: AgentLink,
     hooks: Hooks,
     updates: mpsc::Receiver<FromAgent>,
     stop_firing: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>)> {
-    let sched = Scheduler::load(store, clock, logs, config, agent, hooks).await?;
+    let sched = Scheduler::load(store, clock, logs, config, hooks).await?;
     let epoch = sched.epoch;
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(sched.run(rx, updates, stop_firing));

@@ -71,7 +71,7 @@ fn parse_attributes(items: &[String]) -> anyhow::Result<BTreeMap<String, String>
 }
 
 fn parse_resources(items: &[String]) -> anyhow::Result<Capacity> {
-    let mut cap = tug_server::scheduler::agents::local_capacity();
+    let mut cap = tug_agent::capacity::host_capacity();
     for s in items.iter().filter(|s| !s.is_empty()) {
         let Some((k, v)) = s.split_once('=') else {
             bail!("invalid resource {s:?}: expected cpus=N, mem=SIZE or disk=SIZE");

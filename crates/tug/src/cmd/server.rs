@@ -1,9 +1,8 @@
 //! `tug server`: the scheduler, API and embedded store, with remote agents (`tug agent run`)
 //! joining over the agent protocol's gRPC stream, until SIGINT or SIGTERM.
 //!
-//! The embedded server keeps its in-process agent, drained: runs go to remote agents only. It
-//! still shows in `tug agent list` (as `local`, draining); `tug agent undrain local` puts it to
-//! work on the server's host.
+//! It has no agent of its own: runs go to the agents that join (`tug up` is the one-process
+//! server with an agent).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,10 +57,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = EmbeddedConfig::new(&data_dir);
     config.keep_runs = args.keep_runs;
     config.agent_timeout = args.agent_timeout;
-    let local = config.agent_name.clone();
-    // Process runtime only: the local agent is drained at once and runs work only if undrained.
+    config.local_agent = false;
     let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), Arc::new(SystemClock), Some(listener)).await?;
-    server.scheduler.drain(&local, true).await.context("draining the server's local agent")?;
     if args.join_token.is_none() {
         tracing::warn!("no --join-token: any agent that can reach --agent-listen may join");
     }
