@@ -10,6 +10,7 @@
 //! - [`logs`]: every run's log, read and removed through one interface wherever its agent keeps it.
 //! - [`net`]: the container network's control plane: address pools and claims.
 //! - [`metrics`]: the Prometheus families; [`notify`]: webhooks for run events.
+//! - [`stream`]: the event stream (`/api/v1/events`): every job, run and agent change, resumable.
 
 pub mod agent_service;
 pub mod api;
@@ -22,5 +23,6 @@ pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod scheduler;
+pub mod stream;
 
 pub use error::{Error, Result};
