@@ -154,6 +154,7 @@ fn sh(script: &str) -> Launch {
             workdir: None,
             user: None,
             timeout: None,
+            network: None,
         },
     }
 }

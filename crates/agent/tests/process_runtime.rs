@@ -91,6 +91,7 @@ fn launch(command: Command) -> Launch {
             workdir: None,
             user: None,
             timeout: None,
+            network: None,
         },
     }
 }

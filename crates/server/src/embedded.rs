@@ -95,6 +95,8 @@ pub struct Embedded {
     /// Every run's log: the local agent's in the data dir, remote agents' through their streams
     /// (give it to the agent gateway).
     pub logs: RunLogs,
+    /// Address pools and claims (the API's and the agent gateway's).
+    pub net: Arc<crate::net::Network>,
     /// Where agents in this process report (another in-process agent can be added with it).
     updates: mpsc::Sender<FromAgent>,
     stop: watch::Sender<bool>,
@@ -195,12 +197,13 @@ impl Embedded {
             let serving = serve_in_process(agent, agent_rx, reports_rx, updates_tx.clone(), stopped(stop_rx.clone()));
             tasks.push(tokio::spawn(serving));
         }
+        let net = Arc::new(crate::net::Network::new(store.clone(), clock.clone()));
         if let Some(listener) = listener {
             let state = AppState {
                 store: store.clone(),
                 scheduler: handle.clone(),
                 logs: logs.clone(),
-                net: Arc::new(crate::net::Network::new(store.clone(), clock.clone())),
+                net: net.clone(),
                 clock,
                 metrics: metrics.clone(),
                 events: bus.clone(),
@@ -216,6 +219,7 @@ impl Embedded {
         Ok(Embedded {
             events: bus,
             scheduler: handle,
+            net,
             store,
             metrics,
             logs,
