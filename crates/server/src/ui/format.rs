@@ -81,7 +81,7 @@ pub fn schedule_words(expr: &str) -> String {
     let days = match (star(dom), star(mon), star(dow)) {
         (true, true, true) => "every day".to_string(),
         (true, true, false) => format!("on {}", dow.replace("MON-FRI", "weekdays").replace("1-5", "weekdays")),
-        (false, true, true) => format!("on day {dom} of every month"),
+        (false, true, true) if dom.bytes().all(|b| b.is_ascii_digit() || b == b',') => format!("on day {dom} of every month"),
         _ => return e.into(),
     };
     match (step(sec), star(sec), step(min), star(min), num(sec), num(min), num(hour)) {
