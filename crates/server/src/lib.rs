@@ -9,7 +9,8 @@
 //! - [`agent_service`]: the gRPC endpoint remote agents (`tug agent run`) connect to.
 //! - [`logs`]: every run's log, read and removed through one interface wherever its agent keeps it.
 //! - [`net`]: the container network's control plane: address pools and claims.
-//! - [`metrics`]: the Prometheus families; [`notify`]: webhooks for run events.
+//! - [`metrics`]: the Prometheus families; [`prom`]: reading a metrics page back; [`notify`]:
+//!   webhooks for run events.
 
 pub mod agent_service;
 pub mod api;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod metrics;
 pub mod net;
 pub mod notify;
+pub mod prom;
 pub mod scheduler;
 
 pub use error::{Error, Result};
