@@ -144,6 +144,7 @@ fn sh(script: &str) -> Launch {
             workdir: None,
             user: None,
             timeout: None,
+            network: None,
         },
     }
 }

@@ -93,6 +93,7 @@ fn launch(command: Command) -> Launch {
             workdir: None,
             user: None,
             timeout: None,
+            network: None,
         },
     }
 }

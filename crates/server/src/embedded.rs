@@ -57,6 +57,8 @@ pub struct EmbeddedConfig {
     pub agent_timeout: Duration,
     /// Checkpointing for the local agent, so its runs outlive a restart of this process.
     pub agent_durability: Option<tug_agent::Durability>,
+    /// Events the stream keeps for clients that resume (`Last-Event-ID`).
+    pub event_buffer: usize,
 }
 
 impl EmbeddedConfig {
@@ -75,6 +77,7 @@ impl EmbeddedConfig {
             per_job_metrics_limit: 1000,
             agent_timeout: Duration::from_secs(10),
             agent_durability: None,
+            event_buffer: crate::stream::DEFAULT_CAPACITY,
         }
     }
 }
@@ -83,6 +86,8 @@ impl EmbeddedConfig {
 pub struct Embedded {
     /// Talk to the scheduler directly (benchmarks, tests).
     pub scheduler: SchedulerHandle,
+    /// The event stream (benchmarks, tests).
+    pub events: crate::stream::EventBus,
     /// The store.
     pub store: Arc<dyn Store>,
     /// The metric families.
@@ -90,6 +95,8 @@ pub struct Embedded {
     /// Every run's log: the local agent's in the data dir, remote agents' through their streams
     /// (give it to the agent gateway).
     pub logs: RunLogs,
+    /// Address pools and claims (the API's and the agent gateway's).
+    pub net: Arc<crate::net::Network>,
     /// Where agents in this process report (another in-process agent can be added with it).
     updates: mpsc::Sender<FromAgent>,
     stop: watch::Sender<bool>,
@@ -153,7 +160,8 @@ impl Embedded {
         let (notify_stop, notify_stop_rx) = watch::channel(false);
         let notifier = tokio::spawn(notifier.run(events.subscribe(notify::QUEUE_CAPACITY), stopped(notify_stop_rx)));
         let per_job = per_job.map(|p| tokio::spawn(p.run(events.subscribe(notify::QUEUE_CAPACITY))));
-        let hooks = Hooks { metrics: metrics.clone(), events };
+        let bus = crate::stream::EventBus::new(clock.clone(), config.event_buffer);
+        let hooks = Hooks { metrics: metrics.clone(), events, bus: Some(bus.clone()) };
         let (handle, sched_task) = scheduler::start(
             store.clone(),
             clock.clone(),
@@ -189,14 +197,16 @@ impl Embedded {
             let serving = serve_in_process(agent, agent_rx, reports_rx, updates_tx.clone(), stopped(stop_rx.clone()));
             tasks.push(tokio::spawn(serving));
         }
+        let net = Arc::new(crate::net::Network::new(store.clone(), clock.clone()));
         if let Some(listener) = listener {
             let state = AppState {
                 store: store.clone(),
                 scheduler: handle.clone(),
                 logs: logs.clone(),
-                net: Arc::new(crate::net::Network::new(store.clone(), clock.clone())),
+                net: net.clone(),
                 clock,
                 metrics: metrics.clone(),
+                events: bus.clone(),
             };
             let app = api::router(state);
             let rx = stop_rx.clone();
@@ -207,7 +217,9 @@ impl Embedded {
             }));
         }
         Ok(Embedded {
+            events: bus,
             scheduler: handle,
+            net,
             store,
             metrics,
             logs,
@@ -238,6 +250,8 @@ impl Embedded {
         // The scheduler stops once every agent's sender is gone; ours goes first.
         drop(self.updates);
         let _ = self.stop.send(true);
+        // Open event streams end, so the API's graceful shutdown does not wait on them.
+        self.events.close();
         for t in self.tasks {
             let _ = t.await;
         }

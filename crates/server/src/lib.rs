@@ -11,6 +11,7 @@
 //! - [`net`]: the container network's control plane: address pools and claims.
 //! - [`metrics`]: the Prometheus families; [`prom`]: reading a metrics page back; [`notify`]:
 //!   webhooks for run events.
+//! - [`stream`]: the event stream (`/api/v1/events`): every job, run and agent change, resumable.
 
 pub mod agent_service;
 pub mod api;
@@ -24,5 +25,6 @@ pub mod net;
 pub mod notify;
 pub mod prom;
 pub mod scheduler;
+pub mod stream;
 
 pub use error::{Error, Result};

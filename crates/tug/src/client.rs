@@ -38,22 +38,7 @@ impl Client {
         if let Some((content_type, body)) = body {
             req = req.header(reqwest::header::CONTENT_TYPE, content_type).body(body);
         }
-        let resp = req.send().await.map_err(|e| {
-            anyhow!(
-                "cannot reach the Tugboat server at {}: {e}\nstart one with `tug up`, or point --server / TUG_SERVER at it",
-                self.base
-            )
-        })?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        let msg = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-            .unwrap_or(text);
-        Err(anyhow!("{msg} (HTTP {})", status.as_u16()))
+        self.checked(req.send().await).await
     }
 
     /// Refuses a server address that is not an http(s) URL, saying what one looks like.
@@ -70,6 +55,38 @@ impl Client {
                 self.base
             )),
         }
+    }
+
+    /// A GET whose body is read as a stream (no overall timeout), with `Last-Event-ID` when
+    /// resuming an event stream.
+    pub async fn stream_get(&self, path: &str, last_event_id: Option<&str>) -> anyhow::Result<reqwest::Response> {
+        self.check_base()?;
+        let mut req = self.http.get(self.url(path));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        self.checked(req.send().await).await
+    }
+
+    /// The response if it is a success; otherwise the server's error message, or what to do
+    /// when the server could not be reached.
+    async fn checked(&self, sent: reqwest::Result<reqwest::Response>) -> anyhow::Result<reqwest::Response> {
+        let resp = sent.map_err(|e| {
+            anyhow!(
+                "cannot reach the Tugboat server at {}: {e}\nstart one with `tug up`, or point --server / TUG_SERVER at it",
+                self.base
+            )
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        Err(anyhow!("{msg} (HTTP {})", status.as_u16()))
     }
 
     /// GET.

@@ -19,6 +19,7 @@ use crate::scheduler::SchedulerHandle;
 
 mod agents;
 pub mod error;
+mod events;
 mod jobs;
 mod net;
 pub mod openapi;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Address pools and claims.
     pub net: Arc<crate::net::Network>,
+    /// The event stream, for `/api/v1/events`.
+    pub events: crate::stream::EventBus,
 }
 
 /// The API router.
@@ -59,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/kill", post(runs::kill))
         .route("/runs/{id}/log", get(runs::log))
         .route("/schedule/preview", get(schedule::preview))
+        .route("/events", get(events::stream))
         .route("/agents", get(agents::list))
         .route("/agents/{name}", get(agents::show))
         .route("/agents/{name}/drain", post(agents::drain))

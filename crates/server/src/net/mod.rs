@@ -11,6 +11,8 @@
 //! | I, held by agent B that is live | refuse: stop I on B first (moves are ordered) |
 //! | I, held by agent B that is lost or gone | take it over: B is fenced |
 
+mod requests;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -20,6 +22,8 @@ use tug_net::{Claim, Identity, Mac, PoolError, PoolSpec};
 use tug_store::{PoolRecord, Store, StoreError};
 
 use crate::clock::SharedClock;
+
+pub use requests::answer;
 
 /// Why a network operation was refused.
 #[derive(Debug, thiserror::Error)]

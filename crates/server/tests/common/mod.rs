@@ -47,10 +47,15 @@ impl TestServer {
     }
 
     pub async fn start_with_clock(dir: &std::path::Path, clock: SharedClock) -> TestServer {
+        Self::start_with(dir, clock, |_| {}).await
+    }
+
+    pub async fn start_with(dir: &std::path::Path, clock: SharedClock, tweak: impl FnOnce(&mut EmbeddedConfig)) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = EmbeddedConfig::new(dir);
         config.grace = Duration::from_millis(500);
+        tweak(&mut config);
         let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), clock, Some(listener)).await.unwrap();
         TestServer { base: format!("http://{addr}/api/v1"), server: Some(server), http: reqwest::Client::new() }
     }

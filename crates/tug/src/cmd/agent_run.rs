@@ -12,7 +12,9 @@ use anyhow::{Context, bail};
 use tug_agent::remote::{self, RemoteConfig};
 use tug_agent::runtime::noop::NoopRuntime;
 use tug_agent::runtime::{Dispatch, SharedRuntime};
-use tug_agent::runtime::docker::{DockerConfig, LazyDocker};
+use tug_agent::net::NetAgent;
+use tug_agent::runtime::docker::{DockerConfig, LazyDocker, NetSetup};
+use tug_net::plumb::{HostNet, Plumber};
 use tug_agent::runtime::shim::ShimRuntime;
 use tug_agent::{AgentConfig, Durability};
 use tug_core::bytesize::ByteSize;
@@ -54,6 +56,20 @@ pub struct AgentRunArgs {
     /// Log filter (e.g. info, debug, tug_agent=debug).
     #[arg(long, env = "TUG_LOG", default_value = "info")]
     log: String,
+    /// Container network, VXLAN pools: this host's tunnel endpoint (an address on its underlay).
+    #[arg(long, env = "TUG_VTEP", value_name = "ADDRESS")]
+    vtep: Option<std::net::Ipv4Addr>,
+    /// Container network, VXLAN pools: the interface tunnels leave through.
+    #[arg(long, env = "TUG_UNDERLAY", value_name = "INTERFACE")]
+    underlay: Option<String>,
+    /// Container network, VLAN pools: the Open vSwitch bridge whose access ports containers get
+    /// (its uplink a trunk).
+    #[arg(long, env = "TUG_OVS_BRIDGE", value_name = "NAME")]
+    ovs_bridge: Option<String>,
+    /// Container network, VLAN pools: the OVSDB socket, e.g. unix:/run/openvswitch/db.sock
+    /// (default: ovs-vsctl's own).
+    #[arg(long, env = "TUG_OVS_DB", value_name = "SOCKET")]
+    ovs_db: Option<String>,
     /// Run nothing: every launch succeeds at once (for `tug bench agents`).
     #[arg(long, hide = true)]
     noop: bool,
@@ -116,7 +132,24 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     };
     let data_dir = args.data_dir.unwrap_or_else(|| super::default_data_dir().join("agent"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let docker = LazyDocker::new(DockerConfig::new(&name, data_dir.join("docker")));
+    let mut docker_config = DockerConfig::new(&name, data_dir.join("docker"));
+    // The container network, when this host has a segment to join: dresponse answers networked
+    // containers, with addresses claimed over the agent stream.
+    let networked = args.vtep.is_some() || args.ovs_bridge.is_some();
+    let (claims, net_calls) = remote::net_channel();
+    let mut dresponse = None;
+    if networked {
+        let host = HostNet { netns: None, vtep: args.vtep, underlay: args.underlay, ovs_bridge: args.ovs_bridge, ovs_db: args.ovs_db };
+        let net = Arc::new(NetAgent::new(Arc::new(claims), Plumber::new(host)));
+        let dir = data_dir.join("net");
+        docker_config.net = Some(NetSetup { agent: net.clone(), dir: dir.clone() });
+        dresponse = Some(tokio::spawn(async move {
+            if let Err(e) = tug_agent::net::serve(&dir, net, std::future::pending()).await {
+                tracing::error!(dir = %dir.display(), "dresponse cannot listen: {e}");
+            }
+        }));
+    }
+    let docker = LazyDocker::new(docker_config);
     let (runtime, durable): (SharedRuntime, _) = if args.noop {
         (Arc::new(NoopRuntime), None)
     } else {
@@ -138,8 +171,12 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     );
     let logs = LogFiles::new(data_dir.join("logs"));
     let sweeper = tokio::spawn(sweep_logs(logs.clone(), args.log_retention));
-    let result = remote::run(remote, config, runtime, logs, super::shutdown_signal()).await;
+    let net_calls = networked.then_some(net_calls);
+    let result = remote::run_with_net(remote, config, runtime, logs, net_calls, super::shutdown_signal()).await;
     sweeper.abort();
+    if let Some(d) = dresponse {
+        d.abort();
+    }
     result?;
     Ok(())
 }

@@ -69,7 +69,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         args.join_token,
         stop_rx.clone(),
         server.logs.clone(),
-    );
+    )
+    .with_network(server.net.clone());
     let mut grpc = tokio::spawn(agent_service::serve(agent_listener, gateway, async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|s| *s).await;

@@ -347,6 +347,11 @@ impl Cluster {
 
     /// Starts an agent on host `i` (its data dir and log are named after the agent).
     pub fn start_agent(&mut self, i: usize, a: &AgentArgs) {
+        self.start_agent_with(i, a, &[]);
+    }
+
+    /// Starts an agent on host `i` with `extra` arguments of `tug agent run`.
+    pub fn start_agent_with(&mut self, i: usize, a: &AgentArgs, extra: &[String]) {
         let data = self.dir.path().join("agents").join(a.name);
         let mut args: Vec<String> = ["netns", "exec", &self.net.host(i).ns, TUG, "agent", "run"].iter().map(|s| s.to_string()).collect();
         args.extend(
@@ -370,6 +375,7 @@ impl Cluster {
         if !a.attributes.is_empty() {
             args.extend(["--attributes".to_string(), a.attributes.to_string()]);
         }
+        args.extend(extra.iter().cloned());
         // `ip netns exec` execs the command, so the pid is the agent's.
         self.agents[i] = Some(Proc::spawn("ip", &args, self.dir.path().join(format!("{}.log", a.name))));
     }

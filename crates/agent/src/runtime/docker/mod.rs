@@ -66,6 +66,23 @@ pub struct DockerConfig {
     pub sweep_every: Duration,
     /// Defaults for jobs that do not set them.
     pub defaults: Lifecycle,
+    /// The container network on this host (`None`: a job with `network.pool` cannot run here).
+    pub net: Option<NetSetup>,
+}
+
+/// How warm containers of networked jobs get their network.
+#[derive(Clone)]
+pub struct NetSetup {
+    /// Claims, plumbs and tears down.
+    pub agent: std::sync::Arc<crate::net::NetAgent>,
+    /// The directory `dresponse.sock` is in, bind-mounted into each networked container.
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Debug for NetSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetSetup").field("dir", &self.dir).finish_non_exhaustive()
+    }
 }
 
 /// When a warm container is recycled or removed.
@@ -103,6 +120,7 @@ impl DockerConfig {
             remove_delay: Duration::from_secs(60),
             sweep_every: Duration::from_secs(1),
             defaults: Lifecycle::default(),
+            net: None,
         }
     }
 }
