@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tug_net::protocol::{NetAnswer, NetOp, NetRequest};
+use tug_net::protocol::{NetAnswer, NetOp, NetPush, NetRequest};
 use tug_net::{Claim, PoolSpec};
 use tokio_stream::wrappers::ReceiverStream;
 use tug_core::placement::Capacity;
@@ -92,16 +92,18 @@ pub async fn run(
 }
 
 /// [`run`], also carrying the container network's claims and releases ([`net_channel`]) to the
-/// server and its answers back.
+/// server and its answers back, and handing what the server pushes (routes, evictions) to the
+/// given sender.
 pub async fn run_with_net(
     remote: RemoteConfig,
     config: AgentConfig,
     runtime: SharedRuntime,
     logs: LogFiles,
-    net_calls: Option<NetCalls>,
+    net: Option<(NetCalls, mpsc::Sender<NetPush>)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RemoteError> {
-    let mut net = NetBridge { calls: net_calls, pending: BTreeMap::new(), next: 0 };
+    let (calls, pushes) = net.unzip();
+    let mut net = NetBridge { calls, pushes, pending: BTreeMap::new(), next: 0 };
     let name = config.name.clone();
     let (updates_tx, mut updates_rx) = mpsc::channel(65_536);
     let (cmd_tx, cmd_rx) = mpsc::channel(65_536);
@@ -283,6 +285,14 @@ async fn session(
             },
             m = inbound.message() => match m {
                 Ok(Some(ServerMessage { msg: Some(m) })) => match m {
+                    server_message::Msg::NetPush(bytes) => match serde_json::from_slice::<NetPush>(&bytes) {
+                        Ok(p) => {
+                            if let Some(tx) = &net.pushes {
+                                let _ = tx.send(p).await;
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "undecodable network push from the server dropped"),
+                    },
                     server_message::Msg::NetAnswer(bytes) => match serde_json::from_slice::<NetAnswer>(&bytes) {
                         Ok(a) => {
                             if let Some(call) = net.pending.remove(&a.id) {
@@ -352,6 +362,7 @@ pub type NetCalls = mpsc::Receiver<NetCall>;
 /// Network requests across reconnects: the ones sent and not yet answered are sent again.
 struct NetBridge {
     calls: Option<NetCalls>,
+    pushes: Option<mpsc::Sender<NetPush>>,
     pending: BTreeMap<u64, NetCall>,
     next: u64,
 }
@@ -359,12 +370,14 @@ struct NetBridge {
 /// [`Claims`] answered by the server over the agent stream.
 pub struct RemoteClaims {
     tx: mpsc::Sender<NetCall>,
+    vtep: Option<std::net::Ipv4Addr>,
 }
 
-/// The claims of a remote agent, and the requests they make for [`run_with_net`] to carry.
-pub fn net_channel() -> (RemoteClaims, NetCalls) {
+/// The claims of a remote agent whose VXLAN tunnel endpoint is `vtep`, and the requests they
+/// make for [`run_with_net`] to carry.
+pub fn net_channel(vtep: Option<std::net::Ipv4Addr>) -> (RemoteClaims, NetCalls) {
     let (tx, rx) = mpsc::channel(1024);
-    (RemoteClaims { tx }, rx)
+    (RemoteClaims { tx, vtep }, rx)
 }
 
 impl RemoteClaims {
@@ -378,7 +391,7 @@ impl RemoteClaims {
 #[async_trait::async_trait]
 impl Claims for RemoteClaims {
     async fn claim(&self, pool: &str, instance: &str) -> Result<(PoolSpec, Claim), String> {
-        match self.ask(NetOp::Claim { pool: pool.into(), instance: instance.into() }).await? {
+        match self.ask(NetOp::Claim { pool: pool.into(), instance: instance.into(), vtep: self.vtep }).await? {
             Some(granted) => Ok(granted),
             None => Err("the server answered a claim without an address".into()),
         }

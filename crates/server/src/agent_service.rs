@@ -127,6 +127,17 @@ impl AgentService for AgentGateway {
         // Answers to this connection's container-network requests, made on tasks of their own.
         let (net_tx, mut net_answers) = mpsc::unbounded_channel::<tug_net::protocol::NetAnswer>();
         let (net, scheduler) = (self.net.clone(), self.scheduler.clone());
+        // What the network tells agents unasked: every VXLAN pool's routes now, then changes.
+        let mut pushes = match &net {
+            Some(n) => {
+                let rx = n.subscribe();
+                for r in n.routes().await.unwrap_or_default() {
+                    push(&out_tx, &r).await;
+                }
+                Some(rx)
+            }
+            None => None,
+        };
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -135,6 +146,12 @@ impl AgentService for AgentGateway {
                             break;
                         }
                     }
+                    p = async { pushes.as_mut()?.recv().await.ok() }, if pushes.is_some() => match p {
+                        Some((to, p)) if to.as_deref().is_none_or(|t| t == name) => push(&out_tx, &p).await,
+                        Some(_) => {}
+                        // Lagged behind or closed: the next change carries the whole pool again.
+                        None => {}
+                    },
                     Some(a) = net_answers.recv() => {
                         let Ok(bytes) = serde_json::to_vec(&a) else { continue };
                         if out_tx.send(msg(server_message::Msg::NetAnswer(bytes))).await.is_err() {
@@ -178,6 +195,13 @@ impl AgentService for AgentGateway {
             // heartbeats have been missing for the agent timeout, unless it reconnects first.
         });
         Ok(Response::new(stream))
+    }
+}
+
+/// Sends one network push down an agent's stream.
+async fn push(out: &mpsc::Sender<Result<ServerMessage, Status>>, p: &tug_net::protocol::NetPush) {
+    if let Ok(bytes) = serde_json::to_vec(p) {
+        let _ = out.send(msg(server_message::Msg::NetPush(bytes))).await;
     }
 }
 

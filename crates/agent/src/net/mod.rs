@@ -11,12 +11,13 @@
 
 mod dresponse;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tug_net::plumb::{Attachment, Plumber};
+use tug_net::protocol::{NetPush, Route};
 use tug_net::{Claim, PoolSpec, Segment};
 
 pub use dresponse::serve;
@@ -45,18 +46,80 @@ pub struct Given {
     pub attachment: Attachment,
 }
 
+/// Stops an instance's container on this host (the docker runtime registers one).
+pub type Evictor = Box<dyn Fn(String) + Send + Sync>;
+
 /// The container network on this host: claims, plumbing, and what is plumbed now.
 pub struct NetAgent {
     claims: Arc<dyn Claims>,
     plumber: Plumber,
     /// Plumbed instances by claim name.
     plumbed: Mutex<HashMap<String, Given>>,
+    /// Remote instances pointed at their hosts, by VNI.
+    remote: Mutex<HashMap<u32, HashSet<Route>>>,
+    evictor: Mutex<Option<Evictor>>,
 }
 
 impl NetAgent {
     /// The network of a host plumbed by `plumber`, with addresses from `claims`.
     pub fn new(claims: Arc<dyn Claims>, plumber: Plumber) -> NetAgent {
-        NetAgent { claims, plumber, plumbed: Mutex::new(HashMap::new()) }
+        NetAgent {
+            claims,
+            plumber,
+            plumbed: Mutex::new(HashMap::new()),
+            remote: Mutex::new(HashMap::new()),
+            evictor: Mutex::new(None),
+        }
+    }
+
+    /// Registers how an instance's container is stopped here, for [`NetPush::Evict`].
+    pub fn set_evictor(&self, evictor: Evictor) {
+        *self.evictor.lock().unwrap_or_else(|p| p.into_inner()) = Some(evictor);
+    }
+
+    /// Acts on what the server pushed: points a VXLAN pool's remote MACs at their hosts (and
+    /// forgets those gone or now here), or stops an instance that is moving away.
+    pub async fn apply(&self, push: NetPush) {
+        match push {
+            NetPush::Evict { instance } => {
+                tracing::info!(instance, "the instance is moving to another host; stopping it here");
+                match self.evictor.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    Some(evict) => evict(instance),
+                    None => tracing::warn!(instance, "asked to stop an instance, but no container runtime runs here"),
+                }
+            }
+            NetPush::Routes { pool, vni, routes } => {
+                let own = self.plumber.host().vtep;
+                let wanted: HashSet<Route> = routes.into_iter().filter(|r| Some(r.vtep) != own).collect();
+                let known = self.remote.lock().unwrap_or_else(|p| p.into_inner()).get(&vni).cloned().unwrap_or_default();
+                let plumber = self.plumber.clone();
+                let (add, gone): (Vec<Route>, Vec<Route>) = (
+                    wanted.difference(&known).copied().collect(),
+                    known.iter().filter(|k| !wanted.iter().any(|w| w.ip == k.ip && w.mac == k.mac)).copied().collect(),
+                );
+                let (n_add, n_gone) = (add.len(), gone.len());
+                let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                    for r in gone {
+                        plumber.remove_remote(vni, r.mac, r.ip).map_err(|e| e.to_string())?;
+                    }
+                    for r in add {
+                        plumber.set_remote(vni, VXLAN_MTU, r.mac, r.ip, r.vtep).map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                })
+                .await;
+                match done {
+                    Ok(Ok(())) => {
+                        if n_add + n_gone > 0 {
+                            tracing::info!(pool, vni, added = n_add, removed = n_gone, "VXLAN forwarding entries updated");
+                        }
+                        self.remote.lock().unwrap_or_else(|p| p.into_inner()).insert(vni, wanted);
+                    }
+                    Ok(Err(e)) => tracing::warn!(pool, vni, "updating VXLAN forwarding entries failed: {e}"),
+                    Err(e) => tracing::warn!(pool, vni, "updating VXLAN forwarding entries panicked: {e}"),
+                }
+            }
+        }
     }
 
     fn plumbed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Given>> {

@@ -136,14 +136,22 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     // The container network, when this host has a segment to join: dresponse answers networked
     // containers, with addresses claimed over the agent stream.
     let networked = args.vtep.is_some() || args.ovs_bridge.is_some();
-    let (claims, net_calls) = remote::net_channel();
+    let (claims, net_calls) = remote::net_channel(args.vtep);
+    let (push_tx, mut push_rx) = tokio::sync::mpsc::channel(64);
     let mut dresponse = None;
     if networked {
         let host = HostNet { netns: None, vtep: args.vtep, underlay: args.underlay, ovs_bridge: args.ovs_bridge, ovs_db: args.ovs_db };
         let net = Arc::new(NetAgent::new(Arc::new(claims), Plumber::new(host)));
         let dir = data_dir.join("net");
         docker_config.net = Some(NetSetup { agent: net.clone(), dir: dir.clone() });
+        let applier = net.clone();
         dresponse = Some(tokio::spawn(async move {
+            // What the server pushes (routes, evictions), applied in order.
+            tokio::spawn(async move {
+                while let Some(p) = push_rx.recv().await {
+                    applier.apply(p).await;
+                }
+            });
             if let Err(e) = tug_agent::net::serve(&dir, net, std::future::pending()).await {
                 tracing::error!(dir = %dir.display(), "dresponse cannot listen: {e}");
             }
@@ -171,7 +179,7 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     );
     let logs = LogFiles::new(data_dir.join("logs"));
     let sweeper = tokio::spawn(sweep_logs(logs.clone(), args.log_retention));
-    let net_calls = networked.then_some(net_calls);
+    let net_calls = networked.then_some((net_calls, push_tx));
     let result = remote::run_with_net(remote, config, runtime, logs, net_calls, super::shutdown_signal()).await;
     sweeper.abort();
     if let Some(d) = dresponse {

@@ -142,6 +142,10 @@ impl Net {
         ip(&["link", "add", &net.bridge, "type", "bridge"]);
         ip(&["addr", "add", &format!("{}/24", net.server_addr()), "dev", &net.bridge]);
         ip(&["link", "set", &net.bridge, "up"]);
+        // Host-to-host traffic crosses the bridge. Where bridged packets go through iptables
+        // (br_netfilter, loaded by Docker) and FORWARD drops by default (Docker's policy), let this
+        // bridge's own traffic through, as a real switch would.
+        forward_rule("-I", &net.bridge);
         for i in 0..hosts {
             net.add_host(i);
         }
@@ -200,8 +204,19 @@ impl Drop for Net {
             ip_quiet(&["link", "del", &h.link]);
             ip_quiet(&["netns", "del", &h.ns]);
         }
+        forward_rule("-D", &self.bridge);
         ip_quiet(&["link", "del", &self.bridge]);
     }
+}
+
+/// Inserts (`-I`) or deletes (`-D`) the rule that accepts forwarding within `bridge`; nothing when
+/// there is no iptables.
+fn forward_rule(op: &str, bridge: &str) {
+    let _ = Command::new("iptables")
+        .args([op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// A child process with its output (stdout and stderr) in a file; SIGKILLed

@@ -184,6 +184,15 @@ impl DockerRuntime {
         docker.ping().await.map_err(unreachable)?;
         std::fs::create_dir_all(config.state_dir.join("c")).map_err(|e| DockerError::StateDir(config.state_dir.clone(), e))?;
         let inner = Arc::new(Inner { docker, config, pool: pool::Pool::default(), created: AtomicU64::new(0), events: events::Cache::default() });
+        if let Some(net) = &inner.config.net {
+            let weak = Arc::downgrade(&inner);
+            net.agent.set_evictor(Box::new(move |instance: String| {
+                let Some(inner) = weak.upgrade() else { return };
+                if let Ok(tug_net::Identity::JobSlot { job, .. }) = instance.parse() {
+                    tokio::spawn(async move { pool::evict(&inner, &job).await });
+                }
+            }));
+        }
         pool::adopt(&inner).await;
         events::spawn(Arc::downgrade(&inner));
         pool::spawn_sweeper(Arc::downgrade(&inner));

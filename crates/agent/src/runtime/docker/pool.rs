@@ -394,6 +394,19 @@ pub async fn remove_warm(inner: &Arc<Inner>) {
     }
 }
 
+/// Stops `job`'s warm container now, or once its running runs end (its instance is moving to
+/// another host); its network is torn down with it.
+pub async fn evict(inner: &Arc<Inner>, job: &str) {
+    let slot = inner.pool.slot(job);
+    let taken = slot.lock().await.take();
+    if let Some(w) = taken {
+        w.retired.store(true, Ordering::SeqCst);
+        if w.inflight.load(Ordering::SeqCst) == 0 {
+            remove(inner, &w).await;
+        }
+    }
+}
+
 /// Every second (or `sweep_every`), retires warm containers idle past their `idle_timeout`.
 pub fn spawn_sweeper(weak: Weak<Inner>) {
     tokio::spawn(async move {
