@@ -88,6 +88,8 @@ enum Command {
     /// Work with schedule expressions.
     #[command(subcommand)]
     Schedule(cmd::schedule::ScheduleCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::completions::CompletionsArgs),
     /// Measure Tugboat on this machine.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -140,6 +142,7 @@ fn main() -> std::process::ExitCode {
             Command::Net(c) => cmd::net::run(&server, c.cmd).await,
             Command::Schedule(c) => cmd::schedule::run(c),
             Command::Bench(c) => cmd::bench::run(c).await,
+            Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         }
     });
     match result {
