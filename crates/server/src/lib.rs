@@ -9,7 +9,9 @@
 //! - [`agent_service`]: the gRPC endpoint remote agents (`tug agent run`) connect to.
 //! - [`logs`]: every run's log, read and removed through one interface wherever its agent keeps it.
 //! - [`net`]: the container network's control plane: address pools and claims.
-//! - [`metrics`]: the Prometheus families; [`notify`]: webhooks for run events.
+//! - [`metrics`]: the Prometheus families; [`prom`]: reading a metrics page back; [`notify`]:
+//!   webhooks for run events.
+//! - [`ui`]: the web UI's server-rendered pages.
 //! - [`stream`]: the event stream (`/api/v1/events`): every job, run and agent change, resumable.
 
 pub mod agent_service;
@@ -22,7 +24,9 @@ pub mod error;
 pub mod metrics;
 pub mod net;
 pub mod notify;
+pub mod prom;
 pub mod scheduler;
 pub mod stream;
+pub mod ui;
 
 pub use error::{Error, Result};
