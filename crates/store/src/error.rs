@@ -32,6 +32,12 @@ pub enum StoreError {
         /// The version in the store.
         found: u64,
     },
+    /// No API token with that id.
+    #[error("no token with id {0:?}; `tug token list` shows them")]
+    TokenNotFound(String),
+    /// A token with that id exists already.
+    #[error("a token with id {0:?} exists already")]
+    TokenExists(String),
     /// A pagination cursor that this store did not hand out.
     #[error("invalid cursor {0:?}: pass the `next_cursor` of a previous page")]
     BadCursor(String),
@@ -129,8 +135,10 @@ impl StoreError {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::JobNotFound(_) | StoreError::RunNotFound(_) => ErrorKind::NotFound,
-            StoreError::JobExists(_) | StoreError::VersionConflict { .. } => ErrorKind::Conflict,
+            StoreError::JobNotFound(_) | StoreError::RunNotFound(_) | StoreError::TokenNotFound(_) => {
+                ErrorKind::NotFound
+            }
+            StoreError::JobExists(_) | StoreError::TokenExists(_) | StoreError::VersionConflict { .. } => ErrorKind::Conflict,
             StoreError::BadCursor(_) => ErrorKind::Invalid,
             StoreError::StorageFull { .. } => ErrorKind::StorageFull,
             StoreError::Unavailable { .. } | StoreError::Stopped(_) => ErrorKind::Unavailable,

@@ -6,6 +6,7 @@
 //! - `checkpoint.rs`: WAL checkpoints on a thread of their own, off the write path.
 //! - `jobs.rs`: job queries, with the fire cursor and last-run times derived from runs.
 //! - `runs.rs`: the fire batch (the hot path), run updates, listings and pruning.
+//! - `access.rs`: API tokens and the audit log.
 //! - `codec.rs`: timestamps as integer milliseconds (UTC), states and triggers as names.
 //!
 //! Timestamps are kept to the millisecond: what a write returns is already truncated, so it
@@ -21,11 +22,15 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tug_core::JobSpec;
 use tug_core::run::{Attempt, Run, RunId};
 
-use crate::{FireBatch, JobQuery, JobRecord, Page, RemovedRun, Result, RunQuery, RunTotals, Store, StoreError};
+use crate::{
+    AuditEntry, AuditQuery, FireBatch, JobQuery, JobRecord, Page, RemovedRun, Result, RunQuery, RunTotals, Store,
+    StoreError, TokenRecord,
+};
 use checkpoint::Checkpointer;
 use codec::{Context, locate};
 use worker::Worker;
 
+mod access;
 mod checkpoint;
 mod codec;
 mod jobs;
@@ -262,6 +267,34 @@ impl Store for SqliteStore {
     async fn run_totals(&self, job: Option<&str>) -> Result<Vec<(String, RunTotals)>> {
         let job = job.map(str::to_owned);
         self.worker.call(move |c| runs::totals(c, job.as_deref())).await
+    }
+
+    async fn create_token(&self, token: &TokenRecord) -> Result<()> {
+        let token = token.clone();
+        self.worker.call(move |c| access::create_token(c, &token)).await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.worker.call(access::list_tokens).await
+    }
+
+    async fn revoke_token(&self, id: &str, now: Timestamp) -> Result<TokenRecord> {
+        let id = id.to_owned();
+        self.worker.call(move |c| access::revoke_token(c, &id, now)).await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<u64> {
+        let entry = entry.clone();
+        self.worker.call(move |c| access::append_audit(c, &entry)).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>> {
+        let query = query.clone();
+        self.worker.call(move |c| access::list_audit(c, &query)).await
+    }
+
+    async fn prune_audit(&self, before: Timestamp) -> Result<u64> {
+        self.worker.call(move |c| access::prune_audit(c, before)).await
     }
 }
 
