@@ -52,6 +52,8 @@ pub struct EmbeddedConfig {
     pub agent_timeout: Duration,
     /// Checkpointing for the local agent, so its runs outlive a restart of this process.
     pub agent_durability: Option<tug_agent::Durability>,
+    /// Tokens, browser guards, limits and audit retention of the API.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl EmbeddedConfig {
@@ -69,6 +71,7 @@ impl EmbeddedConfig {
             per_job_metrics_limit: 1000,
             agent_timeout: Duration::from_secs(10),
             agent_durability: None,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct Embedded {
     pub store: Arc<dyn Store>,
     /// The metric families.
     pub metrics: Arc<Metrics>,
+    /// API tokens and the gate's settings.
+    pub auth: Arc<crate::auth::Auth>,
     /// Every run's log: the local agent's in the data dir, remote agents' through their streams
     /// (give it to the agent gateway).
     pub logs: RunLogs,
@@ -173,6 +178,10 @@ impl Embedded {
         .await
         .context("starting the scheduler")?;
         tasks.push(sched_task);
+        let auth = crate::auth::Auth::load(config.auth.clone(), store.clone(), clock.clone())
+            .await
+            .context("loading API tokens")?;
+        tasks.push(tokio::spawn(auth.clone().prune_audit(stopped(stop_rx.clone()))));
         if let Some(listener) = listener {
             let state = AppState {
                 store: store.clone(),
@@ -180,8 +189,9 @@ impl Embedded {
                 logs: logs.clone(),
                 clock,
                 metrics: metrics.clone(),
+                auth: auth.clone(),
             };
-            let app = api::router(state);
+            let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
             let rx = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
@@ -193,6 +203,7 @@ impl Embedded {
             scheduler: handle,
             store,
             metrics,
+            auth,
             logs,
             updates: updates_tx,
             stop,

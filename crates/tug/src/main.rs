@@ -21,6 +21,10 @@ struct Cli {
     /// The Tugboat server to talk to.
     #[arg(long, global = true, env = "TUG_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    /// The API token to send (`tug token create` makes one; the server's first comes from
+    /// `tug server --init-token`).
+    #[arg(long, global = true, env = "TUG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +48,11 @@ enum Command {
     /// Run an agent (`tug agent run`), or list, inspect and drain agents.
     #[command(subcommand)]
     Agent(AgentCli),
+    /// Make, list and revoke API tokens (admin).
+    #[command(subcommand)]
+    Token(cmd::token::TokenCommand),
+    /// Who changed what through the API, oldest first (admin).
+    Audit(cmd::token::AuditArgs),
     /// Work with schedule expressions.
     #[command(subcommand)]
     Schedule(cmd::schedule::ScheduleCommand),
@@ -77,6 +86,9 @@ fn main() -> std::process::ExitCode {
     };
     let up_matches = matches.subcommand_matches("up").cloned().unwrap_or_default();
     let server_given = matches.value_source("server").is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
+    if let Some(t) = cli.token.clone().filter(|t| !t.is_empty()) {
+        client::use_token(t);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -98,6 +110,8 @@ fn main() -> std::process::ExitCode {
             }
             Command::Agent(AgentCli::Manage(c)) => cmd::agent::run(&cli.server, c).await,
             Command::Agent(AgentCli::Shim { run_dir }) => cmd::agent::shim(&run_dir).await,
+            Command::Token(c) => cmd::token::run(&cli.server, c).await,
+            Command::Audit(a) => cmd::token::audit(&cli.server, a).await,
             Command::Schedule(c) => cmd::schedule::run(c),
             Command::Bench(c) => cmd::bench::run(c).await,
         }

@@ -22,10 +22,16 @@ impl TestServer {
     }
 
     pub async fn start_with_clock(dir: &std::path::Path, clock: SharedClock) -> TestServer {
+        Self::start_with(dir, clock, |_| {}).await
+    }
+
+    /// A server whose settings `tune` adjusts first.
+    pub async fn start_with(dir: &std::path::Path, clock: SharedClock, tune: impl FnOnce(&mut EmbeddedConfig)) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = EmbeddedConfig::new(dir);
         config.grace = Duration::from_millis(500);
+        tune(&mut config);
         let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), clock, Some(listener)).await.unwrap();
         TestServer { base: format!("http://{addr}/api/v1"), server: Some(server), http: reqwest::Client::new() }
     }

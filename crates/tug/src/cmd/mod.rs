@@ -7,7 +7,9 @@ pub mod job;
 pub mod logs;
 pub mod runs;
 pub mod schedule;
+pub mod security;
 pub mod server;
+pub mod token;
 pub mod up;
 
 /// Prints JSON, pretty.
