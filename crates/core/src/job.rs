@@ -91,6 +91,10 @@ pub struct JobSpec {
     /// retries (in addition to the server's global webhooks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
+    /// The container network: an address from a pool for the job's warm container, the same on
+    /// every host. Docker jobs in warm mode only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
     /// Chronos fields that have no meaning in Tugboat (`async`, `uris`, `softError`, ...), kept
     /// as given so a Chronos client reads back what it wrote. Only the Chronos API writes here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -208,6 +212,14 @@ pub enum PullPolicy {
     Always,
     /// Never pull; a missing image fails the run.
     Never,
+}
+
+/// A job's place on the container network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// The address pool (`tug net pool list`).
+    pub pool: String,
 }
 
 /// How a docker job's runs map to containers.
@@ -457,6 +469,7 @@ impl JobSpec {
             paused: false,
             keep_runs: None,
             webhooks: Vec::new(),
+            network: None,
             chronos: BTreeMap::new(),
         }
     }
@@ -538,6 +551,27 @@ impl JobSpec {
                 }
             }
             (RuntimeKind::Process, None) => {}
+        }
+        if let Some(net) = &self.network {
+            if net.pool.trim().is_empty() {
+                return Err(field("network.pool", "is empty; name a pool from `tug net pool list`".into()));
+            }
+            match &self.docker {
+                Some(d) if self.runtime == RuntimeKind::Docker && d.mode == ContainerMode::Warm => {
+                    if d.network.as_deref().is_some_and(|n| n != "none") {
+                        return Err(field(
+                            "docker.network",
+                            "cannot be set with `network.pool`: the pool gives the container its network; drop one".into(),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(field(
+                        "network",
+                        "needs runtime = \"docker\" in warm mode: the address belongs to the job's warm container".into(),
+                    ));
+                }
+            }
         }
         if let Some(c) = self.resources.cpus
             && !(c > 0.0 && c.is_finite())
@@ -663,6 +697,23 @@ mod tests {
         assert!(matches!(e, JobError::Name(_)));
         let e = JobSpec::from_toml("name = \"a\"\ncommand = []\nparents=[\"b\"]").unwrap().validate().unwrap_err();
         assert!(matches!(e, JobError::EmptyCommand(_)));
+    }
+
+    #[test]
+    fn networked_jobs() {
+        let warm = "parents = [\"a\"]\nruntime = \"docker\"\nnetwork = { pool = \"blue\" }\n[docker]\nimage = \"x\"\n";
+        let job = JobSpec::from_toml(&minimal(warm)).unwrap().validate().unwrap();
+        assert_eq!(job.spec.network, Some(NetworkSpec { pool: "blue".into() }));
+        let check = |extra: &str, needle: &str| {
+            let e = JobSpec::from_toml(&minimal(extra)).unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{extra}: {e}");
+        };
+        check("parents = [\"a\"]\nnetwork = { pool = \"blue\" }", "`network` needs runtime = \"docker\" in warm mode");
+        check(&format!("{warm}mode = \"per-run\""), "needs runtime = \"docker\" in warm mode");
+        check(&format!("{warm}network = \"bridge\""), "`docker.network` cannot be set with `network.pool`");
+        check(&warm.replace("blue", ""), "`network.pool` is empty");
+        let e = JobSpec::from_toml(&minimal("network = { pool = \"b\", vlan = 3 }")).unwrap_err().to_string();
+        assert!(e.contains("unknown field `vlan`"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! The agent opens the stream with `Register`; a wrong join token gets `Refused` and the stream
 //! closes. Otherwise the agent joins the scheduler's registry with a command channel whose
 //! launches and kills are forwarded down the stream, and its heartbeats and status updates go into
-//! the scheduler's updates channel, each status update acknowledged by its `seq` once forwarded.
+//! the scheduler's updates channel. Each status update is acknowledged by its `seq` once the
+//! scheduler has written it to the store (the agent then forgets it: an earlier ack could lose a
+//! run's result in a server crash).
 //! The runs the agent holds, from `Register`, go into that channel first (as `ToServer::Held`),
 //! so the scheduler reconciles them before it sees anything else from this connection.
 
@@ -18,7 +20,7 @@ use tug_core::protocol::{HeldRun, StatusUpdate, ToAgent, ToServer};
 use tug_proto::{AgentMessage, AgentService, AgentServiceServer, ServerMessage, agent_message, server_message};
 
 use crate::logs::RunLogs;
-use crate::scheduler::SchedulerHandle;
+use crate::scheduler::{FromAgent, SchedulerHandle};
 use crate::scheduler::agents::Registration;
 
 /// Messages queued towards one agent before the stream applies backpressure.
@@ -27,7 +29,7 @@ const OUTBOUND: usize = 1024;
 /// The agent protocol's gRPC service.
 pub struct AgentGateway {
     scheduler: SchedulerHandle,
-    updates: mpsc::Sender<ToServer>,
+    updates: mpsc::Sender<FromAgent>,
     join_token: Option<String>,
     stop: watch::Receiver<bool>,
     logs: RunLogs,
@@ -39,7 +41,7 @@ impl AgentGateway {
     /// Each connected agent serves its run logs to `logs` (see `logs.rs`).
     pub fn new(
         scheduler: SchedulerHandle,
-        updates: mpsc::Sender<ToServer>,
+        updates: mpsc::Sender<FromAgent>,
         join_token: Option<String>,
         stop: watch::Receiver<bool>,
         logs: RunLogs,
@@ -105,16 +107,23 @@ impl AgentService for AgentGateway {
         tracing::info!(agent = %name, ?peer, cpus = reg.cpus, mem = reg.mem, held = held.len(), "remote agent connected");
         // Before anything else this stream carries, so the scheduler reconciles first.
         self.updates
-            .send(ToServer::Held { agent: name.clone(), runs: held })
+            .send(ToServer::Held { agent: name.clone(), runs: held }.into())
             .await
             .map_err(|_| Status::unavailable("the scheduler is shutting down"))?;
         let _ = out_tx.send(msg(server_message::Msg::Registered(tug_proto::Registered { epoch: self.scheduler.epoch() }))).await;
         let updates = self.updates.clone();
         let mut stop = self.stop.clone();
         let mut logs = self.logs.connect(&name);
+        // The scheduler acknowledges this connection's status updates here once they are written.
+        let (acks_tx, mut acks) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    Some(seq) = acks.recv() => {
+                        if out_tx.send(msg(server_message::Msg::Ack(tug_proto::Ack { seq }))).await.is_err() {
+                            break;
+                        }
+                    }
                     Some(m) = logs.next() => {
                         if out_tx.send(msg(m)).await.is_err() {
                             break;
@@ -134,7 +143,7 @@ impl AgentService for AgentGateway {
                     m = inbound.message() => match m {
                         Ok(Some(AgentMessage { msg: Some(agent_message::Msg::LogChunk(c)) })) => logs.answer(c),
                         Ok(Some(AgentMessage { msg: Some(m) })) => {
-                            if !forward(&name, m, &updates, &out_tx).await {
+                            if !forward(&name, m, &updates, &acks_tx).await {
                                 break;
                             }
                         }
@@ -152,17 +161,18 @@ impl AgentService for AgentGateway {
     }
 }
 
-/// Passes one agent message to the scheduler; false when the scheduler or the stream is gone.
+/// Passes one agent message to the scheduler (a status update with where to acknowledge it);
+/// false when the scheduler is gone.
 async fn forward(
     name: &str,
     m: agent_message::Msg,
-    updates: &mpsc::Sender<ToServer>,
-    out: &mpsc::Sender<Result<ServerMessage, Status>>,
+    updates: &mpsc::Sender<FromAgent>,
+    acks: &mpsc::UnboundedSender<u64>,
 ) -> bool {
     match m {
         agent_message::Msg::Heartbeat(h) => {
             let hb = ToServer::Heartbeat { agent: name.to_string(), warm_containers: h.warm_containers };
-            updates.send(hb).await.is_ok()
+            updates.send(hb.into()).await.is_ok()
         }
         agent_message::Msg::StatusUpdate(bytes) => {
             let update: StatusUpdate = match serde_json::from_slice(&bytes) {
@@ -172,11 +182,8 @@ async fn forward(
                     return true;
                 }
             };
-            let seq = update.seq;
-            if updates.send(ToServer::Status(update)).await.is_err() {
-                return false;
-            }
-            out.send(msg(server_message::Msg::Ack(tug_proto::Ack { seq }))).await.is_ok()
+            let report = FromAgent { msg: ToServer::Status(update), acks: Some(acks.clone()) };
+            updates.send(report).await.is_ok()
         }
         agent_message::Msg::Register(_) => {
             tracing::warn!(agent = %name, "second Register on one stream ignored");

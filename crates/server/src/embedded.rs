@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tug_agent::runtime::SharedRuntime;
 use tug_agent::{Agent, AgentConfig};
+use tug_core::protocol::{StatusUpdate, ToAgent, ToServer};
 use tug_core::job::Webhook;
 use tug_logs::LogFiles;
 use tug_store::sqlite::SqliteStore;
@@ -23,7 +24,7 @@ use crate::logs::RunLogs;
 use crate::metrics::{Metrics, PerJobMetrics};
 use crate::notify::{self, DeliveryConfig, Notifier};
 use crate::scheduler::events::EventSink;
-use crate::scheduler::{self, AgentLink, Hooks, SchedulerConfig, SchedulerHandle};
+use crate::scheduler::{self, AgentLink, FromAgent, Hooks, SchedulerConfig, SchedulerHandle};
 
 /// Settings of an embedded server.
 #[derive(Debug, Clone)]
@@ -90,7 +91,7 @@ pub struct Embedded {
     /// (give it to the agent gateway).
     pub logs: RunLogs,
     /// Where agents in this process report (another in-process agent can be added with it).
-    updates: mpsc::Sender<tug_core::protocol::ToServer>,
+    updates: mpsc::Sender<FromAgent>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Stops the notifier, after the scheduler (so it sees the scheduler's last events).
@@ -134,6 +135,7 @@ impl Embedded {
         let (stop, stop_rx) = watch::channel(false);
         let (agent_tx, agent_rx) = mpsc::channel(65_536);
         let (updates_tx, updates_rx) = mpsc::channel(65_536);
+        let (reports_tx, reports_rx) = mpsc::channel(65_536);
         let agent_cfg = AgentConfig {
             name: config.agent_name.clone(),
             log_limit: config.log_limit,
@@ -141,8 +143,9 @@ impl Embedded {
             durable: config.agent_durability.clone(),
             ..AgentConfig::default()
         };
-        let agent = Agent::new(agent_cfg, runtime, files, updates_tx.clone());
-        let mut tasks = vec![tokio::spawn(agent.serve(agent_rx, stopped(stop_rx.clone())))];
+        let agent = Agent::with_acks(agent_cfg, runtime, files, reports_tx);
+        let serving = serve_in_process(agent, agent_rx, reports_rx, updates_tx.clone(), stopped(stop_rx.clone()));
+        let mut tasks = vec![tokio::spawn(serving)];
         let sched_cfg = SchedulerConfig {
             keep_runs: config.keep_runs,
             agent_timeout: config.agent_timeout,
@@ -187,6 +190,7 @@ impl Embedded {
                 store: store.clone(),
                 scheduler: handle.clone(),
                 logs: logs.clone(),
+                net: Arc::new(crate::net::Network::new(store.clone(), clock.clone())),
                 clock,
                 metrics: metrics.clone(),
                 auth: auth.clone(),
@@ -215,8 +219,16 @@ impl Embedded {
     }
 
     /// A sender for another agent in this process to report on (tests, benchmarks).
-    pub fn updates_sender(&self) -> mpsc::Sender<tug_core::protocol::ToServer> {
+    pub fn updates_sender(&self) -> mpsc::Sender<FromAgent> {
         self.updates.clone()
+    }
+
+    /// Stops every task at once, as a crash would: nothing more is written or sent, and a store
+    /// write in progress may or may not land (crash tests).
+    pub fn abort(self) {
+        for t in self.tasks.iter().chain([&self.notifier]).chain(self.per_job.as_ref()) {
+            t.abort();
+        }
     }
 
     /// Stops everything and waits until runs have been stopped and recorded.
@@ -239,4 +251,68 @@ impl Embedded {
 /// Completes when the stop flag is set.
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+/// How long an in-process agent that has stopped waits for the acks of its last status updates.
+const FLUSH_GRACE: Duration = Duration::from_secs(3);
+
+/// Serves an agent in this process (one built [with acks](Agent::with_acks), reporting on
+/// `reports`) until it stops: what it holds goes to the scheduler first, then its heartbeats and
+/// status updates; a final update counts as delivered only once the scheduler has written it,
+/// as for a remote agent. Ends once the agent has stopped and its last updates are acknowledged
+/// (or [`FLUSH_GRACE`] has passed).
+pub async fn serve_in_process(
+    agent: Arc<Agent>,
+    commands: mpsc::Receiver<ToAgent>,
+    mut reports: mpsc::Receiver<ToServer>,
+    updates: mpsc::Sender<FromAgent>,
+    shutdown: impl Future<Output = ()>,
+) {
+    agent.recover().await;
+    let held = ToServer::Held { agent: agent.name().to_string(), runs: agent.held() };
+    if updates.send(held.into()).await.is_err() {
+        tracing::warn!("the scheduler has stopped; held runs not reported");
+    }
+    let (acks_tx, mut acks) = mpsc::unbounded_channel();
+    let mut unacked: std::collections::HashMap<u64, StatusUpdate> = std::collections::HashMap::new();
+    let serving = Arc::clone(&agent).serve(commands, shutdown);
+    tokio::pin!(serving);
+    let mut stopped_at: Option<tokio::time::Instant> = None;
+    loop {
+        if stopped_at.is_some() && reports.is_empty() && unacked.is_empty() {
+            return;
+        }
+        let grace = async {
+            match stopped_at {
+                Some(at) => tokio::time::sleep_until(at + FLUSH_GRACE).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut serving, if stopped_at.is_none() => stopped_at = Some(tokio::time::Instant::now()),
+            Some(msg) = reports.recv() => {
+                let acks = match &msg {
+                    ToServer::Status(u) => {
+                        if u.state.is_terminal() {
+                            unacked.insert(u.seq, u.clone());
+                        }
+                        Some(acks_tx.clone())
+                    }
+                    _ => None,
+                };
+                if updates.send(FromAgent { msg, acks }).await.is_err() {
+                    tracing::warn!("the scheduler has stopped; status update not delivered");
+                }
+            }
+            Some(seq) = acks.recv() => {
+                if let Some(u) = unacked.remove(&seq) {
+                    agent.delivered(&u);
+                }
+            }
+            () = grace => {
+                tracing::warn!(unacked = unacked.len(), "stopping before the server wrote every status update");
+                return;
+            }
+        }
+    }
 }

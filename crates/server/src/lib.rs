@@ -10,6 +10,7 @@
 //! - [`chronos`]: the Chronos-compatible REST API under `/scheduler` and `/v1/scheduler`.
 //! - [`agent_service`]: the gRPC endpoint remote agents (`tug agent run`) connect to.
 //! - [`logs`]: every run's log, read and removed through one interface wherever its agent keeps it.
+//! - [`net`]: the container network's control plane: address pools and claims.
 //! - [`metrics`]: the Prometheus families; [`notify`]: webhooks for run events.
 
 pub mod agent_service;
@@ -21,6 +22,7 @@ pub mod embedded;
 pub mod logs;
 pub mod error;
 pub mod metrics;
+pub mod net;
 pub mod notify;
 pub mod scheduler;
 

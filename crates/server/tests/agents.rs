@@ -15,7 +15,8 @@ use tug_core::placement::Capacity;
 use tug_core::run::{Run, RunState};
 use tug_core::JobSpec;
 use tug_server::clock::TokioClock;
-use tug_server::embedded::{Embedded, EmbeddedConfig};
+use tug_server::embedded::{Embedded, EmbeddedConfig, serve_in_process};
+use tug_server::scheduler::FromAgent;
 use tug_server::scheduler::agents::Registration;
 use tug_store::mem::MemStore;
 use tug_logs::LogFiles;
@@ -44,7 +45,7 @@ impl Runtime for Sleeper {
 
 struct Cluster {
     server: Embedded,
-    updates: mpsc::Sender<tug_core::protocol::ToServer>,
+    updates: mpsc::Sender<FromAgent>,
     agents: BTreeMap<String, tokio::task::JoinHandle<()>>,
     logs: LogFiles,
     _dir: tempfile::TempDir,
@@ -68,8 +69,10 @@ impl Cluster {
     async fn add_agent(&mut self, name: &str, cpus: f64, attrs: &[(&str, &str)]) {
         let (tx, rx) = mpsc::channel(1024);
         let config = AgentConfig { name: name.into(), ..AgentConfig::default() };
-        let agent = Agent::new(config, Arc::new(Sleeper), self.logs.clone(), self.updates.clone());
-        self.agents.insert(name.into(), tokio::spawn(agent.serve(rx, std::future::pending())));
+        let (reports_tx, reports) = mpsc::channel(1024);
+        let agent = Agent::with_acks(config, Arc::new(Sleeper), self.logs.clone(), reports_tx);
+        let serving = serve_in_process(agent, rx, reports, self.updates.clone(), std::future::pending());
+        self.agents.insert(name.into(), tokio::spawn(serving));
         let attributes = attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let resources = Capacity { cpus, mem: 8 << 30, disk: 100 << 30 };
         self.server.scheduler.register_agent(Registration { name: name.into(), tx, resources, attributes }).await.unwrap();

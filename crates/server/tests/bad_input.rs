@@ -6,14 +6,6 @@ use common::*;
 use reqwest::Method;
 use serde_json::json;
 
-async fn expect(s: &TestServer, method: Method, path: &str, body: Option<serde_json::Value>, status: u16, code: &str, needle: &str) {
-    let (st, v) = s.req(method, path, body).await;
-    assert_eq!(st, status, "{path}: {v}");
-    assert_eq!(v["error"]["code"], code, "{v}");
-    let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains(needle), "message {msg:?} should contain {needle:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_are_refused_with_clear_messages() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,7 @@ use tug_core::JobSpec;
 use tug_server::clock::TokioClock;
 use tug_server::embedded::{Embedded, EmbeddedConfig};
 use tug_server::scheduler::agents::Registration;
+use tug_server::scheduler::FromAgent;
 use tug_store::mem::MemStore;
 use tug_store::{RunQuery, Store};
 
@@ -37,9 +38,11 @@ async fn server(store: Arc<dyn Store>, dir: &std::path::Path) -> Embedded {
 struct Hand {
     name: String,
     rx: mpsc::Receiver<ToAgent>,
-    updates: mpsc::Sender<ToServer>,
+    updates: mpsc::Sender<FromAgent>,
     beats: Option<tokio::task::JoinHandle<()>>,
     seq: u64,
+    /// Where the server acknowledges this agent's status updates, by seq.
+    acks: (mpsc::UnboundedSender<u64>, mpsc::UnboundedReceiver<u64>),
 }
 
 impl Hand {
@@ -49,7 +52,8 @@ impl Hand {
         let resources = Capacity { cpus: 4.0, mem: 8 << 30, disk: 100 << 30 };
         let reg = Registration { name: name.into(), tx, resources, attributes: Default::default() };
         server.scheduler.register_agent(reg).await.unwrap();
-        let mut hand = Hand { name: name.into(), rx, updates: server.updates_sender(), beats: None, seq: 0 };
+        let acks = mpsc::unbounded_channel();
+        let mut hand = Hand { name: name.into(), rx, updates: server.updates_sender(), beats: None, seq: 0, acks };
         hand.resume();
         hand
     }
@@ -59,7 +63,7 @@ impl Hand {
         let (updates, agent) = (self.updates.clone(), self.name.clone());
         self.beats = Some(tokio::spawn(async move {
             loop {
-                if updates.send(ToServer::Heartbeat { agent: agent.clone(), warm_containers: 0 }).await.is_err() {
+                if updates.send(ToServer::Heartbeat { agent: agent.clone(), warm_containers: 0 }.into()).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -76,14 +80,31 @@ impl Hand {
 
     async fn held(&self, runs: &[(RunId, u32)]) {
         let runs = runs.iter().map(|&(run_id, attempt)| HeldRun { run_id, attempt, finished: false }).collect();
-        self.updates.send(ToServer::Held { agent: self.name.clone(), runs }).await.unwrap();
+        self.updates.send(ToServer::Held { agent: self.name.clone(), runs }.into()).await.unwrap();
     }
 
     async fn report(&mut self, run_id: RunId, attempt: u32, state: RunState) {
-        self.seq += 1;
         let exit_code = (state == RunState::Succeeded).then_some(0);
+        self.report_exit(run_id, attempt, state, exit_code).await;
+    }
+
+    /// Reports a state with an exit code; returns the update's seq.
+    async fn report_exit(&mut self, run_id: RunId, attempt: u32, state: RunState, exit_code: Option<i32>) -> u64 {
+        self.seq += 1;
         let u = StatusUpdate { seq: self.seq, run_id, attempt, state, at: Timestamp::now(), exit_code, signal: None, reason: None };
-        self.updates.send(ToServer::Status(u)).await.unwrap();
+        self.resend(u).await;
+        self.seq
+    }
+
+    /// Sends an update as it is (after a reconnect, one the server never acknowledged).
+    async fn resend(&self, u: StatusUpdate) {
+        let report = FromAgent { msg: ToServer::Status(u), acks: Some(self.acks.0.clone()) };
+        self.updates.send(report).await.unwrap();
+    }
+
+    /// The seqs acknowledged so far.
+    fn acked(&mut self) -> Vec<u64> {
+        std::iter::from_fn(|| self.acks.1.try_recv().ok()).collect()
     }
 
     /// The next launch or kill (drain notices and pre-warm hints skipped), within 5 s.
@@ -303,11 +324,135 @@ async fn heartbeats_report_warm_containers_to_the_agent_list_and_metrics() {
     x.cut();
     y.cut();
     for (hand, warm) in [(&x, 3), (&y, 2)] {
-        hand.updates.send(ToServer::Heartbeat { agent: hand.name.clone(), warm_containers: warm }).await.unwrap();
+        hand.updates.send(ToServer::Heartbeat { agent: hand.name.clone(), warm_containers: warm }.into()).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let agents = server.scheduler.agents().await.unwrap();
     let warm = |n: &str| agents.iter().find(|a| a.name == n).unwrap().warm_containers;
     assert_eq!((warm("x"), warm("y")), (3, 2));
     assert_eq!(server.metrics.warm_containers.get(), 5);
+}
+
+/// A store whose run writes can be made to hang, as a disk that stops answering would.
+struct Stalling {
+    inner: Arc<dyn Store>,
+    stalled: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for Stalling {
+    async fn create_job(&self, spec: &JobSpec, now: Timestamp) -> tug_store::Result<tug_store::JobRecord> {
+        self.inner.create_job(spec, now).await
+    }
+    async fn update_job(&self, spec: &JobSpec, v: Option<u64>, now: Timestamp) -> tug_store::Result<tug_store::JobRecord> {
+        self.inner.update_job(spec, v, now).await
+    }
+    async fn get_job(&self, name: &str) -> tug_store::Result<tug_store::JobRecord> {
+        self.inner.get_job(name).await
+    }
+    async fn delete_job(&self, name: &str) -> tug_store::Result<Vec<tug_store::RemovedRun>> {
+        self.inner.delete_job(name).await
+    }
+    async fn list_jobs(&self, q: &tug_store::JobQuery) -> tug_store::Result<tug_store::Page<tug_store::JobRecord>> {
+        self.inner.list_jobs(q).await
+    }
+    async fn load_jobs(&self) -> tug_store::Result<Vec<tug_store::JobRecord>> {
+        self.inner.load_jobs().await
+    }
+    async fn commit_fires(&self, batch: tug_store::FireBatch, now: Timestamp) -> tug_store::Result<Vec<Run>> {
+        self.inner.commit_fires(batch, now).await
+    }
+    async fn save_runs(&self, runs: &[Run], attempts: &[tug_core::run::Attempt]) -> tug_store::Result<()> {
+        if self.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.save_runs(runs, attempts).await
+    }
+    async fn get_run(&self, id: RunId) -> tug_store::Result<Run> {
+        self.inner.get_run(id).await
+    }
+    async fn list_runs(&self, job: &str, q: &RunQuery) -> tug_store::Result<tug_store::Page<Run>> {
+        self.inner.list_runs(job, q).await
+    }
+    async fn active_runs(&self) -> tug_store::Result<Vec<Run>> {
+        self.inner.active_runs().await
+    }
+    async fn attempts(&self, id: RunId) -> tug_store::Result<Vec<tug_core::run::Attempt>> {
+        self.inner.attempts(id).await
+    }
+    async fn prune_runs(&self, job: &str, keep: u32) -> tug_store::Result<Vec<tug_store::RemovedRun>> {
+        self.inner.prune_runs(job, keep).await
+    }
+    async fn run_totals(&self, job: Option<&str>) -> tug_store::Result<Vec<(String, tug_store::RunTotals)>> {
+        self.inner.run_totals(job).await
+    }
+    async fn next_epoch(&self) -> tug_store::Result<u64> {
+        self.inner.next_epoch().await
+    }
+    async fn create_pool(&self, spec: &tug_store::PoolSpec, now: Timestamp) -> tug_store::Result<tug_store::PoolRecord> {
+        self.inner.create_pool(spec, now).await
+    }
+    async fn get_pool(&self, name: &str) -> tug_store::Result<tug_store::PoolRecord> {
+        self.inner.get_pool(name).await
+    }
+    async fn list_pools(&self) -> tug_store::Result<Vec<tug_store::PoolRecord>> {
+        self.inner.list_pools().await
+    }
+    async fn delete_pool(&self, name: &str) -> tug_store::Result<()> {
+        self.inner.delete_pool(name).await
+    }
+    async fn list_claims(&self, pool: Option<&str>) -> tug_store::Result<Vec<tug_store::Claim>> {
+        self.inner.list_claims(pool).await
+    }
+    async fn put_claim(&self, claim: &tug_store::Claim) -> tug_store::Result<()> {
+        self.inner.put_claim(claim).await
+    }
+    async fn remove_claim(&self, pool: &str, name: &str) -> tug_store::Result<Option<tug_store::Claim>> {
+        self.inner.remove_claim(pool, name).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_final_update_is_acknowledged_only_once_written_so_a_crash_before_the_write_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let stalling = Arc::new(Stalling { inner: store.clone(), stalled: false.into() });
+    let first = server(stalling.clone(), dir.path()).await;
+    let mut x = Hand::join(&first, "x").await;
+    let spec = json!({"name": "once", "schedule": "@yearly", "command": "true", "resources": {"cpus": 1}});
+    first.scheduler.create_job(JobSpec::from_json(&spec.to_string()).unwrap()).await.unwrap();
+    let run = first.scheduler.run_now("once").await.unwrap();
+    x.launch().await;
+    let running = x.report_exit(run.id, 1, RunState::Running, None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(x.acked(), [running], "a written update is acknowledged");
+
+    // The disk stops answering; the run fails with exit code 3.
+    stalling.stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seq = x.report_exit(run.id, 1, RunState::Failed, Some(3)).await;
+    let last = StatusUpdate { seq, run_id: run.id, attempt: 1, state: RunState::Failed, at: Timestamp::now(), exit_code: Some(3), signal: None, reason: None };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(x.acked(), Vec::<u64>::new(), "nothing is acknowledged before its write returns");
+    // The server dies with the write still hanging: the store says the run is running.
+    first.abort();
+    x.cut();
+    assert_eq!(store.get_run(run.id).await.unwrap().state, RunState::Running);
+
+    // Restarted on the same data, the agent comes back holding the finished attempt and sends
+    // its unacknowledged update again.
+    let second = server(store.clone(), dir.path()).await;
+    let mut x2 = Hand::join(&second, "x").await;
+    x2.acks = std::mem::replace(&mut x.acks, mpsc::unbounded_channel());
+    let held = vec![HeldRun { run_id: run.id, attempt: 1, finished: true }];
+    x2.updates.send(ToServer::Held { agent: "x".into(), runs: held }.into()).await.unwrap();
+    x2.resend(last).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(x2.acked(), [seq]);
+    // Past the agent timeout too: the run was not lost, not launched again, and has the agent's result.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    x2.quiet().await;
+    let all = runs(&second, "once").await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!((all[0].state, all[0].exit_code, all[0].attempt), (RunState::Failed, Some(3), 1), "{all:?}");
+    assert!(second.store.attempts(run.id).await.unwrap().is_empty(), "no attempt was given up");
 }

@@ -32,6 +32,30 @@ pub enum StoreError {
         /// The version in the store.
         found: u64,
     },
+    /// No address pool with that name.
+    #[error("network pool {0:?} not found; see `tug net pool list`")]
+    PoolNotFound(String),
+    /// An address pool with that name already exists.
+    #[error("network pool {0:?} already exists; delete it first to change it")]
+    PoolExists(String),
+    /// A pool cannot be deleted while addresses of it are claimed.
+    #[error("network pool {pool:?} has {claims} claimed address(es); delete the jobs and services using it first")]
+    PoolInUse {
+        /// The pool.
+        pool: String,
+        /// How many addresses are claimed.
+        claims: usize,
+    },
+    /// Another claim of the pool holds that address.
+    #[error("address {ip} of network pool {pool:?} is already claimed by {holder:?}")]
+    AddressTaken {
+        /// The pool.
+        pool: String,
+        /// The address asked for.
+        ip: String,
+        /// The claim that holds it.
+        holder: String,
+    },
     /// No API token with that id.
     #[error("no token with id {0:?}; `tug token list` shows them")]
     TokenNotFound(String),
@@ -115,7 +139,7 @@ pub enum StoreError {
 /// What a caller can do about a [`StoreError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The job or run does not exist.
+    /// The job, run or pool does not exist.
     NotFound,
     /// The write conflicts with what is stored (a taken name, a stale version).
     Conflict,
@@ -135,10 +159,16 @@ impl StoreError {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::JobNotFound(_) | StoreError::RunNotFound(_) | StoreError::TokenNotFound(_) => {
-                ErrorKind::NotFound
-            }
-            StoreError::JobExists(_) | StoreError::TokenExists(_) | StoreError::VersionConflict { .. } => ErrorKind::Conflict,
+            StoreError::JobNotFound(_)
+            | StoreError::RunNotFound(_)
+            | StoreError::PoolNotFound(_)
+            | StoreError::TokenNotFound(_) => ErrorKind::NotFound,
+            StoreError::JobExists(_)
+            | StoreError::VersionConflict { .. }
+            | StoreError::PoolExists(_)
+            | StoreError::PoolInUse { .. }
+            | StoreError::AddressTaken { .. }
+            | StoreError::TokenExists(_) => ErrorKind::Conflict,
             StoreError::BadCursor(_) => ErrorKind::Invalid,
             StoreError::StorageFull { .. } => ErrorKind::StorageFull,
             StoreError::Unavailable { .. } | StoreError::Stopped(_) => ErrorKind::Unavailable,

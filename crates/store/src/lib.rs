@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tug_core::run::{Attempt, NewRun, Run, RunId, RunState};
 use tug_core::JobSpec;
+pub use tug_net::{Claim, PoolSpec};
 
 mod access;
 mod error;
@@ -64,6 +65,16 @@ pub struct RemovedRun {
     pub id: RunId,
     /// The agent its last attempt ran on; `None` if it never started.
     pub agent: Option<String>,
+}
+
+/// An address pool as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    /// The pool.
+    #[serde(flatten)]
+    pub spec: PoolSpec,
+    /// When it was created.
+    pub created_at: Timestamp,
 }
 
 /// A page of results and the cursor for the next page, if any.
@@ -174,6 +185,25 @@ pub trait Store: Send + Sync + 'static {
     /// so agents can refuse launches from a server that has since been replaced.
     async fn next_epoch(&self) -> Result<u64>;
 
+    /// Creates an address pool; [`StoreError::PoolExists`] if the name is taken. The caller has
+    /// validated it, also against the other pools (overlaps, segments).
+    async fn create_pool(&self, spec: &PoolSpec, now: Timestamp) -> Result<PoolRecord>;
+    /// One pool; [`StoreError::PoolNotFound`] if unknown.
+    async fn get_pool(&self, name: &str) -> Result<PoolRecord>;
+    /// Every pool, by name.
+    async fn list_pools(&self) -> Result<Vec<PoolRecord>>;
+    /// Deletes a pool; [`StoreError::PoolInUse`] while any address of it is claimed.
+    async fn delete_pool(&self, name: &str) -> Result<()>;
+    /// The claims of one pool (`Some`; [`StoreError::PoolNotFound`] if unknown) or of every pool,
+    /// ordered by pool name, then address.
+    async fn list_claims(&self, pool: Option<&str>) -> Result<Vec<Claim>>;
+    /// Creates or replaces the claim `(claim.pool, claim.name)`. [`StoreError::PoolNotFound`] if
+    /// the pool does not exist; [`StoreError::AddressTaken`] if another claim of the pool holds
+    /// the same IP (a MAC follows from its IP, so
+    /// it is unique too).
+    async fn put_claim(&self, claim: &Claim) -> Result<()>;
+    /// Removes a claim; returns it, or `None` if there was none.
+    async fn remove_claim(&self, pool: &str, name: &str) -> Result<Option<Claim>>;
     /// Stores a new API token; [`StoreError::TokenExists`] if its id is taken.
     async fn create_token(&self, token: &TokenRecord) -> Result<()>;
     /// Every token, revoked and expired ones included, by id.

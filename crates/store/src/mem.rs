@@ -14,8 +14,8 @@ use tug_core::JobSpec;
 use tug_core::run::{Attempt, NewRun, Run, RunId, RunState, Trigger};
 
 use crate::{
-    AuditEntry, AuditQuery, FireBatch, JobQuery, JobRecord, Page, RemovedRun, Result, RunQuery, RunTotals, Store,
-    StoreError, TokenRecord,
+    AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result,
+    RunQuery, RunTotals, Store, StoreError, TokenRecord,
 };
 
 /// Page size when a query asks for 0 (as in SQLite).
@@ -79,6 +79,10 @@ struct State {
     last_id: RunId,
     /// The last leader epoch handed out (0: none yet).
     epoch: u64,
+    /// Address pools by name.
+    pools: BTreeMap<String, PoolRecord>,
+    /// Claimed addresses by `(pool, ip)`, so a pool's claims list by address.
+    claims: BTreeMap<(String, std::net::Ipv4Addr), Claim>,
     /// API tokens by id.
     tokens: BTreeMap<String, TokenRecord>,
     /// The audit log by id.
@@ -501,6 +505,71 @@ impl Store for MemStore {
             Some(name) => Ok(vec![(name.to_owned(), state.totals(state.job(name)?))]),
             None => Ok(state.jobs.iter().map(|(name, row)| (name.clone(), state.totals(row))).collect()),
         }
+    }
+
+    async fn create_pool(&self, spec: &PoolSpec, now: Timestamp) -> Result<PoolRecord> {
+        let mut state = self.lock();
+        if state.pools.contains_key(&spec.name) {
+            return Err(StoreError::PoolExists(spec.name.clone()));
+        }
+        let record = PoolRecord { spec: spec.clone(), created_at: stored(now) };
+        state.pools.insert(spec.name.clone(), record.clone());
+        Ok(record)
+    }
+
+    async fn get_pool(&self, name: &str) -> Result<PoolRecord> {
+        self.lock().pools.get(name).cloned().ok_or_else(|| StoreError::PoolNotFound(name.to_owned()))
+    }
+
+    async fn list_pools(&self) -> Result<Vec<PoolRecord>> {
+        Ok(self.lock().pools.values().cloned().collect())
+    }
+
+    async fn delete_pool(&self, name: &str) -> Result<()> {
+        let mut state = self.lock();
+        if !state.pools.contains_key(name) {
+            return Err(StoreError::PoolNotFound(name.to_owned()));
+        }
+        let claims = state.claims.keys().filter(|(p, _)| p == name).count();
+        if claims > 0 {
+            return Err(StoreError::PoolInUse { pool: name.to_owned(), claims });
+        }
+        state.pools.remove(name);
+        Ok(())
+    }
+
+    async fn list_claims(&self, pool: Option<&str>) -> Result<Vec<Claim>> {
+        let state = self.lock();
+        if let Some(pool) = pool
+            && !state.pools.contains_key(pool)
+        {
+            return Err(StoreError::PoolNotFound(pool.to_owned()));
+        }
+        Ok(state.claims.values().filter(|c| pool.is_none_or(|p| c.pool == p)).cloned().collect())
+    }
+
+    async fn put_claim(&self, claim: &Claim) -> Result<()> {
+        let mut state = self.lock();
+        if !state.pools.contains_key(&claim.pool) {
+            return Err(StoreError::PoolNotFound(claim.pool.clone()));
+        }
+        let key = (claim.pool.clone(), claim.ip);
+        if let Some(holder) = state.claims.get(&key).filter(|c| c.name != claim.name) {
+            return Err(StoreError::AddressTaken {
+                pool: claim.pool.clone(),
+                ip: claim.ip.to_string(),
+                holder: holder.name.clone(),
+            });
+        }
+        state.claims.retain(|(p, _), c| !(p == &claim.pool && c.name == claim.name));
+        state.claims.insert(key, claim.clone());
+        Ok(())
+    }
+
+    async fn remove_claim(&self, pool: &str, name: &str) -> Result<Option<Claim>> {
+        let mut state = self.lock();
+        let key = state.claims.iter().find(|((p, _), c)| p == pool && c.name == name).map(|(k, _)| k.clone());
+        Ok(key.and_then(|k| state.claims.remove(&k)))
     }
 
     async fn create_token(&self, token: &TokenRecord) -> Result<()> {

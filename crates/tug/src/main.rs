@@ -15,7 +15,7 @@ const DEFAULT_SERVER: &str = "http://127.0.0.1:4400";
     name = "tug",
     version,
     about = "Tugboat: a scheduler for cron jobs and services",
-    after_help = "Examples:\n  tug up                                   start server, agent and store on this machine\n  tug job add hello --schedule '*/5 * * * * *' -- echo hello\n  tug job list\n  tug runs hello\n  tug logs 42 -f\n  tug schedule next '0 9 * * MON-FRI' --tz Europe/Berlin --count 3"
+    after_help = "Examples:\n  tug up                                   start server, agent and store on this machine\n  tug job add hello --schedule '*/5 * * * * *' -- echo hello\n  tug job list\n  tug runs hello\n  tug logs 42 -f\n  tug net pool add blue --cidr 10.77.0.0/24 --vlan 77 --gateway 10.77.0.1\n  tug schedule next '0 9 * * MON-FRI' --tz Europe/Berlin --count 3"
 )]
 struct Cli {
     /// The Tugboat server to talk to.
@@ -48,6 +48,9 @@ enum Command {
     /// Run an agent (`tug agent run`), or list, inspect and drain agents.
     #[command(subcommand)]
     Agent(AgentCli),
+    /// Container network: address pools (VLAN or VXLAN) and the addresses claimed from them.
+    #[command(subcommand)]
+    Net(cmd::net::NetCommand),
     /// Make, list and revoke API tokens (admin).
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
@@ -110,6 +113,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Agent(AgentCli::Manage(c)) => cmd::agent::run(&cli.server, c).await,
             Command::Agent(AgentCli::Shim { run_dir }) => cmd::agent::shim(&run_dir).await,
+            Command::Net(c) => cmd::net::run(&cli.server, c).await,
             Command::Token(c) => cmd::token::run(&cli.server, c).await,
             Command::Audit(a) => cmd::token::audit(&cli.server, a).await,
             Command::Schedule(c) => cmd::schedule::run(c),

@@ -200,3 +200,40 @@ fn server_and_agent_durations_are_checked() {
     let err = fails("http://127.0.0.1:4401", &["agent", "run", "--log-retention", "a week"]);
     assert!(err.contains("--log-retention") && err.contains("e.g. 7d or 12h"), "{err}");
 }
+
+#[test]
+fn network_pools_through_the_cli() {
+    let up = Up::start();
+    let s = up.server.clone();
+    let out = ok(&s, &["net", "pool", "add", "blue", "--cidr", "10.77.0.0/24", "--vlan", "77", "--gateway", "10.77.0.1", "--reserve", "10.77.0.2-10.77.0.9", "--select", "team=web"]);
+    assert_eq!(out, "added pool blue (10.77.0.0/24, 245 addresses to hand out)\n");
+    ok(&s, &["net", "pool", "add", "green", "--cidr", "10.78.0.0/24", "--vxlan", "5078", "--gateway", "10.78.0.1"]);
+    let table = ok(&s, &["net", "pool", "list"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("blue   10.77.0.0/24  vlan 77     10.77.0.1  0/245           team=web"), "{table}");
+    assert!(table.contains("vxlan 5078"), "{table}");
+    let shown = json(&s, &["net", "pool", "show", "blue", "--json"]);
+    assert_eq!(shown["pool"]["reserve"][0], "10.77.0.2-10.77.0.9");
+    assert_eq!(shown["addresses"], serde_json::json!([]));
+    assert!(ok(&s, &["net", "pool", "show", "blue"]).contains("reserved: 10.77.0.2-10.77.0.9"));
+    assert!(ok(&s, &["net", "addr", "list"]).starts_with("POOL  INSTANCE  IP  MAC  AGENT"));
+
+    let bad = [
+        (vec!["--cidr", "10.1.0.0/24", "--vlan", "4095", "--gateway", "10.1.0.1"], "VLAN 4095 is out of range; use 1-4094"),
+        (vec!["--cidr", "10.1.0.0/24", "--vlan", "5", "--gateway", "10.9.0.1"], "gateway 10.9.0.1 is outside 10.1.0.0/24"),
+        (vec!["--cidr", "10.1.0.300/24", "--vlan", "5", "--gateway", "10.1.0.1"], "\"10.1.0.300\" is not an IPv4 address"),
+        (vec!["--cidr", "10.77.0.0/16", "--vlan", "5", "--gateway", "10.77.0.1"], "overlaps pool \"blue\""),
+        (vec!["--cidr", "10.1.0.0/24", "--gateway", "10.1.0.1"], "--vlan <VLAN>|--vxlan <VXLAN>"),
+        (vec!["--cidr", "10.1.0.0/24", "--vlan", "5", "--gateway", "10.1.0.1", "--select", "web"], "write key=value"),
+    ];
+    for (args, says) in bad {
+        let mut full = vec!["net", "pool", "add", "p"];
+        full.extend(args);
+        let err = fails(&s, &full);
+        assert!(err.contains(says), "{full:?}: {err}");
+    }
+    ok(&s, &["net", "pool", "delete", "green"]);
+    let err = fails(&s, &["net", "pool", "show", "green"]);
+    assert!(err.contains("network pool \"green\" not found") && err.contains("404"), "{err}");
+    assert!(up.terminate().success());
+}

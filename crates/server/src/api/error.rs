@@ -7,7 +7,10 @@ use serde_json::json;
 use tug_core::job::JobError;
 use tug_store::{ErrorKind, StoreError};
 
+use tug_net::PoolError;
+
 use crate::error::Error;
+use crate::net::NetError;
 
 /// An error response.
 #[derive(Debug)]
@@ -49,6 +52,10 @@ impl From<StoreError> for ApiError {
             StoreError::TokenExists(_) => (StatusCode::CONFLICT, "token_exists"),
             StoreError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             StoreError::BadCursor(_) => (StatusCode::BAD_REQUEST, "bad_cursor"),
+            StoreError::PoolNotFound(_) => (StatusCode::NOT_FOUND, "pool_not_found"),
+            StoreError::PoolExists(_) => (StatusCode::CONFLICT, "pool_exists"),
+            StoreError::PoolInUse { .. } => (StatusCode::CONFLICT, "pool_in_use"),
+            StoreError::AddressTaken { .. } => (StatusCode::CONFLICT, "address_taken"),
             _ => match e.kind() {
                 ErrorKind::StorageFull => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
                 ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
@@ -86,6 +93,21 @@ impl From<Error> for ApiError {
             Error::NotFound(m) => ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: m },
             Error::ShuttingDown => {
                 ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "shutting_down", message: e.to_string() }
+            }
+        }
+    }
+}
+
+impl From<NetError> for ApiError {
+    fn from(e: NetError) -> ApiError {
+        match e {
+            NetError::Store(s) => s.into(),
+            NetError::Pool(PoolError::Exhausted { .. }) => {
+                ApiError { status: StatusCode::CONFLICT, code: "pool_exhausted", message: e.to_string() }
+            }
+            NetError::Pool(_) => ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, code: "invalid_pool", message: e.to_string() },
+            NetError::HeldElsewhere { .. } => {
+                ApiError { status: StatusCode::CONFLICT, code: "address_held", message: e.to_string() }
             }
         }
     }

@@ -57,6 +57,7 @@ pub(super) async fn create(
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
     let spec = parse_spec(&headers, &body)?;
     who.may_write(&spec)?;
+    check_network(&st, &spec).await?;
     let record = st.scheduler.create_job(spec).await?;
     Ok((StatusCode::CREATED, Json(JobView::new(record, st.clock.now()))))
 }
@@ -113,6 +114,7 @@ pub(super) async fn update(
             format!("the body names job {:?} but the URL names {name:?}; renaming is not supported", spec.name),
         ));
     }
+    check_network(&st, &spec).await?;
     if who.scope().is_some() {
         visible_job(&st, &who, &name).await?;
         who.may_write(&spec)?;
@@ -124,7 +126,26 @@ pub(super) async fn update(
 pub(super) async fn delete(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<StatusCode> {
     in_scope(&st, &who, &name).await?;
     st.scheduler.delete_job(&name).await?;
+    // The job's addresses go back to their pools.
+    st.net.forget_job(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Refuses a job whose `network.pool` does not exist.
+async fn check_network(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
+    let Some(net) = &spec.network else { return Ok(()) };
+    match st.store.get_pool(&net.pool).await {
+        Ok(_) => Ok(()),
+        Err(tug_store::StoreError::PoolNotFound(_)) => Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_job",
+            message: format!(
+                "job {:?}: network pool {:?} does not exist; create it with `tug net pool add` or name one from `tug net pool list`",
+                spec.name, net.pool
+            ),
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(super) async fn run_now(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<(StatusCode, Json<Run>)> {

@@ -1,4 +1,5 @@
-//! The native REST API under `/api/v1`: jobs, runs, logs, schedule preview, health. Every route
+//! The native REST API under `/api/v1`: jobs, runs, logs, schedule preview, agents, network pools,
+//! health. Every route
 //! (native, Chronos, `/metrics`) is timed into `tug_api_request_duration_seconds`.
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ mod access;
 mod agents;
 pub mod error;
 mod jobs;
+mod net;
 pub mod openapi;
 mod runs;
 mod schedule;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub clock: SharedClock,
     /// Metric families, for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Address pools and claims.
+    pub net: Arc<crate::net::Network>,
     /// Tokens, the gate's settings and the audit log.
     pub auth: Arc<crate::auth::Auth>,
 }
@@ -62,6 +66,9 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{name}", get(agents::show))
         .route("/agents/{name}/drain", post(agents::drain))
         .route("/agents/{name}/undrain", post(agents::undrain))
+        .route("/net/pools", post(net::create).get(net::list))
+        .route("/net/pools/{name}", get(net::show).delete(net::delete))
+        .route("/net/addresses", get(net::addresses))
         .route("/tokens", post(access::create).get(access::list))
         .route("/tokens/{id}", axum::routing::delete(access::revoke))
         .route("/audit", get(access::audit))

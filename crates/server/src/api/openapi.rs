@@ -24,6 +24,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/agents/{name}"),
     ("post", "/agents/{name}/drain"),
     ("post", "/agents/{name}/undrain"),
+    ("post", "/net/pools"),
+    ("get", "/net/pools"),
+    ("get", "/net/pools/{name}"),
+    ("delete", "/net/pools/{name}"),
+    ("get", "/net/addresses"),
     ("get", "/openapi.json"),
 ];
 
@@ -85,6 +90,15 @@ pub fn document() -> Value {
             "/agents/{name}": {"get": op("one agent", &[("name", "path", "the agent's name")], "200", None)},
             "/agents/{name}/drain": {"post": op("take no new runs", &[("name", "path", "the agent's name")], "200", None)},
             "/agents/{name}/undrain": {"post": op("take runs again", &[("name", "path", "the agent's name")], "200", None)},
+            "/net/pools": {
+                "post": op("create an address pool", &[], "201", Some("PoolSpec")),
+                "get": op("address pools with how many addresses each hands out and has claimed", &[], "200", None)
+            },
+            "/net/pools/{name}": {
+                "get": op("one address pool", &[("name", "path", "the pool's name")], "200", None),
+                "delete": op("delete a pool none of whose addresses is claimed", &[("name", "path", "the pool's name")], "204", None)
+            },
+            "/net/addresses": {"get": op("claimed addresses, by pool then address", &[("pool", "query", "only this pool")], "200", None)},
             "/openapi.json": {"get": op("this document", &[], "200", None)}
         },
         "components": {"schemas": {
@@ -97,7 +111,17 @@ pub fn document() -> Value {
                     "parents": {"type": "array", "items": {"type": "string"}},
                     "command": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
                     "concurrency": {"enum": ["allow", "forbid", "replace"]},
-                    "misfire": {"enum": ["skip", "run_once", "run_all"]}
+                    "misfire": {"enum": ["skip", "run_once", "run_all"]},
+                    "network": {"type": "object", "properties": {"pool": {"type": "string"}}}
+                }},
+            "PoolSpec": {"type": "object", "required": ["name", "cidr", "segment", "gateway"],
+                "properties": {
+                    "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+                    "cidr": {"type": "string", "description": "IPv4 network, e.g. 10.20.0.0/24"},
+                    "segment": {"type": "object", "properties": {"kind": {"enum": ["vlan", "vxlan"]}, "id": {"type": "integer"}}},
+                    "gateway": {"type": "string"},
+                    "reserve": {"type": "array", "items": {"type": "string", "description": "FIRST-LAST or one address"}},
+                    "select": {"type": "object", "additionalProperties": {"type": "string"}}
                 }}
         }}
     })

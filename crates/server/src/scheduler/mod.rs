@@ -65,6 +65,23 @@ pub struct AgentLink {
     pub tx: mpsc::Sender<ToAgent>,
 }
 
+/// A message from an agent connection to the scheduler. A status update that carries `acks` is
+/// acknowledged there, by its `seq`, once its store write has returned (and only then: on the ack
+/// the agent forgets the attempt and deletes its checkpoint).
+#[derive(Debug)]
+pub struct FromAgent {
+    /// The message.
+    pub msg: ToServer,
+    /// Where to acknowledge a status update once it is durable (`None`: nobody waits for it).
+    pub acks: Option<mpsc::UnboundedSender<u64>>,
+}
+
+impl From<ToServer> for FromAgent {
+    fn from(msg: ToServer) -> FromAgent {
+        FromAgent { msg, acks: None }
+    }
+}
+
 /// How long before a fire a docker job's warm container is created when the job does not say.
 const DEFAULT_PREWARM: tug_core::Duration = tug_core::Duration::from_secs(30);
 
@@ -333,7 +350,7 @@ impl Scheduler {
     pub(crate) async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut updates: mpsc::Receiver<ToServer>,
+        mut updates: mpsc::Receiver<FromAgent>,
         stop_firing: impl Future<Output = ()>,
     ) {
         tokio::pin!(stop_firing);
@@ -569,7 +586,7 @@ pub async fn start(
     config: SchedulerConfig,
     agent: AgentLink,
     hooks: Hooks,
-    updates: mpsc::Receiver<ToServer>,
+    updates: mpsc::Receiver<FromAgent>,
     stop_firing: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>)> {
     let sched = Scheduler::load(store, clock, logs, config, agent, hooks).await?;

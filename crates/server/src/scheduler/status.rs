@@ -4,18 +4,23 @@
 use std::collections::HashSet;
 
 use jiff::{SignedDuration, Timestamp};
+use tokio::sync::oneshot;
 use tug_core::protocol::{StatusUpdate, ToServer};
 use tug_core::run::{Attempt, Run, RunId, RunState};
 
 use tug_core::job::NotifyOn;
 
 use super::events::RunEvent;
-use super::Scheduler;
+use super::{FromAgent, Scheduler};
 use crate::metrics::StateLabel;
+use tug_store::StoreError;
 
 impl Scheduler {
-    /// Applies a batch of updates in one store transaction, then acts on what finished.
-    pub(super) async fn apply_updates(&mut self, msgs: Vec<ToServer>) {
+    /// Applies a batch of updates in one store transaction, then acts on what finished. Each
+    /// status update is acknowledged to its agent once that transaction has returned, and not
+    /// before: an update that changed nothing (a duplicate, a stale attempt) waits too, since the
+    /// write it repeats may still be queued.
+    pub(super) async fn apply_updates(&mut self, msgs: Vec<FromAgent>) {
         let now = self.clock.now();
         let mut changed: Vec<RunId> = Vec::new();
         let mut seen = HashSet::new();
@@ -23,11 +28,15 @@ impl Scheduler {
         let mut finished = Vec::new();
         let mut beats = Vec::new();
         let mut held = Vec::new();
-        for msg in msgs {
+        let mut acks = Vec::new();
+        for FromAgent { msg, acks: to } in msgs {
             match msg {
                 ToServer::Status(u) => {
                     if self.apply_one(&u, now, &mut attempts, &mut finished) && seen.insert(u.run_id) {
                         changed.push(u.run_id);
+                    }
+                    if let Some(to) = to {
+                        acks.push((to, u.seq));
                     }
                 }
                 ToServer::Heartbeat { agent, warm_containers } => {
@@ -42,28 +51,47 @@ impl Scheduler {
         for (agent, warm) in beats {
             self.heartbeat(&agent, warm).await;
         }
-        self.save_and_complete(changed, attempts, finished, now).await;
+        let written = self.save_and_complete(changed, attempts, finished, now).await;
+        if !acks.is_empty() {
+            // Nothing changed: wait for the writes queued before this batch instead.
+            let written = match written {
+                Some(w) => w,
+                None => self.persister.save(Vec::new(), Vec::new()).await,
+            };
+            // Not awaited here: the loop moves on while the write goes to the store.
+            tokio::spawn(async move {
+                // Unacknowledged, the agent keeps the updates and sends them again when it
+                // reconnects; a failed write itself is logged by the persister.
+                if let Ok(Ok(())) = written.await {
+                    for (to, seq) in acks {
+                        let _ = to.send(seq);
+                    }
+                }
+            });
+        }
         // After the batch: updates an agent sent before reconnecting are applied first.
         for (agent, runs) in held {
             Box::pin(self.reconcile(&agent, &runs)).await;
         }
     }
 
-    /// Writes changed runs and attempts, then completes the finished ones.
+    /// Writes changed runs and attempts, then completes the finished ones. Returns when the
+    /// write is durable (`None`: nothing to write).
     pub(super) async fn save_and_complete(
         &mut self,
         changed: Vec<RunId>,
         attempts: Vec<Attempt>,
         finished: Vec<RunId>,
         now: Timestamp,
-    ) {
+    ) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
         if changed.is_empty() {
-            return;
+            return None;
         }
         let runs: Vec<Run> = changed.iter().filter_map(|id| self.runs.get(id).cloned()).collect();
         // Not awaited: the persister writes in order and logs failures; the loop moves on.
-        drop(self.persister.save(runs, attempts).await);
+        let written = self.persister.save(runs, attempts).await;
         self.complete(finished, now).await;
+        Some(written)
     }
 
     /// Applies one update to the in-memory run. Returns whether the run changed.
@@ -194,7 +222,7 @@ impl Scheduler {
             .into_iter()
             .filter_map(|id| self.runs.get(&id).map(|r| (id, r.attempt)))
             .map(|(run_id, attempt)| {
-                ToServer::Status(StatusUpdate {
+                FromAgent::from(ToServer::Status(StatusUpdate {
                     seq: 0,
                     run_id,
                     attempt,
@@ -203,7 +231,7 @@ impl Scheduler {
                     exit_code: None,
                     signal: None,
                     reason: Some(reason.to_string()),
-                })
+                }))
             })
             .collect();
         self.apply_updates(msgs).await;

@@ -121,3 +121,13 @@ pub fn count(runs: &[Value], st: &str) -> usize {
 pub fn manual_job(name: &str, command: &str) -> Value {
     json!({ "name": name, "schedule": "@yearly", "command": command })
 }
+
+/// Sends a request and checks that it is refused with `status`, `code` and a message containing
+/// `needle`.
+pub async fn expect(s: &TestServer, method: reqwest::Method, path: &str, body: Option<Value>, status: u16, code: &str, needle: &str) {
+    let (st, v) = s.req(method, path, body).await;
+    assert_eq!(st, status, "{path}: {v}");
+    assert_eq!(v["error"]["code"], code, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(needle), "message {msg:?} should contain {needle:?}");
+}

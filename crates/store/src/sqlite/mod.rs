@@ -5,6 +5,7 @@
 //! - `worker.rs`: the thread that owns the connection; async callers never block on SQLite.
 //! - `checkpoint.rs`: WAL checkpoints on a thread of their own, off the write path.
 //! - `jobs.rs`: job queries, with the fire cursor and last-run times derived from runs.
+//! - `net.rs`: address pools and claims.
 //! - `runs.rs`: the fire batch (the hot path), run updates, listings and pruning.
 //! - `access.rs`: API tokens and the audit log.
 //! - `codec.rs`: timestamps as integer milliseconds (UTC), states and triggers as names.
@@ -23,8 +24,8 @@ use tug_core::JobSpec;
 use tug_core::run::{Attempt, Run, RunId};
 
 use crate::{
-    AuditEntry, AuditQuery, FireBatch, JobQuery, JobRecord, Page, RemovedRun, Result, RunQuery, RunTotals, Store,
-    StoreError, TokenRecord,
+    AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result,
+    RunQuery, RunTotals, Store, StoreError, TokenRecord,
 };
 use checkpoint::Checkpointer;
 use codec::{Context, locate};
@@ -34,6 +35,7 @@ mod access;
 mod checkpoint;
 mod codec;
 mod jobs;
+mod net;
 mod runs;
 mod schema;
 mod worker;
@@ -267,6 +269,40 @@ impl Store for SqliteStore {
     async fn run_totals(&self, job: Option<&str>) -> Result<Vec<(String, RunTotals)>> {
         let job = job.map(str::to_owned);
         self.worker.call(move |c| runs::totals(c, job.as_deref())).await
+    }
+
+    async fn create_pool(&self, spec: &PoolSpec, now: Timestamp) -> Result<PoolRecord> {
+        let spec = spec.clone();
+        self.worker.call(move |c| net::create_pool(c, &spec, now)).await
+    }
+
+    async fn get_pool(&self, name: &str) -> Result<PoolRecord> {
+        let name = name.to_owned();
+        self.worker.call(move |c| net::get_pool(c, &name)).await
+    }
+
+    async fn list_pools(&self) -> Result<Vec<PoolRecord>> {
+        self.worker.call(|c| net::list_pools(c)).await
+    }
+
+    async fn delete_pool(&self, name: &str) -> Result<()> {
+        let name = name.to_owned();
+        self.worker.call(move |c| net::delete_pool(c, &name)).await
+    }
+
+    async fn list_claims(&self, pool: Option<&str>) -> Result<Vec<Claim>> {
+        let pool = pool.map(str::to_owned);
+        self.worker.call(move |c| net::list_claims(c, pool.as_deref())).await
+    }
+
+    async fn put_claim(&self, claim: &Claim) -> Result<()> {
+        let claim = claim.clone();
+        self.worker.call(move |c| net::put_claim(c, &claim)).await
+    }
+
+    async fn remove_claim(&self, pool: &str, name: &str) -> Result<Option<Claim>> {
+        let (pool, name) = (pool.to_owned(), name.to_owned());
+        self.worker.call(move |c| net::remove_claim(c, &pool, &name)).await
     }
 
     async fn create_token(&self, token: &TokenRecord) -> Result<()> {

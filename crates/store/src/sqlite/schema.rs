@@ -14,7 +14,7 @@ use super::codec::Context;
 use crate::{Result, StoreError};
 
 /// Every migration, in order. The schema version of a database is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// Version 1: jobs, runs and attempts.
 pub(super) const V1: &str = "
@@ -93,8 +93,28 @@ CREATE TABLE counters (
 ) WITHOUT ROWID;
 ";
 
-/// Version 4: API tokens (hashed) and the audit log of writes.
+/// Version 4: address pools and the addresses claimed from them.
 pub(super) const V4: &str = "
+CREATE TABLE net_pools (
+    name       TEXT PRIMARY KEY NOT NULL,
+    spec       TEXT NOT NULL,    -- the PoolSpec as JSON
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- One row per claimed address. An address (and so its MAC) is held by one claim of its pool.
+CREATE TABLE net_claims (
+    pool  TEXT NOT NULL REFERENCES net_pools (name),
+    name  TEXT NOT NULL,    -- the instance's claim name, e.g. job/thumbs/0
+    ip    INTEGER NOT NULL, -- the IPv4 address as a number, so listings sort by address
+    mac   TEXT NOT NULL,
+    agent TEXT,             -- where it is plumbed now; NULL while the instance runs nowhere
+    PRIMARY KEY (pool, name),
+    UNIQUE (pool, ip)
+) WITHOUT ROWID;
+";
+
+/// Version 5: API tokens (hashed) and the audit log of writes.
+pub(super) const V5: &str = "
 CREATE TABLE tokens (
     id         TEXT PRIMARY KEY NOT NULL,
     name       TEXT NOT NULL,

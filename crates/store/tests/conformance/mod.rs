@@ -13,7 +13,8 @@ use tug_core::JobSpec;
 use tug_core::run::{Attempt, NewRun, Run, RunId, RunState, Trigger};
 use tug_core::access::{Role, Scope};
 use tug_store::{
-    AuditEntry, AuditQuery, FireBatch, JobQuery, RemovedRun, RunQuery, RunTotals, Store, StoreError, TokenRecord,
+    AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, PoolSpec, RemovedRun, RunQuery, RunTotals, Store, StoreError,
+    TokenRecord,
 };
 
 /// One `#[tokio::test]` per check, each on a fresh store from `$make` (anything that derefs to a
@@ -25,7 +26,7 @@ macro_rules! conformance_tests {
             jobs_crud, bulk_create, commit_fires_is_idempotent, derived_fields, job_pagination,
             job_filters, run_pagination, save_runs_and_attempts, active_runs,
             prune_keeps_newest_and_active, prune_many_jobs, delete_cascades, run_totals_survive_pruning,
-            epochs_increase, concurrent_commits_create_each_key_once, tokens, audit_log);
+            epochs_increase, concurrent_commits_create_each_key_once, net_pools_and_claims, tokens, audit_log);
     };
     (@each $make:expr; $($check:ident),*) => {$(
         #[tokio::test]
@@ -53,6 +54,7 @@ pub async fn all(store: &dyn Store) {
     run_totals_survive_pruning(store).await;
     epochs_increase(store).await;
     concurrent_commits_create_each_key_once(store).await;
+    net_pools_and_claims(store).await;
     tokens(store).await;
     audit_log(store).await;
 }
@@ -644,6 +646,82 @@ pub async fn epochs_increase(store: &dyn Store) {
     assert_eq!(store.next_epoch().await.unwrap(), 3);
 }
 
+/// A VLAN pool named `name` on `10.N.0.0/24`.
+pub fn pool(name: &str, n: u8) -> PoolSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": name, "cidr": format!("10.{n}.0.0/24"), "segment": {"kind": "vlan", "id": 100 + u16::from(n)},
+        "gateway": format!("10.{n}.0.1"), "reserve": [format!("10.{n}.0.2-10.{n}.0.9")],
+    }))
+    .unwrap()
+}
+
+/// A claim of `pool` at `10.N.0.LAST`.
+pub fn claim(pool: &str, name: &str, n: u8, last: u8, agent: Option<&str>) -> Claim {
+    let ip = std::net::Ipv4Addr::new(10, n, 0, last);
+    Claim { pool: pool.into(), name: name.into(), ip, mac: tug_net::Mac::for_ip(ip), agent: agent.map(Into::into) }
+}
+
+/// Pools are created once and kept as given; a claim holds its address alone, moves between
+/// agents, and keeps its pool from being deleted.
+pub async fn net_pools_and_claims(store: &dyn Store) {
+    let (a, b) = (pool("net-a", 31), pool("net-b", 32));
+    let rec = store.create_pool(&a, t(0)).await.unwrap();
+    assert_eq!((rec.spec.clone(), rec.created_at), (a.clone(), t(0)));
+    assert!(matches!(store.create_pool(&a, t(1)).await, Err(StoreError::PoolExists(n)) if n == "net-a"));
+    store.create_pool(&b, t(1)).await.unwrap();
+    assert_eq!(store.get_pool("net-a").await.unwrap(), rec);
+    assert!(matches!(store.get_pool("net-ghost").await, Err(StoreError::PoolNotFound(n)) if n == "net-ghost"));
+    let names: Vec<String> =
+        store.list_pools().await.unwrap().into_iter().map(|p| p.spec.name).filter(|n| n.starts_with("net-")).collect();
+    assert_eq!(names, ["net-a", "net-b"]);
+
+    // Claims list by address, whatever order they were made in.
+    let high = claim("net-a", "job/x/0", 31, 200, Some("h1"));
+    let low = claim("net-a", "job/y/0", 31, 20, None);
+    store.put_claim(&high).await.unwrap();
+    store.put_claim(&low).await.unwrap();
+    store.put_claim(&claim("net-b", "job/x/0", 32, 20, Some("h2"))).await.unwrap();
+    assert_eq!(store.list_claims(Some("net-a")).await.unwrap(), vec![low.clone(), high.clone()]);
+    let all: Vec<Claim> = store.list_claims(None).await.unwrap().into_iter().filter(|c| c.pool.starts_with("net-")).collect();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[2].pool, "net-b");
+    assert!(matches!(store.list_claims(Some("net-ghost")).await, Err(StoreError::PoolNotFound(_))));
+
+    // One address, one claim.
+    let thief = claim("net-a", "job/z/0", 31, 200, Some("h3"));
+    match store.put_claim(&thief).await {
+        Err(StoreError::AddressTaken { pool, ip, holder }) => {
+            assert_eq!((pool.as_str(), ip.as_str(), holder.as_str()), ("net-a", "10.31.0.200", "job/x/0"));
+        }
+        other => panic!("expected AddressTaken, got {other:?}"),
+    }
+    assert!(matches!(store.put_claim(&claim("net-ghost", "job/x/0", 31, 5, None)).await, Err(StoreError::PoolNotFound(_))));
+
+    // A claim moves to another agent, and may change address (freeing the old one).
+    let moved = Claim { agent: Some("h2".into()), ..high.clone() };
+    store.put_claim(&moved).await.unwrap();
+    let readdressed = claim("net-a", "job/y/0", 31, 21, Some("h1"));
+    store.put_claim(&readdressed).await.unwrap();
+    store.put_claim(&claim("net-a", "job/w/0", 31, 20, None)).await.unwrap();
+    assert_eq!(
+        store.list_claims(Some("net-a")).await.unwrap(),
+        vec![claim("net-a", "job/w/0", 31, 20, None), readdressed.clone(), moved.clone()]
+    );
+
+    // A pool in use stays.
+    match store.delete_pool("net-a").await {
+        Err(StoreError::PoolInUse { pool, claims }) => assert_eq!((pool.as_str(), claims), ("net-a", 3)),
+        other => panic!("expected PoolInUse, got {other:?}"),
+    }
+    assert_eq!(store.remove_claim("net-a", "job/x/0").await.unwrap(), Some(moved));
+    assert_eq!(store.remove_claim("net-a", "job/x/0").await.unwrap(), None);
+    store.remove_claim("net-a", "job/y/0").await.unwrap();
+    store.remove_claim("net-a", "job/w/0").await.unwrap();
+    store.delete_pool("net-a").await.unwrap();
+    assert!(matches!(store.delete_pool("net-a").await, Err(StoreError::PoolNotFound(_))));
+    assert!(matches!(store.get_pool("net-a").await, Err(StoreError::PoolNotFound(_))));
+    // Its name can be taken again.
+    store.create_pool(&a, t(5)).await.unwrap();
 /// Tokens: created once per id, listed with their role and scope, revoked once (the first
 /// instant is kept).
 pub async fn tokens(store: &dyn Store) {

@@ -5,6 +5,7 @@ pub mod agent_run;
 pub mod bench;
 pub mod job;
 pub mod logs;
+pub mod net;
 pub mod runs;
 pub mod schedule;
 pub mod security;
