@@ -45,6 +45,27 @@ pub enum RemoteError {
     /// The server refused the agent (a wrong join token); retrying would not help.
     #[error("the server refused this agent: {0}")]
     Refused(String),
+    /// The address answers HTTP but not the agent protocol: most likely the server's REST API
+    /// rather than its agent endpoint. Retrying would not help.
+    #[error(
+        "{server} is not an agent endpoint: it answered HTTP {status} to the agent protocol, so it is \
+         most likely a Tugboat API (`tug up` or `tug server --listen`); point --server (or \
+         TUG_AGENT_SERVER) at the server's --agent-listen address, http://HOST:4401 by default"
+    )]
+    NotAgentEndpoint {
+        /// The address given.
+        server: String,
+        /// The HTTP status it answered with.
+        status: String,
+    },
+}
+
+/// The HTTP status of a plain HTTP answer to a gRPC call (tonic reports it in the message when the
+/// body is not gRPC framing), e.g. `404 Not Found`.
+fn http_answer(e: &tonic::Status) -> Option<String> {
+    let (_, status) = e.message().split_once("while receiving response with status: ")?;
+    let status = status.trim();
+    (!status.starts_with("200")).then(|| status.to_string())
 }
 
 /// How one connection ended.
@@ -161,15 +182,18 @@ async fn session(
             .collect(),
     };
     let _ = tx.send(out(agent_message::Msg::Register(register))).await;
+    let not_agent = |e: &tonic::Status| {
+        http_answer(e).map(|status| RemoteError::NotAgentEndpoint { server: remote.server.clone(), status })
+    };
     let mut inbound = match client.session(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
-        Err(e) => return Ok(Ended::Broken(format!("opening the agent stream: {e}"))),
+        Err(e) => return not_agent(&e).map_or_else(|| Ok(Ended::Broken(format!("opening the agent stream: {e}"))), Err),
     };
     match inbound.message().await {
         Ok(Some(ServerMessage { msg: Some(server_message::Msg::Registered(r)) })) => agent.observe_epoch(r.epoch),
         Ok(Some(ServerMessage { msg: Some(server_message::Msg::Refused(r)) })) => return Err(RemoteError::Refused(r.reason)),
         Ok(other) => return Ok(Ended::Broken(format!("expected Registered, got {other:?}"))),
-        Err(e) => return Ok(Ended::Broken(format!("registering: {e}"))),
+        Err(e) => return not_agent(&e).map_or_else(|| Ok(Ended::Broken(format!("registering: {e}"))), Err),
     }
     *registered = true;
     tracing::info!(server = %remote.server, resend = unacked.len(), "registered with the server");

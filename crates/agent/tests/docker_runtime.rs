@@ -436,6 +436,18 @@ async fn agent_restart_adopts_the_warm_container() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_warm_removes_this_runtimes_warm_containers() {
+    let Some(env) = Env::new("rmwarm").await else { return };
+    assert_eq!(env.run(launch("rmwarm", "true", |_| {})).await.state, RunState::Succeeded);
+    env.expect_containers(1).await;
+    assert_eq!(env.rt.warm_containers(), 1);
+    env.rt.remove_warm().await;
+    assert_eq!(env.rt.warm_containers(), 0);
+    env.expect_containers(0).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_run_creates_and_removes_one_container_per_run() {
     let Some(env) = Env::with("perrun", |c| c.remove_delay = Duration::from_millis(1500)).await else { return };
     let per_run = |t: &mut Task| t.docker.as_mut().expect("docker").mode = ContainerMode::PerRun;

@@ -484,9 +484,27 @@ impl JobSpec {
         serde_json::from_str(text).map_err(|e| JobError::Parse(format!("invalid job JSON: {e}")))
     }
 
+    /// True when a job document (TOML, or JSON when `json`) sets `key` at its top level. An
+    /// update keeps what the document leaves out that is state rather than spec, such as `paused`.
+    pub fn document_sets(text: &str, json: bool, key: &str) -> bool {
+        if json {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).is_ok_and(|m| m.contains_key(key))
+        } else {
+            toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key(key))
+        }
+    }
+
     /// The time zone, defaulting to UTC.
     pub fn tz(&self) -> &str {
         self.tz.as_deref().unwrap_or("UTC")
+    }
+
+    fn bad_zone(&self, tz: &str) -> JobError {
+        JobError::Field {
+            job: self.name.clone(),
+            field: "tz",
+            why: format!("{tz:?} is not a known IANA time zone (e.g. \"Europe/Berlin\", or \"UTC\")"),
+        }
     }
 
     /// Checks every rule and parses the schedule.
@@ -497,15 +515,14 @@ impl JobSpec {
         let schedule = match (&self.schedule, self.parents.is_empty()) {
             (Some(_), false) => return Err(JobError::ScheduleAndParents(self.name)),
             (None, true) => return Err(JobError::NoTrigger(self.name)),
-            (Some(expr), true) => Some(Schedule::parse(expr, self.tz())?),
+            (Some(expr), true) => Some(Schedule::parse(expr, self.tz()).map_err(|e| match e {
+                ScheduleError::Zone { tz } => self.bad_zone(&tz),
+                e => e.into(),
+            })?),
             (None, false) => {
                 if let Some(tz) = &self.tz {
                     // Still reject a bad zone so the mistake is not silent.
-                    jiff::tz::TimeZone::get(tz).map_err(|_| JobError::Field {
-                        job: self.name.clone(),
-                        field: "tz",
-                        why: format!("{tz:?} is not a known IANA time zone (e.g. \"Europe/Berlin\")"),
-                    })?;
+                    jiff::tz::TimeZone::get(tz).map_err(|_| self.bad_zone(tz))?;
                 }
                 None
             }

@@ -17,7 +17,7 @@ async fn bad_inputs_are_refused_with_clear_messages() {
     let (m, p, b) = post(json!({"name": "a", "schedule": "R/2026-13-01T00:00:00Z/PT1M", "command": "x"}));
     expect(&s, m, p, b, 422, "invalid_schedule", "R/2026-13-01").await;
     let (m, p, b) = post(json!({"name": "a", "schedule": "* * * * *", "tz": "Mars/Base", "command": "x"}));
-    expect(&s, m, p, b, 422, "invalid_schedule", "Mars/Base").await;
+    expect(&s, m, p, b, 422, "invalid_tz", "job \"a\": `tz` \"Mars/Base\" is not a known IANA time zone").await;
     let (m, p, b) = post(json!({"name": "a", "schedule": "* * * * *", "command": "x", "colour": "red"}));
     expect(&s, m, p, b, 400, "invalid_body", "unknown field `colour`").await;
     let (m, p, b) = post(json!({"name": "bad name", "schedule": "* * * * *", "command": "x"}));
@@ -53,6 +53,8 @@ async fn bad_inputs_are_refused_with_clear_messages() {
     expect(&s, Method::GET, "/jobs/a/runs?state=done", None, 400, "invalid_state", "unknown run state").await;
     expect(&s, Method::PUT, "/jobs/a", Some(manual_job("other", "true")), 400, "name_mismatch", "renaming").await;
     expect(&s, Method::GET, "/schedule/preview?expr=*%20*", None, 422, "invalid_schedule", "*").await;
+    let path = "/schedule/preview?expr=@hourly&tz=Mars/Base";
+    expect(&s, Method::GET, path, None, 422, "invalid_tz", "unknown time zone \"Mars/Base\": use an IANA name").await;
     s.stop().await;
 }
 

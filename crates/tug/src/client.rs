@@ -43,6 +43,7 @@ impl Client {
 
     /// Sends a request and returns the response if its status is a success.
     pub async fn send(&self, method: Method, path: &str, body: Option<(&str, String)>) -> anyhow::Result<reqwest::Response> {
+        self.check_base()?;
         let mut req = self.http.request(method, self.url(path));
         if let Some(token) = TOKEN.get() {
             req = req.bearer_auth(token);
@@ -69,6 +70,22 @@ impl Client {
             return Err(anyhow!("{msg} (HTTP 401)\nset TUG_TOKEN or pass --token"));
         }
         Err(anyhow!("{msg} (HTTP {})", status.as_u16()))
+    }
+
+    /// Refuses a server address that is not an http(s) URL, saying what one looks like.
+    fn check_base(&self) -> anyhow::Result<()> {
+        match reqwest::Url::parse(&self.base) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+            _ if !self.base.contains("://") => Err(anyhow!(
+                "invalid server URL {:?}: it needs a scheme, e.g. --server http://{} (or TUG_SERVER)",
+                self.base,
+                self.base
+            )),
+            _ => Err(anyhow!(
+                "invalid server URL {:?}: give it as http://HOST:PORT, e.g. --server http://127.0.0.1:4400 (or TUG_SERVER)",
+                self.base
+            )),
+        }
     }
 
     /// GET.

@@ -18,15 +18,74 @@ const DEFAULT_SERVER: &str = "http://127.0.0.1:4400";
     after_help = "Examples:\n  tug up                                   start server, agent and store on this machine\n  tug job add hello --schedule '*/5 * * * * *' -- echo hello\n  tug job list\n  tug runs hello\n  tug logs 42 -f\n  tug net pool add blue --cidr 10.77.0.0/24 --vlan 77 --gateway 10.77.0.1\n  tug schedule next '0 9 * * MON-FRI' --tz Europe/Berlin --count 3"
 )]
 struct Cli {
-    /// The Tugboat server to talk to.
-    #[arg(long, global = true, env = "TUG_SERVER", default_value = DEFAULT_SERVER)]
-    server: String,
-    /// The API token to send (`tug token create` makes one; the server's first comes from
-    /// `tug server --init-token`).
-    #[arg(long, global = true, env = "TUG_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    /// The server the client commands talk to; each of them also takes it after its name.
+    #[arg(long, hide = true, value_name = "URL")]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The server a client command talks to. Only the client commands take it: `tug up`, `tug server`
+/// and `tug agent run` (which has its own `--server`, the agent endpoint) do not.
+#[derive(clap::Args)]
+pub struct Conn {
+    /// The Tugboat server's API, as `tug up` or `tug server` print it.
+    #[arg(long = "server", id = "server", global = true, env = "TUG_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
+    // Read through the ArgMatches (see `client_server`), so that `tug --server URL job list` works too.
+    #[allow(dead_code)]
+    server: String,
+    /// The API token to send (`tug token create` makes one; a server's first comes from
+    /// `tug server --init-token`).
+    #[arg(long = "token", id = "token", global = true, env = "TUG_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    // Read through the ArgMatches (see `client_token`), like `server`.
+    #[allow(dead_code)]
+    token: Option<String>,
+}
+
+/// `tug job`: the server to talk to, and the subcommand.
+#[derive(clap::Args)]
+struct JobCli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: cmd::job::JobCommand,
+}
+
+/// `tug net`: the server to talk to, and the subcommand.
+#[derive(clap::Args)]
+struct NetCli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: cmd::net::NetCommand,
+}
+
+/// `tug token`: the server to talk to, and the subcommand.
+#[derive(clap::Args)]
+struct TokenCli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: cmd::token::TokenCommand,
+}
+
+/// `tug audit`: the server to talk to, and the filters.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  tug audit --since 1h\n  tug audit --job backup --since 2026-11-01T00:00:00Z")]
+struct AuditCli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(flatten)]
+    args: cmd::token::AuditArgs,
+}
+
+/// `tug run`: the server to talk to, and the subcommand.
+#[derive(clap::Args)]
+struct RunCli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: cmd::runs::RunCommand,
 }
 
 #[derive(Subcommand)]
@@ -35,27 +94,23 @@ enum Command {
     Up(cmd::up::UpArgs),
     /// Run the server and the embedded store; agents on other hosts join with `tug agent run`.
     Server(cmd::server::ServerArgs),
-    /// Create, inspect and control jobs.
-    #[command(subcommand)]
-    Job(cmd::job::JobCommand),
+    /// Create, inspect, change and control jobs.
+    Job(JobCli),
     /// List the runs of a job, newest first.
     Runs(cmd::runs::RunsArgs),
     /// Inspect or kill one run.
-    #[command(subcommand)]
-    Run(cmd::runs::RunCommand),
+    Run(RunCli),
     /// Print a run's output; -f follows it until the run ends.
     Logs(cmd::logs::LogsArgs),
     /// Run an agent (`tug agent run`), or list, inspect and drain agents.
     #[command(subcommand)]
     Agent(AgentCli),
     /// Container network: address pools (VLAN or VXLAN) and the addresses claimed from them.
-    #[command(subcommand)]
-    Net(cmd::net::NetCommand),
+    Net(NetCli),
     /// Make, list and revoke API tokens (admin).
-    #[command(subcommand)]
-    Token(cmd::token::TokenCommand),
+    Token(TokenCli),
     /// Who changed what through the API, oldest first (admin).
-    Audit(cmd::token::AuditArgs),
+    Audit(AuditCli),
     /// Work with schedule expressions.
     #[command(subcommand)]
     Schedule(cmd::schedule::ScheduleCommand),
@@ -67,8 +122,8 @@ enum Command {
 /// `tug agent`: run one, or manage the ones a server knows.
 #[derive(Subcommand)]
 enum AgentCli {
-    /// Run an agent joined to a `tug server`; --server is the server's agent address
-    /// (default http://127.0.0.1:4401).
+    /// Run an agent joined to a `tug server`; its --server is the server's agent endpoint
+    /// (--agent-listen), not the API.
     Run(cmd::agent_run::AgentRunArgs),
     #[command(flatten)]
     Manage(cmd::agent::AgentCommand),
@@ -88,8 +143,8 @@ fn main() -> std::process::ExitCode {
         Err(e) => e.exit(),
     };
     let up_matches = matches.subcommand_matches("up").cloned().unwrap_or_default();
-    let server_given = matches.value_source("server").is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
-    if let Some(t) = cli.token.clone().filter(|t| !t.is_empty()) {
+    let server = client_server(&matches);
+    if let Some(t) = client_token(&matches) {
         client::use_token(t);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -102,20 +157,17 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Up(a) => cmd::up::run(a, &up_matches).await,
-            Command::Job(c) => cmd::job::run(&cli.server, c).await,
-            Command::Runs(a) => cmd::runs::list(&cli.server, a).await,
-            Command::Run(c) => cmd::runs::run(&cli.server, c).await,
-            Command::Logs(a) => cmd::logs::run(&cli.server, a).await,
+            Command::Job(c) => cmd::job::run(&server, c.cmd).await,
+            Command::Runs(a) => cmd::runs::list(&server, a).await,
+            Command::Run(c) => cmd::runs::run(&server, c.cmd).await,
+            Command::Logs(a) => cmd::logs::run(&server, a).await,
             Command::Server(a) => cmd::server::run(a).await,
-            Command::Agent(AgentCli::Run(a)) => {
-                let server = if server_given { cli.server.as_str() } else { cmd::agent_run::DEFAULT_AGENT_SERVER };
-                cmd::agent_run::run(server, a).await
-            }
-            Command::Agent(AgentCli::Manage(c)) => cmd::agent::run(&cli.server, c).await,
+            Command::Agent(AgentCli::Run(a)) => cmd::agent_run::run(a).await,
+            Command::Agent(AgentCli::Manage(c)) => cmd::agent::run(&server, c).await,
             Command::Agent(AgentCli::Shim { run_dir }) => cmd::agent::shim(&run_dir).await,
-            Command::Net(c) => cmd::net::run(&cli.server, c).await,
-            Command::Token(c) => cmd::token::run(&cli.server, c).await,
-            Command::Audit(a) => cmd::token::audit(&cli.server, a).await,
+            Command::Net(c) => cmd::net::run(&server, c.cmd).await,
+            Command::Token(c) => cmd::token::run(&server, c.cmd).await,
+            Command::Audit(c) => cmd::token::audit(&server, c.args).await,
             Command::Schedule(c) => cmd::schedule::run(c),
             Command::Bench(c) => cmd::bench::run(c).await,
         }
@@ -127,6 +179,41 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The API a client command talks to: its own `--server`, else one given before the command
+/// (`tug --server URL job list`), else `TUG_SERVER`, else the default.
+fn client_server(matches: &clap::ArgMatches) -> String {
+    use clap::parser::ValueSource;
+    let top = matches.try_get_one::<String>("server").ok().flatten().cloned();
+    // The innermost command that has the argument holds its value and where it came from.
+    let mut inner: Option<(String, Option<ValueSource>)> = None;
+    let mut m = matches;
+    while let Some((_, sub)) = m.subcommand() {
+        if let Ok(Some(v)) = sub.try_get_one::<String>("server") {
+            inner = Some((v.clone(), sub.value_source("server")));
+        }
+        m = sub;
+    }
+    match (inner, top) {
+        (Some((v, Some(ValueSource::CommandLine))), _) => v,
+        (_, Some(t)) => t,
+        (Some((v, _)), None) => v,
+        (None, None) => std::env::var("TUG_SERVER").unwrap_or_else(|_| DEFAULT_SERVER.to_string()),
+    }
+}
+
+/// The token a client command sends: the innermost `--token` given, else `TUG_TOKEN`.
+fn client_token(matches: &clap::ArgMatches) -> Option<String> {
+    let mut found = None;
+    let mut m = matches;
+    while let Some((_, sub)) = m.subcommand() {
+        if let Ok(Some(v)) = sub.try_get_one::<String>("token") {
+            found = Some(v.clone());
+        }
+        m = sub;
+    }
+    found.or_else(|| std::env::var("TUG_TOKEN").ok()).filter(|t| !t.is_empty())
 }
 
 /// An error and its causes, `: `-separated, leaving out a cause whose text (or its last part)

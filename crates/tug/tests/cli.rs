@@ -165,7 +165,7 @@ fn up_reads_a_config_file_and_names_its_mistakes() {
 #[test]
 fn an_agent_refuses_a_server_address_that_is_not_a_url() {
     for bad in ["10.0.0.1:4401", "https://10.0.0.1:4401"] {
-        let err = fails(bad, &["agent", "run", "--name", "x"]);
+        let err = fails("http://127.0.0.1:9", &["agent", "run", "--name", "x", "--server", bad]);
         assert!(err.contains("invalid --server") && err.contains("e.g. --server http://10.0.0.1:4401"), "{err}");
     }
 }
@@ -199,6 +199,214 @@ fn server_and_agent_durations_are_checked() {
     assert!(err.contains("invalid duration \"soon\"") && err.contains("e.g. 10s"), "{err}");
     let err = fails("http://127.0.0.1:4401", &["agent", "run", "--log-retention", "a week"]);
     assert!(err.contains("--log-retention") && err.contains("e.g. 7d or 12h"), "{err}");
+}
+
+fn tug_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(TUG);
+    c.args(args).env_remove("TUG_SERVER").env_remove("TUG_AGENT_SERVER");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("running tug")
+}
+
+#[test]
+fn a_job_is_changed_from_a_file_or_an_editor_and_the_change_is_shown() {
+    let up = Up::start();
+    let s = up.server.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.toml");
+    let doc = |schedule: &str, secret: &str| {
+        format!("name = \"backup\"\nschedule = \"{schedule}\"\ncommand = \"echo dump\"\nenv = {{ PGHOST = \"db\", SECRET = \"{secret}\" }}\n")
+    };
+    std::fs::write(&file, doc("0 30 2 * * *", "one")).unwrap();
+    let f = file.to_str().unwrap();
+    ok(&s, &["job", "add", "-f", f]);
+    let err = fails(&s, &["job", "add", "-f", f]);
+    assert!(err.contains("already exists") && err.contains("tug job update NAME -f FILE"), "{err}");
+    ok(&s, &["job", "pause", "backup"]);
+
+    // The file does not say `paused`: the job stays paused. Secret values are never printed.
+    std::fs::write(&file, doc("0 0 3 * * *", "two")).unwrap();
+    let out = ok(&s, &["job", "update", "backup", "-f", f]);
+    assert!(out.starts_with("updated backup (paused):"), "{out}");
+    assert!(out.contains("schedule: \"0 30 2 * * *\" → \"0 0 3 * * *\""), "{out}");
+    assert!(out.contains("env: SECRET changed") && !out.contains("two") && !out.contains("one"), "{out}");
+    assert!(!out.contains("paused: true"), "paused kept: {out}");
+    let job = json(&s, &["job", "show", "backup", "--json"]);
+    assert_eq!(job["spec"]["paused"], true);
+    assert_eq!(job["spec"]["schedule"], "0 0 3 * * *");
+    assert_eq!(ok(&s, &["job", "update", "backup", "-f", f]), "backup is unchanged\n");
+    // A file that says `paused = false` resumes it.
+    std::fs::write(&file, format!("{}paused = false\n", doc("0 0 3 * * *", "two"))).unwrap();
+    let out = ok(&s, &["job", "update", "backup", "-f", f]);
+    assert!(out.contains("paused: true → false"), "{out}");
+
+    // The file must name the job; bad documents name the file.
+    std::fs::write(&file, doc("0 0 3 * * *", "two").replace("\"backup\"", "\"other\"")).unwrap();
+    let err = fails(&s, &["job", "update", "backup", "-f", f]);
+    assert!(err.contains("names job \"other\", not \"backup\"") && err.contains("backup.toml"), "{err}");
+    let err = fails(&s, &["job", "update", "ghost", "-f", f]);
+    assert!(err.contains("names job \"other\""), "{err}");
+
+    // Through an editor: `sed` stands in for a person.
+    let edit = [("EDITOR", "sed -i 's/echo dump/echo edited/'"), ("TUG_SERVER", s.as_str())];
+    let out = tug_env(&["job", "edit", "backup"], &edit);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("command: \"echo dump\" → \"echo edited\""), "{text}");
+    let out = tug_env(&["job", "edit", "backup"], &[("EDITOR", "true"), ("TUG_SERVER", s.as_str())]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "backup is unchanged\n");
+    // A refused edit is kept, and the error says where.
+    let bad = [("EDITOR", "sed -i 's|^schedule = .*|schedule = \"61 * * * *\"|'"), ("TUG_SERVER", s.as_str())];
+    let out = tug_env(&["job", "edit", "backup"], &bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid schedule \"61 * * * *\"") && err.contains("your edit is kept in"), "{err}");
+    let kept = err.split("kept in ").nth(1).unwrap().split(':').next().unwrap();
+    assert!(std::fs::read_to_string(kept).unwrap().contains("61 * * * *"));
+    std::fs::remove_dir_all(std::path::Path::new(kept).parent().unwrap()).unwrap();
+}
+
+#[test]
+fn job_show_shows_the_whole_job_but_no_env_values() {
+    let up = Up::start();
+    let s = up.server.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("thumbs.toml");
+    std::fs::write(
+        &file,
+        "name = \"thumbs\"\ndescription = \"make thumbnails\"\nowner = \"media@example.com\"\nlabels = { team = \"media\" }\n\
+         schedule = \"@yearly\"\ncommand = \"make-thumbs\"\nenv = { TOKEN = \"s3cret-value\" }\nworkdir = \"/srv\"\n\
+         runtime = \"docker\"\n[docker]\nimage = \"registry.local/thumbs:1.4\"\nvolumes = [\"/srv/images:/images\"]\n",
+    )
+    .unwrap();
+    ok(&s, &["job", "add", "-f", file.to_str().unwrap()]);
+    let out = ok(&s, &["job", "show", "thumbs"]);
+    for needle in ["make thumbnails", "media@example.com", "team=media", "TOKEN (values hidden)", "/srv", "docker.image", "registry.local/thumbs:1.4", "/srv/images:/images"] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+    assert!(!out.contains("s3cret-value"), "{out}");
+}
+
+#[test]
+fn a_run_waiting_for_its_retry_says_when() {
+    let up = Up::start();
+    let s = up.server.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flaky.toml");
+    std::fs::write(&file, "name = \"flaky\"\nschedule = \"@yearly\"\ncommand = \"exit 3\"\nretries = { count = 2, initial_delay = \"1h\", max_delay = \"2h\" }\n").unwrap();
+    ok(&s, &["job", "add", "-f", file.to_str().unwrap()]);
+    ok(&s, &["job", "run", "flaky"]);
+    for _ in 0..100 {
+        let out = ok(&s, &["runs", "flaky"]);
+        if out.contains("retry in ") {
+            assert!(out.contains("retry in 59m") || out.contains("retry in 1h00m"), "{out}");
+            assert!(!out.contains("running"), "{out}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the run never showed `retry in`: {}", ok(&s, &["runs", "flaky"]));
+}
+
+#[test]
+fn bad_zones_and_server_urls_say_what_is_wrong() {
+    let up = Up::start();
+    let s = up.server.clone();
+    let err = fails(&s, &["job", "add", "x", "--schedule", "@daily", "--tz", "Mars/Olympus", "--", "true"]);
+    assert!(err.contains("`tz` \"Mars/Olympus\" is not a known IANA time zone") && !err.contains("invalid schedule"), "{err}");
+    let err = fails(&s, &["schedule", "next", "@daily", "--tz", "Mars/Olympus"]);
+    assert!(err.contains("unknown time zone \"Mars/Olympus\"") && !err.contains("invalid schedule"), "{err}");
+    let err = fails("127.0.0.1:4400", &["job", "list"]);
+    assert!(err.contains("invalid server URL \"127.0.0.1:4400\": it needs a scheme, e.g. --server http://127.0.0.1:4400"), "{err}");
+    assert!(!err.contains("builder error"), "{err}");
+    // Given after the command, before it, or by TUG_SERVER: all reach the server.
+    let port = up.port().to_string();
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(tug_env(&["job", "list", "--server", &url], &[]).status.success());
+    assert!(tug_env(&["--server", &url, "job", "list"], &[]).status.success());
+    assert!(tug_env(&["job", "list"], &[("TUG_SERVER", &url)]).status.success());
+    assert!(tug_env(&["job", "list", "--server", &url], &[("TUG_SERVER", "http://127.0.0.1:9")]).status.success());
+}
+
+#[test]
+fn the_agent_has_its_own_server_variable_and_refuses_an_api_port() {
+    let up = Up::start();
+    // TUG_SERVER, exported for the CLI, is not the agent's: it uses TUG_AGENT_SERVER.
+    let help = String::from_utf8(tug_env(&["agent", "run", "--help"], &[]).stdout).unwrap();
+    assert!(help.contains("TUG_AGENT_SERVER") && help.contains("[default: http://127.0.0.1:4401]"), "{help}");
+    assert!(!help.contains("TUG_SERVER="), "{help}");
+    let help = String::from_utf8(tug_env(&["up", "--help"], &[]).stdout).unwrap();
+    assert!(!help.contains("--server"), "tug up has no use for --server: {help}");
+    let data = tempfile::tempdir().unwrap();
+    let args = ["agent", "run", "--name", "lost", "--data-dir", data.path().to_str().unwrap()];
+    let out = tug_env(&args, &[("TUG_AGENT_SERVER", &up.server)]);
+    assert!(!out.status.success(), "an agent pointed at the API exits");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not an agent endpoint") && err.contains("--agent-listen"), "{err}");
+}
+
+/// `docker ps -aq` of the containers of one job.
+fn containers_of(job: &str) -> Vec<String> {
+    let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=tugboat.job={job}")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn a_clean_stop_removes_warm_containers_unless_asked_to_keep_them() {
+    let image = std::env::var("TUG_TEST_IMAGE").unwrap_or_else(|_| "tugboat-test-busybox:1".into());
+    let present = Command::new("docker").args(["image", "inspect", &image]).output().is_ok_and(|o| o.status.success());
+    if !present {
+        eprintln!("\n!!!!!!!! SKIPPED: no Docker, or no test image {image} (scripts/test builds it) !!!!!!!!\n");
+        return;
+    }
+    for keep in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let s = format!("http://127.0.0.1:{port}");
+        let stderr = std::fs::File::create(dir.path().join("up.log")).unwrap();
+        let mut cmd = Command::new(TUG);
+        cmd.args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(dir.path().join("data"));
+        if keep {
+            cmd.arg("--keep-warm");
+        }
+        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(stderr).spawn().unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let job = format!("warm-{}-{keep}", std::process::id());
+        let file = dir.path().join("job.toml");
+        std::fs::write(&file, format!("name = \"{job}\"\nschedule = \"@yearly\"\ncommand = \"echo warm\"\nruntime = \"docker\"\n[docker]\nimage = \"{image}\"\npull = \"never\"\n")).unwrap();
+        ok(&s, &["job", "add", "-f", file.to_str().unwrap()]);
+        ok(&s, &["job", "run", &job]);
+        let mut state = Value::Null;
+        for _ in 0..600 {
+            state = json(&s, &["runs", &job, "--json"])[0].clone();
+            if state["finished_at"].is_string() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = || std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+        assert_eq!(state["state"], "succeeded", "{state}\n{}", log());
+        assert_eq!(containers_of(&job).len(), 1);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert!(child.wait().unwrap().success());
+        let log = log();
+        let left = containers_of(&job);
+        if keep {
+            assert!(log.contains("1 warm container(s) stay in Docker (--keep-warm)"), "{log}");
+            assert_eq!(left.len(), 1);
+            Command::new("docker").args(["rm", "-f"]).args(&left).output().unwrap();
+        } else {
+            assert!(log.contains("removed 1 warm container(s)"), "{log}");
+            assert!(left.is_empty(), "{left:?}");
+        }
+    }
 }
 
 #[test]

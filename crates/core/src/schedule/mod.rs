@@ -66,12 +66,21 @@ pub struct Fire {
 
 /// Why a schedule expression or time zone was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid schedule {expr:?}: {message}")]
-pub struct ScheduleError {
-    /// The expression as given.
-    pub expr: String,
-    /// What is wrong and where.
-    pub message: String,
+pub enum ScheduleError {
+    /// The expression does not parse, or can never fire.
+    #[error("invalid schedule {expr:?}: {message}")]
+    Expr {
+        /// The expression as given.
+        expr: String,
+        /// What is wrong and where.
+        message: String,
+    },
+    /// The time zone is not a known IANA zone; the expression itself may be fine.
+    #[error("unknown time zone {tz:?}: use an IANA name such as \"Europe/Berlin\", or \"UTC\"")]
+    Zone {
+        /// The zone as given.
+        tz: String,
+    },
 }
 
 impl Schedule {
@@ -86,15 +95,11 @@ impl Schedule {
     /// - an ISO 8601 repeating interval `R[n]/<start>/<period>`, e.g.
     ///   `R/2026-01-01T00:00:00Z/PT1H`; a start without an offset is read in `tz`.
     pub fn parse(expr: &str, tz: &str) -> Result<Schedule, ScheduleError> {
-        let fail = |message: String| ScheduleError {
+        let fail = |message: String| ScheduleError::Expr {
             expr: expr.to_string(),
             message,
         };
-        let zone = TimeZone::get(tz.trim()).map_err(|_| {
-            fail(format!(
-                "unknown time zone {tz:?} (use an IANA name such as \"Europe/Berlin\", or \"UTC\")"
-            ))
-        })?;
+        let zone = TimeZone::get(tz.trim()).map_err(|_| ScheduleError::Zone { tz: tz.to_string() })?;
         let text = expr.trim();
         let lower = text.to_ascii_lowercase();
         let spec = if text.is_empty() {

@@ -71,6 +71,9 @@ impl From<JobError> for ApiError {
     fn from(e: JobError) -> ApiError {
         let (status, code) = match &e {
             JobError::Parse(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            JobError::Schedule(tug_core::schedule::ScheduleError::Zone { .. }) | JobError::Field { field: "tz", .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_tz")
+            }
             JobError::Schedule(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule"),
             _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_job"),
         };

@@ -39,13 +39,17 @@ impl JobView {
     }
 }
 
-/// Parses a job from JSON, or TOML when the content type says so.
-fn parse_spec(headers: &HeaderMap, body: &str) -> ApiResult<JobSpec> {
-    let toml = headers
+/// True when the content type says TOML (JSON otherwise).
+fn is_toml(headers: &HeaderMap) -> bool {
+    headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("toml"));
-    let spec = if toml { JobSpec::from_toml(body) } else { JobSpec::from_json(body) };
+        .is_some_and(|ct| ct.contains("toml"))
+}
+
+/// Parses a job from JSON, or TOML when the content type says so.
+fn parse_spec(headers: &HeaderMap, body: &str) -> ApiResult<JobSpec> {
+    let spec = if is_toml(headers) { JobSpec::from_toml(body) } else { JobSpec::from_json(body) };
     Ok(spec?)
 }
 
@@ -107,12 +111,16 @@ pub(super) async fn update(
     body: String,
 ) -> ApiResult<Json<JobView>> {
     let Query(p) = params.map_err(query_error)?;
-    let spec = parse_spec(&headers, &body)?;
+    let mut spec = parse_spec(&headers, &body)?;
     if spec.name != name {
         return Err(ApiError::bad_request(
             "name_mismatch",
             format!("the body names job {:?} but the URL names {name:?}; renaming is not supported", spec.name),
         ));
+    }
+    // Pausing is state, not spec: a document that does not say `paused` keeps the job as it is.
+    if !JobSpec::document_sets(&body, !is_toml(&headers), "paused") {
+        spec.paused = st.store.get_job(&name).await?.spec.paused;
     }
     check_network(&st, &spec).await?;
     if who.scope().is_some() {

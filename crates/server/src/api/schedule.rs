@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use tug_core::schedule::Schedule;
+use tug_core::schedule::{Schedule, ScheduleError};
 
 use super::{query_error, ApiError, ApiResult, AppState};
 
@@ -58,14 +58,16 @@ pub(super) async fn preview(
     if count == 0 || count > MAX_PREVIEW {
         return Err(ApiError::bad_request("invalid_count", format!("count must be 1-{MAX_PREVIEW}, got {count}")));
     }
-    let details = preview_fires(&p.expr, &tz, after, count)
-        .map_err(|m| ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, code: "invalid_schedule", message: m })?;
+    let details = preview_fires(&p.expr, &tz, after, count).map_err(|e| {
+        let code = if matches!(e, ScheduleError::Zone { .. }) { "invalid_tz" } else { "invalid_schedule" };
+        ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: e.to_string() }
+    })?;
     Ok(Json(Preview { fires: details.iter().map(|f| f.at.clone()).collect(), details, expr: p.expr, tz }))
 }
 
-fn preview_fires(expr: &str, tz: &str, after: Timestamp, count: usize) -> Result<Vec<PreviewFire>, String> {
-    let sched = Schedule::parse(expr, tz).map_err(|e| e.to_string())?;
-    let zone = jiff::tz::TimeZone::get(tz).map_err(|e| e.to_string())?;
+fn preview_fires(expr: &str, tz: &str, after: Timestamp, count: usize) -> Result<Vec<PreviewFire>, ScheduleError> {
+    let sched = Schedule::parse(expr, tz)?;
+    let zone = jiff::tz::TimeZone::get(tz.trim()).map_err(|_| ScheduleError::Zone { tz: tz.to_string() })?;
     let mut out = Vec::new();
     let mut t = after;
     while out.len() < count {

@@ -16,6 +16,8 @@ pub enum AgentCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: crate::Conn,
     },
     /// Show one agent.
     Show {
@@ -24,16 +26,22 @@ pub enum AgentCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: crate::Conn,
     },
     /// Stop placing new runs on an agent (its running runs go on).
     Drain {
         /// The agent's name.
         name: String,
+        #[command(flatten)]
+        conn: crate::Conn,
     },
     /// Place runs on a drained agent again.
     Undrain {
         /// The agent's name.
         name: String,
+        #[command(flatten)]
+        conn: crate::Conn,
     },
 }
 
@@ -73,7 +81,7 @@ pub async fn shim(run_dir: &std::path::Path) -> anyhow::Result<()> {
 pub async fn run(server: &str, cmd: AgentCommand) -> anyhow::Result<()> {
     let c = Client::new(server);
     match cmd {
-        AgentCommand::List { json } => {
+        AgentCommand::List { json, .. } => {
             let agents = c.get("/agents").await?;
             if json {
                 return print_json(&agents);
@@ -84,7 +92,7 @@ pub async fn run(server: &str, cmd: AgentCommand) -> anyhow::Result<()> {
             }
             table::print(&t);
         }
-        AgentCommand::Show { name, json } => {
+        AgentCommand::Show { name, json, .. } => {
             let a = c.get(&format!("/agents/{}", enc(&name))).await?;
             if json {
                 return print_json(&a);
@@ -99,11 +107,11 @@ pub async fn run(server: &str, cmd: AgentCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        AgentCommand::Drain { name } => {
+        AgentCommand::Drain { name, .. } => {
             c.post(&format!("/agents/{}/drain", enc(&name))).await?;
             println!("draining {name}: it takes no new runs; running runs go on");
         }
-        AgentCommand::Undrain { name } => {
+        AgentCommand::Undrain { name, .. } => {
             c.post(&format!("/agents/{}/undrain", enc(&name))).await?;
             println!("{name} takes runs again");
         }

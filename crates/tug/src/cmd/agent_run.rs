@@ -19,14 +19,15 @@ use tug_core::bytesize::ByteSize;
 use tug_core::placement::Capacity;
 use tug_logs::LogFiles;
 
-/// The server's agent endpoint when `--server` is left at its default.
-pub const DEFAULT_AGENT_SERVER: &str = "http://127.0.0.1:4401";
-
-/// Arguments of `tug agent run` (the server's URL is the global `--server`).
+/// Arguments of `tug agent run`.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  tug agent run --server http://10.0.0.1:4401 --join-token s3cret\n  \
     tug agent run --server http://10.0.0.1:4401 --name gpu1 --attributes rack=a,gpu=yes --resources cpus=8,mem=32GiB")]
 pub struct AgentRunArgs {
+    /// The server's agent endpoint (`tug server --agent-listen`), not its API. Its own variable,
+    /// so that TUG_SERVER exported for the CLI does not point agents at the API.
+    #[arg(long, env = "TUG_AGENT_SERVER", default_value = "http://127.0.0.1:4401", value_name = "URL")]
+    server: String,
     /// This agent's name (default: the host name).
     #[arg(long, env = "TUG_AGENT_NAME")]
     name: Option<String>,
@@ -102,8 +103,9 @@ fn hostname() -> String {
 
 /// Runs the agent until a signal arrives (then leaves its process runs going, to be re-attached at
 /// the next start), or until the server refuses it.
-pub async fn run(server: &str, args: AgentRunArgs) -> anyhow::Result<()> {
+pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     super::init_logs(&args.log)?;
+    let server = args.server.as_str();
     let name = args.name.unwrap_or_else(hostname);
     let valid = reqwest::Url::parse(server).ok().filter(|u| u.scheme() == "http" && u.host().is_some());
     if valid.is_none() {

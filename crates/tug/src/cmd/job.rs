@@ -17,6 +17,13 @@ pub enum JobCommand {
     /// Add a job from a file (TOML or JSON) or from flags and a command.
     #[command(after_help = "Examples:\n  tug job add -f backup.toml\n  tug job add hello --schedule '*/5 * * * * *' -- echo hello\n  tug job add report --schedule '0 9 * * MON-FRI' --tz Europe/Berlin --retries 2 --timeout 10m -- ./report.sh\n  tug job add publish --parents build,test -- ./publish.sh\n  tug job add etl --schedule '@hourly' --cpus 2 --mem 4GiB --constraint rack:EQUALS:r1 -- ./etl.sh")]
     Add(Box<AddArgs>),
+    /// Change a job from a file (TOML or JSON), showing what changed. A file that does not say
+    /// `paused` keeps the job paused or not as it is.
+    #[command(after_help = "Examples:\n  tug job update backup -f backup.toml\n  tug job update backup -f - < backup.toml")]
+    Update(UpdateArgs),
+    /// Change a job in $VISUAL or $EDITOR (as TOML), showing what changed.
+    #[command(after_help = "Examples:\n  tug job edit backup\n  EDITOR=nano tug job edit backup")]
+    Edit(NameArgs),
     /// List jobs.
     List(ListArgs),
     /// Show one job.
@@ -80,6 +87,22 @@ pub struct AddArgs {
     cmd: Vec<String>,
 }
 
+/// Arguments of `tug job update`.
+#[derive(clap::Args)]
+pub struct UpdateArgs {
+    /// The job's name (the file must name the same job).
+    name: String,
+    /// The job file (.toml or .json); `-` reads stdin.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Read stdin as JSON rather than TOML.
+    #[arg(long)]
+    json_input: bool,
+    /// Print the updated job as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Arguments of `tug job list`.
 #[derive(clap::Args)]
 pub struct ListArgs {
@@ -112,6 +135,12 @@ pub async fn run(server: &str, cmd: JobCommand) -> anyhow::Result<()> {
     let c = Client::new(server);
     match cmd {
         JobCommand::Add(a) => add(&c, *a).await,
+        JobCommand::Update(a) => {
+            let text = read_file(&a.file)?;
+            let json = a.json_input || a.file.extension().is_some_and(|e| e == "json");
+            update(&c, &a.name, &text, json, None, a.json).await.with_context(|| format!("in {}", a.file.display()))
+        }
+        JobCommand::Edit(a) => edit(&c, &a.name, a.json).await,
         JobCommand::List(a) => list(&c, a).await,
         JobCommand::Show(a) => {
             let job = c.get(&format!("/jobs/{}", enc(&a.name))).await?;
@@ -164,14 +193,19 @@ async fn toggle(c: &Client, a: NameArgs, verb: &str, done: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// A job file's text; `-` is stdin.
+fn read_file(path: &std::path::Path) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the job from stdin")
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
 async fn add(c: &Client, a: AddArgs) -> anyhow::Result<()> {
     let (content_type, body) = match &a.file {
         Some(path) => {
-            let text = if path.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading the job from stdin")?
-            } else {
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-            };
+            let text = read_file(path)?;
             let json = path.extension().is_some_and(|e| e == "json");
             // Parse locally first: errors then name the file.
             let spec = if json { JobSpec::from_json(&text) } else { JobSpec::from_toml(&text) }
@@ -180,7 +214,13 @@ async fn add(c: &Client, a: AddArgs) -> anyhow::Result<()> {
         }
         None => ("application/json", serde_json::to_string(&spec_from_flags(&a)?)?),
     };
-    let job = c.call(Method::POST, "/jobs", Some((content_type, body))).await?;
+    let job = c.call(Method::POST, "/jobs", Some((content_type, body))).await.map_err(|e| {
+        if e.to_string().contains("already exists") {
+            anyhow::anyhow!("{e:#}\nto change it: tug job update NAME -f FILE, or tug job edit NAME")
+        } else {
+            e
+        }
+    })?;
     if a.json {
         return print_json(&job);
     }
@@ -316,6 +356,66 @@ fn resources(spec: &Value) -> String {
     }
 }
 
+/// Every field of a job, in the order a reader wants them; optional fields only when set.
+/// Environment values may be secret: only their names are shown.
+fn show_rows(job: &Value) -> Vec<(String, String)> {
+    let spec = &job["spec"];
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    };
+    let pairs = |v: &Value| v.as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(v))).collect::<Vec<_>>().join(", "));
+    let mut rows: Vec<(String, String)> = vec![("name".into(), field(spec, "name"))];
+    let opt = |rows: &mut Vec<(String, String)>, k: &str, v: Option<String>| {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            rows.push((k.to_string(), v));
+        }
+    };
+    opt(&mut rows, "description", spec["description"].as_str().map(str::to_string));
+    opt(&mut rows, "owner", spec["owner"].as_str().map(str::to_string));
+    opt(&mut rows, "labels", pairs(&spec["labels"]));
+    rows.push(("trigger".into(), trigger(spec)));
+    rows.push(("state".into(), job_state(spec)));
+    rows.push(("command".into(), command(spec)));
+    opt(&mut rows, "env", spec["env"].as_object().map(|m| format!("{} (values hidden)", m.keys().cloned().collect::<Vec<_>>().join(", "))));
+    opt(&mut rows, "workdir", spec["workdir"].as_str().map(str::to_string));
+    opt(&mut rows, "user", spec["user"].as_str().map(str::to_string));
+    rows.push(("runtime".into(), field(spec, "runtime")));
+    if let Some(d) = spec["docker"].as_object() {
+        for (k, v) in d {
+            if !v.is_null() {
+                rows.push((format!("docker.{k}"), text(v)));
+            }
+        }
+    }
+    rows.push(("next fire".into(), field(job, "next_fire")));
+    rows.push(("last success".into(), field(job, "last_success_at")));
+    rows.push(("last failure".into(), field(job, "last_failure_at")));
+    rows.push(("concurrency".into(), field(spec, "concurrency")));
+    rows.push(("misfire".into(), format!("{} (epsilon {})", field(spec, "misfire"), field(spec, "epsilon"))));
+    let r = &spec["retries"];
+    let retries = match r["count"].as_u64() {
+        Some(0) | None => "0".to_string(),
+        Some(n) => format!("{n} (backoff {} to {})", field(r, "initial_delay"), field(r, "max_delay")),
+    };
+    rows.push(("retries".into(), retries));
+    rows.push(("timeout".into(), field(spec, "timeout")));
+    rows.push(("resources".into(), resources(spec)));
+    rows.push(("constraints".into(), constraints(spec)));
+    rows.push(("placement".into(), field(spec, "placement")));
+    opt(&mut rows, "keep runs", spec["keep_runs"].as_u64().map(|n| n.to_string()));
+    opt(
+        &mut rows,
+        "webhooks",
+        spec["webhooks"].as_array().map(|hs| {
+            hs.iter().map(|h| format!("{} on {}", field(h, "url"), text(&h["on"]))).collect::<Vec<_>>().join("; ")
+        }),
+    );
+    rows.push(("version".into(), field(job, "version")));
+    rows
+}
+
 /// `rack:EQUALS:r1, hostname:UNIQUE`.
 fn constraints(spec: &Value) -> String {
     let Some(cs) = spec["constraints"].as_array().filter(|a| !a.is_empty()) else { return "-".into() };
@@ -329,24 +429,8 @@ async fn show(c: &Client, job: &Value) -> anyhow::Result<()> {
     let spec = &job["spec"];
     let name = field(spec, "name");
     let mut t = Table::new(&["FIELD", "VALUE"]);
-    let rows = [
-        ("name", name.clone()),
-        ("trigger", trigger(spec)),
-        ("state", job_state(spec)),
-        ("command", command(spec)),
-        ("next fire", field(job, "next_fire")),
-        ("last success", field(job, "last_success_at")),
-        ("last failure", field(job, "last_failure_at")),
-        ("concurrency", field(spec, "concurrency")),
-        ("misfire", format!("{} (epsilon {})", field(spec, "misfire"), field(spec, "epsilon"))),
-        ("retries", spec["retries"]["count"].to_string()),
-        ("timeout", field(spec, "timeout")),
-        ("resources", resources(spec)),
-        ("constraints", constraints(spec)),
-        ("version", field(job, "version")),
-    ];
-    for (k, v) in rows {
-        t.row(vec![k.to_string(), v]);
+    for (k, v) in show_rows(job) {
+        t.row(vec![k, v]);
     }
     table::print(&t);
     let runs = c.get(&format!("/jobs/{}/runs?limit=5", enc(&name))).await?;
@@ -356,4 +440,122 @@ async fn show(c: &Client, job: &Value) -> anyhow::Result<()> {
         super::runs::print_runs(&items);
     }
     Ok(())
+}
+
+/// Sends a job document as the job's new spec and prints what changed. `version` makes it a
+/// compare-and-set.
+async fn update(c: &Client, name: &str, text: &str, json: bool, version: Option<u64>, print: bool) -> anyhow::Result<()> {
+    // Parse locally first: errors then point at the document, not at HTTP.
+    let spec = if json { JobSpec::from_json(text) } else { JobSpec::from_toml(text) }?;
+    if spec.name != name {
+        bail!("the file names job {:?}, not {name:?}; renaming is not supported", spec.name);
+    }
+    let before = c.get(&format!("/jobs/{}", enc(name))).await?;
+    // The document as written, so that the server can tell a `paused` it leaves out.
+    let body = if json { text.to_string() } else { serde_json::to_string(&toml::from_str::<serde_json::Value>(text)?)? };
+    let mut path = format!("/jobs/{}", enc(name));
+    if let Some(v) = version {
+        path.push_str(&format!("?version={v}"));
+    }
+    let after = c.call(Method::PUT, &path, Some(("application/json", body))).await?;
+    if print {
+        return print_json(&after);
+    }
+    let changes = spec_changes(&before["spec"], &after["spec"]);
+    if changes.is_empty() {
+        println!("{name} is unchanged");
+    } else {
+        let when = if after["spec"]["paused"] == Value::Bool(true) { "paused".to_string() } else { format!("next fire: {}", field(&after, "next_fire")) };
+        println!("updated {name} ({when}):");
+        for line in changes {
+            println!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+/// `tug job edit`: the job as TOML in an editor, sent back when it changed. A document the
+/// server refuses is kept, and the error says where.
+async fn edit(c: &Client, name: &str, print: bool) -> anyhow::Result<()> {
+    let job = c.get(&format!("/jobs/{}", enc(name))).await?;
+    let spec: JobSpec = serde_json::from_value(job["spec"].clone()).context("reading the job from the server")?;
+    let version = job["version"].as_u64();
+    let original = format!(
+        "# Edit job {name} and save; an unchanged file changes nothing.\n# Environment values are shown: they are the job's own.\n{}",
+        toml::to_string(&spec).context("writing the job as TOML")?
+    );
+    let dir = std::env::temp_dir().join(format!("tug-edit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, &original).with_context(|| format!("writing {}", path.display()))?;
+    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
+    // Through the shell, so that EDITOR may carry arguments (`code --wait`).
+    let status = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&path)
+        .status()
+        .with_context(|| format!("starting the editor {editor:?} (set VISUAL or EDITOR)"))?;
+    if !status.success() {
+        bail!("the editor {editor:?} exited with {status}; nothing changed (the file is {})", path.display());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    if text == original {
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("{name} is unchanged");
+        return Ok(());
+    }
+    match update(c, name, &text, false, version, print).await {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "{e:#}\nnothing changed; your edit is kept in {}: fix it and run tug job update {name} -f {}",
+            path.display(),
+            path.display()
+        )),
+    }
+}
+
+/// One line per top-level field that differs: `schedule: "@hourly" → "@daily"`. Environment
+/// values may be secret, so `env` names the variables only.
+fn spec_changes(before: &Value, after: &Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (b, a) = (before.as_object().unwrap_or(&empty), after.as_object().unwrap_or(&empty));
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let show = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => "(none)".to_string(),
+        Some(v) => {
+            let t = v.to_string();
+            if t.chars().count() > 80 { format!("{}…", t.chars().take(79).collect::<String>()) } else { t }
+        }
+    };
+    let mut out = Vec::new();
+    for k in keys {
+        let (old, new) = (b.get(k), a.get(k));
+        if old == new {
+            continue;
+        }
+        if k == "env" {
+            let names = |v: Option<&Value>| v.and_then(Value::as_object).cloned().unwrap_or_default();
+            let (o, n) = (names(old), names(new));
+            let mut parts = Vec::new();
+            for (var, val) in &n {
+                match o.get(var) {
+                    None => parts.push(format!("{var} added")),
+                    Some(v) if v != val => parts.push(format!("{var} changed")),
+                    _ => {}
+                }
+            }
+            parts.extend(o.keys().filter(|var| !n.contains_key(*var)).map(|var| format!("{var} removed")));
+            out.push(format!("env: {}", parts.join(", ")));
+        } else {
+            out.push(format!("{k}: {} → {}", show(old), show(new)));
+        }
+    }
+    out
 }

@@ -16,6 +16,8 @@ pub struct LogsArgs {
     /// Keep printing output until the run ends.
     #[arg(short, long)]
     follow: bool,
+    #[command(flatten)]
+    conn: crate::Conn,
 }
 
 /// Prints the log.

@@ -21,6 +21,8 @@ pub struct RunsArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    conn: crate::Conn,
 }
 
 /// `tug run` subcommands.
@@ -85,8 +87,19 @@ pub fn print_runs(items: &[Value]) {
     table::print(&t);
 }
 
-fn duration(r: &Value) -> String {
+/// How long the run took, or what it is waiting for: `retry in 40s` for a run waiting for its
+/// next attempt (its last attempt's start is still recorded, so it is not `running`).
+pub fn duration(r: &Value) -> String {
     let parse = |k: &str| r[k].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok());
+    if r["state"] == "pending" {
+        return match parse("retry_at") {
+            Some(at) => {
+                let secs = at.duration_since(jiff::Timestamp::now()).as_secs();
+                if secs > 0 { format!("retry in {}", human_secs(secs as u64)) } else { "retrying".into() }
+            }
+            None => "-".into(),
+        };
+    }
     match (parse("started_at"), parse("finished_at")) {
         (Some(s), Some(f)) => {
             let ms = f.duration_since(s).as_millis();
@@ -94,6 +107,15 @@ fn duration(r: &Value) -> String {
         }
         (Some(_), None) => "running".into(),
         _ => "-".into(),
+    }
+}
+
+/// `40s`, `3m20s`, `2h5m`.
+fn human_secs(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
     }
 }
 

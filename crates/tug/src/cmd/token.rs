@@ -100,7 +100,6 @@ fn scope_text(s: &Value) -> String {
 
 /// Arguments of `tug audit`.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  tug audit --since 1h\n  tug audit --job backup --since 2026-11-01T00:00:00Z")]
 pub struct AuditArgs {
     /// Entries since an instant (2026-11-27T10:00:00Z) or for an age (1h, 7d).
     #[arg(long)]

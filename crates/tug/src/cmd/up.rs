@@ -38,8 +38,13 @@ pub struct UpArgs {
     /// Export per-job run counters (`tug_job_runs_finished_total{job}`) for up to N jobs; 0 = off.
     #[arg(long, env = "TUG_PER_JOB_METRICS", default_value_t = 0)]
     per_job_metrics: usize,
+    /// Leave the docker jobs' warm containers running on a clean stop, for the next `tug up` to
+    /// adopt (it removes any idle past its job's idle_timeout, 10m by default). Without it they
+    /// are removed.
+    #[arg(long, env = "TUG_KEEP_WARM")]
+    keep_warm: bool,
     /// A TOML file with any of these settings (data_dir, listen, keep_runs, log_limit, log,
-    /// webhooks, per_job_metrics); flags and TUG_* variables win over it.
+    /// webhooks, per_job_metrics, keep_warm); flags and TUG_* variables win over it.
     #[arg(long, env = "TUG_CONFIG")]
     config: Option<PathBuf>,
     #[command(flatten)]
@@ -58,6 +63,7 @@ struct FileConfig {
     #[serde(default)]
     webhooks: Vec<String>,
     per_job_metrics: Option<usize>,
+    keep_warm: Option<bool>,
 }
 
 impl UpArgs {
@@ -90,6 +96,9 @@ impl UpArgs {
         }
         if let Some(v) = file.per_job_metrics.filter(|_| defaulted("per_job_metrics")) {
             self.per_job_metrics = v;
+        }
+        if let Some(v) = file.keep_warm.filter(|_| defaulted("keep_warm")) {
+            self.keep_warm = v;
         }
         Ok(self)
     }
@@ -125,7 +134,8 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     };
     let process = Arc::new(ShimRuntime::new(&durable));
     config.agent_durability = Some(durable);
-    let runtime = Arc::new(Dispatch::new(process, Ok(docker_runtime(&config.agent_name, &data_dir).await)));
+    let docker = docker_runtime(&config.agent_name, &data_dir).await;
+    let runtime = Arc::new(Dispatch::new(process, Ok(docker.clone() as SharedRuntime)));
     let server = Embedded::start(config, runtime, Arc::new(SystemClock), Some(listener)).await?;
     if let Err(e) = args.security.after_start(&server.auth, args.listen).await {
         server.shutdown().await;
@@ -137,13 +147,32 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     super::shutdown_signal().await;
     eprintln!("Shutting down: stopping runs and recording how they ended...");
     server.shutdown().await;
+    stop_warm_containers(&docker, args.keep_warm).await;
     Ok(())
+}
+
+/// Removes the warm containers on a clean stop, or says that they stay and until when.
+async fn stop_warm_containers(docker: &LazyDocker, keep: bool) {
+    let Some(rt) = docker.connected().await else { return };
+    let n = rt.warm_containers();
+    if n == 0 {
+        return;
+    }
+    if keep {
+        eprintln!(
+            "{n} warm container(s) stay in Docker (--keep-warm); the next tug up adopts them and removes \
+             those idle past their job's idle_timeout (10m by default)"
+        );
+    } else {
+        rt.remove_warm().await;
+        eprintln!("removed {n} warm container(s); --keep-warm leaves them for the next tug up");
+    }
 }
 
 /// The docker runtime. It connects now when it can (adopting the warm containers a previous
 /// `tug up` left), and otherwise on the first docker run: with Docker down, docker runs fail with
 /// the reason and work again once Docker is back; process jobs are unaffected.
-async fn docker_runtime(agent: &str, data_dir: &std::path::Path) -> SharedRuntime {
+async fn docker_runtime(agent: &str, data_dir: &std::path::Path) -> Arc<LazyDocker> {
     let config = DockerConfig::new(agent, data_dir.join("docker"));
     if config.dwait.is_none() {
         tracing::warn!("no static dwait found (set TUG_DWAIT or put it next to tug): docker jobs run through docker exec");

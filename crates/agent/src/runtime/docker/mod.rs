@@ -193,6 +193,11 @@ impl DockerRuntime {
         pool::remove_all(&self.inner).await;
     }
 
+    /// Removes the warm containers this runtime holds (a clean stop of `tug up`).
+    pub async fn remove_warm(&self) {
+        pool::remove_warm(&self.inner).await;
+    }
+
 }
 
 #[async_trait::async_trait]
@@ -242,6 +247,11 @@ impl LazyDocker {
     /// A runtime that connects with `config` when a docker run first needs it.
     pub fn new(config: DockerConfig) -> LazyDocker {
         LazyDocker { config, runtime: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The runtime if it has connected, without connecting.
+    pub async fn connected(&self) -> Option<DockerRuntime> {
+        self.runtime.lock().await.clone()
     }
 
     /// The connected runtime, connecting now if needed.

@@ -286,7 +286,8 @@ pub async fn run_warm(inner: &Arc<Inner>, ctx: RunContext) -> Outcome {
 }
 
 /// Adopts this agent's running warm containers; removes its stopped ones, per-run leftovers and
-/// duplicates.
+/// duplicates. A warm container is this agent's when it carries its name and lives under its
+/// state dir: agents of the same name with other state dirs keep theirs.
 pub async fn adopt(inner: &Arc<Inner>) {
     let filters = HashMap::from([("label".to_string(), vec![format!("{}={}", label::AGENT, inner.config.agent)])]);
     let opts = bollard::query_parameters::ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
@@ -305,9 +306,14 @@ pub async fn adopt(inner: &Arc<Inner>) {
         let usable = running && get(label::MODE).as_deref() == Some("warm");
         let job = get(label::JOB).unwrap_or_default();
         let via_exec = get(label::PATH).as_deref() == Some("exec");
+        let dir = get(label::DIR).map(PathBuf::from).unwrap_or_default();
+        if !dir.as_os_str().is_empty() && !dir.starts_with(&inner.config.state_dir) {
+            // Another agent of the same name on this Docker host (two `tug up`s, each `local`):
+            // its container, not ours to adopt or remove.
+            continue;
+        }
         let slot = inner.pool.slot(&job);
         let mut current = slot.lock().await;
-        let dir = get(label::DIR).map(PathBuf::from).unwrap_or_default();
         let warm = Arc::new(Warm {
             id: id.clone(),
             dir: dir.clone(),
@@ -330,6 +336,17 @@ pub async fn adopt(inner: &Arc<Inner>) {
         } else {
             tracing::info!(container = %short(&id), job, running, "removing a leftover container");
             remove(inner, &warm).await;
+        }
+    }
+}
+
+/// Removes the warm containers this runtime holds (and no other container, even of an agent of
+/// the same name).
+pub async fn remove_warm(inner: &Arc<Inner>) {
+    for (_job, slot) in inner.pool.all() {
+        if let Some(w) = slot.lock().await.take() {
+            w.retired.store(true, Ordering::SeqCst);
+            remove(inner, &w).await;
         }
     }
 }
@@ -362,12 +379,7 @@ pub fn spawn_sweeper(weak: Weak<Inner>) {
 
 /// Removes every container of this agent.
 pub async fn remove_all(inner: &Arc<Inner>) {
-    for (_job, slot) in inner.pool.all() {
-        if let Some(w) = slot.lock().await.take() {
-            w.retired.store(true, Ordering::SeqCst);
-            remove(inner, &w).await;
-        }
-    }
+    remove_warm(inner).await;
     let filters = HashMap::from([("label".to_string(), vec![format!("{}={}", label::AGENT, inner.config.agent)])]);
     let opts = bollard::query_parameters::ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
     if let Ok(list) = inner.docker.list_containers(Some(opts)).await {
