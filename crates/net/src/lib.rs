@@ -9,11 +9,16 @@
 //!   validation.
 //! - [`claim`]: instance identity → claim name → address and MAC, chosen deterministically.
 //!
-//! This crate is pure: no I/O. The server keeps pools and claims in its store.
+//! - [`plumb`] (feature `plumbing`, for agents): veth pairs, addresses inside a container's network
+//!   namespace, VLAN access ports on Open vSwitch, VXLAN bridges and their forwarding entries.
+//!
+//! Without `plumbing` this crate is pure: no I/O. The server keeps pools and claims in its store.
 
 pub mod cidr;
 pub mod claim;
 pub mod pool;
+#[cfg(feature = "plumbing")]
+pub mod plumb;
 
 pub use cidr::{Cidr, CidrError};
 pub use claim::{Claim, Identity, Mac};

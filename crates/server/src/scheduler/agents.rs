@@ -10,7 +10,7 @@
 //! *awaited*: entries with no connection yet, holding those runs, until the agent registers and
 //! says what it holds (see `reconcile.rs`), or the agent timeout passes and the runs are lost.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -51,7 +51,6 @@ pub struct Registration {
 pub(crate) struct Registered {
     pub tx: mpsc::Sender<ToAgent>,
     pub last_seen: Instant,
-    pub runs: HashSet<RunId>,
     /// Known from runs recovered at start-up, not connected since: lost at the timeout.
     pub awaited: bool,
     /// Attempts given up when the agent was lost, to stop if it comes back.
@@ -92,7 +91,7 @@ impl Agents {
             up: true,
             draining: false,
         });
-        self.links.push(Registered { tx: link.tx, last_seen: now, runs: HashSet::new(), awaited: false, given_up: Vec::new(), warm_containers: 0 });
+        self.links.push(Registered { tx: link.tx, last_seen: now, awaited: false, given_up: Vec::new(), warm_containers: 0 });
         self.by_name.insert(link.name, i);
         i
     }
@@ -114,7 +113,7 @@ impl Agents {
             up: false,
             draining: false,
         });
-        self.links.push(Registered { tx, last_seen: now, runs: HashSet::new(), awaited: true, given_up: Vec::new(), warm_containers: 0 });
+        self.links.push(Registered { tx, last_seen: now, awaited: true, given_up: Vec::new(), warm_containers: 0 });
         self.by_name.insert(name.to_string(), i);
         i
     }
@@ -187,8 +186,8 @@ pub struct AgentView {
 }
 
 impl Agents {
-    /// The API view of agent `i`.
-    pub fn view(&self, i: usize, now: Instant) -> AgentView {
+    /// The API view of agent `i`, which holds `runs` active runs.
+    pub fn view(&self, i: usize, runs: usize, now: Instant) -> AgentView {
         let a = &self.snapshot.agents[i];
         AgentView {
             name: a.name.clone(),
@@ -197,7 +196,7 @@ impl Agents {
             cpus: (a.total.cpus, a.used.cpus),
             mem: (a.total.mem, a.used.mem),
             disk: (a.total.disk, a.used.disk),
-            runs: self.links[i].runs.len(),
+            runs,
             warm_containers: self.links[i].warm_containers,
             last_seen_secs: now.duration_since(self.links[i].last_seen).as_secs_f64(),
         }

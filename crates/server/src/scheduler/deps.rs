@@ -5,14 +5,14 @@ use jiff::Timestamp;
 use tug_core::run::Trigger;
 use tug_store::FireBatch;
 
-use super::fire::Kills;
+use super::fire::Decisions;
 use super::Scheduler;
 
 impl Scheduler {
     /// Called with the jobs that just had a run succeed: fires each child that is now ready.
     pub(super) async fn trigger_dependents(&mut self, parents: &[String], now: Timestamp) {
         let mut batch = FireBatch::default();
-        let mut kills = Kills::new();
+        let mut kills = Decisions::default();
         let mut fired = Vec::new();
         for parent in parents {
             let Some(children) = self.children.get(parent) else { continue };

@@ -1,10 +1,12 @@
 //! Fire → admit → commit → dispatch: everything that happens when timers come due.
 
+use std::collections::HashMap;
+
 use jiff::{SignedDuration, Timestamp};
 use tug_core::job::ConcurrencyPolicy;
 use tug_core::misfire;
 use tug_core::protocol::{KillReason, ToAgent};
-use tug_core::run::{NewRun, Run, RunState, Trigger};
+use tug_core::run::{NewRun, Run, RunId, RunState, Trigger};
 use tug_store::FireBatch;
 
 use super::timers::Slot;
@@ -12,7 +14,7 @@ use tug_core::job::NotifyOn;
 
 use super::dispatch::Outgoing;
 use super::events::RunEvent;
-use super::placing::WAITING;
+use super::runs::{Phase, Placement, WAITING};
 use super::Scheduler;
 use crate::error::Result;
 
@@ -22,8 +24,16 @@ pub(super) const LEAD: SignedDuration = SignedDuration::from_millis(2);
 /// Most runs written by one tick's transaction.
 const MAX_FIRES_PER_TICK: usize = 10_000;
 
-/// Runs killed to make room under `replace`, collected while a batch is built.
-pub(super) type Kills = Vec<u64>;
+/// What admitting a batch decided besides the runs it writes.
+#[derive(Default)]
+pub(super) struct Decisions {
+    /// Active runs to kill to make room under `replace`.
+    pub kills: Vec<RunId>,
+    /// Runs of the batch that no agent can take now, by key, with why.
+    pub waiting: HashMap<(String, Timestamp), String>,
+    /// Extra command arguments of a manual run, by key.
+    pub args: HashMap<(String, Timestamp), Vec<String>>,
+}
 
 impl Scheduler {
     /// Handles everything due now: job fires (one store transaction for all of them) and retries.
@@ -34,7 +44,7 @@ impl Scheduler {
         let now = self.clock.now();
         let horizon = now.saturating_add(LEAD).unwrap_or(now);
         let mut batch = FireBatch::default();
-        let mut kills = Kills::new();
+        let mut kills = Decisions::default();
         // Bounded, so one overloaded tick cannot hold the loop for seconds; what is left stays
         // due and the next iteration takes it.
         while batch.runs.len() < MAX_FIRES_PER_TICK
@@ -42,10 +52,7 @@ impl Scheduler {
         {
             self.fire_job(slot, now, horizon, &mut batch, &mut kills);
         }
-        let mut retries = Vec::new();
-        while let Some(id) = self.retry_timers.pop_due(now) {
-            retries.push(id);
-        }
+        let retries = self.runs.due_retries(now);
         while let Some(slot) = self.prewarm_timers.pop_due(now) {
             self.send_prewarm(slot).await;
         }
@@ -57,7 +64,7 @@ impl Scheduler {
     }
 
     /// Turns the due fires of one job into new runs in `batch` and re-arms its timer.
-    fn fire_job(&mut self, slot: Slot, now: Timestamp, horizon: Timestamp, batch: &mut FireBatch, kills: &mut Kills) {
+    fn fire_job(&mut self, slot: Slot, now: Timestamp, horizon: Timestamp, batch: &mut FireBatch, kills: &mut Decisions) {
         let Some(e) = self.slots[slot as usize].as_mut() else { return };
         let Some(first) = e.next.take() else { return };
         let Some(schedule) = e.job.schedule.as_ref() else { return };
@@ -107,7 +114,7 @@ impl Scheduler {
     }
 
     /// Applies the job's concurrency policy to a new run and adds it to `batch`.
-    pub(super) fn admit(&mut self, slot: Slot, at: Timestamp, trigger: Trigger, batch: &mut FireBatch, kills: &mut Kills) {
+    pub(super) fn admit(&mut self, slot: Slot, at: Timestamp, trigger: Trigger, batch: &mut FireBatch, kills: &mut Decisions) {
         let mut run = self.admit_policy(slot, at, trigger, batch, kills);
         if let Some(run) = run.as_mut()
             && run.state == RunState::Starting
@@ -118,6 +125,7 @@ impl Scheduler {
                     run.state = RunState::Pending;
                     run.agent = None;
                     run.reason = Some(format!("{WAITING}{why}"));
+                    kills.waiting.insert((run.job.clone(), at), why.to_string());
                 }
             }
         }
@@ -125,19 +133,20 @@ impl Scheduler {
     }
 
     /// The concurrency policy's verdict on a new run.
-    fn admit_policy(&mut self, slot: Slot, at: Timestamp, trigger: Trigger, batch: &mut FireBatch, kills: &mut Kills) -> Option<NewRun> {
+    fn admit_policy(&mut self, slot: Slot, at: Timestamp, trigger: Trigger, batch: &mut FireBatch, kills: &mut Decisions) -> Option<NewRun> {
         let e = self.slots[slot as usize].as_ref()?;
         let name = &e.job.spec.name;
         // Runs of this job already in the batch count as active too.
         let batched = batch.runs.iter().rev().take_while(|r| r.job == *name).filter(|r| r.state != RunState::Skipped).count();
-        let busy = !e.active.is_empty() || batched > 0;
+        let active = self.runs.of_job(slot);
+        let busy = !active.is_empty() || batched > 0;
         let run = match e.job.spec.concurrency {
             ConcurrencyPolicy::Allow => starting(name, at, trigger),
             ConcurrencyPolicy::Forbid if busy && trigger == Trigger::Misfire => queued(name, at, trigger),
             ConcurrencyPolicy::Forbid if busy => {
                 self.stats.concurrency_skips += 1;
                 self.metrics.concurrency_skips.inc();
-                let active = e.active.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ");
+                let active = active.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ");
                 let reason = if active.is_empty() {
                     "skipped: an earlier fire in the same tick is starting (concurrency: forbid)".to_string()
                 } else {
@@ -147,7 +156,7 @@ impl Scheduler {
             }
             ConcurrencyPolicy::Forbid => starting(name, at, trigger),
             ConcurrencyPolicy::Replace => {
-                kills.extend(e.active.iter().copied());
+                kills.kills.extend(active.iter().copied());
                 // An earlier run of the same batch is replaced before it starts.
                 let needs = tug_core::placement::Capacity::of(&e.job.spec.resources);
                 for r in batch.runs.iter_mut().rev().take_while(|r| r.job == *name) {
@@ -166,7 +175,7 @@ impl Scheduler {
     }
 
     /// Writes a batch in one transaction, then kills what it replaces and dispatches what it starts.
-    pub(super) async fn commit(&mut self, batch: FireBatch, kills: Kills, now: Timestamp) -> Result<Vec<Run>> {
+    pub(super) async fn commit(&mut self, batch: FireBatch, mut decided: Decisions, now: Timestamp) -> Result<Vec<Run>> {
         if batch.runs.is_empty() && batch.cursors.is_empty() {
             return Ok(Vec::new());
         }
@@ -185,7 +194,7 @@ impl Scheduler {
         };
         self.unreserve(&placed, &created);
         self.stats.fire_commits += 1;
-        for id in kills {
+        for id in std::mem::take(&mut decided.kills) {
             self.send_kill(id, KillReason::Replaced).await;
         }
         let mut launch = Vec::new();
@@ -200,22 +209,28 @@ impl Scheduler {
                 continue;
             }
             e.last_run_at = e.last_run_at.max(Some(run.scheduled_at));
-            e.active.push(run.id);
             let needs = tug_core::placement::Capacity::of(&e.job.spec.resources);
-            match run.state {
-                RunState::Starting => launch.push(run.id),
-                RunState::Pending if run.reason.as_deref().is_some_and(|r| r.starts_with(WAITING)) => {
-                    self.unplaced.push_back(run.id)
-                }
-                RunState::Pending => e.queued.push_back(run.id),
-                _ => {}
-            }
-            if run.state == RunState::Starting
-                && let Some(i) = run.agent.as_deref().and_then(|a| self.agents.index(a))
-            {
-                self.hold(run.id, i, needs);
-            }
-            self.runs.insert(run.id, run.clone());
+            // Keys are built only when a decision was recorded (rare): not once per fire.
+            let key = || (run.job.clone(), run.scheduled_at);
+            let args = if decided.args.is_empty() { Vec::new() } else { decided.args.remove(&key()).unwrap_or_default() };
+            let (phase, placement) = match run.state {
+                RunState::Starting => match run.agent.as_deref().and_then(|a| self.agents.index(a)) {
+                    Some(agent) => {
+                        launch.push(run.id);
+                        (Phase::Starting { launched: None }, Some(Placement { agent, needs }))
+                    }
+                    None => {
+                        tracing::error!(run = run.id, agent = ?run.agent, "run written as starting on an unknown agent");
+                        continue;
+                    }
+                },
+                RunState::Pending => match decided.waiting.remove(&key()) {
+                    Some(why) => (Phase::Unplaced(why), None),
+                    None => (Phase::Queued, None),
+                },
+                _ => continue,
+            };
+            self.runs.insert(run.clone(), slot, phase, placement, args);
         }
         self.metrics.runs_in_flight.set(self.runs.len() as i64);
         for id in launch {
@@ -253,42 +268,33 @@ impl Scheduler {
     }
 
     /// Sends a kill to the agent of an active run.
-    pub(super) async fn send_kill(&mut self, id: u64, reason: KillReason) {
-        let Some(to) = self.runs.get(&id).and_then(|r| self.agent_tx(r.agent.as_deref())) else { return };
+    pub(super) async fn send_kill(&mut self, id: RunId, reason: KillReason) {
+        let Some(to) = self.runs.run(id).and_then(|r| self.agent_tx(r.agent.as_deref())) else { return };
         // Through the dispatcher, so a kill never overtakes the launch it is meant for.
         let msg = ToAgent::Kill { run_id: id, attempt: None, reason };
         self.dispatcher.send(Outgoing { at: None, measure: false, to, msg }).await;
     }
 
     /// Moves existing pending runs (retries, queued) to `starting`, writes that, then dispatches.
-    pub(super) async fn launch_existing(&mut self, ids: Vec<u64>) -> Result<()> {
+    pub(super) async fn launch_existing(&mut self, ids: Vec<RunId>) -> Result<()> {
         let mut changed = Vec::new();
         for id in &ids {
-            let Some(job) = self.runs.get(id).filter(|r| r.state == RunState::Pending).map(|r| r.job.clone()) else {
+            let Some(slot) = self.runs.get(*id).filter(|a| a.run.state == RunState::Pending).map(|a| a.slot) else {
                 continue;
             };
-            let Some(&slot) = self.index.get(&job) else { continue };
-            // A retry may land on another agent: give back what the last attempt held first.
-            self.release(*id, &job);
             let placed = self.place(slot);
-            let needs = self.entry(&job).map(|e| tug_core::placement::Capacity::of(&e.job.spec.resources)).unwrap_or_default();
-            let run = self.runs.get_mut(id).expect("checked above");
+            let Some(e) = self.slots[slot as usize].as_ref() else { continue };
+            let needs = tug_core::placement::Capacity::of(&e.job.spec.resources);
             match placed {
-                Ok(i) => {
-                    run.state = RunState::Starting;
-                    run.agent = Some(self.agents.name(i).to_string());
-                    run.retry_at = None;
-                    run.started_at = None;
-                    changed.push(run.clone());
-                    self.hold(*id, i, needs);
+                Ok(agent) => {
+                    let name = self.agents.name(agent).to_string();
+                    let snapshot = &mut self.agents.snapshot;
+                    changed.extend(self.runs.start(*id, &name, Placement { agent, needs }, snapshot).cloned());
                 }
                 Err(why) => {
-                    let reason = format!("{WAITING}{why}");
-                    if run.reason.as_deref() != Some(&reason) {
-                        run.reason = Some(reason);
-                        changed.push(run.clone());
+                    if self.runs.wait_for_room(*id, why.to_string(), &mut self.agents.snapshot) {
+                        changed.extend(self.runs.run(*id).cloned());
                     }
-                    self.unplaced.push_back(*id);
                 }
             }
         }

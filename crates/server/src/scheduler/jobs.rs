@@ -8,7 +8,7 @@ use tug_core::run::{Run, RunId, RunState, Trigger};
 use tug_core::JobSpec;
 use tug_store::{FireBatch, JobRecord};
 
-use super::fire::Kills;
+use super::fire::Decisions;
 use super::timers::Slot;
 use super::{Entry, Scheduler};
 use crate::error::{Error, Result};
@@ -119,16 +119,13 @@ impl Scheduler {
         if let Some(at) = e.next {
             self.timers.remove(at, slot);
         }
-        for id in &e.active {
-            if let Some(run) = self.runs.remove(id) {
-                if let Some(at) = run.retry_at {
-                    self.retry_timers.remove(at, *id);
-                }
-                if matches!(run.state, RunState::Starting | RunState::Running) {
-                    self.send_kill(*id, KillReason::Requested).await;
-                }
+        for id in self.runs.of_job(slot).to_vec() {
+            if self.runs.run(id).is_some_and(|r| matches!(r.state, RunState::Starting | RunState::Running)) {
+                self.send_kill(id, KillReason::Requested).await;
             }
+            self.runs.finish(id, &mut self.agents.snapshot);
         }
+        self.metrics.runs_in_flight.set(self.runs.len() as i64);
         self.unlink_parents(name, &e.job.spec.parents);
         self.index.remove(name);
         self.metrics.jobs.set(self.index.len() as i64);
@@ -161,8 +158,9 @@ impl Scheduler {
             return Err(tug_store::StoreError::JobNotFound(name.to_string()).into());
         };
         let e = self.slots[slot as usize].as_ref().expect("indexed slot is occupied");
-        if e.job.spec.concurrency == ConcurrencyPolicy::Forbid && !e.active.is_empty() {
-            let ids: Vec<String> = e.active.iter().map(|i| i.to_string()).collect();
+        let active = self.runs.of_job(slot);
+        if e.job.spec.concurrency == ConcurrencyPolicy::Forbid && !active.is_empty() {
+            let ids: Vec<String> = active.iter().map(|i| i.to_string()).collect();
             return Err(Error::Conflict(format!(
                 "job {name:?} has an active run ({}) and its concurrency policy is forbid; \
                  kill that run first, or set concurrency to allow or replace",
@@ -172,20 +170,12 @@ impl Scheduler {
         let now = self.clock.now();
         let at = self.unique_instant(name, now);
         let mut batch = FireBatch::default();
-        let mut kills = Kills::new();
-        self.admit(slot, at, Trigger::Manual, &mut batch, &mut kills);
-        // Set before the commit, which dispatches.
-        let key = (name.to_string(), at);
+        let mut decided = Decisions::default();
+        self.admit(slot, at, Trigger::Manual, &mut batch, &mut decided);
         if !args.is_empty() {
-            self.run_args.insert(key.clone(), args);
+            decided.args.insert((name.to_string(), at), args);
         }
-        let created = match self.commit(batch, kills, now).await {
-            Ok(c) => c,
-            Err(e) => {
-                self.run_args.remove(&key);
-                return Err(e);
-            }
-        };
+        let created = self.commit(batch, decided, now).await?;
         created
             .into_iter()
             .next()
@@ -193,7 +183,7 @@ impl Scheduler {
     }
 
     pub(super) async fn kill_run(&mut self, id: RunId) -> Result<Run> {
-        let Some(run) = self.runs.get(&id).cloned() else {
+        let Some(run) = self.runs.run(id).cloned() else {
             let run = self.store.get_run(id).await?;
             return Err(Error::Conflict(format!("run {id} already finished ({}); nothing to kill", run.state)));
         };
@@ -205,10 +195,7 @@ impl Scheduler {
             _ => {
                 // Pending (queued or waiting for a retry): it never reaches an agent.
                 let now = self.clock.now();
-                if let Some(at) = run.retry_at {
-                    self.retry_timers.remove(at, id);
-                }
-                let r = self.runs.get_mut(&id).expect("checked above");
+                let r = self.runs.record_mut(id).expect("checked above");
                 r.state = RunState::Killed;
                 r.retry_at = None;
                 r.finished_at = Some(now);
@@ -223,11 +210,11 @@ impl Scheduler {
     }
 
     pub(super) async fn kill_job(&mut self, name: &str) -> Result<Vec<Run>> {
-        let Some(e) = self.entry(name) else {
+        let Some(&slot) = self.index.get(name) else {
             return Err(tug_store::StoreError::JobNotFound(name.to_string()).into());
         };
         let mut out = Vec::new();
-        for id in e.active.clone() {
+        for id in self.runs.of_job(slot).to_vec() {
             out.push(self.kill_run(id).await?);
         }
         Ok(out)

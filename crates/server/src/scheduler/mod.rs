@@ -1,7 +1,7 @@
 //! The scheduler loop: one task that owns every job's timer and every active run. See README.md
 //! in this folder for the pipeline and its vocabulary.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 
 pub mod agents;
 mod deps;
+mod runs;
 mod dispatch;
 pub mod events;
 mod fire;
@@ -37,6 +38,7 @@ use agents::{AgentView, Agents, Registration};
 use stats::Stats;
 use dispatch::{Dispatcher, Outgoing};
 use persist::Persister;
+use runs::RunTable;
 use timers::{Slot, Timers};
 
 /// Scheduler settings.
@@ -98,6 +100,7 @@ pub(crate) enum Command {
     RegisterAgent(Registration, oneshot::Sender<()>),
     Agents(oneshot::Sender<Vec<AgentView>>),
     Drain(String, bool, oneshot::Sender<Result<AgentView>>),
+    Check(oneshot::Sender<std::result::Result<(), String>>),
 }
 
 /// A cheap, cloneable way to talk to the scheduler task.
@@ -180,6 +183,12 @@ impl SchedulerHandle {
         self.ask(|tx| Command::Drain(name.to_string(), drain, tx)).await?
     }
 
+    /// Checks the run table's invariants (see `runs.rs`) between two commands: the first
+    /// violation, in words. For tests.
+    pub async fn check_invariants(&self) -> Result<std::result::Result<(), String>> {
+        self.ask(Command::Check).await
+    }
+
     /// Counters and lateness.
     pub async fn stats(&self) -> Result<Stats> {
         self.ask(|tx| Command::Stats(false, tx)).await
@@ -199,10 +208,6 @@ pub(crate) struct Entry {
     pub cursor: Option<Timestamp>,
     /// The instant its timer is set for (`None`: paused, disabled, dependent or exhausted).
     pub next: Option<Timestamp>,
-    /// Active runs (pending, starting, running), oldest first.
-    pub active: Vec<RunId>,
-    /// Pending runs waiting for a free slot under `forbid` (backfilled fires).
-    pub queued: VecDeque<RunId>,
     /// When the job last got a run that was not skipped (dependency rule).
     pub last_run_at: Option<Timestamp>,
     /// When a run of the job last succeeded.
@@ -220,8 +225,6 @@ impl Entry {
             version,
             cursor: None,
             next: None,
-            active: Vec::new(),
-            queued: VecDeque::new(),
             last_run_at: None,
             last_success_at: None,
             finished_since_prune: 0,
@@ -246,21 +249,15 @@ pub struct Scheduler {
     logs: RunLogs,
     config: SchedulerConfig,
     agents: Agents,
-    /// Pending runs no agent can take now, oldest first; placed again when room appears.
-    unplaced: VecDeque<RunId>,
-    /// The agent and resources each placed active run holds.
-    placed: HashMap<RunId, (usize, tug_core::placement::Capacity)>,
+    /// Every active run: the only place one changes (`runs.rs`).
+    runs: RunTable,
     slots: Vec<Option<Entry>>,
     free: Vec<Slot>,
     index: HashMap<String, Slot>,
     children: HashMap<String, Vec<String>>,
     timers: Timers<Slot>,
-    retry_timers: Timers<RunId>,
-    /// When each `starting` run's launch was sent; a run that never reports back is lost.
-    launched_at: HashMap<RunId, tokio::time::Instant>,
     /// When to send docker jobs' pre-warm hints.
     prewarm_timers: Timers<Slot>,
-    runs: HashMap<RunId, Run>,
     to_prune: Vec<Slot>,
     /// The retention task of the last prune round, if it may still be going.
     pruning: Option<tokio::task::JoinHandle<()>>,
@@ -271,11 +268,8 @@ pub struct Scheduler {
     epoch: u64,
     /// When this scheduler started.
     started: tokio::time::Instant,
-    /// Runs recovered as starting or running, by agent, until the agent reports what it holds.
-    unconfirmed: HashMap<usize, Vec<RunId>>,
-    /// Extra command arguments of manual runs, by run key (memory only; see
-    /// [`SchedulerHandle::run_now_with_args`]). Dropped at prune once the run is no longer active.
-    run_args: HashMap<(String, Timestamp), Vec<String>>,
+    /// Whether runs recovered at start-up that no agent confirmed have been given up.
+    unconfirmed_checked: bool,
 }
 
 /// What the scheduler reports to besides the store: metrics and run events.
@@ -318,26 +312,21 @@ impl Scheduler {
             logs,
             config,
             agents: registry,
-            unplaced: VecDeque::new(),
-            placed: HashMap::new(),
+            runs: RunTable::default(),
             slots: Vec::new(),
             free: Vec::new(),
             index: HashMap::new(),
             children: HashMap::new(),
             timers: Timers::new(),
-            retry_timers: Timers::new(),
             prewarm_timers: Timers::new(),
-            launched_at: HashMap::new(),
-            runs: HashMap::new(),
             to_prune: Vec::new(),
             pruning: None,
             stats: Stats::default(),
             metrics: hooks.metrics,
             events: hooks.events,
-            run_args: HashMap::new(),
             epoch,
             started: tokio::time::Instant::now(),
-            unconfirmed: HashMap::new(),
+            unconfirmed_checked: false,
         };
         s.count_agents();
         s.recover().await?;
@@ -362,7 +351,7 @@ impl Scheduler {
         let mut batch = Vec::new();
         loop {
             let early = self.timers.first().and_then(|t| t.checked_sub(fire::LEAD).ok());
-            let wake = [early, self.retry_timers.first(), self.prewarm_timers.first()].into_iter().flatten().min();
+            let wake = [early, self.runs.next_retry(), self.prewarm_timers.first()].into_iter().flatten().min();
             let sleep = async {
                 match wake {
                     Some(at) if firing => tokio::time::sleep_until(instant_at(&*self.clock, at)).await,
@@ -440,7 +429,8 @@ impl Scheduler {
             }
             Command::Agents(tx) => {
                 let now = tokio::time::Instant::now();
-                let _ = tx.send((0..self.agents.links.len()).map(|i| self.agents.view(i, now)).collect());
+                let views = (0..self.agents.links.len()).map(|i| self.agents.view(i, self.runs.count_on_agent(i), now));
+                let _ = tx.send(views.collect());
             }
             Command::Drain(name, drain, tx) => {
                 let r = match self.agents.index(&name) {
@@ -452,11 +442,14 @@ impl Scheduler {
                         if !drain {
                             self.place_unplaced().await;
                         }
-                        Ok(self.agents.view(i, tokio::time::Instant::now()))
+                        Ok(self.agents.view(i, self.runs.count_on_agent(i), tokio::time::Instant::now()))
                     }
                     None => Err(Error::NotFound(format!("agent {name:?} not found; see `tug agent list`"))),
                 };
                 let _ = tx.send(r);
+            }
+            Command::Check(tx) => {
+                let _ = tx.send(self.runs.check(&self.agents.snapshot));
             }
             Command::Stats(reset, tx) => {
                 let _ = tx.send(self.snapshot());
@@ -519,12 +512,13 @@ impl Scheduler {
     /// Like `dispatch`; with `measure` false its lateness is not recorded (a launch sent again
     /// on reconnect is late by design, not because the scheduler was).
     async fn dispatch_measured(&mut self, id: RunId, measure: bool) {
-        self.launched_at.insert(id, tokio::time::Instant::now());
-        let Some(run) = self.runs.get(&id) else { return };
+        self.runs.launched(id, tokio::time::Instant::now());
+        let Some(active) = self.runs.get(id) else { return };
+        let run = &active.run;
         let Some(e) = self.entry(&run.job) else { return };
         let mut task = Task::of(&e.job.spec);
-        if let Some(args) = self.run_args.get(&(run.job.clone(), run.scheduled_at)) {
-            task.command = jobs::with_args(task.command, args);
+        if !active.args.is_empty() {
+            task.command = jobs::with_args(task.command, &active.args);
         }
         let launch = Launch {
             run_id: id,
@@ -545,11 +539,6 @@ impl Scheduler {
     }
 
     async fn prune(&mut self) {
-        if !self.run_args.is_empty() {
-            let active: std::collections::HashSet<(&str, Timestamp)> =
-                self.runs.values().map(|r| (r.job.as_str(), r.scheduled_at)).collect();
-            self.run_args.retain(|(job, at), _| active.contains(&(job.as_str(), *at)));
-        }
         if self.pruning.as_ref().is_some_and(|t| !t.is_finished()) {
             return; // the last round is still going; these jobs wait for the next tick
         }

@@ -7,14 +7,13 @@ use tug_core::placement::{Capacity, CompiledConstraint, NoFit, Request};
 use tug_core::protocol::ToAgent;
 use tug_core::run::RunId;
 
+use super::runs::Phase;
 use super::timers::Slot;
 use super::Scheduler;
 
 /// How long a launched run may stay `starting` without any word from its agent.
 pub(super) const LAUNCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// The reason of a run that waits because no agent can take it.
-pub(super) const WAITING: &str = "waiting for an agent: ";
 
 impl Scheduler {
     /// Chooses an agent for a run of the job in `slot` and reserves its resources there. A job
@@ -34,20 +33,6 @@ impl Scheduler {
         Ok(i)
     }
 
-    /// Records that run `id` holds `needs` on agent `i`.
-    pub(super) fn hold(&mut self, id: RunId, i: usize, needs: Capacity) {
-        self.agents.links[i].runs.insert(id);
-        self.placed.insert(id, (i, needs));
-    }
-
-    /// Gives back what run `id` held.
-    pub(super) fn release(&mut self, id: RunId, job: &str) {
-        if let Some((i, needs)) = self.placed.remove(&id) {
-            self.agents.snapshot.release(i, job, &needs);
-            self.agents.links[i].runs.remove(&id);
-        }
-    }
-
     /// The command channel of a run's agent.
     pub(super) fn agent_tx(&self, agent: Option<&str>) -> Option<mpsc::Sender<ToAgent>> {
         let i = self.agents.index(agent?)?;
@@ -56,10 +41,10 @@ impl Scheduler {
 
     /// Tries again to place every run waiting for room.
     pub(super) async fn place_unplaced(&mut self) {
-        if self.unplaced.is_empty() {
+        if !self.runs.has_unplaced() {
             return;
         }
-        let ids: Vec<RunId> = std::mem::take(&mut self.unplaced).into_iter().filter(|id| self.runs.contains_key(id)).collect();
+        let ids = self.runs.unplaced();
         if let Err(e) = self.launch_existing(ids).await {
             tracing::error!(error = %e, "placing waiting runs failed");
         }
@@ -86,10 +71,8 @@ impl Scheduler {
             self.count_agents();
         }
         for (i, awaited) in lost {
-            // Its recovered runs are settled here, not again by `expire_unconfirmed`.
-            self.unconfirmed.remove(&i);
             let name = self.agents.name(i).to_string();
-            let ids: Vec<RunId> = self.agents.links[i].runs.iter().copied().collect();
+            let ids: Vec<RunId> = self.runs.on_agent(i).collect();
             let secs = self.config.agent_timeout.as_secs();
             let reason = if awaited {
                 tracing::warn!(agent = %name, runs = ids.len(), "agent lost: it did not reconnect after the server restarted");
@@ -99,7 +82,7 @@ impl Scheduler {
                 format!("agent {name} stopped responding (no heartbeat for {secs}s); the run's outcome is unknown")
             };
             // Stopped there if the agent comes back: by then they are replaced or given up.
-            let given_up: Vec<(RunId, u32)> = ids.iter().filter_map(|id| self.runs.get(id).map(|r| (*id, r.attempt))).collect();
+            let given_up: Vec<(RunId, u32)> = ids.iter().filter_map(|id| self.runs.run(*id).map(|r| (*id, r.attempt))).collect();
             self.agents.links[i].given_up.extend(given_up);
             self.mark_lost(ids, &reason).await;
         }
@@ -111,16 +94,13 @@ impl Scheduler {
     pub(super) async fn expire_launches(&mut self) {
         let now = tokio::time::Instant::now();
         let stale: Vec<RunId> = self
-            .launched_at
+            .runs
             .iter()
-            .filter(|(id, t)| now.duration_since(**t) > LAUNCH_TIMEOUT && self.runs.get(id).is_some_and(|r| r.state == tug_core::run::RunState::Starting))
-            .map(|(id, _)| *id)
+            .filter(|a| matches!(a.phase, Phase::Starting { launched: Some(t) } if now.duration_since(t) > LAUNCH_TIMEOUT))
+            .map(|a| a.run.id)
             .collect();
         if stale.is_empty() {
             return;
-        }
-        for id in &stale {
-            self.launched_at.remove(id);
         }
         let reason = format!(
             "no word from the agent within {}s of the launch; it may never have received it",

@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 
-use tug_core::placement::Capacity;
 use tug_core::protocol::{HeldRun, KillReason, ToAgent};
 use tug_core::run::{RunId, RunState};
 
@@ -31,7 +30,6 @@ impl Scheduler {
             tracing::warn!(agent, "held runs reported by an agent that is not registered; ignored");
             return;
         };
-        self.unconfirmed.remove(&i);
         let given_up = std::mem::take(&mut self.agents.links[i].given_up);
         let mut holds: HashMap<RunId, (u32, bool)> = HashMap::with_capacity(held.len());
         let mut stale = Vec::new();
@@ -40,13 +38,13 @@ impl Scheduler {
             if h.finished {
                 continue;
             }
-            let ours = self.runs.get(&h.run_id).is_some_and(|r| {
+            let ours = self.runs.run(h.run_id).is_some_and(|r| {
                 r.attempt == h.attempt
                     && r.agent.as_deref() == Some(agent)
                     && matches!(r.state, RunState::Starting | RunState::Running)
             });
             if ours {
-                self.adopt(h.run_id, i);
+                self.runs.confirm(h.run_id, tokio::time::Instant::now());
             } else {
                 stale.push((h.run_id, h.attempt));
             }
@@ -59,9 +57,9 @@ impl Scheduler {
         }
         let mut relaunch = Vec::new();
         let mut lost = Vec::new();
-        let mine: Vec<RunId> = self.agents.links[i].runs.iter().copied().collect();
+        let mine: Vec<RunId> = self.runs.on_agent(i).collect();
         for id in mine {
-            let Some(r) = self.runs.get(&id) else { continue };
+            let Some(r) = self.runs.run(id) else { continue };
             if holds.get(&id).is_some_and(|(a, _)| *a == r.attempt) {
                 continue;
             }
@@ -83,25 +81,14 @@ impl Scheduler {
         }
         self.kill_attempts(i, stale).await;
         for id in relaunch {
+            // A recovered run goes on as a launch that was lost.
+            self.runs.confirm(id, tokio::time::Instant::now());
             self.dispatch_measured(id, false).await;
         }
         if !lost.is_empty() {
             let reason = format!("agent {agent} came back without this run (it restarted and could not re-attach it); its outcome is unknown");
             self.mark_lost(lost, &reason).await;
         }
-    }
-
-    /// Makes sure run `id` holds its resources on agent `i` (runs recovered at start-up are
-    /// adopted here once their agent confirms them).
-    pub(super) fn adopt(&mut self, id: RunId, i: usize) {
-        if self.placed.contains_key(&id) {
-            return;
-        }
-        let Some(run) = self.runs.get(&id) else { return };
-        let needs = self.entry(&run.job).map(|e| Capacity::of(&e.job.spec.resources)).unwrap_or_default();
-        let job = run.job.clone();
-        self.agents.snapshot.commit(i, &job, &needs);
-        self.hold(id, i, needs);
     }
 
     /// Stops, on agent `i`, the attempts given up when it was lost.

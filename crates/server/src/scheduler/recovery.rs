@@ -5,7 +5,10 @@
 //! once. Agents that do not come back within the agent timeout are lost with their runs, and a
 //! run whose agent never confirms it within that time is lost too.
 
-use tug_core::run::RunState;
+use tug_core::placement::Capacity;
+use tug_core::run::{RunId, RunState};
+
+use super::runs::{Phase, Placement};
 
 use super::{Entry, Scheduler};
 use crate::error::Result;
@@ -33,35 +36,31 @@ impl Scheduler {
         }
         let mut lost = Vec::new();
         let mut queued = Vec::new();
-        let mut held = Vec::new();
         let now = tokio::time::Instant::now();
         for run in self.store.active_runs().await? {
             let Some(&slot) = self.index.get(&run.job) else { continue };
-            let Some(e) = self.slots[slot as usize].as_mut() else { continue };
-            e.active.push(run.id);
-            match (run.state, run.retry_at) {
-                (RunState::Pending, Some(at)) => self.retry_timers.insert(at, run.id),
-                (RunState::Pending, None) => {
-                    e.queued.push_back(run.id);
+            let Some(e) = self.slots[slot as usize].as_ref() else { continue };
+            let needs = Capacity::of(&e.job.spec.resources);
+            let (phase, placement) = match (run.state, run.retry_at, run.agent.as_deref()) {
+                (RunState::Pending, Some(at), _) => (Phase::RetryAt(at), None),
+                (RunState::Pending, None, _) => {
                     queued.push(slot);
+                    (Phase::Queued, None)
                 }
-                (RunState::Starting | RunState::Running, _) if run.agent.is_some() => {
-                    let i = self.agents.awaited(run.agent.as_deref().unwrap_or_default(), now);
-                    held.push((run.id, i));
-                    if run.state == RunState::Starting {
-                        self.launched_at.insert(run.id, now);
-                    }
+                // Each holds its resources on its agent until that agent confirms or denies it.
+                (RunState::Starting | RunState::Running, _, Some(agent)) => {
+                    let i = self.agents.awaited(agent, now);
+                    self.agents.snapshot.commit(i, &run.job, &needs);
+                    (Phase::Unconfirmed, Some(Placement { agent: i, needs }))
                 }
-                _ => lost.push(run.id),
-            }
-            self.runs.insert(run.id, run);
+                _ => {
+                    lost.push(run.id);
+                    (Phase::Unconfirmed, None)
+                }
+            };
+            self.runs.insert(run, slot, phase, placement, Vec::new());
         }
-        // Each holds its resources on its agent until that agent confirms or denies it.
-        for (id, i) in held {
-            self.adopt(id, i);
-            self.unconfirmed.entry(i).or_default().push(id);
-        }
-        let awaiting: usize = self.unconfirmed.values().map(Vec::len).sum();
+        let awaiting = self.runs.iter().filter(|a| a.phase == Phase::Unconfirmed).count() - lost.len();
         tracing::info!(jobs = self.index.len(), active = self.runs.len(), awaiting, lost = lost.len(), "scheduler state loaded");
         if awaiting > 0 {
             self.count_agents();
@@ -72,10 +71,8 @@ impl Scheduler {
         // Queued runs whose job has nothing else running can start now.
         let mut start = Vec::new();
         for slot in queued {
-            let Some(e) = self.slots[slot as usize].as_mut() else { continue };
-            let running = e.active.iter().filter(|a| !e.queued.contains(a)).count();
-            if running == 0
-                && let Some(id) = e.queued.pop_front()
+            if let Some(id) = self.runs.next_queued(slot)
+                && !start.contains(&id)
             {
                 start.push(id);
             }
@@ -88,24 +85,18 @@ impl Scheduler {
 impl Scheduler {
     /// After the agent timeout, runs recovered at start-up that no agent has confirmed are lost.
     pub(super) async fn expire_unconfirmed(&mut self) {
-        if self.unconfirmed.is_empty() || self.started.elapsed() <= self.config.agent_timeout {
+        if self.unconfirmed_checked || self.started.elapsed() <= self.config.agent_timeout {
             return;
         }
-        for (i, ids) in std::mem::take(&mut self.unconfirmed) {
-            // Only runs still as recovered: one that was lost with its agent may be a pending
-            // retry by now, which is not this agent's to lose.
-            let name = self.agents.name(i);
-            let ids: Vec<_> = ids
-                .into_iter()
-                .filter(|id| {
-                    self.runs.get(id).is_some_and(|r| {
-                        matches!(r.state, RunState::Starting | RunState::Running) && r.agent.as_deref() == Some(name)
-                    })
-                })
-                .collect();
-            if ids.is_empty() {
-                continue;
+        // Once: a run is unconfirmed only from start-up until this check.
+        self.unconfirmed_checked = true;
+        let mut by_agent: std::collections::BTreeMap<usize, Vec<RunId>> = Default::default();
+        for a in self.runs.iter().filter(|a| a.phase == Phase::Unconfirmed) {
+            if let Some(p) = a.placement {
+                by_agent.entry(p.agent).or_default().push(a.run.id);
             }
+        }
+        for (i, ids) in by_agent {
             let name = self.agents.name(i).to_string();
             let reason = format!(
                 "agent {name} did not report this run within {}s of the server's restart; its outcome is unknown",

@@ -87,7 +87,7 @@ impl Scheduler {
         if changed.is_empty() {
             return None;
         }
-        let runs: Vec<Run> = changed.iter().filter_map(|id| self.runs.get(id).cloned()).collect();
+        let runs: Vec<Run> = changed.iter().filter_map(|id| self.runs.run(*id).cloned()).collect();
         // Not awaited: the persister writes in order and logs failures; the loop moves on.
         let written = self.persister.save(runs, attempts).await;
         self.complete(finished, now).await;
@@ -96,27 +96,27 @@ impl Scheduler {
 
     /// Applies one update to the in-memory run. Returns whether the run changed.
     fn apply_one(&mut self, u: &StatusUpdate, now: Timestamp, attempts: &mut Vec<Attempt>, finished: &mut Vec<RunId>) -> bool {
-        let Some(run) = self.runs.get_mut(&u.run_id) else {
+        let Some(active) = self.runs.get(u.run_id) else {
             tracing::debug!(run = u.run_id, state = %u.state, "update for a run that is not active; ignored");
             return false;
         };
+        let (run, slot) = (&active.run, active.slot);
         if run.attempt != u.attempt || !run.state.can_move_to(u.state) {
             tracing::debug!(run = u.run_id, from = %run.state, to = %u.state, "stale update ignored");
             return false;
         }
-        self.launched_at.remove(&u.run_id);
         if u.state == RunState::Running {
-            run.state = RunState::Running;
-            run.started_at = Some(now);
+            self.runs.running(u.run_id, now);
             return true;
         }
-        run.exit_code = u.exit_code;
-        run.signal = u.signal;
-        run.reason = u.reason.clone();
-        let spec = self.index.get(&run.job).and_then(|&s| self.slots[s as usize].as_ref()).map(|e| &e.job.spec);
+        let spec = self.slots[slot as usize].as_ref().map(|e| &e.job.spec);
         let policy = spec.map(|s| s.retries);
         let webhooks = spec.map(|s| s.webhooks.clone()).unwrap_or_default();
         let retry = policy.filter(|p| u.state.is_retryable() && run.attempt <= p.count);
+        let Some(run) = self.runs.record_mut(u.run_id) else { return false };
+        run.exit_code = u.exit_code;
+        run.signal = u.signal;
+        run.reason = u.reason.clone();
         match retry {
             Some(p) => {
                 // Only a retried attempt is kept apart; the last attempt lives in the run itself.
@@ -138,13 +138,12 @@ impl Scheduler {
                     run.attempt,
                     p.count
                 ));
-                run.state = RunState::Pending;
-                run.attempt += 1;
-                run.retry_at = Some(at);
-                self.retry_timers.insert(at, run.id);
+                self.runs.retry(u.run_id, at, &mut self.agents.snapshot);
                 self.stats.retries += 1;
                 self.metrics.retries.inc();
-                if !self.events.is_empty() {
+                if !self.events.is_empty()
+                    && let Some(run) = self.runs.run(u.run_id)
+                {
                     self.events.emit(RunEvent { event: NotifyOn::Retry, run: run.clone(), webhooks });
                 }
             }
@@ -172,18 +171,14 @@ impl Scheduler {
         let mut succeeded = Vec::new();
         let mut next = Vec::new();
         for id in finished {
-            let Some(run) = self.runs.remove(&id) else { continue };
-            self.launched_at.remove(&id);
-            self.release(id, &run.job);
+            let Some(active) = self.runs.finish(id, &mut self.agents.snapshot) else { continue };
+            let (run, slot) = (active.run, active.slot);
             *self.stats.finished.entry(run.state.to_string()).or_default() += 1;
             self.metrics.runs_finished.get_or_create(&StateLabel { state: run.state.to_string() }).inc();
             if let (Some(s), Some(f)) = (run.started_at, run.finished_at) {
                 self.metrics.run_duration.observe(f.duration_since(s).as_secs_f64().max(0.0));
             }
-            let Some(&slot) = self.index.get(&run.job) else { continue };
             let Some(e) = self.slots[slot as usize].as_mut() else { continue };
-            e.active.retain(|a| *a != id);
-            e.queued.retain(|a| *a != id);
             if run.state == RunState::Succeeded {
                 // Whole milliseconds, like the run keys it is compared with (deps.rs).
                 e.last_success_at = Timestamp::from_millisecond(now.as_millisecond()).ok();
@@ -194,10 +189,9 @@ impl Scheduler {
             if e.finished_since_prune == (keep / 2).max(1) {
                 self.to_prune.push(slot);
             }
-            // Only a queued run waits for a free slot; start the oldest once none is running.
-            let running = e.active.iter().filter(|a| !e.queued.contains(a)).count();
-            if running == 0
-                && let Some(q) = e.queued.pop_front()
+            // Only a queued run waits for a free slot; start the oldest once none is past queued.
+            if let Some(q) = self.runs.next_queued(slot)
+                && !next.contains(&q)
             {
                 next.push(q);
             }
@@ -220,7 +214,7 @@ impl Scheduler {
         let now = self.clock.now();
         let msgs = ids
             .into_iter()
-            .filter_map(|id| self.runs.get(&id).map(|r| (id, r.attempt)))
+            .filter_map(|id| self.runs.run(id).map(|r| (id, r.attempt)))
             .map(|(run_id, attempt)| {
                 FromAgent::from(ToServer::Status(StatusUpdate {
                     seq: 0,

@@ -49,6 +49,11 @@ impl<K: Ord + Copy> Timers<K> {
         self.set.len()
     }
 
+    /// Every entry, earliest first.
+    pub fn iter(&self) -> impl Iterator<Item = (Timestamp, K)> + '_ {
+        self.set.iter().filter_map(|(ms, k)| Timestamp::from_millisecond(*ms).ok().map(|t| (t, *k)))
+    }
+
     /// True when nothing is scheduled.
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
