@@ -722,6 +722,8 @@ pub async fn net_pools_and_claims(store: &dyn Store) {
     assert!(matches!(store.get_pool("net-a").await, Err(StoreError::PoolNotFound(_))));
     // Its name can be taken again.
     store.create_pool(&a, t(5)).await.unwrap();
+}
+
 /// Tokens: created once per id, listed with their role and scope, revoked once (the first
 /// instant is kept).
 pub async fn tokens(store: &dyn Store) {
