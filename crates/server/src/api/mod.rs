@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         // request for the gate's role table and the latency label. The gate is inside, so refused
         // requests are timed too; JSON errors are outermost, so they cover everything.
         .layer(middleware::from_fn_with_state(state.auth.clone(), crate::auth::gate))
+        .layer(axum::extract::DefaultBodyLimit::max(state.auth.config().max_body))
         .layer(middleware::from_fn_with_state(state.metrics.clone(), track_latency))
         .layer(middleware::from_fn(json_errors))
 }

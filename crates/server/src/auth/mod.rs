@@ -512,10 +512,18 @@ async fn pass(auth: &Auth, req: Request) -> Result<(Request, Principal, Option<S
             return Err((resp, Some(principal.actor.clone())));
         }
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| (too_large(), Some(principal.actor.clone())))?;
-    let body_job = job_body(&route).then(|| job_named_in(&bytes)).flatten();
+    // Only a job document is read here (for the audit log's job name); other bodies go to their
+    // handlers as they come (a stream that never ends, too), held to the limit by the router's
+    // `DefaultBodyLimit`.
+    let (body, body_job) = if guard::is_write(&parts.method) && job_body(&route) {
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| (too_large(), Some(principal.actor.clone())))?;
+        let job = job_named_in(&bytes);
+        (Body::from(bytes), job)
+    } else {
+        (body, None)
+    };
     parts.extensions.insert(principal.clone());
-    Ok((Request::from_parts(parts, Body::from(bytes)), principal, body_job))
+    Ok((Request::from_parts(parts, body), principal, body_job))
 }
 
 /// True for routes whose body is a job document.
