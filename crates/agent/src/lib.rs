@@ -2,8 +2,10 @@
 //! server as a status update.
 //!
 //! - [`agent`]: the loop that takes launches and kills and sends status updates.
+//! - [`capacity`]: what this host offers when the operator does not say.
 //! - [`checkpoint`]: what a durable agent records per attempt, so runs outlive its restarts.
 //! - [`logs`]: answers the server's reads and removals of this agent's run logs.
+//! - [`net`]: the container network on this host: `dresponse`, claims and plumbing.
 //! - [`remote`]: runs that loop against a server over the gRPC agent stream (`tug agent run`),
 //!   resending unacknowledged status updates after a reconnect.
 //! - [`runtime`]: process (child in its own process group), shim (the same under a supervisor
@@ -11,8 +13,10 @@
 //!   container per run) and noop runtimes.
 
 pub mod agent;
+pub mod capacity;
 pub mod checkpoint;
 pub mod logs;
+pub mod net;
 pub mod remote;
 pub mod runtime;
 

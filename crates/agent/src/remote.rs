@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tug_net::protocol::{NetAnswer, NetOp, NetPush, NetRequest};
+use tug_net::{Claim, PoolSpec};
 use tokio_stream::wrappers::ReceiverStream;
 use tug_core::placement::Capacity;
 use tug_core::protocol::{StatusUpdate, ToAgent, ToServer};
@@ -19,6 +21,7 @@ use tug_proto::{AgentMessage, AgentServiceClient, ServerMessage, agent_message, 
 use tug_logs::LogFiles;
 
 use crate::agent::{Agent, AgentConfig};
+use crate::net::Claims;
 use crate::runtime::SharedRuntime;
 
 /// Longest wait between reconnect attempts.
@@ -85,6 +88,22 @@ pub async fn run(
     logs: LogFiles,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RemoteError> {
+    run_with_net(remote, config, runtime, logs, None, shutdown).await
+}
+
+/// [`run`], also carrying the container network's claims and releases ([`net_channel`]) to the
+/// server and its answers back, and handing what the server pushes (routes, evictions) to the
+/// given sender.
+pub async fn run_with_net(
+    remote: RemoteConfig,
+    config: AgentConfig,
+    runtime: SharedRuntime,
+    logs: LogFiles,
+    net: Option<(NetCalls, mpsc::Sender<NetPush>)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RemoteError> {
+    let (calls, pushes) = net.unzip();
+    let mut net = NetBridge { calls, pushes, pending: BTreeMap::new(), next: 0 };
     let name = config.name.clone();
     let (updates_tx, mut updates_rx) = mpsc::channel(65_536);
     let (cmd_tx, cmd_rx) = mpsc::channel(65_536);
@@ -103,8 +122,18 @@ pub async fn run(
     let mut tried_after_stop = false;
     loop {
         let mut registered = false;
-        let ended =
-            session(&remote, &agent, &name, &mut registered, &mut unacked, &mut updates_rx, &cmd_tx, stop_rx.clone()).await;
+        let ended = session(
+            &remote,
+            &agent,
+            &name,
+            &mut registered,
+            &mut unacked,
+            &mut updates_rx,
+            &cmd_tx,
+            &mut net,
+            stop_rx.clone(),
+        )
+        .await;
         if registered {
             // The last connection worked: start the backoff afresh.
             backoff = Duration::from_millis(200);
@@ -151,6 +180,7 @@ async fn session(
     unacked: &mut BTreeMap<u64, StatusUpdate>,
     updates: &mut mpsc::Receiver<ToServer>,
     commands: &mpsc::Sender<ToAgent>,
+    net: &mut NetBridge,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Ended, RemoteError> {
     let endpoint = match tonic::transport::Endpoint::from_shared(remote.server.clone()) {
@@ -202,6 +232,13 @@ async fn session(
             return Ok(Ended::Broken("stream closed while resending".into()));
         }
     }
+    // Network requests the last connection did not see answered (the server's handling is
+    // idempotent).
+    for (id, call) in &net.pending {
+        if !send_net(&tx, *id, &call.op).await {
+            return Ok(Ended::Broken("stream closed while resending".into()));
+        }
+    }
     let mut flushing: Option<tokio::time::Instant> = None;
     loop {
         // `updates` stays open (this bridge keeps the agent), but once the agent loop is done it
@@ -234,8 +271,36 @@ async fn session(
                 // Remote agents say what they hold in Register, once per connection.
                 Some(ToServer::Held { .. }) | None => {}
             },
+            call = async { net.calls.as_mut()?.recv().await }, if net.calls.is_some() => match call {
+                Some(call) => {
+                    net.next += 1;
+                    let id = net.next;
+                    let sent = send_net(&tx, id, &call.op).await;
+                    net.pending.insert(id, call);
+                    if !sent {
+                        return Ok(Ended::Broken("stream closed".into()));
+                    }
+                }
+                None => net.calls = None,
+            },
             m = inbound.message() => match m {
                 Ok(Some(ServerMessage { msg: Some(m) })) => match m {
+                    server_message::Msg::NetPush(bytes) => match serde_json::from_slice::<NetPush>(&bytes) {
+                        Ok(p) => {
+                            if let Some(tx) = &net.pushes {
+                                let _ = tx.send(p).await;
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "undecodable network push from the server dropped"),
+                    },
+                    server_message::Msg::NetAnswer(bytes) => match serde_json::from_slice::<NetAnswer>(&bytes) {
+                        Ok(a) => {
+                            if let Some(call) = net.pending.remove(&a.id) {
+                                let _ = call.reply.send(a.result);
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "undecodable network answer from the server dropped"),
+                    },
                     server_message::Msg::ToAgent(bytes) => match serde_json::from_slice::<ToAgent>(&bytes) {
                         Ok(cmd) => {
                             if commands.send(cmd).await.is_err() {
@@ -269,6 +334,71 @@ async fn session(
             () = async { let _ = stop.changed().await; }, if !*stop.borrow() => {}
             () = tokio::time::sleep(Duration::from_millis(200)), if flushing.is_some() => {}
         }
+    }
+}
+
+async fn send_net(tx: &mpsc::Sender<AgentMessage>, id: u64, op: &NetOp) -> bool {
+    match serde_json::to_vec(&NetRequest { id, op: op.clone() }) {
+        Ok(bytes) => tx.send(out(agent_message::Msg::NetRequest(bytes))).await.is_ok(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a network request");
+            true
+        }
+    }
+}
+
+/// What a network request is answered with.
+type NetResult = Result<Option<(PoolSpec, Claim)>, String>;
+
+/// A container-network request on its way to the server, and where its answer goes.
+pub struct NetCall {
+    op: NetOp,
+    reply: oneshot::Sender<NetResult>,
+}
+
+/// The receiving end of [`net_channel`], for [`run_with_net`].
+pub type NetCalls = mpsc::Receiver<NetCall>;
+
+/// Network requests across reconnects: the ones sent and not yet answered are sent again.
+struct NetBridge {
+    calls: Option<NetCalls>,
+    pushes: Option<mpsc::Sender<NetPush>>,
+    pending: BTreeMap<u64, NetCall>,
+    next: u64,
+}
+
+/// [`Claims`] answered by the server over the agent stream.
+pub struct RemoteClaims {
+    tx: mpsc::Sender<NetCall>,
+    vtep: Option<std::net::Ipv4Addr>,
+}
+
+/// The claims of a remote agent whose VXLAN tunnel endpoint is `vtep`, and the requests they
+/// make for [`run_with_net`] to carry.
+pub fn net_channel(vtep: Option<std::net::Ipv4Addr>) -> (RemoteClaims, NetCalls) {
+    let (tx, rx) = mpsc::channel(1024);
+    (RemoteClaims { tx, vtep }, rx)
+}
+
+impl RemoteClaims {
+    async fn ask(&self, op: NetOp) -> NetResult {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(NetCall { op, reply }).await.map_err(|_| "the agent is stopping".to_string())?;
+        answer.await.map_err(|_| "the agent is stopping".to_string())?
+    }
+}
+
+#[async_trait::async_trait]
+impl Claims for RemoteClaims {
+    async fn claim(&self, pool: &str, instance: &str) -> Result<(PoolSpec, Claim), String> {
+        match self.ask(NetOp::Claim { pool: pool.into(), instance: instance.into(), vtep: self.vtep }).await? {
+            Some(granted) => Ok(granted),
+            None => Err("the server answered a claim without an address".into()),
+        }
+    }
+
+    async fn release(&self, pool: &str, instance: &str) -> Result<(), String> {
+        self.ask(NetOp::Release { pool: pool.into(), instance: instance.into() }).await.map(|_| ())
     }
 }
 

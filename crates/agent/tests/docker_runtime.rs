@@ -198,6 +198,7 @@ fn launch(job: &str, script: &str, tweak: impl FnOnce(&mut Task)) -> Launch {
         workdir: None,
         user: None,
         timeout: None,
+        network: None,
     };
     tweak(&mut task);
     Launch {

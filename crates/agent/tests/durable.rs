@@ -2,6 +2,8 @@
 //! `tug agent shim`): runs survive the agent, a new agent on the same data dir re-attaches them
 //! or reports how they ended, and the agent's filters (leader epoch, attempt of a kill) hold.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -104,13 +106,7 @@ impl Serving {
 
     /// The next status update (heartbeats and held runs skipped).
     async fn next(&mut self) -> StatusUpdate {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.updates.recv()).await;
-            match msg.expect("an update within 10s").expect("agent still running") {
-                ToServer::Status(u) => return u,
-                ToServer::Heartbeat { .. } | ToServer::Held { .. } => continue,
-            }
-        }
+        common::next_update(&mut self.updates, Duration::from_secs(10)).await
     }
 
     /// Stops serving the way a stopping `tug agent run` does: runs are left going.
@@ -123,13 +119,7 @@ impl Serving {
     async fn close(mut self) -> Vec<StatusUpdate> {
         drop(self.commands);
         tokio::time::timeout(Duration::from_secs(10), self.serve).await.expect("serve stops").expect("serve task");
-        let mut rest = Vec::new();
-        while let Ok(msg) = self.updates.try_recv() {
-            if let ToServer::Status(u) = msg {
-                rest.push(u);
-            }
-        }
-        rest
+        common::queued_updates(&mut self.updates)
     }
 }
 
@@ -154,6 +144,7 @@ fn sh(script: &str) -> Launch {
             workdir: None,
             user: None,
             timeout: None,
+            network: None,
         },
     }
 }

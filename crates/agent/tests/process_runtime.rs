@@ -5,6 +5,8 @@
 //! are re-parented to it (and reaped by the runtime) rather than to an init that may never reap
 //! them; otherwise "no process of the group remains" could not be checked with kill(2).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -91,6 +93,7 @@ fn launch(command: Command) -> Launch {
             workdir: None,
             user: None,
             timeout: None,
+            network: None,
         },
     }
 }
@@ -363,26 +366,14 @@ impl AgentHarness {
     }
 
     async fn next(&mut self) -> StatusUpdate {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(5), self.updates.recv()).await;
-            match msg.expect("an update within 5s").expect("agent still running") {
-                ToServer::Status(u) => return u,
-                ToServer::Heartbeat { .. } | ToServer::Held { .. } => continue,
-            }
-        }
+        common::next_update(&mut self.updates, Duration::from_secs(5)).await
     }
 
     /// Stops serving; returns the updates not yet received and the logs.
     async fn close(mut self) -> (Vec<StatusUpdate>, Harness) {
         drop(self.commands);
         self.serve.await.expect("serve task");
-        let mut rest = Vec::new();
-        while let Ok(msg) = self.updates.try_recv() {
-            if let ToServer::Status(u) = msg {
-                rest.push(u);
-            }
-        }
-        (rest, self.h)
+        (common::queued_updates(&mut self.updates), self.h)
     }
 }
 

@@ -61,6 +61,7 @@ impl AgentService for Fake {
                     workdir: None,
                     user: None,
                     timeout: None,
+                    network: None,
                 },
             }));
             tx.send(reply(server_message::Msg::ToAgent(serde_json::to_vec(&launch).unwrap()))).await.unwrap();
@@ -205,6 +206,7 @@ async fn every_register_lists_held_runs_and_an_ack_removes_the_checkpoint() {
             workdir: None,
             user: None,
             timeout: None,
+            network: None,
         },
     };
     let ckpt = Checkpoint::new(&durability.dir, 11, 3);

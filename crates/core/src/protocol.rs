@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
-use crate::job::{Command, DockerSpec, JobSpec, Resources, RuntimeKind};
+use crate::job::{Command, DockerSpec, JobSpec, NetworkSpec, Resources, RuntimeKind};
 use crate::run::{RunId, RunState};
 
 /// Everything an agent needs to run one attempt of a run.
@@ -46,6 +46,9 @@ pub struct Task {
     pub user: Option<String>,
     /// Kill after this long.
     pub timeout: Option<Duration>,
+    /// The container network: the pool the job's warm container draws its address from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
 }
 
 impl Task {
@@ -60,6 +63,7 @@ impl Task {
             workdir: spec.workdir.clone(),
             user: spec.user.clone(),
             timeout: spec.timeout,
+            network: spec.network.clone(),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `dwait`: the entrypoint (PID 1) of Tugboat's warm containers. `dwait serve SOCKET` listens on
+//! `dwait`: the entrypoint (PID 1) of Tugboat's warm containers. A networked container's dwait first
+//! waits for its network (`dwait::net`, set up by `TUG_NET_*`). `dwait serve SOCKET` then listens on
 //! SOCKET and runs each run an agent connection asks for (see [`dwait::protocol`]): in its own
 //! process group, output streamed back, exit status reported, the group killed on request, and
 //! every zombie in the container reaped (PID 1 inherits all orphans).
@@ -103,6 +104,10 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("serve") => {
             let path = args.get(2).map_or("/.tug/run/dwait.sock", String::as_str);
+            if let Err(e) = wait_for_network() {
+                eprintln!("dwait: {e}");
+                std::process::exit(1);
+            }
             if let Err(e) = serve(path) {
                 eprintln!("dwait: {e}");
                 std::process::exit(1);
@@ -114,6 +119,19 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// With `TUG_NET_POOL` set (a networked container), waits for `dresponse` to plumb it
+/// (`dwait::net`): up to `TUG_NET_TIMEOUT` seconds (default 30).
+fn wait_for_network() -> Result<(), String> {
+    let Ok(pool) = std::env::var("TUG_NET_POOL") else { return Ok(()) };
+    let instance = std::env::var("TUG_NET_INSTANCE").map_err(|_| "TUG_NET_POOL is set but TUG_NET_INSTANCE is not".to_string())?;
+    let socket = std::env::var("TUG_NET_SOCKET").unwrap_or_else(|_| dwait::net::SOCKET_IN_CONTAINER.into());
+    let secs = std::env::var("TUG_NET_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let ask = dwait::net::Ask { instance, pool };
+    let ok = dwait::net::wait_for_network(std::path::Path::new(&socket), &ask, Duration::from_secs(secs))?;
+    eprintln!("dwait: network ready: {} {}/{} via {}", ask.instance, ok["ip"].as_str().unwrap_or("?"), ok["prefix"], ok["gateway"].as_str().unwrap_or("?"));
+    Ok(())
 }
 
 fn serve(path: &str) -> io::Result<()> {

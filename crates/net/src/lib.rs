@@ -7,6 +7,7 @@
 //! - [`cidr`]: IPv4 prefixes: parsing with errors that say what to fix, containment, overlap.
 //! - [`pool`]: a pool (CIDR, VLAN or VXLAN segment, gateway, reserved ranges, selector) and its
 //!   validation.
+//! - [`protocol`]: the claim and release messages between agents and the server.
 //! - [`claim`]: instance identity → claim name → address and MAC, chosen deterministically.
 //!
 //! - [`plumb`] (feature `plumbing`, for agents): veth pairs, addresses inside a container's network
@@ -17,6 +18,7 @@
 pub mod cidr;
 pub mod claim;
 pub mod pool;
+pub mod protocol;
 #[cfg(feature = "plumbing")]
 pub mod plumb;
 

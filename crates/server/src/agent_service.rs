@@ -33,6 +33,8 @@ pub struct AgentGateway {
     join_token: Option<String>,
     stop: watch::Receiver<bool>,
     logs: RunLogs,
+    /// Answers agents' container-network requests; `None`: they are refused.
+    net: Option<std::sync::Arc<crate::net::Network>>,
 }
 
 impl AgentGateway {
@@ -46,7 +48,13 @@ impl AgentGateway {
         stop: watch::Receiver<bool>,
         logs: RunLogs,
     ) -> AgentGateway {
-        AgentGateway { scheduler, updates, join_token, stop, logs }
+        AgentGateway { scheduler, updates, join_token, stop, logs, net: None }
+    }
+
+    /// Answers agents' claims and releases of container addresses from `net`.
+    pub fn with_network(mut self, net: std::sync::Arc<crate::net::Network>) -> AgentGateway {
+        self.net = Some(net);
+        self
     }
 
     /// The tonic service, for `tonic::transport::Server::add_service`.
@@ -116,11 +124,37 @@ impl AgentService for AgentGateway {
         let mut logs = self.logs.connect(&name);
         // The scheduler acknowledges this connection's status updates here once they are written.
         let (acks_tx, mut acks) = mpsc::unbounded_channel();
+        // Answers to this connection's container-network requests, made on tasks of their own.
+        let (net_tx, mut net_answers) = mpsc::unbounded_channel::<tug_net::protocol::NetAnswer>();
+        let (net, scheduler) = (self.net.clone(), self.scheduler.clone());
+        // What the network tells agents unasked: every VXLAN pool's routes now, then changes.
+        let mut pushes = match &net {
+            Some(n) => {
+                let rx = n.subscribe();
+                for r in n.routes().await.unwrap_or_default() {
+                    push(&out_tx, &r).await;
+                }
+                Some(rx)
+            }
+            None => None,
+        };
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     Some(seq) = acks.recv() => {
                         if out_tx.send(msg(server_message::Msg::Ack(tug_proto::Ack { seq }))).await.is_err() {
+                            break;
+                        }
+                    }
+                    p = async { pushes.as_mut()?.recv().await.ok() }, if pushes.is_some() => match p {
+                        Some((to, p)) if to.as_deref().is_none_or(|t| t == name) => push(&out_tx, &p).await,
+                        Some(_) => {}
+                        // Lagged behind or closed: the next change carries the whole pool again.
+                        None => {}
+                    },
+                    Some(a) = net_answers.recv() => {
+                        let Ok(bytes) = serde_json::to_vec(&a) else { continue };
+                        if out_tx.send(msg(server_message::Msg::NetAnswer(bytes))).await.is_err() {
                             break;
                         }
                     }
@@ -142,6 +176,9 @@ impl AgentService for AgentGateway {
                     }
                     m = inbound.message() => match m {
                         Ok(Some(AgentMessage { msg: Some(agent_message::Msg::LogChunk(c)) })) => logs.answer(c),
+                        Ok(Some(AgentMessage { msg: Some(agent_message::Msg::NetRequest(bytes)) })) => {
+                            net_request(&name, &bytes, net.clone(), scheduler.clone(), net_tx.clone());
+                        }
                         Ok(Some(AgentMessage { msg: Some(m) })) => {
                             if !forward(&name, m, &updates, &acks_tx).await {
                                 break;
@@ -159,6 +196,42 @@ impl AgentService for AgentGateway {
         });
         Ok(Response::new(stream))
     }
+}
+
+/// Sends one network push down an agent's stream.
+async fn push(out: &mpsc::Sender<Result<ServerMessage, Status>>, p: &tug_net::protocol::NetPush) {
+    if let Ok(bytes) = serde_json::to_vec(p) {
+        let _ = out.send(msg(server_message::Msg::NetPush(bytes))).await;
+    }
+}
+
+/// Answers a container-network request on a task of its own (a claim waits on the store), the
+/// answer going back on `answers`.
+fn net_request(
+    agent: &str,
+    bytes: &[u8],
+    net: Option<std::sync::Arc<crate::net::Network>>,
+    scheduler: SchedulerHandle,
+    answers: mpsc::UnboundedSender<tug_net::protocol::NetAnswer>,
+) {
+    let req: tug_net::protocol::NetRequest = match serde_json::from_slice(bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(agent, error = %e, "undecodable container-network request dropped");
+            return;
+        }
+    };
+    let agent = agent.to_owned();
+    tokio::spawn(async move {
+        let answer = match net {
+            Some(net) => crate::net::answer(&net, &scheduler, &agent, req).await,
+            None => tug_net::protocol::NetAnswer {
+                id: req.id,
+                result: Err("this server has no container network; start it with `tug server`".into()),
+            },
+        };
+        let _ = answers.send(answer);
+    });
 }
 
 /// Passes one agent message to the scheduler (a status update with where to acknowledge it);
@@ -190,7 +263,7 @@ async fn forward(
             true
         }
         // Answered where the request was made (the session loop).
-        agent_message::Msg::LogChunk(_) => true,
+        agent_message::Msg::LogChunk(_) | agent_message::Msg::NetRequest(_) => true,
     }
 }
 

@@ -1,5 +1,5 @@
-//! `tug up`: the scheduler, its API, the embedded SQLite store and one local agent in a single
-//! process. Shutdown stops firing and API writes at once, lets the agent stop its runs (SIGTERM,
+//! `tug up`: the scheduler, its API, the embedded SQLite store and (unless turned off) one local
+//! agent in a single process. Shutdown stops firing and API writes at once, lets the agent stop its runs (SIGTERM,
 //! grace, SIGKILL) and record how they ended, then gives the webhooks of those last events a
 //! short grace to go out, then returns.
 
@@ -24,7 +24,8 @@ use crate::logs::RunLogs;
 use crate::metrics::{Metrics, PerJobMetrics};
 use crate::notify::{self, DeliveryConfig, Notifier};
 use crate::scheduler::events::EventSink;
-use crate::scheduler::{self, AgentLink, FromAgent, Hooks, SchedulerConfig, SchedulerHandle};
+use crate::scheduler::agents::Registration;
+use crate::scheduler::{self, FromAgent, Hooks, SchedulerConfig, SchedulerHandle};
 
 /// Settings of an embedded server.
 #[derive(Debug, Clone)]
@@ -39,6 +40,9 @@ pub struct EmbeddedConfig {
     pub grace: Duration,
     /// The local agent's name.
     pub agent_name: String,
+    /// Run a local agent in this process (`tug up`); without one (`tug server`) runs go to
+    /// agents that join over the stream.
+    pub local_agent: bool,
     /// Server-wide webhooks, called for every job's runs (each job may add its own).
     pub webhooks: Vec<Webhook>,
     /// Timeouts, retries and bounds of webhook deliveries.
@@ -53,6 +57,8 @@ pub struct EmbeddedConfig {
     pub agent_timeout: Duration,
     /// Checkpointing for the local agent, so its runs outlive a restart of this process.
     pub agent_durability: Option<tug_agent::Durability>,
+    /// Events the stream keeps for clients that resume (`Last-Event-ID`).
+    pub event_buffer: usize,
     /// Tokens, browser guards, limits and audit retention of the API.
     pub auth: crate::auth::AuthConfig,
 }
@@ -66,12 +72,14 @@ impl EmbeddedConfig {
             log_limit: 1 << 20,
             grace: Duration::from_secs(10),
             agent_name: "local".into(),
+            local_agent: true,
             webhooks: Vec::new(),
             webhook_delivery: DeliveryConfig::default(),
             per_job_metrics: false,
             per_job_metrics_limit: 1000,
             agent_timeout: Duration::from_secs(10),
             agent_durability: None,
+            event_buffer: crate::stream::DEFAULT_CAPACITY,
             auth: crate::auth::AuthConfig::default(),
         }
     }
@@ -81,6 +89,8 @@ impl EmbeddedConfig {
 pub struct Embedded {
     /// Talk to the scheduler directly (benchmarks, tests).
     pub scheduler: SchedulerHandle,
+    /// The event stream (benchmarks, tests).
+    pub events: crate::stream::EventBus,
     /// The store.
     pub store: Arc<dyn Store>,
     /// The metric families.
@@ -90,6 +100,8 @@ pub struct Embedded {
     /// Every run's log: the local agent's in the data dir, remote agents' through their streams
     /// (give it to the agent gateway).
     pub logs: RunLogs,
+    /// Address pools and claims (the API's and the agent gateway's).
+    pub net: Arc<crate::net::Network>,
     /// Where agents in this process report (another in-process agent can be added with it).
     updates: mpsc::Sender<FromAgent>,
     stop: watch::Sender<bool>,
@@ -131,27 +143,13 @@ impl Embedded {
     ) -> anyhow::Result<Embedded> {
         let files = LogFiles::new(config.data_dir.join("logs"));
         let logs = RunLogs::default();
-        logs.share_dir(&config.agent_name, files.clone());
         let (stop, stop_rx) = watch::channel(false);
-        let (agent_tx, agent_rx) = mpsc::channel(65_536);
         let (updates_tx, updates_rx) = mpsc::channel(65_536);
-        let (reports_tx, reports_rx) = mpsc::channel(65_536);
-        let agent_cfg = AgentConfig {
-            name: config.agent_name.clone(),
-            log_limit: config.log_limit,
-            grace: config.grace,
-            durable: config.agent_durability.clone(),
-            ..AgentConfig::default()
-        };
-        let agent = Agent::with_acks(agent_cfg, runtime, files, reports_tx);
-        let serving = serve_in_process(agent, agent_rx, reports_rx, updates_tx.clone(), stopped(stop_rx.clone()));
-        let mut tasks = vec![tokio::spawn(serving)];
         let sched_cfg = SchedulerConfig {
             keep_runs: config.keep_runs,
             agent_timeout: config.agent_timeout,
             ..SchedulerConfig::default()
         };
-        let link = AgentLink { name: config.agent_name.clone(), tx: agent_tx };
         let per_job = config.per_job_metrics.then(|| PerJobMetrics::new(config.per_job_metrics_limit));
         let metrics = Arc::new(Metrics::with_per_job(per_job.as_ref()));
         let mut events = EventSink::new(metrics.clone());
@@ -167,20 +165,44 @@ impl Embedded {
         let (notify_stop, notify_stop_rx) = watch::channel(false);
         let notifier = tokio::spawn(notifier.run(events.subscribe(notify::QUEUE_CAPACITY), stopped(notify_stop_rx)));
         let per_job = per_job.map(|p| tokio::spawn(p.run(events.subscribe(notify::QUEUE_CAPACITY))));
-        let hooks = Hooks { metrics: metrics.clone(), events };
+        let bus = crate::stream::EventBus::new(clock.clone(), config.event_buffer);
+        let hooks = Hooks { metrics: metrics.clone(), events, bus: Some(bus.clone()) };
         let (handle, sched_task) = scheduler::start(
             store.clone(),
             clock.clone(),
             logs.clone(),
             sched_cfg,
-            link,
             hooks,
             updates_rx,
             stopped(stop_rx.clone()),
         )
         .await
         .context("starting the scheduler")?;
-        tasks.push(sched_task);
+        let mut tasks = vec![sched_task];
+        if config.local_agent {
+            logs.share_dir(&config.agent_name, files.clone());
+            let (agent_tx, agent_rx) = mpsc::channel(65_536);
+            let (reports_tx, reports_rx) = mpsc::channel(65_536);
+            let agent_cfg = AgentConfig {
+                name: config.agent_name.clone(),
+                log_limit: config.log_limit,
+                grace: config.grace,
+                durable: config.agent_durability.clone(),
+                ..AgentConfig::default()
+            };
+            let agent = Agent::with_acks(agent_cfg, runtime, files, reports_tx);
+            // Registered before it reports what it holds, as a remote agent is.
+            let reg = Registration {
+                name: config.agent_name.clone(),
+                tx: agent_tx,
+                resources: tug_agent::capacity::host_capacity(),
+                attributes: Default::default(),
+            };
+            handle.register_agent(reg).await.context("registering the local agent")?;
+            let serving = serve_in_process(agent, agent_rx, reports_rx, updates_tx.clone(), stopped(stop_rx.clone()));
+            tasks.push(tokio::spawn(serving));
+        }
+        let net = Arc::new(crate::net::Network::new(store.clone(), clock.clone()));
         let auth = crate::auth::Auth::load(config.auth.clone(), store.clone(), clock.clone())
             .await
             .context("loading API tokens")?;
@@ -190,9 +212,10 @@ impl Embedded {
                 store: store.clone(),
                 scheduler: handle.clone(),
                 logs: logs.clone(),
-                net: Arc::new(crate::net::Network::new(store.clone(), clock.clone())),
+                net: net.clone(),
                 clock,
                 metrics: metrics.clone(),
+                events: bus.clone(),
                 auth: auth.clone(),
             };
             let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -204,7 +227,9 @@ impl Embedded {
             }));
         }
         Ok(Embedded {
+            events: bus,
             scheduler: handle,
+            net,
             store,
             metrics,
             auth,
@@ -236,6 +261,8 @@ impl Embedded {
         // The scheduler stops once every agent's sender is gone; ours goes first.
         drop(self.updates);
         let _ = self.stop.send(true);
+        // Open event streams end, so the API's graceful shutdown does not wait on them.
+        self.events.close();
         for t in self.tasks {
             let _ = t.await;
         }

@@ -11,7 +11,9 @@
 //! - [`agent_service`]: the gRPC endpoint remote agents (`tug agent run`) connect to.
 //! - [`logs`]: every run's log, read and removed through one interface wherever its agent keeps it.
 //! - [`net`]: the container network's control plane: address pools and claims.
-//! - [`metrics`]: the Prometheus families; [`notify`]: webhooks for run events.
+//! - [`metrics`]: the Prometheus families; [`prom`]: reading a metrics page back; [`notify`]:
+//!   webhooks for run events.
+//! - [`stream`]: the event stream (`/api/v1/events`): every job, run and agent change, resumable.
 
 pub mod agent_service;
 pub mod api;
@@ -24,6 +26,8 @@ pub mod error;
 pub mod metrics;
 pub mod net;
 pub mod notify;
+pub mod prom;
 pub mod scheduler;
+pub mod stream;
 
 pub use error::{Error, Result};

@@ -2,11 +2,12 @@
 //! wait and say why, and a silent agent's runs are lost and retried on another agent. Paused
 //! tokio time and the in-memory store, so the agent timeout costs no real time.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::Timestamp;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tug_agent::runtime::{Outcome, RunContext, Runtime};
@@ -14,8 +15,7 @@ use tug_agent::{Agent, AgentConfig};
 use tug_core::placement::Capacity;
 use tug_core::run::{Run, RunState};
 use tug_core::JobSpec;
-use tug_server::clock::TokioClock;
-use tug_server::embedded::{Embedded, EmbeddedConfig, serve_in_process};
+use tug_server::embedded::{Embedded, serve_in_process};
 use tug_server::scheduler::FromAgent;
 use tug_server::scheduler::agents::Registration;
 use tug_store::mem::MemStore;
@@ -55,12 +55,8 @@ impl Cluster {
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
-        let clock = TokioClock::starting_at("2026-06-01T00:00:00Z".parse::<Timestamp>().unwrap());
-        let server = Embedded::start_with_store(EmbeddedConfig::new(dir.path()), store, Arc::new(Sleeper), Arc::new(clock), None)
-            .await
-            .unwrap();
-        // Keep the in-process agent out of the way: these tests place on the agents they add.
-        server.scheduler.drain("local", true).await.unwrap();
+        // The in-process agent stays out of the way: these tests place on the agents they add.
+        let server = common::paused_server_for_agents(store, dir.path(), common::clock_at(common::START)).await;
         let updates = server.updates_sender();
         let logs = LogFiles::new(dir.path().join("logs"));
         Cluster { server, updates, agents: BTreeMap::new(), logs, _dir: dir }
@@ -176,11 +172,8 @@ impl Runtime for Prewarms {
 async fn docker_jobs_with_sparse_fires_are_prewarmed_before_each_fire() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = Arc::new(Prewarms { start: tokio::time::Instant::now(), seen: Default::default() });
-    let clock = TokioClock::starting_at("2026-06-01T00:00:00Z".parse::<Timestamp>().unwrap());
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let server = Embedded::start_with_store(EmbeddedConfig::new(dir.path()), store, runtime.clone(), Arc::new(clock), None)
-        .await
-        .unwrap();
+    let server = common::paused_server(store, dir.path(), runtime.clone(), common::clock_at(common::START)).await;
     let docker = |name: &str, schedule: &str| {
         json!({"name": name, "schedule": schedule, "command": "true", "runtime": "docker",
                "docker": {"image": "busybox", "prewarm": "45s"}})
@@ -215,11 +208,8 @@ impl Runtime for Silent {
 #[tokio::test(start_paused = true)]
 async fn a_launch_with_no_word_back_is_lost_after_the_launch_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = TokioClock::starting_at("2026-06-01T00:00:00Z".parse::<Timestamp>().unwrap());
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let server = Embedded::start_with_store(EmbeddedConfig::new(dir.path()), store, Arc::new(Silent), Arc::new(clock), None)
-        .await
-        .unwrap();
+    let server = common::paused_server(store, dir.path(), Arc::new(Silent), common::clock_at(common::START)).await;
     let spec = JobSpec::from_json(&json!({"name": "quiet", "schedule": "@yearly", "command": "true"}).to_string()).unwrap();
     server.scheduler.create_job(spec).await.unwrap();
     let run = server.scheduler.run_now("quiet").await.unwrap();

@@ -232,6 +232,7 @@ async fn a_scoped_token_sees_and_changes_only_its_jobs() {
         (Method::POST, "/api/v1/agents/local/drain"),
         (Method::GET, "/api/v1/tokens"),
         (Method::GET, "/scheduler/jobs"),
+        (Method::GET, "/api/v1/events"),
     ] {
         let (st, v) = call(&s, Some(&data), method, path, None).await;
         assert_eq!(st, 403, "{path}: {v}");

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,125 +9,21 @@ use common::{TestServer, count, manual_job, state};
 use serde_json::json;
 use tug_agent::runtime::process::ProcessRuntime;
 use tug_server::embedded::{Embedded, EmbeddedConfig};
+use tug_server::prom::Exposition;
 
-/// One sample: a metric name, its labels and value.
-#[derive(Debug, Clone, PartialEq)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// A parsed exposition: samples, plus the `# TYPE` of each family.
-#[derive(Debug, Default)]
-struct Exposition {
-    samples: Vec<Sample>,
-    types: BTreeMap<String, String>,
-}
-
-impl Exposition {
-    /// Parses the Prometheus / OpenMetrics text format, strictly enough to catch a broken
-    /// exposition: every line is a comment or `name{labels} value`, the text ends with `# EOF`.
-    fn parse(text: &str) -> Exposition {
-        let mut out = Exposition::default();
-        assert!(text.trim_end().ends_with("# EOF"), "no # EOF terminator:\n{text}");
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, ty) = rest.split_once(' ').unwrap_or_else(|| panic!("bad TYPE line {line:?}"));
-                out.types.insert(name.to_owned(), ty.to_owned());
-                continue;
-            }
-            if line.starts_with('#') {
-                continue;
-            }
-            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value in {line:?}"));
-            let value: f64 = match value {
-                "+Inf" => f64::INFINITY,
-                v => v.parse().unwrap_or_else(|e| panic!("bad value in {line:?}: {e}")),
-            };
-            let (name, labels) = match series.split_once('{') {
-                None => (series.to_owned(), BTreeMap::new()),
-                Some((name, rest)) => {
-                    let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
-                    (name.to_owned(), parse_labels(body, line))
-                }
-            };
-            assert!(
-                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-                "bad metric name in {line:?}"
-            );
-            out.samples.push(Sample { name, labels, value });
-        }
-        out
-    }
-
-    /// The value of the one sample named `name` whose labels include `labels`; panics when there
-    /// is none or several.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let found: Vec<_> = self.find(name, labels).collect();
-        assert_eq!(found.len(), 1, "{name}{labels:?}: expected one sample, found {found:?}");
-        found[0].value
-    }
-
-    /// Like [`value`](Self::value), but 0 when absent (a counter not yet created).
-    fn value_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.find(name, labels).map(|s| s.value).sum()
-    }
-
-    fn find<'a>(&'a self, name: &'a str, labels: &'a [(&str, &str)]) -> impl Iterator<Item = &'a Sample> {
-        self.samples
-            .iter()
-            .filter(move |s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
-    }
-}
-
-/// `a="x",b="y"` with `\"`, `\\` and `\n` escapes.
-fn parse_labels(body: &str, line: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut chars = body.chars().peekable();
-    loop {
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if key.is_empty() {
-            break;
-        }
-        assert_eq!(chars.next(), Some('"'), "label {key} not quoted in {line:?}");
-        let mut value = String::new();
-        loop {
-            match chars.next() {
-                Some('\\') => match chars.next() {
-                    Some('n') => value.push('\n'),
-                    Some(c) => value.push(c),
-                    None => panic!("dangling escape in {line:?}"),
-                },
-                Some('"') => break,
-                Some(c) => value.push(c),
-                None => panic!("unterminated label value in {line:?}"),
-            }
-        }
-        labels.insert(key.trim_start_matches(',').to_owned(), value);
-        if chars.peek() == Some(&',') {
-            chars.next();
-        }
-    }
-    labels
+/// The one sample named `name` whose labels include `labels`; panics when there is none or
+/// several.
+fn value(m: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<_> = m.find(name, labels).collect();
+    assert_eq!(found.len(), 1, "{name}{labels:?}: expected one sample, found {found:?}");
+    found[0].value
 }
 
 async fn scrape(s: &TestServer) -> Exposition {
     let root = s.base.trim_end_matches("/api/v1");
     let resp = s.http.get(format!("{root}/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    Exposition::parse(&resp.text().await.unwrap())
-}
-
-#[test]
-fn the_parser_reads_labels_escapes_and_special_values() {
-    let e = Exposition::parse(
-        "# HELP x_total X.\n# TYPE x counter\nx_total{a=\"1\",b=\"q\\\"uo\\\\te\"} 3\nh_bucket{le=\"+Inf\"} 2\nup 1\n# EOF\n",
-    );
-    assert_eq!(e.types["x"], "counter");
-    assert_eq!(e.value("x_total", &[("b", "q\"uo\\te")]), 3.0);
-    assert_eq!(e.value("h_bucket", &[("le", "+Inf")]), 2.0);
-    assert_eq!(e.value("up", &[]), 1.0);
+    Exposition::parse(&resp.text().await.unwrap(), true).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,11 +32,11 @@ async fn metrics_match_known_runs() {
     let mut s = TestServer::start(dir.path()).await;
 
     let before = scrape(&s).await;
-    assert_eq!(before.value("tug_fires_total", &[]), 0.0);
-    assert_eq!(before.value("tug_agents", &[("state", "up")]), 1.0);
-    assert_eq!(before.value("tug_warm_containers", &[]), 0.0);
+    assert_eq!(value(&before, "tug_fires_total", &[]), 0.0);
+    assert_eq!(value(&before, "tug_agents", &[("state", "up")]), 1.0);
+    assert_eq!(value(&before, "tug_warm_containers", &[]), 0.0);
     for result in ["ok", "failed", "dropped"] {
-        assert_eq!(before.value("tug_webhook_deliveries_total", &[("result", result)]), 0.0);
+        assert_eq!(value(&before, "tug_webhook_deliveries_total", &[("result", result)]), 0.0);
     }
     assert!(!before.samples.iter().any(|s| s.name.starts_with("tug_job_")), "per-job metrics are opt-in");
 
@@ -163,17 +58,17 @@ async fn metrics_match_known_runs() {
 
     let m = scrape(&s).await;
     let tick_ok = count(&ticks, "succeeded") as f64;
-    assert_eq!(m.value("tug_fires_total", &[]), ticks.len() as f64, "one fire per scheduled run");
-    assert_eq!(m.value("tug_runs_finished_total", &[("state", "succeeded")]), 3.0 + tick_ok);
-    assert_eq!(m.value("tug_runs_finished_total", &[("state", "failed")]), 2.0);
-    assert_eq!(m.value("tug_run_duration_seconds_count", &[]), 5.0 + ticks.len() as f64);
-    assert_eq!(m.value("tug_runs_in_flight", &[]), 0.0);
-    assert_eq!(m.value("tug_jobs", &[]), 3.0);
-    assert_eq!(m.value_or_zero("tug_misfires_total", &[]), 0.0);
+    assert_eq!(value(&m, "tug_fires_total", &[]), ticks.len() as f64, "one fire per scheduled run");
+    assert_eq!(value(&m, "tug_runs_finished_total", &[("state", "succeeded")]), 3.0 + tick_ok);
+    assert_eq!(value(&m, "tug_runs_finished_total", &[("state", "failed")]), 2.0);
+    assert_eq!(value(&m, "tug_run_duration_seconds_count", &[]), 5.0 + ticks.len() as f64);
+    assert_eq!(value(&m, "tug_runs_in_flight", &[]), 0.0);
+    assert_eq!(value(&m, "tug_jobs", &[]), 3.0);
+    assert_eq!(m.sum("tug_misfires_total", &[]), 0.0);
     // Every dispatched scheduled fire was measured; the histogram is cumulative and consistent.
-    let late_count = m.value("tug_fire_lateness_seconds_count", &[]);
+    let late_count = value(&m, "tug_fire_lateness_seconds_count", &[]);
     assert_eq!(late_count, ticks.len() as f64);
-    assert_eq!(m.value("tug_fire_lateness_seconds_bucket", &[("le", "+Inf")]), late_count);
+    assert_eq!(value(&m, "tug_fire_lateness_seconds_bucket", &[("le", "+Inf")]), late_count);
     let buckets: Vec<f64> = m.find("tug_fire_lateness_seconds_bucket", &[]).map(|s| s.value).collect();
     assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "buckets not cumulative: {buckets:?}");
     assert_eq!(m.types["tug_fire_lateness_seconds"], "histogram");
@@ -181,12 +76,12 @@ async fn metrics_match_known_runs() {
 
     // API latency: by route pattern, not path, with method and status class.
     let api = "tug_api_request_duration_seconds_count";
-    assert_eq!(m.value(api, &[("route", "/api/v1/jobs"), ("method", "POST"), ("status", "2xx")]), 3.0);
-    assert_eq!(m.value(api, &[("route", "/api/v1/jobs/{name}/run"), ("method", "POST"), ("status", "2xx")]), 5.0);
-    assert_eq!(m.value(api, &[("route", "/api/v1/jobs/{name}"), ("method", "GET"), ("status", "4xx")]), 1.0);
-    assert_eq!(m.value(api, &[("route", "unmatched"), ("method", "GET"), ("status", "4xx")]), 1.0);
-    assert!(m.value(api, &[("route", "/metrics"), ("method", "GET"), ("status", "2xx")]) >= 1.0);
-    assert!(m.value(api, &[("route", "/api/v1/jobs/{name}/runs"), ("method", "GET"), ("status", "2xx")]) >= 1.0);
+    assert_eq!(value(&m, api, &[("route", "/api/v1/jobs"), ("method", "POST"), ("status", "2xx")]), 3.0);
+    assert_eq!(value(&m, api, &[("route", "/api/v1/jobs/{name}/run"), ("method", "POST"), ("status", "2xx")]), 5.0);
+    assert_eq!(value(&m, api, &[("route", "/api/v1/jobs/{name}"), ("method", "GET"), ("status", "4xx")]), 1.0);
+    assert_eq!(value(&m, api, &[("route", "unmatched"), ("method", "GET"), ("status", "4xx")]), 1.0);
+    assert!(value(&m, api, &[("route", "/metrics"), ("method", "GET"), ("status", "2xx")]) >= 1.0);
+    assert!(value(&m, api, &[("route", "/api/v1/jobs/{name}/runs"), ("method", "GET"), ("status", "2xx")]) >= 1.0);
     assert!(
         !m.samples.iter().any(|s| s.labels.get("route").is_some_and(|r| r.contains("good") || r.contains("nope"))),
         "a job name leaked into a route label"
@@ -245,15 +140,15 @@ async fn per_job_metrics_are_opt_in_and_capped() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let m = loop {
         let m = scrape(&s).await;
-        if m.value_or_zero("tug_job_runs_finished_total", &[("job", "_other")]) >= 2.0 || tokio::time::Instant::now() > deadline {
+        if m.sum("tug_job_runs_finished_total", &[("job", "_other")]) >= 2.0 || tokio::time::Instant::now() > deadline {
             break m;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let name = "tug_job_runs_finished_total";
-    assert_eq!(m.value(name, &[("job", "a"), ("state", "succeeded")]), 1.0);
-    assert_eq!(m.value(name, &[("job", "b"), ("state", "failed")]), 1.0);
-    assert_eq!(m.value(name, &[("job", "_other"), ("state", "succeeded")]), 2.0);
+    assert_eq!(value(&m, name, &[("job", "a"), ("state", "succeeded")]), 1.0);
+    assert_eq!(value(&m, name, &[("job", "b"), ("state", "failed")]), 1.0);
+    assert_eq!(value(&m, name, &[("job", "_other"), ("state", "succeeded")]), 2.0);
     assert_eq!(m.find(name, &[("job", "c")]).count(), 0);
     s.stop().await;
 }

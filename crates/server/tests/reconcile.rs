@@ -6,6 +6,8 @@
 //! The agents here are driven by hand (the test sends their heartbeats, reports and `Held`), so
 //! each message the server sends back can be checked. Paused tokio time and the in-memory store.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,22 +18,15 @@ use tug_core::placement::Capacity;
 use tug_core::protocol::{HeldRun, KillReason, Launch, StatusUpdate, ToAgent, ToServer};
 use tug_core::run::{Run, RunId, RunState};
 use tug_core::JobSpec;
-use tug_server::clock::TokioClock;
-use tug_server::embedded::{Embedded, EmbeddedConfig};
+use tug_server::embedded::Embedded;
 use tug_server::scheduler::agents::Registration;
 use tug_server::scheduler::FromAgent;
 use tug_store::mem::MemStore;
 use tug_store::{RunQuery, Store};
 
-const START: &str = "2026-06-01T00:00:00Z";
-
+/// A server whose runs go to the hand-driven agents.
 async fn server(store: Arc<dyn Store>, dir: &std::path::Path) -> Embedded {
-    let clock = TokioClock::starting_at(START.parse::<Timestamp>().unwrap());
-    let noop = Arc::new(tug_agent::runtime::noop::NoopRuntime);
-    let server = Embedded::start_with_store(EmbeddedConfig::new(dir), store, noop, Arc::new(clock), None).await.unwrap();
-    // The in-process agent stays out of the way: runs go to the hand-driven agents.
-    server.scheduler.drain("local", true).await.unwrap();
-    server
+    common::paused_server_for_agents(store, dir, common::clock_at(common::START)).await
 }
 
 /// An agent driven by the test.

@@ -6,6 +6,8 @@
 //! reports when the test says so, resends what the server has not acknowledged when it
 //! reconnects, and says what it holds. Paused tokio time and the in-memory store.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use tug_core::placement::Capacity;
 use tug_core::protocol::{HeldRun, StatusUpdate, ToAgent, ToServer};
 use tug_core::run::{RunId, RunState};
 use tug_server::clock::{Clock, TokioClock};
-use tug_server::embedded::{Embedded, EmbeddedConfig};
+use tug_server::embedded::Embedded;
 use tug_server::scheduler::FromAgent;
 use tug_server::scheduler::agents::Registration;
 use tug_store::Store;
@@ -95,7 +97,7 @@ impl World {
     async fn start() -> World {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
-        let clock = Arc::new(TokioClock::starting_at("2026-06-01T00:00:00Z".parse::<Timestamp>().unwrap()));
+        let clock = Arc::new(TokioClock::starting_at(common::START.parse::<Timestamp>().unwrap()));
         let agents = AGENTS
             .iter()
             .map(|&(name, cpus)| Model {
@@ -135,12 +137,8 @@ impl World {
     async fn boot(&mut self) {
         // The new server's clock goes on from the old one's.
         self.clock = Arc::new(TokioClock::starting_at(self.clock.now()));
-        let noop = Arc::new(tug_agent::runtime::noop::NoopRuntime);
-        let config = EmbeddedConfig::new(self._dir.path());
-        let server =
-            Embedded::start_with_store(config, self.store.clone(), noop, self.clock.clone(), None).await.unwrap();
         // The in-process agent stays out of the way: runs go to the modelled agents.
-        server.scheduler.drain("local", true).await.unwrap();
+        let server = common::paused_server_for_agents(self.store.clone(), self._dir.path(), self.clock.clone()).await;
         self.server = Some(server);
     }
 

@@ -51,7 +51,43 @@ impl Client {
         if let Some((content_type, body)) = body {
             req = req.header(reqwest::header::CONTENT_TYPE, content_type).body(body);
         }
-        let resp = req.send().await.map_err(|e| {
+        self.checked(req.send().await).await
+    }
+
+    /// Refuses a server address that is not an http(s) URL, saying what one looks like.
+    fn check_base(&self) -> anyhow::Result<()> {
+        match reqwest::Url::parse(&self.base) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+            _ if !self.base.contains("://") => Err(anyhow!(
+                "invalid server URL {:?}: it needs a scheme, e.g. --server http://{} (or TUG_SERVER)",
+                self.base,
+                self.base
+            )),
+            _ => Err(anyhow!(
+                "invalid server URL {:?}: give it as http://HOST:PORT, e.g. --server http://127.0.0.1:4400 (or TUG_SERVER)",
+                self.base
+            )),
+        }
+    }
+
+    /// A GET whose body is read as a stream (no overall timeout), with `Last-Event-ID` when
+    /// resuming an event stream.
+    pub async fn stream_get(&self, path: &str, last_event_id: Option<&str>) -> anyhow::Result<reqwest::Response> {
+        self.check_base()?;
+        let mut req = self.http.get(self.url(path));
+        if let Some(token) = TOKEN.get() {
+            req = req.bearer_auth(token);
+        }
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        self.checked(req.send().await).await
+    }
+
+    /// The response if it is a success; otherwise the server's error message, or what to do
+    /// when the server could not be reached.
+    async fn checked(&self, sent: reqwest::Result<reqwest::Response>) -> anyhow::Result<reqwest::Response> {
+        let resp = sent.map_err(|e| {
             anyhow!(
                 "cannot reach the Tugboat server at {}: {e}\nstart one with `tug up`, or point --server / TUG_SERVER at it",
                 self.base
@@ -70,22 +106,6 @@ impl Client {
             return Err(anyhow!("{msg} (HTTP 401)\nset TUG_TOKEN or pass --token"));
         }
         Err(anyhow!("{msg} (HTTP {})", status.as_u16()))
-    }
-
-    /// Refuses a server address that is not an http(s) URL, saying what one looks like.
-    fn check_base(&self) -> anyhow::Result<()> {
-        match reqwest::Url::parse(&self.base) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-            _ if !self.base.contains("://") => Err(anyhow!(
-                "invalid server URL {:?}: it needs a scheme, e.g. --server http://{} (or TUG_SERVER)",
-                self.base,
-                self.base
-            )),
-            _ => Err(anyhow!(
-                "invalid server URL {:?}: give it as http://HOST:PORT, e.g. --server http://127.0.0.1:4400 (or TUG_SERVER)",
-                self.base
-            )),
-        }
     }
 
     /// GET.

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod cmd;
+mod events;
 mod table;
 
 const DEFAULT_SERVER: &str = "http://127.0.0.1:4400";
@@ -102,6 +103,8 @@ enum Command {
     Run(RunCli),
     /// Print a run's output; -f follows it until the run ends.
     Logs(cmd::logs::LogsArgs),
+    /// Follow what happens to jobs, runs and agents, live.
+    Events(cmd::events::EventsArgs),
     /// Run an agent (`tug agent run`), or list, inspect and drain agents.
     #[command(subcommand)]
     Agent(AgentCli),
@@ -161,6 +164,7 @@ fn main() -> std::process::ExitCode {
             Command::Runs(a) => cmd::runs::list(&server, a).await,
             Command::Run(c) => cmd::runs::run(&server, c.cmd).await,
             Command::Logs(a) => cmd::logs::run(&server, a).await,
+            Command::Events(a) => cmd::events::run(&server, a).await,
             Command::Server(a) => cmd::server::run(a).await,
             Command::Agent(AgentCli::Run(a)) => cmd::agent_run::run(a).await,
             Command::Agent(AgentCli::Manage(c)) => cmd::agent::run(&server, c).await,

@@ -445,3 +445,39 @@ fn network_pools_through_the_cli() {
     assert!(err.contains("network pool \"green\" not found") && err.contains("404"), "{err}");
     assert!(up.terminate().success());
 }
+
+#[test]
+fn events_and_runs_watch_follow_the_server_live() {
+    use std::io::BufRead;
+    let up = Up::start();
+    let s = up.server.clone();
+    ok(&s, &["job", "add", "live", "--schedule", "@yearly", "--", "echo live"]);
+    let events = Command::new(TUG)
+        .args(["events", "--job", "live", "--kind", "run", "--json", "--count", "4", "--since", "0", "--server", &s])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watch = Command::new(TUG).args(["runs", "live", "--watch", "--server", &s]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let watched = std::io::BufReader::new(watch.stdout.take().unwrap());
+    // Both are connected once the watcher has drawn its first table.
+    let mut lines = watched.lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("runs of live, live (Ctrl-C to stop)"), "{first}");
+    assert_eq!(lines.next().unwrap().unwrap(), "no runs yet");
+    ok(&s, &["job", "run", "live"]);
+    let out = events.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let kinds: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["run.fired", "run.placed", "run.started", "run.finished"]);
+    // The watcher redraws without being asked: the run shows up succeeded.
+    let redrawn = lines.map(Result::unwrap).find(|l| l.contains("succeeded"));
+    assert!(redrawn.is_some_and(|l| l.contains("manual")));
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    let err = fails(&s, &["events", "--kind", "bogus"]);
+    assert!(err.contains("unknown event kind \"bogus\": use job, run, agent"), "{err}");
+}

@@ -20,6 +20,7 @@ use crate::scheduler::SchedulerHandle;
 mod access;
 mod agents;
 pub mod error;
+mod events;
 mod jobs;
 mod net;
 pub mod openapi;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Address pools and claims.
     pub net: Arc<crate::net::Network>,
+    /// The event stream, for `/api/v1/events`.
+    pub events: crate::stream::EventBus,
     /// Tokens, the gate's settings and the audit log.
     pub auth: Arc<crate::auth::Auth>,
 }
@@ -62,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/kill", post(runs::kill))
         .route("/runs/{id}/log", get(runs::log))
         .route("/schedule/preview", get(schedule::preview))
+        .route("/events", get(events::stream))
         .route("/agents", get(agents::list))
         .route("/agents/{name}", get(agents::show))
         .route("/agents/{name}/drain", post(agents::drain))

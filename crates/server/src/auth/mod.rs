@@ -483,7 +483,8 @@ async fn pass(auth: &Auth, req: Request) -> Result<(Request, Principal, Option<S
             )));
         }
         let job_route = route.starts_with("/api/v1/jobs") || route.starts_with("/api/v1/runs") || route == "/api/v1/schedule/preview";
-        let reads_everything = role == Role::Read && !route.contains("scheduler");
+        // Agents, pools and metrics say nothing of jobs; the Chronos API and the event stream do.
+        let reads_everything = role == Role::Read && !route.contains("scheduler") && !route.starts_with("/api/v1/events");
         if let Some(scope) = principal.scope() {
             if !job_route && !reads_everything {
                 return Err(refuse(ApiError::new(

@@ -8,18 +8,24 @@
 //! | --- | --- |
 //! | nothing for I | choose an address (`tug_net::claim::choose`), record it on A |
 //! | I, held by nobody or by A | record it on A: the same IP and MAC as before |
-//! | I, held by agent B that is live | refuse: stop I on B first (moves are ordered) |
+//! | I, held by agent B that is live | refuse; an agent's claim asks B to stop I first ([`answer`]) |
 //! | I, held by agent B that is lost or gone | take it over: B is fenced |
 
-use std::collections::HashSet;
+mod requests;
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, broadcast};
 use tug_net::claim::choose;
-use tug_net::{Claim, Identity, Mac, PoolError, PoolSpec};
+use tug_net::protocol::{NetPush, Route};
+use tug_net::{Claim, Identity, Mac, PoolError, PoolSpec, Segment};
 use tug_store::{PoolRecord, Store, StoreError};
 
 use crate::clock::SharedClock;
+
+pub use requests::answer;
 
 /// Why a network operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +58,73 @@ pub struct Network {
     store: Arc<dyn Store>,
     clock: SharedClock,
     lock: Mutex<()>,
+    /// Agents' VXLAN tunnel endpoints, as their claims say.
+    vteps: std::sync::Mutex<HashMap<String, Ipv4Addr>>,
+    /// What agents are told unasked: for one agent (`Some`) or all.
+    pushes: broadcast::Sender<(Option<String>, NetPush)>,
 }
 
 impl Network {
     /// The control plane over `store`.
     pub fn new(store: Arc<dyn Store>, clock: SharedClock) -> Network {
-        Network { store, clock, lock: Mutex::new(()) }
+        Network {
+            store,
+            clock,
+            lock: Mutex::new(()),
+            vteps: std::sync::Mutex::new(HashMap::new()),
+            pushes: broadcast::channel(1024).0,
+        }
+    }
+
+    /// What agents are told unasked, from now on: `(Some(agent), push)` is for that agent only.
+    pub fn subscribe(&self) -> broadcast::Receiver<(Option<String>, NetPush)> {
+        self.pushes.subscribe()
+    }
+
+    /// Records agent `agent`'s tunnel endpoint.
+    pub fn set_vtep(&self, agent: &str, vtep: Ipv4Addr) {
+        self.vteps.lock().unwrap_or_else(|p| p.into_inner()).insert(agent.to_owned(), vtep);
+    }
+
+    /// Asks `agent` to stop `instance` (it is starting elsewhere).
+    pub fn evict(&self, agent: &str, instance: &str) {
+        let _ = self.pushes.send((Some(agent.to_owned()), NetPush::Evict { instance: instance.to_owned() }));
+    }
+
+    /// The routes of every VXLAN pool, as [`NetPush::Routes`]: where each placed instance lives.
+    pub async fn routes(&self) -> Result<Vec<NetPush>, NetError> {
+        let mut out = Vec::new();
+        for p in self.store.list_pools().await? {
+            if let Some(r) = self.routes_of(&p.spec).await? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn routes_of(&self, spec: &PoolSpec) -> Result<Option<NetPush>, NetError> {
+        let Segment::Vxlan(vni) = spec.segment else { return Ok(None) };
+        let claims = self.store.list_claims(Some(&spec.name)).await?;
+        let vteps = self.vteps.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let routes = claims
+            .iter()
+            .filter_map(|c| Some(Route { ip: c.ip, mac: c.mac, vtep: *vteps.get(c.agent.as_deref()?)? }))
+            .collect();
+        Ok(Some(NetPush::Routes { pool: spec.name.clone(), vni, routes }))
+    }
+
+    /// Tells every agent a VXLAN pool's routes after a change.
+    async fn announce(&self, pool: &str) {
+        match self.store.get_pool(pool).await {
+            Ok(p) => match self.routes_of(&p.spec).await {
+                Ok(Some(r)) => {
+                    let _ = self.pushes.send((None, r));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(pool, "cannot compute the pool's routes: {e}"),
+            },
+            Err(e) => tracing::warn!(pool, "cannot read the pool to announce its routes: {e}"),
+        }
     }
 
     /// Creates a pool after checking it on its own and against every other pool.
@@ -110,6 +177,8 @@ impl Network {
             }
         };
         self.store.put_claim(&claim).await?;
+        drop(_held);
+        self.announce(pool).await;
         Ok((spec, claim))
     }
 
@@ -122,6 +191,8 @@ impl Network {
         let claims = self.store.list_claims(Some(pool)).await?;
         if let Some(c) = claims.into_iter().find(|c| c.name == name && c.agent.as_deref() == Some(agent)) {
             self.store.put_claim(&Claim { agent: None, ..c }).await?;
+            drop(_held);
+            self.announce(pool).await;
         }
         Ok(())
     }

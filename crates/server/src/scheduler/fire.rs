@@ -193,6 +193,7 @@ impl Scheduler {
             }
         };
         self.unreserve(&placed, &created);
+        self.announce_created(&created);
         self.stats.fire_commits += 1;
         for id in std::mem::take(&mut decided.kills) {
             self.send_kill(id, KillReason::Replaced).await;

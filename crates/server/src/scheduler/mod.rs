@@ -17,6 +17,7 @@ use crate::clock::{SharedClock, instant_at};
 use crate::logs::RunLogs;
 use crate::metrics::Metrics;
 use events::EventSink;
+use crate::stream::{EventBus, EventKind};
 use crate::error::{Error, Result};
 
 pub mod agents;
@@ -56,15 +57,6 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig { keep_runs: 100, max_update_batch: 1024, agent_timeout: StdDuration::from_secs(10) }
     }
-}
-
-/// The agent inside the server's own process (`tug up`): it offers this machine's capacity.
-#[derive(Debug, Clone)]
-pub struct AgentLink {
-    /// The agent's name, recorded on runs.
-    pub name: String,
-    /// Its command channel.
-    pub tx: mpsc::Sender<ToAgent>,
 }
 
 /// A message from an agent connection to the scheduler. A status update that carries `acks` is
@@ -108,6 +100,8 @@ pub(crate) enum Command {
 pub struct SchedulerHandle {
     tx: mpsc::Sender<Command>,
     epoch: u64,
+    /// Job changes made through the handle are published here.
+    bus: Option<EventBus>,
 }
 
 impl SchedulerHandle {
@@ -123,24 +117,38 @@ impl SchedulerHandle {
         rx.await.map_err(|_| Error::ShuttingDown)
     }
 
+    /// Publishes a job event when the change succeeded.
+    fn announce<T>(&self, r: Result<T>, kind: EventKind, job: &str) -> Result<T> {
+        if let (Ok(_), Some(bus)) = (&r, &self.bus) {
+            bus.publish(kind, Some(job), None, None);
+        }
+        r
+    }
+
     /// Validates and creates a job; durable when it returns.
     pub async fn create_job(&self, spec: JobSpec) -> Result<JobRecord> {
-        self.ask(|tx| Command::CreateJob(spec, tx)).await?
+        let name = spec.name.clone();
+        let r = self.ask(|tx| Command::CreateJob(spec, tx)).await?;
+        self.announce(r, EventKind::JobCreated, &name)
     }
 
     /// Replaces a job's spec (compare-and-set on `expected_version` when given).
     pub async fn update_job(&self, spec: JobSpec, expected_version: Option<u64>) -> Result<JobRecord> {
-        self.ask(|tx| Command::UpdateJob(spec, expected_version, tx)).await?
+        let name = spec.name.clone();
+        let r = self.ask(|tx| Command::UpdateJob(spec, expected_version, tx)).await?;
+        self.announce(r, EventKind::JobChanged, &name)
     }
 
     /// Deletes a job, killing its active runs.
     pub async fn delete_job(&self, name: &str) -> Result<()> {
-        self.ask(|tx| Command::DeleteJob(name.to_string(), tx)).await?
+        let r = self.ask(|tx| Command::DeleteJob(name.to_string(), tx)).await?;
+        self.announce(r, EventKind::JobDeleted, name)
     }
 
     /// Pauses (`true`) or resumes (`false`) a job.
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<JobRecord> {
-        self.ask(|tx| Command::SetPaused(name.to_string(), paused, tx)).await?
+        let r = self.ask(|tx| Command::SetPaused(name.to_string(), paused, tx)).await?;
+        self.announce(r, if paused { EventKind::JobPaused } else { EventKind::JobResumed }, name)
     }
 
     /// Starts a manual run now.
@@ -264,6 +272,8 @@ pub struct Scheduler {
     stats: Stats,
     metrics: Arc<Metrics>,
     events: EventSink,
+    /// The event stream (`/api/v1/events`), when the server serves one.
+    bus: Option<EventBus>,
     /// The leader epoch stamped on launches.
     epoch: u64,
     /// When this scheduler started.
@@ -279,29 +289,46 @@ pub struct Hooks {
     pub metrics: Arc<Metrics>,
     /// Where run events go.
     pub events: EventSink,
+    /// The event stream every job, run and agent change is published on.
+    pub bus: Option<EventBus>,
 }
 
 impl Scheduler {
+    /// Publishes an agent event on the stream.
+    pub(super) fn announce_agent(&self, kind: EventKind, agent: &str) {
+        if let Some(bus) = &self.bus {
+            bus.publish(kind, None, Some(agent), None);
+        }
+    }
+
+    /// Publishes the runs a fire commit created (run events after their first write).
+    pub(super) fn announce_created(&self, created: &[Run]) {
+        let Some(bus) = &self.bus else { return };
+        for run in created {
+            let kind = if run.state == tug_core::run::RunState::Skipped { EventKind::RunMisfired } else { EventKind::RunFired };
+            bus.publish(kind, Some(&run.job), None, Some(run.clone()));
+            if run.state == tug_core::run::RunState::Starting {
+                bus.publish_run(run);
+            }
+        }
+    }
+
     /// Loads jobs and active runs from the store (see `recovery.rs`).
     pub async fn load(
         store: Arc<dyn Store>,
         clock: SharedClock,
         logs: RunLogs,
         config: SchedulerConfig,
-        agent: AgentLink,
         hooks: Hooks,
     ) -> Result<Scheduler> {
         let epoch = store.next_epoch().await?;
-        let (persister, persister_task) = Persister::start(store.clone());
+        if let Some(bus) = &hooks.bus {
+            bus.start_epoch(epoch);
+        }
+        let (persister, persister_task) = Persister::start(store.clone(), hooks.bus.clone());
         let (dispatcher, dispatcher_task) = Dispatcher::start(clock.clone(), hooks.metrics.clone());
-        let mut registry = Agents::default();
-        let local = Registration {
-            name: agent.name,
-            tx: agent.tx,
-            resources: agents::local_capacity(),
-            attributes: Default::default(),
-        };
-        registry.register(local, tokio::time::Instant::now());
+        // No agents yet: each joins with `register_agent`, in this process or over the stream.
+        let registry = Agents::default();
         let mut s = Scheduler {
             store,
             persister,
@@ -324,6 +351,7 @@ impl Scheduler {
             stats: Stats::default(),
             metrics: hooks.metrics,
             events: hooks.events,
+            bus: hooks.bus,
             epoch,
             started: tokio::time::Instant::now(),
             unconfirmed_checked: false,
@@ -424,6 +452,7 @@ impl Scheduler {
                 self.agents.register(reg, tokio::time::Instant::now());
                 self.count_agents();
                 tracing::info!(agent = %name, "agent registered");
+                self.announce_agent(EventKind::AgentJoined, &name);
                 self.place_unplaced().await;
                 let _ = tx.send(());
             }
@@ -439,6 +468,7 @@ impl Scheduler {
                         // Tell the agent too; a lost or awaited one learns nothing, which is fine.
                         let _ = self.agents.links[i].tx.try_send(ToAgent::Drain { draining: drain });
                         self.count_agents();
+                        self.announce_agent(if drain { EventKind::AgentDrained } else { EventKind::AgentUndrained }, &name);
                         if !drain {
                             self.place_unplaced().await;
                         }
@@ -566,21 +596,21 @@ impl Scheduler {
     }
 }
 
-/// Starts the scheduler task. Returns its handle, the sender agents report on, and the task.
-#[allow(clippy::too_many_arguments)] // each is a distinct part the embedding process owns
+/// Starts the scheduler task, with no agents: each joins through
+/// [`SchedulerHandle::register_agent`]. Returns its handle and the task.
 pub async fn start(
     store: Arc<dyn Store>,
     clock: SharedClock,
     logs: RunLogs,
     config: SchedulerConfig,
-    agent: AgentLink,
     hooks: Hooks,
     updates: mpsc::Receiver<FromAgent>,
     stop_firing: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>)> {
-    let sched = Scheduler::load(store, clock, logs, config, agent, hooks).await?;
+    let bus = hooks.bus.clone();
+    let sched = Scheduler::load(store, clock, logs, config, hooks).await?;
     let epoch = sched.epoch;
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(sched.run(rx, updates, stop_firing));
-    Ok((SchedulerHandle { tx, epoch }, task))
+    Ok((SchedulerHandle { tx, epoch, bus }, task))
 }

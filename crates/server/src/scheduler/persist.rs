@@ -9,6 +9,8 @@ use tokio::sync::{mpsc, oneshot};
 use tug_core::run::{Attempt, Run, RunId};
 use tug_store::{Store, StoreError};
 
+use crate::stream::{EventBus, RunAnnouncer};
+
 /// Most queued batches merged into one transaction.
 const MAX_MERGE: usize = 64;
 
@@ -31,10 +33,11 @@ pub(crate) struct Persister {
 }
 
 impl Persister {
-    /// Starts the task; it ends once the handle is dropped and the queue is written.
-    pub(crate) fn start(store: Arc<dyn Store>) -> (Persister, tokio::task::JoinHandle<()>) {
+    /// Starts the task; it ends once the handle is dropped and the queue is written. Each run
+    /// change is published on `bus` once its write is durable.
+    pub(crate) fn start(store: Arc<dyn Store>, bus: Option<EventBus>) -> (Persister, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(1024);
-        (Persister { tx }, tokio::spawn(run(store, rx)))
+        (Persister { tx }, tokio::spawn(run(store, rx, bus)))
     }
 
     /// Queues a write and returns at once; the receiver says when it is durable.
@@ -57,8 +60,9 @@ impl Persister {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Batch>) {
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Batch>, bus: Option<EventBus>) {
     let mut queued = Vec::new();
+    let mut announcer = RunAnnouncer::default();
     while rx.recv_many(&mut queued, 1).await > 0 {
         let mut n = queued[0].runs.len();
         while n < MAX_MERGED_RUNS && queued.len() < MAX_MERGE {
@@ -75,7 +79,12 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Batch>) {
         let mut latest: HashMap<RunId, Run> = HashMap::new();
         let mut attempts = Vec::new();
         let mut waiters = Vec::new();
+        // Every change in order, also those a later change of the same run replaces in the write.
+        let mut changes = Vec::new();
         for b in queued.drain(..) {
+            if bus.is_some() {
+                changes.extend(b.runs.iter().cloned());
+            }
             for r in b.runs {
                 if latest.insert(r.id, r.clone()).is_none() {
                     order.push(r.id);
@@ -88,6 +97,10 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Batch>) {
         let result = store.save_runs(&runs, &attempts).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, runs = runs.len(), "saving run changes failed");
+        } else if let Some(bus) = &bus {
+            for r in &changes {
+                announcer.announce(bus, r);
+            }
         }
         for w in waiters {
             let _ = w.send(result.clone());

@@ -84,6 +84,7 @@ impl Scheduler {
             // Stopped there if the agent comes back: by then they are replaced or given up.
             let given_up: Vec<(RunId, u32)> = ids.iter().filter_map(|id| self.runs.run(*id).map(|r| (*id, r.attempt))).collect();
             self.agents.links[i].given_up.extend(given_up);
+            self.announce_agent(crate::stream::EventKind::AgentLost, &name);
             self.mark_lost(ids, &reason).await;
         }
     }

@@ -1,4 +1,6 @@
-//! A real server for tests: SQLite in a temp dir, the process runtime, the API on 127.0.0.1:0.
+//! What the server's tests share: a real server (SQLite in a temp dir, the process runtime, the
+//! API on 127.0.0.1:0), and servers for paused tokio time (an in-memory store, a clock that
+//! follows tokio's).
 
 #![allow(dead_code, missing_docs)]
 
@@ -7,8 +9,31 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tug_agent::runtime::process::ProcessRuntime;
-use tug_server::clock::SharedClock;
+use tug_agent::runtime::SharedRuntime;
+use tug_server::clock::{SharedClock, TokioClock};
 use tug_server::embedded::{Embedded, EmbeddedConfig};
+use tug_store::Store;
+
+/// Where paused-time tests start their clocks.
+pub const START: &str = "2026-06-01T00:00:00Z";
+
+/// A clock that follows tokio's (paused) time, reading `at` now.
+pub fn clock_at(at: &str) -> SharedClock {
+    Arc::new(TokioClock::starting_at(at.parse().expect("a timestamp")))
+}
+
+/// A server for paused time: on `store` (an in-memory one: SQLite's thread would look idle to
+/// tokio, which would jump the clock), no API, its local agent running on `runtime`.
+pub async fn paused_server(store: Arc<dyn Store>, dir: &std::path::Path, runtime: SharedRuntime, clock: SharedClock) -> Embedded {
+    Embedded::start_with_store(EmbeddedConfig::new(dir), store, runtime, clock, None).await.unwrap()
+}
+
+/// Like [`paused_server`], with its local agent drained: runs go to the agents the test adds.
+pub async fn paused_server_for_agents(store: Arc<dyn Store>, dir: &std::path::Path, clock: SharedClock) -> Embedded {
+    let server = paused_server(store, dir, Arc::new(tug_agent::runtime::noop::NoopRuntime), clock).await;
+    server.scheduler.drain("local", true).await.unwrap();
+    server
+}
 
 pub struct TestServer {
     pub base: String,
@@ -25,13 +50,13 @@ impl TestServer {
         Self::start_with(dir, clock, |_| {}).await
     }
 
-    /// A server whose settings `tune` adjusts first.
-    pub async fn start_with(dir: &std::path::Path, clock: SharedClock, tune: impl FnOnce(&mut EmbeddedConfig)) -> TestServer {
+    /// A server whose settings `tweak` adjusts first.
+    pub async fn start_with(dir: &std::path::Path, clock: SharedClock, tweak: impl FnOnce(&mut EmbeddedConfig)) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = EmbeddedConfig::new(dir);
         config.grace = Duration::from_millis(500);
-        tune(&mut config);
+        tweak(&mut config);
         let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), clock, Some(listener)).await.unwrap();
         TestServer { base: format!("http://{addr}/api/v1"), server: Some(server), http: reqwest::Client::new() }
     }

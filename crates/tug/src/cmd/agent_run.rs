@@ -12,7 +12,9 @@ use anyhow::{Context, bail};
 use tug_agent::remote::{self, RemoteConfig};
 use tug_agent::runtime::noop::NoopRuntime;
 use tug_agent::runtime::{Dispatch, SharedRuntime};
-use tug_agent::runtime::docker::{DockerConfig, LazyDocker};
+use tug_agent::net::NetAgent;
+use tug_agent::runtime::docker::{DockerConfig, LazyDocker, NetSetup};
+use tug_net::plumb::{HostNet, Plumber};
 use tug_agent::runtime::shim::ShimRuntime;
 use tug_agent::{AgentConfig, Durability};
 use tug_core::bytesize::ByteSize;
@@ -57,6 +59,20 @@ pub struct AgentRunArgs {
     /// Log filter (e.g. info, debug, tug_agent=debug).
     #[arg(long, env = "TUG_LOG", default_value = "info")]
     log: String,
+    /// Container network, VXLAN pools: this host's tunnel endpoint (an address on its underlay).
+    #[arg(long, env = "TUG_VTEP", value_name = "ADDRESS")]
+    vtep: Option<std::net::Ipv4Addr>,
+    /// Container network, VXLAN pools: the interface tunnels leave through.
+    #[arg(long, env = "TUG_UNDERLAY", value_name = "INTERFACE")]
+    underlay: Option<String>,
+    /// Container network, VLAN pools: the Open vSwitch bridge whose access ports containers get
+    /// (its uplink a trunk).
+    #[arg(long, env = "TUG_OVS_BRIDGE", value_name = "NAME")]
+    ovs_bridge: Option<String>,
+    /// Container network, VLAN pools: the OVSDB socket, e.g. unix:/run/openvswitch/db.sock
+    /// (default: ovs-vsctl's own).
+    #[arg(long, env = "TUG_OVS_DB", value_name = "SOCKET")]
+    ovs_db: Option<String>,
     /// Run nothing: every launch succeeds at once (for `tug bench agents`).
     #[arg(long, hide = true)]
     noop: bool,
@@ -74,7 +90,7 @@ fn parse_attributes(items: &[String]) -> anyhow::Result<BTreeMap<String, String>
 }
 
 fn parse_resources(items: &[String]) -> anyhow::Result<Capacity> {
-    let mut cap = tug_server::scheduler::agents::local_capacity();
+    let mut cap = tug_agent::capacity::host_capacity();
     for s in items.iter().filter(|s| !s.is_empty()) {
         let Some((k, v)) = s.split_once('=') else {
             bail!("invalid resource {s:?}: expected cpus=N, mem=SIZE or disk=SIZE");
@@ -122,7 +138,32 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     };
     let data_dir = args.data_dir.unwrap_or_else(|| super::default_data_dir().join("agent"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let docker = LazyDocker::new(DockerConfig::new(&name, data_dir.join("docker")));
+    let mut docker_config = DockerConfig::new(&name, data_dir.join("docker"));
+    // The container network, when this host has a segment to join: dresponse answers networked
+    // containers, with addresses claimed over the agent stream.
+    let networked = args.vtep.is_some() || args.ovs_bridge.is_some();
+    let (claims, net_calls) = remote::net_channel(args.vtep);
+    let (push_tx, mut push_rx) = tokio::sync::mpsc::channel(64);
+    let mut dresponse = None;
+    if networked {
+        let host = HostNet { netns: None, vtep: args.vtep, underlay: args.underlay, ovs_bridge: args.ovs_bridge, ovs_db: args.ovs_db };
+        let net = Arc::new(NetAgent::new(Arc::new(claims), Plumber::new(host)));
+        let dir = data_dir.join("net");
+        docker_config.net = Some(NetSetup { agent: net.clone(), dir: dir.clone() });
+        let applier = net.clone();
+        dresponse = Some(tokio::spawn(async move {
+            // What the server pushes (routes, evictions), applied in order.
+            tokio::spawn(async move {
+                while let Some(p) = push_rx.recv().await {
+                    applier.apply(p).await;
+                }
+            });
+            if let Err(e) = tug_agent::net::serve(&dir, net, std::future::pending()).await {
+                tracing::error!(dir = %dir.display(), "dresponse cannot listen: {e}");
+            }
+        }));
+    }
+    let docker = LazyDocker::new(docker_config);
     let (runtime, durable): (SharedRuntime, _) = if args.noop {
         (Arc::new(NoopRuntime), None)
     } else {
@@ -144,8 +185,12 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     );
     let logs = LogFiles::new(data_dir.join("logs"));
     let sweeper = tokio::spawn(sweep_logs(logs.clone(), args.log_retention));
-    let result = remote::run(remote, config, runtime, logs, super::shutdown_signal()).await;
+    let net_calls = networked.then_some((net_calls, push_tx));
+    let result = remote::run_with_net(remote, config, runtime, logs, net_calls, super::shutdown_signal()).await;
     sweeper.abort();
+    if let Some(d) = dresponse {
+        d.abort();
+    }
     result?;
     Ok(())
 }

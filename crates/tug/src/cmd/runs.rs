@@ -8,7 +8,7 @@ use crate::table::{self, Table};
 
 /// Arguments of `tug runs`.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  tug runs backup\n  tug runs backup --state failed --limit 5 --json")]
+#[command(after_help = "Examples:\n  tug runs backup\n  tug runs backup --state failed --limit 5 --json\n  tug runs backup --watch")]
 pub struct RunsArgs {
     /// The job.
     job: String,
@@ -21,6 +21,9 @@ pub struct RunsArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Keep the list current as runs start and end (from the event stream), until Ctrl-C.
+    #[arg(long, short = 'w', conflicts_with = "json")]
+    watch: bool,
     #[command(flatten)]
     conn: crate::Conn,
 }
@@ -53,6 +56,9 @@ pub async fn list(server: &str, a: RunsArgs) -> anyhow::Result<()> {
     if let Some(s) = &a.state {
         q.push_str(&format!("&state={}", enc(s)));
     }
+    if a.watch {
+        return watch(server, &c, &q, &a.job).await;
+    }
     let page = c.get(&q).await?;
     let items = page["items"].as_array().cloned().unwrap_or_default();
     if a.json {
@@ -69,8 +75,50 @@ pub async fn list(server: &str, a: RunsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Redraws the runs whenever one of the job's runs changes; ticks every second while a run
+/// waits for a retry (its countdown) or runs (its duration), every 10 s otherwise.
+async fn watch(server: &str, c: &Client, query: &str, job: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    let mut follower = crate::events::Follower::new(Client::new(server), format!("job={}&kind=run,job.deleted", enc(job)));
+    loop {
+        let page = c.get(query).await?;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        let mut out = String::new();
+        if tty {
+            out.push_str("\x1b[H\x1b[2J");
+        }
+        out.push_str(&format!("runs of {job}, live (Ctrl-C to stop); {}\n", jiff::Timestamp::now().strftime("%H:%M:%S")));
+        if items.is_empty() {
+            out.push_str("no runs yet\n");
+        } else {
+            out.push_str(&runs_table(&items).render());
+        }
+        if !tty {
+            out.push('\n');
+        }
+        print!("{out}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        let busy = items.iter().any(|r| matches!(r["state"].as_str(), Some("pending" | "starting" | "running")));
+        let tick = std::time::Duration::from_secs(if busy { 1 } else { 10 });
+        tokio::select! {
+            e = follower.next() => {
+                if e?.kind == "job.deleted" {
+                    anyhow::bail!("job {job:?} was deleted");
+                }
+            }
+            () = tokio::time::sleep(tick) => {}
+        }
+    }
+}
+
 /// Prints runs as a table.
 pub fn print_runs(items: &[Value]) {
+    table::print(&runs_table(items));
+}
+
+fn runs_table(items: &[Value]) -> Table {
     let mut t = Table::new(&["ID", "SCHEDULED", "TRIGGER", "STATE", "ATTEMPT", "AGENT", "DURATION", "REASON"]);
     for r in items {
         t.row(vec![
@@ -84,7 +132,7 @@ pub fn print_runs(items: &[Value]) {
             field(r, "reason"),
         ]);
     }
-    table::print(&t);
+    t
 }
 
 /// How long the run took, or what it is waiting for: `retry in 40s` for a run waiting for its

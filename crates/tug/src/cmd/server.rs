@@ -1,9 +1,8 @@
 //! `tug server`: the scheduler, API and embedded store, with remote agents (`tug agent run`)
 //! joining over the agent protocol's gRPC stream, until SIGINT or SIGTERM.
 //!
-//! The embedded server keeps its in-process agent, drained: runs go to remote agents only. It
-//! still shows in `tug agent list` (as `local`, draining); `tug agent undrain local` puts it to
-//! work on the server's host.
+//! It has no agent of its own: runs go to the agents that join (`tug up` is the one-process
+//! server with an agent).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,11 +74,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = EmbeddedConfig::new(&data_dir);
     config.keep_runs = args.keep_runs;
     config.agent_timeout = args.agent_timeout;
+    config.local_agent = false;
     config.auth = auth_config;
-    let local = config.agent_name.clone();
-    // Process runtime only: the local agent is drained at once and runs work only if undrained.
     let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), Arc::new(SystemClock), Some(listener)).await?;
-    server.scheduler.drain(&local, true).await.context("draining the server's local agent")?;
     if let Err(e) = args.security.after_start(&server.auth, args.listen).await {
         server.shutdown().await;
         return Err(e);
@@ -94,7 +91,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         join_token,
         stop_rx.clone(),
         server.logs.clone(),
-    );
+    )
+    .with_network(server.net.clone());
     let mut grpc = tokio::spawn(agent_service::serve(agent_listener, gateway, async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|s| *s).await;

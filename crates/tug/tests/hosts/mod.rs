@@ -142,6 +142,10 @@ impl Net {
         ip(&["link", "add", &net.bridge, "type", "bridge"]);
         ip(&["addr", "add", &format!("{}/24", net.server_addr()), "dev", &net.bridge]);
         ip(&["link", "set", &net.bridge, "up"]);
+        // Host-to-host traffic crosses the bridge. Where bridged packets go through iptables
+        // (br_netfilter, loaded by Docker) and FORWARD drops by default (Docker's policy), let this
+        // bridge's own traffic through, as a real switch would.
+        forward_rule("-I", &net.bridge);
         for i in 0..hosts {
             net.add_host(i);
         }
@@ -200,8 +204,19 @@ impl Drop for Net {
             ip_quiet(&["link", "del", &h.link]);
             ip_quiet(&["netns", "del", &h.ns]);
         }
+        forward_rule("-D", &self.bridge);
         ip_quiet(&["link", "del", &self.bridge]);
     }
+}
+
+/// Inserts (`-I`) or deletes (`-D`) the rule that accepts forwarding within `bridge`; nothing when
+/// there is no iptables.
+fn forward_rule(op: &str, bridge: &str) {
+    let _ = Command::new("iptables")
+        .args([op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// A child process with its output (stdout and stderr) in a file; SIGKILLed
@@ -347,6 +362,11 @@ impl Cluster {
 
     /// Starts an agent on host `i` (its data dir and log are named after the agent).
     pub fn start_agent(&mut self, i: usize, a: &AgentArgs) {
+        self.start_agent_with(i, a, &[]);
+    }
+
+    /// Starts an agent on host `i` with `extra` arguments of `tug agent run`.
+    pub fn start_agent_with(&mut self, i: usize, a: &AgentArgs, extra: &[String]) {
         let data = self.dir.path().join("agents").join(a.name);
         let mut args: Vec<String> = ["netns", "exec", &self.net.host(i).ns, TUG, "agent", "run"].iter().map(|s| s.to_string()).collect();
         args.extend(
@@ -370,6 +390,7 @@ impl Cluster {
         if !a.attributes.is_empty() {
             args.extend(["--attributes".to_string(), a.attributes.to_string()]);
         }
+        args.extend(extra.iter().cloned());
         // `ip netns exec` execs the command, so the pid is the agent's.
         self.agents[i] = Some(Proc::spawn("ip", &args, self.dir.path().join(format!("{}.log", a.name))));
     }

@@ -33,6 +33,13 @@ pub enum DockerError {
 /// Why a job's container (or its image) could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
+    /// The job asks for a network pool, and this agent has no container network (or no dwait to
+    /// wait for it).
+    #[error(
+        "the job's network pool {0:?} needs this agent's container network; start `tug agent run` with \
+         --vtep ADDRESS (VXLAN pools) or --ovs-bridge NAME (VLAN pools), and with the dwait executor"
+    )]
+    NoNetwork(String),
     /// The task names no image.
     #[error("a docker job needs docker.image; set `image` in the job's [docker] table")]
     NoImage,
@@ -97,6 +104,10 @@ pub enum ContainerError {
          binary and that the container does not exit at once (`docker logs`)"
     )]
     ExecutorTimeout(Duration),
+    /// The container exited before its executor listened; its last output says why (a networked
+    /// container whose network was refused, say).
+    #[error("the container exited before its executor (dwait) listened: {0}")]
+    ExitedEarly(String),
 }
 
 /// Why pulling an image failed.

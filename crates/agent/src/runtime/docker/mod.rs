@@ -66,6 +66,23 @@ pub struct DockerConfig {
     pub sweep_every: Duration,
     /// Defaults for jobs that do not set them.
     pub defaults: Lifecycle,
+    /// The container network on this host (`None`: a job with `network.pool` cannot run here).
+    pub net: Option<NetSetup>,
+}
+
+/// How warm containers of networked jobs get their network.
+#[derive(Clone)]
+pub struct NetSetup {
+    /// Claims, plumbs and tears down.
+    pub agent: std::sync::Arc<crate::net::NetAgent>,
+    /// The directory `dresponse.sock` is in, bind-mounted into each networked container.
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Debug for NetSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetSetup").field("dir", &self.dir).finish_non_exhaustive()
+    }
 }
 
 /// When a warm container is recycled or removed.
@@ -103,6 +120,7 @@ impl DockerConfig {
             remove_delay: Duration::from_secs(60),
             sweep_every: Duration::from_secs(1),
             defaults: Lifecycle::default(),
+            net: None,
         }
     }
 }
@@ -166,6 +184,15 @@ impl DockerRuntime {
         docker.ping().await.map_err(unreachable)?;
         std::fs::create_dir_all(config.state_dir.join("c")).map_err(|e| DockerError::StateDir(config.state_dir.clone(), e))?;
         let inner = Arc::new(Inner { docker, config, pool: pool::Pool::default(), created: AtomicU64::new(0), events: events::Cache::default() });
+        if let Some(net) = &inner.config.net {
+            let weak = Arc::downgrade(&inner);
+            net.agent.set_evictor(Box::new(move |instance: String| {
+                let Some(inner) = weak.upgrade() else { return };
+                if let Ok(tug_net::Identity::JobSlot { job, .. }) = instance.parse() {
+                    tokio::spawn(async move { pool::evict(&inner, &job).await });
+                }
+            }));
+        }
         pool::adopt(&inner).await;
         events::spawn(Arc::downgrade(&inner));
         pool::spawn_sweeper(Arc::downgrade(&inner));

@@ -39,6 +39,8 @@ pub struct Warm {
     pub hash: String,
     /// True when runs go through `docker exec` instead of dwait.
     pub via_exec: bool,
+    /// A networked container's instance (its address's claim name), torn down with it.
+    pub instance: Option<String>,
     created: Instant,
     runs: AtomicU64,
     inflight: AtomicU32,
@@ -169,6 +171,11 @@ async fn remove(inner: &Inner, w: &Warm) {
         Err(e) => tracing::warn!(container = %short(&w.id), error = %describe(&e), "cannot remove a warm container"),
     }
     let _ = tokio::fs::remove_dir_all(&w.dir).await;
+    if let (Some(instance), Some(net)) = (&w.instance, &inner.config.net)
+        && let Err(e) = net.agent.teardown(instance).await
+    {
+        tracing::warn!(container = %short(&w.id), instance, "tearing down the container's network: {e}");
+    }
 }
 
 fn short(id: &str) -> &str {
@@ -201,13 +208,28 @@ async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Li
             Vec::new(),
         ),
     };
+    // A networked container starts with no network of its own; dwait asks dresponse for it.
+    let mut binds = binds;
+    let (mut network_mode, mut env, mut instance) = (cfg.default_network.clone(), Vec::new(), None);
+    if let Some(net) = &task.network {
+        let setup = cfg.net.as_ref().ok_or_else(|| ContainerError::NoNetwork(net.pool.clone()))?;
+        if via_exec {
+            return Err(ContainerError::NoNetwork(net.pool.clone()));
+        }
+        let who = tug_net::Identity::JobSlot { job: job.to_owned(), slot: 0 }.claim_name();
+        binds.push(format!("{}:/.tug/net", setup.dir.display()));
+        env = vec![format!("TUG_NET_POOL={}", net.pool), format!("TUG_NET_INSTANCE={who}")];
+        network_mode = "none".into();
+        instance = Some(who);
+    }
     let labels = spec::labels(job, hash, &cfg.agent, "warm", if via_exec { "exec" } else { "executor" }, Some(&dir));
     let body = bollard::models::ContainerCreateBody {
         image: Some(d.image.clone()),
         entrypoint: Some(entrypoint),
         cmd: Some(cmd),
         labels: Some(labels),
-        host_config: Some(spec::host_config(task, &cfg.default_network, binds)),
+        env: Some(env),
+        host_config: Some(spec::host_config(task, &network_mode, binds)),
         ..Default::default()
     };
     let opts = bollard::query_parameters::CreateContainerOptionsBuilder::new().name(&name).build();
@@ -224,6 +246,7 @@ async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Li
         dir,
         hash: hash.to_string(),
         via_exec,
+        instance,
         created: Instant::now(),
         runs: AtomicU64::new(0),
         inflight: AtomicU32::new(0),
@@ -239,6 +262,11 @@ async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Li
         let sock = warm.socket();
         let deadline = Instant::now() + READY_TIMEOUT;
         while tokio::net::UnixStream::connect(&sock).await.is_err() {
+            if inner.events.is_dead(&id) {
+                let said = last_output(inner, &id).await;
+                remove(inner, &warm).await;
+                return Err(ContainerError::ExitedEarly(said));
+            }
             if Instant::now() >= deadline {
                 remove(inner, &warm).await;
                 return Err(ContainerError::ExecutorTimeout(READY_TIMEOUT));
@@ -248,6 +276,19 @@ async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Li
     }
     tracing::info!(container = %short(&id), name, via_exec, "created a warm container");
     Ok(warm)
+}
+
+/// The last lines a container wrote (its dwait's reason to exit), or a hint where to look.
+async fn last_output(inner: &Inner, id: &str) -> String {
+    use futures::StreamExt;
+    let opts = bollard::query_parameters::LogsOptionsBuilder::new().stdout(true).stderr(true).tail("5").build();
+    let mut out = String::new();
+    let mut logs = inner.docker.logs(id, Some(opts));
+    while let Some(Ok(chunk)) = logs.next().await {
+        out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+    }
+    let out = out.trim();
+    if out.is_empty() { format!("it wrote nothing; see `docker logs {}`", short(id)) } else { out.to_owned() }
 }
 
 /// Runs one attempt in the job's warm container.
@@ -319,6 +360,8 @@ pub async fn adopt(inner: &Arc<Inner>) {
             dir: dir.clone(),
             hash: get(label::SPEC).unwrap_or_default(),
             via_exec,
+            // Its network, if any, stays plumbed; this agent no longer knows it to tear it down.
+            instance: None,
             created: {
                 let age_ms = get(label::CREATED).and_then(|c| c.parse::<i64>().ok()).map_or(0, |c| (now_ms - c).max(0));
                 Instant::now().checked_sub(Duration::from_millis(age_ms as u64)).unwrap_or_else(Instant::now)
@@ -346,6 +389,19 @@ pub async fn remove_warm(inner: &Arc<Inner>) {
     for (_job, slot) in inner.pool.all() {
         if let Some(w) = slot.lock().await.take() {
             w.retired.store(true, Ordering::SeqCst);
+            remove(inner, &w).await;
+        }
+    }
+}
+
+/// Stops `job`'s warm container now, or once its running runs end (its instance is moving to
+/// another host); its network is torn down with it.
+pub async fn evict(inner: &Arc<Inner>, job: &str) {
+    let slot = inner.pool.slot(job);
+    let taken = slot.lock().await.take();
+    if let Some(w) = taken {
+        w.retired.store(true, Ordering::SeqCst);
+        if w.inflight.load(Ordering::SeqCst) == 0 {
             remove(inner, &w).await;
         }
     }

@@ -30,13 +30,16 @@ pub mod label {
 /// are per run and not part of it.
 pub fn spec_hash(task: &Task, default_network: &str) -> String {
     let d = task.docker.as_ref();
-    let key = serde_json::json!({
+    let mut key = serde_json::json!({
         "image": d.map(|d| &d.image),
         "entrypoint": d.and_then(|d| d.entrypoint.as_ref()),
         "volumes": d.map(|d| &d.volumes),
         "network": d.and_then(|d| d.network.clone()).unwrap_or_else(|| default_network.to_string()),
         "resources": task.resources,
     });
+    if let Some(net) = &task.network {
+        key["pool"] = serde_json::json!(net.pool);
+    }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.to_string().bytes() {
         h ^= u64::from(b);

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant as StdInstant};
 use anyhow::Context;
 use jiff::Timestamp;
 
-use super::common::{histogram_quantile_ms, parse_metrics, percentile};
+use tug_server::prom::Exposition;
+
+use super::common::percentile;
 use crate::cmd::print_json;
 use crate::table::{self, Table};
 
@@ -100,9 +102,9 @@ async fn agents_up(http: &reqwest::Client, api: &str) -> usize {
     v.as_array().into_iter().flatten().filter(|a| a["state"] == "up" && a["name"] != "local").count()
 }
 
-async fn metrics_now(http: &reqwest::Client, api: &str) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+async fn metrics_now(http: &reqwest::Client, api: &str) -> anyhow::Result<Exposition> {
     let text = http.get(format!("{api}/metrics")).send().await?.error_for_status()?.text().await?;
-    Ok(parse_metrics(&text))
+    Ok(Exposition::parse(&text, true)?)
 }
 
 fn free_local_port() -> anyhow::Result<u16> {
@@ -240,13 +242,13 @@ async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Chil
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     let m1 = metrics_now(&http, &api).await?;
     let (w1, elapsed) = (Timestamp::now(), t0.elapsed().as_secs_f64());
-    let delta = |k: &str| m1.get(k).copied().unwrap_or(0.0) - m0.get(k).copied().unwrap_or(0.0);
-    let finished: f64 = m1.keys().filter(|k| k.starts_with("tug_runs_finished_total")).map(|k| delta(k)).sum();
-    let succeeded = delta("tug_runs_finished_total{state=\"succeeded\"}");
-    let fires = delta("tug_fires_total");
-    let misfires = delta("tug_misfires_total");
-    let lat_p50 = histogram_quantile_ms(&m0, &m1, 0.5);
-    let lat_p99 = histogram_quantile_ms(&m0, &m1, 0.99);
+    let delta = |name: &str, labels: &[(&str, &str)]| m1.sum(name, labels) - m0.sum(name, labels);
+    let finished = delta("tug_runs_finished_total", &[]);
+    let succeeded = delta("tug_runs_finished_total", &[("state", "succeeded")]);
+    let fires = delta("tug_fires_total", &[]);
+    let misfires = delta("tug_misfires_total", &[]);
+    let lateness_ms = |q| m1.quantile_since(&m0, "tug_fire_lateness_seconds", q).map(|s| s * 1000.0);
+    let (lat_p50, lat_p99) = (lateness_ms(0.5), lateness_ms(0.99));
 
     // Per run, from the records: which agent, and scheduled → started as the server saw it.
     if !a.json {

@@ -1,0 +1,170 @@
+//! The agent's side of the container network: `dresponse`, the unix socket a networked
+//! container's `dwait` asks for its network on, and what answering takes: the instance's address
+//! claimed from the server ([`Claims`]), then plumbed on this host (`tug_net::plumb`).
+//!
+//! ```text
+//! dwait ──ask {instance, pool}──► dresponse ── peer pid (SO_PEERCRED)
+//!                                     │ claim(pool, instance) ─► server (agent stream)
+//!                                     │ plumb(pid, attachment)  ─► netlink / ovs-vsctl
+//!       ◄──ok {ip, prefix, mac, gw}───┘ or error {why}
+//! ```
+
+mod dresponse;
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tug_net::plumb::{Attachment, Plumber};
+use tug_net::protocol::{NetPush, Route};
+use tug_net::{Claim, PoolSpec, Segment};
+
+pub use dresponse::serve;
+
+/// The MTU of a VLAN container's interface.
+pub const VLAN_MTU: u32 = 1500;
+/// The MTU of a VXLAN container's interface: the underlay's 1500 less the 50 bytes of tunnel
+/// headers.
+pub const VXLAN_MTU: u32 = 1450;
+
+/// Addresses from the server: the agent protocol in production, a fixed table in tests.
+#[async_trait]
+pub trait Claims: Send + Sync + 'static {
+    /// Claims `instance`'s address in `pool` for this agent: its pool and claim, or why not.
+    async fn claim(&self, pool: &str, instance: &str) -> Result<(PoolSpec, Claim), String>;
+    /// Says that `instance` no longer runs here (its address stays its own).
+    async fn release(&self, pool: &str, instance: &str) -> Result<(), String>;
+}
+
+/// What one container was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Given {
+    /// The pool.
+    pub pool: String,
+    /// The attachment plumbed.
+    pub attachment: Attachment,
+}
+
+/// Stops an instance's container on this host (the docker runtime registers one).
+pub type Evictor = Box<dyn Fn(String) + Send + Sync>;
+
+/// The container network on this host: claims, plumbing, and what is plumbed now.
+pub struct NetAgent {
+    claims: Arc<dyn Claims>,
+    plumber: Plumber,
+    /// Plumbed instances by claim name.
+    plumbed: Mutex<HashMap<String, Given>>,
+    /// Remote instances pointed at their hosts, by VNI.
+    remote: Mutex<HashMap<u32, HashSet<Route>>>,
+    evictor: Mutex<Option<Evictor>>,
+}
+
+impl NetAgent {
+    /// The network of a host plumbed by `plumber`, with addresses from `claims`.
+    pub fn new(claims: Arc<dyn Claims>, plumber: Plumber) -> NetAgent {
+        NetAgent {
+            claims,
+            plumber,
+            plumbed: Mutex::new(HashMap::new()),
+            remote: Mutex::new(HashMap::new()),
+            evictor: Mutex::new(None),
+        }
+    }
+
+    /// Registers how an instance's container is stopped here, for [`NetPush::Evict`].
+    pub fn set_evictor(&self, evictor: Evictor) {
+        *self.evictor.lock().unwrap_or_else(|p| p.into_inner()) = Some(evictor);
+    }
+
+    /// Acts on what the server pushed: points a VXLAN pool's remote MACs at their hosts (and
+    /// forgets those gone or now here), or stops an instance that is moving away.
+    pub async fn apply(&self, push: NetPush) {
+        match push {
+            NetPush::Evict { instance } => {
+                tracing::info!(instance, "the instance is moving to another host; stopping it here");
+                match self.evictor.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    Some(evict) => evict(instance),
+                    None => tracing::warn!(instance, "asked to stop an instance, but no container runtime runs here"),
+                }
+            }
+            NetPush::Routes { pool, vni, routes } => {
+                let own = self.plumber.host().vtep;
+                let wanted: HashSet<Route> = routes.into_iter().filter(|r| Some(r.vtep) != own).collect();
+                let known = self.remote.lock().unwrap_or_else(|p| p.into_inner()).get(&vni).cloned().unwrap_or_default();
+                let plumber = self.plumber.clone();
+                let (add, gone): (Vec<Route>, Vec<Route>) = (
+                    wanted.difference(&known).copied().collect(),
+                    known.iter().filter(|k| !wanted.iter().any(|w| w.ip == k.ip && w.mac == k.mac)).copied().collect(),
+                );
+                let (n_add, n_gone) = (add.len(), gone.len());
+                let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                    for r in gone {
+                        plumber.remove_remote(vni, r.mac, r.ip).map_err(|e| e.to_string())?;
+                    }
+                    for r in add {
+                        plumber.set_remote(vni, VXLAN_MTU, r.mac, r.ip, r.vtep).map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                })
+                .await;
+                match done {
+                    Ok(Ok(())) => {
+                        if n_add + n_gone > 0 {
+                            tracing::info!(pool, vni, added = n_add, removed = n_gone, "VXLAN forwarding entries updated");
+                        }
+                        self.remote.lock().unwrap_or_else(|p| p.into_inner()).insert(vni, wanted);
+                    }
+                    Ok(Err(e)) => tracing::warn!(pool, vni, "updating VXLAN forwarding entries failed: {e}"),
+                    Err(e) => tracing::warn!(pool, vni, "updating VXLAN forwarding entries panicked: {e}"),
+                }
+            }
+        }
+    }
+
+    fn plumbed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Given>> {
+        self.plumbed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims and plumbs the container of `instance` whose process is `pid`; what it got.
+    pub async fn ready(&self, instance: &str, pool: &str, pid: u32) -> Result<Given, String> {
+        let (spec, claim) = self.claims.claim(pool, instance).await?;
+        let mtu = match spec.segment {
+            Segment::Vlan(_) => VLAN_MTU,
+            Segment::Vxlan(_) => VXLAN_MTU,
+        };
+        let attachment =
+            Attachment { ip: claim.ip, prefix: spec.cidr.prefix(), mac: claim.mac, gateway: spec.gateway, segment: spec.segment, mtu };
+        let (plumber, a) = (self.plumber.clone(), attachment.clone());
+        tokio::task::spawn_blocking(move || plumber.plumb(pid, &a))
+            .await
+            .map_err(|e| format!("plumbing panicked: {e}"))?
+            .map_err(|e| format!("plumbing {instance} ({}) failed: {e}", claim.ip))?;
+        let given = Given { pool: pool.to_owned(), attachment };
+        self.plumbed().insert(instance.to_owned(), given.clone());
+        tracing::info!(instance, pool, ip = %claim.ip, mac = %claim.mac, pid, "container network ready");
+        Ok(given)
+    }
+
+    /// Tears down `instance`'s network on this host and tells the server it no longer runs here.
+    /// Nothing plumbed: nothing to do.
+    pub async fn teardown(&self, instance: &str) -> Result<(), String> {
+        let Some(given) = self.plumbed().remove(instance) else { return Ok(()) };
+        let (plumber, ip, segment) = (self.plumber.clone(), given.attachment.ip, given.attachment.segment);
+        tokio::task::spawn_blocking(move || plumber.unplumb(ip, segment))
+            .await
+            .map_err(|e| format!("unplumbing panicked: {e}"))?
+            .map_err(|e| format!("unplumbing {instance} ({ip}) failed: {e}"))?;
+        self.claims.release(&given.pool, instance).await
+    }
+
+    /// What is plumbed now, by instance.
+    pub fn given(&self) -> HashMap<String, Given> {
+        self.plumbed().clone()
+    }
+
+    /// The address plumbed for `instance`, if any.
+    pub fn address(&self, instance: &str) -> Option<Ipv4Addr> {
+        self.plumbed().get(instance).map(|g| g.attachment.ip)
+    }
+}

@@ -1,0 +1,93 @@
+//! `tug events`: follows the server's event stream, one line per event (or JSON lines).
+
+use serde_json::Value;
+
+use super::field;
+use crate::client::{Client, enc};
+use crate::events::Follower;
+
+/// Arguments of `tug events`.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  tug events\n  tug events --job backup --kind run.finished\n  tug events --kind run,agent --json\n  tug events --since 0 --count 20     the last 20 events the server holds, then stop\n\n\
+    Kinds: job.created job.changed job.deleted job.paused job.resumed run.fired run.placed run.started\n\
+    run.waiting run.retried run.finished run.misfired agent.joined agent.lost agent.drained agent.undrained;\n\
+    a prefix (job, run, agent) stands for all of its kinds. A follower that falls too far behind is told\n\
+    how many events it missed (`lagged`).")]
+pub struct EventsArgs {
+    /// Only events of these jobs (comma-separated).
+    #[arg(long)]
+    job: Option<String>,
+    /// Only events of jobs with this label (`key` or `key=value`).
+    #[arg(long)]
+    label: Option<String>,
+    /// Only these kinds (comma-separated; `run` means every run.* kind).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Print each event as one line of JSON.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Start after this event id instead of now; 0 replays every event the server still holds.
+    #[arg(long, value_name = "ID")]
+    since: Option<u64>,
+    #[command(flatten)]
+    conn: crate::Conn,
+}
+
+/// Follows the stream until interrupted (or `--count` events).
+pub async fn run(server: &str, a: EventsArgs) -> anyhow::Result<()> {
+    let mut q = Vec::new();
+    for (k, v) in [("job", &a.job), ("label", &a.label), ("kind", &a.kind)] {
+        if let Some(v) = v {
+            q.push(format!("{k}={}", enc(v)));
+        }
+    }
+    let mut follower = Follower::new(Client::new(server), q.join("&"));
+    if let Some(id) = a.since {
+        follower = follower.after(id);
+    }
+    let mut n = 0;
+    while a.count.is_none_or(|c| n < c) {
+        let e = follower.next().await?;
+        if a.json {
+            let mut v = e.data;
+            if e.kind == "lagged" {
+                v = serde_json::json!({"kind": "lagged", "lagged": v});
+            }
+            println!("{}", serde_json::to_string(&v)?);
+        } else {
+            println!("{}", line(&e.kind, &e.data));
+        }
+        n += 1;
+    }
+    Ok(())
+}
+
+/// `19:40:01  run.finished   hello  run 12 succeeded (exit 0) on local`.
+fn line(kind: &str, e: &Value) -> String {
+    if kind == "lagged" {
+        let missed = e["missed"].as_u64().map_or_else(|| "an unknown number of".to_string(), |m| m.to_string());
+        return format!("!! fell behind: {missed} events missed; going on from event {}", field(e, "resume_at"));
+    }
+    let at = e["at"].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()).map_or_else(|| "-".into(), |t| t.strftime("%H:%M:%S").to_string());
+    let subject = e["job"].as_str().or(e["agent"].as_str()).unwrap_or("-");
+    let r = &e["run"];
+    let detail = if r.is_object() {
+        let mut d = format!("run {} {}", field(r, "id"), field(r, "state"));
+        if let Some(code) = r["exit_code"].as_i64() {
+            d.push_str(&format!(" (exit {code})"));
+        }
+        if let Some(agent) = r["agent"].as_str() {
+            d.push_str(&format!(" on {agent}"));
+        }
+        if let Some(reason) = r["reason"].as_str() {
+            d.push_str(&format!(": {reason}"));
+        }
+        d
+    } else {
+        String::new()
+    };
+    format!("{at}  {kind:<15}  {subject}  {detail}").trim_end().to_string()
+}
