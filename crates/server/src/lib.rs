@@ -13,6 +13,7 @@
 //! - [`net`]: the container network's control plane: address pools and claims.
 //! - [`metrics`]: the Prometheus families; [`prom`]: reading a metrics page back; [`notify`]:
 //!   webhooks for run events.
+//! - [`ui`]: the web UI's server-rendered pages.
 //! - [`stream`]: the event stream (`/api/v1/events`): every job, run and agent change, resumable.
 
 pub mod agent_service;
@@ -29,5 +30,6 @@ pub mod notify;
 pub mod prom;
 pub mod scheduler;
 pub mod stream;
+pub mod ui;
 
 pub use error::{Error, Result};

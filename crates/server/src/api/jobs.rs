@@ -25,16 +25,7 @@ pub struct JobView {
 
 impl JobView {
     fn new(record: JobRecord, now: Timestamp) -> JobView {
-        let spec = &record.spec;
-        let next_fire = if spec.enabled && !spec.paused {
-            spec.schedule
-                .as_deref()
-                .and_then(|expr| Schedule::parse(expr, spec.tz()).ok())
-                .and_then(|s| s.next_after(now.max(record.fire_cursor.unwrap_or(now))))
-                .map(|f| f.at)
-        } else {
-            None
-        };
+        let next_fire = next_fire(&record, now);
         JobView { record, next_fire }
     }
 }
@@ -45,6 +36,19 @@ fn is_toml(headers: &HeaderMap) -> bool {
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.contains("toml"))
+}
+
+/// The next instant a job fires, if it is scheduled, enabled and not paused.
+pub(crate) fn next_fire(record: &JobRecord, now: Timestamp) -> Option<Timestamp> {
+    let spec = &record.spec;
+    if !spec.enabled || spec.paused {
+        return None;
+    }
+    spec.schedule
+        .as_deref()
+        .and_then(|expr| Schedule::parse(expr, spec.tz()).ok())
+        .and_then(|s| s.next_after(now.max(record.fire_cursor.unwrap_or(now))))
+        .map(|f| f.at)
 }
 
 /// Parses a job from JSON, or TOML when the content type says so.

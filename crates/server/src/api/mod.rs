@@ -21,7 +21,7 @@ mod access;
 mod agents;
 pub mod error;
 mod events;
-mod jobs;
+pub(crate) mod jobs;
 mod net;
 pub mod openapi;
 mod runs;
@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", v1)
         .merge(crate::chronos::router(state.clone()))
+        .merge(crate::ui::router(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/metrics",
