@@ -69,6 +69,13 @@ fn endpoints() -> Vec<(Method, &'static str, Role)> {
         (M::GET, "/api/v1/net/pools/p", Read),
         (M::DELETE, "/api/v1/net/pools/p", Admin),
         (M::GET, "/api/v1/net/addresses", Read),
+        (M::GET, "/", Read),
+        (M::GET, "/jobs/j", Read),
+        (M::GET, "/agents", Read),
+        (M::POST, "/ui/jobs/j/pause", Operate),
+        (M::POST, "/ui/jobs/j/delete", Admin),
+        (M::POST, "/ui/runs/1/kill", Operate),
+        (M::POST, "/ui/agents/local/drain", Admin),
         (M::GET, "/api/v1/tokens", Admin),
         (M::POST, "/api/v1/tokens", Admin),
         (M::DELETE, "/api/v1/tokens/x", Admin),
@@ -233,6 +240,8 @@ async fn a_scoped_token_sees_and_changes_only_its_jobs() {
         (Method::GET, "/api/v1/tokens"),
         (Method::GET, "/scheduler/jobs"),
         (Method::GET, "/api/v1/events"),
+        (Method::GET, "/"),
+        (Method::GET, "/jobs/ours"),
     ] {
         let (st, v) = call(&s, Some(&data), method, path, None).await;
         assert_eq!(st, 403, "{path}: {v}");

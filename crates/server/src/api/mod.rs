@@ -111,10 +111,11 @@ pub fn router(state: AppState) -> Router {
 
 /// Gives every error of the native API the JSON error shape, also those the framework answers by
 /// itself (405, a body that is not UTF-8, a bad path parameter) in plain text. The Chronos API
-/// keeps Chronos's plain-text errors.
+/// keeps Chronos's plain-text errors, and the UI its error pages.
 async fn json_errors(req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let chronos = path.starts_with("/scheduler") || path.starts_with("/v1/scheduler");
+    // The Chronos API keeps its own error texts, and the UI its pages.
+    let chronos = !path.starts_with("/api/");
     let method = req.method().clone();
     let path = path.to_owned();
     let resp = next.run(req).await;

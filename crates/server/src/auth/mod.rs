@@ -451,7 +451,7 @@ async fn pass(auth: &Auth, req: Request) -> Result<(Request, Principal, Option<S
     if declared.is_some_and(|n| n > limit as u64) {
         return Err((too_large(), None));
     }
-    let needs = roles::required(&parts.method, &route);
+    let needs = roles::required(&parts.method, &route, parts.uri.path());
     if needs.is_none() {
         return Ok((Request::from_parts(parts, body), Principal::anonymous(), None));
     }
@@ -483,8 +483,13 @@ async fn pass(auth: &Auth, req: Request) -> Result<(Request, Principal, Option<S
             )));
         }
         let job_route = route.starts_with("/api/v1/jobs") || route.starts_with("/api/v1/runs") || route == "/api/v1/schedule/preview";
-        // Agents, pools and metrics say nothing of jobs; the Chronos API and the event stream do.
-        let reads_everything = role == Role::Read && !route.contains("scheduler") && !route.starts_with("/api/v1/events");
+        // Agents, pools and metrics say nothing of a job's spec, runs or logs; the Chronos API,
+        // the event stream and the UI's pages do, so they need an unscoped token.
+        let reads_everything = role == Role::Read
+            && (route.starts_with("/api/v1/agents")
+                || route.starts_with("/api/v1/net")
+                || route == "/metrics"
+                || route.starts_with("/ui/app."));
         if let Some(scope) = principal.scope() {
             if !job_route && !reads_everything {
                 return Err(refuse(ApiError::new(

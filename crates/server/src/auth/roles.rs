@@ -6,14 +6,14 @@
 //! | `/healthz`, `/api/v1/healthz`, `/api/v1/openapi.json`                 | none       |
 //! | any other read (GET, HEAD), `/metrics` included                        | `read`     |
 //! | tokens and the audit log, read or written                             | `admin`    |
-//! | run now, pause, resume and kill a job; kill a run (both APIs)          | `operate`  |
+//! | run now, pause, resume and kill a job; kill a run (both APIs, the UI)  | `operate`  |
 //! | any other write                                                        | `admin`    |
 
 use axum::http::Method;
 use tug_core::access::Role;
 
-/// What a request needs: nothing, or at least this role.
-pub fn required(method: &Method, route: &str) -> Option<Role> {
+/// What a request to `path`, matched as `route`, needs: nothing, or at least this role.
+pub fn required(method: &Method, route: &str, path: &str) -> Option<Role> {
     if matches!(route, "/healthz" | "/api/v1/healthz" | "/api/v1/openapi.json") {
         return None;
     }
@@ -25,9 +25,12 @@ pub fn required(method: &Method, route: &str) -> Option<Role> {
     }
     let chronos = route.strip_prefix("/v1").unwrap_or(route);
     let operate = match *method {
+        // The UI's job actions are run, pause, resume, kill and delete; only delete needs more.
+        Method::POST if route == "/ui/jobs/{name}/{action}" => !path.ends_with("/delete"),
         Method::POST => matches!(
             route,
-            "/api/v1/jobs/{name}/run"
+            "/ui/runs/{id}/kill"
+                | "/api/v1/jobs/{name}/run"
                 | "/api/v1/jobs/{name}/pause"
                 | "/api/v1/jobs/{name}/resume"
                 | "/api/v1/jobs/{name}/kill"
@@ -69,7 +72,13 @@ mod tests {
             (Method::PATCH, "unmatched", Some(Role::Admin)),
         ];
         for (method, route, role) in cases {
-            assert_eq!(required(&method, route), role, "{method} {route}");
+            assert_eq!(required(&method, route, route), role, "{method} {route}");
         }
+        let ui = "/ui/jobs/{name}/{action}";
+        assert_eq!(required(&Method::POST, ui, "/ui/jobs/x/pause"), Some(Role::Operate));
+        assert_eq!(required(&Method::POST, ui, "/ui/jobs/x/delete"), Some(Role::Admin));
+        assert_eq!(required(&Method::POST, "/ui/runs/{id}/kill", "/ui/runs/1/kill"), Some(Role::Operate));
+        assert_eq!(required(&Method::POST, "/ui/agents/{name}/{action}", "/ui/agents/a/drain"), Some(Role::Admin));
+        assert_eq!(required(&Method::GET, "/jobs/{name}", "/jobs/x"), Some(Role::Read));
     }
 }
