@@ -117,6 +117,8 @@ enum Command {
     /// Work with schedule expressions.
     #[command(subcommand)]
     Schedule(cmd::schedule::ScheduleCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::completions::CompletionsArgs),
     /// Measure Tugboat on this machine.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -174,6 +176,7 @@ fn main() -> std::process::ExitCode {
             Command::Audit(c) => cmd::token::audit(&server, c.args).await,
             Command::Schedule(c) => cmd::schedule::run(c),
             Command::Bench(c) => cmd::bench::run(c).await,
+            Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         }
     });
     match result {

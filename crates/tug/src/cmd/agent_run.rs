@@ -147,6 +147,9 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     let mut dresponse = None;
     if networked {
         let host = HostNet { netns: None, vtep: args.vtep, underlay: args.underlay, ovs_bridge: args.ovs_bridge, ovs_db: args.ovs_db };
+        for warning in tug_agent::net::preflight::check(&tug_agent::net::preflight::Host::default(), &host) {
+            tracing::warn!("container network preflight: {warning}");
+        }
         let net = Arc::new(NetAgent::new(Arc::new(claims), Plumber::new(host)));
         let dir = data_dir.join("net");
         docker_config.net = Some(NetSetup { agent: net.clone(), dir: dir.clone() });
