@@ -10,7 +10,9 @@ pub mod logs;
 pub mod net;
 pub mod runs;
 pub mod schedule;
+pub mod security;
 pub mod server;
+pub mod token;
 pub mod up;
 
 /// Prints JSON, pretty.
