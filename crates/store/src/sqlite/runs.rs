@@ -327,16 +327,27 @@ const TOTALS_SQL: &str = "SELECT j.name, \
        j.pruned_succeeded + (SELECT count(*) FROM runs r WHERE r.job = j.name AND r.state = 'succeeded'), \
        j.pruned_failed + (SELECT count(*) FROM runs r WHERE r.job = j.name \
                             AND (r.state = 'failed' OR r.state = 'timed_out' OR r.state = 'lost')) \
-     FROM jobs j WHERE (?1 IS NULL OR j.name = ?1) ORDER BY j.name";
+     FROM jobs j";
+
+/// Every job's totals. (One statement with `?1 IS NULL OR j.name = ?1` scanned every job even
+/// for one: SQLite cannot use the name index through the OR.)
+static TOTALS_ALL_SQL: LazyLock<String> = LazyLock::new(|| format!("{TOTALS_SQL} ORDER BY j.name"));
+/// One job's totals, through the name index.
+static TOTALS_ONE_SQL: LazyLock<String> = LazyLock::new(|| format!("{TOTALS_SQL} WHERE j.name = ?1"));
 
 /// Run totals of one job or of every job, by name.
 pub(super) fn totals(conn: &Connection, job: Option<&str>) -> Result<Vec<(String, RunTotals)>> {
     if let Some(name) = job {
         ensure_exists(conn, name)?;
     }
-    conn.prepare_cached(TOTALS_SQL)
+    let sql: &str = if job.is_some() { &TOTALS_ONE_SQL } else { &TOTALS_ALL_SQL };
+    conn.prepare_cached(sql)
         .and_then(|mut s| {
-            s.query_map(params![job], |row| {
+            let params = match job {
+                Some(name) => vec![name],
+                None => vec![],
+            };
+            s.query_map(rusqlite::params_from_iter(params), |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     RunTotals { succeeded: get_unsigned(row, 1)?, failed: get_unsigned(row, 2)? },
