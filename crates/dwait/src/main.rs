@@ -129,8 +129,16 @@ fn wait_for_network() -> Result<(), String> {
     let socket = std::env::var("TUG_NET_SOCKET").unwrap_or_else(|_| dwait::net::SOCKET_IN_CONTAINER.into());
     let secs = std::env::var("TUG_NET_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let ask = dwait::net::Ask { instance, pool };
+    let asked = std::time::Instant::now();
     let ok = dwait::net::wait_for_network(std::path::Path::new(&socket), &ask, Duration::from_secs(secs))?;
-    eprintln!("dwait: network ready: {} {}/{} via {}", ask.instance, ok["ip"].as_str().unwrap_or("?"), ok["prefix"], ok["gateway"].as_str().unwrap_or("?"));
+    eprintln!(
+        "dwait: network ready: {} {}/{} via {} in {:.2} ms",
+        ask.instance,
+        ok["ip"].as_str().unwrap_or("?"),
+        ok["prefix"],
+        ok["gateway"].as_str().unwrap_or("?"),
+        asked.elapsed().as_secs_f64() * 1000.0
+    );
     Ok(())
 }
 

@@ -3,6 +3,8 @@
 //!
 //! - [`scheduler`]: fire → admit → commit → dispatch → status → complete (README.md inside).
 //! - [`api`]: the native REST API under `/api/v1`.
+//! - [`auth`]: the gate every request passes (tokens, roles, scopes, browser guards, limits) and
+//!   the audit log.
 //! - [`clock`]: the injectable wall clock.
 //! - [`embedded`]: server + local agent + SQLite in one process.
 //! - [`chronos`]: the Chronos-compatible REST API under `/scheduler` and `/v1/scheduler`.
@@ -11,10 +13,12 @@
 //! - [`net`]: the container network's control plane: address pools and claims.
 //! - [`metrics`]: the Prometheus families; [`prom`]: reading a metrics page back; [`notify`]:
 //!   webhooks for run events.
+//! - [`ui`]: the web UI's server-rendered pages.
 //! - [`stream`]: the event stream (`/api/v1/events`): every job, run and agent change, resumable.
 
 pub mod agent_service;
 pub mod api;
+pub mod auth;
 pub mod chronos;
 pub mod clock;
 pub mod embedded;
@@ -26,5 +30,6 @@ pub mod notify;
 pub mod prom;
 pub mod scheduler;
 pub mod stream;
+pub mod ui;
 
 pub use error::{Error, Result};

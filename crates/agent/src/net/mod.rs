@@ -10,6 +10,7 @@
 //! ```
 
 mod dresponse;
+pub mod preflight;
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;

@@ -3,16 +3,19 @@
 //!
 //! - `fire`: N jobs firing every second through the real scheduler and SQLite store.
 //! - `launch`: one trivial docker job launched three ways (executor, exec, container per run).
+//! - `net`: containers (dwait in namespaces) asking dresponse for their network at once.
 //! - `agents`: a real `tug server` and N `tug agent run --noop` processes, launches end to end.
 
 mod agents;
 mod common;
 mod fire;
 mod launch;
+mod net;
 
 pub use agents::AgentsArgs;
 pub use fire::FireArgs;
 pub use launch::LaunchArgs;
+pub use net::NetArgs;
 
 /// `tug bench` subcommands.
 #[derive(clap::Subcommand)]
@@ -28,6 +31,17 @@ pub enum BenchCommand {
     /// jobs firing every second through the API, and measure launches end to end.
     #[command(after_help = "Examples:\n  tug bench agents\n  tug bench agents --agents 50 --jobs 5000 --seconds 20 --json\n\nEvery job is `* * * * * *` (all on the same instant of each second) and asks for 0.01 cpus, so\nall fit. No-op agents answer every launch at once: what is measured is the server, the store,\nthe agent protocol and the processes' scheduling on this machine.")]
     Agents(AgentsArgs),
+    /// Plumb N containers into a VXLAN pool at once (the real dwait and dresponse, a host as a
+    /// network namespace) and measure network-ready time and containers plumbed per second,
+    /// beside the time Docker's bridge network takes.
+    #[command(after_help = "Examples:
+  tug bench net --containers 100
+  tug bench net --containers 500 --docker 0 --json
+
+Needs root, the static dwait (TUG_DWAIT or next to tug) and, for the Docker comparison, a
+local image with `sleep` (default tugboat-test-busybox:1). Addresses are chosen in-process, as
+the server chooses them; a real agent adds one round trip on its stream.")]
+    Net(NetArgs),
 }
 
 
@@ -37,5 +51,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fire(a) => fire::run(a).await,
         BenchCommand::Launch(a) => launch::run(a).await,
         BenchCommand::Agents(a) => agents::run(a).await,
+        BenchCommand::Net(a) => net::run(a).await,
     }
 }

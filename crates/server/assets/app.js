@@ -1,0 +1,57 @@
+// Tugboat UI: live pages from the event stream, and log follow. No framework, no downloads.
+// A page names the events it cares about in <body data-events="...">; when one arrives, the
+// page is fetched again and every element marked data-live is replaced by its new version.
+(function () {
+  "use strict";
+  var KINDS = ["job.created", "job.changed", "job.deleted", "job.paused", "job.resumed",
+    "run.fired", "run.placed", "run.started", "run.waiting", "run.retried", "run.finished",
+    "run.misfired", "agent.joined", "agent.lost", "agent.drained", "agent.undrained", "lagged"];
+  var filter = document.body.getAttribute("data-events");
+  var pending = null;
+
+  function refresh() {
+    pending = null;
+    fetch(location.href, { headers: { "X-Tug-Live": "1" } }).then(function (r) {
+      return r.ok ? r.text() : null;
+    }).then(function (html) {
+      if (!html) return;
+      var doc = new DOMParser().parseFromString(html, "text/html");
+      document.querySelectorAll("[data-live]").forEach(function (el) {
+        var fresh = el.id && doc.getElementById(el.id);
+        if (fresh && fresh.innerHTML !== el.innerHTML) el.innerHTML = fresh.innerHTML;
+      });
+      document.body.setAttribute("data-refreshed", String(Date.now()));
+    }).catch(function () {});
+  }
+
+  function soon() {
+    if (pending === null) pending = setTimeout(refresh, 250);
+  }
+
+  if (filter !== null && filter !== "" && window.EventSource) {
+    var es = new EventSource("/api/v1/events?" + filter);
+    KINDS.forEach(function (k) { es.addEventListener(k, soon); });
+    es.addEventListener("open", function () { document.body.setAttribute("data-live-connected", "1"); });
+  }
+  // Relative times ("in 3m") go stale without events; redraw now and then.
+  if (document.querySelector("[data-live]")) setInterval(soon, 30000);
+
+  var log = document.getElementById("log");
+  var follow = log && log.getAttribute("data-follow");
+  if (follow && window.fetch && window.TextDecoder) {
+    fetch(follow).then(function (r) {
+      if (!r.ok || !r.body) return;
+      var reader = r.body.getReader();
+      var dec = new TextDecoder();
+      (function pump() {
+        reader.read().then(function (x) {
+          if (x.done) { log.setAttribute("data-ended", "1"); soon(); return; }
+          var atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+          log.textContent += dec.decode(x.value, { stream: true });
+          if (atEnd) log.scrollTop = log.scrollHeight;
+          pump();
+        });
+      })();
+    });
+  }
+})();

@@ -1,0 +1,133 @@
+//! The web UI: server-rendered pages (askama templates in `templates/`) with one small script of
+//! our own (`assets/app.js`, served from the binary: no CDN, works offline) that follows the event
+//! stream and redraws a page's live parts. Every route is in [`router`], which the API router
+//! merges, so whatever wraps the API (auth) wraps the pages too.
+//!
+//! | path | page |
+//! | --- | --- |
+//! | `/` | jobs: search, label and state filters, pagination |
+//! | `/jobs/{name}` | one job: schedule and next fires, runs in flight, success, durations, history, actions |
+//! | `/runs/{id}` | one run: attempts, the whole log, followed while it runs |
+//! | `/agents` | agents: resources, warm containers, state; drain and undrain |
+//!
+//! Actions are plain form posts to `/ui/...` that redirect back (with the API's error message
+//! when it refuses), so the pages work without the script.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+
+use crate::api::{ApiError, AppState};
+
+pub mod format;
+mod pages;
+
+/// The UI's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(pages::jobs))
+        .route("/jobs/{name}", get(pages::job))
+        .route("/runs/{id}", get(pages::run))
+        .route("/agents", get(pages::agents))
+        .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", include_str!("../../assets/app.js")) }))
+        .route("/ui/app.css", get(|| async { asset("text/css; charset=utf-8", include_str!("../../assets/app.css")) }))
+        .route("/ui/jobs/{name}/{action}", post(job_action))
+        .route("/ui/runs/{id}/kill", post(kill_run))
+        .route("/ui/agents/{name}/{action}", post(agent_action))
+        .with_state(state)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "max-age=300")], body).into_response()
+}
+
+/// A page that could not be made: the API's error, as a page with its status.
+pub struct UiError(ApiError);
+
+impl<E: Into<ApiError>> From<E> for UiError {
+    fn from(e: E) -> UiError {
+        UiError(e.into())
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let msg = html_escape(&self.0.message);
+        let body = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
+             content=\"width=device-width, initial-scale=1\"><title>Error · Tugboat</title><link rel=\"stylesheet\" \
+             href=\"/ui/app.css\"></head><body><header><a class=\"brand\" href=\"/\">Tugboat</a></header><main>\
+             <h1>{}</h1><p class=\"error\" role=\"alert\">{msg}</p><p><a href=\"/\">All jobs</a></p></main></body></html>",
+            self.0.status.canonical_reason().unwrap_or("Error")
+        );
+        (self.0.status, Html(body)).into_response()
+    }
+}
+
+/// Renders a template, or says why not.
+pub(crate) fn render(t: impl askama::Template) -> Result<Html<String>, UiError> {
+    t.render().map(Html).map_err(|e| {
+        UiError(ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "template", message: format!("rendering the page failed: {e}") })
+    })
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Percent-encodes a path segment or query value.
+pub(crate) fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Where to go after an action: `to`, with the refusal's message when there is one.
+fn back(to: &str, result: Result<(), ApiError>) -> Redirect {
+    match result {
+        Ok(()) => Redirect::to(to),
+        Err(e) => Redirect::to(&format!("{to}?error={}", enc(&e.message))),
+    }
+}
+
+async fn job_action(State(st): State<AppState>, Path((name, action)): Path<(String, String)>) -> Response {
+    let page = format!("/jobs/{}", enc(&name));
+    let s = &st.scheduler;
+    let r: Result<(), ApiError> = match action.as_str() {
+        "run" => s.run_now(&name).await.map(drop).map_err(Into::into),
+        "pause" => s.set_paused(&name, true).await.map(drop).map_err(Into::into),
+        "resume" => s.set_paused(&name, false).await.map(drop).map_err(Into::into),
+        "kill" => s.kill_job(&name).await.map(drop).map_err(Into::into),
+        "delete" => match s.delete_job(&name).await {
+            Ok(()) => {
+                let _ = st.net.forget_job(&name).await;
+                return Redirect::to("/").into_response();
+            }
+            Err(e) => Err(e.into()),
+        },
+        other => return UiError(ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: format!("no job action {other:?}") }).into_response(),
+    };
+    back(&page, r).into_response()
+}
+
+async fn kill_run(State(st): State<AppState>, Path(id): Path<u64>) -> Response {
+    let r = st.scheduler.kill_run(id).await.map(drop).map_err(Into::into);
+    back(&format!("/runs/{id}"), r).into_response()
+}
+
+async fn agent_action(State(st): State<AppState>, Path((name, action)): Path<(String, String)>) -> Response {
+    let drain = match action.as_str() {
+        "drain" => true,
+        "undrain" => false,
+        other => return UiError(ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: format!("no agent action {other:?}") }).into_response(),
+    };
+    let r = st.scheduler.drain(&name, drain).await.map(drop).map_err(Into::into);
+    back("/agents", r).into_response()
+}
