@@ -1,6 +1,7 @@
 """Drives a Tugboat server with the real `chronos-python` client library (PyPI: chronos-python).
 
-Usage: python3 check.py HOST:PORT. Exits non-zero on the first failed check and prints one line
+Usage: python3 check.py HOST:PORT [USER:PASSWORD]. With credentials, every call uses HTTP basic
+auth, and a client without them must be refused. Exits non-zero on the first failed check and prints one line
 per check. Both API prefixes are exercised (the client's `v1` default and no prefix).
 """
 import sys
@@ -9,6 +10,10 @@ import time
 import chronos
 
 server = sys.argv[1]
+creds = {}
+if len(sys.argv) > 2:
+    user, password = sys.argv[2].split(":", 1)
+    creds = {"username": user, "password": password}
 checks = 0
 
 
@@ -22,7 +27,7 @@ def check(cond, what):
 
 
 for version in ("v1", None):
-    c = chronos.connect([server], scheduler_api_version=version)
+    c = chronos.connect([server], scheduler_api_version=version, **creds)
     tag = version or "root"
     parent = {
         "name": "py-parent-" + tag,
@@ -69,6 +74,19 @@ for version in ("v1", None):
     names = [j["name"] for j in c.list()]
     check(parent["name"] not in names and child["name"] not in names, tag + ": delete")
 
-metrics = chronos.connect([server]).metrics()
+metrics = chronos.connect([server], **creds).metrics()
 check("tug_fires" in str(metrics), "metrics through the client")
+if creds:
+    refused = False
+    try:
+        chronos.connect([server]).list()
+    except chronos.ChronosAPIError:  # the client reports a 401 as no server left to try
+        refused = True
+    check(refused, "a client without credentials is refused")
+    refused = False
+    try:
+        chronos.connect([server], username=creds["username"], password="wrong").list()
+    except chronos.ChronosAPIError:  # the client reports a 401 as no server left to try
+        refused = True
+    check(refused, "a wrong password is refused")
 print("%d passed, 0 failed" % checks)

@@ -7,7 +7,9 @@
 //! - [`misfire`]: which late fires run and which are skipped.
 //! - [`dag`]: dependency cycles.
 //! - [`protocol`]: server ↔ agent messages.
+//! - [`access`]: API token roles and scopes.
 
+pub mod access;
 pub mod bytesize;
 pub mod constraint;
 pub mod dag;

@@ -59,6 +59,8 @@ pub struct EmbeddedConfig {
     pub agent_durability: Option<tug_agent::Durability>,
     /// Events the stream keeps for clients that resume (`Last-Event-ID`).
     pub event_buffer: usize,
+    /// Tokens, browser guards, limits and audit retention of the API.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl EmbeddedConfig {
@@ -78,6 +80,7 @@ impl EmbeddedConfig {
             agent_timeout: Duration::from_secs(10),
             agent_durability: None,
             event_buffer: crate::stream::DEFAULT_CAPACITY,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -92,6 +95,8 @@ pub struct Embedded {
     pub store: Arc<dyn Store>,
     /// The metric families.
     pub metrics: Arc<Metrics>,
+    /// API tokens and the gate's settings.
+    pub auth: Arc<crate::auth::Auth>,
     /// Every run's log: the local agent's in the data dir, remote agents' through their streams
     /// (give it to the agent gateway).
     pub logs: RunLogs,
@@ -198,6 +203,10 @@ impl Embedded {
             tasks.push(tokio::spawn(serving));
         }
         let net = Arc::new(crate::net::Network::new(store.clone(), clock.clone()));
+        let auth = crate::auth::Auth::load(config.auth.clone(), store.clone(), clock.clone())
+            .await
+            .context("loading API tokens")?;
+        tasks.push(tokio::spawn(auth.clone().prune_audit(stopped(stop_rx.clone()))));
         if let Some(listener) = listener {
             let state = AppState {
                 store: store.clone(),
@@ -207,8 +216,9 @@ impl Embedded {
                 clock,
                 metrics: metrics.clone(),
                 events: bus.clone(),
+                auth: auth.clone(),
             };
-            let app = api::router(state);
+            let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
             let rx = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
@@ -222,6 +232,7 @@ impl Embedded {
             net,
             store,
             metrics,
+            auth,
             logs,
             updates: updates_tx,
             stop,

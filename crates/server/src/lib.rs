@@ -3,6 +3,8 @@
 //!
 //! - [`scheduler`]: fire → admit → commit → dispatch → status → complete (README.md inside).
 //! - [`api`]: the native REST API under `/api/v1`.
+//! - [`auth`]: the gate every request passes (tokens, roles, scopes, browser guards, limits) and
+//!   the audit log.
 //! - [`clock`]: the injectable wall clock.
 //! - [`embedded`]: server + local agent + SQLite in one process.
 //! - [`chronos`]: the Chronos-compatible REST API under `/scheduler` and `/v1/scheduler`.
@@ -16,6 +18,7 @@
 
 pub mod agent_service;
 pub mod api;
+pub mod auth;
 pub mod chronos;
 pub mod clock;
 pub mod embedded;

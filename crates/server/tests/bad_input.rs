@@ -26,7 +26,7 @@ async fn bad_inputs_are_refused_with_clear_messages() {
     expect(&s, m, p, b, 422, "invalid_job", "not both").await;
     let (m, p, b) = post(json!({"name": "a", "parents": ["ghost"], "command": "x"}));
     expect(&s, m, p, b, 422, "unknown_parent", "\"ghost\" does not exist").await;
-    let (st, v) = s.http.post(format!("{}/jobs", s.base)).body("{not json").send().await.map(|r| (r.status().as_u16(), r)).unwrap();
+    let (st, v) = s.http.post(format!("{}/jobs", s.base)).header("content-type", "application/json").body("{not json").send().await.map(|r| (r.status().as_u16(), r)).unwrap();
     assert_eq!(st, 400);
     assert!(v.text().await.unwrap().contains("invalid job JSON"));
 

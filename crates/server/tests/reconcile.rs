@@ -405,6 +405,24 @@ impl Store for Stalling {
     async fn remove_claim(&self, pool: &str, name: &str) -> tug_store::Result<Option<tug_store::Claim>> {
         self.inner.remove_claim(pool, name).await
     }
+    async fn create_token(&self, token: &tug_store::TokenRecord) -> tug_store::Result<()> {
+        self.inner.create_token(token).await
+    }
+    async fn list_tokens(&self) -> tug_store::Result<Vec<tug_store::TokenRecord>> {
+        self.inner.list_tokens().await
+    }
+    async fn revoke_token(&self, id: &str, now: Timestamp) -> tug_store::Result<tug_store::TokenRecord> {
+        self.inner.revoke_token(id, now).await
+    }
+    async fn append_audit(&self, entry: &tug_store::AuditEntry) -> tug_store::Result<u64> {
+        self.inner.append_audit(entry).await
+    }
+    async fn list_audit(&self, q: &tug_store::AuditQuery) -> tug_store::Result<tug_store::Page<tug_store::AuditEntry>> {
+        self.inner.list_audit(q).await
+    }
+    async fn prune_audit(&self, before: Timestamp) -> tug_store::Result<u64> {
+        self.inner.prune_audit(before).await
+    }
 }
 
 #[tokio::test(start_paused = true)]

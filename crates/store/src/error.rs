@@ -56,6 +56,12 @@ pub enum StoreError {
         /// The claim that holds it.
         holder: String,
     },
+    /// No API token with that id.
+    #[error("no token with id {0:?}; `tug token list` shows them")]
+    TokenNotFound(String),
+    /// A token with that id exists already.
+    #[error("a token with id {0:?} exists already")]
+    TokenExists(String),
     /// A pagination cursor that this store did not hand out.
     #[error("invalid cursor {0:?}: pass the `next_cursor` of a previous page")]
     BadCursor(String),
@@ -153,14 +159,16 @@ impl StoreError {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::JobNotFound(_) | StoreError::RunNotFound(_) | StoreError::PoolNotFound(_) => {
-                ErrorKind::NotFound
-            }
+            StoreError::JobNotFound(_)
+            | StoreError::RunNotFound(_)
+            | StoreError::PoolNotFound(_)
+            | StoreError::TokenNotFound(_) => ErrorKind::NotFound,
             StoreError::JobExists(_)
             | StoreError::VersionConflict { .. }
             | StoreError::PoolExists(_)
             | StoreError::PoolInUse { .. }
-            | StoreError::AddressTaken { .. } => ErrorKind::Conflict,
+            | StoreError::AddressTaken { .. }
+            | StoreError::TokenExists(_) => ErrorKind::Conflict,
             StoreError::BadCursor(_) => ErrorKind::Invalid,
             StoreError::StorageFull { .. } => ErrorKind::StorageFull,
             StoreError::Unavailable { .. } | StoreError::Stopped(_) => ErrorKind::Unavailable,

@@ -12,12 +12,14 @@ use tug_core::run::{Attempt, NewRun, Run, RunId, RunState};
 use tug_core::JobSpec;
 pub use tug_net::{Claim, PoolSpec};
 
+mod access;
 mod error;
 pub mod mem;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use access::{AuditEntry, AuditQuery, TokenRecord};
 pub use error::{Cause, ErrorKind, StoreError};
 
 /// Result of store operations.
@@ -202,4 +204,18 @@ pub trait Store: Send + Sync + 'static {
     async fn put_claim(&self, claim: &Claim) -> Result<()>;
     /// Removes a claim; returns it, or `None` if there was none.
     async fn remove_claim(&self, pool: &str, name: &str) -> Result<Option<Claim>>;
+    /// Stores a new API token; [`StoreError::TokenExists`] if its id is taken.
+    async fn create_token(&self, token: &TokenRecord) -> Result<()>;
+    /// Every token, revoked and expired ones included, by id.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Marks a token revoked at `now` (a second revoke keeps the first instant); returns it.
+    /// [`StoreError::TokenNotFound`] if unknown.
+    async fn revoke_token(&self, id: &str, now: Timestamp) -> Result<TokenRecord>;
+
+    /// Appends an entry to the audit log (its `id` is assigned); returns the id.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<u64>;
+    /// A page of the audit log, oldest first.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>>;
+    /// Deletes audit entries older than `before`; returns how many.
+    async fn prune_audit(&self, before: Timestamp) -> Result<u64>;
 }

@@ -14,8 +14,8 @@ use tug_core::JobSpec;
 use tug_core::run::{Attempt, NewRun, Run, RunId, RunState, Trigger};
 
 use crate::{
-    Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result, RunQuery, RunTotals, Store,
-    StoreError,
+    AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result,
+    RunQuery, RunTotals, Store, StoreError, TokenRecord,
 };
 
 /// Page size when a query asks for 0 (as in SQLite).
@@ -83,6 +83,12 @@ struct State {
     pools: BTreeMap<String, PoolRecord>,
     /// Claimed addresses by `(pool, ip)`, so a pool's claims list by address.
     claims: BTreeMap<(String, std::net::Ipv4Addr), Claim>,
+    /// API tokens by id.
+    tokens: BTreeMap<String, TokenRecord>,
+    /// The audit log by id.
+    audit: BTreeMap<u64, AuditEntry>,
+    /// The last audit id handed out.
+    last_audit: u64,
 }
 
 /// A job as stored: the spec, its bookkeeping and an index of its runs.
@@ -564,5 +570,68 @@ impl Store for MemStore {
         let mut state = self.lock();
         let key = state.claims.iter().find(|((p, _), c)| p == pool && c.name == name).map(|(k, _)| k.clone());
         Ok(key.and_then(|k| state.claims.remove(&k)))
+    }
+
+    async fn create_token(&self, token: &TokenRecord) -> Result<()> {
+        let mut state = self.lock();
+        if state.tokens.contains_key(&token.id) {
+            return Err(StoreError::TokenExists(token.id.clone()));
+        }
+        let mut token = token.clone();
+        token.created_at = stored(token.created_at);
+        token.expires_at = token.expires_at.map(stored);
+        token.revoked_at = token.revoked_at.map(stored);
+        state.tokens.insert(token.id.clone(), token);
+        Ok(())
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        Ok(self.lock().tokens.values().cloned().collect())
+    }
+
+    async fn revoke_token(&self, id: &str, now: Timestamp) -> Result<TokenRecord> {
+        let mut state = self.lock();
+        let token = state.tokens.get_mut(id).ok_or_else(|| StoreError::TokenNotFound(id.to_owned()))?;
+        token.revoked_at.get_or_insert(stored(now));
+        Ok(token.clone())
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<u64> {
+        let mut state = self.lock();
+        state.last_audit += 1;
+        let id = state.last_audit;
+        state.audit.insert(id, AuditEntry { id, at: stored(entry.at), ..entry.clone() });
+        Ok(id)
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>> {
+        let state = self.lock();
+        let after: u64 = match &query.cursor {
+            None => 0,
+            Some(c) => c.parse().ok().filter(|n| *n > 0).ok_or_else(|| StoreError::BadCursor(c.clone()))?,
+        };
+        let limit = page_size(query.limit);
+        let mut items: Vec<AuditEntry> = state
+            .audit
+            .range(after + 1..)
+            .map(|(_, e)| e)
+            .filter(|e| query.since.is_none_or(|s| e.at >= s) && query.job.as_ref().is_none_or(|j| e.job.as_ref() == Some(j)))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|e| e.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn prune_audit(&self, before: Timestamp) -> Result<u64> {
+        let mut state = self.lock();
+        let n = state.audit.len();
+        state.audit.retain(|_, e| e.at >= before);
+        Ok((n - state.audit.len()) as u64)
     }
 }

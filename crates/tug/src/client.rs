@@ -1,8 +1,18 @@
 //! A small HTTP client for the native API that turns error bodies into readable errors.
 
+use std::sync::OnceLock;
+
 use anyhow::{anyhow, Context};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+
+/// The token every request carries (`--token` or `TUG_TOKEN`), set once at start.
+static TOKEN: OnceLock<String> = OnceLock::new();
+
+/// Makes every client send `token` as its bearer token.
+pub fn use_token(token: String) {
+    let _ = TOKEN.set(token);
+}
 
 /// The API client.
 pub struct Client {
@@ -35,6 +45,9 @@ impl Client {
     pub async fn send(&self, method: Method, path: &str, body: Option<(&str, String)>) -> anyhow::Result<reqwest::Response> {
         self.check_base()?;
         let mut req = self.http.request(method, self.url(path));
+        if let Some(token) = TOKEN.get() {
+            req = req.bearer_auth(token);
+        }
         if let Some((content_type, body)) = body {
             req = req.header(reqwest::header::CONTENT_TYPE, content_type).body(body);
         }
@@ -62,6 +75,9 @@ impl Client {
     pub async fn stream_get(&self, path: &str, last_event_id: Option<&str>) -> anyhow::Result<reqwest::Response> {
         self.check_base()?;
         let mut req = self.http.get(self.url(path));
+        if let Some(token) = TOKEN.get() {
+            req = req.bearer_auth(token);
+        }
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
         }
@@ -86,12 +102,20 @@ impl Client {
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or(text);
+        if status == StatusCode::UNAUTHORIZED && TOKEN.get().is_none() {
+            return Err(anyhow!("{msg} (HTTP 401)\nset TUG_TOKEN or pass --token"));
+        }
         Err(anyhow!("{msg} (HTTP {})", status.as_u16()))
     }
 
     /// GET.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(Method::GET, path, None).await
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::DELETE, path, None).await
     }
 
     /// POST without a body.

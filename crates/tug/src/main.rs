@@ -35,6 +35,12 @@ pub struct Conn {
     // Read through the ArgMatches (see `client_server`), so that `tug --server URL job list` works too.
     #[allow(dead_code)]
     server: String,
+    /// The API token to send (`tug token create` makes one; a server's first comes from
+    /// `tug server --init-token`).
+    #[arg(long = "token", id = "token", global = true, env = "TUG_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    // Read through the ArgMatches (see `client_token`), like `server`.
+    #[allow(dead_code)]
+    token: Option<String>,
 }
 
 /// `tug job`: the server to talk to, and the subcommand.
@@ -53,6 +59,25 @@ struct NetCli {
     conn: Conn,
     #[command(subcommand)]
     cmd: cmd::net::NetCommand,
+}
+
+/// `tug token`: the server to talk to, and the subcommand.
+#[derive(clap::Args)]
+struct TokenCli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: cmd::token::TokenCommand,
+}
+
+/// `tug audit`: the server to talk to, and the filters.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  tug audit --since 1h\n  tug audit --job backup --since 2026-11-01T00:00:00Z")]
+struct AuditCli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(flatten)]
+    args: cmd::token::AuditArgs,
 }
 
 /// `tug run`: the server to talk to, and the subcommand.
@@ -85,9 +110,15 @@ enum Command {
     Agent(AgentCli),
     /// Container network: address pools (VLAN or VXLAN) and the addresses claimed from them.
     Net(NetCli),
+    /// Make, list and revoke API tokens (admin).
+    Token(TokenCli),
+    /// Who changed what through the API, oldest first (admin).
+    Audit(AuditCli),
     /// Work with schedule expressions.
     #[command(subcommand)]
     Schedule(cmd::schedule::ScheduleCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::completions::CompletionsArgs),
     /// Measure Tugboat on this machine.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -118,6 +149,9 @@ fn main() -> std::process::ExitCode {
     };
     let up_matches = matches.subcommand_matches("up").cloned().unwrap_or_default();
     let server = client_server(&matches);
+    if let Some(t) = client_token(&matches) {
+        client::use_token(t);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -138,8 +172,11 @@ fn main() -> std::process::ExitCode {
             Command::Agent(AgentCli::Manage(c)) => cmd::agent::run(&server, c).await,
             Command::Agent(AgentCli::Shim { run_dir }) => cmd::agent::shim(&run_dir).await,
             Command::Net(c) => cmd::net::run(&server, c.cmd).await,
+            Command::Token(c) => cmd::token::run(&server, c.cmd).await,
+            Command::Audit(c) => cmd::token::audit(&server, c.args).await,
             Command::Schedule(c) => cmd::schedule::run(c),
             Command::Bench(c) => cmd::bench::run(c).await,
+            Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         }
     });
     match result {
@@ -171,6 +208,19 @@ fn client_server(matches: &clap::ArgMatches) -> String {
         (Some((v, _)), None) => v,
         (None, None) => std::env::var("TUG_SERVER").unwrap_or_else(|_| DEFAULT_SERVER.to_string()),
     }
+}
+
+/// The token a client command sends: the innermost `--token` given, else `TUG_TOKEN`.
+fn client_token(matches: &clap::ArgMatches) -> Option<String> {
+    let mut found = None;
+    let mut m = matches;
+    while let Some((_, sub)) = m.subcommand() {
+        if let Ok(Some(v)) = sub.try_get_one::<String>("token") {
+            found = Some(v.clone());
+        }
+        m = sub;
+    }
+    found.or_else(|| std::env::var("TUG_TOKEN").ok()).filter(|t| !t.is_empty())
 }
 
 /// An error and its causes, `: `-separated, leaving out a cause whose text (or its last part)

@@ -20,3 +20,14 @@ fn chronos_python_client_works_against_tug_up() {
     assert!(out.status.success(), "chronos client checks failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("21 passed, 0 failed"), "{stdout}");
 }
+
+#[test]
+fn chronos_python_client_with_basic_auth() {
+    let up = Up::start_with(&["--chronos-credentials", "ops:s3cret"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/chronos-client/check.py");
+    let out = Command::new("python3").arg(script).arg(format!("127.0.0.1:{}", up.port())).arg("ops:s3cret").output().unwrap();
+    drop(up);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "chronos client checks failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("23 passed, 0 failed"), "{stdout}");
+}

@@ -28,6 +28,11 @@ impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::BAD_REQUEST, code, message: message.into() }
     }
+
+    /// An error with any status.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -42,7 +47,9 @@ impl From<StoreError> for ApiError {
         let (status, code) = match &e {
             StoreError::JobNotFound(_) => (StatusCode::NOT_FOUND, "job_not_found"),
             StoreError::RunNotFound(_) => (StatusCode::NOT_FOUND, "run_not_found"),
+            StoreError::TokenNotFound(_) => (StatusCode::NOT_FOUND, "token_not_found"),
             StoreError::JobExists(_) => (StatusCode::CONFLICT, "job_exists"),
+            StoreError::TokenExists(_) => (StatusCode::CONFLICT, "token_exists"),
             StoreError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             StoreError::BadCursor(_) => (StatusCode::BAD_REQUEST, "bad_cursor"),
             StoreError::PoolNotFound(_) => (StatusCode::NOT_FOUND, "pool_not_found"),

@@ -11,7 +11,8 @@ use tug_core::schedule::Schedule;
 use tug_core::JobSpec;
 use tug_store::{JobQuery, JobRecord, Page};
 
-use super::{query_error, ApiError, ApiResult, AppState};
+use super::{in_scope, query_error, visible_job, ApiError, ApiResult, AppState};
+use crate::auth::Principal;
 
 /// A job as the API shows it: the stored record plus its next fire.
 #[derive(Debug, Serialize)]
@@ -58,10 +59,12 @@ fn parse_spec(headers: &HeaderMap, body: &str) -> ApiResult<JobSpec> {
 
 pub(super) async fn create(
     State(st): State<AppState>,
+    who: Principal,
     headers: HeaderMap,
     body: String,
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
     let spec = parse_spec(&headers, &body)?;
+    who.may_write(&spec)?;
     check_network(&st, &spec).await?;
     let record = st.scheduler.create_job(spec).await?;
     Ok((StatusCode::CREATED, Json(JobView::new(record, st.clock.now()))))
@@ -79,16 +82,20 @@ pub(super) struct ListParams {
 
 pub(super) async fn list(
     State(st): State<AppState>,
+    who: Principal,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> ApiResult<Json<Page<JobView>>> {
     let Query(p) = params.map_err(query_error)?;
     let page = st.store.list_jobs(&JobQuery { limit: p.limit, cursor: p.cursor, q: p.q, label: p.label }).await?;
     let now = st.clock.now();
-    Ok(Json(Page { items: page.items.into_iter().map(|r| JobView::new(r, now)).collect(), next_cursor: page.next_cursor }))
+    // A scoped caller's page holds only its jobs (it may be shorter than the limit); the cursor
+    // still walks the whole list.
+    let items = page.items.into_iter().filter(|r| who.grant.sees(&r.spec)).map(|r| JobView::new(r, now)).collect();
+    Ok(Json(Page { items, next_cursor: page.next_cursor }))
 }
 
-pub(super) async fn show(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<JobView>> {
-    let record = st.store.get_job(&name).await?;
+pub(super) async fn show(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<Json<JobView>> {
+    let record = visible_job(&st, &who, &name).await?;
     Ok(Json(JobView::new(record, st.clock.now())))
 }
 
@@ -101,6 +108,7 @@ pub(super) struct UpdateParams {
 
 pub(super) async fn update(
     State(st): State<AppState>,
+    who: Principal,
     Path(name): Path<String>,
     params: Result<Query<UpdateParams>, QueryRejection>,
     headers: HeaderMap,
@@ -119,11 +127,16 @@ pub(super) async fn update(
         spec.paused = st.store.get_job(&name).await?.spec.paused;
     }
     check_network(&st, &spec).await?;
+    if who.scope().is_some() {
+        visible_job(&st, &who, &name).await?;
+        who.may_write(&spec)?;
+    }
     let record = st.scheduler.update_job(spec, p.version).await?;
     Ok(Json(JobView::new(record, st.clock.now())))
 }
 
-pub(super) async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub(super) async fn delete(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    in_scope(&st, &who, &name).await?;
     st.scheduler.delete_job(&name).await?;
     // The job's addresses go back to their pools.
     st.net.forget_job(&name).await?;
@@ -147,22 +160,26 @@ async fn check_network(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
     }
 }
 
-pub(super) async fn run_now(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<(StatusCode, Json<Run>)> {
+pub(super) async fn run_now(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<(StatusCode, Json<Run>)> {
+    in_scope(&st, &who, &name).await?;
     let run = st.scheduler.run_now(&name).await?;
     Ok((StatusCode::CREATED, Json(run)))
 }
 
-pub(super) async fn pause(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<JobView>> {
+pub(super) async fn pause(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<Json<JobView>> {
+    in_scope(&st, &who, &name).await?;
     let record = st.scheduler.set_paused(&name, true).await?;
     Ok(Json(JobView::new(record, st.clock.now())))
 }
 
-pub(super) async fn resume(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<JobView>> {
+pub(super) async fn resume(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<Json<JobView>> {
+    in_scope(&st, &who, &name).await?;
     let record = st.scheduler.set_paused(&name, false).await?;
     Ok(Json(JobView::new(record, st.clock.now())))
 }
 
-pub(super) async fn kill(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<(StatusCode, Json<Vec<Run>>)> {
+pub(super) async fn kill(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<(StatusCode, Json<Vec<Run>>)> {
+    in_scope(&st, &who, &name).await?;
     let runs = st.scheduler.kill_job(&name).await?;
     Ok((StatusCode::ACCEPTED, Json(runs)))
 }

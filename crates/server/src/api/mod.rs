@@ -8,7 +8,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tug_store::Store;
@@ -17,6 +17,7 @@ use crate::clock::SharedClock;
 use crate::metrics::{ApiLabels, Metrics};
 use crate::scheduler::SchedulerHandle;
 
+mod access;
 mod agents;
 pub mod error;
 mod events;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub net: Arc<crate::net::Network>,
     /// The event stream, for `/api/v1/events`.
     pub events: crate::stream::EventBus,
+    /// Tokens, the gate's settings and the audit log.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// The API router.
@@ -70,6 +73,9 @@ pub fn router(state: AppState) -> Router {
         .route("/net/pools", post(net::create).get(net::list))
         .route("/net/pools/{name}", get(net::show).delete(net::delete))
         .route("/net/addresses", get(net::addresses))
+        .route("/tokens", post(access::create).get(access::list))
+        .route("/tokens/{id}", axum::routing::delete(access::revoke))
+        .route("/audit", get(access::audit))
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .with_state(state.clone());
     let metrics = state.metrics.clone();
@@ -94,9 +100,57 @@ pub fn router(state: AppState) -> Router {
                 message: "no such endpoint; the API lives under /api/v1 (e.g. GET /api/v1/jobs)".into(),
             }
         })
-        // Last, so it wraps every route above and the fallback. `Router::layer` wraps each route
-        // after routing, which is what puts `MatchedPath` in the request for the label.
+        // `Router::layer` wraps each route after routing, which is what puts `MatchedPath` in the
+        // request for the gate's role table and the latency label. The gate is inside, so refused
+        // requests are timed too; JSON errors are outermost, so they cover everything.
+        .layer(middleware::from_fn_with_state(state.auth.clone(), crate::auth::gate))
+        .layer(axum::extract::DefaultBodyLimit::max(state.auth.config().max_body))
         .layer(middleware::from_fn_with_state(state.metrics.clone(), track_latency))
+        .layer(middleware::from_fn(json_errors))
+}
+
+/// Gives every error of the native API the JSON error shape, also those the framework answers by
+/// itself (405, a body that is not UTF-8, a bad path parameter) in plain text. The Chronos API
+/// keeps Chronos's plain-text errors, and the UI its error pages.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    // The Chronos API keeps its own error texts, and the UI its pages.
+    let chronos = !path.starts_with("/api/");
+    let method = req.method().clone();
+    let path = path.to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if chronos || !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let allow = resp.headers().get(axum::http::header::ALLOW).cloned();
+    let text = axum::body::to_bytes(resp.into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = allow.as_ref().and_then(|v| v.to_str().ok()).filter(|a| !a.is_empty());
+            let hint = allowed.map_or_else(|| "see /api/v1/openapi.json".to_owned(), |a| format!("allowed: {a}"));
+            ("method_not_allowed", format!("{method} is not allowed on {path}; {hint}"))
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", format!("the request body is too large: {text}")),
+        StatusCode::BAD_REQUEST if text.contains("UTF-8") => {
+            ("invalid_body", "the request body is not valid UTF-8; send JSON (or TOML for a job file)".to_owned())
+        }
+        StatusCode::BAD_REQUEST => ("bad_request", text),
+        StatusCode::NOT_FOUND => ("not_found", format!("no such endpoint {path}; the API lives under /api/v1")),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", text),
+        _ => ("error", text),
+    };
+    let mut out = ApiError { status, code, message }.into_response();
+    if let Some(allow) = allow {
+        out.headers_mut().insert(axum::http::header::ALLOW, allow);
+    }
+    out
 }
 
 /// Observes one request's latency, labelled by route pattern, method and status class.
@@ -138,4 +192,40 @@ fn status_class(s: StatusCode) -> &'static str {
 /// Turns a query-string rejection into our error shape.
 pub(crate) fn query_error(e: QueryRejection) -> ApiError {
     ApiError::bad_request("invalid_query", e.body_text())
+}
+
+/// A job the caller may see: 404 when it does not exist or is out of the caller's scope.
+pub(crate) async fn visible_job(st: &AppState, who: &crate::auth::Principal, name: &str) -> ApiResult<tug_store::JobRecord> {
+    let record = st.store.get_job(name).await?;
+    who.see(&record.spec)?;
+    Ok(record)
+}
+
+/// A run whose job the caller may see: 404 when it does not exist or is out of scope (as if
+/// there were no such run).
+pub(crate) async fn visible_run(
+    st: &AppState,
+    who: &crate::auth::Principal,
+    id: tug_core::RunId,
+) -> ApiResult<tug_core::Run> {
+    let run = st.store.get_run(id).await?;
+    if who.scope().is_some() {
+        let visible = match st.store.get_job(&run.job).await {
+            Ok(job) => who.grant.sees(&job.spec),
+            Err(_) => false,
+        };
+        if !visible {
+            return Err(tug_store::StoreError::RunNotFound(id).into());
+        }
+    }
+    Ok(run)
+}
+
+/// Fails with 404 when the caller has a scope and the job is outside it (or does not exist);
+/// free for unscoped callers, whose handlers find out about a missing job themselves.
+pub(crate) async fn in_scope(st: &AppState, who: &crate::auth::Principal, name: &str) -> ApiResult<()> {
+    if who.scope().is_some() {
+        visible_job(st, who, name).await?;
+    }
+    Ok(())
 }

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use tug_core::run::{Attempt, Run, RunId, RunState};
 use tug_store::{Page, RunQuery};
 
-use super::{query_error, ApiError, ApiResult, AppState};
+use super::{query_error, visible_job, visible_run, ApiError, ApiResult, AppState};
+use crate::auth::{AuditJob, Principal};
 use crate::logs::LogError;
 
 #[derive(Debug, Deserialize)]
@@ -26,6 +27,7 @@ pub(super) struct ListParams {
 
 pub(super) async fn list(
     State(st): State<AppState>,
+    who: Principal,
     Path(name): Path<String>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> ApiResult<Json<Page<Run>>> {
@@ -36,7 +38,7 @@ pub(super) async fn list(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_state", format!("{e}; use one of pending, starting, running, succeeded, failed, killed, timed_out, lost, skipped")))?;
     // A missing job is a 404, not an empty page.
-    st.store.get_job(&name).await?;
+    visible_job(&st, &who, &name).await?;
     let page = st.store.list_runs(&name, &RunQuery { limit: p.limit, cursor: p.cursor, state }).await?;
     Ok(Json(page))
 }
@@ -53,9 +55,9 @@ fn parse_id(id: &str) -> ApiResult<RunId> {
     id.parse().map_err(|_| ApiError::bad_request("invalid_run_id", format!("run id {id:?} is not a number")))
 }
 
-pub(super) async fn show(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
+pub(super) async fn show(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
     let id = parse_id(&id)?;
-    let run = st.store.get_run(id).await?;
+    let run = visible_run(&st, &who, id).await?;
     // The store keeps retried attempts; the current or last one is the run itself.
     let mut attempts = st.store.attempts(id).await?;
     if run.state != RunState::Skipped {
@@ -73,10 +75,15 @@ pub(super) async fn show(State(st): State<AppState>, Path(id): Path<String>) -> 
     Ok(Json(RunView { run, attempts }))
 }
 
-pub(super) async fn kill(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Run>)> {
+pub(super) async fn kill(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, axum::Extension<AuditJob>, Json<Run>)> {
     let id = parse_id(&id)?;
+    let job = visible_run(&st, &who, id).await?.job;
     let run = st.scheduler.kill_run(id).await?;
-    Ok((StatusCode::ACCEPTED, Json(run)))
+    Ok((StatusCode::ACCEPTED, axum::Extension(AuditJob(job)), Json(run)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,16 +96,19 @@ pub(super) struct LogParams {
 }
 
 const CHUNK: usize = 64 * 1024;
+/// The most log bytes one non-following request returns.
+const MAX_LOG_READ: usize = 16 << 20;
 const POLL: Duration = Duration::from_millis(100);
 
 pub(super) async fn log(
     State(st): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
     params: Result<Query<LogParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(p) = params.map_err(query_error)?;
     let id = parse_id(&id)?;
-    let run = st.store.get_run(id).await?;
+    let run = visible_run(&st, &who, id).await?;
     let text = |body| {
         Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -110,7 +120,8 @@ pub(super) async fn log(
         let mut offset = p.offset;
         loop {
             let chunk = read(&st, id, run.agent.as_deref(), offset).await?;
-            if chunk.is_empty() {
+            // One answer holds at most MAX_LOG_READ bytes; ask again from `offset` for more.
+            if chunk.is_empty() || out.len() >= MAX_LOG_READ {
                 break;
             }
             offset += chunk.len() as u64;

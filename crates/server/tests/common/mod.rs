@@ -50,6 +50,7 @@ impl TestServer {
         Self::start_with(dir, clock, |_| {}).await
     }
 
+    /// A server whose settings `tweak` adjusts first.
     pub async fn start_with(dir: &std::path::Path, clock: SharedClock, tweak: impl FnOnce(&mut EmbeddedConfig)) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

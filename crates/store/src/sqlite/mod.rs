@@ -7,6 +7,7 @@
 //! - `jobs.rs`: job queries, with the fire cursor and last-run times derived from runs.
 //! - `net.rs`: address pools and claims.
 //! - `runs.rs`: the fire batch (the hot path), run updates, listings and pruning.
+//! - `access.rs`: API tokens and the audit log.
 //! - `codec.rs`: timestamps as integer milliseconds (UTC), states and triggers as names.
 //!
 //! Timestamps are kept to the millisecond: what a write returns is already truncated, so it
@@ -23,13 +24,14 @@ use tug_core::JobSpec;
 use tug_core::run::{Attempt, Run, RunId};
 
 use crate::{
-    Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result, RunQuery, RunTotals, Store,
-    StoreError,
+    AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result,
+    RunQuery, RunTotals, Store, StoreError, TokenRecord,
 };
 use checkpoint::Checkpointer;
 use codec::{Context, locate};
 use worker::Worker;
 
+mod access;
 mod checkpoint;
 mod codec;
 mod jobs;
@@ -301,6 +303,34 @@ impl Store for SqliteStore {
     async fn remove_claim(&self, pool: &str, name: &str) -> Result<Option<Claim>> {
         let (pool, name) = (pool.to_owned(), name.to_owned());
         self.worker.call(move |c| net::remove_claim(c, &pool, &name)).await
+    }
+
+    async fn create_token(&self, token: &TokenRecord) -> Result<()> {
+        let token = token.clone();
+        self.worker.call(move |c| access::create_token(c, &token)).await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.worker.call(access::list_tokens).await
+    }
+
+    async fn revoke_token(&self, id: &str, now: Timestamp) -> Result<TokenRecord> {
+        let id = id.to_owned();
+        self.worker.call(move |c| access::revoke_token(c, &id, now)).await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<u64> {
+        let entry = entry.clone();
+        self.worker.call(move |c| access::append_audit(c, &entry)).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>> {
+        let query = query.clone();
+        self.worker.call(move |c| access::list_audit(c, &query)).await
+    }
+
+    async fn prune_audit(&self, before: Timestamp) -> Result<u64> {
+        self.worker.call(move |c| access::prune_audit(c, before)).await
     }
 }
 

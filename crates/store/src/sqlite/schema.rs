@@ -14,7 +14,7 @@ use super::codec::Context;
 use crate::{Result, StoreError};
 
 /// Every migration, in order. The schema version of a database is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// Version 1: jobs, runs and attempts.
 pub(super) const V1: &str = "
@@ -111,6 +111,32 @@ CREATE TABLE net_claims (
     PRIMARY KEY (pool, name),
     UNIQUE (pool, ip)
 ) WITHOUT ROWID;
+";
+
+/// Version 5: API tokens (hashed) and the audit log of writes.
+pub(super) const V5: &str = "
+CREATE TABLE tokens (
+    id         TEXT PRIMARY KEY NOT NULL,
+    name       TEXT NOT NULL,
+    role       TEXT NOT NULL,    -- read | operate | admin
+    scope      TEXT,             -- label:KEY=VALUE | owner:NAME; NULL: every job
+    hash       TEXT NOT NULL,    -- hex SHA-256 of the whole token; the secret is never stored
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    revoked_at INTEGER
+) WITHOUT ROWID;
+
+CREATE TABLE audit (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at     INTEGER NOT NULL,
+    actor  TEXT NOT NULL,
+    remote TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path   TEXT NOT NULL,
+    job    TEXT,
+    status INTEGER NOT NULL
+);
+CREATE INDEX audit_by_job ON audit (job, id);
 ";
 
 /// The schema version this build writes.

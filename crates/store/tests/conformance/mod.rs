@@ -11,7 +11,11 @@ use std::collections::BTreeSet;
 use jiff::Timestamp;
 use tug_core::JobSpec;
 use tug_core::run::{Attempt, NewRun, Run, RunId, RunState, Trigger};
-use tug_store::{Claim, FireBatch, JobQuery, PoolSpec, RemovedRun, RunQuery, RunTotals, Store, StoreError};
+use tug_core::access::{Role, Scope};
+use tug_store::{
+    AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, PoolSpec, RemovedRun, RunQuery, RunTotals, Store, StoreError,
+    TokenRecord,
+};
 
 /// One `#[tokio::test]` per check, each on a fresh store from `$make` (anything that derefs to a
 /// `Store`), so every implementation runs the same list.
@@ -22,7 +26,7 @@ macro_rules! conformance_tests {
             jobs_crud, bulk_create, commit_fires_is_idempotent, derived_fields, job_pagination,
             job_filters, run_pagination, save_runs_and_attempts, active_runs,
             prune_keeps_newest_and_active, prune_many_jobs, delete_cascades, run_totals_survive_pruning,
-            epochs_increase, concurrent_commits_create_each_key_once, net_pools_and_claims);
+            epochs_increase, concurrent_commits_create_each_key_once, net_pools_and_claims, tokens, audit_log);
     };
     (@each $make:expr; $($check:ident),*) => {$(
         #[tokio::test]
@@ -51,6 +55,8 @@ pub async fn all(store: &dyn Store) {
     epochs_increase(store).await;
     concurrent_commits_create_each_key_once(store).await;
     net_pools_and_claims(store).await;
+    tokens(store).await;
+    audit_log(store).await;
 }
 
 /// A scheduled job named `name`.
@@ -716,4 +722,70 @@ pub async fn net_pools_and_claims(store: &dyn Store) {
     assert!(matches!(store.get_pool("net-a").await, Err(StoreError::PoolNotFound(_))));
     // Its name can be taken again.
     store.create_pool(&a, t(5)).await.unwrap();
+}
+
+/// Tokens: created once per id, listed with their role and scope, revoked once (the first
+/// instant is kept).
+pub async fn tokens(store: &dyn Store) {
+    let token = |id: &str, scope: Option<Scope>| TokenRecord {
+        id: id.into(),
+        name: format!("for {id}"),
+        role: Role::Operate,
+        scope,
+        hash: format!("{id:0>64}"),
+        created_at: t(1),
+        expires_at: Some(t(100)),
+        revoked_at: None,
+    };
+    let a = token("tk-a", Some("label:team=data".parse().unwrap()));
+    let b = token("tk-b", None);
+    store.create_token(&a).await.unwrap();
+    store.create_token(&b).await.unwrap();
+    assert!(matches!(store.create_token(&a).await, Err(StoreError::TokenExists(id)) if id == "tk-a"));
+    let listed: Vec<TokenRecord> =
+        store.list_tokens().await.unwrap().into_iter().filter(|t| t.id.starts_with("tk-")).collect();
+    assert_eq!(listed, vec![a.clone(), b.clone()]);
+    let revoked = store.revoke_token("tk-a", t(5)).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(t(5)));
+    assert_eq!(store.revoke_token("tk-a", t(9)).await.unwrap().revoked_at, Some(t(5)));
+    assert!(!revoked.live(t(6)) && b.live(t(6)) && !b.live(t(100)));
+    assert!(matches!(store.revoke_token("tk-none", t(5)).await, Err(StoreError::TokenNotFound(_))));
+}
+
+/// The audit log: ids increase, filters by time and job, pages, prunes by age.
+pub async fn audit_log(store: &dyn Store) {
+    let entry = |at: i64, job: Option<&str>| AuditEntry {
+        id: 0,
+        at: t(at),
+        actor: "tk-a".into(),
+        remote: "127.0.0.1:5000".into(),
+        method: "POST".into(),
+        path: "/api/v1/jobs".into(),
+        job: job.map(Into::into),
+        status: 201,
+    };
+    let mut ids = Vec::new();
+    for (at, job) in [(10, Some("au-a")), (20, Some("au-b")), (30, Some("au-a")), (40, None)] {
+        ids.push(store.append_audit(&entry(at, job)).await.unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let page = store.list_audit(&AuditQuery { job: Some("au-a".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(page.items.iter().map(|e| e.at).collect::<Vec<_>>(), vec![t(10), t(30)]);
+    assert_eq!(page.items[0].id, ids[0]);
+    assert_eq!(page.items[0], AuditEntry { id: ids[0], ..entry(10, Some("au-a")) });
+    let since = store.list_audit(&AuditQuery { since: Some(t(20)), ..Default::default() }).await.unwrap();
+    assert_eq!(since.items.iter().map(|e| e.id).collect::<Vec<_>>(), ids[1..].to_vec());
+    let first = store.list_audit(&AuditQuery { since: Some(t(10)), limit: 3, ..Default::default() }).await.unwrap();
+    assert_eq!(first.items.len(), 3);
+    let rest = store
+        .list_audit(&AuditQuery { since: Some(t(10)), limit: 3, cursor: first.next_cursor, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(rest.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[3]]);
+    assert_eq!(rest.next_cursor, None);
+    let bad = store.list_audit(&AuditQuery { cursor: Some("garbage".into()), ..Default::default() }).await;
+    assert!(matches!(bad, Err(StoreError::BadCursor(_))));
+    assert_eq!(store.prune_audit(t(25)).await.unwrap(), 2);
+    let left = store.list_audit(&AuditQuery { since: Some(t(0)), ..Default::default() }).await.unwrap();
+    assert_eq!(left.items.iter().map(|e| e.id).collect::<Vec<_>>(), ids[2..].to_vec());
 }

@@ -41,8 +41,11 @@ pub struct AgentRunArgs {
     #[arg(long, env = "TUG_AGENT_RESOURCES", value_delimiter = ',')]
     resources: Vec<String>,
     /// The secret the server asks for.
-    #[arg(long, env = "TUG_JOIN_TOKEN", hide_env_values = true, default_value = "")]
+    #[arg(long, env = "TUG_JOIN_TOKEN", hide_env_values = true, default_value = "", conflicts_with = "join_token_file")]
     join_token: String,
+    /// Read the join token from this file (so it does not show in `ps`).
+    #[arg(long, env = "TUG_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
     /// Where this agent keeps run logs and docker state.
     #[arg(long, env = "TUG_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -126,7 +129,10 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     }
     let remote = RemoteConfig {
         server: server.to_string(),
-        join_token: args.join_token,
+        join_token: match &args.join_token_file {
+            Some(path) => super::security::read_secret(path)?,
+            None => args.join_token.clone(),
+        },
         resources: parse_resources(&args.resources)?,
         attributes: parse_attributes(&args.attributes)?,
     };

@@ -3,13 +3,16 @@
 pub mod agent;
 pub mod agent_run;
 pub mod bench;
+pub mod completions;
 pub mod events;
 pub mod job;
 pub mod logs;
 pub mod net;
 pub mod runs;
 pub mod schedule;
+pub mod security;
 pub mod server;
+pub mod token;
 pub mod up;
 
 /// Prints JSON, pretty.

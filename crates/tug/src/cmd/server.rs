@@ -32,8 +32,13 @@ pub struct ServerArgs {
     #[arg(long, env = "TUG_AGENT_LISTEN", default_value = "127.0.0.1:4401")]
     agent_listen: SocketAddr,
     /// The secret agents must present to join; without one any agent that connects is accepted.
-    #[arg(long, env = "TUG_JOIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TUG_JOIN_TOKEN", hide_env_values = true, conflicts_with = "join_token_file")]
     join_token: Option<String>,
+    /// Read the join token from this file (so it does not show in `ps`).
+    #[arg(long, env = "TUG_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    security: super::security::SecurityArgs,
     /// Finished runs kept per job (a job's `keep_runs` overrides it).
     #[arg(long, env = "TUG_KEEP_RUNS", default_value_t = 100)]
     keep_runs: u32,
@@ -50,6 +55,18 @@ pub struct ServerArgs {
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     super::init_logs(&args.log)?;
     let data_dir = args.data_dir.unwrap_or_else(super::default_data_dir);
+    let join_token = match &args.join_token_file {
+        Some(path) => Some(super::security::read_secret(path)?),
+        None => args.join_token.clone(),
+    };
+    let auth_config = args.security.config(args.listen)?;
+    if join_token.is_none() && !args.agent_listen.ip().is_loopback() && auth_config.mode != tug_server::auth::AuthMode::Open {
+        anyhow::bail!(
+            "refusing to accept agents on {} without a join token: anyone who can reach it could join as an agent \
+             and be handed jobs. Give --join-token-file PATH (or --join-token), or pass --insecure on a network you trust",
+            args.agent_listen
+        );
+    }
     let listener = super::bind_api(args.listen).await?;
     let agent_listener = tokio::net::TcpListener::bind(args.agent_listen).await.with_context(|| {
         format!("cannot listen for agents on {}; pick another with --agent-listen", args.agent_listen)
@@ -58,15 +75,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.keep_runs = args.keep_runs;
     config.agent_timeout = args.agent_timeout;
     config.local_agent = false;
+    config.auth = auth_config;
     let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), Arc::new(SystemClock), Some(listener)).await?;
-    if args.join_token.is_none() {
+    if let Err(e) = args.security.after_start(&server.auth, args.listen).await {
+        server.shutdown().await;
+        return Err(e);
+    }
+    if join_token.is_none() {
         tracing::warn!("no --join-token: any agent that can reach --agent-listen may join");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let gateway = AgentGateway::new(
         server.scheduler.clone(),
         server.updates_sender(),
-        args.join_token,
+        join_token,
         stop_rx.clone(),
         server.logs.clone(),
     )

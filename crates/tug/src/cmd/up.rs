@@ -47,6 +47,8 @@ pub struct UpArgs {
     /// webhooks, per_job_metrics, keep_warm); flags and TUG_* variables win over it.
     #[arg(long, env = "TUG_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    security: super::security::SecurityArgs,
 }
 
 /// `tug up` settings as a TOML file may give them.
@@ -108,8 +110,10 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     let args = args.merge_file(matches)?;
     super::init_logs(&args.log)?;
     let data_dir = args.data_dir.unwrap_or_else(super::default_data_dir);
+    let auth_config = args.security.config(args.listen)?;
     let listener = super::bind_api(args.listen).await?;
     let mut config = EmbeddedConfig::new(&data_dir);
+    config.auth = auth_config;
     config.keep_runs = args.keep_runs;
     config.log_limit = args.log_limit;
     config.webhooks = args
@@ -133,6 +137,10 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     let docker = docker_runtime(&config.agent_name, &data_dir).await;
     let runtime = Arc::new(Dispatch::new(process, Ok(docker.clone() as SharedRuntime)));
     let server = Embedded::start(config, runtime, Arc::new(SystemClock), Some(listener)).await?;
+    if let Err(e) = args.security.after_start(&server.auth, args.listen).await {
+        server.shutdown().await;
+        return Err(e);
+    }
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "tugboat is up");
     eprintln!("Tugboat is up: API at http://{}/api/v1, data in {}", args.listen, data_dir.display());
     eprintln!("Try: tug job add hello --schedule '*/10 * * * * *' -- echo hello");

@@ -18,9 +18,14 @@ pub struct Up {
 impl Up {
     /// Starts it and waits until it listens.
     pub fn start() -> Up {
+        Up::start_with(&[])
+    }
+
+    /// Starts it with more flags.
+    pub fn start_with(args: &[&str]) -> Up {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = spawn(dir.path(), port);
+        let child = spawn_with(dir.path(), port, args);
         Up { child, server: format!("http://127.0.0.1:{port}"), _dir: dir }
     }
 
@@ -46,10 +51,15 @@ impl Up {
 
 /// Starts `tug up` and waits until it listens.
 fn spawn(dir: &std::path::Path, port: u16) -> std::process::Child {
+    spawn_with(dir, port, &[])
+}
+
+fn spawn_with(dir: &std::path::Path, port: u16, args: &[&str]) -> std::process::Child {
     #[allow(clippy::zombie_processes)] // waited for by `Up`
     let child = Command::new(TUG)
         .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

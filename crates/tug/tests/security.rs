@@ -1,0 +1,112 @@
+//! Safe by default, through the CLI: a server on a non-loopback address needs credentials, the
+//! first admin token comes from a file, tokens and roles work end to end, and the audit log shows
+//! who changed what.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+mod common;
+use common::Up;
+
+const TUG: &str = env!("CARGO_BIN_EXE_tug");
+
+fn tug(server: &str, token: Option<&str>, args: &[&str]) -> Output {
+    let mut c = Command::new(TUG);
+    c.args(args).env("TUG_SERVER", server).env_remove("TUG_TOKEN");
+    if let Some(t) = token {
+        c.env("TUG_TOKEN", t);
+    }
+    c.output().expect("running tug")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_server_reachable_from_other_hosts_needs_credentials_or_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = tug("", None, &["server", "--listen", "0.0.0.0:0", "--agent-listen", "127.0.0.1:0", "--data-dir", data]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("refusing to serve the API on 0.0.0.0:0 without credentials: it listens on a non-loopback address")
+            && err.contains("--init-token")
+            && err.contains("--insecure"),
+        "{err}"
+    );
+    let out = tug("", None, &["server", "--listen", "127.0.0.1:0", "--agent-listen", "0.0.0.0:0", "--data-dir", data]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("refusing to accept agents on 0.0.0.0:0 without a join token") && err.contains("--join-token-file"), "{err}");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = tug("http://127.0.0.1:9", None, &["agent", "run", "--join-token-file", empty.to_str().unwrap()]);
+    assert!(stderr(&out).contains("is empty; put the secret in it"), "{}", stderr(&out));
+    let out = tug("", None, &["up", "--rate-limit=-1", "--data-dir", data]);
+    assert!(stderr(&out).contains("invalid --rate-limit -1"), "{}", stderr(&out));
+    let out = tug("", None, &["up", "--chronos-credentials", "nopassword", "--data-dir", data]);
+    assert!(stderr(&out).contains("expected USER:PASSWORD"), "{}", stderr(&out));
+}
+
+#[test]
+fn tokens_from_an_init_file_roles_and_the_audit_log_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin.token");
+    let up = Up::start_with(&["--init-token-file", file.to_str().unwrap()]);
+    let s = up.server.clone();
+    for _ in 0..100 {
+        if file.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let admin = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+
+    let out = tug(&s, None, &["job", "list"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("this server needs a token") && err.contains("(HTTP 401)") && err.contains("set TUG_TOKEN"), "{err}");
+
+    let out = tug(&s, Some(&admin), &["job", "add", "hi", "--schedule", "@yearly", "--", "echo hi"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tug(&s, Some(&admin), &["token", "create", "--role", "read", "--name", "viewer"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let read = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(stderr(&out).contains("shown once"), "{}", stderr(&out));
+
+    assert!(tug(&s, Some(&read), &["job", "show", "hi"]).status.success());
+    let out = tug(&s, Some(&read), &["job", "delete", "hi"]);
+    assert!(stderr(&out).contains("needs a token with role admin or above; this one has role read (HTTP 403)"), "{}", stderr(&out));
+    let out = tug(&s, Some(&read), &["job", "run", "hi"]);
+    assert!(stderr(&out).contains("needs a token with role operate"), "{}", stderr(&out));
+
+    let list = tug(&s, Some(&admin), &["token", "list"]);
+    let text = String::from_utf8(list.stdout).unwrap();
+    assert!(text.contains("viewer") && text.contains("read") && !text.contains(&read[17..]), "{text}");
+    let read_id = &read[4..16];
+    assert!(tug(&s, Some(&admin), &["token", "revoke", read_id]).status.success());
+    let out = tug(&s, Some(&read), &["job", "show", "hi"]);
+    assert!(stderr(&out).contains("was revoked"), "{}", stderr(&out));
+
+    let out = tug(&s, Some(&admin), &["audit", "--job", "hi", "--json"]);
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen: Vec<(String, u64)> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["method"].as_str().unwrap().to_owned() + " " + e["path"].as_str().unwrap(), e["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("POST /api/v1/jobs".to_owned(), 201),
+            ("DELETE /api/v1/jobs/hi".to_owned(), 403),
+            ("POST /api/v1/jobs/hi/run".to_owned(), 403)
+        ]
+    );
+    let out = tug(&s, Some(&read), &["audit"]);
+    assert!(!out.status.success());
+}
