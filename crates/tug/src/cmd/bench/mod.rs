@@ -5,17 +5,20 @@
 //! - `launch`: one trivial docker job launched three ways (executor, exec, container per run).
 //! - `net`: containers (dwait in namespaces) asking dresponse for their network at once.
 //! - `agents`: a real `tug server` and N `tug agent run --noop` processes, launches end to end.
+//! - `ui`: web UI page render times with many jobs stored; the event stream to many subscribers.
 
 mod agents;
 mod common;
 mod fire;
 mod launch;
 mod net;
+mod ui;
 
 pub use agents::AgentsArgs;
 pub use fire::FireArgs;
 pub use launch::LaunchArgs;
 pub use net::NetArgs;
+pub use ui::UiArgs;
 
 /// `tug bench` subcommands.
 #[derive(clap::Subcommand)]
@@ -42,6 +45,10 @@ Needs root, the static dwait (TUG_DWAIT or next to tug) and, for the Docker comp
 local image with `sleep` (default tugboat-test-busybox:1). Addresses are chosen in-process, as
 the server chooses them; a real agent adds one round trip on its stream.")]
     Net(NetArgs),
+    /// Time the web UI's pages with many jobs in the store (first page, a search, a deep page, a
+    /// filter, a job), then the event stream's throughput to many subscribers while jobs fire.
+    #[command(after_help = "Examples:\n  tug bench ui\n  tug bench ui --jobs 10000 --requests 50 --subscribers 10 --json\n\nRequests are sent one at a time from this process to the server in it; the no-op runtime\nfinishes every run at once.")]
+    Ui(UiArgs),
 }
 
 
@@ -52,5 +59,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Launch(a) => launch::run(a).await,
         BenchCommand::Agents(a) => agents::run(a).await,
         BenchCommand::Net(a) => net::run(a).await,
+        BenchCommand::Ui(a) => ui::run(a).await,
     }
 }

@@ -1,0 +1,195 @@
+//! The web UI in a real browser: Debian's chromium driven over WebDriver (chromedriver) against a
+//! real `tug up`. Screenshots of each step are saved under `target/ui-screenshots/` (test
+//! artifacts; `scripts/screenshots` copies the jobs and job pages into docs/). Skipped, loudly,
+//! when chromedriver is not installed (scripts/test installs it).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+mod common;
+use common::Up;
+
+const TUG: &str = env!("CARGO_BIN_EXE_tug");
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::blocking::Client,
+    shots: PathBuf,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start(shots: &str) -> Option<Browser> {
+        let driver_bin = ["chromedriver", "/usr/bin/chromedriver"].into_iter().find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new(driver_bin).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        for _ in 0..100 {
+            if http.get(format!("{base}/status")).send().is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                     format!("--user-data-dir={}", profile.path().display())]
+        }}}});
+        let v: Value = http.post(format!("{base}/session")).json(&caps).send().unwrap().json().unwrap();
+        let session = v["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {v}")).to_string();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots").join(shots);
+        std::fs::create_dir_all(&dir).unwrap();
+        Some(Browser { driver, base, session, http, shots: dir, _profile: profile })
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut r = self.http.request(method, url);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let v: Value = r.send().unwrap().json().unwrap();
+        assert!(v["value"]["error"].is_null(), "WebDriver {path}: {v}");
+        v["value"].clone()
+    }
+
+    fn go(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})));
+    }
+
+    fn js(&self, script: &str) -> Value {
+        self.call(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": []})))
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.call(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css})));
+        let id = e[ELEMENT].as_str().unwrap().to_string();
+        self.call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({})));
+    }
+
+    fn text(&self, css: &str) -> String {
+        self.js(&format!("var e = document.querySelector({css:?}); return e ? e.innerText : '';")).as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits until the element's text contains `needle` (the page is not reloaded meanwhile).
+    fn wait_text(&self, css: &str, needle: &str) -> String {
+        for _ in 0..300 {
+            let t = self.text(css);
+            if t.contains(needle) {
+                return t;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let page = self.js("return location.href + '\\n' + document.body.innerText;");
+        panic!("{css} never showed {needle:?}: {}\n--- the page:\n{}", self.text(css), page.as_str().unwrap_or_default());
+    }
+
+    fn screenshot(&self, name: &str) {
+        let b64 = self.call(reqwest::Method::GET, "/screenshot", None);
+        let png = base64_decode(b64.as_str().unwrap());
+        assert!(png.starts_with(b"\x89PNG"));
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.http.delete(format!("{}/session/{}", self.base, self.session)).send();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|c| !matches!(c, b'=' | b'\n' | b'\r')).collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &c)| n | (u32::from(val(c)) << (18 - 6 * i)));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+fn tug(server: &str, args: &[&str]) -> String {
+    let out = Command::new(TUG).args(args).env("TUG_SERVER", server).output().unwrap();
+    assert!(out.status.success(), "tug {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn an_operator_runs_watches_kills_and_pauses_a_job_in_the_browser() {
+    let Some(b) = Browser::start("job-flow") else {
+        eprintln!("\n!!!!!!!! SKIPPED browser test: chromedriver is not installed (scripts/test installs chromium-driver) !!!!!!!!\n");
+        return;
+    };
+    let up = Up::start();
+    let s = up.server.clone();
+    tug(&s, &["job", "add", "nightly-report", "--schedule", "0 30 2 * * *", "--tz", "Europe/Berlin", "--description", "the nightly report", "--", "echo report"]);
+    tug(&s, &["job", "add", "slow-batch", "--schedule", "@yearly", "--", "echo started; sleep 300; echo never"]);
+    tug(&s, &["job", "add", "broken", "--schedule", "@yearly", "--", "echo oops; exit 3"]);
+    tug(&s, &["job", "run", "nightly-report"]);
+    tug(&s, &["job", "run", "broken"]);
+
+    // The jobs page, then the failing filter: the broken job in two clicks.
+    b.go(&format!("{s}/"));
+    b.wait_text("#jobs", "slow-batch");
+    b.wait_text("#jobs", "failed");
+    b.screenshot("jobs");
+    b.click("a[href='/?state=failing']");
+    let failing = b.wait_text("#jobs", "broken");
+    assert!(!failing.contains("slow-batch"), "{failing}");
+    b.click("a[href='/jobs/broken']");
+    b.wait_text("h1", "broken");
+
+    // The job page: run now, and the run appears running without a reload.
+    b.go(&format!("{s}/jobs/slow-batch"));
+    b.wait_text("body", "Nothing running.");
+    b.wait_text("body", "every year");
+    b.js("window.__notReloaded = true; return null;");
+    // Live: a run started elsewhere shows up on the open page.
+    tug(&s, &["job", "run", "slow-batch"]);
+    b.wait_text("#live", "running on local");
+    assert_eq!(b.js("return window.__notReloaded === true;"), json!(true), "updated in place, not reloaded");
+    b.screenshot("job");
+
+    // The run page follows its log; Kill ends it, and the page says so.
+    b.click("#live a[href^='/runs/']");
+    b.wait_text("#log", "started");
+    b.screenshot("run");
+    b.click("button[formaction$='/kill']");
+    b.wait_text("#run", "killed");
+
+    // Pause from the job page.
+    b.go(&format!("{s}/jobs/slow-batch"));
+    b.click("button[formaction$='/pause']");
+    b.wait_text("h1", "paused");
+    assert!(tug(&s, &["job", "show", "slow-batch"]).contains("paused"));
+
+    // The agents page, drained from the browser.
+    b.go(&format!("{s}/agents"));
+    b.click("button[formaction='/ui/agents/local/drain']");
+    b.wait_text("#agents", "draining");
+    b.screenshot("agents");
+
+    // Phone width: nothing wider than the screen but the scrolling tables.
+    b.call(reqwest::Method::POST, "/window/rect", Some(json!({"width": 390, "height": 844})));
+    b.go(&format!("{s}/"));
+    let overflow = b.js("return document.documentElement.scrollWidth <= window.innerWidth + 1;");
+    assert_eq!(overflow, json!(true), "the jobs page fits a phone's width");
+    b.screenshot("jobs-phone");
+}
