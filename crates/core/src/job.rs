@@ -352,6 +352,11 @@ impl<'de> Deserialize<'de> for RetryPolicy {
     }
 }
 
+/// The most retries a job may ask for.
+pub const MAX_RETRIES: u32 = 100;
+/// The shortest first retry delay allowed (it doubles from there).
+pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(10);
+
 /// What a fire does while an earlier run of the same job is still active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -388,7 +393,7 @@ pub enum JobError {
     #[error("{0}")]
     Parse(String),
     /// The name has characters outside `[A-Za-z0-9_.-]` or is empty or too long.
-    #[error("invalid job name {0:?}: use 1-200 characters from A-Z a-z 0-9 _ . -")]
+    #[error("invalid job name {0:?}: use 1-200 characters from A-Z a-z 0-9 _ . - (not `.` or `..` alone)")]
     Name(String),
     /// Both `schedule` and `parents` were given, or neither.
     #[error("job {0:?}: give either `schedule` (a cron or ISO 8601 expression) or `parents` (job names), not both")]
@@ -433,9 +438,11 @@ pub struct Job {
     pub schedule: Option<Schedule>,
 }
 
-/// True when `name` is a valid job name.
+/// True when `name` is a valid job name. `.` and `..` are not: they cannot be named in a URL path.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= MAX_NAME_LEN
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
@@ -616,6 +623,23 @@ impl JobSpec {
                 why: "must be more than zero; leave it out for no timeout".into(),
             });
         }
+        if self.retries.count > MAX_RETRIES {
+            return Err(JobError::Field {
+                job: self.name,
+                field: "retries.count",
+                why: format!("is {}; at most {MAX_RETRIES} retries are allowed", self.retries.count),
+            });
+        }
+        if self.retries.count > 0 && self.retries.initial_delay < MIN_RETRY_DELAY {
+            return Err(JobError::Field {
+                job: self.name,
+                field: "retries.initial_delay",
+                why: format!(
+                    "is {}; it must be at least {MIN_RETRY_DELAY}, or a failing run is retried in a hot loop",
+                    self.retries.initial_delay
+                ),
+            });
+        }
         if self.retries.initial_delay > self.retries.max_delay {
             return Err(JobError::Field {
                 job: self.name,
@@ -707,6 +731,23 @@ mod tests {
         check("parents = [\"a b\"]", "not a valid job name");
         check("parents = [\"a\"]\ntimeout = \"0s\"", "more than zero");
         check("parents = [\"a\"]\ntz = \"Mars/Olympus\"", "Mars/Olympus");
+        check(
+            "parents = [\"a\"]\nretries = { count = 4294967295, initial_delay = \"1s\" }",
+            "`retries.count` is 4294967295; at most 100 retries are allowed",
+        );
+        check(
+            "parents = [\"a\"]\nretries = { count = 3, initial_delay = \"0s\" }",
+            "`retries.initial_delay` is 0s; it must be at least 10ms, or a failing run is retried in a hot loop",
+        );
+        for name in [".", ".."] {
+            let e = JobSpec::from_toml(&format!("name = \"{name}\"\ncommand = \"x\"\nparents=[\"a\"]"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert_eq!(e, format!("invalid job name {name:?}: use 1-200 characters from A-Z a-z 0-9 _ . - (not `.` or `..` alone)"));
+        }
+        assert!(valid_name("...") && valid_name(".a"));
         let e = JobSpec::from_toml("name = \"bad name\"\ncommand = \"x\"\nparents=[\"a\"]")
             .unwrap()
             .validate()

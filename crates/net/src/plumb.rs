@@ -175,6 +175,9 @@ async fn set_up(h: &Handle, index: u32, what: &str) -> Result<(), PlumbError> {
 #[derive(Debug, Clone)]
 pub struct Plumber {
     host: HostNet,
+    /// Bridge index by VNI of the pools whose bridge and VXLAN device are known to be up, so a
+    /// container's plumbing does not check them again.
+    bridges: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u32, u32>>>,
 }
 
 /// What [`Plumber::plumb`] made.
@@ -187,7 +190,7 @@ pub struct Plumbed {
 impl Plumber {
     /// A plumber for a host reached as `host` says.
     pub fn new(host: HostNet) -> Plumber {
-        Plumber { host }
+        Plumber { host, bridges: Default::default() }
     }
 
     /// The host's settings.
@@ -209,10 +212,20 @@ impl Plumber {
         let (segment, mtu) = (a.segment, a.mtu);
         let host = self.host.clone();
         let bridge_index = match segment {
-            Segment::Vxlan(vni) => Some(self.ensure_vxlan(vni, mtu)?),
+            Segment::Vxlan(vni) => {
+                let known = self.bridges.lock().unwrap_or_else(|p| p.into_inner()).get(&vni).copied();
+                match known {
+                    Some(i) => Some(i),
+                    None => {
+                        let i = self.ensure_vxlan(vni, mtu)?;
+                        self.bridges.lock().unwrap_or_else(|p| p.into_inner()).insert(vni, i);
+                        Some(i)
+                    }
+                }
+            }
             Segment::Vlan(_) => None,
         };
-        {
+        let host_side = {
             let (host_end, peer, ns_fd) = (host_end.clone(), peer.clone(), ns_file.as_raw_fd());
             run_in(host.netns.as_deref(), async move |h: Handle| {
                 if let Some(old) = index_of(&h, &host_end).await? {
@@ -235,7 +248,14 @@ impl Plumber {
                         .map_err(nl(format!("attaching {host_end} to its bridge")))?;
                 }
                 set_up(&h, index, &host_end).await
-            })?;
+            })
+        };
+        if let Err(e) = host_side {
+            // The bridge may have gone (removed by hand): look again next time.
+            if let Segment::Vxlan(vni) = segment {
+                self.bridges.lock().unwrap_or_else(|p| p.into_inner()).remove(&vni);
+            }
+            return Err(e);
         }
         if let Segment::Vlan(tag) = segment {
             let bridge = self.host.ovs_bridge.clone().ok_or_else(|| {

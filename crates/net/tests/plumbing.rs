@@ -72,7 +72,13 @@ impl Container {
     fn pid(&self) -> u32 {
         self.0.id()
     }
+    /// Whether `ip` answers one of three pings (a loaded machine can lose the first one while
+    /// a new link settles).
     fn pings(&self, ip: Ipv4Addr) -> bool {
+        (0..3).any(|_| self.ping_once(ip))
+    }
+
+    fn ping_once(&self, ip: Ipv4Addr) -> bool {
         Command::new("nsenter")
             .args(["-t", &self.pid().to_string(), "-n", "busybox", "ping", "-c", "1", "-W", "1", &ip.to_string()])
             .stdout(Stdio::null())

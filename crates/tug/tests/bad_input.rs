@@ -22,6 +22,16 @@ async fn bad_inputs_are_refused_with_clear_messages() {
     expect(&s, m, p, b, 400, "invalid_body", "unknown field `colour`").await;
     let (m, p, b) = post(json!({"name": "bad name", "schedule": "* * * * *", "command": "x"}));
     expect(&s, m, p, b, 422, "invalid_job", "A-Z a-z 0-9").await;
+    for name in [".", ".."] {
+        let (m, p, b) = post(json!({"name": name, "schedule": "* * * * *", "command": "x"}));
+        expect(&s, m, p, b, 422, "invalid_job", "(not `.` or `..` alone)").await;
+    }
+    let hot = json!({"name": "a", "schedule": "@yearly", "command": "x", "retries": {"count": 4294967295u32, "initial_delay": "0s"}});
+    let (m, p, b) = post(hot);
+    expect(&s, m, p, b, 422, "invalid_job", "at most 100 retries are allowed").await;
+    let hot = json!({"name": "a", "schedule": "@yearly", "command": "x", "retries": {"count": 3, "initial_delay": "0s"}});
+    let (m, p, b) = post(hot);
+    expect(&s, m, p, b, 422, "invalid_job", "retried in a hot loop").await;
     let (m, p, b) = post(json!({"name": "a", "schedule": "* * * * *", "parents": ["b"], "command": "x"}));
     expect(&s, m, p, b, 422, "invalid_job", "not both").await;
     let (m, p, b) = post(json!({"name": "a", "parents": ["ghost"], "command": "x"}));
