@@ -1,5 +1,6 @@
-//! `tug up`: the scheduler, its API, the embedded SQLite store and (unless turned off) one local
-//! agent in a single process. Shutdown stops firing and API writes at once, lets the agent stop its runs (SIGTERM,
+//! `tug up`: the scheduler, its API, the embedded SQLite store and (when the caller supplies one)
+//! a local agent in a single process. The server knows agents only as the gateway sees them:
+//! the local agent gets the same command and report channels a remote one gets. Shutdown stops firing and API writes at once, lets the agent stop its runs (SIGTERM,
 //! grace, SIGKILL) and record how they ended, then gives the webhooks of those last events a
 //! short grace to go out, then returns.
 
@@ -10,9 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tug_agent::runtime::SharedRuntime;
-use tug_agent::{Agent, AgentConfig};
-use tug_core::protocol::{StatusUpdate, ToAgent, ToServer};
+use futures::future::BoxFuture;
+use tug_core::placement::Capacity;
+use tug_core::protocol::ToAgent;
 use tug_core::job::Webhook;
 use tug_logs::LogFiles;
 use tug_store::sqlite::SqliteStore;
@@ -34,15 +35,6 @@ pub struct EmbeddedConfig {
     pub data_dir: PathBuf,
     /// Finished runs kept per job.
     pub keep_runs: u32,
-    /// The most bytes of output kept per run.
-    pub log_limit: u64,
-    /// SIGTERM → SIGKILL grace when runs are stopped.
-    pub grace: Duration,
-    /// The local agent's name.
-    pub agent_name: String,
-    /// Run a local agent in this process (`tug up`); without one (`tug server`) runs go to
-    /// agents that join over the stream.
-    pub local_agent: bool,
     /// Server-wide webhooks, called for every job's runs (each job may add its own).
     pub webhooks: Vec<Webhook>,
     /// Timeouts, retries and bounds of webhook deliveries.
@@ -55,8 +47,6 @@ pub struct EmbeddedConfig {
     pub per_job_metrics_limit: usize,
     /// An agent silent this long is lost; its runs are lost and retried elsewhere.
     pub agent_timeout: Duration,
-    /// Checkpointing for the local agent, so its runs outlive a restart of this process.
-    pub agent_durability: Option<tug_agent::Durability>,
     /// Events the stream keeps for clients that resume (`Last-Event-ID`).
     pub event_buffer: usize,
     /// Tokens, browser guards, limits and audit retention of the API.
@@ -69,20 +59,39 @@ impl EmbeddedConfig {
         EmbeddedConfig {
             data_dir: data_dir.into(),
             keep_runs: 100,
-            log_limit: 1 << 20,
-            grace: Duration::from_secs(10),
-            agent_name: "local".into(),
-            local_agent: true,
             webhooks: Vec::new(),
             webhook_delivery: DeliveryConfig::default(),
             per_job_metrics: false,
             per_job_metrics_limit: 1000,
             agent_timeout: Duration::from_secs(10),
-            agent_durability: None,
             event_buffer: crate::stream::DEFAULT_CAPACITY,
             auth: crate::auth::AuthConfig::default(),
         }
     }
+}
+
+/// An agent in this process (`tug up`'s): registered under `name` with `resources`, started
+/// with a [`LocalLink`]. Without one (`tug server`) runs go to agents that join over the stream.
+pub struct LocalAgent {
+    /// Its name.
+    pub name: String,
+    /// What it offers.
+    pub resources: Capacity,
+    /// Serves the agent on the link until it has stopped its runs and reported how they ended.
+    pub start: Box<dyn FnOnce(LocalLink) -> BoxFuture<'static, ()> + Send>,
+}
+
+/// What a [`LocalAgent`] is given: the channels a remote agent's gateway connection has, the
+/// directory its run logs go to, and the signal to stop.
+pub struct LocalLink {
+    /// Commands from the scheduler.
+    pub commands: mpsc::Receiver<ToAgent>,
+    /// Where it reports (what it holds first, then heartbeats and status updates).
+    pub updates: mpsc::Sender<FromAgent>,
+    /// Its run logs, which the server reads from the same directory.
+    pub logs: LogFiles,
+    /// Completes when the server shuts down: the agent stops its runs and reports them.
+    pub shutdown: BoxFuture<'static, ()>,
 }
 
 /// A running embedded server.
@@ -117,7 +126,7 @@ impl Embedded {
     /// `listener` when one is given.
     pub async fn start(
         config: EmbeddedConfig,
-        runtime: SharedRuntime,
+        local: Option<LocalAgent>,
         clock: SharedClock,
         listener: Option<TcpListener>,
     ) -> anyhow::Result<Embedded> {
@@ -127,7 +136,7 @@ impl Embedded {
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&db).with_context(|| format!("opening the store at {}", db.display()))?,
         );
-        Self::start_with_store(config, store, runtime, clock, listener).await
+        Self::start_with_store(config, store, local, clock, listener).await
     }
 
     /// Like [`Embedded::start`], but on a store the caller opened. Tests under tokio's paused time
@@ -137,7 +146,7 @@ impl Embedded {
     pub async fn start_with_store(
         config: EmbeddedConfig,
         store: Arc<dyn Store>,
-        runtime: SharedRuntime,
+        local: Option<LocalAgent>,
         clock: SharedClock,
         listener: Option<TcpListener>,
     ) -> anyhow::Result<Embedded> {
@@ -179,28 +188,24 @@ impl Embedded {
         .await
         .context("starting the scheduler")?;
         let mut tasks = vec![sched_task];
-        if config.local_agent {
-            logs.share_dir(&config.agent_name, files.clone());
+        if let Some(local) = local {
+            logs.share_dir(&local.name, files.clone());
             let (agent_tx, agent_rx) = mpsc::channel(65_536);
-            let (reports_tx, reports_rx) = mpsc::channel(65_536);
-            let agent_cfg = AgentConfig {
-                name: config.agent_name.clone(),
-                log_limit: config.log_limit,
-                grace: config.grace,
-                durable: config.agent_durability.clone(),
-                ..AgentConfig::default()
-            };
-            let agent = Agent::with_acks(agent_cfg, runtime, files, reports_tx);
             // Registered before it reports what it holds, as a remote agent is.
             let reg = Registration {
-                name: config.agent_name.clone(),
+                name: local.name.clone(),
                 tx: agent_tx,
-                resources: tug_agent::capacity::host_capacity(),
+                resources: local.resources,
                 attributes: Default::default(),
             };
             handle.register_agent(reg).await.context("registering the local agent")?;
-            let serving = serve_in_process(agent, agent_rx, reports_rx, updates_tx.clone(), stopped(stop_rx.clone()));
-            tasks.push(tokio::spawn(serving));
+            let link = LocalLink {
+                commands: agent_rx,
+                updates: updates_tx.clone(),
+                logs: files,
+                shutdown: Box::pin(stopped(stop_rx.clone())),
+            };
+            tasks.push(tokio::spawn((local.start)(link)));
         }
         let net = Arc::new(crate::net::Network::new(store.clone(), clock.clone()));
         let auth = crate::auth::Auth::load(config.auth.clone(), store.clone(), clock.clone())
@@ -278,68 +283,4 @@ impl Embedded {
 /// Completes when the stop flag is set.
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
-}
-
-/// How long an in-process agent that has stopped waits for the acks of its last status updates.
-const FLUSH_GRACE: Duration = Duration::from_secs(3);
-
-/// Serves an agent in this process (one built [with acks](Agent::with_acks), reporting on
-/// `reports`) until it stops: what it holds goes to the scheduler first, then its heartbeats and
-/// status updates; a final update counts as delivered only once the scheduler has written it,
-/// as for a remote agent. Ends once the agent has stopped and its last updates are acknowledged
-/// (or [`FLUSH_GRACE`] has passed).
-pub async fn serve_in_process(
-    agent: Arc<Agent>,
-    commands: mpsc::Receiver<ToAgent>,
-    mut reports: mpsc::Receiver<ToServer>,
-    updates: mpsc::Sender<FromAgent>,
-    shutdown: impl Future<Output = ()>,
-) {
-    agent.recover().await;
-    let held = ToServer::Held { agent: agent.name().to_string(), runs: agent.held() };
-    if updates.send(held.into()).await.is_err() {
-        tracing::warn!("the scheduler has stopped; held runs not reported");
-    }
-    let (acks_tx, mut acks) = mpsc::unbounded_channel();
-    let mut unacked: std::collections::HashMap<u64, StatusUpdate> = std::collections::HashMap::new();
-    let serving = Arc::clone(&agent).serve(commands, shutdown);
-    tokio::pin!(serving);
-    let mut stopped_at: Option<tokio::time::Instant> = None;
-    loop {
-        if stopped_at.is_some() && reports.is_empty() && unacked.is_empty() {
-            return;
-        }
-        let grace = async {
-            match stopped_at {
-                Some(at) => tokio::time::sleep_until(at + FLUSH_GRACE).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = &mut serving, if stopped_at.is_none() => stopped_at = Some(tokio::time::Instant::now()),
-            Some(msg) = reports.recv() => {
-                let acks = match &msg {
-                    ToServer::Status(u) => {
-                        if u.state.is_terminal() {
-                            unacked.insert(u.seq, u.clone());
-                        }
-                        Some(acks_tx.clone())
-                    }
-                    _ => None,
-                };
-                if updates.send(FromAgent { msg, acks }).await.is_err() {
-                    tracing::warn!("the scheduler has stopped; status update not delivered");
-                }
-            }
-            Some(seq) = acks.recv() => {
-                if let Some(u) = unacked.remove(&seq) {
-                    agent.delivered(&u);
-                }
-            }
-            () = grace => {
-                tracing::warn!(unacked = unacked.len(), "stopping before the server wrote every status update");
-                return;
-            }
-        }
-    }
 }

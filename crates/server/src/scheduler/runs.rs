@@ -14,7 +14,7 @@
 //!    └───────────────────────┴──────────────────┴──────────────────────────┴──► finish (removed)
 //! ```
 //!
-//! Invariants, checked by [`RunTable::check`] (the property test in `tests/run_table.rs` drives
+//! Invariants, checked by [`RunTable::check`] (the property test in `crates/tug/tests/run_table.rs` drives
 //! random fires, placements, updates, agent losses, reconnects and restarts and checks after
 //! every step):
 //! 1. A run is in exactly one phase, and its stored state agrees with it: `Queued`, `Unplaced`,

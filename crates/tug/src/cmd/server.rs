@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tug_agent::runtime::process::ProcessRuntime;
 use tug_server::agent_service::{self, AgentGateway};
 use tug_server::clock::SystemClock;
 use tug_server::embedded::{Embedded, EmbeddedConfig};
@@ -74,9 +73,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = EmbeddedConfig::new(&data_dir);
     config.keep_runs = args.keep_runs;
     config.agent_timeout = args.agent_timeout;
-    config.local_agent = false;
     config.auth = auth_config;
-    let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), Arc::new(SystemClock), Some(listener)).await?;
+    let server = Embedded::start(config, None, Arc::new(SystemClock), Some(listener)).await?;
     if let Err(e) = args.security.after_start(&server.auth, args.listen).await {
         server.shutdown().await;
         return Err(e);

@@ -115,7 +115,6 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     let mut config = EmbeddedConfig::new(&data_dir);
     config.auth = auth_config;
     config.keep_runs = args.keep_runs;
-    config.log_limit = args.log_limit;
     config.webhooks = args
         .webhooks
         .iter()
@@ -133,10 +132,11 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
         detach_on_stop: false,
     };
     let process = Arc::new(ShimRuntime::new(&durable));
-    config.agent_durability = Some(durable);
-    let docker = docker_runtime(&config.agent_name, &data_dir).await;
+    let agent = tug_agent::AgentConfig { log_limit: args.log_limit, durable: Some(durable), ..Default::default() };
+    let docker = docker_runtime(&agent.name, &data_dir).await;
     let runtime = Arc::new(Dispatch::new(process, Ok(docker.clone() as SharedRuntime)));
-    let server = Embedded::start(config, runtime, Arc::new(SystemClock), Some(listener)).await?;
+    let local = tug::local::local_agent(agent, runtime);
+    let server = Embedded::start(config, Some(local), Arc::new(SystemClock), Some(listener)).await?;
     if let Err(e) = args.security.after_start(&server.auth, args.listen).await {
         server.shutdown().await;
         return Err(e);

@@ -1,4 +1,5 @@
-//! `tug up` as a child process on a free port, for the CLI's integration tests.
+//! What the integration tests share: `tug up` as a child process (the CLI's tests), and servers in
+//! the test process (see `server`).
 
 #![allow(dead_code)]
 
@@ -87,3 +88,7 @@ impl Up {
         self.server.rsplit(':').next().and_then(|p| p.parse().ok()).expect("server URL has a port")
     }
 }
+
+mod server;
+#[allow(unused_imports)]
+pub use server::*;

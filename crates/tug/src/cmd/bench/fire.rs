@@ -61,7 +61,7 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
     let t1 = StdInstant::now();
     let mut config = EmbeddedConfig::new(&dir);
     config.keep_runs = 1_000_000;
-    let server = Embedded::start(config, Arc::new(NoopRuntime), Arc::new(SystemClock), None).await?;
+    let server = Embedded::start(config, Some(tug::local::local_agent(Default::default(), Arc::new(NoopRuntime))), Arc::new(SystemClock), None).await?;
     let start_s = t1.elapsed().as_secs_f64();
     let bytes_per_job = rss_bytes().saturating_sub(rss0) / a.jobs as u64;
     if progress {

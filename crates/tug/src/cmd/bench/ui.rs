@@ -75,7 +75,7 @@ pub(super) async fn run(a: UiArgs) -> anyhow::Result<()> {
     let base = format!("http://{}", listener.local_addr()?);
     let mut config = EmbeddedConfig::new(dir);
     config.keep_runs = 10;
-    let server = Embedded::start(config, Arc::new(NoopRuntime), Arc::new(SystemClock), Some(listener)).await?;
+    let server = Embedded::start(config, Some(tug::local::local_agent(Default::default(), Arc::new(NoopRuntime))), Arc::new(SystemClock), Some(listener)).await?;
     let http = reqwest::Client::new();
     let deep = format!("job-{:06}", a.jobs * 9 / 10);
     let pages = [

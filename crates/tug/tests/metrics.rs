@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use common::{TestServer, count, manual_job, state};
 use serde_json::json;
-use tug_agent::runtime::process::ProcessRuntime;
 use tug_server::embedded::{Embedded, EmbeddedConfig};
 use tug_server::prom::Exposition;
 
@@ -123,10 +122,9 @@ async fn per_job_metrics_are_opt_in_and_capped() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut config = EmbeddedConfig::new(dir.path());
-    config.grace = Duration::from_millis(500);
     config.per_job_metrics = true;
     config.per_job_metrics_limit = 2;
-    let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), Arc::new(tug_server::clock::SystemClock), Some(listener))
+    let server = Embedded::start(config, Some(common::quick_agent()), Arc::new(tug_server::clock::SystemClock), Some(listener))
         .await
         .unwrap();
     let mut s = TestServer { base: format!("http://{addr}/api/v1"), server: Some(server), http: reqwest::Client::new() };

@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tug_agent::runtime::process::ProcessRuntime;
 use tug_agent::runtime::SharedRuntime;
+use tug_agent::AgentConfig;
+use tug_server::embedded::LocalAgent;
 use tug_server::clock::{SharedClock, TokioClock};
 use tug_server::embedded::{Embedded, EmbeddedConfig};
 use tug_store::Store;
@@ -25,7 +27,7 @@ pub fn clock_at(at: &str) -> SharedClock {
 /// A server for paused time: on `store` (an in-memory one: SQLite's thread would look idle to
 /// tokio, which would jump the clock), no API, its local agent running on `runtime`.
 pub async fn paused_server(store: Arc<dyn Store>, dir: &std::path::Path, runtime: SharedRuntime, clock: SharedClock) -> Embedded {
-    Embedded::start_with_store(EmbeddedConfig::new(dir), store, runtime, clock, None).await.unwrap()
+    Embedded::start_with_store(EmbeddedConfig::new(dir), store, Some(tug::local::local_agent(AgentConfig::default(), runtime)), clock, None).await.unwrap()
 }
 
 /// Like [`paused_server`], with its local agent drained: runs go to the agents the test adds.
@@ -33,6 +35,12 @@ pub async fn paused_server_for_agents(store: Arc<dyn Store>, dir: &std::path::Pa
     let server = paused_server(store, dir, Arc::new(tug_agent::runtime::noop::NoopRuntime), clock).await;
     server.scheduler.drain("local", true).await.unwrap();
     server
+}
+
+/// The local agent on the process runtime, stopping runs with a short grace.
+pub fn quick_agent() -> LocalAgent {
+    let config = AgentConfig { grace: Duration::from_millis(500), ..AgentConfig::default() };
+    tug::local::local_agent(config, Arc::new(ProcessRuntime::new()))
 }
 
 pub struct TestServer {
@@ -55,9 +63,8 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = EmbeddedConfig::new(dir);
-        config.grace = Duration::from_millis(500);
         tweak(&mut config);
-        let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), clock, Some(listener)).await.unwrap();
+        let server = Embedded::start(config, Some(quick_agent()), clock, Some(listener)).await.unwrap();
         TestServer { base: format!("http://{addr}/api/v1"), server: Some(server), http: reqwest::Client::new() }
     }
 

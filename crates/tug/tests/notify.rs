@@ -13,7 +13,6 @@ use axum::routing::post;
 use common::{TestServer, count, manual_job, state};
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use tug_agent::runtime::process::ProcessRuntime;
 use tug_core::job::{NotifyOn, Webhook};
 use tug_server::embedded::{Embedded, EmbeddedConfig};
 
@@ -102,14 +101,13 @@ async fn start(dir: &std::path::Path, webhooks: Vec<Webhook>) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut config = EmbeddedConfig::new(dir);
-    config.grace = Duration::from_millis(500);
     config.webhooks = webhooks;
     config.webhook_delivery.timeout = Duration::from_millis(300);
     config.webhook_delivery.backoff = Duration::from_millis(50);
     config.webhook_delivery.max_attempts = 3;
     config.webhook_delivery.shutdown_grace = Duration::from_millis(300);
     let clock = Arc::new(tug_server::clock::SystemClock);
-    let server = Embedded::start(config, Arc::new(ProcessRuntime::new()), clock, Some(listener)).await.unwrap();
+    let server = Embedded::start(config, Some(common::quick_agent()), clock, Some(listener)).await.unwrap();
     TestServer { base: format!("http://{addr}/api/v1"), server: Some(server), http: reqwest::Client::new() }
 }
 
@@ -296,14 +294,14 @@ async fn a_bad_global_webhook_url_is_refused_at_start() {
     let mut config = EmbeddedConfig::new(dir.path());
     config.webhooks = vec![hook("ftp://example.com/x".into(), &[NotifyOn::Failure])];
     let clock = Arc::new(tug_server::clock::SystemClock);
-    let err = Embedded::start(config, Arc::new(ProcessRuntime::new()), clock, None).await.err().expect("refused");
+    let err = Embedded::start(config, Some(common::quick_agent()), clock, None).await.err().expect("refused");
     let msg = format!("{err:#}");
     assert!(msg.contains("ftp://example.com/x") && msg.contains("http://"), "{msg}");
     if !tug_server::notify::HTTPS_SUPPORTED {
         let mut config = EmbeddedConfig::new(dir.path());
         config.webhooks = vec![hook("https://example.com/x".into(), &[NotifyOn::Failure])];
         let clock = Arc::new(tug_server::clock::SystemClock);
-        let err = Embedded::start(config, Arc::new(ProcessRuntime::new()), clock, None).await.err().expect("refused");
+        let err = Embedded::start(config, Some(common::quick_agent()), clock, None).await.err().expect("refused");
         assert!(format!("{err:#}").contains("no TLS support"), "{err:#}");
     }
 }

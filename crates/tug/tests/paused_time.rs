@@ -135,7 +135,7 @@ impl Sim {
         let clock = TokioClock::starting_at(ts(start));
         let runtime = Arc::new(runtime);
         let store = Arc::new(MemStore::new());
-        let server = Embedded::start_with_store(config, store, runtime.clone(), Arc::new(clock), None).await.unwrap();
+        let server = Embedded::start_with_store(config, store, Some(tug::local::local_agent(Default::default(), runtime.clone())), Arc::new(clock), None).await.unwrap();
         Sim { server, runtime, clock, _logs: logs }
     }
 
@@ -482,7 +482,7 @@ async fn noop_runs_have_a_start_time() {
     let server = Embedded::start_with_store(
         EmbeddedConfig::new(logs.path()),
         Arc::new(MemStore::new()),
-        Arc::new(NoopRuntime),
+        Some(tug::local::local_agent(Default::default(), Arc::new(NoopRuntime))),
         Arc::new(clock),
         None,
     )

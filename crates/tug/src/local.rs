@@ -1,0 +1,89 @@
+//! The agent `tug up` runs in its own process: a [`tug_agent::Agent`] served on the channels
+//! the embedded server gives it ([`LocalLink`]), with the host's capacity.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tug_agent::runtime::SharedRuntime;
+use tug_agent::{Agent, AgentConfig};
+use tug_core::protocol::{StatusUpdate, ToAgent, ToServer};
+use tug_server::embedded::{LocalAgent, LocalLink};
+use tug_server::scheduler::FromAgent;
+
+/// An agent for [`tug_server::embedded::Embedded::start`], running on `runtime`.
+pub fn local_agent(config: AgentConfig, runtime: SharedRuntime) -> LocalAgent {
+    LocalAgent {
+        name: config.name.clone(),
+        resources: tug_agent::capacity::host_capacity(),
+        start: Box::new(move |link: LocalLink| {
+            let (reports_tx, reports_rx) = mpsc::channel(65_536);
+            let agent = Agent::with_acks(config, runtime, link.logs, reports_tx);
+            Box::pin(serve_in_process(agent, link.commands, reports_rx, link.updates, link.shutdown))
+        }),
+    }
+}
+
+/// How long an in-process agent that has stopped waits for the acks of its last status updates.
+const FLUSH_GRACE: Duration = Duration::from_secs(3);
+
+/// Serves an agent in this process (one built [with acks](Agent::with_acks), reporting on
+/// `reports`) until it stops: what it holds goes to the scheduler first, then its heartbeats and
+/// status updates; a final update counts as delivered only once the scheduler has written it,
+/// as for a remote agent. Ends once the agent has stopped and its last updates are acknowledged
+/// (or [`FLUSH_GRACE`] has passed).
+pub async fn serve_in_process(
+    agent: Arc<Agent>,
+    commands: mpsc::Receiver<ToAgent>,
+    mut reports: mpsc::Receiver<ToServer>,
+    updates: mpsc::Sender<FromAgent>,
+    shutdown: impl Future<Output = ()>,
+) {
+    agent.recover().await;
+    let held = ToServer::Held { agent: agent.name().to_string(), runs: agent.held() };
+    if updates.send(held.into()).await.is_err() {
+        tracing::warn!("the scheduler has stopped; held runs not reported");
+    }
+    let (acks_tx, mut acks) = mpsc::unbounded_channel();
+    let mut unacked: std::collections::HashMap<u64, StatusUpdate> = std::collections::HashMap::new();
+    let serving = Arc::clone(&agent).serve(commands, shutdown);
+    tokio::pin!(serving);
+    let mut stopped_at: Option<tokio::time::Instant> = None;
+    loop {
+        if stopped_at.is_some() && reports.is_empty() && unacked.is_empty() {
+            return;
+        }
+        let grace = async {
+            match stopped_at {
+                Some(at) => tokio::time::sleep_until(at + FLUSH_GRACE).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut serving, if stopped_at.is_none() => stopped_at = Some(tokio::time::Instant::now()),
+            Some(msg) = reports.recv() => {
+                let acks = match &msg {
+                    ToServer::Status(u) => {
+                        if u.state.is_terminal() {
+                            unacked.insert(u.seq, u.clone());
+                        }
+                        Some(acks_tx.clone())
+                    }
+                    _ => None,
+                };
+                if updates.send(FromAgent { msg, acks }).await.is_err() {
+                    tracing::warn!("the scheduler has stopped; status update not delivered");
+                }
+            }
+            Some(seq) = acks.recv() => {
+                if let Some(u) = unacked.remove(&seq) {
+                    agent.delivered(&u);
+                }
+            }
+            () = grace => {
+                tracing::warn!(unacked = unacked.len(), "stopping before the server wrote every status update");
+                return;
+            }
+        }
+    }
+}
