@@ -86,6 +86,20 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// Splits one item more than a page off `items` (fetched as `limit + 1`): its presence says
+    /// there is another page, whose cursor `cursor_of` makes from the last item kept.
+    pub(crate) fn from_overfetch(mut items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(cursor_of)
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+}
+
 /// Filters for listing jobs, ordered by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobQuery {

@@ -176,17 +176,6 @@ fn page_size(limit: usize) -> usize {
     }
 }
 
-/// Splits one item more than a page off `items` (fetched as `limit + 1`): its presence says there
-/// is another page, whose cursor `cursor_of` makes from the last item kept.
-fn paginate<T>(mut items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> Page<T> {
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(cursor_of)
-    } else {
-        None
-    };
-    Page { items, next_cursor }
-}
 
 /// The text `q` searches: name, description and owner, lowercased, one per line (as in SQLite).
 fn search_text(spec: &JobSpec) -> String {
@@ -352,7 +341,7 @@ impl Store for MemStore {
             .take(limit + 1)
             .map(|row| state.record(row))
             .collect();
-        Ok(paginate(items, limit, |job: &JobRecord| job.spec.name.clone()))
+        Ok(Page::from_overfetch(items, limit, |job: &JobRecord| job.spec.name.clone()))
     }
 
     async fn load_jobs(&self) -> Result<Vec<JobRecord>> {
@@ -449,7 +438,7 @@ impl Store for MemStore {
             .take(limit + 1)
             .cloned()
             .collect();
-        Ok(paginate(items, limit, |run: &Run| run.id.to_string()))
+        Ok(Page::from_overfetch(items, limit, |run: &Run| run.id.to_string()))
     }
 
     async fn active_runs(&self) -> Result<Vec<Run>> {
@@ -611,7 +600,7 @@ impl Store for MemStore {
             Some(c) => c.parse().ok().filter(|n| *n > 0).ok_or_else(|| StoreError::BadCursor(c.clone()))?,
         };
         let limit = page_size(query.limit);
-        let mut items: Vec<AuditEntry> = state
+        let items: Vec<AuditEntry> = state
             .audit
             .range(after + 1..)
             .map(|(_, e)| e)
@@ -619,13 +608,7 @@ impl Store for MemStore {
             .take(limit + 1)
             .cloned()
             .collect();
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|e| e.id.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, limit, |e| e.id.to_string()))
     }
 
     async fn prune_audit(&self, before: Timestamp) -> Result<u64> {

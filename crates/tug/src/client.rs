@@ -124,14 +124,5 @@ impl Client {
     }
 }
 
-/// Percent-encodes a path segment or query value.
-pub fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
+/// Percent-encodes a path segment or query value (the same encoding the web UI's links use).
+pub use tug_server::ui::enc;

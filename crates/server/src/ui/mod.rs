@@ -78,7 +78,7 @@ fn html_escape(s: &str) -> String {
 }
 
 /// Percent-encodes a path segment or query value.
-pub(crate) fn enc(s: &str) -> String {
+pub fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {

@@ -115,14 +115,8 @@ pub(super) fn list_audit(c: &mut Connection, q: &AuditQuery) -> Result<Page<Audi
             },
         )
         .ctx(what)?;
-    let mut items = rows.collect::<rusqlite::Result<Vec<_>>>().ctx(what)?;
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|e| e.id.to_string())
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    let items = rows.collect::<rusqlite::Result<Vec<_>>>().ctx(what)?;
+    Ok(Page::from_overfetch(items, limit, |e| e.id.to_string()))
 }
 
 pub(super) fn prune_audit(c: &mut Connection, before: Timestamp) -> Result<u64> {

@@ -223,7 +223,7 @@ pub(super) fn list(conn: &Connection, query: &JobQuery) -> Result<Page<JobRecord
         },
     };
     let limit = page_size(query.limit);
-    let mut items = conn
+    let items = conn
         .prepare_cached(&LIST_SQL)
         .and_then(|mut s| {
             s.query_map(
@@ -240,13 +240,7 @@ pub(super) fn list(conn: &Connection, query: &JobQuery) -> Result<Page<JobRecord
             .collect::<rusqlite::Result<Vec<_>>>()
         })
         .ctx("listing jobs")?;
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|r| r.spec.name.clone())
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    Ok(Page::from_overfetch(items, limit, |r| r.spec.name.clone()))
 }
 
 /// Every job, ordered by name: one pass over the jobs joined with one grouped pass over the runs.

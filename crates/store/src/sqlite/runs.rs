@@ -166,20 +166,14 @@ pub(super) fn list(conn: &Connection, job: &str, query: &RunQuery) -> Result<Pag
     };
     ensure_exists(conn, job)?;
     let limit = page_size(query.limit);
-    let mut items = conn
+    let items = conn
         .prepare_cached(&LIST_SQL)
         .and_then(|mut s| {
             s.query_map(params![job, before, query.state.map(RunState::as_str), (limit + 1) as i64], run_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .ctx("listing runs")?;
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|r| r.id.to_string())
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    Ok(Page::from_overfetch(items, limit, |r| r.id.to_string()))
 }
 
 /// Every pending, starting or running run, by id.
