@@ -61,6 +61,15 @@ struct NetCli {
     cmd: cmd::net::NetCommand,
 }
 
+/// `tug service`: the server to talk to, and the subcommand.
+#[derive(clap::Args)]
+struct ServiceCli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: cmd::service::ServiceCommand,
+}
+
 /// `tug token`: the server to talk to, and the subcommand.
 #[derive(clap::Args)]
 struct TokenCli {
@@ -99,6 +108,8 @@ enum Command {
     Job(JobCli),
     /// List the runs of a job, newest first.
     Runs(cmd::runs::RunsArgs),
+    /// Services: replicas of a long-running command with a health check.
+    Service(ServiceCli),
     /// Inspect or kill one run.
     Run(RunCli),
     /// Print a run's output; -f follows it until the run ends.
@@ -163,6 +174,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Up(a) => cmd::up::run(a, &up_matches).await,
             Command::Job(c) => cmd::job::run(&server, c.cmd).await,
+            Command::Service(c) => cmd::service::run(&server, c.cmd).await,
             Command::Runs(a) => cmd::runs::list(&server, a).await,
             Command::Run(c) => cmd::runs::run(&server, c.cmd).await,
             Command::Logs(a) => cmd::logs::run(&server, a).await,
