@@ -227,6 +227,15 @@ impl Service {
     }
 }
 
+/// Replica run ids start here, far above any id the store hands out to job runs: a replica is a
+/// long-running run that lives in the scheduler's memory, not in the store.
+pub const REPLICA_RUN_IDS: crate::run::RunId = 1 << 62;
+
+/// True when run `id` is a service replica's, not a job's.
+pub fn is_replica_run(id: crate::run::RunId) -> bool {
+    id >= REPLICA_RUN_IDS
+}
+
 /// The name a replica's address is claimed under in its pool: the same wherever it runs.
 pub fn replica_claim_name(service: &str, index: u32) -> String {
     format!("service/{service}/{index}")

@@ -1,7 +1,7 @@
 //! Services inside the scheduler: the replica controller. It keeps each service's replicas at
 //! its desired count, placed by the same placement as runs (spread by default) and launched with
 //! the same `Launch` messages: a replica is a long-running run whose id lives above
-//! [`REPLICA_IDS`], restarted as attempt `n + 1` of the same run.
+//! [`REPLICA_RUN_IDS`], restarted as attempt `n + 1` of the same run.
 //!
 //! ```text
 //!            place          launch ack           health ok (or no check)
@@ -36,13 +36,7 @@ use tug_core::service::{Service, replica_claim_name};
 use super::Scheduler;
 use super::dispatch::Outgoing;
 
-/// Replica run ids start here, far above any id the store hands out to job runs.
-pub const REPLICA_IDS: RunId = 1 << 62;
-
-/// True when `id` is a service replica's run, not a job's.
-pub fn is_replica(id: RunId) -> bool {
-    id >= REPLICA_IDS
-}
+pub use tug_core::service::{REPLICA_RUN_IDS, is_replica_run as is_replica};
 
 /// Where a replica is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -143,7 +137,7 @@ pub struct ServiceStatus {
 impl Replicas {
     fn new_id(&mut self, epoch: u64) -> RunId {
         self.next += 1;
-        REPLICA_IDS | ((epoch & 0x3fff_ffff) << 32) | (self.next & 0xffff_ffff)
+        REPLICA_RUN_IDS | ((epoch & 0x3fff_ffff) << 32) | (self.next & 0xffff_ffff)
     }
 
     /// Capacity the replicas hold on each agent (the run table's invariant check adds it).
