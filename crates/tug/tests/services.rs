@@ -297,3 +297,55 @@ async fn an_http_health_check_passes_once_the_replica_serves() {
     assert_eq!(st, 204);
     s.stop().await;
 }
+
+/// A paused-time server (in-memory store, no-op runtime holding replicas) whose clock reads
+/// `start`, with service `office` (2 replicas) and `rules`.
+async fn ruled_service(dir: &std::path::Path, start: &str, rules: Value) -> tug_server::embedded::Embedded {
+    use std::sync::Arc;
+    let store: Arc<dyn tug_store::Store> = Arc::new(tug_store::mem::MemStore::new());
+    let server = paused_server(store, dir, Arc::new(tug_agent::runtime::noop::NoopRuntime), clock_at(start)).await;
+    let spec = json!({"name": "office", "replicas": 2, "command": "serve", "scale": rules});
+    let spec = tug_core::ServiceSpec::from_json(&spec.to_string()).unwrap();
+    server.scheduler.create_service(spec.validate().unwrap()).await.unwrap();
+    server
+}
+
+async fn office(s: &tug_server::embedded::Embedded) -> (u32, u32) {
+    let st = s.scheduler.service_status("office").await.unwrap().unwrap();
+    (st.desired, st.healthy)
+}
+
+#[tokio::test(start_paused = true)]
+async fn scaling_rules_fire_on_the_job_schedules_in_paused_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2026-06-01 is a Monday.
+    let rules = json!([
+        {"schedule": "0 0 9 * * MON-FRI", "tz": "Asia/Shanghai", "replicas": 20},
+        {"schedule": "0 0 20 * * *", "replicas": 4}
+    ]);
+    let server = ruled_service(dir.path(), START, rules).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(office(&server).await, (2, 2));
+    // 09:00 in Shanghai is 01:00 UTC.
+    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    assert_eq!(office(&server).await, (20, 20));
+    assert_eq!(server.store.get_service("office").await.unwrap().spec.replicas, 20, "the scale is durable");
+    // 20:00 UTC.
+    tokio::time::sleep(std::time::Duration::from_secs(19 * 3600)).await;
+    assert_eq!(office(&server).await, (4, 4));
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scaling_rule_in_a_spring_forward_gap_fires_at_the_next_valid_instant() {
+    let dir = tempfile::tempdir().unwrap();
+    // Europe/Berlin springs forward on 2027-03-28 at 02:00 CET (01:00 UTC): 02:30 does not exist
+    // that day, and the rule fires at the first valid instant after the gap, 03:00 CEST.
+    let rules = json!([{"schedule": "0 30 2 * * *", "tz": "Europe/Berlin", "replicas": 7}]);
+    let server = ruled_service(dir.path(), "2027-03-28T00:30:00Z", rules).await;
+    tokio::time::sleep(std::time::Duration::from_secs(29 * 60)).await;
+    assert_eq!(office(&server).await, (2, 2), "00:59 UTC: not yet");
+    tokio::time::sleep(std::time::Duration::from_secs(2 * 60)).await;
+    assert_eq!(office(&server).await, (7, 7), "01:01 UTC: fired at 03:00 CEST");
+    server.shutdown().await;
+}

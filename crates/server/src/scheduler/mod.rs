@@ -428,6 +428,7 @@ impl Scheduler {
             let early = self.timers.first().and_then(|t| t.checked_sub(fire::LEAD).ok());
             let wake = [early, self.runs.next_retry(), self.prewarm_timers.first()].into_iter().flatten().min();
             let restart = self.replicas.next_wake();
+            let rule_at = self.replicas.next_rule().map(|at| instant_at(&*self.clock, at));
             let sleep = async {
                 match wake {
                     Some(at) if firing => tokio::time::sleep_until(instant_at(&*self.clock, at)).await,
@@ -456,6 +457,7 @@ impl Scheduler {
                     None => firing = false,
                 },
                 () = sleep_until_opt(restart), if restart.is_some() && firing => self.restart_due().await,
+                () = sleep_until_opt(rule_at), if rule_at.is_some() && firing => self.apply_scale_rules().await,
                 _ = prune_tick.tick() => self.prune().await,
                 _ = agent_check.tick() => {
                     self.expire_agents().await;

@@ -93,6 +93,8 @@ pub(super) struct Replicas {
     services: BTreeMap<String, Svc>,
     by_run: HashMap<RunId, (String, u32)>,
     next: u64,
+    /// Scaling rules' next fires: `(instant, service, rule index)`.
+    rule_timers: std::collections::BTreeSet<(jiff::Timestamp, String, usize)>,
 }
 
 /// A replica as the API shows it.
@@ -152,6 +154,22 @@ impl Replicas {
             }
         }
         out
+    }
+
+    /// The next instant a scaling rule fires.
+    pub(super) fn next_rule(&self) -> Option<jiff::Timestamp> {
+        self.rule_timers.first().map(|(at, _, _)| *at)
+    }
+
+    /// Sets a service's rule timers afresh: each rule's next fire after `now`.
+    fn arm_rules(&mut self, name: &str, now: jiff::Timestamp) {
+        self.rule_timers.retain(|(_, s, _)| s != name);
+        let Some(svc) = self.services.get(name).filter(|s| !s.deleted) else { return };
+        for (i, rule) in svc.service.rules.iter().enumerate() {
+            if let Some(fire) = rule.next_after(now) {
+                self.rule_timers.insert((fire.at, name.to_string(), i));
+            }
+        }
     }
 
     /// The earliest restart due.
@@ -236,7 +254,28 @@ impl Scheduler {
                 self.replicas.services.insert(name.clone(), Svc { service, replicas: BTreeMap::new(), deleted: false });
             }
         }
+        let now = self.clock.now();
+        self.replicas.arm_rules(&name, now);
         self.converge(&name).await;
+    }
+
+    /// Applies the scaling rules that are due, each as a scale operation, and arms their next
+    /// fires. A rule's fire missed while the server was down is not applied late.
+    pub(super) async fn apply_scale_rules(&mut self) {
+        let now = self.clock.now();
+        while let Some((at, name, i)) = self.replicas.rule_timers.first().cloned().filter(|(at, _, _)| *at <= now) {
+            self.replicas.rule_timers.remove(&(at, name.clone(), i));
+            let Some(svc) = self.replicas.services.get(&name) else { continue };
+            let (Some(rule), Some(schedule)) = (svc.service.spec.scale.get(i), svc.service.rules.get(i)) else { continue };
+            let replicas = u32::try_from(rule.replicas).unwrap_or(0);
+            if let Some(next) = schedule.next_after(at) {
+                self.replicas.rule_timers.insert((next.at, name.clone(), i));
+            }
+            tracing::info!(service = %name, rule = i + 1, replicas, scheduled = %at, "scaling rule fired");
+            if let Err(e) = self.scale(&name, replicas).await {
+                tracing::error!(service = %name, error = %e, "scheduled scaling failed");
+            }
+        }
     }
 
     /// Stops every replica of a deleted service; it is forgotten once they have stopped.
@@ -244,6 +283,7 @@ impl Scheduler {
         if let Some(svc) = self.replicas.services.get_mut(name) {
             svc.deleted = true;
         }
+        self.replicas.rule_timers.retain(|(_, s, _)| s != name);
         self.converge(name).await;
     }
 
