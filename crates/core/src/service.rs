@@ -78,6 +78,23 @@ pub struct ServiceSpec {
     /// How long a replica has to exit after the stop signal before it is killed.
     #[serde(default = "default_stop_grace")]
     pub stop_grace: Duration,
+    /// Scheduled scaling: at each rule's fires (the job schedules' cron or ISO 8601, with their
+    /// DST rules) the service is scaled to the rule's count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scale: Vec<ScaleRule>,
+}
+
+/// A scheduled scaling rule: `{ schedule = "0 0 8 * * MON-FRI", tz = "Asia/Shanghai", replicas = 20 }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRule {
+    /// When: a cron expression or ISO 8601 repeating interval, as a job's `schedule`.
+    pub schedule: String,
+    /// The IANA time zone it is read in; UTC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
+    /// The replica count it sets.
+    pub replicas: i64,
 }
 
 /// The kind of probe a health check runs.
@@ -212,6 +229,8 @@ pub enum ServiceError {
 pub struct Service {
     /// The spec as written (after defaults).
     pub spec: ServiceSpec,
+    /// Its scaling rules' schedules, parsed, in the order of `spec.scale`.
+    pub rules: Vec<crate::schedule::Schedule>,
 }
 
 impl Service {
@@ -225,6 +244,15 @@ impl Service {
         // Validation bounds it to 0..=MAX_REPLICAS.
         self.spec.replicas as u32
     }
+}
+
+/// Replica run ids start here, far above any id the store hands out to job runs: a replica is a
+/// long-running run that lives in the scheduler's memory, not in the store.
+pub const REPLICA_RUN_IDS: crate::run::RunId = 1 << 62;
+
+/// True when run `id` is a service replica's, not a job's.
+pub fn is_replica_run(id: crate::run::RunId) -> bool {
+    id >= REPLICA_RUN_IDS
 }
 
 /// The name a replica's address is claimed under in its pool: the same wherever it runs.
@@ -255,6 +283,7 @@ impl ServiceSpec {
             network: None,
             stop_signal: default_stop_signal(),
             stop_grace: default_stop_grace(),
+            scale: Vec::new(),
         }
     }
 
@@ -334,7 +363,17 @@ impl ServiceSpec {
         if !STOP_SIGNALS.contains(&self.stop_signal.as_str()) {
             return Err(field("stop_signal", format!("{:?} is not one of {}", self.stop_signal, STOP_SIGNALS.join(", "))));
         }
-        Ok(Service { spec: self })
+        let mut rules = Vec::with_capacity(self.scale.len());
+        for (i, rule) in self.scale.iter().enumerate() {
+            let n = i + 1;
+            if !(0..=MAX_REPLICAS).contains(&rule.replicas) {
+                return Err(field("scale.replicas", format!("of rule {n} is {}; give a count from 0 to {MAX_REPLICAS}", rule.replicas)));
+            }
+            let tz = rule.tz.as_deref().unwrap_or("UTC");
+            let schedule = crate::schedule::Schedule::parse(&rule.schedule, tz).map_err(|e| field("scale.schedule", format!("of rule {n}: {e}")))?;
+            rules.push(schedule);
+        }
+        Ok(Service { spec: self, rules })
     }
 }
 
@@ -436,6 +475,10 @@ mod tests {
             ("restart = { initial_delay = \"0s\" }\n", "`restart.initial_delay` is 0s"),
             ("resources = { cpus = 0 }\n", "resources.cpus"),
             ("env = { \"A=B\" = \"x\" }\n", "invalid variable name"),
+            ("scale = [{ schedule = \"0 0 25 * * *\", replicas = 2 }]\n", "`scale.schedule` of rule 1: invalid schedule"),
+            ("scale = [{ schedule = \"@daily\", replicas = -2 }]\n", "`scale.replicas` of rule 1 is -2"),
+            ("scale = [{ schedule = \"@daily\", tz = \"Mars/Base\", replicas = 2 }]\n", "Mars/Base"),
+            ("scale = [{ schedule = \"@daily\", replica = 2 }]\n", "unknown field `replica`"),
         ];
         for (extra, needle) in checks {
             let e = err(extra);

@@ -111,8 +111,241 @@ fn services_through_the_cli() {
     let e = fails(&s, &["service", "show", "ghost"]);
     assert!(e.contains("service \"ghost\" not found"), "{e}");
 
+    // Scale through an operation, followed with a progress bar until every replica is healthy.
+    ok(&s, &["service", "add", "plain", "--replicas", "1", "--", "sleep", "1000"]);
+    let out = ok(&s, &["service", "scale", "plain", "3"]);
+    assert!(out.starts_with("scaling plain from 1 to 3 replicas: operation op-"), "{out}");
+    let id = out.split_whitespace().find(|w| w.starts_with("op-")).unwrap().to_owned();
+    let out = ok(&s, &["op", "watch", &id]);
+    assert!(out.contains(&format!("{id} plain succeeded 1->3 [")) && out.contains("healthy 3/3"), "{out}");
+    assert!(out.contains("AGENT") && out.contains("local"), "{out}");
+    let op: Value = serde_json::from_str(&ok(&s, &["op", "show", &id, "--json"])).unwrap();
+    assert_eq!((op["state"].as_str(), op["healthy"].as_u64(), op["agents"]["local"]["healthy"].as_u64()), (Some("succeeded"), Some(3), Some(3)));
+    let out = ok(&s, &["service", "scale", "plain", "1", "--wait"]);
+    assert!(out.contains("succeeded 3->1") && out.contains("healthy 1/1"), "{out}");
+    let table = ok(&s, &["service", "list"]);
+    assert!(table.lines().any(|l| l.starts_with("plain") && l.contains(" 1/1 ")), "{table}");
+    let show = ok(&s, &["service", "show", "plain"]);
+    assert!(show.contains("INDEX") && show.lines().any(|l| l.starts_with("0") && l.contains("healthy") && l.contains("local")), "{show}");
+    let e = fails(&s, &["service", "scale", "plain", "-1"]);
+    assert!(e.contains("cannot scale to -1 replicas; give a count from 0 to 10000"), "{e}");
+    let e = fails(&s, &["op", "show", "op-999"]);
+    assert!(e.contains("no operation \"op-999\""), "{e}");
+
     let out = ok(&s, &["service", "delete", "cache"]);
     assert_eq!(out.trim(), "deleted service cache");
     let list: Value = serde_json::from_str(&ok(&s, &["service", "list", "--json"])).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    // Leave no replica behind: a scale to 0 ends once every replica has stopped.
+    for name in ["web", "plain"] {
+        let out = ok(&s, &["service", "scale", name, "0", "--wait"]);
+        assert!(out.contains("succeeded") && out.contains("replicas 0"), "{out}");
+        ok(&s, &["service", "delete", name]);
+    }
+    up.terminate();
+}
+
+/// Waits until `GET /services/{name}` satisfies `pred`; returns it.
+async fn wait_service(s: &TestServer, name: &str, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let v = s.get(&format!("/services/{name}")).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "service {name}: {what} within {secs}s; it is now {}", v["status"]);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn healthy(v: &Value) -> u64 {
+    v["status"]["healthy"].as_u64().unwrap()
+}
+
+fn replicas(v: &Value) -> u64 {
+    v["status"]["replicas"].as_u64().unwrap()
+}
+
+/// Waits for an operation to end; returns it.
+async fn wait_op(s: &TestServer, id: &str, secs: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let op = s.get(&format!("/operations/{id}")).await;
+        if op["state"] != "running" {
+            return op;
+        }
+        assert!(std::time::Instant::now() < deadline, "operation {id} still running after {secs}s: {op}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A process service whose replicas say they are up with a file, and are healthy while it exists
+/// and no `sick-N` file does: an exec check, run by the agent with the replica's environment.
+fn files_service(name: &str, dir: &std::path::Path, replicas: i64) -> Value {
+    let d = dir.display();
+    json!({
+        "name": name, "replicas": replicas,
+        "command": format!("rm -f {d}/sick-$TUG_REPLICA; echo $$ > {d}/pid-$TUG_REPLICA; touch {d}/up-$TUG_REPLICA; exec sleep 1000"),
+        "health": {"kind": "exec", "command": format!("test -f {d}/up-$TUG_REPLICA && ! test -f {d}/sick-$TUG_REPLICA"),
+                   "interval": "50ms", "timeout": "50ms", "unhealthy_threshold": 2},
+        "restart": {"initial_delay": "100ms", "max_delay": "1s"},
+        "stop_grace": "1s"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_replicas_come_up_healthy_scale_and_are_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let (st, v) = s.req(Method::POST, "/services", Some(files_service("pool5", files.path(), 5))).await;
+    assert_eq!(st, 201, "{v}");
+    let v = wait_service(&s, "pool5", 20, "5 healthy", |v| healthy(v) == 5).await;
+    let list = v["status"]["list"].as_array().unwrap();
+    let indices: Vec<u64> = list.iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, [0, 1, 2, 3, 4]);
+    assert!(list.iter().all(|r| r["state"] == "healthy" && r["agent"] == "local" && r["attempt"] == 1), "{v}");
+
+    // A replica killed is replaced, at the same index.
+    let pid: i32 = std::fs::read_to_string(files.path().join("pid-2")).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let v = wait_service(&s, "pool5", 20, "replica 2 restarted and healthy", |v| {
+        let r = &v["status"]["list"][2];
+        r["attempt"] == 2 && r["state"] == "healthy"
+    })
+    .await;
+    let r2 = &v["status"]["list"][2];
+    assert_eq!(r2["restarts"], 1);
+    assert!(r2["reason"].as_str().is_some_and(|r| r.contains("exited (failed)")), "{r2}");
+    let new_pid: i32 = std::fs::read_to_string(files.path().join("pid-2")).unwrap().trim().parse().unwrap();
+    assert_ne!(new_pid, pid);
+
+    // A replica that fails its health check is stopped and replaced.
+    std::fs::write(files.path().join("sick-4"), "").unwrap();
+    let v = wait_service(&s, "pool5", 20, "replica 4 replaced after failing its check", |v| {
+        let r = &v["status"]["list"][4];
+        r["attempt"] == 2 && r["state"] == "healthy"
+    })
+    .await;
+    let why = v["status"]["list"][4]["reason"].as_str().unwrap();
+    assert!(why.starts_with("unhealthy: the check command exited with exit status: 1"), "{why}");
+    assert_eq!(healthy(&v), 5);
+
+    // Scale 5 -> 20 -> 2 through operations that answer at once and end when done.
+    let (st, op) = s.req(Method::POST, "/services/pool5/scale", Some(json!({"replicas": 20}))).await;
+    assert_eq!(st, 202, "{op}");
+    assert_eq!((op["from"].as_u64(), op["to"].as_u64(), op["state"].as_str()), (Some(5), Some(20), Some("running")));
+    let done = wait_op(&s, op["id"].as_str().unwrap(), 30).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!((done["healthy"].as_u64(), done["replicas"].as_u64()), (Some(20), Some(20)));
+    assert_eq!(done["agents"]["local"]["healthy"], 20);
+    assert_eq!(s.get("/services/pool5").await["spec"]["replicas"], 20);
+    let (st, op) = s.req(Method::POST, "/services/pool5/scale", Some(json!({"replicas": 2}))).await;
+    assert_eq!(st, 202);
+    let done = wait_op(&s, op["id"].as_str().unwrap(), 30).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let v = s.get("/services/pool5").await;
+    let indices: Vec<u64> = v["status"]["list"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, [0, 1], "scale-in stops the newest (highest) indices");
+    // The stopped replicas' processes are gone.
+    for i in 2..20 {
+        let pid: i32 = std::fs::read_to_string(files.path().join(format!("pid-{i}"))).unwrap().trim().parse().unwrap();
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+        });
+        assert!(gone, "replica {i} (pid {pid}) still runs after the scale-in");
+    }
+    expect(&s, Method::POST, "/services/pool5/scale", Some(json!({"replicas": -3})), 422, "invalid_service", "cannot scale to -3 replicas").await;
+    expect(&s, Method::POST, "/services/pool5/scale", Some(json!({"count": 3})), 400, "invalid_body", "unknown field `count`").await;
+    expect(&s, Method::POST, "/services/ghost/scale", Some(json!({"replicas": 3})), 404, "service_not_found", "ghost").await;
+    expect(&s, Method::GET, "/operations/op-999", None, 404, "operation_not_found", "op-999").await;
+
+    // Deleting the service stops its replicas.
+    let (st, _) = s.req(Method::DELETE, "/services/pool5", None).await;
+    assert_eq!(st, 204);
+    for i in 0..2 {
+        let pid: i32 = std::fs::read_to_string(files.path().join(format!("pid-{i}"))).unwrap().trim().parse().unwrap();
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+        });
+        assert!(gone, "replica {i} still runs after its service was deleted");
+    }
+    assert_eq!(s.server.as_ref().unwrap().scheduler.check_invariants().await.unwrap(), Ok(()));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_health_check_passes_once_the_replica_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The replica serves only after a moment: it is running, not healthy, until then.
+    let svc = json!({
+        "name": "web1", "replicas": 1,
+        "command": format!("sleep 0.5; exec python3 -m http.server --bind 127.0.0.1 {port}"),
+        "health": {"kind": "http", "port": port, "path": "/", "interval": "100ms", "timeout": "100ms", "grace_period": "10s"}
+    });
+    let (st, v) = s.req(Method::POST, "/services", Some(svc)).await;
+    assert_eq!(st, 201, "{v}");
+    let v = wait_service(&s, "web1", 10, "running before it serves", |v| v["status"]["list"][0]["state"] == "running").await;
+    assert_eq!(healthy(&v), 0);
+    let v = wait_service(&s, "web1", 20, "healthy once it serves", |v| healthy(v) == 1).await;
+    assert_eq!(replicas(&v), 1);
+    let (st, _) = s.req(Method::DELETE, "/services/web1", None).await;
+    assert_eq!(st, 204);
+    s.stop().await;
+}
+
+/// A paused-time server (in-memory store, no-op runtime holding replicas) whose clock reads
+/// `start`, with service `office` (2 replicas) and `rules`.
+async fn ruled_service(dir: &std::path::Path, start: &str, rules: Value) -> tug_server::embedded::Embedded {
+    use std::sync::Arc;
+    let store: Arc<dyn tug_store::Store> = Arc::new(tug_store::mem::MemStore::new());
+    let server = paused_server(store, dir, Arc::new(tug_agent::runtime::noop::NoopRuntime), clock_at(start)).await;
+    let spec = json!({"name": "office", "replicas": 2, "command": "serve", "scale": rules});
+    let spec = tug_core::ServiceSpec::from_json(&spec.to_string()).unwrap();
+    server.scheduler.create_service(spec.validate().unwrap()).await.unwrap();
+    server
+}
+
+async fn office(s: &tug_server::embedded::Embedded) -> (u32, u32) {
+    let st = s.scheduler.service_status("office").await.unwrap().unwrap();
+    (st.desired, st.healthy)
+}
+
+#[tokio::test(start_paused = true)]
+async fn scaling_rules_fire_on_the_job_schedules_in_paused_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2026-06-01 is a Monday.
+    let rules = json!([
+        {"schedule": "0 0 9 * * MON-FRI", "tz": "Asia/Shanghai", "replicas": 20},
+        {"schedule": "0 0 20 * * *", "replicas": 4}
+    ]);
+    let server = ruled_service(dir.path(), START, rules).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(office(&server).await, (2, 2));
+    // 09:00 in Shanghai is 01:00 UTC.
+    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    assert_eq!(office(&server).await, (20, 20));
+    assert_eq!(server.store.get_service("office").await.unwrap().spec.replicas, 20, "the scale is durable");
+    // 20:00 UTC.
+    tokio::time::sleep(std::time::Duration::from_secs(19 * 3600)).await;
+    assert_eq!(office(&server).await, (4, 4));
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scaling_rule_in_a_spring_forward_gap_fires_at_the_next_valid_instant() {
+    let dir = tempfile::tempdir().unwrap();
+    // Europe/Berlin springs forward on 2027-03-28 at 02:00 CET (01:00 UTC): 02:30 does not exist
+    // that day, and the rule fires at the first valid instant after the gap, 03:00 CEST.
+    let rules = json!([{"schedule": "0 30 2 * * *", "tz": "Europe/Berlin", "replicas": 7}]);
+    let server = ruled_service(dir.path(), "2027-03-28T00:30:00Z", rules).await;
+    tokio::time::sleep(std::time::Duration::from_secs(29 * 60)).await;
+    assert_eq!(office(&server).await, (2, 2), "00:59 UTC: not yet");
+    tokio::time::sleep(std::time::Duration::from_secs(2 * 60)).await;
+    assert_eq!(office(&server).await, (7, 7), "01:01 UTC: fired at 03:00 CEST");
+    server.shutdown().await;
 }

@@ -73,6 +73,8 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{name}/undrain", post(agents::undrain))
         .route("/services", post(services::create).get(services::list))
         .route("/services/{name}", get(services::show).put(services::update).delete(services::delete))
+        .route("/services/{name}/scale", post(services::scale))
+        .route("/operations/{id}", get(services::operation))
         .route("/net/pools", post(net::create).get(net::list))
         .route("/net/pools/{name}", get(net::show).delete(net::delete))
         .route("/net/addresses", get(net::addresses))

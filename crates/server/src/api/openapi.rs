@@ -29,6 +29,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/services/{name}"),
     ("put", "/services/{name}"),
     ("delete", "/services/{name}"),
+    ("post", "/services/{name}/scale"),
+    ("get", "/operations/{id}"),
     ("post", "/net/pools"),
     ("get", "/net/pools"),
     ("get", "/net/pools/{name}"),
@@ -105,6 +107,8 @@ pub fn document() -> Value {
                 "put": op("replace a service's spec", &[svc], "200", Some("ServiceSpec")),
                 "delete": op("delete a service", &[svc], "204", None)
             },
+            "/services/{name}/scale": {"post": op("set the replica count; answers 202 at once with an operation", &[svc], "202", Some("Scale"))},
+            "/operations/{id}": {"get": op("a scale operation: placed, started, healthy, failed, per agent", &[("id", "path", "op-N")], "200", None)},
             "/net/pools": {
                 "post": op("create an address pool", &[], "201", Some("PoolSpec")),
                 "get": op("address pools with how many addresses each hands out and has claimed", &[], "200", None)
@@ -145,6 +149,7 @@ pub fn document() -> Value {
                     "network": {"type": "object", "properties": {"pool": {"type": "string"}}},
                     "stop_signal": {"type": "string"}, "stop_grace": {"type": "string"}
                 }},
+            "Scale": {"type": "object", "required": ["replicas"], "properties": {"replicas": {"type": "integer", "minimum": 0, "maximum": 10000}}},
             "PoolSpec": {"type": "object", "required": ["name", "cidr", "segment", "gateway"],
                 "properties": {
                     "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},

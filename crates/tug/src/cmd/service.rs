@@ -1,5 +1,5 @@
-//! `tug service add|list|show|delete`: services, N replicas of a long-running command with a
-//! health check.
+//! `tug service add|list|show|scale|delete`: services, N replicas of a long-running command
+//! with a health check; `tug op show|watch`: how a scale is doing.
 
 use std::path::PathBuf;
 
@@ -28,8 +28,42 @@ pub enum ServiceCommand {
     },
     /// Show one service.
     Show(NameArgs),
-    /// Delete a service.
+    /// Set a service's replica count. Returns at once with an operation id; --wait follows it
+    /// with a progress bar until every replica is healthy.
+    #[command(after_help = "Examples:\n  tug service scale web 20 --wait\n  tug service scale web 2\n  tug op watch op-7")]
+    Scale {
+        /// The service's name.
+        name: String,
+        /// Replicas wanted.
+        #[arg(allow_negative_numbers = true)]
+        replicas: i64,
+        /// Follow the operation until it ends.
+        #[arg(long)]
+        wait: bool,
+        /// Print the operation as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a service; its replicas stop.
     Delete(NameArgs),
+}
+
+/// `tug op` subcommands.
+#[derive(clap::Subcommand)]
+pub enum OpCommand {
+    /// Show a scale operation: placed, started, healthy and failed replicas, per agent.
+    Show {
+        /// The operation's id (op-N).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a scale operation with a progress bar until it ends.
+    Watch {
+        /// The operation's id (op-N).
+        id: String,
+    },
 }
 
 /// Arguments of `tug service add`.
@@ -95,12 +129,37 @@ pub async fn run(server: &str, cmd: ServiceCommand) -> anyhow::Result<()> {
             let mut t = Table::new(&HEADER);
             t.row(row(&s));
             table::print(&t);
+            let mut r = Table::new(&["INDEX", "STATE", "AGENT", "RUN", "ATTEMPT", "RESTARTS", "LAST PROBLEM"]);
+            for x in s["status"]["list"].as_array().into_iter().flatten() {
+                r.row(vec![field(x, "index"), field(x, "state"), field(x, "agent"), field(x, "run_id"), field(x, "attempt"), field(x, "restarts"), field(x, "reason")]);
+            }
+            println!();
+            table::print(&r);
+            println!();
             let spec = &s["spec"];
             println!("placement: {}   restart: {}   stop: {} after {}", field(spec, "placement"), restart(spec), field(spec, "stop_signal"), field(spec, "stop_grace"));
             if let Some(pool) = spec["network"]["pool"].as_str() {
                 println!("network: an address per replica from pool {pool}");
             }
             println!("version {}, created {}, updated {}", field(&s, "version"), field(&s, "created_at"), field(&s, "updated_at"));
+            Ok(())
+        }
+        ServiceCommand::Scale { name, replicas, wait, json } => {
+            let body = json!({ "replicas": replicas }).to_string();
+            let op = c.call(Method::POST, &format!("/services/{}/scale", enc(&name)), Some(("application/json", body))).await?;
+            if json && !wait {
+                return print_json(&op);
+            }
+            let id = field(&op, "id");
+            if !wait {
+                println!("scaling {name} from {} to {} replicas: operation {id}", field(&op, "from"), field(&op, "to"));
+                println!("follow it with: tug op watch {id}");
+                return Ok(());
+            }
+            let done = watch(&c, &id).await?;
+            if json {
+                return print_json(&done);
+            }
             Ok(())
         }
         ServiceCommand::Delete(a) => {
@@ -114,7 +173,7 @@ pub async fn run(server: &str, cmd: ServiceCommand) -> anyhow::Result<()> {
     }
 }
 
-const HEADER: [&str; 6] = ["NAME", "REPLICAS", "RUNTIME", "HEALTH", "PLACEMENT", "COMMAND"];
+const HEADER: [&str; 7] = ["NAME", "REPLICAS", "HEALTHY", "RUNTIME", "HEALTH", "PLACEMENT", "COMMAND"];
 
 fn row(s: &Value) -> Vec<String> {
     let spec = &s["spec"];
@@ -126,7 +185,8 @@ fn row(s: &Value) -> Vec<String> {
         Value::Array(a) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "),
         v => v.as_str().unwrap_or_default().to_owned(),
     };
-    vec![field(spec, "name"), field(spec, "replicas"), runtime, health(&spec["health"]), field(spec, "placement"), command]
+    let healthy = format!("{}/{}", field(&s["status"], "healthy"), field(&s["status"], "replicas"));
+    vec![field(spec, "name"), field(spec, "replicas"), healthy, runtime, health(&spec["health"]), field(spec, "placement"), command]
 }
 
 /// A health check in a few words: `http :8080/healthz every 10s`.
@@ -195,4 +255,80 @@ fn spec_from_flags(a: &AddArgs) -> anyhow::Result<ServiceSpec> {
     }
     let spec = ServiceSpec::from_json(&v.to_string())?;
     Ok(spec.validate()?.spec)
+}
+
+/// Runs a `tug op` subcommand.
+pub async fn run_op(server: &str, cmd: OpCommand) -> anyhow::Result<()> {
+    let c = Client::new(server);
+    match cmd {
+        OpCommand::Show { id, json } => {
+            let op = c.get(&format!("/operations/{}", enc(&id))).await?;
+            if json {
+                return print_json(&op);
+            }
+            println!("{}", op_line(&op));
+            print_agents(&op);
+            Ok(())
+        }
+        OpCommand::Watch { id } => watch(&c, &id).await.map(|_| ()),
+    }
+}
+
+/// One line for an operation: a bar of healthy replicas out of the target, and the counts.
+fn op_line(op: &Value) -> String {
+    let to = op["to"].as_u64().unwrap_or(0);
+    let healthy = op["healthy"].as_u64().unwrap_or(0);
+    const WIDTH: u64 = 30;
+    let filled = if to == 0 { WIDTH } else { (healthy.min(to) * WIDTH) / to };
+    let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '-' }).collect();
+    format!(
+        "{} {} {} {}->{} [{bar}] healthy {healthy}/{to}  placed {}  started {}  failed {}  unplaced {}  replicas {}  {:.1}s",
+        field(op, "id"),
+        field(op, "service"),
+        field(op, "state"),
+        field(op, "from"),
+        field(op, "to"),
+        field(op, "placed"),
+        field(op, "started"),
+        field(op, "failed"),
+        field(op, "unplaced"),
+        field(op, "replicas"),
+        op["elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0
+    )
+}
+
+fn print_agents(op: &Value) {
+    let mut t = Table::new(&["AGENT", "PLACED", "STARTED", "HEALTHY"]);
+    for (agent, p) in op["agents"].as_object().into_iter().flatten() {
+        t.row(vec![agent.clone(), field(p, "placed"), field(p, "running"), field(p, "healthy")]);
+    }
+    table::print(&t);
+}
+
+/// Redraws an operation's line until it ends; fails if it was superseded.
+async fn watch(c: &Client, id: &str) -> anyhow::Result<Value> {
+    use std::io::Write;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        let op = c.get(&format!("/operations/{}", enc(id))).await?;
+        let line = op_line(&op);
+        let state = field(&op, "state");
+        if tty {
+            print!("\r\x1b[2K{line}");
+            std::io::stdout().flush()?;
+        }
+        if state != "running" {
+            if tty {
+                println!();
+            } else {
+                println!("{line}");
+            }
+            print_agents(&op);
+            if state == "superseded" {
+                bail!("operation {id} was superseded by a newer scale of {}", field(&op, "service"));
+            }
+            return Ok(op);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
