@@ -32,7 +32,8 @@ const FLUSH_GRACE: Duration = Duration::from_secs(3);
 /// Where and how a remote agent joins.
 #[derive(Debug, Clone)]
 pub struct RemoteConfig {
-    /// The server's agent endpoint, e.g. `http://10.0.0.1:4401`.
+    /// The server's agent endpoint, e.g. `http://10.0.0.1:4401`; for a group of servers, each
+    /// member's, comma-separated: the agent tries them in turn until one (the leader) takes it.
     pub server: String,
     /// The shared secret the server checks (empty: none).
     pub join_token: String,
@@ -118,12 +119,17 @@ pub async fn run_with_net(
         let _ = stop_tx.send(true);
     });
     let mut unacked: BTreeMap<u64, StatusUpdate> = BTreeMap::new();
+    let servers: Vec<String> =
+        remote.server.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    let mut current = 0;
     let mut backoff = Duration::from_millis(200);
     let mut tried_after_stop = false;
     loop {
         let mut registered = false;
+        let server = servers.get(current).map_or(remote.server.as_str(), String::as_str);
         let ended = session(
             &remote,
+            server,
             &agent,
             &name,
             &mut registered,
@@ -144,7 +150,7 @@ pub async fn run_with_net(
                 if *stop_rx.borrow() && updates_rx.is_empty() && unacked.is_empty() {
                     return Ok(());
                 }
-                tracing::warn!(server = %remote.server, error = %why, retry_in = ?backoff, unacked = unacked.len(), "agent stream down; reconnecting");
+                tracing::warn!(server, error = %why, retry_in = ?backoff, unacked = unacked.len(), "agent stream down; reconnecting");
             }
             Err(e) => return Err(e),
         }
@@ -162,7 +168,11 @@ pub async fn run_with_net(
             }
             tried_after_stop = true;
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        // The next server of a group; the wait grows once every one has been tried.
+        current = (current + 1) % servers.len().max(1);
+        if current == 0 {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
     }
 }
 
@@ -174,6 +184,7 @@ fn out(m: agent_message::Msg) -> AgentMessage {
 #[allow(clippy::too_many_arguments)]
 async fn session(
     remote: &RemoteConfig,
+    server: &str,
     agent: &Agent,
     name: &str,
     registered: &mut bool,
@@ -183,7 +194,7 @@ async fn session(
     net: &mut NetBridge,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Ended, RemoteError> {
-    let endpoint = match tonic::transport::Endpoint::from_shared(remote.server.clone()) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(server.to_owned()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(5))
             // A silent link (a cut cable, a dead server host) is noticed in ~15 s, not after TCP's
@@ -191,11 +202,11 @@ async fn session(
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true),
-        Err(e) => return Ok(Ended::Broken(format!("invalid server address {}: {e}", remote.server))),
+        Err(e) => return Ok(Ended::Broken(format!("invalid server address {server}: {e}"))),
     };
     let mut client = match endpoint.connect().await {
         Ok(ch) => AgentServiceClient::new(ch),
-        Err(e) => return Ok(Ended::Broken(format!("cannot connect to {}: {e}", remote.server))),
+        Err(e) => return Ok(Ended::Broken(format!("cannot connect to {server}: {e}"))),
     };
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
     let register = tug_proto::Register {
@@ -213,7 +224,7 @@ async fn session(
     };
     let _ = tx.send(out(agent_message::Msg::Register(register))).await;
     let not_agent = |e: &tonic::Status| {
-        http_answer(e).map(|status| RemoteError::NotAgentEndpoint { server: remote.server.clone(), status })
+        http_answer(e).map(|status| RemoteError::NotAgentEndpoint { server: server.to_owned(), status })
     };
     let mut inbound = match client.session(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
@@ -226,7 +237,7 @@ async fn session(
         Err(e) => return not_agent(&e).map_or_else(|| Ok(Ended::Broken(format!("registering: {e}"))), Err),
     }
     *registered = true;
-    tracing::info!(server = %remote.server, resend = unacked.len(), "registered with the server");
+    tracing::info!(server, resend = unacked.len(), "registered with the server");
     for u in unacked.values() {
         if !send_update(&tx, u).await {
             return Ok(Ended::Broken("stream closed while resending".into()));

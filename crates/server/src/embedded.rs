@@ -51,6 +51,8 @@ pub struct EmbeddedConfig {
     pub event_buffer: usize,
     /// Tokens, browser guards, limits and audit retention of the API.
     pub auth: crate::auth::AuthConfig,
+    /// The server group this server leads (`None`: a server on its own).
+    pub cluster: Option<Arc<crate::cluster::Group>>,
 }
 
 impl EmbeddedConfig {
@@ -66,6 +68,7 @@ impl EmbeddedConfig {
             agent_timeout: Duration::from_secs(10),
             event_buffer: crate::stream::DEFAULT_CAPACITY,
             auth: crate::auth::AuthConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -160,7 +163,11 @@ impl Embedded {
             ..SchedulerConfig::default()
         };
         let per_job = config.per_job_metrics.then(|| PerJobMetrics::new(config.per_job_metrics_limit));
-        let metrics = Arc::new(Metrics::with_per_job(per_job.as_ref()));
+        let mut metrics = Metrics::with_per_job(per_job.as_ref());
+        if let Some(group) = &config.cluster {
+            metrics.register_cluster(group.clone());
+        }
+        let metrics = Arc::new(metrics);
         let mut events = EventSink::new(metrics.clone());
         // Subscribers first: the scheduler takes the sink as it is when it starts.
         let notifier = Notifier::new(
@@ -222,6 +229,7 @@ impl Embedded {
                 metrics: metrics.clone(),
                 events: bus.clone(),
                 auth: auth.clone(),
+                cluster: config.cluster.clone(),
             };
             let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
             let rx = stop_rx.clone();

@@ -24,9 +24,11 @@ use tug_logs::LogFiles;
 /// Arguments of `tug agent run`.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  tug agent run --server http://10.0.0.1:4401 --join-token s3cret\n  \
+    tug agent run --server http://10.0.0.1:4401,http://10.0.0.2:4401,http://10.0.0.3:4401 --join-token s3cret\n  \
     tug agent run --server http://10.0.0.1:4401 --name gpu1 --attributes rack=a,gpu=yes --resources cpus=8,mem=32GiB")]
 pub struct AgentRunArgs {
-    /// The server's agent endpoint (`tug server --agent-listen`), not its API. Its own variable,
+    /// The server's agent endpoint (`tug server --agent-listen`), not its API; for a group of
+    /// servers, every member's, comma-separated (the agent finds the leader). Its own variable,
     /// so that TUG_SERVER exported for the CLI does not point agents at the API.
     #[arg(long, env = "TUG_AGENT_SERVER", default_value = "http://127.0.0.1:4401", value_name = "URL")]
     server: String,
@@ -123,9 +125,14 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     super::init_logs(&args.log)?;
     let server = args.server.as_str();
     let name = args.name.unwrap_or_else(hostname);
-    let valid = reqwest::Url::parse(server).ok().filter(|u| u.scheme() == "http" && u.host().is_some());
-    if valid.is_none() {
-        bail!("invalid --server {server:?}: give the server's agent endpoint as a URL, e.g. --server http://10.0.0.1:4401 (plain http: the agent protocol has no TLS yet)");
+    for one in server.split(',') {
+        let valid = reqwest::Url::parse(one.trim()).ok().filter(|u| u.scheme() == "http" && u.host().is_some());
+        if valid.is_none() {
+            bail!(
+                "invalid --server {one:?}: give the server's agent endpoint as a URL, e.g. --server http://10.0.0.1:4401, \
+                 or each group member's, comma-separated (plain http: the agent protocol has no TLS yet)"
+            );
+        }
     }
     let remote = RemoteConfig {
         server: server.to_string(),
