@@ -121,8 +121,10 @@ fn services_through_the_cli() {
     assert!(out.contains("AGENT") && out.contains("local"), "{out}");
     let op: Value = serde_json::from_str(&ok(&s, &["op", "show", &id, "--json"])).unwrap();
     assert_eq!((op["state"].as_str(), op["healthy"].as_u64(), op["agents"]["local"]["healthy"].as_u64()), (Some("succeeded"), Some(3), Some(3)));
+    let op: Value = serde_json::from_str(&ok(&s, &["service", "scale", "plain", "2", "--wait", "--json"])).unwrap();
+    assert_eq!((op["state"].as_str(), op["healthy"].as_u64()), (Some("succeeded"), Some(2)), "--wait --json prints the ended operation");
     let out = ok(&s, &["service", "scale", "plain", "1", "--wait"]);
-    assert!(out.contains("succeeded 3->1") && out.contains("healthy 1/1"), "{out}");
+    assert!(out.contains("succeeded 2->1") && out.contains("healthy 1/1"), "{out}");
     let table = ok(&s, &["service", "list"]);
     assert!(table.lines().any(|l| l.starts_with("plain") && l.contains(" 1/1 ")), "{table}");
     let show = ok(&s, &["service", "show", "plain"]);
