@@ -19,5 +19,6 @@ pub mod logs;
 pub mod net;
 pub mod remote;
 pub mod runtime;
+pub mod tls;
 
 pub use agent::{Agent, AgentConfig, Durability};

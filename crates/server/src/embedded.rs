@@ -51,6 +51,8 @@ pub struct EmbeddedConfig {
     pub event_buffer: usize,
     /// Tokens, browser guards, limits and audit retention of the API.
     pub auth: crate::auth::AuthConfig,
+    /// Serve the API over TLS with these settings (`--tls-cert`, `--tls-key`).
+    pub api_tls: Option<tug_tls::ServerTls>,
 }
 
 impl EmbeddedConfig {
@@ -66,6 +68,7 @@ impl EmbeddedConfig {
             agent_timeout: Duration::from_secs(10),
             event_buffer: crate::stream::DEFAULT_CAPACITY,
             auth: crate::auth::AuthConfig::default(),
+            api_tls: None,
         }
     }
 }
@@ -225,11 +228,25 @@ impl Embedded {
             };
             let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
             let rx = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
-                    tracing::error!(error = %e, "API server failed");
+            tasks.push(match &config.api_tls {
+                Some(tls) => {
+                    use axum::serve::ListenerExt;
+                    // `tap_io` only so that axum hands the handlers the peer's address.
+                    let listener = tug_tls::TlsListener::new(listener, tls.clone(), "API")
+                        .context("listening for TLS connections")?
+                        .tap_io(|_| {});
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
+                            tracing::error!(error = %e, "API server failed");
+                        }
+                    })
                 }
-            }));
+                None => tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
+                        tracing::error!(error = %e, "API server failed");
+                    }
+                }),
+            });
         }
         Ok(Embedded {
             events: bus,

@@ -24,7 +24,8 @@ use tug_logs::LogFiles;
 /// Arguments of `tug agent run`.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  tug agent run --server http://10.0.0.1:4401 --join-token s3cret\n  \
-    tug agent run --server http://10.0.0.1:4401 --name gpu1 --attributes rack=a,gpu=yes --resources cpus=8,mem=32GiB")]
+    tug agent run --server http://10.0.0.1:4401 --name gpu1 --attributes rack=a,gpu=yes --resources cpus=8,mem=32GiB\n  \
+    tug agent run --server https://10.0.0.1:4401 --name host1 --ca ca.pem --cert agent-host1.pem --key agent-host1-key.pem")]
 pub struct AgentRunArgs {
     /// The server's agent endpoint (`tug server --agent-listen`), not its API. Its own variable,
     /// so that TUG_SERVER exported for the CLI does not point agents at the API.
@@ -46,6 +47,17 @@ pub struct AgentRunArgs {
     /// Read the join token from this file (so it does not show in `ps`).
     #[arg(long, env = "TUG_JOIN_TOKEN_FILE")]
     join_token_file: Option<PathBuf>,
+    /// For an https:// server: trust this CA (PEM) for its certificate, besides the system's
+    /// roots (the ca.pem of `tug certs init`).
+    #[arg(long, env = "TUG_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// This agent's client certificate (PEM), for a server that requires one (--agent-ca); its
+    /// name must be the agent's --name.
+    #[arg(long, env = "TUG_AGENT_CERT", requires = "key", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, env = "TUG_AGENT_KEY", requires = "cert", value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Where this agent keeps run logs and docker state.
     #[arg(long, env = "TUG_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -123,10 +135,22 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     super::init_logs(&args.log)?;
     let server = args.server.as_str();
     let name = args.name.unwrap_or_else(hostname);
-    let valid = reqwest::Url::parse(server).ok().filter(|u| u.scheme() == "http" && u.host().is_some());
-    if valid.is_none() {
-        bail!("invalid --server {server:?}: give the server's agent endpoint as a URL, e.g. --server http://10.0.0.1:4401 (plain http: the agent protocol has no TLS yet)");
-    }
+    let url = reqwest::Url::parse(server).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+    let Some(url) = url else {
+        bail!("invalid --server {server:?}: give the server's agent endpoint as a URL, e.g. --server http://10.0.0.1:4401 (https:// when the server has --tls-cert)");
+    };
+    let tls = if url.scheme() == "https" {
+        let identity = match (&args.cert, &args.key) {
+            (Some(c), Some(k)) => Some(tug_tls::Identity::load(c, k)?),
+            _ => None,
+        };
+        Some(tug_tls::ClientTls::new(args.ca.as_deref(), identity)?)
+    } else {
+        if args.ca.is_some() || args.cert.is_some() {
+            bail!("--ca and --cert are for TLS: give the server as https://{}", server.trim_start_matches("http://"));
+        }
+        None
+    };
     let remote = RemoteConfig {
         server: server.to_string(),
         join_token: match &args.join_token_file {
@@ -135,6 +159,7 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
         },
         resources: parse_resources(&args.resources)?,
         attributes: parse_attributes(&args.attributes)?,
+        tls,
     };
     let data_dir = args.data_dir.unwrap_or_else(|| super::default_data_dir().join("agent"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;

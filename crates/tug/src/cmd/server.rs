@@ -19,7 +19,12 @@ use tug_server::embedded::{Embedded, EmbeddedConfig};
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  tug server --join-token s3cret\n  \
     tug server --listen 0.0.0.0:4400 --agent-listen 0.0.0.0:4401 --data-dir /var/lib/tug\n\n\
-    Then on each host: tug agent run --server http://SERVER:4401 --join-token s3cret")]
+    Then on each host: tug agent run --server http://SERVER:4401 --join-token s3cret\n\n\
+    With TLS and agent certificates (tug certs init certs --name SERVER --agent host1):\n  \
+    tug server --listen 0.0.0.0:4400 --agent-listen 0.0.0.0:4401 --init-token-file admin.token \\\n    \
+    --tls-cert certs/server.pem --tls-key certs/server-key.pem --agent-ca certs/ca.pem\n  \
+    tug agent run --server https://SERVER:4401 --name host1 --ca certs/ca.pem \\\n    \
+    --cert certs/agent-host1.pem --key certs/agent-host1-key.pem")]
 pub struct ServerArgs {
     /// Where the database and the server's own run logs are kept.
     #[arg(long, env = "TUG_DATA_DIR")]
@@ -38,6 +43,12 @@ pub struct ServerArgs {
     join_token_file: Option<PathBuf>,
     #[command(flatten)]
     security: super::security::SecurityArgs,
+    #[command(flatten)]
+    tls: super::security::TlsArgs,
+    /// Require agents to present a client certificate signed by this CA (PEM), and to join under
+    /// a name in it (mTLS; needs --tls-cert).
+    #[arg(long, env = "TUG_AGENT_CA", requires = "tls_cert", value_name = "FILE")]
+    agent_ca: Option<PathBuf>,
     /// Finished runs kept per job (a job's `keep_runs` overrides it).
     #[arg(long, env = "TUG_KEEP_RUNS", default_value_t = 100)]
     keep_runs: u32,
@@ -59,13 +70,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => args.join_token.clone(),
     };
     let auth_config = args.security.config(args.listen)?;
-    if join_token.is_none() && !args.agent_listen.ip().is_loopback() && auth_config.mode != tug_server::auth::AuthMode::Open {
+    if join_token.is_none() && args.agent_ca.is_none() && !args.agent_listen.ip().is_loopback() && auth_config.mode != tug_server::auth::AuthMode::Open {
         anyhow::bail!(
             "refusing to accept agents on {} without a join token: anyone who can reach it could join as an agent \
-             and be handed jobs. Give --join-token-file PATH (or --join-token), or pass --insecure on a network you trust",
+             and be handed jobs. Give --join-token-file PATH (or --join-token) or --agent-ca FILE (client certificates), or pass --insecure on a network you trust",
             args.agent_listen
         );
     }
+    let api_tls = args.tls.server(&[b"h2", b"http/1.1"], None)?;
+    let agent_tls = args.tls.server(&[b"h2"], args.agent_ca.as_deref()).context("the agent endpoint's TLS (--agent-ca)")?;
     let listener = super::bind_api(args.listen).await?;
     let agent_listener = tokio::net::TcpListener::bind(args.agent_listen).await.with_context(|| {
         format!("cannot listen for agents on {}; pick another with --agent-listen", args.agent_listen)
@@ -74,13 +87,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.keep_runs = args.keep_runs;
     config.agent_timeout = args.agent_timeout;
     config.auth = auth_config;
+    config.api_tls = api_tls;
+    config.webhook_delivery.tls = args.tls.webhooks()?;
     let server = Embedded::start(config, None, Arc::new(SystemClock), Some(listener)).await?;
     if let Err(e) = args.security.after_start(&server.auth, args.listen).await {
         server.shutdown().await;
         return Err(e);
     }
-    if join_token.is_none() {
-        tracing::warn!("no --join-token: any agent that can reach --agent-listen may join");
+    if join_token.is_none() && args.agent_ca.is_none() {
+        tracing::warn!("no --join-token and no --agent-ca: any agent that can reach --agent-listen may join");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let gateway = AgentGateway::new(
@@ -91,12 +106,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         server.logs.clone(),
     )
     .with_network(server.net.clone());
-    let mut grpc = tokio::spawn(agent_service::serve(agent_listener, gateway, async move {
+    let scheme = if agent_tls.is_some() { "https" } else { "http" };
+    let mut grpc = tokio::spawn(agent_service::serve(agent_listener, gateway, agent_tls, async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|s| *s).await;
     }));
     eprintln!(
-        "Tugboat server is up: API at http://{}/api/v1, agents join at http://{}, data in {}",
+        "Tugboat server is up: API at {scheme}://{}/api/v1, agents join at {scheme}://{}, data in {}",
         args.listen,
         args.agent_listen,
         data_dir.display()
