@@ -122,6 +122,27 @@ pub enum StoreError {
         /// The journal mode SQLite fell back to.
         mode: String,
     },
+    /// The store holds data of another data version than this build reads and writes (two
+    /// servers of different releases on one etcd).
+    #[error(
+        "{store} holds data version {found}, but this tug reads and writes data version {known}; run servers of \
+         one release against it, or point this one at another key prefix"
+    )]
+    DataVersion {
+        /// Where the data is (the endpoints and key prefix).
+        store: String,
+        /// The version found there.
+        found: String,
+        /// The version this build knows.
+        known: u32,
+    },
+    /// A write of a server that is no longer the leader: another server took over, and this
+    /// write was refused so that two leaders never both write.
+    #[error("{what}: refused because this server is no longer the leader (fenced); the new leader carries on")]
+    Fenced {
+        /// What the write was.
+        what: String,
+    },
     /// The store's worker has stopped: the server is shutting down, or an operation panicked.
     #[error("the store has stopped ({0}); if the server is not shutting down, see its log and restart it")]
     Stopped(&'static str),
@@ -171,9 +192,14 @@ impl StoreError {
             | StoreError::TokenExists(_) => ErrorKind::Conflict,
             StoreError::BadCursor(_) => ErrorKind::Invalid,
             StoreError::StorageFull { .. } => ErrorKind::StorageFull,
-            StoreError::Unavailable { .. } | StoreError::Stopped(_) => ErrorKind::Unavailable,
+            StoreError::Unavailable { .. } | StoreError::Stopped(_) | StoreError::Fenced { .. } => {
+                ErrorKind::Unavailable
+            }
             StoreError::Corrupt { .. } => ErrorKind::Corrupt,
-            StoreError::NewerSchema { .. } | StoreError::NoWal { .. } | StoreError::Backend { .. } => ErrorKind::Other,
+            StoreError::NewerSchema { .. }
+            | StoreError::NoWal { .. }
+            | StoreError::DataVersion { .. }
+            | StoreError::Backend { .. } => ErrorKind::Other,
         }
     }
 

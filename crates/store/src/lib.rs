@@ -1,9 +1,11 @@
 //! Tugboat's persistent state behind one [`Store`] trait.
 //!
 //! The trait speaks in jobs, runs and batches, never SQL, so a key-value store with transactions,
-//! watches and leases (etcd) can implement it too. [`sqlite::SqliteStore`] is the embedded default.
+//! watches and leases (etcd) can implement it too. [`sqlite::SqliteStore`] is the embedded default;
+//! [`etcd::EtcdStore`] is the store of a server group.
 //!
-//! Writes return only once they are durable (SQLite WAL with `synchronous = FULL`).
+//! Writes return only once they are durable (SQLite WAL with `synchronous = FULL`; etcd once a
+//! quorum of members has them).
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -13,6 +15,8 @@ use tug_core::JobSpec;
 pub use tug_net::{Claim, PoolSpec};
 
 mod access;
+mod derived;
+pub mod etcd;
 mod error;
 pub mod mem;
 pub mod sqlite;

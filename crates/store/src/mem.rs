@@ -11,17 +11,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use jiff::Timestamp;
 use tug_core::JobSpec;
-use tug_core::run::{Attempt, NewRun, Run, RunId, RunState, Trigger};
+use tug_core::run::{Attempt, NewRun, Run, RunId};
 
+use crate::derived::{Derived, label_matches, page_size, search_text, stored, stored_opt, updated};
 use crate::{
     AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result,
     RunQuery, RunTotals, Store, StoreError, TokenRecord,
 };
-
-/// Page size when a query asks for 0 (as in SQLite).
-const DEFAULT_LIMIT: usize = 100;
-/// The largest page handed out (as in SQLite).
-const MAX_LIMIT: usize = 1000;
 
 /// A [`Store`] held in memory behind one mutex: the fake for unit tests.
 ///
@@ -108,43 +104,6 @@ struct JobRow {
     run_ids: BTreeSet<RunId>,
 }
 
-/// The fields of a [`JobRecord`] that follow from its runs. `None` orders before every `Some`, so
-/// `max` keeps whichever is present.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct Derived {
-    fire_cursor: Option<Timestamp>,
-    last_run_at: Option<Timestamp>,
-    last_success_at: Option<Timestamp>,
-    last_failure_at: Option<Timestamp>,
-    /// Succeeded runs (a floor: pruned runs stay counted).
-    succeeded: u64,
-    /// Failed, timed-out or lost runs.
-    failed: u64,
-}
-
-impl Derived {
-    /// Raises these fields by what `run` says about its job.
-    fn absorb(&mut self, run: &Run) {
-        if matches!(run.trigger, Trigger::Schedule | Trigger::Misfire) {
-            self.fire_cursor = self.fire_cursor.max(Some(run.scheduled_at));
-        }
-        if run.state != RunState::Skipped {
-            self.last_run_at = self.last_run_at.max(Some(run.scheduled_at));
-        }
-        match run.state {
-            RunState::Succeeded => {
-                self.last_success_at = self.last_success_at.max(run.finished_at);
-                self.succeeded += 1;
-            }
-            RunState::Failed | RunState::TimedOut | RunState::Lost => {
-                self.last_failure_at = self.last_failure_at.max(run.finished_at);
-                self.failed += 1;
-            }
-            _ => {}
-        }
-    }
-}
-
 impl MemStore {
     /// An empty store.
     pub fn new() -> MemStore {
@@ -155,38 +114,6 @@ impl MemStore {
     /// a poisoned lock still guards consistent data.
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// `ts` as the store keeps it: truncated to the millisecond, like SQLite's integer column.
-fn stored(ts: Timestamp) -> Timestamp {
-    Timestamp::from_millisecond(ts.as_millisecond()).expect("a timestamp's own millisecond is in range")
-}
-
-/// An optional timestamp as the store keeps it.
-fn stored_opt(ts: Option<Timestamp>) -> Option<Timestamp> {
-    ts.map(stored)
-}
-
-/// The page size a query asks for, defaulted and capped.
-fn page_size(limit: usize) -> usize {
-    match limit {
-        0 => DEFAULT_LIMIT,
-        n => n.min(MAX_LIMIT),
-    }
-}
-
-
-/// The text `q` searches: name, description and owner, lowercased, one per line (as in SQLite).
-fn search_text(spec: &JobSpec) -> String {
-    format!("{}\n{}\n{}", spec.name, spec.description, spec.owner).to_lowercase()
-}
-
-/// Whether a job passes a `label` filter: `key=value` (equals) or `key` (present).
-fn label_matches(spec: &JobSpec, label: &str) -> bool {
-    match label.split_once('=') {
-        Some((key, value)) => spec.labels.get(key).is_some_and(|v| v == value),
-        None => spec.labels.contains_key(label),
     }
 }
 
@@ -392,19 +319,7 @@ impl Store for MemStore {
         }
         for run in runs {
             let stored_run = state.runs.get_mut(&run.id).expect("checked above");
-            // The key, trigger and created_at are the store's, not the caller's.
-            *stored_run = Run {
-                state: run.state,
-                attempt: run.attempt,
-                started_at: stored_opt(run.started_at),
-                finished_at: stored_opt(run.finished_at),
-                exit_code: run.exit_code,
-                signal: run.signal,
-                reason: run.reason.clone(),
-                agent: run.agent.clone(),
-                retry_at: stored_opt(run.retry_at),
-                ..stored_run.clone()
-            };
+            *stored_run = updated(stored_run, run);
         }
         for attempt in attempts {
             let attempt = Attempt {

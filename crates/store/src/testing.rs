@@ -1,4 +1,5 @@
-//! Test helpers (feature `testing`): a small tmpfs to fill up, so tests can meet a real full disk.
+//! Test helpers (feature `testing`): a small tmpfs to fill up, so tests can meet a real full disk,
+//! and real etcd clusters for the etcd store and the server group.
 
 use std::path::Path;
 use std::process::Command;
@@ -52,5 +53,145 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazy: a store of the test may still hold files open while it shuts down.
         let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// A real etcd cluster of 1 or 3 members on free loopback ports, each in a temporary directory;
+/// killed on drop (and, through `setpriv --pdeathsig`, when the test process dies). Needs the
+/// `etcd` binary (Debian `etcd-server`; `scripts/test` installs it).
+///
+/// Members are spawned from the calling thread, which must outlive the cluster (the parent-death
+/// signal follows the thread): call it from the test's own thread, not `spawn_blocking`.
+pub struct EtcdCluster {
+    dir: tempfile::TempDir,
+    token: String,
+    members: Vec<EtcdMember>,
+    max_txn_ops: usize,
+}
+
+struct EtcdMember {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<std::process::Child>,
+}
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+}
+
+impl EtcdCluster {
+    /// Starts `members` members (1 or 3) and waits until they are healthy.
+    pub fn start(members: usize) -> EtcdCluster {
+        assert!(
+            Command::new("etcd").arg("--version").output().is_ok_and(|o| o.status.success()),
+            "the etcd binary is missing: install Debian's etcd-server (scripts/test does)"
+        );
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let token = format!("tug-test-{}-{}", std::process::id(), free_port());
+        let members = (0..members)
+            .map(|i| EtcdMember { name: format!("m{i}"), client: free_port(), peer: free_port(), child: None })
+            .collect();
+        let mut cluster = EtcdCluster { dir, token, members, max_txn_ops: 4096 };
+        for i in 0..cluster.members.len() {
+            cluster.spawn(i, true);
+        }
+        for i in 0..cluster.members.len() {
+            cluster.wait_healthy(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize, new: bool) {
+        let initial: Vec<String> = self.members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer)).collect();
+        let m = &self.members[i];
+        let data = self.dir.path().join(&m.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", m.name)))
+            .expect("the member's log file");
+        let client = format!("http://127.0.0.1:{}", m.client);
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "etcd"])
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(&data)
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &initial.join(","), "--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", if new { "new" } else { "existing" }])
+            .args(["--max-txn-ops", &self.max_txn_ops.to_string(), "--max-request-bytes", "10485760"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("starting etcd");
+        self.members[i].child = Some(child);
+    }
+
+    /// Waits until member `i` answers `/health` with `true`.
+    fn wait_healthy(&self, i: usize) {
+        // 30 s in steps of 50 ms.
+        for _ in 0..600 {
+            if self.healthy(i) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.members[i].name))).unwrap_or_default();
+        panic!("etcd member {} did not become healthy in 30 s; its log:\n{log}", self.members[i].name);
+    }
+
+    /// Whether member `i` says it is healthy (it has a leader and answers).
+    pub fn healthy(&self, i: usize) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.members[i].client)) else { return false };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.contains("\"health\":\"true\"")
+    }
+
+    /// `127.0.0.1:PORT` of each member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| format!("127.0.0.1:{}", m.client)).collect()
+    }
+
+    /// A store URL for `--store`, with keys under `/PREFIX`.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("etcd://{}/{prefix}?max-txn-ops={}", self.endpoints().join(","), self.max_txn_ops)
+    }
+
+    /// The same as [`EtcdCluster::url`], parsed.
+    pub fn config(&self, prefix: &str) -> crate::etcd::EtcdConfig {
+        crate::etcd::EtcdConfig::parse(&self.url(prefix)).expect("the test cluster's URL parses")
+    }
+
+    /// Kills member `i` (SIGKILL) and waits for it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data directory, after [`EtcdCluster::kill`].
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i, false);
+        self.wait_healthy(i);
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
     }
 }
