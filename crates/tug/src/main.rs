@@ -245,10 +245,16 @@ fn client_token(matches: &clap::ArgMatches) -> Option<String> {
 fn client_ca(matches: &clap::ArgMatches) -> Option<std::path::PathBuf> {
     let mut found = None;
     let mut m = matches;
-    while let Some((_, sub)) = m.subcommand() {
+    let mut parent = "";
+    while let Some((name, sub)) = m.subcommand() {
+        // `tug agent run --ca` is the agent's own (for the agent endpoint), read by the command.
+        if (parent, name) == ("agent", "run") {
+            return None;
+        }
         if let Ok(Some(v)) = sub.try_get_one::<std::path::PathBuf>("ca") {
             found = Some(v.clone());
         }
+        parent = name;
         m = sub;
     }
     found.or_else(|| std::env::var_os("TUG_CA").map(Into::into)).filter(|p: &std::path::PathBuf| !p.as_os_str().is_empty())
