@@ -51,6 +51,8 @@ pub struct EmbeddedConfig {
     pub event_buffer: usize,
     /// Tokens, browser guards, limits and audit retention of the API.
     pub auth: crate::auth::AuthConfig,
+    /// The shortest time between two fires a job may ask for (0: no limit).
+    pub min_interval: Duration,
     /// Serve the API over TLS with these settings (`--tls-cert`, `--tls-key`).
     pub api_tls: Option<tug_tls::ServerTls>,
 }
@@ -69,6 +71,7 @@ impl EmbeddedConfig {
             event_buffer: crate::stream::DEFAULT_CAPACITY,
             auth: crate::auth::AuthConfig::default(),
             api_tls: None,
+            min_interval: crate::scheduler::DEFAULT_MIN_INTERVAL,
         }
     }
 }
@@ -135,6 +138,12 @@ impl Embedded {
     ) -> anyhow::Result<Embedded> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        // Job specs (their env) and run logs: the server's user only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making data dir {} readable by its owner only", config.data_dir.display()))?;
+        }
         let db = config.data_dir.join("tug.db");
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&db).with_context(|| format!("opening the store at {}", db.display()))?,
@@ -160,6 +169,7 @@ impl Embedded {
         let sched_cfg = SchedulerConfig {
             keep_runs: config.keep_runs,
             agent_timeout: config.agent_timeout,
+            min_interval: config.min_interval,
             ..SchedulerConfig::default()
         };
         let per_job = config.per_job_metrics.then(|| PerJobMetrics::new(config.per_job_metrics_limit));

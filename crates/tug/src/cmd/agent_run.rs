@@ -163,6 +163,9 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     };
     let data_dir = args.data_dir.unwrap_or_else(|| super::default_data_dir().join("agent"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    // Run logs and checkpoints (with the runs' env): this agent's user only.
+    std::fs::set_permissions(&data_dir, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700))
+        .with_context(|| format!("making data dir {} readable by its owner only", data_dir.display()))?;
     let mut docker_config = DockerConfig::new(&name, data_dir.join("docker"));
     // The container network, when this host has a segment to join: dresponse answers networked
     // containers, with addresses claimed over the agent stream.

@@ -80,6 +80,10 @@ pub struct SecurityArgs {
     /// Requests per second allowed to each token (bursts of four times as many); 0: unlimited.
     #[arg(long, env = "TUG_RATE_LIMIT", default_value_t = 50.0)]
     rate_limit: f64,
+    /// The shortest time between two fires of a job that creating or changing it may ask for
+    /// (e.g. 1s, 1m; 0: no limit). Jobs already stored keep running as they are.
+    #[arg(long, env = "TUG_MIN_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    pub min_interval: std::time::Duration,
     /// How long audit entries are kept (e.g. 90d).
     #[arg(long, env = "TUG_AUDIT_RETENTION", default_value = "90d", value_parser = parse_retention)]
     audit_retention: std::time::Duration,
@@ -91,6 +95,11 @@ fn parse_size(s: &str) -> Result<ByteSize, String> {
         return Err("must be more than zero, e.g. 1MiB".into());
     }
     Ok(b)
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d: tug_core::Duration = s.parse().map_err(|e| format!("{e}; e.g. 1s, or 0 for no limit"))?;
+    Ok(d.as_std())
 }
 
 fn parse_retention(s: &str) -> Result<std::time::Duration, String> {

@@ -88,6 +88,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.agent_timeout = args.agent_timeout;
     config.auth = auth_config;
     config.api_tls = api_tls;
+    config.min_interval = args.security.min_interval;
     config.webhook_delivery.tls = args.tls.webhooks()?;
     let server = Embedded::start(config, None, Arc::new(SystemClock), Some(listener)).await?;
     if let Err(e) = args.security.after_start(&server.auth, args.listen).await {
