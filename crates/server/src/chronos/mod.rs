@@ -35,7 +35,7 @@ mod graph;
 mod job;
 mod stats;
 
-use job::Kind;
+pub use job::{Kind, to_spec};
 
 /// The Chronos routes, under both prefixes.
 pub fn router(state: AppState) -> Router {
