@@ -32,7 +32,8 @@ const FLUSH_GRACE: Duration = Duration::from_secs(3);
 /// Where and how a remote agent joins.
 #[derive(Debug, Clone)]
 pub struct RemoteConfig {
-    /// The server's agent endpoint, e.g. `http://10.0.0.1:4401`.
+    /// The server's agent endpoint, e.g. `http://10.0.0.1:4401`; for a group of servers, each
+    /// member's, comma-separated: the agent tries them in turn until one (the leader) takes it.
     pub server: String,
     /// The shared secret the server checks (empty: none).
     pub join_token: String,
@@ -129,12 +130,17 @@ pub async fn run_with_net(
         let _ = stop_tx.send(true);
     });
     let mut unacked: BTreeMap<u64, StatusUpdate> = BTreeMap::new();
+    let servers: Vec<String> =
+        remote.server.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    let mut current = 0;
     let mut backoff = Duration::from_millis(200);
     let mut tried_after_stop = false;
     loop {
         let mut registered = false;
+        let server = servers.get(current).map_or(remote.server.as_str(), String::as_str);
         let ended = session(
             &remote,
+            server,
             &agent,
             &name,
             &mut registered,
@@ -155,7 +161,7 @@ pub async fn run_with_net(
                 if *stop_rx.borrow() && updates_rx.is_empty() && unacked.is_empty() {
                     return Ok(());
                 }
-                tracing::warn!(server = %remote.server, error = %why, retry_in = ?backoff, unacked = unacked.len(), "agent stream down; reconnecting");
+                tracing::warn!(server, error = %why, retry_in = ?backoff, unacked = unacked.len(), "agent stream down; reconnecting");
             }
             Err(e) => return Err(e),
         }
@@ -173,7 +179,11 @@ pub async fn run_with_net(
             }
             tried_after_stop = true;
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        // The next server of a group; the wait grows once every one has been tried.
+        current = (current + 1) % servers.len().max(1);
+        if current == 0 {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
     }
 }
 
@@ -185,6 +195,7 @@ fn out(m: agent_message::Msg) -> AgentMessage {
 #[allow(clippy::too_many_arguments)]
 async fn session(
     remote: &RemoteConfig,
+    server: &str,
     agent: &Agent,
     name: &str,
     registered: &mut bool,
@@ -195,9 +206,9 @@ async fn session(
     mut stop: watch::Receiver<bool>,
 ) -> Result<Ended, RemoteError> {
     // Over TLS the connector does the TLS; tonic sees a plain URI.
-    let (uri, tls) = match (&remote.tls, remote.server.strip_prefix("https://")) {
+    let (uri, tls) = match (&remote.tls, server.strip_prefix("https://")) {
         (Some(tls), Some(rest)) => (format!("http://{rest}"), Some(tls)),
-        _ => (remote.server.clone(), None),
+        _ => (server.to_owned(), None),
     };
     let endpoint = match tonic::transport::Endpoint::from_shared(uri) {
         Ok(e) => e
@@ -207,17 +218,17 @@ async fn session(
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true),
-        Err(e) => return Ok(Ended::Broken(format!("invalid server address {}: {e}", remote.server))),
+        Err(e) => return Ok(Ended::Broken(format!("invalid server address {server}: {e}"))),
     };
     let tls_failed = |e: &(dyn std::error::Error + 'static)| {
-        tug_tls::explain(e).map(|reason| RemoteError::Tls { server: remote.server.clone(), reason })
+        tug_tls::explain(e).map(|reason| RemoteError::Tls { server: server.to_owned(), reason })
     };
     let connected = match tls {
         Some(tls) => {
             let host = endpoint.uri().host().unwrap_or_default().to_owned();
             match crate::tls::Connector::new(tls.clone(), host) {
                 Ok(c) => endpoint.connect_with_connector(c).await,
-                Err(e) => return Err(RemoteError::Tls { server: remote.server.clone(), reason: e.to_string() }),
+                Err(e) => return Err(RemoteError::Tls { server: server.to_owned(), reason: e.to_string() }),
             }
         }
         None => endpoint.connect().await,
@@ -225,7 +236,7 @@ async fn session(
     let mut client = match connected {
         Ok(ch) => AgentServiceClient::new(ch),
         Err(e) => {
-            return tls_failed(&e).map_or_else(|| Ok(Ended::Broken(format!("cannot connect to {}: {e}", remote.server))), Err);
+            return tls_failed(&e).map_or_else(|| Ok(Ended::Broken(format!("cannot connect to {server}: {e}"))), Err);
         }
     };
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
@@ -246,7 +257,7 @@ async fn session(
     // A TLS failure shows only now when the server refused this agent's certificate (TLS 1.3
     // reports it after the handshake).
     let not_agent = |e: &tonic::Status| {
-        tls_failed(e).or_else(|| http_answer(e).map(|status| RemoteError::NotAgentEndpoint { server: remote.server.clone(), status }))
+        tls_failed(e).or_else(|| http_answer(e).map(|status| RemoteError::NotAgentEndpoint { server: server.to_owned(), status }))
     };
     let mut inbound = match client.session(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
@@ -259,7 +270,7 @@ async fn session(
         Err(e) => return not_agent(&e).map_or_else(|| Ok(Ended::Broken(format!("registering: {e}"))), Err),
     }
     *registered = true;
-    tracing::info!(server = %remote.server, resend = unacked.len(), "registered with the server");
+    tracing::info!(server, resend = unacked.len(), "registered with the server");
     for u in unacked.values() {
         if !send_update(&tx, u).await {
             return Ok(Ended::Broken("stream closed while resending".into()));

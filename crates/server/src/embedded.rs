@@ -55,6 +55,8 @@ pub struct EmbeddedConfig {
     pub min_interval: Duration,
     /// Serve the API over TLS with these settings (`--tls-cert`, `--tls-key`).
     pub api_tls: Option<tug_tls::ServerTls>,
+    /// The server group this server leads (`None`: a server on its own).
+    pub cluster: Option<Arc<crate::cluster::Group>>,
 }
 
 impl EmbeddedConfig {
@@ -72,6 +74,7 @@ impl EmbeddedConfig {
             auth: crate::auth::AuthConfig::default(),
             api_tls: None,
             min_interval: crate::scheduler::DEFAULT_MIN_INTERVAL,
+            cluster: None,
         }
     }
 }
@@ -173,7 +176,11 @@ impl Embedded {
             ..SchedulerConfig::default()
         };
         let per_job = config.per_job_metrics.then(|| PerJobMetrics::new(config.per_job_metrics_limit));
-        let metrics = Arc::new(Metrics::with_per_job(per_job.as_ref()));
+        let mut metrics = Metrics::with_per_job(per_job.as_ref());
+        if let Some(group) = &config.cluster {
+            metrics.register_cluster(group.clone());
+        }
+        let metrics = Arc::new(metrics);
         let mut events = EventSink::new(metrics.clone());
         // Subscribers first: the scheduler takes the sink as it is when it starts.
         let notifier = Notifier::new(
@@ -235,6 +242,7 @@ impl Embedded {
                 metrics: metrics.clone(),
                 events: bus.clone(),
                 auth: auth.clone(),
+                cluster: config.cluster.clone(),
             };
             let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
             let rx = stop_rx.clone();

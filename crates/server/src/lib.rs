@@ -8,6 +8,7 @@
 //! - [`clock`]: the injectable wall clock.
 //! - [`embedded`]: server + local agent + SQLite in one process.
 //! - [`chronos`]: the Chronos-compatible REST API under `/scheduler` and `/v1/scheduler`.
+//! - [`cluster`]: a group of servers on etcd: the leader election and the followers' front.
 //! - [`agent_service`]: the gRPC endpoint remote agents (`tug agent run`) connect to.
 //! - [`logs`]: every run's log, read and removed through one interface wherever its agent keeps it.
 //! - [`net`]: the container network's control plane: address pools and claims.
@@ -20,6 +21,7 @@ pub mod agent_service;
 pub mod api;
 pub mod auth;
 pub mod chronos;
+pub mod cluster;
 pub mod clock;
 pub mod embedded;
 pub mod logs;

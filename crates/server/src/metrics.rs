@@ -185,6 +185,34 @@ impl Metrics {
         &self.registry
     }
 
+    /// Adds the server group's families: writes refused by the fence, and whether this server
+    /// leads (read when scraped).
+    pub fn register_cluster(&mut self, group: std::sync::Arc<crate::cluster::Group>) {
+        use prometheus_client::collector::Collector;
+        use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        #[derive(Debug)]
+        struct GroupCollector(std::sync::Arc<crate::cluster::Group>);
+        impl Collector for GroupCollector {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                let fenced = ConstCounter::new(self.0.store().fenced_writes());
+                let e = encoder.encode_descriptor(
+                    "store_fenced_writes",
+                    "Store writes refused because this server was no longer the leader",
+                    None,
+                    fenced.metric_type(),
+                )?;
+                fenced.encode(e)?;
+                let leader = ConstGauge::new(i64::from(self.0.role() == crate::cluster::Role::Leader));
+                let e = encoder.encode_descriptor("leader", "1 while this server leads its group", None, leader.metric_type())?;
+                leader.encode(e)
+            }
+        }
+        self.registry.register_collector(Box::new(GroupCollector(group)));
+    }
+
     /// Encodes every family in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -116,6 +116,8 @@ enum Command {
     Agent(AgentCli),
     /// Container network: address pools (VLAN or VXLAN) and the addresses claimed from them.
     Net(NetCli),
+    /// The server group: members, leader, term and epoch (`tug server --store etcd://...`).
+    Cluster(cmd::cluster::ClusterArgs),
     /// Make, list and revoke API tokens (admin).
     Token(TokenCli),
     /// Who changed what through the API, oldest first (admin).
@@ -189,6 +191,7 @@ fn main() -> std::process::ExitCode {
             Command::Agent(AgentCli::Manage(c)) => cmd::agent::run(&server, c).await,
             Command::Agent(AgentCli::Shim { run_dir }) => cmd::agent::shim(&run_dir).await,
             Command::Net(c) => cmd::net::run(&server, c.cmd).await,
+            Command::Cluster(a) => cmd::cluster::run(&server, a).await,
             Command::Token(c) => cmd::token::run(&server, c.cmd).await,
             Command::Audit(c) => cmd::token::audit(&server, c.args).await,
             Command::Schedule(c) => cmd::schedule::run(c),

@@ -19,6 +19,7 @@ use crate::scheduler::SchedulerHandle;
 
 mod access;
 mod agents;
+mod cluster;
 pub mod error;
 mod events;
 pub(crate) mod jobs;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub events: crate::stream::EventBus,
     /// Tokens, the gate's settings and the audit log.
     pub auth: Arc<crate::auth::Auth>,
+    /// The server group this server leads (`None`: a server on its own).
+    pub cluster: Option<Arc<crate::cluster::Group>>,
 }
 
 /// The API router.
@@ -66,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/log", get(runs::log))
         .route("/schedule/preview", get(schedule::preview))
         .route("/events", get(events::stream))
+        .route("/cluster", get(cluster::show))
         .route("/agents", get(agents::list))
         .route("/agents/{name}", get(agents::show))
         .route("/agents/{name}/drain", post(agents::drain))

@@ -316,13 +316,15 @@ impl Scheduler {
     /// Publishes the runs a fire commit created (run events after their first write).
     pub(super) fn announce_created(&self, created: &[Run]) {
         let Some(bus) = &self.bus else { return };
+        let mut events = Vec::with_capacity(created.len() * 2);
         for run in created {
             let kind = if run.state == tug_core::run::RunState::Skipped { EventKind::RunMisfired } else { EventKind::RunFired };
-            bus.publish(kind, Some(&run.job), None, Some(run.clone()));
+            events.push((kind, run.clone()));
             if run.state == tug_core::run::RunState::Starting {
-                bus.publish_run(run);
+                events.push((EventKind::of_run(run), run.clone()));
             }
         }
+        bus.publish_runs(events);
     }
 
     /// Loads jobs and active runs from the store (see `recovery.rs`).
@@ -557,7 +559,7 @@ impl Scheduler {
         self.runs.launched(id, tokio::time::Instant::now());
         let Some(active) = self.runs.get(id) else { return };
         let run = &active.run;
-        let Some(e) = self.entry(&run.job) else { return };
+        let Some(e) = self.slots[active.slot as usize].as_ref() else { return };
         let mut task = Task::of(&e.job.spec);
         if !active.args.is_empty() {
             task.command = jobs::with_args(task.command, &active.args);
@@ -573,7 +575,12 @@ impl Scheduler {
         // Fire lateness is the first attempt's: a retry waits for its backoff on purpose.
         let measure = measure && run.attempt == 1 && run.trigger == tug_core::run::Trigger::Schedule;
         let at = Some(run.scheduled_at);
-        let Some(to) = self.agent_tx(run.agent.as_deref()) else {
+        // Its placement names the agent (run table invariant 2): no lookup by name per launch.
+        let to = match active.placement {
+            Some(p) => self.agents.links.get(p.agent).map(|l| l.tx.clone()),
+            None => self.agent_tx(run.agent.as_deref()),
+        };
+        let Some(to) = to else {
             tracing::error!(run = id, agent = ?run.agent, "run is starting on an unknown agent; not launched");
             return;
         };

@@ -18,6 +18,7 @@
 //! (`?max-txn-ops=N`) for fewer, larger transactions.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -130,6 +131,8 @@ pub struct EtcdStore {
     keys: Keys,
     config: EtcdConfig,
     fence: Arc<Mutex<Option<Fence>>>,
+    /// Writes refused by the fence.
+    fenced: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -267,6 +270,7 @@ impl EtcdStore {
             keys: Keys::new(&config.prefix),
             config: config.clone(),
             fence: Arc::new(Mutex::new(None)),
+            fenced: Arc::new(AtomicU64::new(0)),
         };
         store.check_version().await?;
         Ok(store)
@@ -317,6 +321,11 @@ impl EtcdStore {
     /// own; a write after another server took over fails with [`StoreError::Fenced`].
     pub fn fence(&self, fence: Option<Fence>) {
         *self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fence;
+    }
+
+    /// How many writes the fence has refused.
+    pub fn fenced_writes(&self) -> u64 {
+        self.fenced.load(Ordering::Relaxed)
     }
 
     fn current_fence(&self) -> Option<Fence> {
@@ -449,6 +458,8 @@ impl EtcdStore {
         if let Some(f) = fence {
             let holder = ranges(resp.op_responses()).into_iter().flatten().next();
             if holder.is_none_or(|kv| kv.create_revision() != f.revision) {
+                self.fenced.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(what, term = f.revision, "write refused: this server is no longer the leader (fenced)");
                 return Err(StoreError::Fenced { what: what.to_owned() });
             }
         }

@@ -24,10 +24,12 @@ use tug_logs::LogFiles;
 /// Arguments of `tug agent run`.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  tug agent run --server http://10.0.0.1:4401 --join-token s3cret\n  \
+    tug agent run --server http://10.0.0.1:4401,http://10.0.0.2:4401,http://10.0.0.3:4401 --join-token s3cret\n  \
     tug agent run --server http://10.0.0.1:4401 --name gpu1 --attributes rack=a,gpu=yes --resources cpus=8,mem=32GiB\n  \
     tug agent run --server https://10.0.0.1:4401 --name host1 --ca ca.pem --cert agent-host1.pem --key agent-host1-key.pem")]
 pub struct AgentRunArgs {
-    /// The server's agent endpoint (`tug server --agent-listen`), not its API. Its own variable,
+    /// The server's agent endpoint (`tug server --agent-listen`), not its API; for a group of
+    /// servers, every member's, comma-separated (the agent finds the leader). Its own variable,
     /// so that TUG_SERVER exported for the CLI does not point agents at the API.
     #[arg(long, env = "TUG_AGENT_SERVER", default_value = "http://127.0.0.1:4401", value_name = "URL")]
     server: String,
@@ -135,11 +137,21 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     super::init_logs(&args.log)?;
     let server = args.server.as_str();
     let name = args.name.unwrap_or_else(hostname);
-    let url = reqwest::Url::parse(server).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-    let Some(url) = url else {
-        bail!("invalid --server {server:?}: give the server's agent endpoint as a URL, e.g. --server http://10.0.0.1:4401 (https:// when the server has --tls-cert)");
-    };
-    let tls = if url.scheme() == "https" {
+    let mut schemes = std::collections::BTreeSet::new();
+    for one in server.split(',') {
+        let url = reqwest::Url::parse(one.trim()).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        let Some(url) = url else {
+            bail!(
+                "invalid --server {one:?}: give the server's agent endpoint as a URL, e.g. --server http://10.0.0.1:4401 \
+                 (https:// when the server has --tls-cert), or each group member's, comma-separated"
+            );
+        };
+        schemes.insert(url.scheme().to_owned());
+    }
+    if schemes.len() > 1 {
+        bail!("invalid --server {server:?}: give every member as https:// or every one as http://, not a mix");
+    }
+    let tls = if schemes.contains("https") {
         let identity = match (&args.cert, &args.key) {
             (Some(c), Some(k)) => Some(tug_tls::Identity::load(c, k)?),
             _ => None,

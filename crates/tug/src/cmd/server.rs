@@ -1,8 +1,12 @@
-//! `tug server`: the scheduler, API and embedded store, with remote agents (`tug agent run`)
-//! joining over the agent protocol's gRPC stream, until SIGINT or SIGTERM.
+//! `tug server`: the scheduler, API and store, with remote agents (`tug agent run`) joining over
+//! the agent protocol's gRPC stream, until SIGINT or SIGTERM.
 //!
 //! It has no agent of its own: runs go to the agents that join (`tug up` is the one-process
-//! server with an agent).
+//! server with an agent). With `--store sqlite` (the default) it is on its own; with `--store
+//! etcd://...` it is a member of a server group on that etcd: it campaigns for leadership, follows
+//! (answering `/api/v1/cluster` and passing other requests to the leader) until it wins, then
+//! leads (fires, takes agents) until it shuts down or cannot renew its lease, when it stops
+//! firing at once and follows again.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,23 +16,66 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 use tug_server::agent_service::{self, AgentGateway};
-use tug_server::clock::SystemClock;
+use tug_server::clock::{SharedClock, SystemClock};
+use tug_server::cluster::{Group, Member, Role, serve_follower};
 use tug_server::embedded::{Embedded, EmbeddedConfig};
+use tug_store::etcd::{EtcdConfig, EtcdStore};
+
+/// Where a server keeps its state.
+#[derive(Debug, Clone)]
+pub enum StoreArg {
+    /// SQLite in the data directory.
+    Sqlite,
+    /// An etcd cluster shared by a group of servers.
+    Etcd(EtcdConfig),
+}
+
+fn parse_store(s: &str) -> Result<StoreArg, String> {
+    if s == "sqlite" {
+        return Ok(StoreArg::Sqlite);
+    }
+    if s.starts_with("etcd://") {
+        return EtcdConfig::parse(s).map(StoreArg::Etcd);
+    }
+    Err(format!("unknown store {s:?}: give sqlite, or etcd://HOST:PORT[,HOST:PORT...] for a group of servers"))
+}
 
 /// Arguments of `tug server`.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  tug server --join-token s3cret\n  \
-    tug server --listen 0.0.0.0:4400 --agent-listen 0.0.0.0:4401 --data-dir /var/lib/tug\n\n\
-    Then on each host: tug agent run --server http://SERVER:4401 --join-token s3cret\n\n\
+    tug server --listen 0.0.0.0:4400 --agent-listen 0.0.0.0:4401 --data-dir /var/lib/tug\n  \
+    tug server --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 --name s1 \\\n      \
+    --listen 0.0.0.0:4400 --advertise http://10.0.0.1:4400 --agent-listen 0.0.0.0:4401 --join-token s3cret\n\n\
+    Then on each host: tug agent run --server http://SERVER:4401 --join-token s3cret\n\
+    (with a group: --server http://S1:4401,http://S2:4401,http://S3:4401)\n\n\
     With TLS and agent certificates (tug certs init certs --name SERVER --agent host1):\n  \
     tug server --listen 0.0.0.0:4400 --agent-listen 0.0.0.0:4401 --init-token-file admin.token \\\n    \
     --tls-cert certs/server.pem --tls-key certs/server-key.pem --agent-ca certs/ca.pem\n  \
     tug agent run --server https://SERVER:4401 --name host1 --ca certs/ca.pem \\\n    \
     --cert certs/agent-host1.pem --key certs/agent-host1-key.pem")]
 pub struct ServerArgs {
-    /// Where the database and the server's own run logs are kept.
+    /// Where the database (with --store sqlite) and the server's own run logs are kept.
     #[arg(long, env = "TUG_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Where jobs and runs are kept: `sqlite` (in --data-dir), or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?max-txn-ops=N]` for a group of servers that
+    /// elect a leader among themselves.
+    #[arg(long, env = "TUG_STORE", default_value = "sqlite", value_parser = parse_store)]
+    store: StoreArg,
+    /// This server's name in the group (default: the host name and the API port).
+    #[arg(long, env = "TUG_NAME")]
+    name: Option<String>,
+    /// The URL other servers reach this one's API at, in a group (default: http://LISTEN).
+    #[arg(long, env = "TUG_ADVERTISE")]
+    advertise: Option<String>,
+    /// The URL agents reach this one's agent endpoint at, in a group (default: http://AGENT_LISTEN).
+    #[arg(long, env = "TUG_AGENT_ADVERTISE")]
+    agent_advertise: Option<String>,
+    /// In a group: the leader's lease on etcd (e.g. 3s). A leader that cannot renew it for two
+    /// thirds of this stops firing; another takes over after it expires. etcd rounds it up to
+    /// whole seconds, at least 2.
+    #[arg(long, env = "TUG_LEASE_TTL", default_value = "3s", value_parser = parse_timeout)]
+    lease_ttl: Duration,
     /// Address the API listens on.
     #[arg(long, env = "TUG_LISTEN", default_value = "127.0.0.1:4400")]
     listen: SocketAddr,
@@ -64,7 +111,7 @@ pub struct ServerArgs {
 /// Runs until a signal arrives.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     super::init_logs(&args.log)?;
-    let data_dir = args.data_dir.unwrap_or_else(super::default_data_dir);
+    let data_dir = args.data_dir.clone().unwrap_or_else(super::default_data_dir);
     let join_token = match &args.join_token_file {
         Some(path) => Some(super::security::read_secret(path)?),
         None => args.join_token.clone(),
@@ -77,27 +124,85 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             args.agent_listen
         );
     }
-    let api_tls = args.tls.server(&[b"h2", b"http/1.1"], None)?;
-    let agent_tls = args.tls.server(&[b"h2"], args.agent_ca.as_deref()).context("the agent endpoint's TLS (--agent-ca)")?;
-    let listener = super::bind_api(args.listen).await?;
-    let agent_listener = tokio::net::TcpListener::bind(args.agent_listen).await.with_context(|| {
-        format!("cannot listen for agents on {}; pick another with --agent-listen", args.agent_listen)
-    })?;
     let mut config = EmbeddedConfig::new(&data_dir);
     config.keep_runs = args.keep_runs;
     config.agent_timeout = args.agent_timeout;
     config.auth = auth_config;
-    config.api_tls = api_tls;
+    config.api_tls = args.tls.server(&[b"h2", b"http/1.1"], None)?;
     config.min_interval = args.security.min_interval;
     config.webhook_delivery.tls = args.tls.webhooks()?;
-    let server = Embedded::start(config, None, Arc::new(SystemClock), Some(listener)).await?;
-    if let Err(e) = args.security.after_start(&server.auth, args.listen).await {
-        server.shutdown().await;
-        return Err(e);
+    let agent_tls = args.tls.server(&[b"h2"], args.agent_ca.as_deref()).context("the agent endpoint's TLS (--agent-ca)")?;
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    match args.store.clone() {
+        StoreArg::Sqlite => {
+            let listener = super::bind_api(args.listen).await?;
+            let agent_listener = bind_agents(args.agent_listen).await?;
+            let server = Embedded::start(config, None, Arc::new(SystemClock), Some(listener)).await?;
+            if let Err(e) = args.security.after_start(&server.auth, args.listen).await {
+                server.shutdown().await;
+                return Err(e);
+            }
+            announce(&args, join_token.is_none(), &format!("data in {}", data_dir.display()));
+            lead(server, agent_listener, join_token, agent_tls, stopped(stop)).await.map(|_| ())
+        }
+        StoreArg::Etcd(etcd) => group(args, etcd, config, join_token, agent_tls, stop).await,
     }
-    if join_token.is_none() && args.agent_ca.is_none() {
+}
+
+fn announce(args: &ServerArgs, open: bool, store: &str) {
+    if open && args.agent_ca.is_none() {
         tracing::warn!("no --join-token and no --agent-ca: any agent that can reach --agent-listen may join");
     }
+    let scheme = if args.tls.enabled() { "https" } else { "http" };
+    eprintln!(
+        "Tugboat server is up: API at {scheme}://{}/api/v1, agents join at {scheme}://{}, {store}",
+        args.listen, args.agent_listen
+    );
+}
+
+async fn bind_agents(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for agents on {addr}; pick another with --agent-listen"))
+}
+
+/// Completes when `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// How leading ended.
+enum Ended {
+    /// Shutdown: runs were stopped and recorded.
+    Shutdown,
+    /// Deposed (the lease was lost): everything was stopped at once.
+    Deposed,
+}
+
+/// Serves `server` with the agent gateway on `agent_listener` until a signal (a graceful
+/// shutdown) or `deposed` completes (everything stops at once: another server is taking over).
+async fn lead(
+    server: Embedded,
+    agent_listener: tokio::net::TcpListener,
+    join_token: Option<String>,
+    tls: Option<tug_tls::ServerTls>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Ended> {
+    lead_until(server, agent_listener, join_token, tls, shutdown, std::future::pending()).await
+}
+
+async fn lead_until(
+    server: Embedded,
+    agent_listener: tokio::net::TcpListener,
+    join_token: Option<String>,
+    tls: Option<tug_tls::ServerTls>,
+    shutdown: impl Future<Output = ()>,
+    deposed: impl Future<Output = ()>,
+) -> anyhow::Result<Ended> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let gateway = AgentGateway::new(
         server.scheduler.clone(),
@@ -107,19 +212,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         server.logs.clone(),
     )
     .with_network(server.net.clone());
-    let scheme = if agent_tls.is_some() { "https" } else { "http" };
-    let mut grpc = tokio::spawn(agent_service::serve(agent_listener, gateway, agent_tls, async move {
-        let mut rx = stop_rx;
-        let _ = rx.wait_for(|s| *s).await;
-    }));
-    eprintln!(
-        "Tugboat server is up: API at {scheme}://{}/api/v1, agents join at {scheme}://{}, data in {}",
-        args.listen,
-        args.agent_listen,
-        data_dir.display()
-    );
+    let mut grpc = tokio::spawn(agent_service::serve(agent_listener, gateway, tls, stopped(stop_rx)));
     tokio::select! {
-        () = super::shutdown_signal() => {}
+        () = shutdown => {}
+        () = deposed => {
+            // Stop firing and dispatching now, as a crash would: the writes that are under way
+            // are refused by the fence anyway, and the new leader recovers from the store.
+            grpc.abort();
+            server.abort();
+            return Ok(Ended::Deposed);
+        }
         r = &mut grpc => {
             r.context("agent listener task")?.context("agent listener failed")?;
         }
@@ -131,6 +233,99 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         grpc.abort();
     }
     server.shutdown().await;
+    Ok(Ended::Shutdown)
+}
+
+/// A member of a server group: follow until elected, lead until deposed or stopped, and again.
+async fn group(
+    args: ServerArgs,
+    etcd: EtcdConfig,
+    config: EmbeddedConfig,
+    join_token: Option<String>,
+    agent_tls: Option<tug_tls::ServerTls>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let store = EtcdStore::connect(etcd).await?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "tug".into(), |h| h.trim().to_owned());
+    let me = Member {
+        name: args.name.clone().unwrap_or_else(|| format!("{host}:{}", args.listen.port())),
+        api: args.advertise.clone().unwrap_or_else(|| format!("http://{}", args.listen)),
+        agent: args.agent_advertise.clone().unwrap_or_else(|| format!("http://{}", args.agent_listen)),
+        leading_since: None,
+    };
+    let group = Group::join(store.clone(), me.clone(), args.lease_ttl).await.context("joining the server group")?;
+    announce(&args, join_token.is_none(), &format!("{}; member {:?} of the server group", store.config(), me.name));
+    let mut delay = Duration::from_millis(200);
+    while !*stop.borrow() {
+        let lease = match group.election().lease().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot take a lease on etcd");
+                tokio::select! { () = tokio::time::sleep(delay) => {} () = stopped(stop.clone()) => break }
+                delay = (delay * 2).min(Duration::from_secs(3));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(200);
+        group.set_role(Role::Follower);
+        let (front_stop, front_rx) = watch::channel(false);
+        let listener = super::bind_api(args.listen).await?;
+        let front = tokio::spawn(serve_follower(listener, group.clone(), clock.clone(), config.api_tls.clone(), stopped(front_rx)));
+        tracing::info!(member = %me.name, "following; campaigning for leadership");
+        let won = tokio::select! {
+            r = group.election().campaign(&lease) => Some(r),
+            () = stopped(stop.clone()) => None,
+        };
+        let _ = front_stop.send(true);
+        // Open event streams would hold a graceful shutdown: give it a moment, then cut them.
+        let mut front = front;
+        if tokio::time::timeout(Duration::from_secs(1), &mut front).await.is_err() {
+            front.abort();
+            let _ = front.await;
+        }
+        let won = match won {
+            None => break,
+            Some(Ok(won)) => won,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "campaign ended without winning; starting over");
+                continue;
+            }
+        };
+        store.fence(Some(won.fence.clone()));
+        group.set_role(Role::Leader);
+        let leading = Member { leading_since: Some(clock.now()), ..me.clone() };
+        if let Err(e) = group.election().proclaim(&won, &leading).await {
+            tracing::warn!(error = %e, "could not announce the start of leadership");
+        }
+        tracing::info!(member = %me.name, term = won.fence.revision, "elected leader; recovering from the store");
+        let mut config = config.clone();
+        config.cluster = Some(group.clone());
+        let listener = super::bind_api(args.listen).await?;
+        let agent_listener = bind_agents(args.agent_listen).await?;
+        let server = match Embedded::start_with_store(config, Arc::new(store.clone()), None, clock.clone(), Some(listener)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "could not start leading; resigning");
+                group.election().resign(won).await;
+                continue;
+            }
+        };
+        if let Err(e) = args.security.after_start(&server.auth, args.listen).await {
+            server.shutdown().await;
+            group.election().resign(won).await;
+            return Err(e);
+        }
+        match lead_until(server, agent_listener, join_token.clone(), agent_tls.clone(), stopped(stop.clone()), lease.lost()).await? {
+            Ended::Shutdown => {
+                group.election().resign(won).await;
+                break;
+            }
+            Ended::Deposed => {
+                tracing::error!(member = %me.name, "stepped down: the lease could not be renewed; firing stopped, following again");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,277 @@
+//! A group of three `tug server` processes on real etcd, with an agent that knows all three and
+//! jobs firing every second: the leader is killed with SIGKILL, and paused (SIGSTOP) for longer
+//! than its lease and resumed. After each fault a new leader fires within 3 s, no run key is
+//! launched twice (counted by the runs themselves on the agent's host), and every scheduled
+//! second of every job has a run (or a skip with its reason).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::time::Instant;
+use tug_store::testing::EtcdCluster;
+
+const TUG: &str = env!("CARGO_BIN_EXE_tug");
+/// The leader's lease in these tests.
+const TTL: &str = "2s";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    name: String,
+    api: String,
+    agent: String,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn spawn(&mut self, log: &std::path::Path) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(TUG).args(&self.args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        self.child = Some(child);
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Group {
+    dir: tempfile::TempDir,
+    servers: Vec<Server>,
+    agent: Option<Child>,
+    http: reqwest::Client,
+    _etcd: EtcdCluster,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+impl Group {
+    /// Three servers (`ha-s0..2`) on one etcd with keys under `/PREFIX`, and one agent.
+    fn start(prefix: &str) -> Group {
+        let etcd = EtcdCluster::start(1);
+        let dir = tempfile::tempdir().unwrap();
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let (api, agent) = (free_port(), free_port());
+            let name = format!("{prefix}-s{i}");
+            let args: Vec<String> = [
+                "server", "--store", &etcd.url(prefix), "--name", &name, "--lease-ttl", TTL,
+                "--listen", &format!("127.0.0.1:{api}"), "--agent-listen", &format!("127.0.0.1:{agent}"),
+                "--data-dir", &dir.path().join(&name).to_string_lossy(), "--log", "info",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut s = Server { name, api: format!("http://127.0.0.1:{api}"), agent: format!("http://127.0.0.1:{agent}"), args, child: None };
+            s.spawn(&dir.path().join(format!("{}.log", s.name)));
+            servers.push(s);
+        }
+        let agents: Vec<&str> = servers.iter().map(|s| s.agent.as_str()).collect();
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let agent = Command::new(TUG)
+            .args(["agent", "run", "--server", &agents.join(","), "--name", &format!("{prefix}-agent"), "--data-dir"])
+            .arg(dir.path().join("agent"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Group { dir, servers, agent: Some(agent), http: tug::http(), _etcd: etcd }
+    }
+
+    /// `GET /api/v1/cluster` of server `i`.
+    async fn cluster(&self, i: usize) -> Option<Value> {
+        let resp = self.http.get(format!("{}/api/v1/cluster", self.servers[i].api)).send().await.ok()?;
+        resp.status().is_success().then_some(())?;
+        resp.json().await.ok()
+    }
+
+    /// The leader, as the live server `ask` sees it, once it is one of `among`.
+    async fn leader(&self, ask: usize, not: Option<&str>, within: Duration) -> (usize, Duration) {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Some(c) = self.cluster(ask).await
+                && let Some(name) = c["leader"].as_str()
+                && Some(name) != not
+                && let Some(i) = self.servers.iter().position(|s| s.name == name)
+                // Elected, and serving: its own API says it leads.
+                && self.cluster(i).await.is_some_and(|own| own["role"] == "leader")
+            {
+                return (i, started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no new leader within {within:?}; logs in {}", self.dir.path().display());
+    }
+
+    /// The runs of `job` (newest first), through any server.
+    async fn runs(&self, via: usize, job: &str) -> Vec<Value> {
+        let url = format!("{}/api/v1/jobs/{job}/runs?limit=1000", self.servers[via].api);
+        let page: Value = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        page["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_faults_lose_no_fire_and_launch_nothing_twice() {
+    let g = Group::start("ha");
+    let (mut leader, _) = g.leader(0, None, Duration::from_secs(20)).await;
+    let launches = g.dir.path().join("launches");
+    let follower = (leader + 1) % 3;
+    // Jobs are added through a follower: it passes the write to the leader.
+    for j in 0..3 {
+        let job = serde_json::json!({
+            "name": format!("ha-job-{j}"),
+            "schedule": "* * * * * *",
+            "command": format!("echo \"$TUG_JOB $TUG_SCHEDULED_AT\" >> {}; sleep 0.{j}", launches.display()),
+        });
+        let resp = g.http.post(format!("{}/api/v1/jobs", g.servers[follower].api)).json(&job).send().await.unwrap();
+        assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut failovers = Vec::new();
+    let mut g = g;
+    // Killed twice, then paused past its lease.
+    for fault in ["kill", "kill", "stop"] {
+        let old = leader;
+        let ask = (old + 1) % 3;
+        let name = g.servers[old].name.clone();
+        match fault {
+            "kill" => {
+                let mut c = g.servers[old].child.take().unwrap();
+                c.kill().unwrap();
+                c.wait().unwrap();
+            }
+            _ => kill(g.servers[old].pid(), Signal::SIGSTOP).unwrap(),
+        }
+        let (new, took) = g.leader(ask, Some(&name), Duration::from_secs(15)).await;
+        failovers.push(took);
+        leader = new;
+        if fault == "kill" {
+            let log = g.dir.path().join(format!("{name}.log"));
+            g.servers[old].spawn(&log);
+        } else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            kill(g.servers[old].pid(), Signal::SIGCONT).unwrap();
+            // Resumed, it finds its lease gone and follows.
+            let started = Instant::now();
+            loop {
+                if g.cluster(old).await.is_some_and(|c| c["role"] == "follower" && c["leader"] != name.as_str()) {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(10), "the resumed old leader did not step down");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    // Let the last runs end and be reported.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    for took in &failovers {
+        assert!(*took <= Duration::from_secs(3), "failover took {took:?} (all: {failovers:?})");
+    }
+    // Launches as the runs themselves recorded them: no key twice.
+    let text = std::fs::read_to_string(&launches).unwrap();
+    let mut seen = BTreeSet::new();
+    for line in text.lines() {
+        assert!(seen.insert(line.to_owned()), "run key launched twice: {line}\nlogs in {}", g.dir.path().display());
+    }
+    // Every second of every job, from its first run to a few seconds ago, has a run.
+    for j in 0..3 {
+        let job = format!("ha-job-{j}");
+        let runs = g.runs(leader, &job).await;
+        let mut by_second: BTreeMap<i64, Value> = BTreeMap::new();
+        for r in runs.iter().filter(|r| r["trigger"] == "schedule") {
+            let at: jiff::Timestamp = r["scheduled_at"].as_str().unwrap().parse().unwrap();
+            assert!(by_second.insert(at.as_second(), r.clone()).is_none(), "two runs of {job} at {at}");
+        }
+        let (first, last) = (*by_second.keys().next().unwrap(), *by_second.keys().last().unwrap());
+        for s in first..=last - 3 {
+            let run = by_second.get(&s).unwrap_or_else(|| panic!("{job}: no run for second {s}; logs in {}", g.dir.path().display()));
+            if run["state"] == "skipped" {
+                assert!(run["reason"].as_str().is_some_and(|r| !r.is_empty()), "a skip says why: {run}");
+            }
+        }
+        let launched = text.lines().filter(|l| l.starts_with(&format!("{job} "))).count();
+        assert!(launched >= 10, "{job} ran {launched} times");
+    }
+    eprintln!("failovers: {failovers:?}");
+}
+
+/// `tug cluster` from a follower and from the leader shows the same group; the follower passes
+/// other requests to the leader; the leader's metrics say it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_server_shows_the_group() {
+    let g = Group::start("show");
+    let (leader, _) = g.leader(0, None, Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let cli = |i: usize, json: bool| {
+        let mut c = Command::new(TUG);
+        c.args(["cluster", "--server", &g.servers[i].api]);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = cli(follower, false);
+    assert!(table.contains(&format!("leader: {}", g.servers[leader].name)), "{table}");
+    assert!(table.contains("(follower)"), "{table}");
+    for s in &g.servers {
+        assert!(table.contains(&s.name) && table.contains(&s.api), "{table}");
+    }
+    let from_leader: Value = serde_json::from_str(&cli(leader, true)).unwrap();
+    let from_follower: Value = serde_json::from_str(&cli(follower, true)).unwrap();
+    assert_eq!(from_leader["role"], "leader");
+    assert_eq!((from_leader["leader"].clone(), from_leader["term"].clone()), (from_follower["leader"].clone(), from_follower["term"].clone()));
+    assert!(from_leader["epoch"].as_u64().unwrap() >= 1);
+    assert_eq!(from_leader["members"].as_array().unwrap().len(), 3);
+
+    // A read through the follower is the leader's answer.
+    let resp = g.http.get(format!("{}/api/v1/agents", g.servers[follower].api)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-tug-leader"], g.servers[leader].name.as_str());
+    let metrics = g.http.get(format!("{}/metrics", g.servers[leader].api)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("tug_leader 1"), "{metrics}");
+    assert!(metrics.contains("tug_store_fenced_writes_total 0"), "{metrics}");
+}
+
+/// A store the server cannot use is refused before it starts, saying what to give.
+#[test]
+fn bad_store_urls_are_refused() {
+    for (store, says) in [
+        ("mysql://db", "give sqlite, or etcd://HOST:PORT"),
+        ("etcd://h1", "give HOST:PORT"),
+        ("etcd://h1:2379?fast=1", "unknown option"),
+    ] {
+        let out = Command::new(TUG).args(["server", "--store", store]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{store}: {err}");
+    }
+}
