@@ -11,6 +11,9 @@
 //! the status), then reaps it under the spawn lock. `Command::spawn` holds the same lock, because
 //! when exec fails the standard library reaps the child itself and must find it still there.
 
+// dwait has no async runtime and no paused-time tests: the std clock is the right one here.
+#![allow(clippy::disallowed_types)]
+
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -167,8 +170,6 @@ fn serve(path: &str) -> io::Result<()> {
 }
 
 /// Serves one run.
-// dwait has no async runtime and no paused-time tests: the std clock is the right one here.
-#[allow(clippy::disallowed_types)]
 fn handle(mut conn: UnixStream) -> io::Result<()> {
     let Some((kind, payload)) = protocol::read_frame(&mut conn)? else { return Ok(()) };
     if kind != protocol::REQUEST {
