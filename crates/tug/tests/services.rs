@@ -149,13 +149,13 @@ fn services_through_the_cli() {
 
 /// Waits until `GET /services/{name}` satisfies `pred`; returns it.
 async fn wait_service(s: &TestServer, name: &str, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
         let v = s.get(&format!("/services/{name}")).await;
         if pred(&v) {
             return v;
         }
-        assert!(std::time::Instant::now() < deadline, "service {name}: {what} within {secs}s; it is now {}", v["status"]);
+        assert!(tokio::time::Instant::now() < deadline, "service {name}: {what} within {secs}s; it is now {}", v["status"]);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
@@ -170,13 +170,13 @@ fn replicas(v: &Value) -> u64 {
 
 /// Waits for an operation to end; returns it.
 async fn wait_op(s: &TestServer, id: &str, secs: u64) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
         let op = s.get(&format!("/operations/{id}")).await;
         if op["state"] != "running" {
             return op;
         }
-        assert!(std::time::Instant::now() < deadline, "operation {id} still running after {secs}s: {op}");
+        assert!(tokio::time::Instant::now() < deadline, "operation {id} still running after {secs}s: {op}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
@@ -335,7 +335,9 @@ async fn scaling_rules_fire_on_the_job_schedules_in_paused_time() {
     // 20:00 UTC.
     tokio::time::sleep(std::time::Duration::from_secs(19 * 3600)).await;
     assert_eq!(office(&server).await, (4, 4));
-    server.shutdown().await;
+    // Not `shutdown`: with replicas held by the no-op runtime it can wait forever (a known bug of
+    // stopping an embedded server while a scale-in is in flight); this test is about the rules.
+    server.abort();
 }
 
 #[tokio::test(start_paused = true)]
@@ -349,7 +351,7 @@ async fn a_scaling_rule_in_a_spring_forward_gap_fires_at_the_next_valid_instant(
     assert_eq!(office(&server).await, (2, 2), "00:59 UTC: not yet");
     tokio::time::sleep(std::time::Duration::from_secs(2 * 60)).await;
     assert_eq!(office(&server).await, (7, 7), "01:01 UTC: fired at 03:00 CEST");
-    server.shutdown().await;
+    server.abort();
 }
 
 /// `docker ps -aq` of one replica's containers.
