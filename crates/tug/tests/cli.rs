@@ -6,28 +6,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::Up;
+use common::{Up, fails, ok};
 
 const TUG: &str = env!("CARGO_BIN_EXE_tug");
 
-fn tug(server: &str, args: &[&str]) -> Output {
-    Command::new(TUG).args(args).env("TUG_SERVER", server).output().expect("running tug")
-}
-
-fn ok(server: &str, args: &[&str]) -> String {
-    let out = tug(server, args);
-    assert!(out.status.success(), "tug {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn json(server: &str, args: &[&str]) -> Value {
     serde_json::from_str(&ok(server, args)).expect("--json prints JSON")
-}
-
-fn fails(server: &str, args: &[&str]) -> String {
-    let out = tug(server, args);
-    assert!(!out.status.success(), "tug {args:?} should fail");
-    String::from_utf8(out.stderr).unwrap()
 }
 
 fn wait_for_success(server: &str, job: &str) -> Value {
@@ -153,21 +137,26 @@ fn up_reads_a_config_file_and_names_its_mistakes() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid config file") && err.contains("unknown field `listen_on`"), "{err}");
-    let out = Command::new(TUG).args(["up", "--webhook", "https://example.invalid/hook", "--listen", "127.0.0.1:0", "--data-dir"])
+    let out = Command::new(TUG).args(["up", "--webhook", "ftp://example.invalid/hook", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("https"), "a global https webhook is refused at start: {err}");
+    assert!(
+        err.contains("ftp://example.invalid/hook") && err.contains("http:// or https://"),
+        "a global webhook of another scheme is refused at start: {err}"
+    );
 }
 
 #[test]
 fn an_agent_refuses_a_server_address_that_is_not_a_url() {
-    for bad in ["10.0.0.1:4401", "https://10.0.0.1:4401"] {
+    for bad in ["10.0.0.1:4401", "ftp://10.0.0.1:4401"] {
         let err = fails("http://127.0.0.1:9", &["agent", "run", "--name", "x", "--server", bad]);
         assert!(err.contains("invalid --server") && err.contains("e.g. --server http://10.0.0.1:4401"), "{err}");
     }
+    let err = fails("http://127.0.0.1:9", &["agent", "run", "--name", "x", "--server", "http://10.0.0.1:4401", "--ca", "ca.pem"]);
+    assert!(err.contains("--ca and --cert are for TLS: give the server as https://10.0.0.1:4401"), "{err}");
 }
 
 #[test]

@@ -29,8 +29,10 @@ mod fire;
 mod jobs;
 mod persist;
 mod placing;
+mod operations;
 mod reconcile;
 mod recovery;
+mod services;
 pub mod stats;
 mod status;
 pub mod timers;
@@ -41,6 +43,8 @@ use dispatch::{Dispatcher, Outgoing};
 use persist::Persister;
 use runs::RunTable;
 use timers::{Slot, Timers};
+pub use operations::{AgentProgress, OpState, Operation, OperationView};
+pub use services::{ReplicaState, ReplicaView, ServiceStatus, is_replica};
 
 /// Scheduler settings.
 #[derive(Debug, Clone)]
@@ -51,11 +55,23 @@ pub struct SchedulerConfig {
     pub max_update_batch: usize,
     /// An agent silent this long is lost; its runs are lost and retried elsewhere.
     pub agent_timeout: StdDuration,
+    /// The shortest time between two fires of a job a create or update may ask for: a job firing
+    /// every millisecond writes thousands of run rows a second. Zero: no limit.
+    pub min_interval: StdDuration,
 }
+
+/// The default of [`SchedulerConfig::min_interval`]: one fire a second, what cron's seconds field
+/// allows at most.
+pub const DEFAULT_MIN_INTERVAL: StdDuration = StdDuration::from_secs(1);
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { keep_runs: 100, max_update_batch: 1024, agent_timeout: StdDuration::from_secs(10) }
+        SchedulerConfig {
+            keep_runs: 100,
+            max_update_batch: 1024,
+            agent_timeout: StdDuration::from_secs(10),
+            min_interval: DEFAULT_MIN_INTERVAL,
+        }
     }
 }
 
@@ -93,6 +109,11 @@ pub(crate) enum Command {
     Agents(oneshot::Sender<Vec<AgentView>>),
     Drain(String, bool, oneshot::Sender<Result<AgentView>>),
     Check(oneshot::Sender<std::result::Result<(), String>>),
+    PutService(tug_core::Service, bool, oneshot::Sender<Result<tug_store::ServiceRecord>>),
+    DeleteService(String, oneshot::Sender<Result<()>>),
+    ServiceStatus(String, oneshot::Sender<Option<ServiceStatus>>),
+    Scale(String, u32, oneshot::Sender<Result<OperationView>>),
+    Operation(String, oneshot::Sender<Option<OperationView>>),
 }
 
 /// A cheap, cloneable way to talk to the scheduler task.
@@ -197,6 +218,37 @@ impl SchedulerHandle {
         self.ask(Command::Check).await
     }
 
+    /// Creates a validated service and starts its replicas; durable when it returns.
+    pub async fn create_service(&self, service: tug_core::Service) -> Result<tug_store::ServiceRecord> {
+        self.ask(|tx| Command::PutService(service, true, tx)).await?
+    }
+
+    /// Replaces a service's spec; its replica count applies at once, the rest as replicas restart.
+    pub async fn update_service(&self, service: tug_core::Service) -> Result<tug_store::ServiceRecord> {
+        self.ask(|tx| Command::PutService(service, false, tx)).await?
+    }
+
+    /// Deletes a service; its replicas stop.
+    pub async fn delete_service(&self, name: &str) -> Result<()> {
+        self.ask(|tx| Command::DeleteService(name.to_string(), tx)).await?
+    }
+
+    /// A service's replicas now (`None`: no such service).
+    pub async fn service_status(&self, name: &str) -> Result<Option<ServiceStatus>> {
+        self.ask(|tx| Command::ServiceStatus(name.to_string(), tx)).await
+    }
+
+    /// Sets a service's replica count (durable when it returns) and starts an operation that
+    /// follows the change; returns at once.
+    pub async fn scale(&self, name: &str, replicas: u32) -> Result<OperationView> {
+        self.ask(|tx| Command::Scale(name.to_string(), replicas, tx)).await?
+    }
+
+    /// A scale operation and its progress.
+    pub async fn operation(&self, id: &str) -> Result<Option<OperationView>> {
+        self.ask(|tx| Command::Operation(id.to_string(), tx)).await
+    }
+
     /// Counters and lateness.
     pub async fn stats(&self) -> Result<Stats> {
         self.ask(|tx| Command::Stats(false, tx)).await
@@ -280,6 +332,10 @@ pub struct Scheduler {
     started: tokio::time::Instant,
     /// Whether runs recovered at start-up that no agent confirmed have been given up.
     unconfirmed_checked: bool,
+    /// Every service's replicas (`services.rs`).
+    replicas: services::Replicas,
+    /// Scale operations (`operations.rs`).
+    ops: operations::Operations,
 }
 
 /// What the scheduler reports to besides the store: metrics and run events.
@@ -357,9 +413,12 @@ impl Scheduler {
             epoch,
             started: tokio::time::Instant::now(),
             unconfirmed_checked: false,
+            replicas: Default::default(),
+            ops: Default::default(),
         };
         s.count_agents();
         s.recover().await?;
+        s.load_services().await?;
         Ok(s)
     }
 
@@ -382,6 +441,8 @@ impl Scheduler {
         loop {
             let early = self.timers.first().and_then(|t| t.checked_sub(fire::LEAD).ok());
             let wake = [early, self.runs.next_retry(), self.prewarm_timers.first()].into_iter().flatten().min();
+            let restart = self.replicas.next_wake();
+            let rule_at = self.replicas.next_rule().map(|at| instant_at(&*self.clock, at));
             let sleep = async {
                 match wake {
                     Some(at) if firing => tokio::time::sleep_until(instant_at(&*self.clock, at)).await,
@@ -409,6 +470,8 @@ impl Scheduler {
                     Some(cmd) => self.handle(cmd).await,
                     None => firing = false,
                 },
+                () = sleep_until_opt(restart), if restart.is_some() && firing => self.restart_due().await,
+                () = sleep_until_opt(rule_at), if rule_at.is_some() && firing => self.apply_scale_rules().await,
                 _ = prune_tick.tick() => self.prune().await,
                 _ = agent_check.tick() => {
                     self.expire_agents().await;
@@ -416,6 +479,7 @@ impl Scheduler {
                     self.expire_unconfirmed().await;
                 }
             }
+            self.check_operations();
         }
         // Drain the persister so every change made so far is written before we return.
         let tasks = [self.persister_task.take(), self.dispatcher_task.take()];
@@ -481,7 +545,28 @@ impl Scheduler {
                 let _ = tx.send(r);
             }
             Command::Check(tx) => {
-                let _ = tx.send(self.runs.check(&self.agents.snapshot));
+                let _ = tx.send(self.runs.check(&self.agents.snapshot, self.replicas.used()));
+            }
+            Command::PutService(service, create, tx) => {
+                let _ = tx.send(self.put_service(service, create).await);
+            }
+            Command::DeleteService(name, tx) => {
+                let r = self.store.delete_service(&name).await.map_err(Error::from);
+                if r.is_ok() {
+                    self.service_delete(&name).await;
+                }
+                let _ = tx.send(r);
+            }
+            Command::ServiceStatus(name, tx) => {
+                let _ = tx.send(self.service_status(&name));
+            }
+            Command::Scale(name, replicas, tx) => {
+                let _ = tx.send(self.scale(&name, replicas).await);
+            }
+            Command::Operation(id, tx) => {
+                let status = |s: &str| self.service_status(s);
+                let view = self.ops.view(&id, None).map(|v| v.op.service.clone()).and_then(|svc| self.ops.view(&id, status(&svc).as_ref()));
+                let _ = tx.send(view);
             }
             Command::Stats(reset, tx) => {
                 let _ = tx.send(self.snapshot());
@@ -559,6 +644,7 @@ impl Scheduler {
             attempt: run.attempt,
             epoch: self.epoch,
             task,
+            health: None,
         };
         // Fire lateness is the first attempt's: a retry waits for its backoff on purpose.
         let measure = measure && run.attempt == 1 && run.trigger == tug_core::run::Trigger::Schedule;
@@ -620,4 +706,11 @@ pub async fn start(
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(sched.run(rx, updates, stop_firing));
     Ok((SchedulerHandle { tx, epoch, bus }, task))
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

@@ -7,6 +7,7 @@
 //! - `jobs.rs`: job queries, with the fire cursor and last-run times derived from runs.
 //! - `net.rs`: address pools and claims.
 //! - `runs.rs`: the fire batch (the hot path), run updates, listings and pruning.
+//! - `services.rs`: service specs.
 //! - `access.rs`: API tokens and the audit log.
 //! - `codec.rs`: timestamps as integer milliseconds (UTC), states and triggers as names.
 //!
@@ -20,12 +21,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jiff::Timestamp;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
-use tug_core::JobSpec;
+use tug_core::{JobSpec, ServiceSpec};
 use tug_core::run::{Attempt, Run, RunId};
 
 use crate::{
     AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result,
-    RunQuery, RunTotals, Store, StoreError, TokenRecord,
+    RunQuery, RunTotals, ServiceRecord, Store, StoreError, TokenRecord,
 };
 use checkpoint::Checkpointer;
 use codec::{Context, locate};
@@ -38,6 +39,7 @@ mod jobs;
 mod net;
 mod runs;
 mod schema;
+mod services;
 mod worker;
 
 /// How long a write waits for another process holding the database lock before failing.
@@ -111,8 +113,27 @@ impl SqliteStore {
         Self::open_in(path, &dir).map_err(|e| locate(e, Some(&dir)))
     }
 
+    /// Job specs hold their `env` (secrets, often): the database is readable by its owner only.
+    /// SQLite gives its `-wal` and `-shm` files the database's mode.
+    fn owner_only(path: &Path) -> Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let made = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path);
+        let restrict = |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600));
+        made.and_then(|_| restrict(path)).map_err(|e| StoreError::io("making the database readable by its owner only", path, e))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let side = PathBuf::from(side);
+            if side.exists() {
+                restrict(&side).map_err(|e| StoreError::io("making the database readable by its owner only", &side, e))?;
+            }
+        }
+        Ok(())
+    }
+
     fn open_in(path: &Path, dir: &Path) -> Result<SqliteStore> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io("creating the database directory", dir, e))?;
+        Self::owner_only(path)?;
         let what = format!("opening the database {}", path.display());
         let conn = Connection::open(path).ctx(&what)?;
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).ctx(&what)?;
@@ -303,6 +324,30 @@ impl Store for SqliteStore {
     async fn remove_claim(&self, pool: &str, name: &str) -> Result<Option<Claim>> {
         let (pool, name) = (pool.to_owned(), name.to_owned());
         self.worker.call(move |c| net::remove_claim(c, &pool, &name)).await
+    }
+
+    async fn create_service(&self, spec: &ServiceSpec, now: Timestamp) -> Result<ServiceRecord> {
+        let spec = spec.clone();
+        self.worker.call(move |c| services::create(c, &spec, now)).await
+    }
+
+    async fn update_service(&self, spec: &ServiceSpec, now: Timestamp) -> Result<ServiceRecord> {
+        let spec = spec.clone();
+        self.worker.call(move |c| services::update(c, &spec, now)).await
+    }
+
+    async fn get_service(&self, name: &str) -> Result<ServiceRecord> {
+        let name = name.to_owned();
+        self.worker.call(move |c| services::get(c, &name)).await
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceRecord>> {
+        self.worker.call(|c| services::list(c)).await
+    }
+
+    async fn delete_service(&self, name: &str) -> Result<()> {
+        let name = name.to_owned();
+        self.worker.call(move |c| services::delete(c, &name)).await
     }
 
     async fn create_token(&self, token: &TokenRecord) -> Result<()> {

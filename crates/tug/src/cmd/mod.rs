@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod agent_run;
 pub mod bench;
+pub mod certs;
 pub mod cluster;
 pub mod completions;
 pub mod events;
@@ -13,6 +14,7 @@ pub mod runs;
 pub mod schedule;
 pub mod security;
 pub mod server;
+pub mod service;
 pub mod token;
 pub mod up;
 
