@@ -23,7 +23,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tug_core::protocol::{HeldRun, KillReason, Launch, StatusUpdate, ToAgent, ToServer};
+use tug_core::protocol::{HealthReport, HeldRun, KillReason, Launch, StatusUpdate, ToAgent, ToServer};
 use tug_core::run::{RunId, RunState};
 use tug_logs::LogFiles;
 
@@ -419,6 +419,10 @@ impl Agent {
         start: Start,
     ) {
         let (run_id, attempt) = (launch.run_id, launch.attempt);
+        // A service replica's health is checked from its start until it ends.
+        let mut health = launch.health.clone().map(|h| crate::health::Verdicts::new(h, tokio::time::Instant::now()));
+        let env = if health.is_some() { launch.task.env.clone() } else { Default::default() };
+        let mut next_probe = None;
         let (started_tx, started_rx) = oneshot::channel();
         let (time_left, mut fut): (_, Pin<Box<dyn Future<Output = Outcome> + Send + '_>>) = match start {
             Start::Fresh => {
@@ -448,9 +452,24 @@ impl Agent {
                     started_rx = None;
                     if r.is_ok() {
                         self.report(run_id, attempt, RunState::Running, None).await;
+                        next_probe = health.as_ref().map(|_| tokio::time::Instant::now());
                     }
                 }
                 o = &mut fut => break o,
+                () = sleep_until_opt(next_probe), if next_probe.is_some() => {
+                    let Some(v) = health.as_mut() else { continue };
+                    let result = crate::health::probe(v.check(), &env).await;
+                    let now = tokio::time::Instant::now();
+                    next_probe = Some(now + v.interval());
+                    if let Some(healthy) = v.record(&result, now) {
+                        let reason = result.err();
+                        tracing::info!(run = run_id, attempt, healthy, ?reason, "replica health changed");
+                        let report = HealthReport { run_id, attempt, healthy, reason };
+                        if self.updates.send(ToServer::Health(report)).await.is_err() {
+                            tracing::warn!(run = run_id, "server side of the agent channel is closed; health not delivered");
+                        }
+                    }
+                }
                 () = sleep_until_opt(deadline), if deadline.is_some() && kill_tx.borrow().is_none() => {
                     kill_tx.send_replace(Some(KillReason::Timeout));
                 }

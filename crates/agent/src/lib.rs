@@ -4,6 +4,7 @@
 //! - [`agent`]: the loop that takes launches and kills and sends status updates.
 //! - [`capacity`]: what this host offers when the operator does not say.
 //! - [`checkpoint`]: what a durable agent records per attempt, so runs outlive its restarts.
+//! - [`health`]: service replicas' health checks (http, tcp, exec) and their thresholds.
 //! - [`logs`]: answers the server's reads and removals of this agent's run logs.
 //! - [`net`]: the container network on this host: `dresponse`, claims and plumbing.
 //! - [`remote`]: runs that loop against a server over the gRPC agent stream (`tug agent run`),
@@ -15,6 +16,7 @@
 pub mod agent;
 pub mod capacity;
 pub mod checkpoint;
+pub mod health;
 pub mod logs;
 pub mod net;
 pub mod remote;

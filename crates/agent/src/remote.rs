@@ -279,6 +279,14 @@ async fn session(
                     return Ok(Ended::Broken("stream closed".into()));
                 }
                 Some(ToServer::Heartbeat { .. }) => {}
+                // Health is a current state, not a log: one lost on a broken stream is sent
+                // again by the next change, and the server re-checks replicas it hears nothing of.
+                Some(ToServer::Health(h)) => {
+                    let bytes = serde_json::to_vec(&h).unwrap_or_default();
+                    if tx.send(out(agent_message::Msg::Health(bytes))).await.is_err() {
+                        return Ok(Ended::Broken("stream closed".into()));
+                    }
+                }
                 // Remote agents say what they hold in Register, once per connection.
                 Some(ToServer::Held { .. }) | None => {}
             },

@@ -208,6 +208,7 @@ fn launch(job: &str, script: &str, tweak: impl FnOnce(&mut Task)) -> Launch {
         attempt: 1,
         epoch: 1,
         task,
+        health: None,
     }
 }
 

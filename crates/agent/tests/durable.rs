@@ -146,6 +146,7 @@ fn sh(script: &str) -> Launch {
             timeout: None,
             network: None,
         },
+        health: None,
     }
 }
 

@@ -95,6 +95,7 @@ fn launch(command: Command) -> Launch {
             timeout: None,
             network: None,
         },
+        health: None,
     }
 }
 

@@ -63,6 +63,7 @@ impl AgentService for Fake {
                     timeout: None,
                     network: None,
                 },
+                health: None,
             }));
             tx.send(reply(server_message::Msg::ToAgent(serde_json::to_vec(&launch).unwrap()))).await.unwrap();
         }
@@ -208,6 +209,7 @@ async fn every_register_lists_held_runs_and_an_ack_removes_the_checkpoint() {
             timeout: None,
             network: None,
         },
+        health: None,
     };
     let ckpt = Checkpoint::new(&durability.dir, 11, 3);
     let record = LaunchRecord {

@@ -86,9 +86,14 @@ pub enum Scope {
 impl Scope {
     /// True when `job` is in this scope.
     pub fn covers(&self, job: &JobSpec) -> bool {
+        self.covers_owned(&job.labels, &job.owner)
+    }
+
+    /// True when something with these labels and owner (a job, a service) is in this scope.
+    pub fn covers_owned(&self, labels: &std::collections::BTreeMap<String, String>, owner: &str) -> bool {
         match self {
-            Scope::Label { key, value } => job.labels.get(key) == Some(value),
-            Scope::Owner(owner) => job.owner == *owner,
+            Scope::Label { key, value } => labels.get(key) == Some(value),
+            Scope::Owner(o) => owner == o,
         }
     }
 }
@@ -143,6 +148,11 @@ impl Grant {
     /// True when `job` is visible to this grant.
     pub fn sees(&self, job: &JobSpec) -> bool {
         self.scope.as_ref().is_none_or(|s| s.covers(job))
+    }
+
+    /// True when a service is visible to this grant (by its labels and owner, as a job).
+    pub fn sees_service(&self, service: &crate::service::ServiceSpec) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.covers_owned(&service.labels, &service.owner))
     }
 }
 

@@ -34,6 +34,11 @@ impl Duration {
         Duration(StdDuration::from_millis(ms))
     }
 
+    /// True for zero.
+    pub const fn is_zero(&self) -> bool {
+        self.0.is_zero()
+    }
+
     /// As a `std::time::Duration`.
     pub const fn as_std(self) -> StdDuration {
         self.0

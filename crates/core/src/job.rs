@@ -560,16 +560,7 @@ impl JobSpec {
                 return Err(field("docker", "is set but runtime is \"process\"; add runtime = \"docker\" or drop it".into()));
             }
             (RuntimeKind::Docker, Some(d)) => {
-                if d.image.trim().is_empty() {
-                    return Err(field("docker.image", "is empty".into()));
-                }
-                for v in &d.volumes {
-                    let parts: Vec<&str> = v.split(':').collect();
-                    let ok = matches!(parts.as_slice(), [h, c] | [h, c, "ro" | "rw"] if h.starts_with('/') && c.starts_with('/'));
-                    if !ok {
-                        return Err(field("docker.volumes", format!("entry {v:?} is not \"/host/path:/container/path[:ro|rw]\"")));
-                    }
-                }
+                check_docker(d).map_err(|(f, why)| field(f, why))?;
                 if d.max_runs == Some(0) {
                     return Err(field("docker.max_runs", "must be at least 1".into()));
                 }
@@ -597,11 +588,7 @@ impl JobSpec {
                 }
             }
         }
-        if let Some(c) = self.resources.cpus
-            && !(c > 0.0 && c.is_finite())
-        {
-            return Err(field("resources.cpus", format!("must be more than 0, got {c}")));
-        }
+        check_resources(&self.resources).map_err(|(f, why)| field(f, why))?;
         for w in &self.webhooks {
             if w.url.starts_with("https://") {
                 return Err(field(
@@ -612,9 +599,6 @@ impl JobSpec {
             if !w.url.starts_with("http://") {
                 return Err(field("webhooks.url", format!("{:?} is not an http:// URL", w.url)));
             }
-        }
-        if self.resources.mem == Some(ByteSize(0)) {
-            return Err(field("resources.mem", "must be more than 0".into()));
         }
         if self.timeout == Some(Duration::ZERO) {
             return Err(JobError::Field {
@@ -655,16 +639,44 @@ impl JobSpec {
         {
             return Err(JobError::Field { job: self.name, field: "keep_runs", why: "must be at least 1".into() });
         }
-        for key in self.env.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(JobError::Field {
-                    job: self.name.clone(),
-                    field: "env",
-                    why: format!("has an invalid variable name {key:?}"),
-                });
-            }
-        }
+        check_env(&self.env).map_err(|(field, why)| JobError::Field { job: self.name.clone(), field, why })?;
         Ok(Job { spec: self, schedule })
+    }
+}
+
+/// The first rule a container spec breaks (shared by jobs and services): the field and why.
+pub(crate) fn check_docker(d: &DockerSpec) -> Result<(), (&'static str, String)> {
+    if d.image.trim().is_empty() {
+        return Err(("docker.image", "is empty".into()));
+    }
+    for v in &d.volumes {
+        let parts: Vec<&str> = v.split(':').collect();
+        let ok = matches!(parts.as_slice(), [h, c] | [h, c, "ro" | "rw"] if h.starts_with('/') && c.starts_with('/'));
+        if !ok {
+            return Err(("docker.volumes", format!("entry {v:?} is not \"/host/path:/container/path[:ro|rw]\"")));
+        }
+    }
+    Ok(())
+}
+
+/// The first impossible resource request: the field and why.
+pub(crate) fn check_resources(r: &Resources) -> Result<(), (&'static str, String)> {
+    if let Some(c) = r.cpus
+        && !(c > 0.0 && c.is_finite())
+    {
+        return Err(("resources.cpus", format!("must be more than 0, got {c}")));
+    }
+    if r.mem == Some(ByteSize(0)) {
+        return Err(("resources.mem", "must be more than 0".into()));
+    }
+    Ok(())
+}
+
+/// The first invalid environment variable name: the field and why.
+pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<(), (&'static str, String)> {
+    match env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        Some(key) => Err(("env", format!("has an invalid variable name {key:?}"))),
+        None => Ok(()),
     }
 }
 

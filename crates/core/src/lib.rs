@@ -7,6 +7,7 @@
 //! - [`misfire`]: which late fires run and which are skipped.
 //! - [`dag`]: dependency cycles.
 //! - [`protocol`]: server ↔ agent messages.
+//! - [`service`]: the service spec (replicas with a health check), and its validation.
 //! - [`access`]: API token roles and scopes.
 
 pub mod access;
@@ -20,8 +21,10 @@ pub mod placement;
 pub mod protocol;
 pub mod run;
 pub mod schedule;
+pub mod service;
 pub mod timefmt;
 
 pub use duration::Duration;
 pub use job::{Job, JobSpec};
 pub use run::{Run, RunId, RunState};
+pub use service::{Service, ServiceSpec};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
 use crate::job::{Command, DockerSpec, JobSpec, NetworkSpec, Resources, RuntimeKind};
+use crate::service::{HealthCheck, ServiceSpec};
 use crate::run::{RunId, RunState};
 
 /// Everything an agent needs to run one attempt of a run.
@@ -25,6 +26,10 @@ pub struct Launch {
     pub epoch: u64,
     /// What to run.
     pub task: Task,
+    /// A service replica's health check, which the agent runs while the attempt runs and reports
+    /// on with [`ToServer::Health`]. `None` for job runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
 }
 
 /// The runtime-facing part of a job.
@@ -63,6 +68,27 @@ impl Task {
             workdir: spec.workdir.clone(),
             user: spec.user.clone(),
             timeout: spec.timeout,
+            network: spec.network.clone(),
+        }
+    }
+}
+
+impl Task {
+    /// The task of replica `index` of a service: its command with `TUG_SERVICE` and
+    /// `TUG_REPLICA` in the environment, no timeout.
+    pub fn of_replica(spec: &ServiceSpec, index: u32) -> Task {
+        let mut env = spec.env.clone();
+        env.insert("TUG_SERVICE".into(), spec.name.clone());
+        env.insert("TUG_REPLICA".into(), index.to_string());
+        Task {
+            runtime: spec.runtime,
+            docker: spec.docker.clone(),
+            resources: spec.resources,
+            command: spec.command.clone(),
+            env,
+            workdir: spec.workdir.clone(),
+            user: spec.user.clone(),
+            timeout: None,
             network: spec.network.clone(),
         }
     }
@@ -157,6 +183,22 @@ pub struct StatusUpdate {
     pub reason: Option<String>,
 }
 
+/// A change in a service replica's health, as its agent's checks see it: sent when the replica
+/// becomes healthy, and when a healthy one (or one still starting) fails its threshold of checks
+/// in a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// The replica's run.
+    pub run_id: RunId,
+    /// Its attempt.
+    pub attempt: u32,
+    /// Healthy now, or not.
+    pub healthy: bool,
+    /// Why not, in words (the last failed check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// A message from an agent to the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToServer {
@@ -170,6 +212,8 @@ pub enum ToServer {
         #[serde(default)]
         warm_containers: u32,
     },
+    /// A replica's health changed.
+    Health(HealthReport),
     /// What the agent holds, sent once per connection before any status update of that
     /// connection (remote agents: in `Register`). The server reconciles its runs with it: kills
     /// attempts it has given up, re-sends launches that never arrived, and marks runs the agent

@@ -258,6 +258,13 @@ async fn forward(
             let report = FromAgent { msg: ToServer::Status(update), acks: Some(acks.clone()) };
             updates.send(report).await.is_ok()
         }
+        agent_message::Msg::Health(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(h) => updates.send(ToServer::Health(h).into()).await.is_ok(),
+            Err(e) => {
+                tracing::error!(agent = %name, error = %e, "undecodable health report dropped");
+                true
+            }
+        },
         agent_message::Msg::Register(_) => {
             tracing::warn!(agent = %name, "second Register on one stream ignored");
             true

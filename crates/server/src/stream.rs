@@ -231,6 +231,32 @@ impl EventBus {
         self.publish(EventKind::of_run(run), Some(&run.job), None, Some(run.clone()));
     }
 
+    /// Publishes run events in order, in one go: one clock reading, one turn of the lock and one
+    /// wake-up of the subscribers for a whole herd of changes (a fire of 5,000 jobs makes 10,000).
+    pub fn publish_runs(&self, events: Vec<(EventKind, Run)>) {
+        if events.is_empty() {
+            return;
+        }
+        let at = self.inner.clock.now();
+        let mut gone = Vec::new();
+        let last = {
+            let mut ring = self.inner.ring.lock().expect("event ring lock");
+            for (kind, run) in events {
+                let id = ring.next;
+                ring.next += 1;
+                let event = Event { id, at, kind, job: Some(run.job.clone()), agent: None, run: Some(run) };
+                if ring.events.len() == self.inner.capacity {
+                    gone.extend(ring.events.pop_front());
+                }
+                ring.events.push_back(Arc::new(event));
+            }
+            ring.next - 1
+        };
+        // Freed outside the lock, so readers do not wait for it.
+        drop(gone);
+        self.inner.latest.send_replace(last);
+    }
+
     /// A subscription that starts after event `after` (0: from the oldest held), or after the
     /// newest event when `None`.
     pub fn subscribe(&self, after: Option<u64>) -> Subscription {
@@ -280,31 +306,35 @@ pub struct RunAnnouncer {
 }
 
 impl RunAnnouncer {
-    /// Publishes the change `run` was stored with.
-    pub fn announce(&mut self, bus: &EventBus, run: &Run) {
-        let key = (run.id, run.attempt);
-        match run.state {
-            RunState::Running => {
-                self.started.insert(key);
-            }
-            s if s.is_terminal() => {
-                if !self.started.remove(&key) && run.started_at.is_some() {
-                    let mut running = run.clone();
-                    running.state = RunState::Running;
-                    running.finished_at = None;
-                    running.exit_code = None;
-                    running.signal = None;
-                    running.reason = None;
-                    bus.publish(EventKind::RunStarted, Some(&run.job), None, Some(running));
+    /// Publishes the changes `runs` were stored with, in order.
+    pub fn announce(&mut self, bus: &EventBus, runs: Vec<Run>) {
+        let mut events = Vec::with_capacity(runs.len());
+        for run in runs {
+            let key = (run.id, run.attempt);
+            match run.state {
+                RunState::Running => {
+                    self.started.insert(key);
                 }
+                s if s.is_terminal() => {
+                    if !self.started.remove(&key) && run.started_at.is_some() {
+                        let mut running = run.clone();
+                        running.state = RunState::Running;
+                        running.finished_at = None;
+                        running.exit_code = None;
+                        running.signal = None;
+                        running.reason = None;
+                        events.push((EventKind::RunStarted, running));
+                    }
+                }
+                RunState::Pending => {
+                    // A retry: the attempt that ran is over.
+                    self.started.remove(&(run.id, run.attempt.saturating_sub(1)));
+                }
+                _ => {}
             }
-            RunState::Pending => {
-                // A retry: the attempt that ran is over.
-                self.started.remove(&(run.id, run.attempt.saturating_sub(1)));
-            }
-            _ => {}
+            events.push((EventKind::of_run(&run), run));
         }
-        bus.publish_run(run);
+        bus.publish_runs(events);
     }
 }
 

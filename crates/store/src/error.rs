@@ -32,6 +32,12 @@ pub enum StoreError {
         /// The version in the store.
         found: u64,
     },
+    /// No service with that name.
+    #[error("service {0:?} not found; see `tug service list`")]
+    ServiceNotFound(String),
+    /// A service with that name already exists.
+    #[error("service {0:?} already exists; use update (PUT) to change it")]
+    ServiceExists(String),
     /// No address pool with that name.
     #[error("network pool {0:?} not found; see `tug net pool list`")]
     PoolNotFound(String),
@@ -160,7 +166,7 @@ pub enum StoreError {
 /// What a caller can do about a [`StoreError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The job, run or pool does not exist.
+    /// The job, run, service or pool does not exist.
     NotFound,
     /// The write conflicts with what is stored (a taken name, a stale version).
     Conflict,
@@ -183,12 +189,14 @@ impl StoreError {
             StoreError::JobNotFound(_)
             | StoreError::RunNotFound(_)
             | StoreError::PoolNotFound(_)
+            | StoreError::ServiceNotFound(_)
             | StoreError::TokenNotFound(_) => ErrorKind::NotFound,
             StoreError::JobExists(_)
             | StoreError::VersionConflict { .. }
             | StoreError::PoolExists(_)
             | StoreError::PoolInUse { .. }
             | StoreError::AddressTaken { .. }
+            | StoreError::ServiceExists(_)
             | StoreError::TokenExists(_) => ErrorKind::Conflict,
             StoreError::BadCursor(_) => ErrorKind::Invalid,
             StoreError::StorageFull { .. } => ErrorKind::StorageFull,

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tug_core::run::{Attempt, NewRun, Run, RunId, RunState};
-use tug_core::JobSpec;
+use tug_core::{JobSpec, ServiceSpec};
 pub use tug_net::{Claim, PoolSpec};
 
 mod access;
@@ -79,6 +79,19 @@ pub struct PoolRecord {
     pub spec: PoolSpec,
     /// When it was created.
     pub created_at: Timestamp,
+}
+
+/// A service as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The spec.
+    pub spec: ServiceSpec,
+    /// Incremented by every write; starts at 1.
+    pub version: u64,
+    /// When the service was created.
+    pub created_at: Timestamp,
+    /// When the spec last changed.
+    pub updated_at: Timestamp,
 }
 
 /// A page of results and the cursor for the next page, if any.
@@ -222,6 +235,19 @@ pub trait Store: Send + Sync + 'static {
     async fn put_claim(&self, claim: &Claim) -> Result<()>;
     /// Removes a claim; returns it, or `None` if there was none.
     async fn remove_claim(&self, pool: &str, name: &str) -> Result<Option<Claim>>;
+    /// Creates a service; [`StoreError::ServiceExists`] if the name is taken. The caller has
+    /// validated it.
+    async fn create_service(&self, spec: &ServiceSpec, now: Timestamp) -> Result<ServiceRecord>;
+    /// Replaces a service's spec (its version goes up by one); [`StoreError::ServiceNotFound`]
+    /// if unknown.
+    async fn update_service(&self, spec: &ServiceSpec, now: Timestamp) -> Result<ServiceRecord>;
+    /// One service; [`StoreError::ServiceNotFound`] if unknown.
+    async fn get_service(&self, name: &str) -> Result<ServiceRecord>;
+    /// Every service, by name.
+    async fn list_services(&self) -> Result<Vec<ServiceRecord>>;
+    /// Deletes a service; [`StoreError::ServiceNotFound`] if unknown.
+    async fn delete_service(&self, name: &str) -> Result<()>;
+
     /// Stores a new API token; [`StoreError::TokenExists`] if its id is taken.
     async fn create_token(&self, token: &TokenRecord) -> Result<()>;
     /// Every token, revoked and expired ones included, by id.

@@ -10,13 +10,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use tug_core::JobSpec;
+use tug_core::{JobSpec, ServiceSpec};
 use tug_core::run::{Attempt, NewRun, Run, RunId};
 
 use crate::derived::{Derived, label_matches, page_size, search_text, stored, stored_opt, updated};
 use crate::{
     AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result,
-    RunQuery, RunTotals, Store, StoreError, TokenRecord,
+    RunQuery, RunTotals, ServiceRecord, Store, StoreError, TokenRecord,
 };
 
 /// A [`Store`] held in memory behind one mutex: the fake for unit tests.
@@ -77,6 +77,8 @@ struct State {
     epoch: u64,
     /// Address pools by name.
     pools: BTreeMap<String, PoolRecord>,
+    /// Services by name.
+    services: BTreeMap<String, ServiceRecord>,
     /// Claimed addresses by `(pool, ip)`, so a pool's claims list by address.
     claims: BTreeMap<(String, std::net::Ipv4Addr), Claim>,
     /// API tokens by id.
@@ -474,6 +476,38 @@ impl Store for MemStore {
         let mut state = self.lock();
         let key = state.claims.iter().find(|((p, _), c)| p == pool && c.name == name).map(|(k, _)| k.clone());
         Ok(key.and_then(|k| state.claims.remove(&k)))
+    }
+
+    async fn create_service(&self, spec: &ServiceSpec, now: Timestamp) -> Result<ServiceRecord> {
+        let mut state = self.lock();
+        if state.services.contains_key(&spec.name) {
+            return Err(StoreError::ServiceExists(spec.name.clone()));
+        }
+        let now = stored(now);
+        let record = ServiceRecord { spec: spec.clone(), version: 1, created_at: now, updated_at: now };
+        state.services.insert(spec.name.clone(), record.clone());
+        Ok(record)
+    }
+
+    async fn update_service(&self, spec: &ServiceSpec, now: Timestamp) -> Result<ServiceRecord> {
+        let mut state = self.lock();
+        let record = state.services.get_mut(&spec.name).ok_or_else(|| StoreError::ServiceNotFound(spec.name.clone()))?;
+        record.spec = spec.clone();
+        record.version += 1;
+        record.updated_at = stored(now);
+        Ok(record.clone())
+    }
+
+    async fn get_service(&self, name: &str) -> Result<ServiceRecord> {
+        self.lock().services.get(name).cloned().ok_or_else(|| StoreError::ServiceNotFound(name.to_owned()))
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceRecord>> {
+        Ok(self.lock().services.values().cloned().collect())
+    }
+
+    async fn delete_service(&self, name: &str) -> Result<()> {
+        self.lock().services.remove(name).map(|_| ()).ok_or_else(|| StoreError::ServiceNotFound(name.to_owned()))
     }
 
     async fn create_token(&self, token: &TokenRecord) -> Result<()> {

@@ -61,6 +61,24 @@ struct NetCli {
     cmd: cmd::net::NetCommand,
 }
 
+/// `tug service`: the server to talk to, and the subcommand.
+#[derive(clap::Args)]
+struct ServiceCli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: cmd::service::ServiceCommand,
+}
+
+/// `tug op`: the server to talk to, and the subcommand.
+#[derive(clap::Args)]
+struct OpCli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: cmd::service::OpCommand,
+}
+
 /// `tug token`: the server to talk to, and the subcommand.
 #[derive(clap::Args)]
 struct TokenCli {
@@ -99,6 +117,10 @@ enum Command {
     Job(JobCli),
     /// List the runs of a job, newest first.
     Runs(cmd::runs::RunsArgs),
+    /// Services: replicas of a long-running command with a health check.
+    Service(ServiceCli),
+    /// Follow an asynchronous operation (a service's scale).
+    Op(OpCli),
     /// Inspect or kill one run.
     Run(RunCli),
     /// Print a run's output; -f follows it until the run ends.
@@ -165,6 +187,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Up(a) => cmd::up::run(a, &up_matches).await,
             Command::Job(c) => cmd::job::run(&server, c.cmd).await,
+            Command::Service(c) => cmd::service::run(&server, c.cmd).await,
+            Command::Op(c) => cmd::service::run_op(&server, c.cmd).await,
             Command::Runs(a) => cmd::runs::list(&server, a).await,
             Command::Run(c) => cmd::runs::run(&server, c.cmd).await,
             Command::Logs(a) => cmd::logs::run(&server, a).await,

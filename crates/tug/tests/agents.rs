@@ -248,3 +248,31 @@ async fn a_docker_job_goes_back_to_the_agent_that_holds_its_warm_container() {
     let plain = c.server.scheduler.run_now("plain").await.unwrap();
     assert_eq!(plain.agent.as_deref(), Some("a"), "{plain:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_agents_replicas_move_with_their_indices() {
+    let mut c = Cluster::start().await;
+    c.add_agent("a", 4.0, &[]).await;
+    c.add_agent("b", 4.0, &[]).await;
+    let spec = tug_core::ServiceSpec::from_json(&json!({"name": "api", "replicas": 4, "command": "3600", "resources": {"cpus": 1}}).to_string()).unwrap();
+    c.server.scheduler.create_service(spec.validate().unwrap()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let st = c.server.scheduler.service_status("api").await.unwrap().unwrap();
+    let on = |st: &tug_server::scheduler::ServiceStatus, agent: &str| -> Vec<u32> {
+        st.list.iter().filter(|r| r.agent.as_deref() == Some(agent)).map(|r| r.index).collect()
+    };
+    // Spread: two replicas on each agent, all healthy (no health check: running is healthy).
+    assert_eq!((on(&st, "a").len(), on(&st, "b").len(), st.healthy), (2, 2, 4), "{st:?}");
+    let moved = on(&st, "a");
+    c.kill_agent("a");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let st = c.server.scheduler.service_status("api").await.unwrap().unwrap();
+    assert_eq!((on(&st, "b"), st.healthy), (vec![0, 1, 2, 3], 4), "{st:?}");
+    for r in st.list.iter().filter(|r| moved.contains(&r.index)) {
+        assert_eq!(r.attempt, 2, "{r:?}");
+        assert!(r.reason.as_deref().unwrap().contains("agent a was lost"), "{r:?}");
+    }
+    let agents = c.server.scheduler.agents().await.unwrap();
+    assert_eq!(agents.iter().find(|a| a.name == "b").unwrap().cpus, (4.0, 4.0), "b holds all four replicas' cpus");
+    assert_eq!(c.server.scheduler.check_invariants().await.unwrap(), Ok(()));
+}

@@ -6,28 +6,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::Up;
+use common::{Up, fails, ok};
 
 const TUG: &str = env!("CARGO_BIN_EXE_tug");
 
-fn tug(server: &str, args: &[&str]) -> Output {
-    Command::new(TUG).args(args).env("TUG_SERVER", server).output().expect("running tug")
-}
-
-fn ok(server: &str, args: &[&str]) -> String {
-    let out = tug(server, args);
-    assert!(out.status.success(), "tug {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn json(server: &str, args: &[&str]) -> Value {
     serde_json::from_str(&ok(server, args)).expect("--json prints JSON")
-}
-
-fn fails(server: &str, args: &[&str]) -> String {
-    let out = tug(server, args);
-    assert!(!out.status.success(), "tug {args:?} should fail");
-    String::from_utf8(out.stderr).unwrap()
 }
 
 fn wait_for_success(server: &str, job: &str) -> Value {

@@ -405,6 +405,21 @@ impl Store for Stalling {
     async fn remove_claim(&self, pool: &str, name: &str) -> tug_store::Result<Option<tug_store::Claim>> {
         self.inner.remove_claim(pool, name).await
     }
+    async fn create_service(&self, spec: &tug_core::ServiceSpec, now: Timestamp) -> tug_store::Result<tug_store::ServiceRecord> {
+        self.inner.create_service(spec, now).await
+    }
+    async fn update_service(&self, spec: &tug_core::ServiceSpec, now: Timestamp) -> tug_store::Result<tug_store::ServiceRecord> {
+        self.inner.update_service(spec, now).await
+    }
+    async fn get_service(&self, name: &str) -> tug_store::Result<tug_store::ServiceRecord> {
+        self.inner.get_service(name).await
+    }
+    async fn list_services(&self) -> tug_store::Result<Vec<tug_store::ServiceRecord>> {
+        self.inner.list_services().await
+    }
+    async fn delete_service(&self, name: &str) -> tug_store::Result<()> {
+        self.inner.delete_service(name).await
+    }
     async fn create_token(&self, token: &tug_store::TokenRecord) -> tug_store::Result<()> {
         self.inner.create_token(token).await
     }

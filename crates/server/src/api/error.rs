@@ -48,6 +48,8 @@ impl From<StoreError> for ApiError {
             StoreError::JobNotFound(_) => (StatusCode::NOT_FOUND, "job_not_found"),
             StoreError::RunNotFound(_) => (StatusCode::NOT_FOUND, "run_not_found"),
             StoreError::TokenNotFound(_) => (StatusCode::NOT_FOUND, "token_not_found"),
+            StoreError::ServiceNotFound(_) => (StatusCode::NOT_FOUND, "service_not_found"),
+            StoreError::ServiceExists(_) => (StatusCode::CONFLICT, "service_exists"),
             StoreError::JobExists(_) => (StatusCode::CONFLICT, "job_exists"),
             StoreError::TokenExists(_) => (StatusCode::CONFLICT, "token_exists"),
             StoreError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
@@ -76,6 +78,16 @@ impl From<JobError> for ApiError {
             }
             JobError::Schedule(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule"),
             _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_job"),
+        };
+        ApiError { status, code, message: e.to_string() }
+    }
+}
+
+impl From<tug_core::service::ServiceError> for ApiError {
+    fn from(e: tug_core::service::ServiceError) -> ApiError {
+        let (status, code) = match &e {
+            tug_core::service::ServiceError::Parse(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_service"),
         };
         ApiError { status, code, message: e.to_string() }
     }

@@ -31,7 +31,7 @@ impl JobView {
 }
 
 /// True when the content type says TOML (JSON otherwise).
-fn is_toml(headers: &HeaderMap) -> bool {
+pub(super) fn is_toml(headers: &HeaderMap) -> bool {
     headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

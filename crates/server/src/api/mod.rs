@@ -1,4 +1,4 @@
-//! The native REST API under `/api/v1`: jobs, runs, logs, schedule preview, agents, network pools,
+//! The native REST API under `/api/v1`: jobs, runs, logs, schedule preview, agents, services, network pools,
 //! health. Every route
 //! (native, Chronos, `/metrics`) is timed into `tug_api_request_duration_seconds`.
 
@@ -27,6 +27,7 @@ mod net;
 pub mod openapi;
 mod runs;
 mod schedule;
+mod services;
 
 pub use error::{ApiError, ApiResult};
 
@@ -74,6 +75,10 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{name}", get(agents::show))
         .route("/agents/{name}/drain", post(agents::drain))
         .route("/agents/{name}/undrain", post(agents::undrain))
+        .route("/services", post(services::create).get(services::list))
+        .route("/services/{name}", get(services::show).put(services::update).delete(services::delete))
+        .route("/services/{name}/scale", post(services::scale))
+        .route("/operations/{id}", get(services::operation))
         .route("/net/pools", post(net::create).get(net::list))
         .route("/net/pools/{name}", get(net::show).delete(net::delete))
         .route("/net/addresses", get(net::addresses))

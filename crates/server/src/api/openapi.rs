@@ -25,6 +25,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/agents/{name}"),
     ("post", "/agents/{name}/drain"),
     ("post", "/agents/{name}/undrain"),
+    ("post", "/services"),
+    ("get", "/services"),
+    ("get", "/services/{name}"),
+    ("put", "/services/{name}"),
+    ("delete", "/services/{name}"),
+    ("post", "/services/{name}/scale"),
+    ("get", "/operations/{id}"),
     ("post", "/net/pools"),
     ("get", "/net/pools"),
     ("get", "/net/pools/{name}"),
@@ -61,6 +68,7 @@ fn op(summary: &str, params: &[(&str, &str, &str)], ok: &str, body: Option<&str>
 pub fn document() -> Value {
     let name = ("name", "path", "the job's name");
     let id = ("id", "path", "the run's id");
+    let svc = ("name", "path", "the service's name");
     let page = [("limit", "query", "page size (max 1000)"), ("cursor", "query", "next_cursor of the previous page")];
     json!({
         "openapi": "3.1.0",
@@ -92,6 +100,17 @@ pub fn document() -> Value {
             "/agents/{name}": {"get": op("one agent", &[("name", "path", "the agent's name")], "200", None)},
             "/agents/{name}/drain": {"post": op("take no new runs", &[("name", "path", "the agent's name")], "200", None)},
             "/agents/{name}/undrain": {"post": op("take runs again", &[("name", "path", "the agent's name")], "200", None)},
+            "/services": {
+                "post": op("create a service (validated; a missing network pool is refused)", &[], "201", Some("ServiceSpec")),
+                "get": op("services by name", &[], "200", None)
+            },
+            "/services/{name}": {
+                "get": op("one service", &[svc], "200", None),
+                "put": op("replace a service's spec", &[svc], "200", Some("ServiceSpec")),
+                "delete": op("delete a service", &[svc], "204", None)
+            },
+            "/services/{name}/scale": {"post": op("set the replica count; answers 202 at once with an operation", &[svc], "202", Some("Scale"))},
+            "/operations/{id}": {"get": op("a scale operation: placed, started, healthy, failed, per agent", &[("id", "path", "op-N")], "200", None)},
             "/net/pools": {
                 "post": op("create an address pool", &[], "201", Some("PoolSpec")),
                 "get": op("address pools with how many addresses each hands out and has claimed", &[], "200", None)
@@ -116,6 +135,23 @@ pub fn document() -> Value {
                     "misfire": {"enum": ["skip", "run_once", "run_all"]},
                     "network": {"type": "object", "properties": {"pool": {"type": "string"}}}
                 }},
+            "ServiceSpec": {"type": "object", "required": ["name", "replicas", "command"], "description": "See README.md for every field.",
+                "properties": {
+                    "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+                    "replicas": {"type": "integer", "minimum": 0, "maximum": 10000},
+                    "command": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                    "runtime": {"enum": ["process", "docker"]},
+                    "placement": {"enum": ["spread", "binpack"]},
+                    "health": {"type": "object", "required": ["kind"], "properties": {
+                        "kind": {"enum": ["http", "tcp", "exec"]}, "path": {"type": "string"}, "port": {"type": "integer"},
+                        "command": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                        "interval": {"type": "string"}, "timeout": {"type": "string"}, "grace_period": {"type": "string"},
+                        "healthy_threshold": {"type": "integer"}, "unhealthy_threshold": {"type": "integer"}}},
+                    "restart": {"type": "object", "properties": {"initial_delay": {"type": "string"}, "max_delay": {"type": "string"}}},
+                    "network": {"type": "object", "properties": {"pool": {"type": "string"}}},
+                    "stop_signal": {"type": "string"}, "stop_grace": {"type": "string"}
+                }},
+            "Scale": {"type": "object", "required": ["replicas"], "properties": {"replicas": {"type": "integer", "minimum": 0, "maximum": 10000}}},
             "PoolSpec": {"type": "object", "required": ["name", "cidr", "segment", "gateway"],
                 "properties": {
                     "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},

@@ -155,6 +155,28 @@ impl Principal {
         }
     }
 
+    /// Succeeds when `service` is in the caller's scope (by its labels and owner, as a job);
+    /// otherwise it does not exist for them (404).
+    pub fn see_service(&self, service: &tug_core::ServiceSpec) -> Result<(), ApiError> {
+        if self.grant.sees_service(service) {
+            Ok(())
+        } else {
+            Err(StoreError::ServiceNotFound(service.name.clone()).into())
+        }
+    }
+
+    /// Succeeds when the caller may create or change `service` as given.
+    pub fn may_write_service(&self, service: &tug_core::ServiceSpec) -> Result<(), ApiError> {
+        match &self.grant.scope {
+            Some(scope) if !scope.covers_owned(&service.labels, &service.owner) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "out_of_scope",
+                format!("this token works only in its scope {scope}; give service {:?} that {}", service.name, what(scope)),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The scope, if the caller has one.
     pub fn scope(&self) -> Option<&Scope> {
         self.grant.scope.as_ref()

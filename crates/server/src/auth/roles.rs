@@ -7,6 +7,7 @@
 //! | any other read (GET, HEAD), `/metrics` included                        | `read`     |
 //! | tokens and the audit log, read or written                             | `admin`    |
 //! | run now, pause, resume and kill a job; kill a run (both APIs, the UI)  | `operate`  |
+//! | scale a service                                                        | `operate`  |
 //! | any other write                                                        | `admin`    |
 
 use axum::http::Method;
@@ -35,6 +36,7 @@ pub fn required(method: &Method, route: &str, path: &str) -> Option<Role> {
                 | "/api/v1/jobs/{name}/resume"
                 | "/api/v1/jobs/{name}/kill"
                 | "/api/v1/runs/{id}/kill"
+                | "/api/v1/services/{name}/scale"
         ),
         // Chronos runs a job with PUT on the job, and kills its tasks with DELETE.
         Method::PUT => chronos == "/scheduler/job/{name}",

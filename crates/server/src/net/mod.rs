@@ -200,10 +200,20 @@ impl Network {
     /// Gives every address of job `job`'s instances back to its pool (the job is gone).
     pub async fn forget_job(&self, job: &str) -> Result<Vec<Claim>, NetError> {
         // Claim names of a job's instances: job/NAME/SLOT (Identity::JobSlot).
-        let prefix = format!("job/{job}/");
+        self.forget_prefix(&format!("job/{job}/")).await
+    }
+
+    /// Gives every address of a deleted service's replicas back to its pool. A replica scaled
+    /// in keeps its address until then: scaled out again, the same index gets the same address.
+    pub async fn forget_service(&self, service: &str) -> Result<Vec<Claim>, NetError> {
+        // Claim names of a service's replicas: service/NAME/INDEX (Identity::Replica).
+        self.forget_prefix(&format!("service/{service}/")).await
+    }
+
+    async fn forget_prefix(&self, prefix: &str) -> Result<Vec<Claim>, NetError> {
         let _held = self.lock.lock().await;
         let mut gone = Vec::new();
-        for c in self.store.list_claims(None).await?.into_iter().filter(|c| c.name.starts_with(&prefix)) {
+        for c in self.store.list_claims(None).await?.into_iter().filter(|c| c.name.starts_with(prefix)) {
             gone.extend(self.store.remove_claim(&c.pool, &c.name).await?);
         }
         Ok(gone)

@@ -1,6 +1,6 @@
 //! Fire → admit → commit → dispatch: everything that happens when timers come due.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use jiff::{SignedDuration, Timestamp};
 use tug_core::job::ConcurrencyPolicy;
@@ -193,12 +193,10 @@ impl Scheduler {
             }
         };
         self.unreserve(&placed, &created);
-        self.announce_created(&created);
         self.stats.fire_commits += 1;
         for id in std::mem::take(&mut decided.kills) {
             self.send_kill(id, KillReason::Replaced).await;
         }
-        let mut launch = Vec::new();
         for run in &created {
             let Some(&slot) = self.index.get(&run.job) else { continue };
             let Some(e) = self.slots[slot as usize].as_mut() else { continue };
@@ -216,10 +214,7 @@ impl Scheduler {
             let args = if decided.args.is_empty() { Vec::new() } else { decided.args.remove(&key()).unwrap_or_default() };
             let (phase, placement) = match run.state {
                 RunState::Starting => match run.agent.as_deref().and_then(|a| self.agents.index(a)) {
-                    Some(agent) => {
-                        launch.push(run.id);
-                        (Phase::Starting { launched: None }, Some(Placement { agent, needs }))
-                    }
+                    Some(agent) => (Phase::Starting { launched: None }, Some(Placement { agent, needs })),
                     None => {
                         tracing::error!(run = run.id, agent = ?run.agent, "run written as starting on an unknown agent");
                         continue;
@@ -231,12 +226,17 @@ impl Scheduler {
                 },
                 _ => continue,
             };
+            let starting = placement.is_some();
             self.runs.insert(run.clone(), slot, phase, placement, args);
+            // At once, not after the whole batch: the dispatcher starts sending the first
+            // launches while the rest of a large herd is still being entered.
+            if starting {
+                self.dispatch(run.id).await;
+            }
         }
         self.metrics.runs_in_flight.set(self.runs.len() as i64);
-        for id in launch {
-            self.dispatch(id).await;
-        }
+        // After the launches: the event stream is not on the path to the agents.
+        self.announce_created(&created);
         Ok(created)
     }
 
@@ -257,8 +257,15 @@ impl Scheduler {
 
     /// Gives back the reservations of batch runs the store did not create (duplicate keys).
     fn unreserve(&mut self, placed: &[(String, Timestamp, String)], created: &[Run]) {
+        // The common case: every placed run was created, so there is nothing to give back.
+        // (A scan of `created` per placed run made a herd of 5,000 fires cost 12.5 million
+        // comparisons, all before its first launch went out.)
+        if created.iter().filter(|r| r.state == RunState::Starting).count() == placed.len() {
+            return;
+        }
+        let made: HashSet<(&str, Timestamp)> = created.iter().map(|r| (r.job.as_str(), r.scheduled_at)).collect();
         for (job, at, agent) in placed {
-            if created.iter().any(|r| r.job == *job && r.scheduled_at == *at) {
+            if made.contains(&(job.as_str(), *at)) {
                 continue;
             }
             let needs = self.entry(job).map(|e| tug_core::placement::Capacity::of(&e.job.spec.resources));

@@ -29,8 +29,10 @@ mod fire;
 mod jobs;
 mod persist;
 mod placing;
+mod operations;
 mod reconcile;
 mod recovery;
+mod services;
 pub mod stats;
 mod status;
 pub mod timers;
@@ -41,6 +43,8 @@ use dispatch::{Dispatcher, Outgoing};
 use persist::Persister;
 use runs::RunTable;
 use timers::{Slot, Timers};
+pub use operations::{AgentProgress, OpState, Operation, OperationView};
+pub use services::{ReplicaState, ReplicaView, ServiceStatus, is_replica};
 
 /// Scheduler settings.
 #[derive(Debug, Clone)]
@@ -93,6 +97,11 @@ pub(crate) enum Command {
     Agents(oneshot::Sender<Vec<AgentView>>),
     Drain(String, bool, oneshot::Sender<Result<AgentView>>),
     Check(oneshot::Sender<std::result::Result<(), String>>),
+    PutService(tug_core::Service, bool, oneshot::Sender<Result<tug_store::ServiceRecord>>),
+    DeleteService(String, oneshot::Sender<Result<()>>),
+    ServiceStatus(String, oneshot::Sender<Option<ServiceStatus>>),
+    Scale(String, u32, oneshot::Sender<Result<OperationView>>),
+    Operation(String, oneshot::Sender<Option<OperationView>>),
 }
 
 /// A cheap, cloneable way to talk to the scheduler task.
@@ -197,6 +206,37 @@ impl SchedulerHandle {
         self.ask(Command::Check).await
     }
 
+    /// Creates a validated service and starts its replicas; durable when it returns.
+    pub async fn create_service(&self, service: tug_core::Service) -> Result<tug_store::ServiceRecord> {
+        self.ask(|tx| Command::PutService(service, true, tx)).await?
+    }
+
+    /// Replaces a service's spec; its replica count applies at once, the rest as replicas restart.
+    pub async fn update_service(&self, service: tug_core::Service) -> Result<tug_store::ServiceRecord> {
+        self.ask(|tx| Command::PutService(service, false, tx)).await?
+    }
+
+    /// Deletes a service; its replicas stop.
+    pub async fn delete_service(&self, name: &str) -> Result<()> {
+        self.ask(|tx| Command::DeleteService(name.to_string(), tx)).await?
+    }
+
+    /// A service's replicas now (`None`: no such service).
+    pub async fn service_status(&self, name: &str) -> Result<Option<ServiceStatus>> {
+        self.ask(|tx| Command::ServiceStatus(name.to_string(), tx)).await
+    }
+
+    /// Sets a service's replica count (durable when it returns) and starts an operation that
+    /// follows the change; returns at once.
+    pub async fn scale(&self, name: &str, replicas: u32) -> Result<OperationView> {
+        self.ask(|tx| Command::Scale(name.to_string(), replicas, tx)).await?
+    }
+
+    /// A scale operation and its progress.
+    pub async fn operation(&self, id: &str) -> Result<Option<OperationView>> {
+        self.ask(|tx| Command::Operation(id.to_string(), tx)).await
+    }
+
     /// Counters and lateness.
     pub async fn stats(&self) -> Result<Stats> {
         self.ask(|tx| Command::Stats(false, tx)).await
@@ -280,6 +320,10 @@ pub struct Scheduler {
     started: tokio::time::Instant,
     /// Whether runs recovered at start-up that no agent confirmed have been given up.
     unconfirmed_checked: bool,
+    /// Every service's replicas (`services.rs`).
+    replicas: services::Replicas,
+    /// Scale operations (`operations.rs`).
+    ops: operations::Operations,
 }
 
 /// What the scheduler reports to besides the store: metrics and run events.
@@ -304,13 +348,15 @@ impl Scheduler {
     /// Publishes the runs a fire commit created (run events after their first write).
     pub(super) fn announce_created(&self, created: &[Run]) {
         let Some(bus) = &self.bus else { return };
+        let mut events = Vec::with_capacity(created.len() * 2);
         for run in created {
             let kind = if run.state == tug_core::run::RunState::Skipped { EventKind::RunMisfired } else { EventKind::RunFired };
-            bus.publish(kind, Some(&run.job), None, Some(run.clone()));
+            events.push((kind, run.clone()));
             if run.state == tug_core::run::RunState::Starting {
-                bus.publish_run(run);
+                events.push((EventKind::of_run(run), run.clone()));
             }
         }
+        bus.publish_runs(events);
     }
 
     /// Loads jobs and active runs from the store (see `recovery.rs`).
@@ -355,9 +401,12 @@ impl Scheduler {
             epoch,
             started: tokio::time::Instant::now(),
             unconfirmed_checked: false,
+            replicas: Default::default(),
+            ops: Default::default(),
         };
         s.count_agents();
         s.recover().await?;
+        s.load_services().await?;
         Ok(s)
     }
 
@@ -380,6 +429,8 @@ impl Scheduler {
         loop {
             let early = self.timers.first().and_then(|t| t.checked_sub(fire::LEAD).ok());
             let wake = [early, self.runs.next_retry(), self.prewarm_timers.first()].into_iter().flatten().min();
+            let restart = self.replicas.next_wake();
+            let rule_at = self.replicas.next_rule().map(|at| instant_at(&*self.clock, at));
             let sleep = async {
                 match wake {
                     Some(at) if firing => tokio::time::sleep_until(instant_at(&*self.clock, at)).await,
@@ -407,6 +458,8 @@ impl Scheduler {
                     Some(cmd) => self.handle(cmd).await,
                     None => firing = false,
                 },
+                () = sleep_until_opt(restart), if restart.is_some() && firing => self.restart_due().await,
+                () = sleep_until_opt(rule_at), if rule_at.is_some() && firing => self.apply_scale_rules().await,
                 _ = prune_tick.tick() => self.prune().await,
                 _ = agent_check.tick() => {
                     self.expire_agents().await;
@@ -414,6 +467,7 @@ impl Scheduler {
                     self.expire_unconfirmed().await;
                 }
             }
+            self.check_operations();
         }
         // Drain the persister so every change made so far is written before we return.
         let tasks = [self.persister_task.take(), self.dispatcher_task.take()];
@@ -479,7 +533,28 @@ impl Scheduler {
                 let _ = tx.send(r);
             }
             Command::Check(tx) => {
-                let _ = tx.send(self.runs.check(&self.agents.snapshot));
+                let _ = tx.send(self.runs.check(&self.agents.snapshot, self.replicas.used()));
+            }
+            Command::PutService(service, create, tx) => {
+                let _ = tx.send(self.put_service(service, create).await);
+            }
+            Command::DeleteService(name, tx) => {
+                let r = self.store.delete_service(&name).await.map_err(Error::from);
+                if r.is_ok() {
+                    self.service_delete(&name).await;
+                }
+                let _ = tx.send(r);
+            }
+            Command::ServiceStatus(name, tx) => {
+                let _ = tx.send(self.service_status(&name));
+            }
+            Command::Scale(name, replicas, tx) => {
+                let _ = tx.send(self.scale(&name, replicas).await);
+            }
+            Command::Operation(id, tx) => {
+                let status = |s: &str| self.service_status(s);
+                let view = self.ops.view(&id, None).map(|v| v.op.service.clone()).and_then(|svc| self.ops.view(&id, status(&svc).as_ref()));
+                let _ = tx.send(view);
             }
             Command::Stats(reset, tx) => {
                 let _ = tx.send(self.snapshot());
@@ -545,7 +620,7 @@ impl Scheduler {
         self.runs.launched(id, tokio::time::Instant::now());
         let Some(active) = self.runs.get(id) else { return };
         let run = &active.run;
-        let Some(e) = self.entry(&run.job) else { return };
+        let Some(e) = self.slots[active.slot as usize].as_ref() else { return };
         let mut task = Task::of(&e.job.spec);
         if !active.args.is_empty() {
             task.command = jobs::with_args(task.command, &active.args);
@@ -557,11 +632,17 @@ impl Scheduler {
             attempt: run.attempt,
             epoch: self.epoch,
             task,
+            health: None,
         };
         // Fire lateness is the first attempt's: a retry waits for its backoff on purpose.
         let measure = measure && run.attempt == 1 && run.trigger == tug_core::run::Trigger::Schedule;
         let at = Some(run.scheduled_at);
-        let Some(to) = self.agent_tx(run.agent.as_deref()) else {
+        // Its placement names the agent (run table invariant 2): no lookup by name per launch.
+        let to = match active.placement {
+            Some(p) => self.agents.links.get(p.agent).map(|l| l.tx.clone()),
+            None => self.agent_tx(run.agent.as_deref()),
+        };
+        let Some(to) = to else {
             tracing::error!(run = id, agent = ?run.agent, "run is starting on an unknown agent; not launched");
             return;
         };
@@ -613,4 +694,11 @@ pub async fn start(
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(sched.run(rx, updates, stop_firing));
     Ok((SchedulerHandle { tx, epoch, bus }, task))
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

@@ -74,33 +74,31 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Batch>, bus: Option<E
                 Err(_) => break,
             }
         }
-        // Later changes of a run replace earlier ones; attempts are all kept, in order.
-        let mut order: Vec<RunId> = Vec::new();
-        let mut latest: HashMap<RunId, Run> = HashMap::new();
+        let mut all: Vec<Run> = Vec::new();
         let mut attempts = Vec::new();
         let mut waiters = Vec::new();
-        // Every change in order, also those a later change of the same run replaces in the write.
-        let mut changes = Vec::new();
         for b in queued.drain(..) {
-            if bus.is_some() {
-                changes.extend(b.runs.iter().cloned());
-            }
-            for r in b.runs {
-                if latest.insert(r.id, r.clone()).is_none() {
-                    order.push(r.id);
-                }
-            }
+            all.extend(b.runs);
             attempts.extend(b.attempts);
             waiters.extend(b.done);
         }
-        let runs: Vec<Run> = order.into_iter().filter_map(|id| latest.remove(&id)).collect();
-        let result = store.save_runs(&runs, &attempts).await;
+        // Later changes of a run replace earlier ones in the write (one transaction, so their
+        // order in it does not matter); attempts are all kept, in order. The stream gets every
+        // change, in order, moved rather than copied.
+        let mut last: HashMap<RunId, usize> = HashMap::with_capacity(all.len());
+        for (i, r) in all.iter().enumerate() {
+            last.insert(r.id, i);
+        }
+        let result = if last.len() == all.len() {
+            store.save_runs(&all, &attempts).await
+        } else {
+            let runs: Vec<Run> = all.iter().enumerate().filter(|(i, r)| last[&r.id] == *i).map(|(_, r)| r.clone()).collect();
+            store.save_runs(&runs, &attempts).await
+        };
         if let Err(e) = &result {
-            tracing::error!(error = %e, runs = runs.len(), "saving run changes failed");
+            tracing::error!(error = %e, runs = last.len(), "saving run changes failed");
         } else if let Some(bus) = &bus {
-            for r in &changes {
-                announcer.announce(bus, r);
-            }
+            announcer.announce(bus, all);
         }
         for w in waiters {
             let _ = w.send(result.clone());

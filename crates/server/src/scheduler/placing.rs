@@ -41,6 +41,7 @@ impl Scheduler {
 
     /// Tries again to place every run waiting for room.
     pub(super) async fn place_unplaced(&mut self) {
+        self.place_unplaced_replicas().await;
         if !self.runs.has_unplaced() {
             return;
         }
@@ -86,6 +87,7 @@ impl Scheduler {
             self.agents.links[i].given_up.extend(given_up);
             self.announce_agent(crate::stream::EventKind::AgentLost, &name);
             self.mark_lost(ids, &reason).await;
+            self.replicas_lost(i, &format!("agent {name} was lost (no heartbeat for {secs}s); moved")).await;
         }
     }
 

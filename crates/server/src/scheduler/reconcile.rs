@@ -35,7 +35,7 @@ impl Scheduler {
         let mut stale = Vec::new();
         for h in held {
             holds.insert(h.run_id, (h.attempt, h.finished));
-            if h.finished {
+            if h.finished || super::is_replica(h.run_id) {
                 continue;
             }
             let ours = self.runs.run(h.run_id).is_some_and(|r| {
@@ -49,6 +49,7 @@ impl Scheduler {
                 stale.push((h.run_id, h.attempt));
             }
         }
+        stale.extend(self.reconcile_replicas(i, held).await);
         // Attempts given up when the agent was lost are stopped too (once, if also reported).
         for g in given_up {
             if !stale.contains(&g) {

@@ -300,8 +300,9 @@ impl RunTable {
 
     /// Checks the invariants in the module docs against the agents' snapshot; the first
     /// violation, in words.
-    pub fn check(&self, snapshot: &Snapshot) -> Result<(), String> {
-        let mut used: HashMap<usize, Capacity> = HashMap::new();
+    pub fn check(&self, snapshot: &Snapshot, replicas: HashMap<usize, Capacity>) -> Result<(), String> {
+        // Service replicas hold capacity on agents too.
+        let mut used: HashMap<usize, Capacity> = replicas;
         let mut keys = HashSet::new();
         for (id, a) in &self.runs {
             let r = &a.run;

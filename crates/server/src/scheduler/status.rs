@@ -29,8 +29,18 @@ impl Scheduler {
         let mut beats = Vec::new();
         let mut held = Vec::new();
         let mut acks = Vec::new();
+        let mut replica_updates = Vec::new();
+        let mut health = Vec::new();
         for FromAgent { msg, acks: to } in msgs {
             match msg {
+                // Replicas live in memory: nothing to write before the ack.
+                ToServer::Status(u) if super::is_replica(u.run_id) => {
+                    if let Some(to) = to {
+                        let _ = to.send(u.seq);
+                    }
+                    replica_updates.push(u);
+                }
+                ToServer::Health(h) => health.push(h),
                 ToServer::Status(u) => {
                     if self.apply_one(&u, now, &mut attempts, &mut finished) && seen.insert(u.run_id) {
                         changed.push(u.run_id);
@@ -68,6 +78,12 @@ impl Scheduler {
                     }
                 }
             });
+        }
+        for u in replica_updates {
+            self.replica_status(&u).await;
+        }
+        for h in health {
+            self.replica_health(&h).await;
         }
         // After the batch: updates an agent sent before reconnecting are applied first.
         for (agent, runs) in held {

@@ -16,6 +16,7 @@
 //! | `P/attempt/ID/N` | a finished attempt of a run (JSON) | `save_runs` |
 //! | `P/pool/NAME` | an address pool (JSON) | pool writes |
 //! | `P/claim/POOL/IP` | a claimed address; `IP` as a 10-digit number, so claims list by address | claim writes |
+//! | `P/service/NAME` | a service: its spec, version, created and updated instants (JSON) | service writes |
 //! | `P/token/ID` | an API token with its hash, never the secret (JSON) | token writes |
 //! | `P/audit/ID` | an audit log entry (JSON) | `append_audit` |
 //! | `P/leader/…` | the leader election's keys, one per candidate, each on its lease | the servers |
@@ -134,6 +135,12 @@ impl Keys {
     }
     pub fn claim(&self, pool: &str, ip: std::net::Ipv4Addr) -> String {
         self.key(format_args!("claim/{pool}/{:010}", u32::from(ip)))
+    }
+    pub fn services(&self) -> String {
+        self.key(format_args!("service/"))
+    }
+    pub fn service(&self, name: &str) -> String {
+        self.key(format_args!("service/{name}"))
     }
     pub fn tokens(&self) -> String {
         self.key(format_args!("token/"))

@@ -36,6 +36,7 @@ mod jobs;
 mod keys;
 mod net;
 mod runs;
+mod services;
 mod store;
 
 pub use keys::DATA_VERSION;

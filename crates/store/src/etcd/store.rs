@@ -2,13 +2,13 @@
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use tug_core::JobSpec;
+use tug_core::{JobSpec, ServiceSpec};
 use tug_core::run::{Attempt, Run, RunId};
 
 use super::EtcdStore;
 use crate::{
     AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result,
-    RunQuery, RunTotals, Store, TokenRecord,
+    RunQuery, RunTotals, ServiceRecord, Store, TokenRecord,
 };
 
 #[async_trait]
@@ -81,6 +81,21 @@ impl Store for EtcdStore {
     }
     async fn remove_claim(&self, pool: &str, name: &str) -> Result<Option<Claim>> {
         EtcdStore::remove_claim(self, pool, name).await
+    }
+    async fn create_service(&self, spec: &ServiceSpec, now: Timestamp) -> Result<ServiceRecord> {
+        EtcdStore::create_service(self, spec, now).await
+    }
+    async fn update_service(&self, spec: &ServiceSpec, now: Timestamp) -> Result<ServiceRecord> {
+        EtcdStore::update_service(self, spec, now).await
+    }
+    async fn get_service(&self, name: &str) -> Result<ServiceRecord> {
+        EtcdStore::get_service(self, name).await
+    }
+    async fn list_services(&self) -> Result<Vec<ServiceRecord>> {
+        EtcdStore::list_services(self).await
+    }
+    async fn delete_service(&self, name: &str) -> Result<()> {
+        EtcdStore::delete_service(self, name).await
     }
     async fn create_token(&self, token: &TokenRecord) -> Result<()> {
         EtcdStore::create_token(self, token).await

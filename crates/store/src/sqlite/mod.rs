@@ -7,6 +7,7 @@
 //! - `jobs.rs`: job queries, with the fire cursor and last-run times derived from runs.
 //! - `net.rs`: address pools and claims.
 //! - `runs.rs`: the fire batch (the hot path), run updates, listings and pruning.
+//! - `services.rs`: service specs.
 //! - `access.rs`: API tokens and the audit log.
 //! - `codec.rs`: timestamps as integer milliseconds (UTC), states and triggers as names.
 //!
@@ -20,12 +21,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jiff::Timestamp;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
-use tug_core::JobSpec;
+use tug_core::{JobSpec, ServiceSpec};
 use tug_core::run::{Attempt, Run, RunId};
 
 use crate::{
     AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result,
-    RunQuery, RunTotals, Store, StoreError, TokenRecord,
+    RunQuery, RunTotals, ServiceRecord, Store, StoreError, TokenRecord,
 };
 use checkpoint::Checkpointer;
 use codec::{Context, locate};
@@ -38,6 +39,7 @@ mod jobs;
 mod net;
 mod runs;
 mod schema;
+mod services;
 mod worker;
 
 /// How long a write waits for another process holding the database lock before failing.
@@ -303,6 +305,30 @@ impl Store for SqliteStore {
     async fn remove_claim(&self, pool: &str, name: &str) -> Result<Option<Claim>> {
         let (pool, name) = (pool.to_owned(), name.to_owned());
         self.worker.call(move |c| net::remove_claim(c, &pool, &name)).await
+    }
+
+    async fn create_service(&self, spec: &ServiceSpec, now: Timestamp) -> Result<ServiceRecord> {
+        let spec = spec.clone();
+        self.worker.call(move |c| services::create(c, &spec, now)).await
+    }
+
+    async fn update_service(&self, spec: &ServiceSpec, now: Timestamp) -> Result<ServiceRecord> {
+        let spec = spec.clone();
+        self.worker.call(move |c| services::update(c, &spec, now)).await
+    }
+
+    async fn get_service(&self, name: &str) -> Result<ServiceRecord> {
+        let name = name.to_owned();
+        self.worker.call(move |c| services::get(c, &name)).await
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceRecord>> {
+        self.worker.call(|c| services::list(c)).await
+    }
+
+    async fn delete_service(&self, name: &str) -> Result<()> {
+        let name = name.to_owned();
+        self.worker.call(move |c| services::delete(c, &name)).await
     }
 
     async fn create_token(&self, token: &TokenRecord) -> Result<()> {

@@ -14,7 +14,7 @@ use super::codec::Context;
 use crate::{Result, StoreError};
 
 /// Every migration, in order. The schema version of a database is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// Version 1: jobs, runs and attempts.
 pub(super) const V1: &str = "
@@ -137,6 +137,17 @@ CREATE TABLE audit (
     status INTEGER NOT NULL
 );
 CREATE INDEX audit_by_job ON audit (job, id);
+";
+
+/// Version 6: services (replicas of a long-running command with a health check).
+pub(super) const V6: &str = "
+CREATE TABLE services (
+    name       TEXT PRIMARY KEY NOT NULL,
+    spec       TEXT NOT NULL,    -- the ServiceSpec as JSON
+    version    INTEGER NOT NULL, -- 1 on create, +1 on every update
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// The schema version this build writes.

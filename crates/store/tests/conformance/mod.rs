@@ -26,7 +26,7 @@ macro_rules! conformance_tests {
             jobs_crud, bulk_create, commit_fires_is_idempotent, derived_fields, job_pagination,
             job_filters, run_pagination, save_runs_and_attempts, active_runs,
             prune_keeps_newest_and_active, prune_many_jobs, delete_cascades, run_totals_survive_pruning,
-            epochs_increase, concurrent_commits_create_each_key_once, net_pools_and_claims, tokens, audit_log);
+            epochs_increase, concurrent_commits_create_each_key_once, net_pools_and_claims, services, tokens, audit_log);
     };
     (@each $make:expr; $($check:ident),*) => {$(
         #[tokio::test]
@@ -55,6 +55,7 @@ pub async fn all(store: &dyn Store) {
     epochs_increase(store).await;
     concurrent_commits_create_each_key_once(store).await;
     net_pools_and_claims(store).await;
+    services(store).await;
     tokens(store).await;
     audit_log(store).await;
 }
@@ -644,6 +645,32 @@ pub async fn epochs_increase(store: &dyn Store) {
     assert_eq!(store.next_epoch().await.unwrap(), 1);
     assert_eq!(store.next_epoch().await.unwrap(), 2);
     assert_eq!(store.next_epoch().await.unwrap(), 3);
+}
+
+/// Services are created once, updated with their version going up, listed by name and deleted.
+pub async fn services(store: &dyn Store) {
+    let web = tug_core::ServiceSpec::new("svc-web", tug_core::job::Command::Shell("sleep 1000".into()), 3);
+    let rec = store.create_service(&web, t(0)).await.unwrap();
+    assert_eq!((rec.spec.clone(), rec.version, rec.created_at, rec.updated_at), (web.clone(), 1, t(0), t(0)));
+    assert!(matches!(store.create_service(&web, t(1)).await, Err(StoreError::ServiceExists(n)) if n == "svc-web"));
+    store.create_service(&tug_core::ServiceSpec { name: "svc-api".into(), ..web.clone() }, t(1)).await.unwrap();
+    let bigger = tug_core::ServiceSpec { replicas: 20, ..web.clone() };
+    let updated = store.update_service(&bigger, t(2)).await.unwrap();
+    assert_eq!((updated.spec.replicas, updated.version, updated.created_at, updated.updated_at), (20, 2, t(0), t(2)));
+    assert_eq!(store.get_service("svc-web").await.unwrap(), updated);
+    let ghost = tug_core::ServiceSpec { name: "svc-ghost".into(), ..web.clone() };
+    assert!(matches!(store.update_service(&ghost, t(3)).await, Err(StoreError::ServiceNotFound(n)) if n == "svc-ghost"));
+    assert!(matches!(store.get_service("svc-ghost").await, Err(StoreError::ServiceNotFound(_))));
+    let names = |list: Vec<tug_store::ServiceRecord>| -> Vec<String> {
+        list.into_iter().map(|s| s.spec.name).filter(|n| n.starts_with("svc-")).collect()
+    };
+    assert_eq!(names(store.list_services().await.unwrap()), ["svc-api", "svc-web"]);
+    store.delete_service("svc-api").await.unwrap();
+    assert!(matches!(store.delete_service("svc-api").await, Err(StoreError::ServiceNotFound(_))));
+    assert_eq!(names(store.list_services().await.unwrap()), ["svc-web"]);
+    // A job may share a service's name: they are separate namespaces.
+    store.create_job(&spec("svc-web"), t(4)).await.unwrap();
+    assert_eq!(store.get_service("svc-web").await.unwrap().spec.replicas, 20);
 }
 
 /// A VLAN pool named `name` on `10.N.0.0/24`.

@@ -193,10 +193,10 @@ async fn toggle(c: &Client, a: NameArgs, verb: &str, done: &str) -> anyhow::Resu
     Ok(())
 }
 
-/// A job file's text; `-` is stdin.
-fn read_file(path: &std::path::Path) -> anyhow::Result<String> {
+/// A job or service file's text; `-` is stdin.
+pub(super) fn read_file(path: &std::path::Path) -> anyhow::Result<String> {
     if path.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading the job from stdin")
+        std::io::read_to_string(std::io::stdin()).context("reading the document from stdin")
     } else {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
     }

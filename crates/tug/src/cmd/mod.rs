@@ -13,6 +13,7 @@ pub mod runs;
 pub mod schedule;
 pub mod security;
 pub mod server;
+pub mod service;
 pub mod token;
 pub mod up;
 

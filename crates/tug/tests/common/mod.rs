@@ -92,3 +92,22 @@ impl Up {
 mod server;
 #[allow(unused_imports)]
 pub use server::*;
+
+/// Runs `tug ARGS` against `server`.
+pub fn tug(server: &str, args: &[&str]) -> std::process::Output {
+    Command::new(TUG).args(args).env("TUG_SERVER", server).output().expect("running tug")
+}
+
+/// Runs `tug ARGS`, which must succeed; its stdout.
+pub fn ok(server: &str, args: &[&str]) -> String {
+    let out = tug(server, args);
+    assert!(out.status.success(), "tug {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `tug ARGS`, which must fail; its stderr.
+pub fn fails(server: &str, args: &[&str]) -> String {
+    let out = tug(server, args);
+    assert!(!out.status.success(), "tug {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}

@@ -216,7 +216,12 @@ async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Li
         if via_exec {
             return Err(ContainerError::NoNetwork(net.pool.clone()));
         }
-        let who = tug_net::Identity::JobSlot { job: job.to_owned(), slot: 0 }.claim_name();
+        // A service replica's launches name it (`service/web/3`): its address is named after the
+        // replica, so it follows the index wherever the replica runs. Job names have no `/`.
+        let who = match job.parse::<tug_net::Identity>() {
+            Ok(id @ tug_net::Identity::Replica { .. }) => id.claim_name(),
+            _ => tug_net::Identity::JobSlot { job: job.to_owned(), slot: 0 }.claim_name(),
+        };
         binds.push(format!("{}:/.tug/net", setup.dir.display()));
         env = vec![format!("TUG_NET_POOL={}", net.pool), format!("TUG_NET_INSTANCE={who}")];
         network_mode = "none".into();

@@ -39,7 +39,7 @@ pub struct AgentsArgs {
 }
 
 /// Polls until `ready` or `limit` passes.
-async fn wait_for<F: Future<Output = bool>>(limit: Duration, mut ready: impl FnMut() -> F) -> bool {
+pub(super) async fn wait_for<F: Future<Output = bool>>(limit: Duration, mut ready: impl FnMut() -> F) -> bool {
     let deadline = StdInstant::now() + limit;
     while StdInstant::now() < deadline {
         if ready().await {
@@ -77,34 +77,40 @@ pub(super) async fn run(a: AgentsArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Children) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    let progress = |msg: String| eprintln!("{msg}");
+/// Starts a `tug server` and `agents` no-op agent processes on 127.0.0.1 and waits until every
+/// agent is up; returns the API's URL and the seconds the agents took to join.
+pub(super) async fn start_noop_cluster(
+    agents: usize,
+    server_args: &[String],
+    dir: &std::path::Path,
+    children: &mut Children,
+    quiet: bool,
+) -> anyhow::Result<(String, f64)> {
+    let progress = |msg: String| {
+        if !quiet {
+            eprintln!("{msg}");
+        }
+    };
     let http = reqwest::Client::new();
     let (api_port, agent_port) = (free_local_port()?, free_local_port()?);
     let api = format!("http://127.0.0.1:{api_port}");
     let token = format!("bench-{}", std::process::id());
-    // Keep every run of the window (and the warm-up) for the per-agent count.
-    let keep_runs = (a.warmup + a.seconds + 120).to_string();
     let s = |v: &str| v.to_string();
-    children.spawn(
-        &[
-            s("server"),
-            s("--listen"),
-            format!("127.0.0.1:{api_port}"),
-            s("--agent-listen"),
-            format!("127.0.0.1:{agent_port}"),
-            s("--join-token"),
-            token.clone(),
-            s("--data-dir"),
-            dir.join("server").display().to_string(),
-            s("--keep-runs"),
-            keep_runs,
-            s("--log"),
-            s("warn"),
-        ],
-        "server",
-    )?;
+    let mut args = vec![
+        s("server"),
+        s("--listen"),
+        format!("127.0.0.1:{api_port}"),
+        s("--agent-listen"),
+        format!("127.0.0.1:{agent_port}"),
+        s("--join-token"),
+        token.clone(),
+        s("--data-dir"),
+        dir.join("server").display().to_string(),
+        s("--log"),
+        s("warn"),
+    ];
+    args.extend_from_slice(server_args);
+    children.spawn(&args, "server")?;
     let listening = wait_for(Duration::from_secs(20), || async {
         std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok() && std::net::TcpStream::connect(("127.0.0.1", agent_port)).is_ok()
     })
@@ -112,7 +118,7 @@ async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Chil
     anyhow::ensure!(listening, "tug server did not start listening within 20s:\n{}", children.tail("server"));
 
     let t_agents = StdInstant::now();
-    for i in 0..a.agents {
+    for i in 0..agents {
         let name = format!("bench-agent-{i:03}");
         children.spawn(
             &[
@@ -134,30 +140,39 @@ async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Chil
             ],
             &name,
         )?;
-        if !a.json && ((i + 1).is_multiple_of(10) || i + 1 == a.agents) {
-            progress(format!("started {}/{} agents", i + 1, a.agents));
+        if (i + 1).is_multiple_of(10) || i + 1 == agents {
+            progress(format!("started {}/{} agents", i + 1, agents));
         }
     }
     let mut last = usize::MAX;
-    let deadline = StdInstant::now() + Duration::from_secs(60 + a.agents as u64 / 5);
+    let deadline = StdInstant::now() + Duration::from_secs(60 + agents as u64 / 5);
     let all_up = loop {
         let up = agents_up(&http, &api).await;
-        if up != last && !a.json {
-            progress(format!("{up}/{} agents up", a.agents));
+        if up != last {
+            progress(format!("{up}/{agents} agents up"));
         }
         last = up;
-        if up >= a.agents || StdInstant::now() >= deadline {
-            break up >= a.agents;
+        if up >= agents || StdInstant::now() >= deadline {
+            break up >= agents;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     anyhow::ensure!(
         all_up,
-        "only {last} of {} agents joined within the time limit; the first agent's log:\n{}",
-        a.agents,
+        "only {last} of {agents} agents joined within the time limit; the first agent's log:\n{}",
         children.tail("bench-agent-000")
     );
-    let agents_start_s = t_agents.elapsed().as_secs_f64();
+    Ok((api, t_agents.elapsed().as_secs_f64()))
+}
+
+async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Children) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let progress = |msg: String| eprintln!("{msg}");
+    let http = reqwest::Client::new();
+    // Keep every run of the window (and the warm-up) for the per-agent count.
+    let keep_runs = (a.warmup + a.seconds + 120).to_string();
+    let (api, agents_start_s) =
+        start_noop_cluster(a.agents, &["--keep-runs".to_string(), keep_runs], dir, children, a.json).await?;
 
     let t_jobs = StdInstant::now();
     let mut created = 0usize;

@@ -162,6 +162,7 @@ async fn launch_mode(
             attempt: 1,
             epoch: 1,
             task,
+            health: None,
         };
         let (_kill_tx, kill) = tokio::sync::watch::channel(None);
         let (started, started_rx) = tokio::sync::oneshot::channel();

@@ -6,6 +6,7 @@
 //! - `net`: containers (dwait in namespaces) asking dresponse for their network at once.
 //! - `failover`: three servers on etcd; the leader killed again and again, failover times.
 //! - `agents`: a real `tug server` and N `tug agent run --noop` processes, launches end to end.
+//! - `scale`: a service scaled to many replicas over N no-op agents through the scale API.
 //! - `ui`: web UI page render times with many jobs stored; the event stream to many subscribers.
 
 mod agents;
@@ -14,6 +15,7 @@ mod failover;
 mod fire;
 mod launch;
 mod net;
+mod scale;
 mod ui;
 
 pub use agents::AgentsArgs;
@@ -21,6 +23,7 @@ pub use failover::FailoverArgs;
 pub use fire::FireArgs;
 pub use launch::LaunchArgs;
 pub use net::NetArgs;
+pub use scale::ScaleArgs;
 pub use ui::UiArgs;
 
 /// `tug bench` subcommands.
@@ -56,6 +59,11 @@ the server chooses them; a real agent adds one round trip on its stream.")]
     /// filter, a job), then the event stream's throughput to many subscribers while jobs fire.
     #[command(after_help = "Examples:\n  tug bench ui\n  tug bench ui --jobs 10000 --requests 50 --subscribers 10 --json\n\nRequests are sent one at a time from this process to the server in it; the no-op runtime\nfinishes every run at once.")]
     Ui(UiArgs),
+    /// Start a real `tug server` and N `tug agent run --noop` processes, scale one service from 0
+    /// to R replicas and back through the scale API, and time the operation: all placed, started,
+    /// healthy.
+    #[command(after_help = "Examples:\n  tug bench scale\n  tug bench scale --agents 50 --replicas 1000 --json\n\nNo-op agents hold each replica until it is stopped; the service has no health check, so a\nrunning replica counts as healthy: what is measured is the scheduler, placement and the agent\nprotocol.")]
+    Scale(ScaleArgs),
 }
 
 
@@ -68,5 +76,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Failover(a) => failover::run(a).await,
         BenchCommand::Net(a) => net::run(a).await,
         BenchCommand::Ui(a) => ui::run(a).await,
+        BenchCommand::Scale(a) => scale::run(a).await,
     }
 }

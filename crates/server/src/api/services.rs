@@ -1,0 +1,157 @@
+//! `/api/v1/services`: create, list, show, update and delete services, scale them (an
+//! asynchronous operation), and `/api/v1/operations/{id}`: how an operation is doing.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use tug_core::{Service, ServiceSpec};
+use tug_store::ServiceRecord;
+
+use crate::scheduler::{OperationView, ServiceStatus};
+
+use super::jobs::is_toml;
+use super::{ApiError, ApiResult, AppState};
+use crate::auth::Principal;
+
+/// Parses and validates a service from JSON, or TOML when the content type says so, and checks
+/// what validation alone cannot: that its network pool exists. Nothing is written before this
+/// passes, so a bad spec leaves nothing behind.
+async fn checked_spec(st: &AppState, headers: &HeaderMap, body: &str) -> ApiResult<Service> {
+    let spec = if is_toml(headers) { ServiceSpec::from_toml(body) } else { ServiceSpec::from_json(body) }?;
+    let service = spec.validate()?;
+    if let Some(net) = &service.spec.network {
+        match st.store.get_pool(&net.pool).await {
+            Ok(_) => {}
+            Err(tug_store::StoreError::PoolNotFound(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_service",
+                    format!(
+                        "service {:?}: network pool {:?} does not exist; create it with `tug net pool add` or name one from `tug net pool list`",
+                        service.spec.name, net.pool
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(service)
+}
+
+/// A service as the API shows it: the stored record and its replicas now.
+#[derive(Debug, Serialize)]
+pub struct ServiceView {
+    #[serde(flatten)]
+    record: ServiceRecord,
+    /// Its replicas, counted and listed.
+    status: ServiceStatus,
+}
+
+async fn view(st: &AppState, record: ServiceRecord) -> ApiResult<ServiceView> {
+    let status = st.scheduler.service_status(&record.spec.name).await?.unwrap_or_default();
+    Ok(ServiceView { record, status })
+}
+
+/// A service the caller may see: 404 when it does not exist or is out of the caller's scope.
+async fn visible(st: &AppState, who: &Principal, name: &str) -> ApiResult<ServiceRecord> {
+    let record = st.store.get_service(name).await?;
+    who.see_service(&record.spec)?;
+    Ok(record)
+}
+
+pub(super) async fn create(
+    State(st): State<AppState>,
+    who: Principal,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<(StatusCode, Json<ServiceView>)> {
+    let service = checked_spec(&st, &headers, &body).await?;
+    who.may_write_service(&service.spec)?;
+    let record = st.scheduler.create_service(service).await?;
+    Ok((StatusCode::CREATED, Json(view(&st, record).await?)))
+}
+
+pub(super) async fn list(State(st): State<AppState>, who: Principal) -> ApiResult<Json<Vec<ServiceView>>> {
+    let mut out = Vec::new();
+    for record in st.store.list_services().await?.into_iter().filter(|r| who.grant.sees_service(&r.spec)) {
+        out.push(view(&st, record).await?);
+    }
+    Ok(Json(out))
+}
+
+pub(super) async fn show(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<Json<ServiceView>> {
+    let record = visible(&st, &who, &name).await?;
+    Ok(Json(view(&st, record).await?))
+}
+
+pub(super) async fn update(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<Json<ServiceView>> {
+    let service = checked_spec(&st, &headers, &body).await?;
+    let spec = &service.spec;
+    if spec.name != name {
+        return Err(ApiError::bad_request(
+            "name_mismatch",
+            format!("the body names service {:?} but the URL names {name:?}; renaming is not supported", spec.name),
+        ));
+    }
+    visible(&st, &who, &name).await?;
+    who.may_write_service(spec)?;
+    let record = st.scheduler.update_service(service).await?;
+    Ok(Json(view(&st, record).await?))
+}
+
+pub(super) async fn delete(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    visible(&st, &who, &name).await?;
+    st.scheduler.delete_service(&name).await?;
+    // Its replicas' addresses go back to their pool.
+    st.net.forget_service(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ScaleBody {
+    /// Signed, so that a negative count gets a clear error.
+    replicas: i64,
+}
+
+/// Sets the replica count; answers at once (202) with the operation that follows the change.
+pub(super) async fn scale(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(name): Path<String>,
+    body: String,
+) -> ApiResult<(StatusCode, Json<OperationView>)> {
+    let b: ScaleBody = serde_json::from_str(&body).map_err(|e| {
+        ApiError::bad_request("invalid_body", format!("invalid scale request: {e}; send {{\"replicas\": N}}"))
+    })?;
+    let max = tug_core::service::MAX_REPLICAS;
+    let Some(replicas) = u32::try_from(b.replicas).ok().filter(|n| i64::from(*n) <= max) else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_service",
+            format!("service {name:?}: cannot scale to {} replicas; give a count from 0 to {max}", b.replicas),
+        ));
+    };
+    visible(&st, &who, &name).await?;
+    let op = st.scheduler.scale(&name, replicas).await?;
+    Ok((StatusCode::ACCEPTED, Json(op)))
+}
+
+/// One operation and its progress.
+pub(super) async fn operation(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<OperationView>> {
+    match st.scheduler.operation(&id).await? {
+        Some(op) => Ok(Json(op)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "operation_not_found",
+            format!("no operation {id:?}; operations are kept in memory for the last 1000 scales"),
+        )),
+    }
+}

@@ -1,0 +1,179 @@
+//! Asynchronous scale operations: `POST /services/{name}/scale` answers at once with an
+//! operation, which the scheduler watches until the service has exactly the replicas asked for
+//! and every one is healthy (`succeeded`), or a newer scale of the same service takes over
+//! (`superseded`). Progress is read from the replicas themselves, so it is never out of step.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::services::{ReplicaState, ServiceStatus};
+
+/// Operations kept for reading after they end.
+const KEPT: usize = 1000;
+
+/// Where an operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    /// Replicas are being placed, started or stopped.
+    Running,
+    /// The service has the replicas asked for, all healthy.
+    Succeeded,
+    /// A newer scale of the same service took over.
+    Superseded,
+}
+
+/// One scale operation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Operation {
+    /// `op-N`.
+    pub id: String,
+    /// The service.
+    pub service: String,
+    /// Replicas asked for before.
+    pub from: u32,
+    /// Replicas asked for.
+    pub to: u32,
+    /// Where it is.
+    pub state: OpState,
+    /// When it was asked for.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// Milliseconds from the call to its end (or to now).
+    pub elapsed_ms: u64,
+    #[serde(skip)]
+    started: Instant,
+}
+
+/// Replica counts of one agent.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct AgentProgress {
+    /// Placed there (starting, running, healthy).
+    pub placed: u32,
+    /// Running there.
+    pub running: u32,
+    /// Healthy there.
+    pub healthy: u32,
+}
+
+/// An operation with the service's progress now.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationView {
+    /// The operation.
+    #[serde(flatten)]
+    pub op: Operation,
+    /// Replicas that exist now.
+    pub replicas: u32,
+    /// Placed on an agent.
+    pub placed: u32,
+    /// Running.
+    pub started: u32,
+    /// Healthy.
+    pub healthy: u32,
+    /// Waiting to restart after an exit or a failed health check.
+    pub failed: u32,
+    /// Waiting for room on an agent.
+    pub unplaced: u32,
+    /// The same counts per agent.
+    pub agents: BTreeMap<String, AgentProgress>,
+}
+
+/// Every recent operation.
+#[derive(Default)]
+pub(super) struct Operations {
+    ops: VecDeque<Operation>,
+    next: u64,
+}
+
+impl Operations {
+    /// Starts an operation; older running ones of the service are superseded.
+    pub(super) fn start(&mut self, service: &str, from: u32, to: u32, now: Timestamp) -> Operation {
+        for op in self.ops.iter_mut().filter(|o| o.service == service && o.state == OpState::Running) {
+            op.state = OpState::Superseded;
+            op.finished_at = Some(now);
+            op.elapsed_ms = u64::try_from(op.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        }
+        self.next += 1;
+        let op = Operation {
+            id: format!("op-{}", self.next),
+            service: service.to_string(),
+            from,
+            to,
+            state: OpState::Running,
+            started_at: now,
+            finished_at: None,
+            elapsed_ms: 0,
+            started: Instant::now(),
+        };
+        self.ops.push_back(op.clone());
+        if self.ops.len() > KEPT {
+            self.ops.pop_front();
+        }
+        op
+    }
+
+    /// The services with a running operation.
+    pub(super) fn running(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.ops.iter().filter(|o| o.state == OpState::Running).map(|o| o.service.clone()).collect();
+        v.dedup();
+        v
+    }
+
+    /// Ends the service's running operation when `status` shows it done (a deleted service's
+    /// `None` ends it too).
+    pub(super) fn check(&mut self, service: &str, status: Option<&ServiceStatus>, now: Timestamp) {
+        for op in self.ops.iter_mut().filter(|o| o.service == service && o.state == OpState::Running) {
+            let done = status.is_none_or(|s| s.replicas == op.to && s.healthy == op.to);
+            if done {
+                op.state = OpState::Succeeded;
+                op.finished_at = Some(now);
+                op.elapsed_ms = u64::try_from(op.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            }
+        }
+    }
+
+    /// One operation with the progress in `status`.
+    pub(super) fn view(&self, id: &str, status: Option<&ServiceStatus>) -> Option<OperationView> {
+        let mut op = self.ops.iter().find(|o| o.id == id)?.clone();
+        if op.state == OpState::Running {
+            op.elapsed_ms = u64::try_from(op.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        }
+        let mut v = OperationView {
+            op,
+            replicas: 0,
+            placed: 0,
+            started: 0,
+            healthy: 0,
+            failed: 0,
+            unplaced: 0,
+            agents: BTreeMap::new(),
+        };
+        let Some(s) = status else { return Some(v) };
+        (v.replicas, v.placed, v.started, v.healthy, v.failed) = (s.replicas, s.placed, s.running, s.healthy, s.restarting);
+        for r in &s.list {
+            if r.state == ReplicaState::Unplaced {
+                v.unplaced += 1;
+            }
+            let Some(agent) = &r.agent else { continue };
+            let a = v.agents.entry(agent.clone()).or_default();
+            match r.state {
+                ReplicaState::Starting => a.placed += 1,
+                ReplicaState::Running => {
+                    a.placed += 1;
+                    a.running += 1;
+                }
+                ReplicaState::Healthy => {
+                    a.placed += 1;
+                    a.running += 1;
+                    a.healthy += 1;
+                }
+                _ => {}
+            }
+        }
+        Some(v)
+    }
+}

@@ -1,0 +1,593 @@
+//! Services inside the scheduler: the replica controller. It keeps each service's replicas at
+//! its desired count, placed by the same placement as runs (spread by default) and launched with
+//! the same `Launch` messages: a replica is a long-running run whose id lives above
+//! [`REPLICA_RUN_IDS`], restarted as attempt `n + 1` of the same run.
+//!
+//! ```text
+//!            place          launch ack           health ok (or no check)
+//!  unplaced ───────► starting ─────────► running ───────────────────────► healthy
+//!     ▲                 │                  │  ▲                             │
+//!     │ no room         └──── exited ──────┤  └──────── health failed ──────┤
+//!     │                                    ▼                               ▼
+//!     └──────── backoff over ──────── restart-at ◄──── exited ──────── stopping
+//! ```
+//!
+//! | event                                  | action                                              |
+//! |----------------------------------------|-----------------------------------------------------|
+//! | desired > replicas                     | new replicas at the missing indices, placed at once |
+//! | desired < replicas                     | the highest indices (the newest) stop gracefully    |
+//! | a replica exits (any state)            | restarted after the policy's backoff, same index    |
+//! | a health check fails past its threshold| stopped, then restarted like an exit                |
+//! | its agent is lost                      | placed elsewhere at once (same index, same address) |
+//! | its agent reconnects without it        | restarted; one it holds that we gave up is stopped  |
+//!
+//! Replicas live in memory: after a server restart, agents' replicas from before are stopped as
+//! stale and the controller starts them afresh.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use tokio::time::Instant;
+use tug_core::placement::{Capacity, CompiledConstraint, Request};
+use tug_core::protocol::{HealthReport, HeldRun, KillReason, Launch, StatusUpdate, Task, ToAgent};
+use tug_core::run::{RunId, RunState};
+use tug_core::service::{Service, replica_claim_name};
+
+use super::Scheduler;
+use super::dispatch::Outgoing;
+
+pub use tug_core::service::{REPLICA_RUN_IDS, is_replica_run as is_replica};
+
+/// Where a replica is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum ReplicaState {
+    /// No agent can take it now (no agent up, no room, constraints).
+    Unplaced,
+    /// Launched on its agent, not yet running.
+    Starting,
+    /// Running; its health check has not passed yet.
+    Running,
+    /// Running and passing its health check (or running, without one).
+    Healthy,
+    /// Asked to stop (scaled in, unhealthy, or its service deleted).
+    Stopping,
+    /// Exited; restarts when its backoff is over.
+    Restarting,
+}
+
+/// One replica.
+#[derive(Debug, Clone)]
+struct Replica {
+    run_id: RunId,
+    attempt: u32,
+    state: ReplicaState,
+    /// Its agent while starting, running, healthy or stopping.
+    agent: Option<usize>,
+    needs: Capacity,
+    /// Restarts in a row (for the backoff); reset once it stays up for the longest delay.
+    restarts: u32,
+    /// Restart once this instant passes (state `Restarting`).
+    restart_at: Option<Instant>,
+    /// When the current attempt started running.
+    up_since: Option<Instant>,
+    /// Remove it when it has stopped, rather than restart it.
+    remove: bool,
+    /// The last thing that went wrong, in words.
+    reason: Option<String>,
+    /// Restarts over its whole life.
+    total_restarts: u32,
+}
+
+/// One service's replicas by index.
+struct Svc {
+    service: Service,
+    replicas: BTreeMap<u32, Replica>,
+    /// Deleted: every replica stops, then the service is forgotten.
+    deleted: bool,
+}
+
+/// Every service's replicas: the one owner of replica state.
+#[derive(Default)]
+pub(super) struct Replicas {
+    services: BTreeMap<String, Svc>,
+    by_run: HashMap<RunId, (String, u32)>,
+    next: u64,
+    /// Scaling rules' next fires: `(instant, service, rule index)`.
+    rule_timers: std::collections::BTreeSet<(jiff::Timestamp, String, usize)>,
+}
+
+/// A replica as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaView {
+    /// Its index: with the service's name, its identity (and its address's name).
+    pub index: u32,
+    /// Where it is in its life.
+    #[serde(flatten)]
+    pub state: ReplicaState,
+    /// The agent it is on.
+    pub agent: Option<String>,
+    /// Its run id (its log: `tug logs RUN_ID`).
+    pub run_id: RunId,
+    /// Its current attempt (1 + restarts).
+    pub attempt: u32,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// The last thing that went wrong.
+    pub reason: Option<String>,
+}
+
+/// A service's replicas, counted and listed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServiceStatus {
+    /// Replicas wanted.
+    pub desired: u32,
+    /// Replicas that exist (placed or not).
+    pub replicas: u32,
+    /// On an agent (starting, running, healthy).
+    pub placed: u32,
+    /// Running (healthy or not yet).
+    pub running: u32,
+    /// Healthy.
+    pub healthy: u32,
+    /// Waiting to restart after an exit or a failed health check.
+    pub restarting: u32,
+    /// Each replica, by index.
+    pub list: Vec<ReplicaView>,
+}
+
+impl Replicas {
+    fn new_id(&mut self, epoch: u64) -> RunId {
+        self.next += 1;
+        REPLICA_RUN_IDS | ((epoch & 0x3fff_ffff) << 32) | (self.next & 0xffff_ffff)
+    }
+
+    /// Capacity the replicas hold on each agent (the run table's invariant check adds it).
+    pub(super) fn used(&self) -> HashMap<usize, Capacity> {
+        let mut out: HashMap<usize, Capacity> = HashMap::new();
+        for r in self.services.values().flat_map(|s| s.replicas.values()) {
+            if let Some(i) = r.agent {
+                let u = out.entry(i).or_default();
+                u.cpus += r.needs.cpus;
+                u.mem += r.needs.mem;
+                u.disk += r.needs.disk;
+            }
+        }
+        out
+    }
+
+    /// The next instant a scaling rule fires.
+    pub(super) fn next_rule(&self) -> Option<jiff::Timestamp> {
+        self.rule_timers.first().map(|(at, _, _)| *at)
+    }
+
+    /// Sets a service's rule timers afresh: each rule's next fire after `now`.
+    fn arm_rules(&mut self, name: &str, now: jiff::Timestamp) {
+        self.rule_timers.retain(|(_, s, _)| s != name);
+        let Some(svc) = self.services.get(name).filter(|s| !s.deleted) else { return };
+        for (i, rule) in svc.service.rules.iter().enumerate() {
+            if let Some(fire) = rule.next_after(now) {
+                self.rule_timers.insert((fire.at, name.to_string(), i));
+            }
+        }
+    }
+
+    /// The earliest restart due.
+    pub(super) fn next_wake(&self) -> Option<Instant> {
+        self.services.values().flat_map(|s| s.replicas.values()).filter_map(|r| r.restart_at).min()
+    }
+
+    /// One service's replicas; `None` if the controller does not hold it.
+    pub(super) fn status(&self, name: &str, agent_name: impl Fn(usize) -> String) -> Option<ServiceStatus> {
+        let svc = self.services.get(name)?;
+        let mut st = ServiceStatus { desired: if svc.deleted { 0 } else { svc.service.replicas() }, ..Default::default() };
+        for (&index, r) in &svc.replicas {
+            st.replicas += 1;
+            match r.state {
+                ReplicaState::Starting => st.placed += 1,
+                ReplicaState::Running => {
+                    st.placed += 1;
+                    st.running += 1;
+                }
+                ReplicaState::Healthy => {
+                    st.placed += 1;
+                    st.running += 1;
+                    st.healthy += 1;
+                }
+                ReplicaState::Restarting => st.restarting += 1,
+                ReplicaState::Unplaced | ReplicaState::Stopping => {}
+            }
+            st.list.push(ReplicaView {
+                index,
+                state: r.state,
+                agent: r.agent.map(&agent_name),
+                run_id: r.run_id,
+                attempt: r.attempt,
+                restarts: r.total_restarts,
+                reason: r.reason.clone(),
+            });
+        }
+        Some(st)
+    }
+
+    /// Whether attempt `attempt` of replica run `id` is one we believe runs on agent `i`.
+    fn ours(&self, id: RunId, attempt: u32, i: usize) -> bool {
+        self.replica(id).is_some_and(|r| {
+            r.attempt == attempt
+                && r.agent == Some(i)
+                && matches!(r.state, ReplicaState::Starting | ReplicaState::Running | ReplicaState::Healthy | ReplicaState::Stopping)
+        })
+    }
+
+    fn replica(&self, id: RunId) -> Option<&Replica> {
+        let (name, index) = self.by_run.get(&id)?;
+        self.services.get(name)?.replicas.get(index)
+    }
+
+    fn replica_mut(&mut self, id: RunId) -> Option<(&Service, &mut Replica)> {
+        let (name, index) = self.by_run.get(&id)?;
+        let svc = self.services.get_mut(name)?;
+        Some((&svc.service, svc.replicas.get_mut(index)?))
+    }
+
+    /// The replica runs on agent `i`.
+    fn on_agent(&self, i: usize) -> Vec<RunId> {
+        self.services.values().flat_map(|s| s.replicas.values()).filter(|r| r.agent == Some(i)).map(|r| r.run_id).collect()
+    }
+}
+
+impl Scheduler {
+    /// The snapshot key replicas of a service are counted under (spread places by it).
+    fn service_key(name: &str) -> String {
+        format!("service/{name}")
+    }
+
+    /// Takes in a created or changed service and converges it.
+    pub(super) async fn service_put(&mut self, service: Service) {
+        let name = service.spec.name.clone();
+        match self.replicas.services.get_mut(&name) {
+            Some(svc) => {
+                svc.service = service;
+                svc.deleted = false;
+            }
+            None => {
+                self.replicas.services.insert(name.clone(), Svc { service, replicas: BTreeMap::new(), deleted: false });
+            }
+        }
+        let now = self.clock.now();
+        self.replicas.arm_rules(&name, now);
+        self.converge(&name).await;
+    }
+
+    /// Applies the scaling rules that are due, each as a scale operation, and arms their next
+    /// fires. A rule's fire missed while the server was down is not applied late.
+    pub(super) async fn apply_scale_rules(&mut self) {
+        let now = self.clock.now();
+        while let Some((at, name, i)) = self.replicas.rule_timers.first().cloned().filter(|(at, _, _)| *at <= now) {
+            self.replicas.rule_timers.remove(&(at, name.clone(), i));
+            let Some(svc) = self.replicas.services.get(&name) else { continue };
+            let (Some(rule), Some(schedule)) = (svc.service.spec.scale.get(i), svc.service.rules.get(i)) else { continue };
+            let replicas = u32::try_from(rule.replicas).unwrap_or(0);
+            if let Some(next) = schedule.next_after(at) {
+                self.replicas.rule_timers.insert((next.at, name.clone(), i));
+            }
+            tracing::info!(service = %name, rule = i + 1, replicas, scheduled = %at, "scaling rule fired");
+            if let Err(e) = self.scale(&name, replicas).await {
+                tracing::error!(service = %name, error = %e, "scheduled scaling failed");
+            }
+        }
+    }
+
+    /// Stops every replica of a deleted service; it is forgotten once they have stopped.
+    pub(super) async fn service_delete(&mut self, name: &str) {
+        if let Some(svc) = self.replicas.services.get_mut(name) {
+            svc.deleted = true;
+        }
+        self.replicas.rule_timers.retain(|(_, s, _)| s != name);
+        self.converge(name).await;
+    }
+
+    /// One service's replicas.
+    pub(super) fn service_status(&self, name: &str) -> Option<ServiceStatus> {
+        self.replicas.status(name, |i| self.agents.name(i).to_string())
+    }
+
+    /// Brings a service's replicas to its desired count: missing indices are created and placed,
+    /// indices at or above the count stop.
+    pub(super) async fn converge(&mut self, name: &str) {
+        let Some(svc) = self.replicas.services.get(name) else { return };
+        let want = if svc.deleted { 0 } else { svc.service.replicas() };
+        let needs = Capacity::of(&svc.service.spec.resources);
+        let missing: Vec<u32> = (0..want).filter(|i| !svc.replicas.contains_key(i)).collect();
+        let extra: Vec<RunId> =
+            svc.replicas.range(want..).filter(|(_, r)| !r.remove).map(|(_, r)| r.run_id).collect();
+        if svc.deleted && svc.replicas.is_empty() {
+            self.replicas.services.remove(name);
+            return;
+        }
+        let epoch = self.epoch;
+        for index in missing {
+            let run_id = self.replicas.new_id(epoch);
+            let r = Replica {
+                run_id,
+                attempt: 0,
+                state: ReplicaState::Unplaced,
+                agent: None,
+                needs,
+                restarts: 0,
+                restart_at: None,
+                up_since: None,
+                remove: false,
+                reason: None,
+                total_restarts: 0,
+            };
+            self.replicas.by_run.insert(run_id, (name.to_string(), index));
+            if let Some(svc) = self.replicas.services.get_mut(name) {
+                svc.replicas.insert(index, r);
+            }
+            self.start_replica(run_id).await;
+        }
+        for id in extra {
+            self.stop_replica(id, true, "scaled in").await;
+        }
+    }
+
+    /// Places and launches a replica's next attempt; it waits as `unplaced` when nothing fits.
+    async fn start_replica(&mut self, id: RunId) {
+        let Some(&(_, index)) = self.replicas.by_run.get(&id) else { return };
+        let Some((service, r)) = self.replicas.replica_mut(id) else { return };
+        let spec = &service.spec;
+        let key = Self::service_key(&spec.name);
+        let constraints = CompiledConstraint::compile(&spec.constraints);
+        let req = Request { job: &key, needs: r.needs, constraints: &constraints, strategy: spec.placement, warm_agent: None };
+        let i = match self.agents.snapshot.place(&req) {
+            Ok(i) => i,
+            Err(e) => {
+                r.state = ReplicaState::Unplaced;
+                r.restart_at = None;
+                r.reason = Some(format!("waiting for an agent: {e}"));
+                return;
+            }
+        };
+        self.agents.snapshot.commit(i, &key, &r.needs);
+        r.attempt += 1;
+        r.agent = Some(i);
+        r.state = ReplicaState::Starting;
+        r.restart_at = None;
+        r.up_since = None;
+        let launch = Launch {
+            run_id: id,
+            job: replica_claim_name(&spec.name, index),
+            scheduled_at: self.clock.now(),
+            attempt: r.attempt,
+            epoch: self.epoch,
+            task: Task::of_replica(spec, index),
+            health: spec.health.clone(),
+        };
+        tracing::info!(service = %spec.name, index, run = id, attempt = r.attempt, agent = %self.agents.name(i), "replica launched");
+        let to = self.agents.links[i].tx.clone();
+        self.dispatcher.send(Outgoing { at: None, measure: false, to, msg: ToAgent::Launch(Box::new(launch)) }).await;
+    }
+
+    /// Asks a replica to stop; `remove` drops it once stopped, otherwise it restarts.
+    async fn stop_replica(&mut self, id: RunId, remove: bool, why: &str) {
+        let Some((_, r)) = self.replicas.replica_mut(id) else { return };
+        r.remove |= remove;
+        r.reason = Some(why.to_string());
+        match (r.agent, r.state) {
+            (Some(i), ReplicaState::Starting | ReplicaState::Running | ReplicaState::Healthy) => {
+                r.state = ReplicaState::Stopping;
+                let msg = ToAgent::Kill { run_id: id, attempt: Some(r.attempt), reason: KillReason::Requested };
+                let to = self.agents.links[i].tx.clone();
+                self.dispatcher.send(Outgoing { at: None, measure: false, to, msg }).await;
+            }
+            (_, ReplicaState::Stopping) => {}
+            // Not on an agent: nothing to stop.
+            // Boxed: ending a replica may converge its service, which may stop another.
+            _ => Box::pin(self.replica_ended(id, None)).await,
+        }
+    }
+
+    /// A replica's attempt is over (exited, killed, lost): it is removed, or restarted after its
+    /// backoff (`backoff` false: at once, as when its host was lost).
+    async fn replica_ended_with(&mut self, id: RunId, reason: Option<String>, backoff: bool) {
+        let Some((service, r)) = self.replicas.replica_mut(id) else { return };
+        if let Some(i) = r.agent.take() {
+            let key = Self::service_key(&service.spec.name);
+            self.agents.snapshot.release(i, &key, &r.needs);
+        }
+        if reason.is_some() {
+            r.reason = reason;
+        }
+        if r.remove {
+            let (name, index) = self.replicas.by_run.remove(&id).expect("a replica has its run");
+            let svc = self.replicas.services.get_mut(&name).expect("a replica has its service");
+            svc.replicas.remove(&index);
+            // Room freed, and a scale-out while it stopped may want its index back.
+            self.converge(&name).await;
+            self.place_unplaced_replicas().await;
+            return;
+        }
+        let policy = service.spec.restart;
+        let now = Instant::now();
+        // A replica that stayed up for the longest delay starts its backoff over.
+        if r.up_since.is_some_and(|t| now.duration_since(t) >= policy.max_delay.as_std()) {
+            r.restarts = 0;
+        }
+        let delay = if backoff { policy.delay(r.restarts).as_std() } else { std::time::Duration::ZERO };
+        r.restarts += 1;
+        r.total_restarts += 1;
+        r.up_since = None;
+        r.state = ReplicaState::Restarting;
+        r.restart_at = Some(now + delay);
+        if delay.is_zero() {
+            self.restart_due().await;
+        } else {
+            self.place_unplaced_replicas().await;
+        }
+    }
+
+    async fn replica_ended(&mut self, id: RunId, reason: Option<String>) {
+        self.replica_ended_with(id, reason, true).await;
+    }
+
+    /// Restarts replicas whose backoff is over.
+    pub(super) async fn restart_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<RunId> = self
+            .replicas
+            .services
+            .values()
+            .flat_map(|s| s.replicas.values())
+            .filter(|r| r.restart_at.is_some_and(|t| t <= now))
+            .map(|r| r.run_id)
+            .collect();
+        for id in due {
+            self.start_replica(id).await;
+        }
+    }
+
+    /// Tries again to place replicas waiting for room.
+    pub(super) async fn place_unplaced_replicas(&mut self) {
+        let waiting: Vec<RunId> = self
+            .replicas
+            .services
+            .values()
+            .flat_map(|s| s.replicas.values())
+            .filter(|r| r.state == ReplicaState::Unplaced)
+            .map(|r| r.run_id)
+            .collect();
+        for id in waiting {
+            self.start_replica(id).await;
+        }
+    }
+
+    /// A status update of a replica's attempt.
+    pub(super) async fn replica_status(&mut self, u: &StatusUpdate) {
+        let Some((service, r)) = self.replicas.replica_mut(u.run_id) else {
+            tracing::debug!(run = u.run_id, "update for a replica that is gone; ignored");
+            return;
+        };
+        if r.attempt != u.attempt || r.agent.is_none() {
+            return;
+        }
+        match u.state {
+            RunState::Running if r.state == ReplicaState::Starting => {
+                r.up_since = Some(Instant::now());
+                // Without a health check, running is healthy.
+                r.state = if service.spec.health.is_some() { ReplicaState::Running } else { ReplicaState::Healthy };
+            }
+            s if s.is_terminal() => {
+                let why = match (&u.reason, r.state) {
+                    (_, ReplicaState::Stopping) => None,
+                    (Some(reason), _) => Some(format!("exited ({s}): {reason}")),
+                    (None, _) => Some(format!("exited ({s})")),
+                };
+                self.replica_ended(u.run_id, why).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// A health change of a replica's attempt: healthy, or stopped to be replaced.
+    pub(super) async fn replica_health(&mut self, h: &HealthReport) {
+        let Some((_, r)) = self.replicas.replica_mut(h.run_id) else { return };
+        if r.attempt != h.attempt {
+            return;
+        }
+        match (h.healthy, r.state) {
+            (true, ReplicaState::Running) => {
+                r.state = ReplicaState::Healthy;
+            }
+            (false, ReplicaState::Running | ReplicaState::Healthy) => {
+                let why = format!("unhealthy: {}", h.reason.as_deref().unwrap_or("its health check failed"));
+                tracing::warn!(run = h.run_id, reason = %why, "replica unhealthy; replacing it");
+                self.stop_replica(h.run_id, false, &why).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Agent `i` was lost: its replicas start elsewhere at once, and are stopped there if it
+    /// comes back.
+    pub(super) async fn replicas_lost(&mut self, i: usize, why: &str) {
+        for id in self.replicas.on_agent(i) {
+            if let Some(r) = self.replicas.replica(id) {
+                self.agents.links[i].given_up.push((id, r.attempt));
+            }
+            self.replica_ended_with(id, Some(why.to_string()), false).await;
+        }
+    }
+
+    /// Reconciles agent `i`'s replicas with what it holds (see `reconcile.rs`): returns the held
+    /// replica attempts to stop as stale; replicas it should have but does not are relaunched
+    /// (starting) or restarted (running).
+    pub(super) async fn reconcile_replicas(&mut self, i: usize, held: &[HeldRun]) -> Vec<(RunId, u32)> {
+        let mut stale = Vec::new();
+        for h in held.iter().filter(|h| is_replica(h.run_id) && !h.finished) {
+            if !self.replicas.ours(h.run_id, h.attempt, i) {
+                stale.push((h.run_id, h.attempt));
+            }
+        }
+        for id in self.replicas.on_agent(i) {
+            let Some(r) = self.replicas.replica(id) else { continue };
+            if held.iter().any(|h| h.run_id == id && h.attempt == r.attempt) {
+                continue;
+            }
+            let why = format!("agent {} came back without it", self.agents.name(i));
+            self.replica_ended_with(id, Some(why), false).await;
+        }
+        stale
+    }
+
+    /// Loads every stored service at start-up (replicas are placed as agents join).
+    pub(super) async fn load_services(&mut self) -> crate::error::Result<()> {
+        for record in self.store.list_services().await? {
+            match record.spec.clone().validate() {
+                Ok(service) => self.service_put(service).await,
+                Err(e) => tracing::error!(service = %record.spec.name, error = %e, "stored service is invalid; not run"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a created (`create`) or changed service, then converges it.
+    pub(super) async fn put_service(&mut self, service: Service, create: bool) -> crate::error::Result<tug_store::ServiceRecord> {
+        let now = self.clock.now();
+        let record = if create {
+            self.store.create_service(&service.spec, now).await?
+        } else {
+            self.store.update_service(&service.spec, now).await?
+        };
+        self.service_put(service).await;
+        Ok(record)
+    }
+
+    /// Sets a service's replica count, durably, and starts an operation that follows it.
+    pub(super) async fn scale(&mut self, name: &str, replicas: u32) -> crate::error::Result<super::OperationView> {
+        let record = self.store.get_service(name).await?;
+        let from = u32::try_from(record.spec.replicas).unwrap_or(0);
+        let mut spec = record.spec;
+        spec.replicas = i64::from(replicas);
+        let service = spec.validate().map_err(|e| crate::error::Error::BadRequest(e.to_string()))?;
+        self.store.update_service(&service.spec, self.clock.now()).await?;
+        let op = self.ops.start(name, from, replicas, self.clock.now());
+        self.service_put(service).await;
+        self.check_operations();
+        let status = self.service_status(name);
+        Ok(self.ops.view(&op.id, status.as_ref()).expect("the operation just started"))
+    }
+
+    /// Ends the operations whose service has reached its count, all healthy.
+    pub(super) fn check_operations(&mut self) {
+        let running = self.ops.running();
+        if running.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        for name in running {
+            let status = self.service_status(&name);
+            self.ops.check(&name, status.as_ref(), now);
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Services through the API and the CLI: created, listed, shown, changed and deleted; bad specs
+//! refused with what to fix, leaving nothing behind.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn web(replicas: i64) -> Value {
+    json!({"name": "web", "replicas": replicas, "command": "sleep 1000", "labels": {"team": "web"},
+           "health": {"kind": "http", "port": 8080, "path": "/healthz"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let (st, v) = s.req(Method::POST, "/services", Some(web(3))).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!((v["version"].as_u64(), v["spec"]["replicas"].as_i64()), (Some(1), Some(3)), "{v}");
+    // Defaults a service gets: spread placement, stop with TERM after 10 s, restarts backing off.
+    assert_eq!(v["spec"]["placement"], "spread");
+    assert_eq!((v["spec"]["stop_signal"].as_str(), v["spec"]["stop_grace"].as_str()), (Some("TERM"), Some("10s")));
+    assert_eq!(v["spec"]["health"]["unhealthy_threshold"], 3);
+
+    // TOML works too, as for jobs.
+    let toml = "name = \"api\"\nreplicas = 2\ncommand = [\"sleep\", \"1000\"]\n[health]\nkind = \"tcp\"\nport = 9000\n";
+    let resp = s.http.post(format!("{}/services", s.base)).header("content-type", "application/toml").body(toml).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let names: Vec<String> = s.get("/services").await.as_array().unwrap().iter().map(|v| v["spec"]["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(names, ["api", "web"]);
+    assert_eq!(s.get("/services/api").await["spec"]["health"]["port"], 9000);
+
+    let (st, v) = s.req(Method::PUT, "/services/web", Some(web(5))).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!((v["version"].as_u64(), v["spec"]["replicas"].as_i64()), (Some(2), Some(5)));
+    expect(&s, Method::PUT, "/services/web", Some(json!({"name": "other", "replicas": 1, "command": "x"})), 400, "name_mismatch", "renaming is not supported").await;
+    expect(&s, Method::PUT, "/services/ghost", Some(json!({"name": "ghost", "replicas": 1, "command": "x"})), 404, "service_not_found", "tug service list").await;
+    expect(&s, Method::POST, "/services", Some(web(1)), 409, "service_exists", "already exists").await;
+
+    // Bad specs: each refused with what to fix, and nothing created.
+    let bad = |patch: Value| {
+        let mut v = json!({"name": "bad", "replicas": 2, "command": "sleep 1000"});
+        for (k, x) in patch.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let cases = [
+        (bad(json!({"replicas": -1})), 422, "invalid_service", "`replicas` is -1; give a count from 0 to 10000"),
+        (bad(json!({"health": {"kind": "http", "path": "/"}})), 422, "invalid_service", "`health.port` is missing; a http check needs the port"),
+        (bad(json!({"health": {"kind": "tcp"}})), 422, "invalid_service", "`health.port` is missing; a tcp check needs the port"),
+        (bad(json!({"health": {"kind": "exec"}})), 422, "invalid_service", "`health.command` is missing"),
+        (bad(json!({"colour": "red"})), 400, "invalid_body", "unknown field `colour`"),
+        (
+            bad(json!({"runtime": "docker", "docker": {"image": "busybox"}, "network": {"pool": "ghost"}})),
+            422,
+            "invalid_service",
+            "network pool \"ghost\" does not exist; create it with `tug net pool add`",
+        ),
+        (bad(json!({"network": {"pool": "blue"}})), 422, "invalid_service", "`network` needs runtime = \"docker\""),
+        (bad(json!({"name": "a b"})), 422, "invalid_service", "invalid service name \"a b\""),
+    ];
+    for (body, status, code, needle) in cases {
+        expect(&s, Method::POST, "/services", Some(body), status, code, needle).await;
+    }
+    expect(&s, Method::GET, "/services/bad", None, 404, "service_not_found", "\"bad\" not found").await;
+    assert_eq!(s.get("/services").await.as_array().unwrap().len(), 2);
+
+    let (st, _) = s.req(Method::DELETE, "/services/api", None).await;
+    assert_eq!(st, 204);
+    expect(&s, Method::DELETE, "/services/api", None, 404, "service_not_found", "api").await;
+    let doc = s.get("/openapi.json").await;
+    assert!(doc["paths"]["/services/{name}"]["put"].is_object());
+    s.stop().await;
+}
+
+
+#[test]
+fn services_through_the_cli() {
+    let up = Up::start();
+    let s = up.server.clone();
+    let out = ok(&s, &["service", "add", "web", "--replicas", "3", "--http", "8080/healthz", "--", "sleep", "1000"]);
+    assert_eq!(out.trim(), "added service web (3 replicas)");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cache.toml");
+    std::fs::write(&file, "name = \"cache\"\nreplicas = 2\ncommand = \"sleep 1000\"\nplacement = \"binpack\"\n[health]\nkind = \"tcp\"\nport = 6379\ninterval = \"5s\"\n").unwrap();
+    ok(&s, &["service", "add", "-f", file.to_str().unwrap()]);
+
+    let table = ok(&s, &["service", "list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME") && lines[0].contains("REPLICAS") && lines[0].contains("HEALTH"), "{table}");
+    assert!(lines[1].starts_with("cache") && lines[1].contains("tcp :6379 every 5s") && lines[1].contains("binpack"), "{table}");
+    assert!(lines[2].starts_with("web") && lines[2].contains("http :8080/healthz every 10s") && lines[2].contains("spread"), "{table}");
+    let list: Value = serde_json::from_str(&ok(&s, &["service", "list", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let show = ok(&s, &["service", "show", "web"]);
+    assert!(show.contains("stop: TERM after 10s") && show.contains("version 1"), "{show}");
+    let one: Value = serde_json::from_str(&ok(&s, &["service", "show", "web", "--json"])).unwrap();
+    assert_eq!(one["spec"]["health"]["path"], "/healthz");
+
+    // Bad input: clear errors, before anything is sent or created.
+    let e = fails(&s, &["service", "add", "neg", "--replicas", "-2", "--", "sleep", "1"]);
+    assert!(e.contains("`replicas` is -2; give a count from 0 to 10000"), "{e}");
+    let e = fails(&s, &["service", "add", "nocmd", "--replicas", "2"]);
+    assert!(e.contains("no command: put it after `--`"), "{e}");
+    std::fs::write(&file, "name = \"noport\"\nreplicas = 1\ncommand = \"x\"\nhealth = { kind = \"http\" }\n").unwrap();
+    let e = fails(&s, &["service", "add", "-f", file.to_str().unwrap()]);
+    assert!(e.contains("cache.toml") && e.contains("`health.port` is missing"), "{e}");
+    let e = fails(&s, &["service", "show", "ghost"]);
+    assert!(e.contains("service \"ghost\" not found"), "{e}");
+
+    // Scale through an operation, followed with a progress bar until every replica is healthy.
+    ok(&s, &["service", "add", "plain", "--replicas", "1", "--", "sleep", "1000"]);
+    let out = ok(&s, &["service", "scale", "plain", "3"]);
+    assert!(out.starts_with("scaling plain from 1 to 3 replicas: operation op-"), "{out}");
+    let id = out.split_whitespace().find(|w| w.starts_with("op-")).unwrap().to_owned();
+    let out = ok(&s, &["op", "watch", &id]);
+    assert!(out.contains(&format!("{id} plain succeeded 1->3 [")) && out.contains("healthy 3/3"), "{out}");
+    assert!(out.contains("AGENT") && out.contains("local"), "{out}");
+    let op: Value = serde_json::from_str(&ok(&s, &["op", "show", &id, "--json"])).unwrap();
+    assert_eq!((op["state"].as_str(), op["healthy"].as_u64(), op["agents"]["local"]["healthy"].as_u64()), (Some("succeeded"), Some(3), Some(3)));
+    let out = ok(&s, &["service", "scale", "plain", "1", "--wait"]);
+    assert!(out.contains("succeeded 3->1") && out.contains("healthy 1/1"), "{out}");
+    let table = ok(&s, &["service", "list"]);
+    assert!(table.lines().any(|l| l.starts_with("plain") && l.contains(" 1/1 ")), "{table}");
+    let show = ok(&s, &["service", "show", "plain"]);
+    assert!(show.contains("INDEX") && show.lines().any(|l| l.starts_with("0") && l.contains("healthy") && l.contains("local")), "{show}");
+    let e = fails(&s, &["service", "scale", "plain", "-1"]);
+    assert!(e.contains("cannot scale to -1 replicas; give a count from 0 to 10000"), "{e}");
+    let e = fails(&s, &["op", "show", "op-999"]);
+    assert!(e.contains("no operation \"op-999\""), "{e}");
+
+    let out = ok(&s, &["service", "delete", "cache"]);
+    assert_eq!(out.trim(), "deleted service cache");
+    let list: Value = serde_json::from_str(&ok(&s, &["service", "list", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    // Leave no replica behind: a scale to 0 ends once every replica has stopped.
+    for name in ["web", "plain"] {
+        let out = ok(&s, &["service", "scale", name, "0", "--wait"]);
+        assert!(out.contains("succeeded") && out.contains("replicas 0"), "{out}");
+        ok(&s, &["service", "delete", name]);
+    }
+    up.terminate();
+}
+
+/// Waits until `GET /services/{name}` satisfies `pred`; returns it.
+async fn wait_service(s: &TestServer, name: &str, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let v = s.get(&format!("/services/{name}")).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "service {name}: {what} within {secs}s; it is now {}", v["status"]);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn healthy(v: &Value) -> u64 {
+    v["status"]["healthy"].as_u64().unwrap()
+}
+
+fn replicas(v: &Value) -> u64 {
+    v["status"]["replicas"].as_u64().unwrap()
+}
+
+/// Waits for an operation to end; returns it.
+async fn wait_op(s: &TestServer, id: &str, secs: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let op = s.get(&format!("/operations/{id}")).await;
+        if op["state"] != "running" {
+            return op;
+        }
+        assert!(std::time::Instant::now() < deadline, "operation {id} still running after {secs}s: {op}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A process service whose replicas say they are up with a file, and are healthy while it exists
+/// and no `sick-N` file does: an exec check, run by the agent with the replica's environment.
+fn files_service(name: &str, dir: &std::path::Path, replicas: i64) -> Value {
+    let d = dir.display();
+    json!({
+        "name": name, "replicas": replicas,
+        "command": format!("rm -f {d}/sick-$TUG_REPLICA; echo $$ > {d}/pid-$TUG_REPLICA; touch {d}/up-$TUG_REPLICA; exec sleep 1000"),
+        "health": {"kind": "exec", "command": format!("test -f {d}/up-$TUG_REPLICA && ! test -f {d}/sick-$TUG_REPLICA"),
+                   "interval": "50ms", "timeout": "50ms", "unhealthy_threshold": 2},
+        "restart": {"initial_delay": "100ms", "max_delay": "1s"},
+        "stop_grace": "1s"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_replicas_come_up_healthy_scale_and_are_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let (st, v) = s.req(Method::POST, "/services", Some(files_service("pool5", files.path(), 5))).await;
+    assert_eq!(st, 201, "{v}");
+    let v = wait_service(&s, "pool5", 20, "5 healthy", |v| healthy(v) == 5).await;
+    let list = v["status"]["list"].as_array().unwrap();
+    let indices: Vec<u64> = list.iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, [0, 1, 2, 3, 4]);
+    assert!(list.iter().all(|r| r["state"] == "healthy" && r["agent"] == "local" && r["attempt"] == 1), "{v}");
+
+    // A replica killed is replaced, at the same index.
+    let pid: i32 = std::fs::read_to_string(files.path().join("pid-2")).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let v = wait_service(&s, "pool5", 20, "replica 2 restarted and healthy", |v| {
+        let r = &v["status"]["list"][2];
+        r["attempt"] == 2 && r["state"] == "healthy"
+    })
+    .await;
+    let r2 = &v["status"]["list"][2];
+    assert_eq!(r2["restarts"], 1);
+    assert!(r2["reason"].as_str().is_some_and(|r| r.contains("exited (failed)")), "{r2}");
+    let new_pid: i32 = std::fs::read_to_string(files.path().join("pid-2")).unwrap().trim().parse().unwrap();
+    assert_ne!(new_pid, pid);
+
+    // A replica that fails its health check is stopped and replaced.
+    std::fs::write(files.path().join("sick-4"), "").unwrap();
+    let v = wait_service(&s, "pool5", 20, "replica 4 replaced after failing its check", |v| {
+        let r = &v["status"]["list"][4];
+        r["attempt"] == 2 && r["state"] == "healthy"
+    })
+    .await;
+    let why = v["status"]["list"][4]["reason"].as_str().unwrap();
+    assert!(why.starts_with("unhealthy: the check command exited with exit status: 1"), "{why}");
+    assert_eq!(healthy(&v), 5);
+
+    // Scale 5 -> 20 -> 2 through operations that answer at once and end when done.
+    let (st, op) = s.req(Method::POST, "/services/pool5/scale", Some(json!({"replicas": 20}))).await;
+    assert_eq!(st, 202, "{op}");
+    assert_eq!((op["from"].as_u64(), op["to"].as_u64(), op["state"].as_str()), (Some(5), Some(20), Some("running")));
+    let done = wait_op(&s, op["id"].as_str().unwrap(), 30).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!((done["healthy"].as_u64(), done["replicas"].as_u64()), (Some(20), Some(20)));
+    assert_eq!(done["agents"]["local"]["healthy"], 20);
+    assert_eq!(s.get("/services/pool5").await["spec"]["replicas"], 20);
+    let (st, op) = s.req(Method::POST, "/services/pool5/scale", Some(json!({"replicas": 2}))).await;
+    assert_eq!(st, 202);
+    let done = wait_op(&s, op["id"].as_str().unwrap(), 30).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let v = s.get("/services/pool5").await;
+    let indices: Vec<u64> = v["status"]["list"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, [0, 1], "scale-in stops the newest (highest) indices");
+    // The stopped replicas' processes are gone.
+    for i in 2..20 {
+        let pid: i32 = std::fs::read_to_string(files.path().join(format!("pid-{i}"))).unwrap().trim().parse().unwrap();
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+        });
+        assert!(gone, "replica {i} (pid {pid}) still runs after the scale-in");
+    }
+    expect(&s, Method::POST, "/services/pool5/scale", Some(json!({"replicas": -3})), 422, "invalid_service", "cannot scale to -3 replicas").await;
+    expect(&s, Method::POST, "/services/pool5/scale", Some(json!({"count": 3})), 400, "invalid_body", "unknown field `count`").await;
+    expect(&s, Method::POST, "/services/ghost/scale", Some(json!({"replicas": 3})), 404, "service_not_found", "ghost").await;
+    expect(&s, Method::GET, "/operations/op-999", None, 404, "operation_not_found", "op-999").await;
+
+    // Deleting the service stops its replicas.
+    let (st, _) = s.req(Method::DELETE, "/services/pool5", None).await;
+    assert_eq!(st, 204);
+    for i in 0..2 {
+        let pid: i32 = std::fs::read_to_string(files.path().join(format!("pid-{i}"))).unwrap().trim().parse().unwrap();
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+        });
+        assert!(gone, "replica {i} still runs after its service was deleted");
+    }
+    assert_eq!(s.server.as_ref().unwrap().scheduler.check_invariants().await.unwrap(), Ok(()));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_health_check_passes_once_the_replica_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The replica serves only after a moment: it is running, not healthy, until then.
+    let svc = json!({
+        "name": "web1", "replicas": 1,
+        "command": format!("sleep 0.5; exec python3 -m http.server --bind 127.0.0.1 {port}"),
+        "health": {"kind": "http", "port": port, "path": "/", "interval": "100ms", "timeout": "100ms", "grace_period": "10s"}
+    });
+    let (st, v) = s.req(Method::POST, "/services", Some(svc)).await;
+    assert_eq!(st, 201, "{v}");
+    let v = wait_service(&s, "web1", 10, "running before it serves", |v| v["status"]["list"][0]["state"] == "running").await;
+    assert_eq!(healthy(&v), 0);
+    let v = wait_service(&s, "web1", 20, "healthy once it serves", |v| healthy(v) == 1).await;
+    assert_eq!(replicas(&v), 1);
+    let (st, _) = s.req(Method::DELETE, "/services/web1", None).await;
+    assert_eq!(st, 204);
+    s.stop().await;
+}
+
+/// A paused-time server (in-memory store, no-op runtime holding replicas) whose clock reads
+/// `start`, with service `office` (2 replicas) and `rules`.
+async fn ruled_service(dir: &std::path::Path, start: &str, rules: Value) -> tug_server::embedded::Embedded {
+    use std::sync::Arc;
+    let store: Arc<dyn tug_store::Store> = Arc::new(tug_store::mem::MemStore::new());
+    let server = paused_server(store, dir, Arc::new(tug_agent::runtime::noop::NoopRuntime), clock_at(start)).await;
+    let spec = json!({"name": "office", "replicas": 2, "command": "serve", "scale": rules});
+    let spec = tug_core::ServiceSpec::from_json(&spec.to_string()).unwrap();
+    server.scheduler.create_service(spec.validate().unwrap()).await.unwrap();
+    server
+}
+
+async fn office(s: &tug_server::embedded::Embedded) -> (u32, u32) {
+    let st = s.scheduler.service_status("office").await.unwrap().unwrap();
+    (st.desired, st.healthy)
+}
+
+#[tokio::test(start_paused = true)]
+async fn scaling_rules_fire_on_the_job_schedules_in_paused_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2026-06-01 is a Monday.
+    let rules = json!([
+        {"schedule": "0 0 9 * * MON-FRI", "tz": "Asia/Shanghai", "replicas": 20},
+        {"schedule": "0 0 20 * * *", "replicas": 4}
+    ]);
+    let server = ruled_service(dir.path(), START, rules).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(office(&server).await, (2, 2));
+    // 09:00 in Shanghai is 01:00 UTC.
+    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    assert_eq!(office(&server).await, (20, 20));
+    assert_eq!(server.store.get_service("office").await.unwrap().spec.replicas, 20, "the scale is durable");
+    // 20:00 UTC.
+    tokio::time::sleep(std::time::Duration::from_secs(19 * 3600)).await;
+    assert_eq!(office(&server).await, (4, 4));
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scaling_rule_in_a_spring_forward_gap_fires_at_the_next_valid_instant() {
+    let dir = tempfile::tempdir().unwrap();
+    // Europe/Berlin springs forward on 2027-03-28 at 02:00 CET (01:00 UTC): 02:30 does not exist
+    // that day, and the rule fires at the first valid instant after the gap, 03:00 CEST.
+    let rules = json!([{"schedule": "0 30 2 * * *", "tz": "Europe/Berlin", "replicas": 7}]);
+    let server = ruled_service(dir.path(), "2027-03-28T00:30:00Z", rules).await;
+    tokio::time::sleep(std::time::Duration::from_secs(29 * 60)).await;
+    assert_eq!(office(&server).await, (2, 2), "00:59 UTC: not yet");
+    tokio::time::sleep(std::time::Duration::from_secs(2 * 60)).await;
+    assert_eq!(office(&server).await, (7, 7), "01:01 UTC: fired at 03:00 CEST");
+    server.shutdown().await;
+}
