@@ -21,5 +21,6 @@ pub mod logs;
 pub mod net;
 pub mod remote;
 pub mod runtime;
+pub mod tls;
 
 pub use agent::{Agent, AgentConfig, Durability};

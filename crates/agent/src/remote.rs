@@ -41,6 +41,8 @@ pub struct RemoteConfig {
     pub resources: Capacity,
     /// Attributes for placement constraints.
     pub attributes: BTreeMap<String, String>,
+    /// For an `https://` server: whom to trust, and the client certificate for mTLS.
+    pub tls: Option<tug_tls::ClientTls>,
 }
 
 /// Why a remote agent stopped.
@@ -49,6 +51,15 @@ pub enum RemoteError {
     /// The server refused the agent (a wrong join token); retrying would not help.
     #[error("the server refused this agent: {0}")]
     Refused(String),
+    /// TLS failed in a way another attempt would not fix (a certificate not trusted, expired, or
+    /// missing).
+    #[error("TLS with {server} failed: {reason}")]
+    Tls {
+        /// The address given.
+        server: String,
+        /// What went wrong and what to do, from [`tug_tls::explain`].
+        reason: String,
+    },
     /// The address answers HTTP but not the agent protocol: most likely the server's REST API
     /// rather than its agent endpoint. Retrying would not help.
     #[error(
@@ -194,7 +205,12 @@ async fn session(
     net: &mut NetBridge,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Ended, RemoteError> {
-    let endpoint = match tonic::transport::Endpoint::from_shared(server.to_owned()) {
+    // Over TLS the connector does the TLS; tonic sees a plain URI.
+    let (uri, tls) = match (&remote.tls, server.strip_prefix("https://")) {
+        (Some(tls), Some(rest)) => (format!("http://{rest}"), Some(tls)),
+        _ => (server.to_owned(), None),
+    };
+    let endpoint = match tonic::transport::Endpoint::from_shared(uri) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(5))
             // A silent link (a cut cable, a dead server host) is noticed in ~15 s, not after TCP's
@@ -204,9 +220,24 @@ async fn session(
             .keep_alive_while_idle(true),
         Err(e) => return Ok(Ended::Broken(format!("invalid server address {server}: {e}"))),
     };
-    let mut client = match endpoint.connect().await {
+    let tls_failed = |e: &(dyn std::error::Error + 'static)| {
+        tug_tls::explain(e).map(|reason| RemoteError::Tls { server: server.to_owned(), reason })
+    };
+    let connected = match tls {
+        Some(tls) => {
+            let host = endpoint.uri().host().unwrap_or_default().to_owned();
+            match crate::tls::Connector::new(tls.clone(), host) {
+                Ok(c) => endpoint.connect_with_connector(c).await,
+                Err(e) => return Err(RemoteError::Tls { server: server.to_owned(), reason: e.to_string() }),
+            }
+        }
+        None => endpoint.connect().await,
+    };
+    let mut client = match connected {
         Ok(ch) => AgentServiceClient::new(ch),
-        Err(e) => return Ok(Ended::Broken(format!("cannot connect to {server}: {e}"))),
+        Err(e) => {
+            return tls_failed(&e).map_or_else(|| Ok(Ended::Broken(format!("cannot connect to {server}: {e}"))), Err);
+        }
     };
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
     let register = tug_proto::Register {
@@ -223,8 +254,10 @@ async fn session(
             .collect(),
     };
     let _ = tx.send(out(agent_message::Msg::Register(register))).await;
+    // A TLS failure shows only now when the server refused this agent's certificate (TLS 1.3
+    // reports it after the handshake).
     let not_agent = |e: &tonic::Status| {
-        http_answer(e).map(|status| RemoteError::NotAgentEndpoint { server: server.to_owned(), status })
+        tls_failed(e).or_else(|| http_answer(e).map(|status| RemoteError::NotAgentEndpoint { server: server.to_owned(), status }))
     };
     let mut inbound = match client.session(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),

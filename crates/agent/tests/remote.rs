@@ -104,6 +104,7 @@ async fn unacknowledged_updates_are_resent_after_a_reconnect() {
         join_token: "t".into(),
         resources: Capacity { cpus: 1.0, mem: 1 << 30, disk: 1 << 30 },
         attributes: BTreeMap::new(),
+        tls: None,
     };
     let config = AgentConfig { name: "remote-1".into(), ..AgentConfig::default() };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -228,6 +229,7 @@ async fn every_register_lists_held_runs_and_an_ack_removes_the_checkpoint() {
         join_token: String::new(),
         resources: Capacity { cpus: 1.0, mem: 1 << 30, disk: 1 << 30 },
         attributes: BTreeMap::new(),
+        tls: None,
     };
     let config = AgentConfig { name: "remote-2".into(), durable: Some(durability.clone()), ..AgentConfig::default() };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -483,7 +483,16 @@ impl JobSpec {
 
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<JobSpec, JobError> {
-        toml::from_str(text).map_err(|e| JobError::Parse(format!("invalid job file: {}", e.message().trim())))
+        toml::from_str(text).map_err(|e| {
+            // Where, as an editor shows it: line and column (in characters) from 1.
+            let at = e.span().map_or_else(String::new, |span| {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(" at line {line}, column {column}")
+            });
+            JobError::Parse(format!("invalid job file{at}: {}", e.message().trim()))
+        })
     }
 
     /// Parses a JSON document.

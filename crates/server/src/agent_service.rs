@@ -72,7 +72,9 @@ impl AgentService for AgentGateway {
     type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send + 'static>>;
 
     async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
-        let peer = request.remote_addr();
+        // Over TLS the connection's info is ours (the peer's address and client certificate).
+        let tls_peer = request.extensions().get::<TlsPeer>().cloned();
+        let peer = request.remote_addr().or(tls_peer.as_ref().map(|p| p.addr));
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("stream closed before Register"))?;
         let Some(agent_message::Msg::Register(reg)) = first.msg else {
@@ -95,6 +97,20 @@ impl AgentService for AgentGateway {
         }
         if reg.agent.is_empty() {
             return Err(Status::invalid_argument("Register needs an agent name"));
+        }
+        // With client certificates, an agent may only join under a name its certificate has: a
+        // stolen certificate of one host cannot pose as another and take its runs.
+        if let Some(cert) = tls_peer.as_ref().and_then(|p| p.cert.as_ref())
+            && !tug_tls::certs::cert_is_for(cert, &reg.agent)
+        {
+            let reason = format!(
+                "this agent's client certificate is not for the name {:?}: run it with --name set to the name in its \
+                 certificate, or make a certificate for this name (tug certs agent DIR {})",
+                reg.agent, reg.agent
+            );
+            tracing::warn!(agent = %reg.agent, ?peer, "agent refused: its client certificate is for another name");
+            let _ = out_tx.send(msg(server_message::Msg::Refused(tug_proto::Refused { reason }))).await;
+            return Ok(Response::new(stream));
         }
         let name = reg.agent.clone();
         let held: Vec<HeldRun> = reg
@@ -274,16 +290,94 @@ async fn forward(
     }
 }
 
-/// Serves the agent protocol on `listener` until `shutdown` completes.
+/// Serves the agent protocol on `listener` until `shutdown` completes; over TLS with `tls` (which,
+/// when it requires client certificates, makes every agent present one and join under a name in
+/// it).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: AgentGateway,
+    tls: Option<tug_tls::ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         // Notice dead peers on the transport too, not only by missing heartbeats.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
-        .add_service(gateway.into_service())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-        .await
+        .add_service(gateway.into_service());
+    match tls {
+        None => {
+            router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown).await
+        }
+        Some(tls) => {
+            let mut listener = tug_tls::TlsListener::new(listener, tls, "agent endpoint")
+                .map_err(|e| tracing::error!(error = %e, "agent endpoint: cannot listen"))
+                .ok();
+            let incoming = futures::stream::poll_fn(move |cx| match listener.as_mut() {
+                Some(l) => l.poll_next(cx).map(|c| c.map(|(stream, addr)| Ok::<_, std::io::Error>(TlsConn::new(stream, addr)))),
+                None => std::task::Poll::Ready(None),
+            });
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+    }
+}
+
+/// Who is at the other end of a TLS agent connection: its address and, with mTLS, its client
+/// certificate.
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    /// The peer's address.
+    pub addr: std::net::SocketAddr,
+    /// Its end-entity client certificate, when it presented one.
+    pub cert: Option<rustls_pki_types::CertificateDer<'static>>,
+}
+
+/// An agent connection over TLS, as tonic serves it.
+struct TlsConn {
+    inner: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: TlsPeer,
+}
+
+impl TlsConn {
+    fn new(inner: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, addr: std::net::SocketAddr) -> TlsConn {
+        let cert = inner.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+        TlsConn { inner, peer: TlsPeer { addr, cert } }
+    }
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = TlsPeer;
+    fn connect_info(&self) -> TlsPeer {
+        self.peer.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

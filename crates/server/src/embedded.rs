@@ -51,6 +51,10 @@ pub struct EmbeddedConfig {
     pub event_buffer: usize,
     /// Tokens, browser guards, limits and audit retention of the API.
     pub auth: crate::auth::AuthConfig,
+    /// The shortest time between two fires a job may ask for (0: no limit).
+    pub min_interval: Duration,
+    /// Serve the API over TLS with these settings (`--tls-cert`, `--tls-key`).
+    pub api_tls: Option<tug_tls::ServerTls>,
     /// The server group this server leads (`None`: a server on its own).
     pub cluster: Option<Arc<crate::cluster::Group>>,
 }
@@ -68,6 +72,8 @@ impl EmbeddedConfig {
             agent_timeout: Duration::from_secs(10),
             event_buffer: crate::stream::DEFAULT_CAPACITY,
             auth: crate::auth::AuthConfig::default(),
+            api_tls: None,
+            min_interval: crate::scheduler::DEFAULT_MIN_INTERVAL,
             cluster: None,
         }
     }
@@ -135,6 +141,12 @@ impl Embedded {
     ) -> anyhow::Result<Embedded> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        // Job specs (their env) and run logs: the server's user only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making data dir {} readable by its owner only", config.data_dir.display()))?;
+        }
         let db = config.data_dir.join("tug.db");
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&db).with_context(|| format!("opening the store at {}", db.display()))?,
@@ -160,6 +172,7 @@ impl Embedded {
         let sched_cfg = SchedulerConfig {
             keep_runs: config.keep_runs,
             agent_timeout: config.agent_timeout,
+            min_interval: config.min_interval,
             ..SchedulerConfig::default()
         };
         let per_job = config.per_job_metrics.then(|| PerJobMetrics::new(config.per_job_metrics_limit));
@@ -233,11 +246,25 @@ impl Embedded {
             };
             let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
             let rx = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
-                    tracing::error!(error = %e, "API server failed");
+            tasks.push(match &config.api_tls {
+                Some(tls) => {
+                    use axum::serve::ListenerExt;
+                    // `tap_io` only so that axum hands the handlers the peer's address.
+                    let listener = tug_tls::TlsListener::new(listener, tls.clone(), "API")
+                        .context("listening for TLS connections")?
+                        .tap_io(|_| {});
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
+                            tracing::error!(error = %e, "API server failed");
+                        }
+                    })
                 }
-            }));
+                None => tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
+                        tracing::error!(error = %e, "API server failed");
+                    }
+                }),
+            });
         }
         Ok(Embedded {
             events: bus,

@@ -29,6 +29,21 @@ pub enum Error {
         /// Its children, comma-separated.
         children: String,
     },
+    /// The schedule fires more often than the server allows.
+    #[error(
+        "job {job:?}: schedule {schedule:?} fires {gap:?} apart, and this server allows fires at least {min:?} apart \
+         (its --min-interval, set by an admin); choose a longer interval"
+    )]
+    TooFrequent {
+        /// The job.
+        job: String,
+        /// Its schedule expression.
+        schedule: String,
+        /// The shortest gap between two of its fires.
+        gap: std::time::Duration,
+        /// The server's limit.
+        min: std::time::Duration,
+    },
     /// A request conflicts with the job's state (e.g. a manual run under `forbid`).
     #[error("{0}")]
     Conflict(String),

@@ -14,6 +14,25 @@ pub fn use_token(token: String) {
     let _ = TOKEN.set(token);
 }
 
+/// The TLS settings every client uses: the system's roots plus `--ca` / `TUG_CA`.
+static TLS: OnceLock<rustls::ClientConfig> = OnceLock::new();
+
+/// Makes every client trust the CA certificates in `ca` (besides the system's roots).
+pub fn use_ca(ca: &std::path::Path) -> anyhow::Result<()> {
+    let config = tug_tls::ClientTls::new(Some(ca), None)?.for_http()?;
+    let _ = TLS.set(config);
+    Ok(())
+}
+
+/// An HTTP client with the TLS settings above.
+pub fn http() -> reqwest::Client {
+    let tls = TLS.get_or_init(|| {
+        // Only a CA file can make this fail, and --ca was checked by `use_ca`.
+        tug_tls::ClientTls::default().for_http().expect("TLS settings with the system's roots")
+    });
+    reqwest::Client::builder().tls_backend_preconfigured(tls.clone()).build().unwrap_or_default()
+}
+
 /// The API client.
 pub struct Client {
     base: String,
@@ -23,7 +42,7 @@ pub struct Client {
 impl Client {
     /// A client for the server at `base` (e.g. `http://127.0.0.1:4400`).
     pub fn new(base: &str) -> Client {
-        Client { base: base.trim_end_matches('/').to_string(), http: reqwest::Client::new() }
+        Client { base: base.trim_end_matches('/').to_string(), http: http() }
     }
 
     /// The full URL of an API path.
@@ -87,11 +106,12 @@ impl Client {
     /// The response if it is a success; otherwise the server's error message, or what to do
     /// when the server could not be reached.
     async fn checked(&self, sent: reqwest::Result<reqwest::Response>) -> anyhow::Result<reqwest::Response> {
-        let resp = sent.map_err(|e| {
-            anyhow!(
+        let resp = sent.map_err(|e| match tug_tls::explain(&e) {
+            Some(why) => anyhow!("cannot talk to the Tugboat server at {}: {why}", self.base),
+            None => anyhow!(
                 "cannot reach the Tugboat server at {}: {e}\nstart one with `tug up`, or point --server / TUG_SERVER at it",
                 self.base
-            )
+            ),
         })?;
         if resp.status().is_success() {
             return Ok(resp);

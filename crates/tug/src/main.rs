@@ -41,6 +41,12 @@ pub struct Conn {
     // Read through the ArgMatches (see `client_token`), like `server`.
     #[allow(dead_code)]
     token: Option<String>,
+    /// Trust this CA (PEM) for an https:// server's certificate, besides the system's roots (the
+    /// ca.pem of `tug certs init`).
+    #[arg(long = "ca", id = "ca", global = true, env = "TUG_CA", value_name = "FILE")]
+    // Read through the ArgMatches (see `client_ca`), like `server`.
+    #[allow(dead_code)]
+    ca: Option<std::path::PathBuf>,
 }
 
 /// `tug job`: the server to talk to, and the subcommand.
@@ -138,6 +144,9 @@ enum Command {
     Token(TokenCli),
     /// Who changed what through the API, oldest first (admin).
     Audit(AuditCli),
+    /// Make a CA and certificates for TLS (API, agents with client certificates).
+    #[command(subcommand)]
+    Certs(cmd::certs::CertsCommand),
     /// Work with schedule expressions.
     #[command(subcommand)]
     Schedule(cmd::schedule::ScheduleCommand),
@@ -176,6 +185,14 @@ fn main() -> std::process::ExitCode {
     if let Some(t) = client_token(&matches) {
         client::use_token(t);
     }
+    // reqwest needs a crypto provider installed before any client is built.
+    tug_tls::provider();
+    if let Some(ca) = client_ca(&matches)
+        && let Err(e) = client::use_ca(&ca)
+    {
+        eprintln!("error: --ca: {}", report(&e));
+        return std::process::ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -202,6 +219,7 @@ fn main() -> std::process::ExitCode {
             Command::Token(c) => cmd::token::run(&server, c.cmd).await,
             Command::Audit(c) => cmd::token::audit(&server, c.args).await,
             Command::Schedule(c) => cmd::schedule::run(c),
+            Command::Certs(c) => cmd::certs::run(c),
             Command::Bench(c) => cmd::bench::run(c).await,
             Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         }
@@ -248,6 +266,25 @@ fn client_token(matches: &clap::ArgMatches) -> Option<String> {
         m = sub;
     }
     found.or_else(|| std::env::var("TUG_TOKEN").ok()).filter(|t| !t.is_empty())
+}
+
+/// The CA file a client command trusts: the innermost `--ca` given, else `TUG_CA`.
+fn client_ca(matches: &clap::ArgMatches) -> Option<std::path::PathBuf> {
+    let mut found = None;
+    let mut m = matches;
+    let mut parent = "";
+    while let Some((name, sub)) = m.subcommand() {
+        // `tug agent run --ca` is the agent's own (for the agent endpoint), read by the command.
+        if (parent, name) == ("agent", "run") {
+            return None;
+        }
+        if let Ok(Some(v)) = sub.try_get_one::<std::path::PathBuf>("ca") {
+            found = Some(v.clone());
+        }
+        parent = name;
+        m = sub;
+    }
+    found.or_else(|| std::env::var_os("TUG_CA").map(Into::into)).filter(|p: &std::path::PathBuf| !p.as_os_str().is_empty())
 }
 
 /// An error and its causes, `: `-separated, leaving out a cause whose text (or its last part)

@@ -141,3 +141,61 @@ async fn a_full_disk_is_a_507_that_names_the_directory() {
     s.create(json!({"name": "after", "schedule": "@yearly", "command": "true"})).await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_that_fire_more_often_than_the_server_allows_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    for (schedule, gap) in [("@every 1ms", "1ms apart"), ("R/2026-01-01T00:00:00Z/PT0.5S", "500ms apart"), ("@every 999ms", "999ms apart")] {
+        let job = json!({"name": "hot", "schedule": schedule, "command": "true"});
+        expect(&s, Method::POST, "/jobs", Some(job), 422, "schedule_too_frequent", gap).await;
+    }
+    let job = json!({"name": "hot", "schedule": "@every 1ms", "command": "true"});
+    expect(&s, Method::POST, "/jobs", Some(job), 422, "schedule_too_frequent", "at least 1s apart (its --min-interval").await;
+    // Once a second is what cron's seconds field allows: fine. Changing it to faster is refused too.
+    s.create(json!({"name": "tick", "schedule": "* * * * * *", "command": "true"})).await;
+    let faster = json!({"name": "tick", "schedule": "@every 100ms", "command": "true"});
+    expect(&s, Method::PUT, "/jobs/tick", Some(faster), 422, "schedule_too_frequent", "100ms apart").await;
+    s.stop().await;
+
+    // An admin may allow more (as tests and benchmarks do).
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_with(dir.path(), std::sync::Arc::new(tug_server::clock::SystemClock), |c| {
+        c.min_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    s.create(json!({"name": "quick", "schedule": "@every 200ms", "command": "true", "misfire": "skip"})).await;
+    let job = json!({"name": "hot", "schedule": "@every 50ms", "command": "true"});
+    expect(&s, Method::POST, "/jobs", Some(job), 422, "schedule_too_frequent", "at least 100ms apart").await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toml_errors_give_the_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let toml = "name = \"t\"\nschedule = \"@yearly\"\ncommand = \"true\"\nconcurrency = \"sometimes\"\n";
+    let r = s.http.post(format!("{}/jobs", s.base)).header("content-type", "application/toml").body(toml).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("at line 4, column 15") && msg.contains("sometimes"), "{msg}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_and_database_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut s = TestServer::start(&data).await;
+    s.create(json!({"name": "secret", "schedule": "@yearly", "command": "true", "env": {"TOKEN": "s3cret"}})).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data dir");
+    for f in ["tug.db", "tug.db-wal"] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    s.stop().await;
+}

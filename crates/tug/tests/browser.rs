@@ -30,6 +30,7 @@ impl Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let driver = Command::new(driver_bin).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let base = format!("http://127.0.0.1:{port}");
+        tug_tls::provider();
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
         for _ in 0..100 {
             if http.get(format!("{base}/status")).send().is_ok() {

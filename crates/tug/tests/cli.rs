@@ -137,21 +137,26 @@ fn up_reads_a_config_file_and_names_its_mistakes() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid config file") && err.contains("unknown field `listen_on`"), "{err}");
-    let out = Command::new(TUG).args(["up", "--webhook", "https://example.invalid/hook", "--listen", "127.0.0.1:0", "--data-dir"])
+    let out = Command::new(TUG).args(["up", "--webhook", "ftp://example.invalid/hook", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("https"), "a global https webhook is refused at start: {err}");
+    assert!(
+        err.contains("ftp://example.invalid/hook") && err.contains("http:// or https://"),
+        "a global webhook of another scheme is refused at start: {err}"
+    );
 }
 
 #[test]
 fn an_agent_refuses_a_server_address_that_is_not_a_url() {
-    for bad in ["10.0.0.1:4401", "https://10.0.0.1:4401"] {
+    for bad in ["10.0.0.1:4401", "ftp://10.0.0.1:4401"] {
         let err = fails("http://127.0.0.1:9", &["agent", "run", "--name", "x", "--server", bad]);
         assert!(err.contains("invalid --server") && err.contains("e.g. --server http://10.0.0.1:4401"), "{err}");
     }
+    let err = fails("http://127.0.0.1:9", &["agent", "run", "--name", "x", "--server", "http://10.0.0.1:4401", "--ca", "ca.pem"]);
+    assert!(err.contains("--ca and --cert are for TLS: give the server as https://10.0.0.1:4401"), "{err}");
 }
 
 #[test]

@@ -99,7 +99,7 @@ impl Group {
             .stderr(log)
             .spawn()
             .unwrap();
-        Group { dir, servers, agent: Some(agent), http: reqwest::Client::new(), _etcd: etcd }
+        Group { dir, servers, agent: Some(agent), http: tug::http(), _etcd: etcd }
     }
 
     /// `GET /api/v1/cluster` of server `i`.

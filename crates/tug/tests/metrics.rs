@@ -127,7 +127,7 @@ async fn per_job_metrics_are_opt_in_and_capped() {
     let server = Embedded::start(config, Some(common::quick_agent()), Arc::new(tug_server::clock::SystemClock), Some(listener))
         .await
         .unwrap();
-    let mut s = TestServer { base: format!("http://{addr}/api/v1"), server: Some(server), http: reqwest::Client::new() };
+    let mut s = TestServer { base: format!("http://{addr}/api/v1"), server: Some(server), http: tug::http() };
 
     for (job, cmd) in [("a", "true"), ("b", "exit 1"), ("c", "true"), ("d", "true")] {
         s.create(manual_job(job, cmd)).await;

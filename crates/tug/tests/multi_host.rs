@@ -90,7 +90,7 @@ async fn placement_respects_resources_and_constraints() {
         let runs = c.runs(job).await;
         assert!(runs.len() == 1 && runs[0]["state"] == "pending" && runs[0]["agent"].is_null(), "{job} stays pending: {runs:?}");
     }
-    let out = std::process::Command::new(hosts::TUG).args(["--server", &c.api, "runs", "too-big"]).output().unwrap();
+    let out = std::process::Command::new(hosts::TUG).args(["--server", &c.api, "runs", "--ca", c.certs.join("ca.pem").to_str().unwrap(), "too-big"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("pending") && text.contains("no agent has 8 cpus free"), "tug runs too-big:\n{text}");
 }
@@ -234,14 +234,7 @@ async fn wrong_join_token_is_refused() {
     let mut c = Cluster::new(2, &[]).await;
     c.start_agent(0, &AgentArgs { name: "intruder", attributes: "", cpus: "1", token: "wrong-token" });
     c.start_agent(1, &AgentArgs { name: "member", attributes: "", cpus: "1", token: TOKEN });
-    let mut intruder = c.agents[0].take().unwrap();
-    let status = until(Duration::from_secs(15), || format!("the refused agent to exit\n{}", c.logs()), || {
-        let s = intruder.child.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
-    let agent_out = intruder.output();
-    assert!(!status.success(), "a refused agent exits non-zero:\n{agent_out}");
+    let agent_out = refused(&mut c, 0).await;
     assert!(
         agent_out.contains("join token refused") && agent_out.contains("--join-token"),
         "the agent says its token was refused and what to check:\n{agent_out}"
@@ -256,6 +249,57 @@ async fn wrong_join_token_is_refused() {
     c.wait_agents_up(&["member"]).await;
     let agents = c.get("/agents").await;
     assert!(!agents.as_array().unwrap().iter().any(|a| a["name"] == "intruder"), "a refused agent is not registered: {agents}");
+}
+
+/// Waits for a refused agent to exit non-zero; returns what it printed.
+async fn refused(c: &mut Cluster, i: usize) -> String {
+    let mut agent = c.agents[i].take().unwrap();
+    let status = until(Duration::from_secs(15), || format!("the refused agent {i} to exit\n{}", c.logs()), || {
+        let s = agent.child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    let out = agent.output();
+    assert!(!status.success(), "a refused agent exits non-zero:\n{out}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_with_a_wrong_ca_no_certificate_or_another_name_are_refused_saying_which() {
+    let mut c = Cluster::new(4, &[]).await;
+    let args = |name| AgentArgs { name, attributes: "", cpus: "1", token: TOKEN };
+    // A CA that did not sign the server's certificate.
+    let other = c.path("other-certs");
+    let made = std::process::Command::new(hosts::TUG).args(["certs", "init", other.to_str().unwrap()]).output().unwrap();
+    assert!(made.status.success());
+    let mut wrong_ca = c.agent_tls("wrong-ca");
+    wrong_ca[1] = other.join("ca.pem").to_str().unwrap().to_owned();
+    c.start_agent_tls(0, &args("wrong-ca"), &wrong_ca, &[]);
+    // The CA only: no client certificate.
+    let ca_only = c.agent_tls("no-cert")[..2].to_vec();
+    c.start_agent_tls(1, &args("no-cert"), &ca_only, &[]);
+    // Another agent's certificate.
+    let borrowed = c.agent_tls("owner");
+    c.start_agent_tls(2, &args("impostor"), &borrowed, &[]);
+    c.start_agent(3, &args("member"));
+
+    let out = refused(&mut c, 0).await;
+    assert!(out.contains("the server's certificate is not signed by a CA this client trusts") && out.contains("--ca"), "{out}");
+    let out = refused(&mut c, 1).await;
+    assert!(out.contains("the server requires a client certificate (mTLS): give --cert and --key"), "{out}");
+    let out = refused(&mut c, 2).await;
+    assert!(out.contains("client certificate is not for the name \"impostor\"") && out.contains("tug certs agent"), "{out}");
+    let server = c.server.as_ref().unwrap();
+    until(Duration::from_secs(5), || format!("the server to log the refusals:\n{}", server.output()), || {
+        let out = server.output();
+        let said = out.contains("the client presented no certificate") && out.contains("its client certificate is for another name");
+        async move { said.then_some(()) }
+    })
+    .await;
+    c.wait_agents_up(&["member"]).await;
+    let agents = c.get("/agents").await;
+    let names: Vec<&str> = agents.as_array().unwrap().iter().filter_map(|a| a["name"].as_str()).collect();
+    assert_eq!(names, ["member"], "only the agent with its own certificate joined");
 }
 
 /// A webhook receiver on 127.0.0.1 (the server's namespace): the JSON bodies POSTed to it.
@@ -355,7 +399,7 @@ async fn remote_logs_reach_webhooks_and_are_pruned_on_their_agents() {
     // host-a goes away; a third run on host-b prunes the second, whose log waits on host-a.
     c.kill_agent(0);
     job["constraints"] = json!([["rack", "EQUALS", "b"]]);
-    let r = reqwest::Client::new().put(format!("{}/api/v1/jobs/chatty", c.api)).json(&job).send().await.unwrap();
+    let r = c.http().put(format!("{}/api/v1/jobs/chatty", c.api)).json(&job).send().await.unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
     c.post("/jobs/chatty/run", json!({})).await;
     let third = c

@@ -14,6 +14,7 @@ async fn page(s: &TestServer, path: &str) -> (u16, String) {
 
 async fn form_post(s: &TestServer, path: &str) -> (u16, String) {
     let root = s.base.trim_end_matches("/api/v1");
+    tug_tls::provider();
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let r = client.post(format!("{root}{path}")).header("content-type", "application/x-www-form-urlencoded").body("").send().await.unwrap();
     let to = r.headers().get("location").map(|l| l.to_str().unwrap().to_string()).unwrap_or_default();

@@ -101,6 +101,7 @@ impl From<Error> for ApiError {
             Error::Store(s) => s.into(),
             Error::Cycle(_) => unprocessable("dependency_cycle"),
             Error::UnknownParent { .. } => unprocessable("unknown_parent"),
+            Error::TooFrequent { .. } => unprocessable("schedule_too_frequent"),
             Error::HasChildren { .. } | Error::Conflict(_) => {
                 ApiError { status: StatusCode::CONFLICT, code: "conflict", message: e.to_string() }
             }

@@ -35,7 +35,7 @@ mod graph;
 mod job;
 mod stats;
 
-use job::Kind;
+pub use job::{Kind, to_spec};
 
 /// The Chronos routes, under both prefixes.
 pub fn router(state: AppState) -> Router {
@@ -95,7 +95,11 @@ impl IntoResponse for ChronosError {
 impl From<Error> for ChronosError {
     fn from(e: Error) -> ChronosError {
         let status = match &e {
-            Error::InvalidJob(_) | Error::Cycle(_) | Error::UnknownParent { .. } | Error::BadRequest(_) => {
+            Error::InvalidJob(_)
+            | Error::Cycle(_)
+            | Error::UnknownParent { .. }
+            | Error::TooFrequent { .. }
+            | Error::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
             Error::Store(s) => return s_error(s, e.to_string()),

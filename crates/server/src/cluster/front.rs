@@ -31,13 +31,20 @@ pub async fn serve_follower(
     listener: tokio::net::TcpListener,
     group: Arc<Group>,
     clock: SharedClock,
+    tls: Option<tug_tls::ServerTls>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, follower_router(group, clock)).with_graceful_shutdown(stop).await
+    let app = follower_router(group, clock);
+    match tls {
+        Some(tls) => axum::serve(tug_tls::TlsListener::new(listener, tls, "API (following)")?, app).with_graceful_shutdown(stop).await,
+        None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+    }
 }
 
 /// The follower's router.
 pub fn follower_router(group: Arc<Group>, clock: SharedClock) -> Router {
+    // reqwest needs the crypto provider installed before it builds a client.
+    tug_tls::provider();
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("an HTTP client");
     let front = Front { group, clock, http };
     Router::new()

@@ -31,6 +31,8 @@ pub struct DeliveryConfig {
     pub log_tail_bytes: usize,
     /// At shutdown, how long deliveries already under way may still take.
     pub shutdown_grace: Duration,
+    /// Whom https receivers' certificates must chain to: the system's roots plus an optional CA.
+    pub tls: tug_tls::ClientTls,
 }
 
 impl Default for DeliveryConfig {
@@ -44,6 +46,7 @@ impl Default for DeliveryConfig {
             max_pending_per_endpoint: 128,
             log_tail_bytes: 4096,
             shutdown_grace: Duration::from_secs(5),
+            tls: tug_tls::ClientTls::default(),
         }
     }
 }
@@ -117,8 +120,16 @@ pub async fn deliver(
 fn classify(res: reqwest::Result<reqwest::Response>) -> Attempt {
     let resp = match res {
         Ok(r) => r,
-        // Connect errors, timeouts and broken connections are all worth another try.
-        Err(e) => return Attempt::Retry(error_chain(&e), None),
+        Err(e) => {
+            // A certificate the receiver presents will not change by the next attempt.
+            if let Some(t) = tug_tls::explain::find(&e) {
+                return Attempt::Permanent(format!(
+                    "TLS: {t} (a receiver's certificate must chain to the system's roots or to --webhook-ca)"
+                ));
+            }
+            // Connect errors, timeouts and broken connections are all worth another try.
+            return Attempt::Retry(error_chain(&e), None);
+        }
     };
     let status = resp.status();
     if status.is_success() {

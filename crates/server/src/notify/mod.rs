@@ -50,16 +50,13 @@ pub enum NotifyError {
         /// What is wrong with it, and what to give instead.
         reason: String,
     },
+    /// The TLS settings (the webhook CA file) cannot be used.
+    #[error("webhook TLS settings")]
+    Tls(#[source] tug_tls::TlsError),
     /// The HTTP client could not be built.
     #[error("building the webhook HTTP client")]
     Client(#[source] reqwest::Error),
 }
-
-/// Whether this build can POST to `https://` webhooks. The workspace builds reqwest without a
-/// TLS backend (root Cargo.toml), so it cannot: such webhooks are refused with a clear error
-/// (at start for global ones, at delivery for a job's) rather than retried in vain. Turn on a
-/// reqwest TLS feature and set this to true to allow them.
-pub const HTTPS_SUPPORTED: bool = false;
 
 /// The events-queue capacity the notifier should subscribe with: deep enough for bursts (a tick
 /// that fails thousands of runs), small enough to bound memory (each event holds a run).
@@ -100,7 +97,9 @@ impl Notifier {
         for w in &global {
             parse_url(&w.url)?;
         }
+        let tls = cfg.tls.for_http().map_err(NotifyError::Tls)?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .user_agent(concat!("tugboat/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -235,12 +234,9 @@ fn report(url: &reqwest::Url, p: &Payload, outcome: Outcome, metrics: &Metrics) 
 
 fn parse_url(url: &str) -> Result<reqwest::Url, NotifyError> {
     let invalid = |reason: String| NotifyError::InvalidUrl { url: url.to_owned(), reason };
-    let want = if HTTPS_SUPPORTED { "give an absolute http:// or https:// URL" } else { "give an absolute http:// URL" };
+    let want = "give an absolute http:// or https:// URL";
     let u = reqwest::Url::parse(url).map_err(|e| invalid(format!("{e}; {want}")))?;
     match u.scheme() {
-        "https" if !HTTPS_SUPPORTED => Err(invalid(
-            "this build of tug has no TLS support for webhooks; use http:// (e.g. a relay on localhost)".into(),
-        )),
         "http" | "https" if u.host_str().is_some() => Ok(u),
         "http" | "https" => Err(invalid(format!("no host; {want}"))),
         s => Err(invalid(format!("scheme {s:?} is not supported; {want}"))),

@@ -17,6 +17,9 @@ impl Scheduler {
     /// Checks the spec, its parents and the graph.
     fn check(&self, spec: JobSpec) -> Result<Job> {
         let job = spec.validate()?;
+        if let Some(schedule) = &job.schedule {
+            self.check_interval(&job.spec.name, schedule)?;
+        }
         for p in &job.spec.parents {
             if !self.index.contains_key(p) {
                 return Err(Error::UnknownParent { job: job.spec.name.clone(), parent: p.clone() });
@@ -26,6 +29,32 @@ impl Scheduler {
             self.entry(n).map(|e| e.job.spec.parents.as_slice())
         })?;
         Ok(job)
+    }
+
+    /// Refuses a schedule whose next fires come closer together than `min_interval`. The first
+    /// 64 fires from now show it for every kind: `@every` and ISO periods are even, and a cron
+    /// expression's shortest gap recurs within its smallest field's cycle.
+    fn check_interval(&self, job: &str, schedule: &tug_core::schedule::Schedule) -> Result<()> {
+        let min = self.config.min_interval;
+        if min.is_zero() {
+            return Ok(());
+        }
+        let mut prev: Option<jiff::Timestamp> = None;
+        for fire in schedule.iter_after(self.clock.now()).take(64) {
+            if let Some(p) = prev {
+                let gap = fire.at.duration_since(p).unsigned_abs();
+                if gap < min {
+                    return Err(Error::TooFrequent {
+                        job: job.to_owned(),
+                        schedule: schedule.expr().to_owned(),
+                        gap,
+                        min,
+                    });
+                }
+            }
+            prev = Some(fire.at);
+        }
+        Ok(())
     }
 
     /// Adds a loaded or created job to the tables and arms its timer.

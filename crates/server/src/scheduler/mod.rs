@@ -55,11 +55,23 @@ pub struct SchedulerConfig {
     pub max_update_batch: usize,
     /// An agent silent this long is lost; its runs are lost and retried elsewhere.
     pub agent_timeout: StdDuration,
+    /// The shortest time between two fires of a job a create or update may ask for: a job firing
+    /// every millisecond writes thousands of run rows a second. Zero: no limit.
+    pub min_interval: StdDuration,
 }
+
+/// The default of [`SchedulerConfig::min_interval`]: one fire a second, what cron's seconds field
+/// allows at most.
+pub const DEFAULT_MIN_INTERVAL: StdDuration = StdDuration::from_secs(1);
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { keep_runs: 100, max_update_batch: 1024, agent_timeout: StdDuration::from_secs(10) }
+        SchedulerConfig {
+            keep_runs: 100,
+            max_update_batch: 1024,
+            agent_timeout: StdDuration::from_secs(10),
+            min_interval: DEFAULT_MIN_INTERVAL,
+        }
     }
 }
 

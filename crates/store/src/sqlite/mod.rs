@@ -113,8 +113,27 @@ impl SqliteStore {
         Self::open_in(path, &dir).map_err(|e| locate(e, Some(&dir)))
     }
 
+    /// Job specs hold their `env` (secrets, often): the database is readable by its owner only.
+    /// SQLite gives its `-wal` and `-shm` files the database's mode.
+    fn owner_only(path: &Path) -> Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let made = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path);
+        let restrict = |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600));
+        made.and_then(|_| restrict(path)).map_err(|e| StoreError::io("making the database readable by its owner only", path, e))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let side = PathBuf::from(side);
+            if side.exists() {
+                restrict(&side).map_err(|e| StoreError::io("making the database readable by its owner only", &side, e))?;
+            }
+        }
+        Ok(())
+    }
+
     fn open_in(path: &Path, dir: &Path) -> Result<SqliteStore> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io("creating the database directory", dir, e))?;
+        Self::owner_only(path)?;
         let what = format!("opening the database {}", path.display());
         let conn = Connection::open(path).ctx(&what)?;
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).ctx(&what)?;

@@ -25,7 +25,8 @@ use tug_logs::LogFiles;
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  tug agent run --server http://10.0.0.1:4401 --join-token s3cret\n  \
     tug agent run --server http://10.0.0.1:4401,http://10.0.0.2:4401,http://10.0.0.3:4401 --join-token s3cret\n  \
-    tug agent run --server http://10.0.0.1:4401 --name gpu1 --attributes rack=a,gpu=yes --resources cpus=8,mem=32GiB")]
+    tug agent run --server http://10.0.0.1:4401 --name gpu1 --attributes rack=a,gpu=yes --resources cpus=8,mem=32GiB\n  \
+    tug agent run --server https://10.0.0.1:4401 --name host1 --ca ca.pem --cert agent-host1.pem --key agent-host1-key.pem")]
 pub struct AgentRunArgs {
     /// The server's agent endpoint (`tug server --agent-listen`), not its API; for a group of
     /// servers, every member's, comma-separated (the agent finds the leader). Its own variable,
@@ -48,6 +49,17 @@ pub struct AgentRunArgs {
     /// Read the join token from this file (so it does not show in `ps`).
     #[arg(long, env = "TUG_JOIN_TOKEN_FILE")]
     join_token_file: Option<PathBuf>,
+    /// For an https:// server: trust this CA (PEM) for its certificate, besides the system's
+    /// roots (the ca.pem of `tug certs init`).
+    #[arg(long, env = "TUG_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// This agent's client certificate (PEM), for a server that requires one (--agent-ca); its
+    /// name must be the agent's --name.
+    #[arg(long, env = "TUG_AGENT_CERT", requires = "key", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, env = "TUG_AGENT_KEY", requires = "cert", value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Where this agent keeps run logs and docker state.
     #[arg(long, env = "TUG_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -125,15 +137,32 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     super::init_logs(&args.log)?;
     let server = args.server.as_str();
     let name = args.name.unwrap_or_else(hostname);
+    let mut schemes = std::collections::BTreeSet::new();
     for one in server.split(',') {
-        let valid = reqwest::Url::parse(one.trim()).ok().filter(|u| u.scheme() == "http" && u.host().is_some());
-        if valid.is_none() {
+        let url = reqwest::Url::parse(one.trim()).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        let Some(url) = url else {
             bail!(
-                "invalid --server {one:?}: give the server's agent endpoint as a URL, e.g. --server http://10.0.0.1:4401, \
-                 or each group member's, comma-separated (plain http: the agent protocol has no TLS yet)"
+                "invalid --server {one:?}: give the server's agent endpoint as a URL, e.g. --server http://10.0.0.1:4401 \
+                 (https:// when the server has --tls-cert), or each group member's, comma-separated"
             );
-        }
+        };
+        schemes.insert(url.scheme().to_owned());
     }
+    if schemes.len() > 1 {
+        bail!("invalid --server {server:?}: give every member as https:// or every one as http://, not a mix");
+    }
+    let tls = if schemes.contains("https") {
+        let identity = match (&args.cert, &args.key) {
+            (Some(c), Some(k)) => Some(tug_tls::Identity::load(c, k)?),
+            _ => None,
+        };
+        Some(tug_tls::ClientTls::new(args.ca.as_deref(), identity)?)
+    } else {
+        if args.ca.is_some() || args.cert.is_some() {
+            bail!("--ca and --cert are for TLS: give the server as https://{}", server.trim_start_matches("http://"));
+        }
+        None
+    };
     let remote = RemoteConfig {
         server: server.to_string(),
         join_token: match &args.join_token_file {
@@ -142,9 +171,13 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
         },
         resources: parse_resources(&args.resources)?,
         attributes: parse_attributes(&args.attributes)?,
+        tls,
     };
     let data_dir = args.data_dir.unwrap_or_else(|| super::default_data_dir().join("agent"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    // Run logs and checkpoints (with the runs' env): this agent's user only.
+    std::fs::set_permissions(&data_dir, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700))
+        .with_context(|| format!("making data dir {} readable by its owner only", data_dir.display()))?;
     let mut docker_config = DockerConfig::new(&name, data_dir.join("docker"));
     // The container network, when this host has a segment to join: dresponse answers networked
     // containers, with addresses claimed over the agent stream.

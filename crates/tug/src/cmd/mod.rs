@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod agent_run;
 pub mod bench;
+pub mod certs;
 pub mod cluster;
 pub mod completions;
 pub mod events;

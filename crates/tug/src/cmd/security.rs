@@ -12,6 +12,41 @@ use tug_core::access::Role;
 use tug_core::bytesize::ByteSize;
 use tug_server::auth::{Auth, AuthConfig, AuthMode, BasicCredentials, RateLimit};
 
+/// TLS of the API (and of `tug server`'s agent endpoint) and of webhooks.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// Serve over TLS with this certificate (PEM; the chain after it); `tug certs init` makes
+    /// one. `tug server` uses it for the agent endpoint too.
+    #[arg(long, env = "TUG_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "TUG_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Trust this CA (PEM) for https webhooks, besides the system's roots.
+    #[arg(long, env = "TUG_WEBHOOK_CA", value_name = "FILE")]
+    webhook_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The server's TLS settings offering `alpn`, requiring client certificates signed by
+    /// `client_ca` when given; `None` without --tls-cert.
+    pub fn server(&self, alpn: &[&[u8]], client_ca: Option<&std::path::Path>) -> anyhow::Result<Option<tug_tls::ServerTls>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let identity = tug_tls::Identity::load(cert, key)?;
+        Ok(Some(tug_tls::ServerTls::new(identity, client_ca, alpn)?))
+    }
+
+    /// Whether the API is served over TLS.
+    pub fn enabled(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// Whom webhook receivers' certificates must chain to.
+    pub fn webhooks(&self) -> anyhow::Result<tug_tls::ClientTls> {
+        Ok(tug_tls::ClientTls::new(self.webhook_ca.as_deref(), None)?)
+    }
+}
+
 /// Flags for who may use the API.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SecurityArgs {
@@ -45,6 +80,10 @@ pub struct SecurityArgs {
     /// Requests per second allowed to each token (bursts of four times as many); 0: unlimited.
     #[arg(long, env = "TUG_RATE_LIMIT", default_value_t = 50.0)]
     rate_limit: f64,
+    /// The shortest time between two fires of a job that creating or changing it may ask for
+    /// (e.g. 1s, 1m; 0: no limit). Jobs already stored keep running as they are.
+    #[arg(long, env = "TUG_MIN_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    pub min_interval: std::time::Duration,
     /// How long audit entries are kept (e.g. 90d).
     #[arg(long, env = "TUG_AUDIT_RETENTION", default_value = "90d", value_parser = parse_retention)]
     audit_retention: std::time::Duration,
@@ -56,6 +95,11 @@ fn parse_size(s: &str) -> Result<ByteSize, String> {
         return Err("must be more than zero, e.g. 1MiB".into());
     }
     Ok(b)
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d: tug_core::Duration = s.parse().map_err(|e| format!("{e}; e.g. 1s, or 0 for no limit"))?;
+    Ok(d.as_std())
 }
 
 fn parse_retention(s: &str) -> Result<std::time::Duration, String> {

@@ -47,7 +47,12 @@ fn parse_store(s: &str) -> Result<StoreArg, String> {
     tug server --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 --name s1 \\\n      \
     --listen 0.0.0.0:4400 --advertise http://10.0.0.1:4400 --agent-listen 0.0.0.0:4401 --join-token s3cret\n\n\
     Then on each host: tug agent run --server http://SERVER:4401 --join-token s3cret\n\
-    (with a group: --server http://S1:4401,http://S2:4401,http://S3:4401)")]
+    (with a group: --server http://S1:4401,http://S2:4401,http://S3:4401)\n\n\
+    With TLS and agent certificates (tug certs init certs --name SERVER --agent host1):\n  \
+    tug server --listen 0.0.0.0:4400 --agent-listen 0.0.0.0:4401 --init-token-file admin.token \\\n    \
+    --tls-cert certs/server.pem --tls-key certs/server-key.pem --agent-ca certs/ca.pem\n  \
+    tug agent run --server https://SERVER:4401 --name host1 --ca certs/ca.pem \\\n    \
+    --cert certs/agent-host1.pem --key certs/agent-host1-key.pem")]
 pub struct ServerArgs {
     /// Where the database (with --store sqlite) and the server's own run logs are kept.
     #[arg(long, env = "TUG_DATA_DIR")]
@@ -85,6 +90,12 @@ pub struct ServerArgs {
     join_token_file: Option<PathBuf>,
     #[command(flatten)]
     security: super::security::SecurityArgs,
+    #[command(flatten)]
+    tls: super::security::TlsArgs,
+    /// Require agents to present a client certificate signed by this CA (PEM), and to join under
+    /// a name in it (mTLS; needs --tls-cert).
+    #[arg(long, env = "TUG_AGENT_CA", requires = "tls_cert", value_name = "FILE")]
+    agent_ca: Option<PathBuf>,
     /// Finished runs kept per job (a job's `keep_runs` overrides it).
     #[arg(long, env = "TUG_KEEP_RUNS", default_value_t = 100)]
     keep_runs: u32,
@@ -106,10 +117,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => args.join_token.clone(),
     };
     let auth_config = args.security.config(args.listen)?;
-    if join_token.is_none() && !args.agent_listen.ip().is_loopback() && auth_config.mode != tug_server::auth::AuthMode::Open {
+    if join_token.is_none() && args.agent_ca.is_none() && !args.agent_listen.ip().is_loopback() && auth_config.mode != tug_server::auth::AuthMode::Open {
         anyhow::bail!(
             "refusing to accept agents on {} without a join token: anyone who can reach it could join as an agent \
-             and be handed jobs. Give --join-token-file PATH (or --join-token), or pass --insecure on a network you trust",
+             and be handed jobs. Give --join-token-file PATH (or --join-token) or --agent-ca FILE (client certificates), or pass --insecure on a network you trust",
             args.agent_listen
         );
     }
@@ -117,6 +128,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.keep_runs = args.keep_runs;
     config.agent_timeout = args.agent_timeout;
     config.auth = auth_config;
+    config.api_tls = args.tls.server(&[b"h2", b"http/1.1"], None)?;
+    config.min_interval = args.security.min_interval;
+    config.webhook_delivery.tls = args.tls.webhooks()?;
+    let agent_tls = args.tls.server(&[b"h2"], args.agent_ca.as_deref()).context("the agent endpoint's TLS (--agent-ca)")?;
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         super::shutdown_signal().await;
@@ -132,18 +147,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 return Err(e);
             }
             announce(&args, join_token.is_none(), &format!("data in {}", data_dir.display()));
-            lead(server, agent_listener, join_token, stopped(stop)).await.map(|_| ())
+            lead(server, agent_listener, join_token, agent_tls, stopped(stop)).await.map(|_| ())
         }
-        StoreArg::Etcd(etcd) => group(args, etcd, config, join_token, stop).await,
+        StoreArg::Etcd(etcd) => group(args, etcd, config, join_token, agent_tls, stop).await,
     }
 }
 
 fn announce(args: &ServerArgs, open: bool, store: &str) {
-    if open {
-        tracing::warn!("no --join-token: any agent that can reach --agent-listen may join");
+    if open && args.agent_ca.is_none() {
+        tracing::warn!("no --join-token and no --agent-ca: any agent that can reach --agent-listen may join");
     }
+    let scheme = if args.tls.enabled() { "https" } else { "http" };
     eprintln!(
-        "Tugboat server is up: API at http://{}/api/v1, agents join at http://{}, {store}",
+        "Tugboat server is up: API at {scheme}://{}/api/v1, agents join at {scheme}://{}, {store}",
         args.listen, args.agent_listen
     );
 }
@@ -173,15 +189,17 @@ async fn lead(
     server: Embedded,
     agent_listener: tokio::net::TcpListener,
     join_token: Option<String>,
+    tls: Option<tug_tls::ServerTls>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Ended> {
-    lead_until(server, agent_listener, join_token, shutdown, std::future::pending()).await
+    lead_until(server, agent_listener, join_token, tls, shutdown, std::future::pending()).await
 }
 
 async fn lead_until(
     server: Embedded,
     agent_listener: tokio::net::TcpListener,
     join_token: Option<String>,
+    tls: Option<tug_tls::ServerTls>,
     shutdown: impl Future<Output = ()>,
     deposed: impl Future<Output = ()>,
 ) -> anyhow::Result<Ended> {
@@ -194,7 +212,7 @@ async fn lead_until(
         server.logs.clone(),
     )
     .with_network(server.net.clone());
-    let mut grpc = tokio::spawn(agent_service::serve(agent_listener, gateway, stopped(stop_rx)));
+    let mut grpc = tokio::spawn(agent_service::serve(agent_listener, gateway, tls, stopped(stop_rx)));
     tokio::select! {
         () = shutdown => {}
         () = deposed => {
@@ -224,6 +242,7 @@ async fn group(
     etcd: EtcdConfig,
     config: EmbeddedConfig,
     join_token: Option<String>,
+    agent_tls: Option<tug_tls::ServerTls>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let store = EtcdStore::connect(etcd).await?;
@@ -252,7 +271,7 @@ async fn group(
         group.set_role(Role::Follower);
         let (front_stop, front_rx) = watch::channel(false);
         let listener = super::bind_api(args.listen).await?;
-        let front = tokio::spawn(serve_follower(listener, group.clone(), clock.clone(), stopped(front_rx)));
+        let front = tokio::spawn(serve_follower(listener, group.clone(), clock.clone(), config.api_tls.clone(), stopped(front_rx)));
         tracing::info!(member = %me.name, "following; campaigning for leadership");
         let won = tokio::select! {
             r = group.election().campaign(&lease) => Some(r),
@@ -297,7 +316,7 @@ async fn group(
             group.election().resign(won).await;
             return Err(e);
         }
-        match lead_until(server, agent_listener, join_token.clone(), stopped(stop.clone()), lease.lost()).await? {
+        match lead_until(server, agent_listener, join_token.clone(), agent_tls.clone(), stopped(stop.clone()), lease.lost()).await? {
             Ended::Shutdown => {
                 group.election().resign(won).await;
                 break;

@@ -32,7 +32,7 @@ pub struct UpArgs {
     #[arg(long, env = "TUG_LOG", default_value = "info")]
     log: String,
     /// A webhook told about every job's failures, missed fires and exhausted retries
-    /// (repeatable; http:// only).
+    /// (repeatable; http:// or https://).
     #[arg(long = "webhook", env = "TUG_WEBHOOKS", value_delimiter = ',')]
     webhooks: Vec<String>,
     /// Export per-job run counters (`tug_job_runs_finished_total{job}`) for up to N jobs; 0 = off.
@@ -49,6 +49,8 @@ pub struct UpArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     security: super::security::SecurityArgs,
+    #[command(flatten)]
+    tls: super::security::TlsArgs,
 }
 
 /// `tug up` settings as a TOML file may give them.
@@ -115,6 +117,9 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     let mut config = EmbeddedConfig::new(&data_dir);
     config.auth = auth_config;
     config.keep_runs = args.keep_runs;
+    config.min_interval = args.security.min_interval;
+    config.api_tls = args.tls.server(&[b"h2", b"http/1.1"], None)?;
+    config.webhook_delivery.tls = args.tls.webhooks()?;
     config.webhooks = args
         .webhooks
         .iter()
@@ -142,7 +147,8 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
         return Err(e);
     }
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "tugboat is up");
-    eprintln!("Tugboat is up: API at http://{}/api/v1, data in {}", args.listen, data_dir.display());
+    let scheme = if args.tls.enabled() { "https" } else { "http" };
+    eprintln!("Tugboat is up: API at {scheme}://{}/api/v1, data in {}", args.listen, data_dir.display());
     eprintln!("Try: tug job add hello --schedule '*/10 * * * * *' -- echo hello");
     super::shutdown_signal().await;
     eprintln!("Shutting down: stopping runs and recording how they ended...");

@@ -65,7 +65,7 @@ impl TestServer {
         let mut config = EmbeddedConfig::new(dir);
         tweak(&mut config);
         let server = Embedded::start(config, Some(quick_agent()), clock, Some(listener)).await.unwrap();
-        TestServer { base: format!("http://{addr}/api/v1"), server: Some(server), http: reqwest::Client::new() }
+        TestServer { base: format!("http://{addr}/api/v1"), server: Some(server), http: tug::http() }
     }
 
     pub async fn stop(&mut self) {

@@ -289,8 +289,10 @@ pub struct Cluster {
     pub net: Net,
     /// The API's URL (on 127.0.0.1).
     pub api: String,
-    /// The URL agents join (on the bridge).
+    /// The URL agents join (on the bridge), https: agents join over mTLS.
     pub agent_url: String,
+    /// `tug certs init`'s directory: the CA, the server's certificate and each agent's.
+    pub certs: PathBuf,
     api_port: u16,
     agent_port: u16,
     server_args: Vec<String>,
@@ -310,6 +312,15 @@ impl Cluster {
         let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let agent_port = net.free_port();
         let agent_listen = format!("{}:{agent_port}", net.server_addr());
+        // The agent stream runs over mTLS: a server certificate for the bridge address, and a
+        // client certificate per agent (made as each starts).
+        let certs = dir.path().join("certs");
+        let made = std::process::Command::new(TUG)
+            .args(["certs", "init", certs.to_str().unwrap(), "--name", &net.server_addr()])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "tug certs init: {}", String::from_utf8_lossy(&made.stderr));
+        let cert = |name: &str| certs.join(name).to_str().unwrap().to_owned();
         let mut server_args: Vec<String> = [
             "server",
             "--listen",
@@ -320,6 +331,12 @@ impl Cluster {
             TOKEN,
             "--data-dir",
             dir.path().join("server").to_str().unwrap(),
+            "--tls-cert",
+            &cert("server.pem"),
+            "--tls-key",
+            &cert("server-key.pem"),
+            "--agent-ca",
+            &cert("ca.pem"),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -328,8 +345,9 @@ impl Cluster {
         let mut c = Cluster {
             agents: (0..hosts).map(|_| None).collect(),
             server: None,
-            api: format!("http://127.0.0.1:{api_port}"),
-            agent_url: format!("http://{agent_listen}"),
+            api: format!("https://127.0.0.1:{api_port}"),
+            agent_url: format!("https://{agent_listen}"),
+            certs,
             net,
             api_port,
             agent_port,
@@ -338,6 +356,12 @@ impl Cluster {
         };
         c.start_server().await;
         c
+    }
+
+    /// An HTTP client that trusts the cluster's CA (the API is served over https).
+    pub fn http(&self) -> reqwest::Client {
+        let tls = tug_tls::ClientTls::new(Some(&self.certs.join("ca.pem")), None).unwrap();
+        reqwest::Client::builder().tls_backend_preconfigured(tls.for_http().unwrap()).build().unwrap()
     }
 
     /// Starts the server (again, on the same ports and data dir) and waits until it listens.
@@ -365,8 +389,30 @@ impl Cluster {
         self.start_agent_with(i, a, &[]);
     }
 
-    /// Starts an agent on host `i` with `extra` arguments of `tug agent run`.
+    /// Starts an agent on host `i` with `extra` arguments of `tug agent run`, joining over mTLS
+    /// with a certificate for its name.
     pub fn start_agent_with(&mut self, i: usize, a: &AgentArgs, extra: &[String]) {
+        let tls = self.agent_tls(a.name);
+        self.start_agent_tls(i, a, &tls, extra);
+    }
+
+    /// The TLS arguments of an agent named `name`: the CA, and its own certificate (made now if
+    /// it has none yet).
+    pub fn agent_tls(&self, name: &str) -> Vec<String> {
+        let cert = self.certs.join(format!("agent-{name}.pem"));
+        if !cert.exists() {
+            let made = std::process::Command::new(TUG).args(["certs", "agent", self.certs.to_str().unwrap(), name]).output().unwrap();
+            assert!(made.status.success(), "tug certs agent: {}", String::from_utf8_lossy(&made.stderr));
+        }
+        let key = self.certs.join(format!("agent-{name}-key.pem"));
+        ["--ca", self.certs.join("ca.pem").to_str().unwrap(), "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    /// Starts an agent on host `i` with `tls` (see [`Cluster::agent_tls`]) and `extra` arguments.
+    pub fn start_agent_tls(&mut self, i: usize, a: &AgentArgs, tls: &[String], extra: &[String]) {
         let data = self.dir.path().join("agents").join(a.name);
         let mut args: Vec<String> = ["netns", "exec", &self.net.host(i).ns, TUG, "agent", "run"].iter().map(|s| s.to_string()).collect();
         args.extend(
@@ -390,6 +436,7 @@ impl Cluster {
         if !a.attributes.is_empty() {
             args.extend(["--attributes".to_string(), a.attributes.to_string()]);
         }
+        args.extend(tls.iter().cloned());
         args.extend(extra.iter().cloned());
         // `ip netns exec` execs the command, so the pid is the agent's.
         self.agents[i] = Some(Proc::spawn("ip", &args, self.dir.path().join(format!("{}.log", a.name))));
@@ -434,7 +481,7 @@ impl Cluster {
 
     /// GET of an API path under /api/v1 (Null when the server does not answer).
     pub async fn get(&self, path: &str) -> Value {
-        match reqwest::get(format!("{}/api/v1{path}", self.api)).await {
+        match self.http().get(format!("{}/api/v1{path}", self.api)).send().await {
             Ok(r) => r.json().await.unwrap_or(Value::Null),
             Err(_) => Value::Null,
         }
@@ -442,13 +489,13 @@ impl Cluster {
 
     /// GET of an API path under /api/v1 as text, with its status.
     pub async fn get_text(&self, path: &str) -> (u16, String) {
-        let r = reqwest::get(format!("{}/api/v1{path}", self.api)).await.unwrap();
+        let r = self.http().get(format!("{}/api/v1{path}", self.api)).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
     /// POST of JSON to an API path under /api/v1; panics unless it succeeds.
     pub async fn post(&self, path: &str, body: Value) -> Value {
-        let r = reqwest::Client::new().post(format!("{}/api/v1{path}", self.api)).json(&body).send().await.unwrap();
+        let r = self.http().post(format!("{}/api/v1{path}", self.api)).json(&body).send().await.unwrap();
         let status = r.status();
         let v: Value = r.json().await.unwrap_or(Value::Null);
         assert!(status.is_success(), "POST {path}: {status} {v}");
@@ -478,9 +525,10 @@ impl Cluster {
     /// The runs of a job, from a blocking context (failure messages).
     fn runs_now(&self, job: &str) -> String {
         let url = format!("{}/api/v1/jobs/{job}/runs", self.api);
+        let http = self.http();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async { reqwest::get(url).await.ok()?.text().await.ok() })
+            rt.block_on(async { http.get(url).send().await.ok()?.text().await.ok() })
         })
         .join()
         .ok()
