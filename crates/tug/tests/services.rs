@@ -121,8 +121,10 @@ fn services_through_the_cli() {
     assert!(out.contains("AGENT") && out.contains("local"), "{out}");
     let op: Value = serde_json::from_str(&ok(&s, &["op", "show", &id, "--json"])).unwrap();
     assert_eq!((op["state"].as_str(), op["healthy"].as_u64(), op["agents"]["local"]["healthy"].as_u64()), (Some("succeeded"), Some(3), Some(3)));
+    let op: Value = serde_json::from_str(&ok(&s, &["service", "scale", "plain", "2", "--wait", "--json"])).unwrap();
+    assert_eq!((op["state"].as_str(), op["healthy"].as_u64()), (Some("succeeded"), Some(2)), "--wait --json prints the ended operation");
     let out = ok(&s, &["service", "scale", "plain", "1", "--wait"]);
-    assert!(out.contains("succeeded 3->1") && out.contains("healthy 1/1"), "{out}");
+    assert!(out.contains("succeeded 2->1") && out.contains("healthy 1/1"), "{out}");
     let table = ok(&s, &["service", "list"]);
     assert!(table.lines().any(|l| l.starts_with("plain") && l.contains(" 1/1 ")), "{table}");
     let show = ok(&s, &["service", "show", "plain"]);
@@ -348,4 +350,47 @@ async fn a_scaling_rule_in_a_spring_forward_gap_fires_at_the_next_valid_instant(
     tokio::time::sleep(std::time::Duration::from_secs(2 * 60)).await;
     assert_eq!(office(&server).await, (7, 7), "01:01 UTC: fired at 03:00 CEST");
     server.shutdown().await;
+}
+
+/// `docker ps -aq` of one replica's containers.
+fn replica_containers(service: &str, index: u32) -> Vec<String> {
+    let filter = format!("label=tugboat.job=service/{service}/{index}");
+    let out = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn docker_replicas_come_up_healthy_each_in_its_container() {
+    let image = std::env::var("TUG_TEST_IMAGE").unwrap_or_else(|_| "tugboat-test-busybox:1".into());
+    let present = std::process::Command::new("docker").args(["image", "inspect", &image]).output().is_ok_and(|o| o.status.success());
+    if !present || std::env::var_os("TUG_DWAIT").is_none() {
+        eprintln!("\n!!!!!!!! SKIPPED: no Docker, no test image {image} or no TUG_DWAIT (scripts/test provides them) !!!!!!!!\n");
+        return;
+    }
+    let up = Up::start();
+    let s = up.server.clone();
+    let name = format!("dock-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("svc.toml");
+    let spec = format!(
+        "name = \"{name}\"\nreplicas = 0\ncommand = \"sleep 1000\"\nruntime = \"docker\"\n\
+         [docker]\nimage = \"{image}\"\npull = \"never\"\n"
+    );
+    std::fs::write(&file, spec).unwrap();
+    ok(&s, &["service", "add", "-f", file.to_str().unwrap()]);
+    let out = ok(&s, &["service", "scale", &name, "3", "--wait"]);
+    assert!(out.contains("succeeded 0->3") && out.contains("healthy 3/3"), "{out}");
+    let ids: Vec<Vec<String>> = (0..3).map(|i| replica_containers(&name, i)).collect();
+    assert!(ids.iter().all(|c| c.len() == 1), "one container per replica: {ids:?}");
+    assert!(ids[0] != ids[1] && ids[1] != ids[2], "{ids:?}");
+    let out = ok(&s, &["service", "scale", &name, "0", "--wait"]);
+    assert!(out.contains("succeeded 3->0"), "{out}");
+    ok(&s, &["service", "delete", &name]);
+    // A clean stop removes the replicas' containers, as it does jobs' warm containers.
+    up.terminate();
+    let left: Vec<String> = (0..3).flat_map(|i| replica_containers(&name, i)).collect();
+    if !left.is_empty() {
+        std::process::Command::new("docker").args(["rm", "-f"]).args(&left).output().unwrap();
+    }
+    assert!(left.is_empty(), "containers left after a clean stop: {left:?}");
 }

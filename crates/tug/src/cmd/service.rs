@@ -156,7 +156,7 @@ pub async fn run(server: &str, cmd: ServiceCommand) -> anyhow::Result<()> {
                 println!("follow it with: tug op watch {id}");
                 return Ok(());
             }
-            let done = watch(&c, &id).await?;
+            let done = watch(&c, &id, json).await?;
             if json {
                 return print_json(&done);
             }
@@ -270,7 +270,7 @@ pub async fn run_op(server: &str, cmd: OpCommand) -> anyhow::Result<()> {
             print_agents(&op);
             Ok(())
         }
-        OpCommand::Watch { id } => watch(&c, &id).await.map(|_| ()),
+        OpCommand::Watch { id } => watch(&c, &id, false).await.map(|_| ()),
     }
 }
 
@@ -305,10 +305,11 @@ fn print_agents(op: &Value) {
     table::print(&t);
 }
 
-/// Redraws an operation's line until it ends; fails if it was superseded.
-async fn watch(c: &Client, id: &str) -> anyhow::Result<Value> {
+/// Redraws an operation's line until it ends (`quiet`: prints nothing); fails if it was
+/// superseded.
+async fn watch(c: &Client, id: &str, quiet: bool) -> anyhow::Result<Value> {
     use std::io::Write;
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let tty = !quiet && std::io::IsTerminal::is_terminal(&std::io::stdout());
     loop {
         let op = c.get(&format!("/operations/{}", enc(id))).await?;
         let line = op_line(&op);
@@ -320,10 +321,12 @@ async fn watch(c: &Client, id: &str) -> anyhow::Result<Value> {
         if state != "running" {
             if tty {
                 println!();
-            } else {
+            } else if !quiet {
                 println!("{line}");
             }
-            print_agents(&op);
+            if !quiet {
+                print_agents(&op);
+            }
             if state == "superseded" {
                 bail!("operation {id} was superseded by a newer scale of {}", field(&op, "service"));
             }
