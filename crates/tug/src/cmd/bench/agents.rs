@@ -10,7 +10,7 @@ use jiff::Timestamp;
 
 use tug_server::prom::Exposition;
 
-use super::common::percentile;
+use super::common::{Children, percentile};
 use crate::cmd::print_json;
 use crate::table::{self, Table};
 
@@ -36,51 +36,6 @@ pub struct AgentsArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// Child processes, killed (and reaped) on drop, so an error or a panic leaves none behind.
-pub(super) struct Children {
-    pub(super) procs: Vec<std::process::Child>,
-    pub(super) logs: std::path::PathBuf,
-}
-
-impl Children {
-    /// Starts `tug args` with its output in `logs/<log>.log`.
-    fn spawn(&mut self, args: &[String], log: &str) -> anyhow::Result<()> {
-        let exe = std::env::current_exe().context("finding the tug binary")?;
-        let path = self.logs.join(format!("{log}.log"));
-        let out = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        let child = std::process::Command::new(&exe)
-            .args(args)
-            .env_remove("TUG_JOIN_TOKEN")
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
-        self.procs.push(child);
-        Ok(())
-    }
-
-    /// The last lines of a child's log, for error messages.
-    fn tail(&self, log: &str) -> String {
-        let text = std::fs::read_to_string(self.logs.join(format!("{log}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        // SIGKILL: everything they hold is in the benchmark's temporary directory.
-        for c in &mut self.procs {
-            let _ = c.kill();
-        }
-        for c in &mut self.procs {
-            let _ = c.wait();
-        }
-    }
 }
 
 /// Polls until `ready` or `limit` passes.
@@ -115,7 +70,7 @@ fn free_local_port() -> anyhow::Result<u16> {
 pub(super) async fn run(a: AgentsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.agents > 0 && a.jobs > 0 && a.seconds > 0, "--agents, --jobs and --seconds must be at least 1");
     let tmp = tempfile::tempdir().context("creating a temporary directory")?;
-    let mut children = Children { procs: Vec::new(), logs: tmp.path().to_path_buf() };
+    let mut children = Children::new(tmp.path());
     tokio::select! {
         r = agents_bench(&a, tmp.path(), &mut children) => r,
         () = crate::cmd::shutdown_signal() => anyhow::bail!("interrupted; stopped the server and agents"),

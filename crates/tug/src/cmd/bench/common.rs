@@ -1,4 +1,4 @@
-//! What the benchmarks share: percentiles and memory. (A server's `/metrics` page is read with
+//! What the benchmarks share: percentiles, memory and child processes. (A server's `/metrics` page is read with
 //! `tug_server::prom`.)
 
 /// The `p` quantile (0..=1) of sorted samples; 0 when there are none.
@@ -17,3 +17,70 @@ pub(super) fn rss_bytes() -> u64 {
         .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
         .map_or(0, |pages| pages * 4096)
 }
+
+use anyhow::Context;
+
+/// Child processes, killed (and reaped) on drop, so an error or a panic leaves none behind.
+pub(super) struct Children {
+    procs: Vec<std::process::Child>,
+    logs: std::path::PathBuf,
+}
+
+impl Children {
+    /// None yet; their logs go to `logs`.
+    pub(super) fn new(logs: &std::path::Path) -> Children {
+        Children { procs: Vec::new(), logs: logs.to_path_buf() }
+    }
+
+    /// Kills child `i` (SIGKILL) and reaps it.
+    pub(super) fn kill(&mut self, i: usize) {
+        let _ = self.procs[i].kill();
+        let _ = self.procs[i].wait();
+    }
+
+    /// Starts child `i` again with `args` (after [`Children::kill`]), its log appended to.
+    pub(super) fn respawn(&mut self, i: usize, args: &[String], log: &str) -> anyhow::Result<()> {
+        self.spawn(args, log)?;
+        let new = self.procs.pop().expect("just spawned");
+        self.procs[i] = new;
+        Ok(())
+    }
+
+    /// Starts `tug args` with its output in `logs/<log>.log`.
+    pub(super) fn spawn(&mut self, args: &[String], log: &str) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("finding the tug binary")?;
+        let path = self.logs.join(format!("{log}.log"));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
+        let child = std::process::Command::new(&exe)
+            .args(args)
+            .env_remove("TUG_JOIN_TOKEN")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
+        self.procs.push(child);
+        Ok(())
+    }
+
+    /// The last lines of a child's log, for error messages.
+    pub(super) fn tail(&self, log: &str) -> String {
+        let text = std::fs::read_to_string(self.logs.join(format!("{log}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        // SIGKILL: everything they hold is in the benchmark's temporary directory.
+        for c in &mut self.procs {
+            let _ = c.kill();
+        }
+        for c in &mut self.procs {
+            let _ = c.wait();
+        }
+    }
+}
+

@@ -12,6 +12,7 @@ use tug_agent::runtime::noop::NoopRuntime;
 use tug_core::JobSpec;
 use tug_server::clock::SystemClock;
 use tug_server::embedded::{Embedded, EmbeddedConfig};
+use tug_store::etcd::{EtcdConfig, EtcdStore};
 use tug_store::sqlite::SqliteStore;
 use tug_store::Store;
 
@@ -34,6 +35,10 @@ pub struct FireArgs {
     /// Where to put the database (a fresh temporary directory when absent).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// The store: SQLite in the data dir (default), or `etcd://HOST:PORT[,...][/PREFIX][?max-txn-ops=N]`
+    /// (an empty prefix: the benchmark's jobs are added to it).
+    #[arg(long, default_value = "sqlite")]
+    store: String,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -51,17 +56,22 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
         eprintln!("loading {} jobs into {} ...", a.jobs, dir.display());
     }
     let t0 = StdInstant::now();
-    {
-        let store = SqliteStore::open(&dir.join("tug.db"))?;
-        let specs: Vec<JobSpec> = (0..a.jobs).map(|i| bench_job(i, a.jobs, a.burst)).collect();
-        store.create_jobs(&specs, Timestamp::now()).await?;
-    }
+    let store: Arc<dyn Store> = match a.store.as_str() {
+        "sqlite" => Arc::new(SqliteStore::open(&dir.join("tug.db"))?),
+        url => {
+            let config = EtcdConfig::parse(url).map_err(anyhow::Error::msg)?;
+            Arc::new(EtcdStore::connect(config).await?)
+        }
+    };
+    let specs: Vec<JobSpec> = (0..a.jobs).map(|i| bench_job(i, a.jobs, a.burst)).collect();
+    store.create_jobs(&specs, Timestamp::now()).await?;
     let load_s = t0.elapsed().as_secs_f64();
     let rss0 = rss_bytes();
     let t1 = StdInstant::now();
     let mut config = EmbeddedConfig::new(&dir);
     config.keep_runs = 1_000_000;
-    let server = Embedded::start(config, Some(tug::local::local_agent(Default::default(), Arc::new(NoopRuntime))), Arc::new(SystemClock), None).await?;
+    let agent = Some(tug::local::local_agent(Default::default(), Arc::new(NoopRuntime)));
+    let server = Embedded::start_with_store(config, store, agent, Arc::new(SystemClock), None).await?;
     let start_s = t1.elapsed().as_secs_f64();
     let bytes_per_job = rss_bytes().saturating_sub(rss0) / a.jobs as u64;
     if progress {
@@ -78,6 +88,7 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
     let ms = |us: u64| us as f64 / 1000.0;
     let result = serde_json::json!({
         "jobs": a.jobs,
+        "store": if a.store == "sqlite" { "sqlite" } else { "etcd" },
         "mode": if a.burst { "burst" } else { "steady" },
         "seconds": a.seconds,
         "fires_per_s": fires_per_s.round(),
@@ -96,7 +107,7 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
     }
     let mut t = Table::new(&["METRIC", "VALUE"]);
     let rows = [
-        ("jobs", format!("{} ({})", a.jobs, result["mode"].as_str().unwrap_or("?"))),
+        ("jobs", format!("{} ({}, {})", a.jobs, result["mode"].as_str().unwrap_or("?"), result["store"].as_str().unwrap_or("?"))),
         ("durable fires/s", format!("{fires_per_s:.0} (load offers {})", a.jobs)),
         ("lateness p50", format!("{:.2} ms", ms(stats.lateness_p50_us))),
         ("lateness p99", format!("{:.2} ms", ms(stats.lateness_p99_us))),

@@ -4,12 +4,14 @@
 //! - `fire`: N jobs firing every second through the real scheduler and SQLite store.
 //! - `launch`: one trivial docker job launched three ways (executor, exec, container per run).
 //! - `net`: containers (dwait in namespaces) asking dresponse for their network at once.
+//! - `failover`: three servers on etcd; the leader killed again and again, failover times.
 //! - `agents`: a real `tug server` and N `tug agent run --noop` processes, launches end to end.
 //! - `scale`: a service scaled to many replicas over N no-op agents through the scale API.
 //! - `ui`: web UI page render times with many jobs stored; the event stream to many subscribers.
 
 mod agents;
 mod common;
+mod failover;
 mod fire;
 mod launch;
 mod net;
@@ -17,6 +19,7 @@ mod scale;
 mod ui;
 
 pub use agents::AgentsArgs;
+pub use failover::FailoverArgs;
 pub use fire::FireArgs;
 pub use launch::LaunchArgs;
 pub use net::NetArgs;
@@ -37,6 +40,10 @@ pub enum BenchCommand {
     /// jobs firing every second through the API, and measure launches end to end.
     #[command(after_help = "Examples:\n  tug bench agents\n  tug bench agents --agents 50 --jobs 5000 --seconds 20 --json\n\nEvery job is `* * * * * *` (all on the same instant of each second) and asks for 0.01 cpus, so\nall fit. No-op agents answer every launch at once: what is measured is the server, the store,\nthe agent protocol and the processes' scheduling on this machine.")]
     Agents(AgentsArgs),
+    /// Kill the leader of a group of three servers on etcd again and again while jobs fire every
+    /// second: failover times, and the fault tests' checks (no run key twice, no second lost).
+    #[command(after_help = "Examples:\n  tug bench failover --kills 10\n  tug bench failover --kills 100 --jobs 50 --json\n\nNeeds the etcd binary (Debian etcd-server). A failover is timed from the kill to the moment a\nnew leader answers as leader.")]
+    Failover(FailoverArgs),
     /// Plumb N containers into a VXLAN pool at once (the real dwait and dresponse, a host as a
     /// network namespace) and measure network-ready time and containers plumbed per second,
     /// beside the time Docker's bridge network takes.
@@ -66,6 +73,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fire(a) => fire::run(a).await,
         BenchCommand::Launch(a) => launch::run(a).await,
         BenchCommand::Agents(a) => agents::run(a).await,
+        BenchCommand::Failover(a) => failover::run(a).await,
         BenchCommand::Net(a) => net::run(a).await,
         BenchCommand::Ui(a) => ui::run(a).await,
         BenchCommand::Scale(a) => scale::run(a).await,

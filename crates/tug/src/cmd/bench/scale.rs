@@ -9,7 +9,8 @@ use std::time::{Duration, Instant as StdInstant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::agents::{Children, start_noop_cluster};
+use super::agents::start_noop_cluster;
+use super::common::Children;
 use crate::cmd::print_json;
 use crate::table::{self, Table};
 
@@ -80,7 +81,7 @@ pub(super) async fn run(a: ScaleArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.agents > 0 && a.replicas > 0, "--agents and --replicas must be at least 1");
     anyhow::ensure!(a.replicas <= 10_000, "--replicas is at most 10000 (a service's limit)");
     let tmp = tempfile::tempdir().context("creating a temporary directory")?;
-    let mut children = Children { procs: Vec::new(), logs: tmp.path().to_path_buf() };
+    let mut children = Children::new(tmp.path());
     tokio::select! {
         r = bench(&a, tmp.path(), &mut children) => r,
         () = crate::cmd::shutdown_signal() => anyhow::bail!("interrupted; stopped the server and agents"),
