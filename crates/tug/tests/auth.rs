@@ -293,18 +293,11 @@ async fn limits_answer_with_their_status_and_say_the_limit() {
     })
     .await;
     let admin = admin_of(&s).await;
-    let big = vec![b'x'; 20 << 20];
-    let resp = s
-        .http
-        .post(format!("{}/jobs", s.base))
-        .bearer_auth(&admin)
-        .header("content-type", "application/json")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 413);
-    let v: Value = resp.json().await.unwrap();
+    // A body announced as 20 MiB is refused from its header, before any of it is read: the
+    // client sends none (a client still writing it would see the connection close under it).
+    let (status, body) = announce_big_body(&s, &admin, 20 << 20).await;
+    assert_eq!(status, 413, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["message"], "the request body is larger than the limit of 1048576 bytes");
 
     let long = format!("/api/v1/jobs?q={}", "x".repeat(10_000));
@@ -320,6 +313,34 @@ async fn limits_answer_with_their_status_and_say_the_limit() {
     // The 413 and the 414 above were refused before they were counted.
     assert_eq!(statuses, [200, 429, 429]);
     assert!(retry_after.is_some_and(|s| (1..=61).contains(&s)), "{retry_after:?}");
+}
+
+/// Sends `POST /jobs` whose header announces `len` bytes of body, and none of them; returns the
+/// answer's status and body.
+async fn announce_big_body(s: &TestServer, token: &str, len: usize) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = reqwest::Url::parse(&s.base).unwrap();
+    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let mut conn = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let head = format!(
+        "POST {}/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n",
+        url.path().trim_end_matches('/')
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(read.is_ok(), "no answer within 10 s to a request whose body never came; got so far: {answer}");
+    let status = answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (headers, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let body = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        // One chunk: its size line, the data, then the last chunk.
+        body.split("\r\n").nth(1).unwrap_or("").to_string()
+    } else {
+        body.to_string()
+    };
+    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
