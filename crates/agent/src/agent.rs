@@ -405,6 +405,14 @@ impl Agent {
             {
                 st.seen.remove(&old);
             }
+            // A newer attempt of a run supersedes the one still running here (the server has given
+            // it up): it is stopped, not left running with nothing able to reach it.
+            if let Some((old, old_kill)) = st.running.get(&launch.run_id)
+                && *old < launch.attempt
+            {
+                tracing::warn!(run = launch.run_id, attempt = old, newer = launch.attempt, "a newer attempt supersedes a running one; stopping it");
+                old_kill.send_if_modified(|cur| cur.is_none() && { *cur = Some(KillReason::Superseded); true });
+            }
             st.running.insert(launch.run_id, (launch.attempt, kill_tx.clone()));
         }
         let me = Arc::clone(self);

@@ -423,3 +423,26 @@ async fn agent_ignores_a_duplicate_launch() {
     assert!(rest.is_empty(), "the duplicate launch ran: {rest:?}");
     assert_eq!(h.log(id).await, "once\n");
 }
+
+#[tokio::test]
+async fn a_newer_attempt_of_a_run_stops_the_one_still_running() {
+    let mut a = AgentHarness::new();
+    let old = sh("sleep 1000");
+    let id = old.run_id;
+    let mut newer = old.clone();
+    newer.attempt = old.attempt + 1;
+    a.send(ToAgent::Launch(Box::new(old))).await;
+    assert_eq!(a.next().await.state, RunState::Running);
+    a.send(ToAgent::Launch(Box::new(newer))).await;
+    let mut seen = [a.next().await, a.next().await];
+    seen.sort_by_key(|u| u.attempt);
+    let [ended, started] = seen;
+    assert_eq!((ended.run_id, ended.attempt), (id, 2));
+    assert!(ended.state.is_terminal(), "the superseded attempt is stopped: {ended:?}");
+    assert_eq!((started.run_id, started.attempt, started.state), (id, 3, RunState::Running));
+    // The newer attempt is the one a kill for the run reaches.
+    a.send(ToAgent::Kill { run_id: id, attempt: None, reason: KillReason::Requested }).await;
+    let done = a.next().await;
+    assert_eq!((done.attempt, done.state), (3, RunState::Killed));
+    assert!(a.close().await.0.is_empty());
+}

@@ -335,9 +335,7 @@ async fn scaling_rules_fire_on_the_job_schedules_in_paused_time() {
     // 20:00 UTC.
     tokio::time::sleep(std::time::Duration::from_secs(19 * 3600)).await;
     assert_eq!(office(&server).await, (4, 4));
-    // Not `shutdown`: with replicas held by the no-op runtime it can wait forever (a known bug of
-    // stopping an embedded server while a scale-in is in flight); this test is about the rules.
-    server.abort();
+    server.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -351,7 +349,7 @@ async fn a_scaling_rule_in_a_spring_forward_gap_fires_at_the_next_valid_instant(
     assert_eq!(office(&server).await, (2, 2), "00:59 UTC: not yet");
     tokio::time::sleep(std::time::Duration::from_secs(2 * 60)).await;
     assert_eq!(office(&server).await, (7, 7), "01:01 UTC: fired at 03:00 CEST");
-    server.abort();
+    server.shutdown().await;
 }
 
 /// `docker ps -aq` of one replica's containers.
