@@ -208,10 +208,14 @@ async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Chil
     }
     tokio::time::sleep(Duration::from_secs(a.warmup)).await;
     let m0 = metrics_now(&http, &api).await?;
+    let (cpu_agents0, cpu_server0) = (children.cpu_seconds("bench-agent-"), children.cpu_seconds("server"));
     let (w0, t0) = (Timestamp::now(), StdInstant::now());
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     let m1 = metrics_now(&http, &api).await?;
     let (w1, elapsed) = (Timestamp::now(), t0.elapsed().as_secs_f64());
+    // CPU seconds per second of the window: 1.0 is one core busy.
+    let agents_cpu = (children.cpu_seconds("bench-agent-") - cpu_agents0) / elapsed;
+    let server_cpu = (children.cpu_seconds("server") - cpu_server0) / elapsed;
     let delta = |name: &str, labels: &[(&str, &str)]| m1.sum(name, labels) - m0.sum(name, labels);
     let finished = delta("tug_runs_finished_total", &[]);
     let succeeded = delta("tug_runs_finished_total", &[("state", "succeeded")]);
@@ -282,6 +286,8 @@ async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Chil
         "runs_per_agent_max": max_per_agent,
         "agents_with_runs": per_agent.len(),
         "runs_per_agent": per_agent,
+        "agents_cpu_cores": (agents_cpu * 1000.0).round() / 1000.0,
+        "server_cpu_cores": (server_cpu * 1000.0).round() / 1000.0,
         "agents_start_s": r1(agents_start_s),
         "jobs_create_s": r1(jobs_create_s),
     });
@@ -304,6 +310,8 @@ async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Chil
         ("scheduled → finished p50", format!("{:.1} ms", percentile(&done_ms, 0.5))),
         ("scheduled → finished p99", format!("{:.1} ms", percentile(&done_ms, 0.99))),
         ("runs in window", in_window.to_string()),
+        ("CPU of all agents (cores)", format!("{agents_cpu:.3} ({:.1} ms per second per agent)", agents_cpu * 1000.0 / a.agents as f64)),
+        ("CPU of the server (cores)", format!("{server_cpu:.3}")),
         ("runs per agent min / max", format!("{min_per_agent} / {max_per_agent} ({} agents got runs)", per_agent.len())),
     ];
     for (k, v) in rows {

@@ -23,13 +23,15 @@ use anyhow::Context;
 /// Child processes, killed (and reaped) on drop, so an error or a panic leaves none behind.
 pub(super) struct Children {
     procs: Vec<std::process::Child>,
+    /// Each child's log name, by index.
+    names: Vec<String>,
     logs: std::path::PathBuf,
 }
 
 impl Children {
     /// None yet; their logs go to `logs`.
     pub(super) fn new(logs: &std::path::Path) -> Children {
-        Children { procs: Vec::new(), logs: logs.to_path_buf() }
+        Children { procs: Vec::new(), names: Vec::new(), logs: logs.to_path_buf() }
     }
 
     /// Kills child `i` (SIGKILL) and reaps it.
@@ -43,6 +45,7 @@ impl Children {
         self.spawn(args, log)?;
         let new = self.procs.pop().expect("just spawned");
         self.procs[i] = new;
+        self.names[i] = self.names.pop().expect("just spawned");
         Ok(())
     }
 
@@ -61,7 +64,20 @@ impl Children {
             .spawn()
             .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
         self.procs.push(child);
+        self.names.push(log.to_string());
         Ok(())
+    }
+
+    /// CPU time (user + system, seconds) the children whose log name starts with `prefix` have
+    /// used so far, from `/proc/<pid>/stat` (children that exited count 0).
+    pub(super) fn cpu_seconds(&self, prefix: &str) -> f64 {
+        self.procs
+            .iter()
+            .zip(&self.names)
+            .filter(|(_, n)| n.starts_with(prefix))
+            .map(|(c, _)| cpu_ticks(c.id()))
+            .sum::<u64>() as f64
+            / CLOCK_TICKS_PER_S
     }
 
     /// The last lines of a child's log, for error messages.
@@ -84,3 +100,17 @@ impl Drop for Children {
     }
 }
 
+
+/// The unit of `/proc/<pid>/stat` times: `USER_HZ`, 100 on every Linux architecture's user ABI.
+const CLOCK_TICKS_PER_S: f64 = 100.0;
+
+/// utime + stime of a process, in clock ticks (0 when it cannot be read).
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    // "pid (comm) state ..."; comm may hold spaces, so count from the last ')'. Fields 14 and 15
+    // (utime, stime) are the 12th and 13th after it.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0 };
+    let mut fields = rest.split_whitespace().skip(11);
+    let mut next = || fields.next().and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    next() + next()
+}
