@@ -5,13 +5,16 @@
 //! agent waits, it never drops an update.
 //!
 //! A durable agent ([`AgentConfig::durable`], with process runs under a
-//! [`ShimRuntime`](crate::runtime::shim::ShimRuntime)) keeps a [`Checkpoint`] per attempt until the
-//! server has the attempt's final update. At start, [`Agent::recover`] goes through them:
+//! [`ShimRuntime`](crate::runtime::shim::ShimRuntime) and docker runs through warm containers'
+//! executors) keeps a [`Checkpoint`] per attempt until the server has the attempt's final update.
+//! At start, [`Agent::recover`] goes through them:
 //!
 //! ```text
 //! outcome.json present            -> report the final update (the real exit status)
 //! shim alive (pid + start time)   -> re-attach: running again, timeout and kills as before
-//! neither                         -> report it lost: its exit status is unknown
+//! executor.json (a docker run)    -> re-attach through the runtime: the output the log lacks,
+//!                                    then the rest of the run (lost if the container is gone)
+//! none of these                   -> report it lost: its exit status is unknown
 //! ```
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -27,7 +30,7 @@ use tug_core::protocol::{HealthReport, HeldRun, KillReason, Launch, StatusUpdate
 use tug_core::run::{RunId, RunState};
 use tug_logs::LogFiles;
 
-use crate::checkpoint::{Checkpoint, LaunchRecord, ShimRecord};
+use crate::checkpoint::{Checkpoint, ExecutorRecord, LaunchRecord, ShimRecord};
 use crate::runtime::shim::{follow, lost};
 use crate::runtime::{Outcome, RunContext, SharedRuntime};
 
@@ -47,6 +50,9 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// Checkpointing, so runs outlive an agent restart (`None`: runs die with the agent).
     pub durable: Option<Durability>,
+    /// How long a durable agent that stops leaving its runs going says it will be away (a
+    /// restart): the server keeps its runs on it that long before it treats the agent as lost.
+    pub restart_window: Duration,
 }
 
 /// How an agent keeps its runs across its own restarts. Process runs must go through a
@@ -70,6 +76,7 @@ impl Default for AgentConfig {
             grace: Duration::from_secs(10),
             heartbeat: Duration::from_secs(2),
             durable: None,
+            restart_window: Duration::from_secs(30),
         }
     }
 }
@@ -106,23 +113,31 @@ struct Inflight {
 
 /// An attempt found in the checkpoints at start.
 enum Recovered {
-    /// Still running under its shim.
+    /// Still running under its shim, or handed to a container's executor.
     Running {
         record: Box<LaunchRecord>,
         ckpt: Checkpoint,
-        shim: ShimRecord,
+        resume: Resume,
         kill: (watch::Sender<Option<KillReason>>, watch::Receiver<Option<KillReason>>),
     },
     /// Ended while no agent watched (or lost).
     Finished { run_id: RunId, attempt: u32, outcome: Outcome },
 }
 
+/// What a re-attached attempt is followed through.
+enum Resume {
+    /// A process run's shim.
+    Shim(ShimRecord),
+    /// A docker run's executor, through the runtime.
+    Executor(ExecutorRecord),
+}
+
 /// How [`Agent::run_one`] gets its attempt going.
 enum Start {
     /// Through the runtime.
     Fresh,
-    /// Following a shim an earlier agent started.
-    Reattach { ckpt: Checkpoint, shim: ShimRecord, time_left: Option<Duration> },
+    /// Following an attempt an earlier agent started.
+    Reattach { ckpt: Checkpoint, resume: Resume, time_left: Option<Duration> },
 }
 
 impl Agent {
@@ -290,11 +305,11 @@ impl Agent {
         let recovered = std::mem::take(&mut self.lock().recovered);
         for r in recovered {
             match r {
-                Recovered::Running { record, ckpt, shim, kill: (kill_tx, kill_rx) } => {
-                    tracing::info!(run = record.launch.run_id, attempt = record.launch.attempt, pid = shim.pid, "re-attached to a run of the last start");
+                Recovered::Running { record, ckpt, resume, kill: (kill_tx, kill_rx) } => {
+                    tracing::info!(run = record.launch.run_id, attempt = record.launch.attempt, "re-attached to a run of the last start");
                     let time_left = record.time_left(Timestamp::now());
                     let me = Arc::clone(&self);
-                    tasks.spawn(me.run_one(record.launch, kill_tx, kill_rx, Start::Reattach { ckpt, shim, time_left }));
+                    tasks.spawn(me.run_one(record.launch, kill_tx, kill_rx, Start::Reattach { ckpt, resume, time_left }));
                 }
                 Recovered::Finished { run_id, attempt, outcome } => {
                     tracing::info!(run = run_id, attempt, state = %outcome.state, "reporting a run that ended while the agent was down");
@@ -339,12 +354,17 @@ impl Agent {
             }
         }
         if detach {
-            // Cancelling the tasks leaves the shims alone; they record how their runs end. Runs
-            // without a checkpoint (docker) end with the agent.
+            // Cancelling the tasks leaves the shims and executors alone; they carry their runs on.
+            // Runs without a checkpoint (docker exec, per-run containers) end with the agent.
             let (kept, ending) = self.split_by_checkpoint();
             tracing::info!("{kept} runs left running; they are re-attached at the next start");
+            // The server keeps them here (and this agent out of placement) until it is back.
+            let back = ToServer::BackSoon { agent: self.config.name.clone(), within: self.config.restart_window };
+            if self.updates.send(back).await.is_err() {
+                tracing::warn!("server side of the agent channel is closed; the restart notice is not delivered");
+            }
             if ending > 0 {
-                tracing::warn!("{ending} runs without a checkpoint (docker) end with the agent");
+                tracing::warn!("{ending} runs without a checkpoint (docker exec, per-run containers) end with the agent");
             }
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
@@ -432,23 +452,26 @@ impl Agent {
         let env = if health.is_some() { launch.task.env.clone() } else { Default::default() };
         let mut next_probe = None;
         let (started_tx, started_rx) = oneshot::channel();
+        let context = |launch, kill, started| RunContext {
+            launch,
+            logs: self.logs.clone(),
+            log_limit: self.config.log_limit,
+            kill,
+            grace: self.config.grace,
+            started,
+        };
         let (time_left, mut fut): (_, Pin<Box<dyn Future<Output = Outcome> + Send + '_>>) = match start {
             Start::Fresh => {
                 let timeout = launch.task.timeout.map(|t| t.as_std());
-                let ctx = RunContext {
-                    launch,
-                    logs: self.logs.clone(),
-                    log_limit: self.config.log_limit,
-                    kill: kill_rx,
-                    grace: self.config.grace,
-                    started: started_tx,
-                };
-                (timeout, self.runtime.run(ctx))
+                (timeout, self.runtime.run(context(launch, kill_rx, started_tx)))
             }
-            Start::Reattach { ckpt, shim, time_left } => {
+            Start::Reattach { ckpt, resume: Resume::Shim(shim), time_left } => {
                 // Running again, for a server that never heard it started.
                 let _ = started_tx.send(shim.child_pid);
                 (time_left, Box::pin(follow(ckpt, shim, kill_rx)))
+            }
+            Start::Reattach { ckpt, resume: Resume::Executor(exec), time_left } => {
+                (time_left, self.runtime.reattach(context(launch, kill_rx, started_tx), ckpt, exec))
             }
         };
         let deadline = time_left.map(|t| tokio::time::Instant::now() + t);
@@ -528,10 +551,17 @@ async fn recover_one(ckpt: Checkpoint, run_id: RunId, attempt: u32) -> Recovered
     };
     match ckpt.read_shim().await {
         Ok(Some(shim)) if shim.is_alive() => {
-            return Recovered::Running { record: Box::new(record), ckpt, shim, kill: watch::channel(None) };
+            return Recovered::Running { record: Box::new(record), ckpt, resume: Resume::Shim(shim), kill: watch::channel(None) };
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(run = run_id, attempt, error = %e, "cannot read the shim's record"),
+    }
+    match ckpt.read_executor().await {
+        Ok(Some(exec)) => {
+            return Recovered::Running { record: Box::new(record), ckpt, resume: Resume::Executor(exec), kill: watch::channel(None) };
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(run = run_id, attempt, error = %e, "cannot read the executor's record"),
     }
     // The shim may have recorded the outcome just before it exited.
     if let Ok(Some(outcome)) = ckpt.read_outcome().await {

@@ -10,11 +10,16 @@
 //! shim.log      the shim's own diagnostics
 //! ```
 //!
-//! Files are replaced atomically (write a temporary file, rename), so a reader sees a whole file
-//! or none. The agent removes the directory once the server has the attempt's final update.
+//! A docker run in a warm container has `launch.json`, `executor.json` (the container, its
+//! executor's socket, the run's key there, where its output starts in the run log) and, once it
+//! ended, `outcome.json`, all written by the agent.
 //!
-//! Docker runs are not checkpointed: the executor inside the container kills a run when its
-//! connection to the agent drops, so a docker run never outlives its agent.
+//! Files are replaced atomically (write a temporary file, fsync it, rename, fsync the directory),
+//! so a reader sees a whole file or none, also after a power loss: a checkpoint the agent acted on
+//! is on disk. The agent removes the directory once the server has the attempt's final update.
+//!
+//! Docker runs through `docker exec` or in per-run containers are not checkpointed: they end with
+//! their agent.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -71,6 +76,19 @@ impl ShimRecord {
     }
 }
 
+/// A docker run handed to the executor (dwait) in a warm container, as a detachable run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorRecord {
+    /// The container's id.
+    pub container: String,
+    /// The executor's socket on the host.
+    pub socket: PathBuf,
+    /// The run's key in the container.
+    pub key: String,
+    /// Where this attempt's output starts in the run log.
+    pub log_offset: u64,
+}
+
 /// A checkpoint file that cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -104,6 +122,7 @@ const LAUNCH: &str = "launch.json";
 const SHIM: &str = "shim.json";
 const KILL: &str = "kill";
 const OUTCOME: &str = "outcome.json";
+const EXECUTOR: &str = "executor.json";
 const SHIM_LOG: &str = "shim.log";
 
 impl Checkpoint {
@@ -136,6 +155,10 @@ impl Checkpoint {
     /// Creates the directory and records the launch.
     pub async fn write_launch(&self, record: &LaunchRecord) -> Result<(), CheckpointError> {
         tokio::fs::create_dir_all(&self.dir).await.map_err(|source| CheckpointError::Io { path: self.dir.clone(), source })?;
+        // The new directory's own entry, so that it survives a crash with its files.
+        if let Some(parent) = self.dir.parent() {
+            sync_dir(parent).await.map_err(|source| CheckpointError::Io { path: parent.to_path_buf(), source })?;
+        }
         self.write(LAUNCH, record).await
     }
 
@@ -155,6 +178,16 @@ impl Checkpoint {
     /// The recorded shim, if it has recorded itself.
     pub async fn read_shim(&self) -> Result<Option<ShimRecord>, CheckpointError> {
         self.read(SHIM).await
+    }
+
+    /// Records the executor a docker run was handed to.
+    pub async fn write_executor(&self, record: &ExecutorRecord) -> Result<(), CheckpointError> {
+        self.write(EXECUTOR, record).await
+    }
+
+    /// The executor a docker run was handed to, if it is one.
+    pub async fn read_executor(&self) -> Result<Option<ExecutorRecord>, CheckpointError> {
+        self.read(EXECUTOR).await
     }
 
     /// Records why the attempt must stop.
@@ -190,8 +223,14 @@ impl Checkpoint {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let bytes = serde_json::to_vec(value).map_err(|source| CheckpointError::Corrupt { path: path.clone(), source })?;
         let io = |source| CheckpointError::Io { path: path.clone(), source };
-        tokio::fs::write(&tmp, &bytes).await.map_err(io)?;
-        tokio::fs::rename(&tmp, &path).await.map_err(io)
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
+            f.write_all(&bytes).await.map_err(io)?;
+            f.sync_all().await.map_err(io)?;
+        }
+        tokio::fs::rename(&tmp, &path).await.map_err(io)?;
+        sync_dir(&self.dir).await.map_err(io)
     }
 
     async fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, CheckpointError> {
@@ -202,6 +241,14 @@ impl Checkpoint {
             Err(source) => Err(CheckpointError::Io { path, source }),
         }
     }
+}
+
+/// Makes a directory's entries (a file renamed into it, a directory made in it) durable.
+async fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 /// A live process's start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`);

@@ -28,6 +28,9 @@ use crate::runtime::SharedRuntime;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a stopping agent waits for the server to acknowledge its last status updates.
 const FLUSH_GRACE: Duration = Duration::from_secs(3);
+/// The most status updates sent in one message (about 200 bytes each, far below gRPC's 4 MiB
+/// message limit).
+const MAX_BATCH: usize = 1024;
 
 /// Where and how a remote agent joins.
 #[derive(Debug, Clone)]
@@ -252,6 +255,7 @@ async fn session(
             .into_iter()
             .map(|h| tug_proto::HeldRun { run_id: h.run_id, attempt: h.attempt, finished: h.finished })
             .collect(),
+        batches: true,
     };
     let _ = tx.send(out(agent_message::Msg::Register(register))).await;
     // A TLS failure shows only now when the server refused this agent's certificate (TLS 1.3
@@ -263,16 +267,21 @@ async fn session(
         Ok(r) => r.into_inner(),
         Err(e) => return not_agent(&e).map_or_else(|| Ok(Ended::Broken(format!("opening the agent stream: {e}"))), Err),
     };
-    match inbound.message().await {
-        Ok(Some(ServerMessage { msg: Some(server_message::Msg::Registered(r)) })) => agent.observe_epoch(r.epoch),
+    // Whether the server takes many updates in one message (an older one does not).
+    let batches = match inbound.message().await {
+        Ok(Some(ServerMessage { msg: Some(server_message::Msg::Registered(r)) })) => {
+            agent.observe_epoch(r.epoch);
+            r.batches
+        }
         Ok(Some(ServerMessage { msg: Some(server_message::Msg::Refused(r)) })) => return Err(RemoteError::Refused(r.reason)),
         Ok(other) => return Ok(Ended::Broken(format!("expected Registered, got {other:?}"))),
         Err(e) => return not_agent(&e).map_or_else(|| Ok(Ended::Broken(format!("registering: {e}"))), Err),
-    }
+    };
     *registered = true;
     tracing::info!(server, resend = unacked.len(), "registered with the server");
-    for u in unacked.values() {
-        if !send_update(&tx, u).await {
+    let resend: Vec<&StatusUpdate> = unacked.values().collect();
+    for chunk in resend.chunks(MAX_BATCH) {
+        if !send_updates(&tx, chunk, batches).await {
             return Ok(Ended::Broken("stream closed while resending".into()));
         }
     }
@@ -299,30 +308,34 @@ async fn session(
             }
         }
         tokio::select! {
-            u = updates.recv(), if !updates.is_closed() || !updates.is_empty() => match u {
-                Some(ToServer::Status(u)) => {
-                    unacked.insert(u.seq, u.clone());
-                    if !send_update(&tx, &u).await {
+            u = updates.recv(), if !updates.is_closed() || !updates.is_empty() => {
+                // Everything already queued goes out together: the runs of one tick end within
+                // microseconds of each other, and one message (one wakeup of the stream) for all
+                // of them costs far less than one each.
+                let mut next = u;
+                let mut taken = 0;
+                let mut batch: Vec<StatusUpdate> = Vec::new();
+                while let Some(m) = next.take() {
+                    taken += 1;
+                    let sent = match m {
+                        ToServer::Status(u) => {
+                            batch.push(u);
+                            true
+                        }
+                        // In order: the updates before it go first.
+                        other => flush(&tx, &mut batch, unacked, batches).await && send_other(&tx, other).await,
+                    };
+                    if !sent {
                         return Ok(Ended::Broken("stream closed".into()));
                     }
+                    if taken < MAX_BATCH {
+                        next = updates.try_recv().ok();
+                    }
                 }
-                Some(ToServer::Heartbeat { warm_containers, .. })
-                    if tx.send(out(agent_message::Msg::Heartbeat(tug_proto::Heartbeat { warm_containers }))).await.is_err() =>
-                {
+                if !flush(&tx, &mut batch, unacked, batches).await {
                     return Ok(Ended::Broken("stream closed".into()));
                 }
-                Some(ToServer::Heartbeat { .. }) => {}
-                // Health is a current state, not a log: one lost on a broken stream is sent
-                // again by the next change, and the server re-checks replicas it hears nothing of.
-                Some(ToServer::Health(h)) => {
-                    let bytes = serde_json::to_vec(&h).unwrap_or_default();
-                    if tx.send(out(agent_message::Msg::Health(bytes))).await.is_err() {
-                        return Ok(Ended::Broken("stream closed".into()));
-                    }
-                }
-                // Remote agents say what they hold in Register, once per connection.
-                Some(ToServer::Held { .. }) | None => {}
-            },
+            }
             call = async { net.calls.as_mut()?.recv().await }, if net.calls.is_some() => match call {
                 Some(call) => {
                     net.next += 1;
@@ -362,8 +375,10 @@ async fn session(
                         Err(e) => tracing::error!(error = %e, "undecodable command from the server dropped"),
                     },
                     server_message::Msg::Ack(a) => {
-                        if let Some(u) = unacked.remove(&a.seq) {
-                            agent.delivered(&u);
+                        for seq in (a.seq != 0).then_some(a.seq).into_iter().chain(a.seqs) {
+                            if let Some(u) = unacked.remove(&seq) {
+                                agent.delivered(&u);
+                            }
                         }
                     }
                     server_message::Msg::Refused(r) => return Err(RemoteError::Refused(r.reason)),
@@ -454,12 +469,59 @@ impl Claims for RemoteClaims {
     }
 }
 
-async fn send_update(tx: &mpsc::Sender<AgentMessage>, u: &StatusUpdate) -> bool {
-    match serde_json::to_vec(u) {
-        Ok(bytes) => tx.send(out(agent_message::Msg::StatusUpdate(bytes))).await.is_ok(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode a status update");
-            true
+/// Sends `batch` (kept in `unacked` until acknowledged) and empties it; false when the stream is
+/// gone.
+async fn flush(
+    tx: &mpsc::Sender<AgentMessage>,
+    batch: &mut Vec<StatusUpdate>,
+    unacked: &mut BTreeMap<u64, StatusUpdate>,
+    batches: bool,
+) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let sent = send_updates(tx, &batch.iter().collect::<Vec<_>>(), batches).await;
+    unacked.extend(batch.drain(..).map(|u| (u.seq, u)));
+    sent
+}
+
+/// Sends status updates: in one message to a server that takes batches, else one by one.
+async fn send_updates(tx: &mpsc::Sender<AgentMessage>, updates: &[&StatusUpdate], batches: bool) -> bool {
+    if batches {
+        return match serde_json::to_vec(updates) {
+            Ok(bytes) => tx.send(out(agent_message::Msg::StatusUpdates(bytes))).await.is_ok(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode status updates");
+                true
+            }
+        };
+    }
+    for u in updates {
+        match serde_json::to_vec(u) {
+            Ok(bytes) => {
+                if tx.send(out(agent_message::Msg::StatusUpdate(bytes))).await.is_err() {
+                    return false;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a status update"),
         }
     }
+    true
+}
+
+/// Sends a heartbeat or a health report; false when the stream is gone.
+async fn send_other(tx: &mpsc::Sender<AgentMessage>, m: ToServer) -> bool {
+    let m = match m {
+        ToServer::Heartbeat { warm_containers, .. } => agent_message::Msg::Heartbeat(tug_proto::Heartbeat { warm_containers }),
+        // Health is a current state, not a log: one lost on a broken stream is sent again by the
+        // next change, and the server re-checks replicas it hears nothing of.
+        ToServer::Health(h) => agent_message::Msg::Health(serde_json::to_vec(&h).unwrap_or_default()),
+        ToServer::BackSoon { within, .. } => {
+            agent_message::Msg::BackSoon(tug_proto::BackSoon { within_ms: u64::try_from(within.as_millis()).unwrap_or(u64::MAX) })
+        }
+        // Remote agents say what they hold in Register, once per connection; status updates go
+        // through `flush`.
+        ToServer::Held { .. } | ToServer::Status(_) => return true,
+    };
+    tx.send(out(m)).await.is_ok()
 }

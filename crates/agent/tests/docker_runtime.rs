@@ -1,11 +1,14 @@
 //! The docker runtime against the real Docker Engine: warm containers through the in-container
 //! executor (output, exit codes, process-group kills, one container for many runs), per-run
 //! containers, lifecycle (spec change, max_runs, idle removal, adoption, dead containers), the
-//! memory limit, and a missing image.
+//! memory limit, and a missing image; a durable agent's docker runs outliving the agent and
+//! re-attached by the next one, with their whole log or a marker where output was dropped.
 //!
 //! Needs a Docker daemon, the static dwait binary and the busybox test image; `scripts/test`
 //! provides the last two (and each is also built here when missing). When no daemon is
 //! reachable, every test prints a loud SKIP and passes.
+
+mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -574,4 +577,116 @@ async fn dispatch_without_docker_fails_docker_runs_clearly() {
     assert!(reason.contains("docker runtime is unavailable: cannot reach the Docker daemon at /nope") && reason.contains("docker info"), "{reason}");
     let o = rt.run(run(launch("p", "exit 0", |t| { t.runtime = RuntimeKind::Process; t.docker = None; }))).await;
     assert_eq!(o.state, RunState::Succeeded);
+}
+
+/// A durable agent (checkpoints in the runtime's `checkpoints` dir) over `rt`, serving: its
+/// command sender, its updates, and what stops it (leaving its runs going).
+async fn durable_agent(
+    env: &Env,
+    rt: DockerRuntime,
+) -> (tokio::sync::mpsc::Sender<tug_core::protocol::ToAgent>, tokio::sync::mpsc::Receiver<tug_core::protocol::ToServer>, oneshot::Sender<()>, JoinHandle<()>) {
+    let dir = env.config.checkpoints.clone().expect("checkpoints on");
+    let config = tug_agent::AgentConfig {
+        name: env.config.agent.clone(),
+        grace: GRACE,
+        durable: Some(tug_agent::Durability { dir, shim: PathBuf::from("/nonexistent/tug"), detach_on_stop: true }),
+        ..tug_agent::AgentConfig::default()
+    };
+    let (updates_tx, updates) = tokio::sync::mpsc::channel(64);
+    let agent = tug_agent::Agent::new(config, std::sync::Arc::new(rt), env.logs.clone(), updates_tx);
+    let (commands, commands_rx) = tokio::sync::mpsc::channel(16);
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let serve = tokio::spawn(agent.serve(commands_rx, async {
+        let _ = stop_rx.await;
+    }));
+    (commands, updates, stop, serve)
+}
+
+fn with_checkpoints(buffer: u64) -> impl FnOnce(&mut DockerConfig) {
+    move |c| {
+        c.checkpoints = Some(c.state_dir.join("runs"));
+        c.detached_buffer = buffer;
+    }
+}
+
+/// Waits until the run's log contains `text`.
+async fn log_has(env: &Env, run_id: RunId, text: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !env.log(run_id).await.contains(text) {
+        assert!(tokio::time::Instant::now() < deadline, "the log never showed {text:?}: {:?}", env.log(run_id).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_run_outlives_its_agent_and_the_next_agent_finishes_it_once_with_its_whole_log() {
+    let Some(env) = Env::with("reattach", with_checkpoints(1 << 20)).await else { return };
+    let (commands, mut updates, stop, serve) = durable_agent(&env, env.rt.clone()).await;
+    let l = launch("reattach", "echo before; sleep 2; echo after; exit 3", |_| {});
+    let id = l.run_id;
+    commands.send(tug_core::protocol::ToAgent::Launch(Box::new(l))).await.unwrap();
+    assert_eq!(common::next_update(&mut updates, Duration::from_secs(20)).await.state, RunState::Running);
+    log_has(&env, id, "before\n").await;
+
+    // The agent stops, leaving the run going, and says it will be back.
+    stop.send(()).unwrap();
+    serve.await.unwrap();
+    let notices: Vec<_> = std::iter::from_fn(|| updates.try_recv().ok()).collect();
+    assert!(notices.iter().any(|m| matches!(m, tug_core::protocol::ToServer::BackSoon { .. })), "{notices:?}");
+    assert!(notices.iter().all(|m| !matches!(m, tug_core::protocol::ToServer::Status(_))), "no final update from the stopped agent: {notices:?}");
+
+    // The next agent adopts the container and re-attaches the run.
+    let again = DockerRuntime::connect(env.config.clone()).await.expect("connect");
+    let (_commands, mut updates, _stop, _serve) = durable_agent(&env, again.clone()).await;
+    let mut seen = Vec::new();
+    loop {
+        let u = common::next_update(&mut updates, Duration::from_secs(20)).await;
+        seen.push(u.state);
+        if u.state.is_terminal() {
+            assert_eq!((u.state, u.exit_code), (RunState::Failed, Some(3)), "{u:?}");
+            break;
+        }
+    }
+    assert_eq!(seen, vec![RunState::Running, RunState::Failed], "running again, then its end, once");
+    assert_eq!(env.log(id).await, "before\nafter\nexit code 3\n", "the whole log, nothing twice");
+    assert_eq!(again.containers_created(), 0, "the run went on in the same container");
+    let ckpt = env.config.checkpoints.as_ref().unwrap().join(format!("{id}-1"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ckpt.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the delivered run's checkpoint is removed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_past_the_buffer_while_no_agent_is_attached_leaves_a_marker_in_the_log() {
+    let Some(env) = Env::with("overflow", with_checkpoints(1000)).await else { return };
+    let (commands, mut updates, stop, serve) = durable_agent(&env, env.rt.clone()).await;
+    let script = "echo start; sleep 2; i=0; while [ $i -lt 300 ]; do echo line-$i-xxxxxxxxxx; i=$((i+1)); done; echo end";
+    let l = launch("overflow", script, |_| {});
+    let id = l.run_id;
+    commands.send(tug_core::protocol::ToAgent::Launch(Box::new(l))).await.unwrap();
+    assert_eq!(common::next_update(&mut updates, Duration::from_secs(20)).await.state, RunState::Running);
+    log_has(&env, id, "start\n").await;
+    stop.send(()).unwrap();
+    serve.await.unwrap();
+    // All of the output comes while no agent is attached.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let again = DockerRuntime::connect(env.config.clone()).await.expect("connect");
+    let (_commands, mut updates, _stop, _serve) = durable_agent(&env, again).await;
+    let u = loop {
+        let u = common::next_update(&mut updates, Duration::from_secs(20)).await;
+        if u.state.is_terminal() {
+            break u;
+        }
+    };
+    assert_eq!(u.state, RunState::Succeeded, "{u:?}");
+    let log = env.log(id).await;
+    assert!(log.starts_with("start\n[tug: "), "{log}");
+    assert!(log.contains("bytes of output were dropped while no agent was attached; dwait keeps the last 1000 bytes]"), "{log}");
+    assert!(!log.contains("line-0-"), "the oldest output is the part dropped: {log}");
+    assert!(log.ends_with("line-299-xxxxxxxxxx\nend\n"), "the latest output is kept: {log}");
+    env.cleanup().await;
 }

@@ -25,9 +25,12 @@ use tug_logs::LogFiles;
 
 /// Session 1: registers the agent, launches one run, takes its status updates without acking
 /// them and hangs up once it has finished. Later sessions ack everything.
+/// With `batches`, it says so in `Registered` and acks with `Ack.seqs`, as a current server does;
+/// without, it is an older server that takes and acks one update per message.
 struct Fake {
     sessions: Arc<AtomicUsize>,
     seen: mpsc::UnboundedSender<(usize, StatusUpdate)>,
+    batches: bool,
 }
 
 fn reply(m: server_message::Msg) -> Result<ServerMessage, Status> {
@@ -44,7 +47,8 @@ impl AgentService for Fake {
         let first = inbound.message().await?.unwrap();
         assert!(matches!(first.msg, Some(agent_message::Msg::Register(ref r)) if r.agent == "remote-1" && r.join_token == "t"));
         let (tx, rx) = mpsc::channel(64);
-        tx.send(reply(server_message::Msg::Registered(tug_proto::Registered { epoch: 1 }))).await.unwrap();
+        let batches = self.batches;
+        tx.send(reply(server_message::Msg::Registered(tug_proto::Registered { epoch: 1, batches }))).await.unwrap();
         if n == 1 {
             let launch = ToAgent::Launch(Box::new(Launch {
                 run_id: 7,
@@ -70,16 +74,25 @@ impl AgentService for Fake {
         let seen = self.seen.clone();
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
-                let Some(agent_message::Msg::StatusUpdate(bytes)) = m.msg else { continue };
-                let u: StatusUpdate = serde_json::from_slice(&bytes).unwrap();
-                let done = u.state == RunState::Succeeded;
-                let seq = u.seq;
-                let _ = seen.send((n, u));
+                let updates: Vec<StatusUpdate> = match m.msg {
+                    Some(agent_message::Msg::StatusUpdate(bytes)) if !batches => vec![serde_json::from_slice(&bytes).unwrap()],
+                    Some(agent_message::Msg::StatusUpdates(bytes)) if batches => serde_json::from_slice(&bytes).unwrap(),
+                    Some(agent_message::Msg::StatusUpdate(_) | agent_message::Msg::StatusUpdates(_)) => {
+                        panic!("the agent sent updates in a form this server did not offer")
+                    }
+                    _ => continue,
+                };
+                let seqs: Vec<u64> = updates.iter().map(|u| u.seq).collect();
+                let done = updates.iter().any(|u| u.state == RunState::Succeeded);
+                for u in updates {
+                    let _ = seen.send((n, u));
+                }
                 if n == 1 && done {
                     return; // hang up without acking anything
                 }
                 if n > 1 {
-                    let _ = tx.send(reply(server_message::Msg::Ack(tug_proto::Ack { seq }))).await;
+                    let ack = if batches { tug_proto::Ack { seq: 0, seqs } } else { tug_proto::Ack { seq: seqs[0], seqs: Vec::new() } };
+                    let _ = tx.send(reply(server_message::Msg::Ack(ack))).await;
                 }
             }
         });
@@ -89,10 +102,19 @@ impl AgentService for Fake {
 
 #[tokio::test]
 async fn unacknowledged_updates_are_resent_after_a_reconnect() {
+    resent_after_a_reconnect(true).await;
+}
+
+#[tokio::test]
+async fn an_older_server_gets_and_acks_one_update_per_message() {
+    resent_after_a_reconnect(false).await;
+}
+
+async fn resent_after_a_reconnect(batches: bool) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let fake = Fake { sessions: Arc::new(AtomicUsize::new(0)), seen: seen_tx };
+    let fake = Fake { sessions: Arc::new(AtomicUsize::new(0)), seen: seen_tx, batches };
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(AgentServiceServer::new(fake))
@@ -154,7 +176,7 @@ impl AgentService for Holding {
         };
         let _ = self.seen.send((n, register.held, None));
         let (tx, rx) = mpsc::channel(64);
-        tx.send(reply(server_message::Msg::Registered(tug_proto::Registered { epoch: 3 }))).await.unwrap();
+        tx.send(reply(server_message::Msg::Registered(tug_proto::Registered { epoch: 3, batches: false }))).await.unwrap();
         let seen = self.seen.clone();
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
@@ -165,7 +187,7 @@ impl AgentService for Holding {
                 if n == 1 {
                     return; // hang up without acking
                 }
-                let _ = tx.send(reply(server_message::Msg::Ack(tug_proto::Ack { seq }))).await;
+                let _ = tx.send(reply(server_message::Msg::Ack(tug_proto::Ack { seq, seqs: Vec::new() }))).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -224,4 +224,14 @@ pub enum ToServer {
         /// Its attempts.
         runs: Vec<HeldRun>,
     },
+    /// The agent is restarting and leaves its runs going: the server keeps them where they are
+    /// and gives the agent no new runs until it registers again, or until `within` has passed
+    /// (then it is lost as usual).
+    BackSoon {
+        /// The agent's name.
+        agent: String,
+        /// How long it expects to be away.
+        within: std::time::Duration,
+    },
 }
+

@@ -185,6 +185,31 @@ pub struct Run {
     /// For a pending retry: when it is due.
     #[serde(default)]
     pub retry_at: Option<Timestamp>,
+    /// How an attempt the server had given up (lost) really ended, as its agent reported later.
+    /// The run's own state stays what it became meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_report: Option<LateReport>,
+}
+
+/// A final state an agent reported for an attempt after the server had given it up as lost
+/// (the agent was away, then came back and said how the attempt ended).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateReport {
+    /// The attempt it is about.
+    pub attempt: u32,
+    /// How it ended.
+    pub state: RunState,
+    /// When the agent reported it.
+    pub at: Timestamp,
+    /// The process's exit code, when it exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// In words.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// A run to be written: the store assigns its id and `created_at`.
@@ -224,6 +249,7 @@ impl NewRun {
             reason: self.reason,
             agent: self.agent,
             retry_at: None,
+            late_report: None,
         }
     }
 }

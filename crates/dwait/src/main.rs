@@ -2,7 +2,8 @@
 //! waits for its network (`dwait::net`, set up by `TUG_NET_*`). `dwait serve SOCKET` then listens on
 //! SOCKET and runs each run an agent connection asks for (see [`dwait::protocol`]): in its own
 //! process group, output streamed back, exit status reported, the group killed on request, and
-//! every zombie in the container reaped (PID 1 inherits all orphans).
+//! every zombie in the container reaped (PID 1 inherits all orphans). A detachable run outlives
+//! its agent's connection, its latest output buffered, until a restarted agent attaches again.
 //!
 //! Threads, not async: a run costs four short-lived threads (connection, stdout, stderr, control)
 //! and the binary stays small and static.
@@ -14,7 +15,7 @@
 // dwait has no async runtime and no paused-time tests: the std clock is the right one here.
 #![allow(clippy::disallowed_types)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -24,7 +25,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-use dwait::protocol::{self, Exit, Request};
+use dwait::protocol::{self, Attach, Exit, Request};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
@@ -169,16 +170,94 @@ fn serve(path: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Serves one run.
+/// How long a finished detachable run is kept when no agent has said DONE.
+const KEEP_FINISHED: Duration = Duration::from_secs(3600);
+/// Output kept for a re-attach when the request names no buffer size.
+const DEFAULT_BUFFER: u64 = 1 << 20;
+/// The most output replayed in one frame on a re-attach.
+const REPLAY_CHUNK: usize = 16 * 1024;
+
+/// One run: its leader, and where its output goes.
+struct Run {
+    pid: i32,
+    /// Set for a detachable run (see [`protocol`]).
+    key: Option<String>,
+    /// The leader has exited and its EXIT frame is (being) written: a connection closing now is
+    /// not an abandoned run.
+    finished: AtomicBool,
+    /// A signal was sent to the group: nothing of it may outlive the leader.
+    stopped: AtomicBool,
+    out: Mutex<Out>,
+}
+
+/// A run's output side, under one lock so frames never interleave and a re-attach sees a
+/// consistent buffer.
+struct Out {
+    /// The attached agent's connection (write side), if any.
+    conn: Option<UnixStream>,
+    /// Bumped by each attach, so a connection that ends detaches only itself.
+    generation: u64,
+    /// A detachable run's latest output, at most `cap` bytes.
+    ring: VecDeque<u8>,
+    cap: usize,
+    /// Bytes of output so far.
+    total: u64,
+    exit: Option<Exit>,
+    finished_at: Option<std::time::Instant>,
+}
+
+impl Out {
+    /// Writes a frame to the attached agent; a failed write detaches it.
+    fn send(&mut self, kind: u8, payload: &[u8]) {
+        if let Some(c) = self.conn.as_mut()
+            && c.write_all(&frame(kind, payload)).is_err()
+        {
+            self.conn = None;
+        }
+    }
+
+    /// Records and forwards a chunk of output.
+    fn output(&mut self, kind: u8, bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        if self.cap > 0 {
+            self.ring.extend(bytes);
+            let excess = self.ring.len().saturating_sub(self.cap);
+            self.ring.drain(..excess);
+        }
+        self.send(kind, bytes);
+    }
+}
+
+/// Detachable runs by key, until an agent has their exit (or [`KEEP_FINISHED`] passes).
+fn detachable() -> &'static Mutex<HashMap<String, Arc<Run>>> {
+    static RUNS: OnceLock<Mutex<HashMap<String, Arc<Run>>>> = OnceLock::new();
+    RUNS.get_or_init(Default::default)
+}
+
+/// Serves one connection: a new run, or a re-attach to a detachable one.
 fn handle(mut conn: UnixStream) -> io::Result<()> {
     let Some((kind, payload)) = protocol::read_frame(&mut conn)? else { return Ok(()) };
-    if kind != protocol::REQUEST {
-        return protocol::write_frame(&mut conn, protocol::ERROR, b"expected a request frame");
+    match kind {
+        protocol::REQUEST => start(conn, &payload),
+        protocol::ATTACH => attach(conn, &payload),
+        _ => protocol::write_frame(&mut conn, protocol::ERROR, b"expected a request or an attach frame"),
     }
-    let req = match Request::decode(&payload) {
+}
+
+/// Starts a run and follows it to its exit.
+fn start(mut conn: UnixStream, payload: &[u8]) -> io::Result<()> {
+    let req = match Request::decode(payload) {
         Ok(r) => r,
         Err(e) => return protocol::write_frame(&mut conn, protocol::ERROR, e.as_bytes()),
     };
+    if let Some(key) = &req.key {
+        let mut runs = lock(detachable());
+        runs.retain(|_, r| lock(&r.out).finished_at.is_none_or(|t| t.elapsed() < KEEP_FINISHED));
+        if runs.contains_key(key) {
+            let why = format!("run {key} is already running here; attach to it instead of starting it again");
+            return protocol::write_frame(&mut conn, protocol::ERROR, why.as_bytes());
+        }
+    }
     let mut cmd = match prepare(&req) {
         Ok(c) => c,
         Err(e) => return protocol::write_frame(&mut conn, protocol::ERROR, e.as_bytes()),
@@ -205,54 +284,45 @@ fn handle(mut conn: UnixStream) -> io::Result<()> {
     r.spawned.notify_all();
     let pid = child.id() as i32;
     let pgid = Pid::from_raw(pid);
-
-    let out = Arc::new(Mutex::new(conn.try_clone()?));
-    lock(&out).write_all(&frame(protocol::STARTED, pid.to_string().as_bytes()))?;
+    let cap = if req.key.is_some() { req.buffer.unwrap_or(DEFAULT_BUFFER) as usize } else { 0 };
+    let run = Arc::new(Run {
+        pid,
+        key: req.key.clone(),
+        finished: AtomicBool::new(false),
+        stopped: AtomicBool::new(false),
+        out: Mutex::new(Out {
+            conn: Some(conn.try_clone()?),
+            generation: 0,
+            ring: VecDeque::new(),
+            cap,
+            total: 0,
+            exit: None,
+            finished_at: None,
+        }),
+    });
+    if let Some(key) = &req.key {
+        lock(detachable()).insert(key.clone(), run.clone());
+    }
+    lock(&run.out).send(protocol::STARTED, pid.to_string().as_bytes());
 
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut pumps = 0;
     if let Some(s) = child.stdout.take() {
         pumps += 1;
-        pump(s, protocol::STDOUT, out.clone(), done_tx.clone());
+        pump(s, protocol::STDOUT, run.clone(), done_tx.clone());
     }
     if let Some(s) = child.stderr.take() {
         pumps += 1;
-        pump(s, protocol::STDERR, out.clone(), done_tx.clone());
+        pump(s, protocol::STDERR, run.clone(), done_tx.clone());
     }
     drop(done_tx);
-
-    let finished = Arc::new(AtomicBool::new(false));
-    let stopped = Arc::new(AtomicBool::new(false));
     {
-        let (finished, stopped) = (finished.clone(), stopped.clone());
-        let mut control = conn;
-        std::thread::spawn(move || {
-            loop {
-                match protocol::read_frame(&mut control) {
-                    Ok(Some((protocol::SIGNAL, p))) => {
-                        let sig = std::str::from_utf8(&p).ok().and_then(|s| s.parse::<i32>().ok()).and_then(|n| Signal::try_from(n).ok());
-                        if let Some(sig) = sig
-                            && !finished.load(Ordering::SeqCst)
-                        {
-                            stopped.store(true, Ordering::SeqCst);
-                            let _ = killpg(pgid, sig);
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        // The agent went away: the run must not outlive its connection.
-                        if !finished.load(Ordering::SeqCst) {
-                            let _ = killpg(pgid, Signal::SIGKILL);
-                        }
-                        return;
-                    }
-                }
-            }
-        });
+        let run = run.clone();
+        std::thread::spawn(move || control(conn, run, 0));
     }
 
     let status = wait_exit(pid);
-    if stopped.load(Ordering::SeqCst) {
+    if run.stopped.load(Ordering::SeqCst) {
         // A stopped run leaves nothing of its group behind.
         let _ = killpg(pgid, Signal::SIGKILL);
     }
@@ -271,8 +341,91 @@ fn handle(mut conn: UnixStream) -> io::Result<()> {
     exit.oom = exit.signal == Some(Signal::SIGKILL as i32) && oom_kills() > oom_before;
     // Before the EXIT frame: once the agent has it, it closes the connection, and that close
     // must not be taken for an abandoned run (stragglers of a finished run are left alone).
-    finished.store(true, Ordering::SeqCst);
-    lock(&out).write_all(&frame(protocol::EXIT, &exit.encode()))
+    run.finished.store(true, Ordering::SeqCst);
+    let mut out = lock(&run.out);
+    out.exit = Some(exit);
+    out.finished_at = Some(std::time::Instant::now());
+    out.send(protocol::EXIT, &exit.encode());
+    Ok(())
+}
+
+/// Continues a detachable run on a new connection: what the agent missed, then the rest.
+fn attach(mut conn: UnixStream, payload: &[u8]) -> io::Result<()> {
+    let a = match Attach::decode(payload) {
+        Ok(a) => a,
+        Err(e) => return protocol::write_frame(&mut conn, protocol::ERROR, e.as_bytes()),
+    };
+    let Some(run) = lock(detachable()).get(&a.key).cloned() else {
+        let why = format!("no run {} in this container: it never started here, or the container restarted", a.key);
+        return protocol::write_frame(&mut conn, protocol::ERROR, why.as_bytes());
+    };
+    let generation = {
+        let mut out = lock(&run.out);
+        let mut w = conn.try_clone()?;
+        w.write_all(&frame(protocol::STARTED, run.pid.to_string().as_bytes()))?;
+        let kept_from = out.total - out.ring.len() as u64;
+        if a.from < kept_from {
+            let marker = format!(
+                "[tug: {} bytes of output were dropped while no agent was attached; dwait keeps the last {} bytes]\n",
+                kept_from - a.from,
+                out.cap
+            );
+            w.write_all(&frame(protocol::STDOUT, marker.as_bytes()))?;
+        }
+        let skip = usize::try_from(a.from.saturating_sub(kept_from)).unwrap_or(usize::MAX).min(out.ring.len());
+        for chunk in out.ring.make_contiguous()[skip..].chunks(REPLAY_CHUNK) {
+            w.write_all(&frame(protocol::STDOUT, chunk))?;
+        }
+        if let Some(exit) = out.exit {
+            w.write_all(&frame(protocol::EXIT, &exit.encode()))?;
+        }
+        out.generation += 1;
+        out.conn = Some(w);
+        out.generation
+    };
+    control(conn, run, generation);
+    Ok(())
+}
+
+/// Reads what the agent sends on a run's connection: signals for the run's group, DONE. When the
+/// connection ends before the exit, a plain run is killed; a detachable one goes on, detached.
+fn control(mut conn: UnixStream, run: Arc<Run>, generation: u64) {
+    let pgid = Pid::from_raw(run.pid);
+    loop {
+        match protocol::read_frame(&mut conn) {
+            Ok(Some((protocol::SIGNAL, p))) => {
+                let sig = std::str::from_utf8(&p).ok().and_then(|s| s.parse::<i32>().ok()).and_then(|n| Signal::try_from(n).ok());
+                if let Some(sig) = sig
+                    && !run.finished.load(Ordering::SeqCst)
+                {
+                    run.stopped.store(true, Ordering::SeqCst);
+                    let _ = killpg(pgid, sig);
+                }
+            }
+            Ok(Some((protocol::DONE, _))) => {
+                if let Some(key) = &run.key {
+                    let mut runs = lock(detachable());
+                    if runs.get(key).is_some_and(|r| Arc::ptr_eq(r, &run)) {
+                        runs.remove(key);
+                    }
+                }
+                return;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                let mut out = lock(&run.out);
+                if out.generation == generation {
+                    out.conn = None;
+                }
+                drop(out);
+                // The agent went away: a plain run must not outlive its connection.
+                if run.key.is_none() && !run.finished.load(Ordering::SeqCst) {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+                return;
+            }
+        }
+    }
 }
 
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
@@ -281,19 +434,15 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Copies a pipe into frames until end of file, then says so on `done`.
-fn pump(mut pipe: impl Read + Send + 'static, kind: u8, out: Arc<Mutex<UnixStream>>, done: mpsc::Sender<()>) {
+/// Copies a pipe into frames until end of file, then says so on `done`. With no agent attached
+/// it keeps reading (into the buffer of a detachable run), so the run never blocks on a full pipe.
+fn pump(mut pipe: impl Read + Send + 'static, kind: u8, run: Arc<Run>, done: mpsc::Sender<()>) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match pipe.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => {
-                    if lock(&out).write_all(&frame(kind, &buf[..n])).is_err() {
-                        // The agent is gone; keep reading so the run never blocks on a full pipe.
-                        continue;
-                    }
-                }
+                Ok(n) => lock(&run.out).output(kind, &buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }

@@ -8,10 +8,24 @@
 //!                                    <── STDOUT bytes / STDERR bytes ...
 //!   SIGNAL "15" / SIGNAL "9"  ──>         (to the run's whole process group)
 //!                                    <── EXIT {code, signal, core, oom}
+//!   DONE                       ──>        (a detachable run: the agent has recorded the exit)
 //! ```
 //!
 //! When the agent's side closes before EXIT, dwait SIGKILLs the run's process group: a run never
-//! outlives the connection that asked for it.
+//! outlives the connection that asked for it. Unless the request named a `key` (a *detachable*
+//! run): then the run goes on, dwait keeps the last `buffer` bytes of its output, and a restarted
+//! agent continues it on a new connection:
+//!
+//! ```text
+//!   ATTACH {key, from}         ──>
+//!                                    <── STARTED "pid"        (or ERROR "no such run", then close)
+//!                                    <── STDOUT: a marker line if output before the buffer's
+//!                                        start was lost, then the output from byte `from` on
+//!                                    <── STDOUT / STDERR ... EXIT, as above
+//!   DONE                       ──>
+//! ```
+//!
+//! A finished detachable run is kept until an agent says DONE (or for an hour).
 
 use std::io::{self, Read, Write};
 
@@ -29,6 +43,10 @@ pub const STDERR: u8 = b'E';
 pub const EXIT: u8 = b'X';
 /// dwait → agent: the run could not start; payload is the reason in words.
 pub const ERROR: u8 = b'F';
+/// Agent → dwait: continue a detachable run on this connection (JSON, see [`Attach`]).
+pub const ATTACH: u8 = b'A';
+/// Agent → dwait: the agent has recorded a detachable run's exit; dwait may forget the run.
+pub const DONE: u8 = b'D';
 
 /// The largest payload either side accepts.
 pub const MAX_PAYLOAD: usize = 16 << 20;
@@ -83,6 +101,11 @@ pub struct Request {
     pub workdir: Option<String>,
     /// `name`, `uid` or `uid:gid`; names are looked up in the container's `/etc/passwd`.
     pub user: Option<String>,
+    /// Makes the run detachable under this key (unique in the container): it outlives the
+    /// connection and can be [attached](Attach) again.
+    pub key: Option<String>,
+    /// For a detachable run: how many bytes of its latest output dwait keeps for a re-attach.
+    pub buffer: Option<u64>,
 }
 
 impl Request {
@@ -90,7 +113,7 @@ impl Request {
     pub fn encode(&self) -> Vec<u8> {
         let env: serde_json::Map<String, serde_json::Value> =
             self.env.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
-        serde_json::json!({ "argv": self.argv, "env": env, "workdir": self.workdir, "user": self.user })
+        serde_json::json!({ "argv": self.argv, "env": env, "workdir": self.workdir, "user": self.user, "key": self.key, "buffer": self.buffer })
             .to_string()
             .into_bytes()
     }
@@ -109,7 +132,30 @@ impl Request {
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
             .unwrap_or_default();
         let text = |k: &str| v[k].as_str().map(str::to_string);
-        Ok(Request { argv, env, workdir: text("workdir"), user: text("user") })
+        Ok(Request { argv, env, workdir: text("workdir"), user: text("user"), key: text("key"), buffer: v["buffer"].as_u64() })
+    }
+}
+
+/// Continue a detachable run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Attach {
+    /// The run's key, as in its [`Request`].
+    pub key: String,
+    /// How many bytes of the run's output the agent has already: dwait sends the rest.
+    pub from: u64,
+}
+
+impl Attach {
+    /// As JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::json!({ "key": self.key, "from": self.from }).to_string().into_bytes()
+    }
+
+    /// From JSON.
+    pub fn decode(bytes: &[u8]) -> Result<Attach, String> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("bad attach: {e}"))?;
+        let key = v["key"].as_str().ok_or("bad attach: no key")?.to_string();
+        Ok(Attach { key, from: v["from"].as_u64().unwrap_or(0) })
     }
 }
 
@@ -148,7 +194,14 @@ mod tests {
 
     #[test]
     fn frames_and_messages_round_trip() {
-        let req = Request { argv: vec!["sh".into(), "-c".into(), "echo hi".into()], env: vec![("A".into(), "b".into())], workdir: Some("/tmp".into()), user: None };
+        let req = Request {
+            argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            env: vec![("A".into(), "b".into())],
+            workdir: Some("/tmp".into()),
+            user: None,
+            key: Some("7-1".into()),
+            buffer: Some(4096),
+        };
         let mut buf = Vec::new();
         write_frame(&mut buf, REQUEST, &req.encode()).unwrap();
         write_frame(&mut buf, STDOUT, b"\x00\xffbinary").unwrap();
@@ -159,5 +212,7 @@ mod tests {
         assert_eq!(read_frame(&mut r).unwrap(), None);
         let exit = Exit { code: None, signal: Some(9), core: false, oom: true };
         assert_eq!(Exit::decode(&exit.encode()).unwrap(), exit);
+        let attach = Attach { key: "7-1".into(), from: 12 };
+        assert_eq!(Attach::decode(&attach.encode()).unwrap(), attach);
     }
 }

@@ -5,7 +5,9 @@
 //! launches and kills are forwarded down the stream, and its heartbeats and status updates go into
 //! the scheduler's updates channel. Each status update is acknowledged by its `seq` once the
 //! scheduler has written it to the store (the agent then forgets it: an earlier ack could lose a
-//! run's result in a server crash).
+//! run's result in a server crash). Agents and servers that both say `batches` send every queued
+//! update in one message and every written update's ack in one `Ack`, so the cost of the stream
+//! follows the number of wakeups, not the number of runs.
 //! The runs the agent holds, from `Register`, go into that channel first (as `ToServer::Held`),
 //! so the scheduler reconciles them before it sees anything else from this connection.
 
@@ -134,7 +136,10 @@ impl AgentService for AgentGateway {
             .send(ToServer::Held { agent: name.clone(), runs: held }.into())
             .await
             .map_err(|_| Status::unavailable("the scheduler is shutting down"))?;
-        let _ = out_tx.send(msg(server_message::Msg::Registered(tug_proto::Registered { epoch: self.scheduler.epoch() }))).await;
+        let registered = tug_proto::Registered { epoch: self.scheduler.epoch(), batches: true };
+        let _ = out_tx.send(msg(server_message::Msg::Registered(registered))).await;
+        // An agent that reads `Ack.seqs` gets one Ack per written batch instead of one per update.
+        let batches = reg.batches;
         let updates = self.updates.clone();
         let mut stop = self.stop.clone();
         let mut logs = self.logs.connect(&name);
@@ -158,7 +163,12 @@ impl AgentService for AgentGateway {
             loop {
                 tokio::select! {
                     Some(seq) = acks.recv() => {
-                        if out_tx.send(msg(server_message::Msg::Ack(tug_proto::Ack { seq }))).await.is_err() {
+                        // A written batch's acks arrive together: take all that are there.
+                        let mut seqs = vec![seq];
+                        while let Ok(seq) = acks.try_recv() {
+                            seqs.push(seq);
+                        }
+                        if !send_acks(&out_tx, seqs, batches).await {
                             break;
                         }
                     }
@@ -212,6 +222,20 @@ impl AgentService for AgentGateway {
         });
         Ok(Response::new(stream))
     }
+}
+
+/// Acknowledges `seqs` down an agent's stream: in one message to an agent that reads
+/// `Ack.seqs`, one by one to an older agent. False when the stream is gone.
+async fn send_acks(out: &mpsc::Sender<Result<ServerMessage, Status>>, seqs: Vec<u64>, batches: bool) -> bool {
+    if batches {
+        return out.send(msg(server_message::Msg::Ack(tug_proto::Ack { seq: 0, seqs }))).await.is_ok();
+    }
+    for seq in seqs {
+        if out.send(msg(server_message::Msg::Ack(tug_proto::Ack { seq, seqs: Vec::new() }))).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Sends one network push down an agent's stream.
@@ -274,6 +298,27 @@ async fn forward(
             let report = FromAgent { msg: ToServer::Status(update), acks: Some(acks.clone()) };
             updates.send(report).await.is_ok()
         }
+        agent_message::Msg::StatusUpdates(bytes) => {
+            let batch: Vec<StatusUpdate> = match serde_json::from_slice(&bytes) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(agent = %name, error = %e, "undecodable batch of status updates dropped");
+                    return true;
+                }
+            };
+            // Room for the whole batch at once: one wait instead of one per update.
+            let Ok(permits) = updates.reserve_many(batch.len().min(updates.max_capacity())).await else { return false };
+            let mut batch = batch.into_iter();
+            for (permit, u) in permits.zip(batch.by_ref()) {
+                permit.send(FromAgent { msg: ToServer::Status(u), acks: Some(acks.clone()) });
+            }
+            for u in batch {
+                if updates.send(FromAgent { msg: ToServer::Status(u), acks: Some(acks.clone()) }).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        }
         agent_message::Msg::Health(bytes) => match serde_json::from_slice(&bytes) {
             Ok(h) => updates.send(ToServer::Health(h).into()).await.is_ok(),
             Err(e) => {
@@ -281,6 +326,10 @@ async fn forward(
                 true
             }
         },
+        agent_message::Msg::BackSoon(b) => {
+            let within = std::time::Duration::from_millis(b.within_ms);
+            updates.send(ToServer::BackSoon { agent: name.to_string(), within }.into()).await.is_ok()
+        }
         agent_message::Msg::Register(_) => {
             tracing::warn!(agent = %name, "second Register on one stream ignored");
             true

@@ -82,6 +82,7 @@ pub(crate) fn updated(stored: &Run, from: &Run) -> Run {
         reason: from.reason.clone(),
         agent: from.agent.clone(),
         retry_at: stored_opt(from.retry_at),
+        late_report: from.late_report.clone().map(|l| tug_core::run::LateReport { at: self::stored(l.at), ..l }),
         ..stored.clone()
     }
 }

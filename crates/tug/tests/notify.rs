@@ -317,6 +317,7 @@ fn event(id: u64, on: NotifyOn, webhooks: Vec<Webhook>) -> tug_server::scheduler
         reason: Some("exit code 1".into()),
         agent: Some("local".into()),
         retry_at: None,
+        late_report: None,
     };
     tug_server::scheduler::events::RunEvent { event: on, run, webhooks }
 }

@@ -484,3 +484,112 @@ async fn a_final_update_is_acknowledged_only_once_written_so_a_crash_before_the_
     assert_eq!((all[0].state, all[0].exit_code, all[0].attempt), (RunState::Failed, Some(3), 1), "{all:?}");
     assert!(second.store.attempts(run.id).await.unwrap().is_empty(), "no attempt was given up");
 }
+
+fn state_of(agents: &[tug_server::scheduler::agents::AgentView], name: &str) -> serde_json::Value {
+    serde_json::to_value(agents.iter().find(|a| a.name == name).unwrap().state).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_that_says_it_is_restarting_keeps_its_runs_until_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(Arc::new(MemStore::new()), dir.path()).await;
+    let mut x = Hand::join(&server, "x").await;
+    job(&server, "kept").await;
+    let run = server.scheduler.run_now("kept").await.unwrap();
+    x.launch().await;
+    x.report(run.id, 1, RunState::Running).await;
+    let mut y = Hand::join(&server, "y").await;
+
+    // x restarts, leaving the run going: a minute's notice, three times the agent timeout.
+    x.updates.send(ToServer::BackSoon { agent: "x".into(), within: Duration::from_secs(60) }.into()).await.unwrap();
+    x.cut();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(server.store.get_run(run.id).await.unwrap().state, RunState::Running, "not lost while x restarts");
+    assert_eq!(state_of(&server.scheduler.agents().await.unwrap(), "x"), "restarting");
+    y.quiet().await;
+
+    // Back: it holds the run, which then ends here, once.
+    let mut x = Hand::join(&server, "x").await;
+    x.held(&[(run.id, 1)]).await;
+    x.report(run.id, 1, RunState::Succeeded).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = server.store.get_run(run.id).await.unwrap();
+    assert_eq!((r.state, r.attempt, r.agent.as_deref()), (RunState::Succeeded, 1, Some("x")), "{r:?}");
+    assert!(server.store.attempts(run.id).await.unwrap().is_empty());
+    assert_eq!(state_of(&server.scheduler.agents().await.unwrap(), "x"), "up");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarting_agent_not_back_by_its_deadline_is_lost_with_its_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(Arc::new(MemStore::new()), dir.path()).await;
+    let mut x = Hand::join(&server, "x").await;
+    job(&server, "waited").await;
+    let run = server.scheduler.run_now("waited").await.unwrap();
+    x.launch().await;
+    x.report(run.id, 1, RunState::Running).await;
+    x.updates.send(ToServer::BackSoon { agent: "x".into(), within: Duration::from_secs(20) }.into()).await.unwrap();
+    x.cut();
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    assert_eq!(server.store.get_run(run.id).await.unwrap().state, RunState::Running);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let attempts = server.store.attempts(run.id).await.unwrap();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0].state, RunState::Lost);
+    assert!(
+        attempts[0].reason.as_deref().unwrap().contains("agent x said it was restarting and was not back by the time it gave"),
+        "{attempts:?}"
+    );
+    assert_eq!(state_of(&server.scheduler.agents().await.unwrap(), "x"), "lost");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_report_of_an_attempt_given_up_is_attached_and_the_run_keeps_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(Arc::new(MemStore::new()), dir.path()).await;
+    let mut x = Hand::join(&server, "x").await;
+    // No retries: the lost attempt is the run's last.
+    let spec = json!({"name": "final", "schedule": "@yearly", "command": "true", "resources": {"cpus": 1}});
+    server.scheduler.create_job(JobSpec::from_json(&spec.to_string()).unwrap()).await.unwrap();
+    job(&server, "retried").await;
+    let last = server.scheduler.run_now("final").await.unwrap();
+    x.launch().await;
+    let retried = server.scheduler.run_now("retried").await.unwrap();
+    x.launch().await;
+    x.report(last.id, 1, RunState::Running).await;
+    x.report(retried.id, 1, RunState::Running).await;
+    let mut y = Hand::join(&server, "y").await;
+
+    x.cut();
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    assert_eq!(server.store.get_run(last.id).await.unwrap().state, RunState::Lost);
+    let l2 = y.launch().await;
+    assert_eq!((l2.run_id, l2.attempt), (retried.id, 2));
+    y.report(retried.id, 2, RunState::Running).await;
+    y.report(retried.id, 2, RunState::Failed).await;
+
+    // x was only cut off: both attempts finished there, and it says so now.
+    x.resume();
+    let s1 = x.report_exit(last.id, 1, RunState::Succeeded, Some(0)).await;
+    let s2 = x.report_exit(retried.id, 1, RunState::Succeeded, Some(0)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked = x.acked();
+    assert!(acked.contains(&s1) && acked.contains(&s2), "late reports are acknowledged once written: {acked:?}");
+
+    let r = server.store.get_run(last.id).await.unwrap();
+    assert_eq!((r.state, r.attempt), (RunState::Lost, 1), "the final state stays: {r:?}");
+    let late = r.late_report.expect("the late report is kept");
+    assert_eq!((late.attempt, late.state, late.exit_code), (1, RunState::Succeeded, Some(0)));
+    let r = server.store.get_run(retried.id).await.unwrap();
+    assert_eq!((r.state, r.attempt), (RunState::Failed, 2), "{r:?}");
+    let late = r.late_report.expect("the late report of attempt 1 is kept");
+    assert_eq!((late.attempt, late.state), (1, RunState::Succeeded));
+
+    // Sent again (its ack lost): still one report, unchanged.
+    x.resend(StatusUpdate { seq: s1, run_id: last.id, attempt: 1, state: RunState::Succeeded, at: Timestamp::now(), exit_code: Some(0), signal: None, reason: None }).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(server.store.get_run(last.id).await.unwrap().late_report.unwrap().attempt, 1);
+    // And the API shows it with the run.
+    let shown = serde_json::to_value(server.store.get_run(last.id).await.unwrap()).unwrap();
+    assert_eq!(shown["late_report"]["state"], "succeeded", "{shown}");
+}

@@ -11,6 +11,8 @@ use tug_core::protocol::{KillReason, Launch};
 use tug_core::run::RunState;
 use tug_logs::LogFiles;
 
+use crate::checkpoint::{Checkpoint, ExecutorRecord};
+
 pub mod docker;
 mod ending;
 pub mod noop;
@@ -72,6 +74,17 @@ pub trait Runtime: Send + Sync + 'static {
     fn warm_containers(&self) -> usize {
         0
     }
+    /// Follows an attempt an earlier agent handed to a container's executor ([`ExecutorRecord`]),
+    /// to its end, as [`Runtime::run`] would have; records the outcome in `ckpt`. Runtimes
+    /// without executors report it lost.
+    async fn reattach(&self, ctx: RunContext, ckpt: Checkpoint, exec: ExecutorRecord) -> Outcome {
+        let _ = (ctx, exec);
+        let o = shim::lost("the agent restarted without a docker runtime to re-attach the run with");
+        if let Err(e) = ckpt.write_outcome(&o).await {
+            tracing::warn!(error = %e, "cannot record the run's outcome in its checkpoint");
+        }
+        o
+    }
 }
 
 /// A shared runtime.
@@ -117,6 +130,13 @@ impl Runtime for Dispatch {
             (tug_core::job::RuntimeKind::Process, _) => self.process.prewarm(job, task).await,
             (tug_core::job::RuntimeKind::Docker, Ok(docker)) => docker.prewarm(job, task).await,
             (tug_core::job::RuntimeKind::Docker, Err(why)) => Err(RuntimeError::DockerUnavailable(why.clone())),
+        }
+    }
+
+    async fn reattach(&self, ctx: RunContext, ckpt: Checkpoint, exec: ExecutorRecord) -> Outcome {
+        match &self.docker {
+            Ok(docker) => docker.reattach(ctx, ckpt, exec).await,
+            Err(_) => self.process.reattach(ctx, ckpt, exec).await,
         }
     }
 

@@ -14,7 +14,7 @@ pub async fn next_update(updates: &mut mpsc::Receiver<ToServer>, within: Duratio
         let msg = tokio::time::timeout(within, updates.recv()).await;
         match msg.unwrap_or_else(|_| panic!("an update within {within:?}")).expect("agent still running") {
             ToServer::Status(u) => return u,
-            ToServer::Heartbeat { .. } | ToServer::Held { .. } | ToServer::Health(_) => continue,
+            ToServer::Heartbeat { .. } | ToServer::Held { .. } | ToServer::Health(_) | ToServer::BackSoon { .. } => continue,
         }
     }
 }
@@ -24,7 +24,7 @@ pub fn queued_updates(updates: &mut mpsc::Receiver<ToServer>) -> Vec<StatusUpdat
     std::iter::from_fn(|| updates.try_recv().ok())
         .filter_map(|m| match m {
             ToServer::Status(u) => Some(u),
-            ToServer::Heartbeat { .. } | ToServer::Held { .. } | ToServer::Health(_) => None,
+            ToServer::Heartbeat { .. } | ToServer::Held { .. } | ToServer::Health(_) | ToServer::BackSoon { .. } => None,
         })
         .collect()
 }

@@ -6,6 +6,10 @@
 //! attempts given up that way are remembered, so that when the agent comes back they are stopped
 //! there (whatever still runs of them has been replaced).
 //!
+//! An agent that says it is restarting (`BackSoon`) is *restarting*: it takes no new runs, and
+//! its runs stay on it, until it registers again or the time it gave (at least the agent
+//! timeout) passes, when it is lost as above.
+//!
 //! After a server restart, the agents named by the runs that were starting or running are
 //! *awaited*: entries with no connection yet, holding those runs, until the agent registers and
 //! says what it holds (see `reconcile.rs`), or the agent timeout passes and the runs are lost.
@@ -32,6 +36,8 @@ pub enum AgentState {
     Lost,
     /// Held runs before the server restarted; not reconnected yet.
     Awaited,
+    /// Said it is restarting; its runs wait for it until its deadline.
+    Restarting,
 }
 
 /// An agent joining: who it is, what it offers, and how to reach it.
@@ -57,6 +63,8 @@ pub(crate) struct Registered {
     pub given_up: Vec<(RunId, u32)>,
     /// Warm containers it last said it holds.
     pub warm_containers: u32,
+    /// It said it is restarting and will be back by then.
+    pub back_by: Option<Instant>,
 }
 
 /// All agents, indexed alike in `snapshot.agents` and `links`.
@@ -81,6 +89,7 @@ impl Agents {
             self.links[i].tx = link.tx;
             self.links[i].last_seen = now;
             self.links[i].awaited = false;
+            self.links[i].back_by = None;
             return i;
         }
         let i = self.snapshot.add_agent(AgentInfo {
@@ -91,7 +100,7 @@ impl Agents {
             up: true,
             draining: false,
         });
-        self.links.push(Registered { tx: link.tx, last_seen: now, awaited: false, given_up: Vec::new(), warm_containers: 0 });
+        self.links.push(Registered { tx: link.tx, last_seen: now, awaited: false, given_up: Vec::new(), warm_containers: 0, back_by: None });
         self.by_name.insert(link.name, i);
         i
     }
@@ -113,7 +122,7 @@ impl Agents {
             up: false,
             draining: false,
         });
-        self.links.push(Registered { tx, last_seen: now, awaited: true, given_up: Vec::new(), warm_containers: 0 });
+        self.links.push(Registered { tx, last_seen: now, awaited: true, given_up: Vec::new(), warm_containers: 0, back_by: None });
         self.by_name.insert(name.to_string(), i);
         i
     }
@@ -123,23 +132,43 @@ impl Agents {
         self.by_name.get(name).copied()
     }
 
-    /// Notes that an agent was heard from; a lost agent comes back up.
+    /// Notes that agent `name` is restarting and will be back by `by`: it takes no new runs
+    /// and is not lost before then.
+    pub fn back_soon(&mut self, name: &str, by: Instant) -> Option<usize> {
+        let i = self.index(name)?;
+        self.snapshot.agents[i].up = false;
+        self.links[i].back_by = Some(by);
+        Some(i)
+    }
+
+    /// Notes that an agent was heard from; a lost agent comes back up. `None` for an unknown
+    /// agent, or one restarting (it is back when it registers).
     pub fn seen(&mut self, name: &str, now: Instant) -> Option<usize> {
         let i = self.index(name)?;
+        // A heartbeat still queued from before the restart notice does not undo it.
+        if self.links[i].back_by.is_some() {
+            return None;
+        }
         self.links[i].last_seen = now;
         self.snapshot.agents[i].up = true;
         Some(i)
     }
 
-    /// Marks agents silent for longer than `timeout` as lost; returns the newly lost ones, each
-    /// with whether it was awaited (never reconnected after a server restart).
-    pub fn expire(&mut self, now: Instant, timeout: std::time::Duration) -> Vec<(usize, bool)> {
+    /// Marks agents silent for longer than `timeout` (a restarting one: also past the time it
+    /// gave) as lost; returns the newly lost ones, each with why.
+    pub fn expire(&mut self, now: Instant, timeout: std::time::Duration) -> Vec<(usize, Silence)> {
         let mut lost = Vec::new();
         for (i, l) in self.links.iter_mut().enumerate() {
             let a = &mut self.snapshot.agents[i];
-            if (a.up || l.awaited) && now.duration_since(l.last_seen) > timeout {
+            let silent = now.duration_since(l.last_seen) > timeout;
+            if let Some(by) = l.back_by {
+                if silent && now > by {
+                    l.back_by = None;
+                    lost.push((i, Silence::NotBack));
+                }
+            } else if (a.up || l.awaited) && silent {
                 a.up = false;
-                lost.push((i, std::mem::take(&mut l.awaited)));
+                lost.push((i, if std::mem::take(&mut l.awaited) { Silence::Awaited } else { Silence::NoHeartbeat }));
             }
         }
         lost
@@ -148,6 +177,9 @@ impl Agents {
     /// The state of agent `i`.
     pub fn state(&self, i: usize) -> AgentState {
         let a = &self.snapshot.agents[i];
+        if self.links[i].back_by.is_some() {
+            return AgentState::Restarting;
+        }
         match (a.up, a.draining) {
             (false, _) if self.links[i].awaited => AgentState::Awaited,
             (false, _) => AgentState::Lost,
@@ -160,6 +192,17 @@ impl Agents {
     pub fn name(&self, i: usize) -> &str {
         &self.snapshot.agents[i].name
     }
+}
+
+/// Why an agent was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    /// Its heartbeats stopped.
+    NoHeartbeat,
+    /// It held runs before the server restarted and did not reconnect.
+    Awaited,
+    /// It said it was restarting and did not come back in the time it gave.
+    NotBack,
 }
 
 /// An agent as the API shows it.

@@ -7,6 +7,7 @@ use tug_core::placement::{Capacity, CompiledConstraint, NoFit, Request};
 use tug_core::protocol::ToAgent;
 use tug_core::run::RunId;
 
+use super::agents::Silence;
 use super::runs::Phase;
 use super::timers::Slot;
 use super::Scheduler;
@@ -54,11 +55,11 @@ impl Scheduler {
     /// Sets the agents-by-state gauges from the registry.
     pub(super) fn count_agents(&self) {
         use super::agents::AgentState;
-        let mut counts = [0i64; 4];
+        let mut counts = [0i64; 5];
         for i in 0..self.agents.links.len() {
             counts[self.agents.state(i) as usize] += 1;
         }
-        let states = [AgentState::Up, AgentState::Draining, AgentState::Lost, AgentState::Awaited];
+        let states = [AgentState::Up, AgentState::Draining, AgentState::Lost, AgentState::Awaited, AgentState::Restarting];
         for (state, n) in states.into_iter().zip(counts) {
             let label = crate::metrics::StateLabel { state: serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default() };
             self.metrics.agents.get_or_create(&label).set(n);
@@ -71,16 +72,23 @@ impl Scheduler {
         if !lost.is_empty() {
             self.count_agents();
         }
-        for (i, awaited) in lost {
+        for (i, why) in lost {
             let name = self.agents.name(i).to_string();
             let ids: Vec<RunId> = self.runs.on_agent(i).collect();
             let secs = self.config.agent_timeout.as_secs();
-            let reason = if awaited {
-                tracing::warn!(agent = %name, runs = ids.len(), "agent lost: it did not reconnect after the server restarted");
-                format!("agent {name} did not reconnect within {secs}s of the server's restart; the run's outcome is unknown")
-            } else {
-                tracing::warn!(agent = %name, runs = ids.len(), "agent lost: no heartbeat within the agent timeout");
-                format!("agent {name} stopped responding (no heartbeat for {secs}s); the run's outcome is unknown")
+            let reason = match why {
+                Silence::Awaited => {
+                    tracing::warn!(agent = %name, runs = ids.len(), "agent lost: it did not reconnect after the server restarted");
+                    format!("agent {name} did not reconnect within {secs}s of the server's restart; the run's outcome is unknown")
+                }
+                Silence::NoHeartbeat => {
+                    tracing::warn!(agent = %name, runs = ids.len(), "agent lost: no heartbeat within the agent timeout");
+                    format!("agent {name} stopped responding (no heartbeat for {secs}s); the run's outcome is unknown")
+                }
+                Silence::NotBack => {
+                    tracing::warn!(agent = %name, runs = ids.len(), "agent lost: it said it was restarting and did not come back in time");
+                    format!("agent {name} said it was restarting and was not back by the time it gave; the run's outcome is unknown")
+                }
             };
             // Stopped there if the agent comes back: by then they are replaced or given up.
             let given_up: Vec<(RunId, u32)> = ids.iter().filter_map(|id| self.runs.run(*id).map(|r| (*id, r.attempt))).collect();
@@ -88,6 +96,17 @@ impl Scheduler {
             self.announce_agent(crate::stream::EventKind::AgentLost, &name);
             self.mark_lost(ids, &reason).await;
             self.replicas_lost(i, &format!("agent {name} was lost (no heartbeat for {secs}s); moved")).await;
+        }
+    }
+
+    /// Notes that `agent` is restarting (it leaves its runs going) and will be back within
+    /// `within`: its runs wait for it, and it gets no new ones, until it registers again or the
+    /// time passes (never sooner than the agent timeout).
+    pub(super) fn agent_back_soon(&mut self, agent: &str, within: std::time::Duration) {
+        let by = tokio::time::Instant::now() + within;
+        if self.agents.back_soon(agent, by).is_some() {
+            tracing::info!(agent, within_s = within.as_secs_f64(), "agent is restarting; its runs wait for it");
+            self.count_agents();
         }
     }
 

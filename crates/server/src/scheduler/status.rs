@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::oneshot;
 use tug_core::protocol::{StatusUpdate, ToServer};
-use tug_core::run::{Attempt, Run, RunId, RunState};
+use tug_core::run::{Attempt, LateReport, Run, RunId, RunState};
 
 use tug_core::job::NotifyOn;
 
@@ -31,6 +31,7 @@ impl Scheduler {
         let mut acks = Vec::new();
         let mut replica_updates = Vec::new();
         let mut health = Vec::new();
+        let mut late = Vec::new();
         for FromAgent { msg, acks: to } in msgs {
             match msg {
                 // Replicas live in memory: nothing to write before the ack.
@@ -42,8 +43,12 @@ impl Scheduler {
                 }
                 ToServer::Health(h) => health.push(h),
                 ToServer::Status(u) => {
-                    if self.apply_one(&u, now, &mut attempts, &mut finished) && seen.insert(u.run_id) {
-                        changed.push(u.run_id);
+                    if self.apply_one(&u, now, &mut attempts, &mut finished) {
+                        if seen.insert(u.run_id) {
+                            changed.push(u.run_id);
+                        }
+                    } else if u.state.is_terminal() {
+                        late.push(u.clone());
                     }
                     if let Some(to) = to {
                         acks.push((to, u.seq));
@@ -56,12 +61,27 @@ impl Scheduler {
                     }
                 }
                 ToServer::Held { agent, runs } => held.push((agent, runs)),
+                ToServer::BackSoon { agent, within } => self.agent_back_soon(&agent, within),
             }
         }
         for (agent, warm) in beats {
             self.heartbeat(&agent, warm).await;
         }
+        let mut late_runs = Vec::new();
+        for u in late {
+            if let Some(run) = self.late_report(&u, now).await {
+                if self.runs.get(run.id).is_some() {
+                    if seen.insert(run.id) {
+                        changed.push(run.id);
+                    }
+                } else {
+                    late_runs.push(run);
+                }
+            }
+        }
         let written = self.save_and_complete(changed, attempts, finished, now).await;
+        // Runs no longer active that got a late report: after the batch's write, in order.
+        let late_written = if late_runs.is_empty() { None } else { Some(self.persister.save(late_runs, Vec::new()).await) };
         if !acks.is_empty() {
             // Nothing changed: wait for the writes queued before this batch instead.
             let written = match written {
@@ -72,7 +92,13 @@ impl Scheduler {
             tokio::spawn(async move {
                 // Unacknowledged, the agent keeps the updates and sends them again when it
                 // reconnects; a failed write itself is logged by the persister.
-                if let Ok(Ok(())) = written.await {
+                let late_ok = match late_written {
+                    Some(w) => matches!(w.await, Ok(Ok(()))),
+                    None => true,
+                };
+                if let Ok(Ok(())) = written.await
+                    && late_ok
+                {
                     for (to, seq) in acks {
                         let _ = to.send(seq);
                     }
@@ -108,6 +134,46 @@ impl Scheduler {
         let written = self.persister.save(runs, attempts).await;
         self.complete(finished, now).await;
         Some(written)
+    }
+
+    /// A final update for an attempt this server had given up as lost (its run has moved on:
+    /// retried, or ended `lost`): the run with the report attached, to be written, or `None` when
+    /// the update is not that (a stale or repeated one, a run pruned since). The run's own state
+    /// stays. An active run is changed in the run table.
+    async fn late_report(&mut self, u: &StatusUpdate, now: Timestamp) -> Option<Run> {
+        let mut run = match self.runs.run(u.run_id) {
+            Some(r) => r.clone(),
+            None => self.store.get_run(u.run_id).await.ok()?,
+        };
+        if run.late_report.as_ref().is_some_and(|l| l.attempt == u.attempt) {
+            return None;
+        }
+        let given_up = if u.attempt == run.attempt {
+            run.state == RunState::Lost
+        } else if u.attempt < run.attempt {
+            // An earlier attempt's record says how the server saw it end.
+            let attempts = self.store.attempts(u.run_id).await.ok()?;
+            attempts.iter().any(|a| a.attempt == u.attempt && a.state == RunState::Lost)
+        } else {
+            false
+        };
+        if !given_up {
+            return None;
+        }
+        tracing::info!(run = u.run_id, attempt = u.attempt, state = %u.state, "late report of an attempt given up as lost; attached to the run");
+        let report = LateReport {
+            attempt: u.attempt,
+            state: u.state,
+            at: now,
+            exit_code: u.exit_code,
+            signal: u.signal,
+            reason: u.reason.clone(),
+        };
+        if let Some(active) = self.runs.record_mut(u.run_id) {
+            active.late_report = Some(report.clone());
+        }
+        run.late_report = Some(report);
+        Some(run)
     }
 
     /// Applies one update to the in-memory run. Returns whether the run changed.

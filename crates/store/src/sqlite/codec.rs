@@ -129,7 +129,7 @@ pub(super) fn conversion(
 
 /// The columns of `runs`, in the order [`run_from_row`] reads them.
 pub(super) const RUN_COLUMNS: &str = "id, job, scheduled_at, trigger, state, attempt, created_at, started_at, \
-     finished_at, exit_code, signal, reason, agent, retry_at";
+     finished_at, exit_code, signal, reason, agent, retry_at, late_report";
 
 /// A run from a row selected with [`RUN_COLUMNS`].
 pub(super) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
@@ -148,6 +148,10 @@ pub(super) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         reason: row.get(11)?,
         agent: row.get(12)?,
         retry_at: get_opt_ts(row, 13)?,
+        late_report: match row.get::<_, Option<String>>(14)? {
+            Some(json) => Some(serde_json::from_str(&json).map_err(|e| conversion(14, Type::Text, e))?),
+            None => None,
+        },
     })
 }
 

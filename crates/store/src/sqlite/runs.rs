@@ -98,7 +98,7 @@ pub(super) fn save(conn: &mut Connection, runs: &[Run], attempts: &[Attempt]) ->
         let mut update = tx
             .prepare_cached(
                 "UPDATE runs SET state = ?2, attempt = ?3, started_at = ?4, finished_at = ?5, exit_code = ?6, \
-                 signal = ?7, reason = ?8, agent = ?9, retry_at = ?10 WHERE id = ?1",
+                 signal = ?7, reason = ?8, agent = ?9, retry_at = ?10, late_report = ?11 WHERE id = ?1",
             )
             .ctx("preparing the run update")?;
         for run in runs {
@@ -114,6 +114,7 @@ pub(super) fn save(conn: &mut Connection, runs: &[Run], attempts: &[Attempt]) ->
                     run.reason,
                     run.agent,
                     opt_ms(run.retry_at),
+                    run.late_report.as_ref().map(|l| serde_json::to_string(l).unwrap_or_default()),
                 ])
                 .ctx("updating a run")?;
             if updated == 0 {

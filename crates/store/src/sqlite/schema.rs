@@ -14,7 +14,7 @@ use super::codec::Context;
 use crate::{Result, StoreError};
 
 /// Every migration, in order. The schema version of a database is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// Version 1: jobs, runs and attempts.
 pub(super) const V1: &str = "
@@ -148,6 +148,11 @@ CREATE TABLE services (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+";
+
+/// Version 7: how a given-up attempt really ended, reported late by its agent.
+pub(super) const V7: &str = "
+ALTER TABLE runs ADD COLUMN late_report TEXT; -- a LateReport as JSON
 ";
 
 /// The schema version this build writes.

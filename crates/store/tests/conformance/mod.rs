@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use jiff::Timestamp;
 use tug_core::JobSpec;
-use tug_core::run::{Attempt, NewRun, Run, RunId, RunState, Trigger};
+use tug_core::run::{Attempt, LateReport, NewRun, Run, RunId, RunState, Trigger};
 use tug_core::access::{Role, Scope};
 use tug_store::{
     AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, PoolSpec, RemovedRun, RunQuery, RunTotals, Store, StoreError,
@@ -404,7 +404,7 @@ pub async fn run_pagination(store: &dyn Store) {
     assert!(matches!(store.list_runs("rp", &q).await, Err(StoreError::BadCursor(_))));
 }
 
-/// `save_runs` writes every mutable field and appends attempts, all or nothing.
+/// `save_runs` writes every mutable field (a late report too) and appends attempts, all or nothing.
 pub async fn save_runs_and_attempts(store: &dyn Store) {
     store.create_job(&spec("save"), t(0)).await.unwrap();
     let runs =
@@ -420,6 +420,15 @@ pub async fn save_runs_and_attempts(store: &dyn Store) {
         reason: Some("exit code 3; retrying".into()),
         agent: Some("host-1".into()),
         retry_at: Some(t(70)),
+        // A report of an earlier attempt, given up as lost, that came late.
+        late_report: Some(LateReport {
+            attempt: 1,
+            state: RunState::Succeeded,
+            at: t(69),
+            exit_code: Some(0),
+            signal: None,
+            reason: Some("reported after the agent came back".into()),
+        }),
         ..runs[0].clone()
     };
     let attempt1 = Attempt {

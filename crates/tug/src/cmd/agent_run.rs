@@ -1,8 +1,9 @@
 //! `tug agent run`: an agent in its own process, joined to a `tug server` over the agent protocol.
 //! It runs process jobs, and docker jobs when Docker is reachable (connected on the first docker
-//! run). Run logs stay in this agent's data dir. Process runs are durable: each runs under a shim
-//! (`tug agent shim`) with a checkpoint in `<data dir>/runs`, so stopping or restarting the agent
-//! leaves them running; the next start re-attaches them.
+//! run). Run logs stay in this agent's data dir. Runs are durable: a process run runs under a shim
+//! (`tug agent shim`), a docker run in a warm container under its executor (dwait), each with a
+//! checkpoint in `<data dir>/runs`, so stopping or restarting the agent leaves them running; the
+//! next start re-attaches them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -206,6 +207,8 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
             }
         }));
     }
+    // Docker runs of a durable agent are checkpointed beside its process runs and outlive it.
+    docker_config.checkpoints = (!args.noop).then(|| data_dir.join("runs"));
     let docker = LazyDocker::new(docker_config);
     let (runtime, durable): (SharedRuntime, _) = if args.noop {
         (Arc::new(NoopRuntime), None)

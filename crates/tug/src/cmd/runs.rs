@@ -129,10 +129,20 @@ fn runs_table(items: &[Value]) -> Table {
             field(r, "attempt"),
             field(r, "agent"),
             duration(r),
-            field(r, "reason"),
+            match late_report(r) {
+                Some(late) => format!("{}; {late}", field(r, "reason")),
+                None => field(r, "reason"),
+            },
         ]);
     }
     t
+}
+
+/// A run's late report in words: `late report: attempt 1 succeeded (exit code 0)`.
+pub fn late_report(r: &Value) -> Option<String> {
+    let l = r.get("late_report").filter(|l| l.is_object())?;
+    let how = l["reason"].as_str().map(|s| format!(" ({s})")).unwrap_or_default();
+    Some(format!("late report: attempt {} {}{how}", field(l, "attempt"), field(l, "state")))
 }
 
 /// How long the run took, or what it is waiting for: `retry in 40s` for a run waiting for its
@@ -179,6 +189,9 @@ pub async fn run(server: &str, cmd: RunCommand) -> anyhow::Result<()> {
             let mut t = Table::new(&["FIELD", "VALUE"]);
             for k in ["id", "job", "scheduled_at", "trigger", "state", "attempt", "agent", "started_at", "finished_at", "exit_code", "signal", "reason", "retry_at"] {
                 t.row(vec![k.replace('_', " "), field(&run, k)]);
+            }
+            if let Some(late) = late_report(&run) {
+                t.row(vec!["late report".into(), format!("{} at {}", late.trim_start_matches("late report: "), field(&run["late_report"], "at"))]);
             }
             table::print(&t);
             let attempts = run["attempts"].as_array().cloned().unwrap_or_default();

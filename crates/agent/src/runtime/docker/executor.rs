@@ -1,13 +1,14 @@
 //! The agent's side of the `dwait` protocol: hands one run to the executor inside a warm
 //! container over its unix socket, copies the output frames into the run log, forwards stops as
 //! signals to the run's process group (SIGTERM, SIGKILL after the grace period), and turns the
-//! exit frame into an [`Outcome`]. Docker is not involved at all.
+//! exit frame into an [`Outcome`]. Docker is not involved at all. A durable agent's runs are
+//! detachable: they outlive the agent, and the next agent [attaches](attach) to them again.
 
 use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use dwait::protocol::{self, Exit, Request};
+use dwait::protocol::{self, Attach, Exit, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use tug_core::protocol::{KillReason, Launch};
 
 use super::outcome::{self, Log, Stop};
+use crate::checkpoint::Checkpoint;
 use crate::runtime::Outcome;
 
 /// Why the executor could not be reached (the container may have died): the caller may retry
@@ -22,30 +24,66 @@ use crate::runtime::Outcome;
 #[derive(Debug)]
 pub struct Unreachable(pub io::Error);
 
-/// Runs `launch` through the executor listening on `sock`.
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    sock: &Path,
-    launch: &Launch,
-    log: &mut Log,
-    kill: &mut watch::Receiver<Option<KillReason>>,
-    grace: Duration,
-    started: &mut Option<oneshot::Sender<Option<u32>>>,
-    mem: Option<u64>,
-) -> Result<Outcome, Unreachable> {
-    let stream = UnixStream::connect(sock).await.map_err(Unreachable)?;
-    let (mut rd, mut wr) = stream.into_split();
-    let req = Request {
-        argv: super::spec::argv(&launch.task),
-        env: super::spec::env(launch),
-        workdir: launch.task.workdir.clone(),
-        user: launch.task.user.clone(),
-    };
-    let payload = req.encode();
-    let mut frame = protocol::encode_header(protocol::REQUEST, payload.len()).to_vec();
-    frame.extend_from_slice(&payload);
-    wr.write_all(&frame).await.map_err(Unreachable)?;
+/// A detachable run (see [`dwait::protocol`]): it outlives the agent's connection, and a restarted
+/// agent attaches to it again. Its outcome goes into its checkpoint before dwait is told DONE.
+pub struct Detach<'a> {
+    /// The attempt's checkpoint.
+    pub ckpt: &'a Checkpoint,
+    /// Its key in the container.
+    pub key: String,
+    /// How much of its latest output dwait keeps while no agent is attached.
+    pub buffer: u64,
+}
 
+/// Everything a run needs on the agent's side of the connection.
+pub struct Follow<'a> {
+    pub launch: &'a Launch,
+    pub log: &'a mut Log,
+    pub kill: &'a mut watch::Receiver<Option<KillReason>>,
+    pub grace: Duration,
+    pub started: &'a mut Option<oneshot::Sender<Option<u32>>>,
+    pub mem: Option<u64>,
+}
+
+/// Runs `launch` through the executor listening on `sock` (detachable with `detach`).
+pub async fn run(sock: &Path, f: Follow<'_>, detach: Option<&Detach<'_>>) -> Result<Outcome, Unreachable> {
+    let stream = UnixStream::connect(sock).await.map_err(Unreachable)?;
+    let (rd, mut wr) = stream.into_split();
+    let req = Request {
+        argv: super::spec::argv(&f.launch.task),
+        env: super::spec::env(f.launch),
+        workdir: f.launch.task.workdir.clone(),
+        user: f.launch.task.user.clone(),
+        key: detach.map(|d| d.key.clone()),
+        buffer: detach.map(|d| d.buffer),
+    };
+    write_frame(&mut wr, protocol::REQUEST, &req.encode()).await.map_err(Unreachable)?;
+    follow(rd, wr, f, detach.map(|d| d.ckpt), false).await
+}
+
+/// Attaches again to the detachable run `key` through the executor on `sock`, after an agent
+/// restart: the output the log lacks (from its current length on), then the rest of the run.
+/// `log_offset` is where this attempt's output starts in the run log (earlier attempts' output
+/// comes first).
+pub async fn attach(sock: &Path, key: &str, log_offset: u64, f: Follow<'_>, ckpt: &Checkpoint) -> Result<Outcome, Unreachable> {
+    let stream = UnixStream::connect(sock).await.map_err(Unreachable)?;
+    let (rd, mut wr) = stream.into_split();
+    let from = f.log.len().saturating_sub(log_offset);
+    let a = Attach { key: key.to_owned(), from };
+    write_frame(&mut wr, protocol::ATTACH, &a.encode()).await.map_err(Unreachable)?;
+    follow(rd, wr, f, Some(ckpt), true).await
+}
+
+/// Follows a run's frames to its end. With a checkpoint, the outcome is recorded there, and then
+/// dwait hears DONE.
+async fn follow(
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+    f: Follow<'_>,
+    ckpt: Option<&Checkpoint>,
+    attaching: bool,
+) -> Result<Outcome, Unreachable> {
+    let Follow { launch, log, kill, grace, started, mem } = f;
     // Frames are read by their own task so the loop below only awaits cancel-safe futures.
     let (tx, mut frames) = mpsc::channel::<io::Result<(u8, Vec<u8>)>>(64);
     let reader = tokio::spawn(async move {
@@ -70,6 +108,7 @@ pub async fn run(
 
     let mut stop: Option<Stop> = None;
     let mut first = true;
+    let mut exited = false;
     let result = loop {
         let sigkill_at = stop.filter(|s| !s.sigkilled).map(|s| s.deadline);
         tokio::select! {
@@ -89,9 +128,14 @@ pub async fn run(
                         }
                     }
                     protocol::STDOUT | protocol::STDERR => log.write(&payload).await,
+                    protocol::ERROR if attaching => {
+                        let why = String::from_utf8_lossy(&payload);
+                        break Ok(crate::runtime::shim::lost(format!("the agent restarted and cannot re-attach to the run: {why}")));
+                    }
                     protocol::ERROR => break Ok(Outcome::failed_to_start(String::from_utf8_lossy(&payload).into_owned())),
                     protocol::EXIT => {
                         let exit = Exit::decode(&payload).unwrap_or_default();
+                        exited = true;
                         break Ok(outcome::ended(exit.code, exit.signal, exit.oom, mem, stop, launch, grace));
                     }
                     _ => {}
@@ -112,14 +156,25 @@ pub async fn run(
         }
     };
     reader.abort();
+    if let (Ok(o), Some(ckpt)) = (&result, ckpt) {
+        if let Err(e) = ckpt.write_outcome(o).await {
+            tracing::warn!(error = %e, "cannot record the run's outcome in its checkpoint");
+        } else if exited {
+            // Recorded: dwait may forget the run.
+            let _ = write_frame(&mut wr, protocol::DONE, b"").await;
+        }
+    }
     result
 }
 
+async fn write_frame(wr: &mut tokio::net::unix::OwnedWriteHalf, kind: u8, payload: &[u8]) -> io::Result<()> {
+    let mut frame = protocol::encode_header(kind, payload.len()).to_vec();
+    frame.extend_from_slice(payload);
+    wr.write_all(&frame).await
+}
+
 async fn send_signal(wr: &mut tokio::net::unix::OwnedWriteHalf, sig: i32) -> io::Result<()> {
-    let p = sig.to_string();
-    let mut f = protocol::encode_header(protocol::SIGNAL, p.len()).to_vec();
-    f.extend_from_slice(p.as_bytes());
-    wr.write_all(&f).await
+    write_frame(wr, protocol::SIGNAL, sig.to_string().as_bytes()).await
 }
 
 /// The executor went away mid-run (the container died or was removed).

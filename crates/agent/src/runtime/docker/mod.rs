@@ -6,6 +6,7 @@
 //!           (create / replace / recycle)    │                  ─> wait ─> remove
 //!                  │                         │
 //!                  ├─ executor: dwait (PID 1) over a unix socket  ← Docker is not on this path
+//!                  │            (a durable agent's runs are checkpointed and outlive it)
 //!                  └─ exec: Docker exec API (fallback when no static dwait is available)
 //! ```
 //!
@@ -68,6 +69,11 @@ pub struct DockerConfig {
     pub defaults: Lifecycle,
     /// The container network on this host (`None`: a job with `network.pool` cannot run here).
     pub net: Option<NetSetup>,
+    /// A durable agent's checkpoint directory ([`crate::Durability::dir`]): runs through the
+    /// executor are then checkpointed there and outlive the agent (`None`: they end with it).
+    pub checkpoints: Option<PathBuf>,
+    /// How many bytes of a detached run's latest output the executor keeps for the next agent.
+    pub detached_buffer: u64,
 }
 
 /// How warm containers of networked jobs get their network.
@@ -121,6 +127,8 @@ impl DockerConfig {
             sweep_every: Duration::from_secs(1),
             defaults: Lifecycle::default(),
             net: None,
+            checkpoints: None,
+            detached_buffer: 1 << 20,
         }
     }
 }
@@ -243,6 +251,11 @@ impl Runtime for DockerRuntime {
         Ok(())
     }
 
+    async fn reattach(&self, ctx: RunContext, ckpt: crate::checkpoint::Checkpoint, exec: crate::checkpoint::ExecutorRecord) -> Outcome {
+        let span = tracing::info_span!("docker", job = %ctx.launch.job, run = ctx.launch.run_id, attempt = ctx.launch.attempt);
+        pool::reattach_warm(&self.inner, ctx, ckpt, exec).instrument(span).await
+    }
+
     async fn run(&self, ctx: RunContext) -> Outcome {
         let span = tracing::info_span!("docker", job = %ctx.launch.job, run = ctx.launch.run_id, attempt = ctx.launch.attempt);
         let inner = self.inner.clone();
@@ -310,6 +323,20 @@ impl Runtime for LazyDocker {
     async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), RuntimeError> {
         let docker = self.get().await.map_err(|e| RuntimeError::DockerUnavailable(Arc::new(e)))?;
         docker.prewarm(job, task).await
+    }
+
+    async fn reattach(&self, ctx: RunContext, ckpt: crate::checkpoint::Checkpoint, exec: crate::checkpoint::ExecutorRecord) -> Outcome {
+        match self.get().await {
+            Ok(rt) => rt.reattach(ctx, ckpt, exec).await,
+            Err(e) => {
+                let o = crate::runtime::shim::lost(format!("the agent restarted and cannot reach Docker to re-attach the run: {e}"));
+                if let Err(e) = ckpt.write_outcome(&o).await {
+                    tracing::warn!(error = %e, "cannot record the run's outcome in its checkpoint");
+                }
+                let log = outcome::Log::open(&ctx.logs, ctx.launch.run_id, ctx.log_limit).await;
+                log.finish(o, true).await
+            }
+        }
     }
 
     async fn run(&self, ctx: RunContext) -> Outcome {

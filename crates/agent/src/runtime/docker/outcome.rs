@@ -63,6 +63,11 @@ impl Log {
         }
     }
 
+    /// Bytes in the log file (0 without a log).
+    pub fn len(&self) -> u64 {
+        self.0.as_ref().map_or(0, LogWriter::len)
+    }
+
     /// Appends a line of Tugboat's own.
     pub async fn line(&mut self, text: &str) {
         if let Some(w) = self.0.as_mut()

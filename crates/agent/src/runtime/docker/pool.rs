@@ -19,6 +19,7 @@ use tug_core::protocol::Task;
 use super::outcome::Log;
 use super::spec::{self, label};
 use super::{ContainerError, Inner, Lifecycle, describe, executor, image};
+use crate::checkpoint::{Checkpoint, ExecutorRecord, LaunchRecord};
 use crate::runtime::{Outcome, RunContext};
 
 /// Where dwait and its socket directory appear inside a warm container.
@@ -296,7 +297,8 @@ async fn last_output(inner: &Inner, id: &str) -> String {
     if out.is_empty() { format!("it wrote nothing; see `docker logs {}`", short(id)) } else { out.to_owned() }
 }
 
-/// Runs one attempt in the job's warm container.
+/// Runs one attempt in the job's warm container. With checkpoints on (a durable agent), a run
+/// through the executor is detachable and checkpointed, so that it outlives the agent.
 pub async fn run_warm(inner: &Arc<Inner>, ctx: RunContext) -> Outcome {
     let RunContext { launch, logs, log_limit, mut kill, grace, started } = ctx;
     let mut log = Log::open(&logs, launch.run_id, log_limit).await;
@@ -307,6 +309,7 @@ pub async fn run_warm(inner: &Arc<Inner>, ctx: RunContext) -> Outcome {
     }
     let mut started = Some(started);
     let mem = launch.task.resources.mem.map(|m| m.0);
+    let ckpt = inner.config.checkpoints.as_ref().map(|dir| Checkpoint::new(dir, launch.run_id, launch.attempt));
     let mut replace_dead = false;
     for attempt in 0..2 {
         let lease = match acquire(inner, &launch.job, &launch.task, replace_dead).await {
@@ -317,7 +320,17 @@ pub async fn run_warm(inner: &Arc<Inner>, ctx: RunContext) -> Outcome {
             let o = super::exec::run(inner, &lease.warm.id, &launch, &mut log, &mut kill, grace, &mut started, mem).await;
             return log.finish(o, true).await;
         }
-        match executor::run(&lease.warm.socket(), &launch, &mut log, &mut kill, grace, &mut started, mem).await {
+        let key = format!("{}-{}", launch.run_id, launch.attempt);
+        let detach = match &ckpt {
+            Some(ckpt) => checkpoint(ckpt, &launch, &logs, log_limit, grace, &lease.warm, &key, log.len()).await.then_some(executor::Detach {
+                ckpt,
+                key,
+                buffer: inner.config.detached_buffer,
+            }),
+            None => None,
+        };
+        let follow = executor::Follow { launch: &launch, log: &mut log, kill: &mut kill, grace, started: &mut started, mem };
+        match executor::run(&lease.warm.socket(), follow, detach.as_ref()).await {
             Ok(o) => {
                 let note = o.state != tug_core::run::RunState::Succeeded;
                 return log.finish(o, note).await;
@@ -328,7 +341,86 @@ pub async fn run_warm(inner: &Arc<Inner>, ctx: RunContext) -> Outcome {
             }
         }
     }
-    log.finish(Outcome::failed_to_start("cannot start: the warm container's executor is unreachable even in a fresh container"), true).await
+    let o = Outcome::failed_to_start("cannot start: the warm container's executor is unreachable even in a fresh container");
+    if let Some(ckpt) = &ckpt
+        && let Err(e) = ckpt.write_outcome(&o).await
+    {
+        tracing::warn!(error = %e, "cannot record the run's outcome in its checkpoint");
+    }
+    log.finish(o, true).await
+}
+
+/// Records a docker run's checkpoint before it is handed to the executor; false (the run is then
+/// not detachable, and ends with the agent) when it cannot be written.
+#[allow(clippy::too_many_arguments)]
+async fn checkpoint(
+    ckpt: &Checkpoint,
+    launch: &tug_core::protocol::Launch,
+    logs: &tug_logs::LogFiles,
+    log_limit: u64,
+    grace: Duration,
+    warm: &Warm,
+    key: &str,
+    log_offset: u64,
+) -> bool {
+    let record = LaunchRecord { launch: launch.clone(), log_dir: logs.dir().to_path_buf(), log_limit, grace, launched_at: jiff::Timestamp::now() };
+    let exec = ExecutorRecord { container: warm.id.clone(), socket: warm.socket(), key: key.to_owned(), log_offset };
+    // A retry on a fresh container keeps the first launch time (its timeout counts from there).
+    let written = match ckpt.read_launch().await {
+        Ok(_) => Ok(()),
+        Err(_) => ckpt.write_launch(&record).await,
+    };
+    match written {
+        Ok(()) => ckpt.write_executor(&exec).await,
+        Err(e) => Err(e),
+    }
+    .inspect_err(|e| tracing::warn!(error = %e, "cannot write the run's checkpoint; it ends with the agent"))
+    .is_ok()
+}
+
+/// Follows a docker run an earlier agent handed to the executor of `exec.container` (see
+/// [`run_warm`]): the container is adopted by now; its run goes on here with the output the log
+/// lacks, kills and the timeout as before.
+pub async fn reattach_warm(inner: &Arc<Inner>, ctx: RunContext, ckpt: Checkpoint, exec: ExecutorRecord) -> Outcome {
+    let RunContext { launch, logs, log_limit, mut kill, grace, started } = ctx;
+    let mut log = Log::open(&logs, launch.run_id, log_limit).await;
+    let mut started = Some(started);
+    let mem = launch.task.resources.mem.map(|m| m.0);
+    // The run holds its container as a fresh run would: not idle, not removed under it.
+    let lease = lease_adopted(inner, &launch.job, &exec.container).await;
+    let o = if lease.is_none() {
+        crate::runtime::shim::lost(format!(
+            "the agent restarted and the run's container {} is gone; its exit status is unknown",
+            short(&exec.container)
+        ))
+    } else {
+        let follow = executor::Follow { launch: &launch, log: &mut log, kill: &mut kill, grace, started: &mut started, mem };
+        match executor::attach(&exec.socket, &exec.key, exec.log_offset, follow, &ckpt).await {
+            Ok(o) => {
+                drop(lease);
+                let note = o.state != tug_core::run::RunState::Succeeded;
+                return log.finish(o, note).await;
+            }
+            Err(executor::Unreachable(e)) => crate::runtime::shim::lost(format!(
+                "the agent restarted and the run's container {} does not answer ({e}); its exit status is unknown",
+                short(&exec.container)
+            )),
+        }
+    };
+    if let Err(e) = ckpt.write_outcome(&o).await {
+        tracing::warn!(error = %e, "cannot record the run's outcome in its checkpoint");
+    }
+    log.finish(o, true).await
+}
+
+/// A lease on the adopted container `id` of `job`, if the pool holds it.
+async fn lease_adopted(inner: &Arc<Inner>, job: &str, id: &str) -> Option<Lease> {
+    let slot = inner.pool.slot(job);
+    let current = slot.lock().await;
+    let warm = current.as_ref().filter(|w| w.id == id)?.clone();
+    warm.runs.fetch_add(1, Ordering::SeqCst);
+    warm.inflight.fetch_add(1, Ordering::SeqCst);
+    Some(Lease { inner: inner.clone(), warm })
 }
 
 /// Adopts this agent's running warm containers; removes its stopped ones, per-run leftovers and
