@@ -299,12 +299,12 @@ async fn session(
         if *stop.borrow() && updates.is_empty() {
             // The agent loop is done: wait (briefly) for the last acks.
             if unacked.is_empty() {
-                return Ok(Ended::Done);
+                return Ok(close(tx, inbound).await);
             }
             let deadline = *flushing.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_GRACE);
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(unacked = unacked.len(), "stopping before the server acknowledged every status update");
-                return Ok(Ended::Done);
+                return Ok(close(tx, inbound).await);
             }
         }
         tokio::select! {
@@ -402,6 +402,18 @@ async fn session(
             () = tokio::time::sleep(Duration::from_millis(200)), if flushing.is_some() => {}
         }
     }
+}
+
+/// Ends a connection cleanly: the agent's side of the stream is closed after what is queued on it
+/// (a last heartbeat, the restart notice), and the server's end of it is awaited (briefly), so
+/// that nothing queued is lost with the process.
+async fn close(tx: mpsc::Sender<AgentMessage>, mut inbound: tonic::Streaming<ServerMessage>) -> Ended {
+    drop(tx);
+    let drained = async { while let Ok(Some(_)) = inbound.message().await {} };
+    if tokio::time::timeout(FLUSH_GRACE, drained).await.is_err() {
+        tracing::debug!("the server did not close the stream in time");
+    }
+    Ended::Done
 }
 
 async fn send_net(tx: &mpsc::Sender<AgentMessage>, id: u64, op: &NetOp) -> bool {

@@ -419,3 +419,62 @@ async fn remote_logs_reach_webhooks_and_are_pruned_on_their_agents() {
     .await;
     assert!(log_on("host-b", &third["id"]).exists(), "the kept run's log stays");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_run_outlives_its_agents_restart_and_the_server_waits_for_the_agent() {
+    let image = std::env::var("TUG_TEST_IMAGE").unwrap_or_else(|_| "tugboat-test-busybox:1".into());
+    let present = std::process::Command::new("docker").args(["image", "inspect", &image]).output().is_ok_and(|o| o.status.success());
+    if !present || std::env::var_os("TUG_DWAIT").is_none() {
+        eprintln!("\n!!!!!!!! SKIPPED: no Docker, no test image {image} or no TUG_DWAIT (scripts/test provides them) !!!!!!!!\n");
+        return;
+    }
+    // An agent timeout far shorter than the restart below: only the restart notice keeps the run.
+    let mut c = Cluster::new(1, &["--agent-timeout", "2s"]).await;
+    let name = format!("dock-{}", std::process::id());
+    let args = AgentArgs { name: &name, attributes: "", cpus: "2", token: TOKEN };
+    c.start_agent(0, &args);
+    c.wait_agents_up(&[name.as_str()]).await;
+    c.create_and_run(json!({
+        "name": "boxed",
+        "schedule": "@yearly",
+        "command": ["sh", "-c", "echo before; sleep 6; echo after"],
+        "runtime": "docker",
+        "docker": {"image": image, "pull": "never"},
+        "resources": {"cpus": 0.5},
+        "retries": {"count": 1, "initial_delay": "100ms"},
+    }))
+    .await;
+    let first = c.wait_run("boxed", Duration::from_secs(30), "the docker run to start", |r| r["state"] == "running").await;
+    // SIGTERM: the agent leaves the run going and says it will be back.
+    c.stop_agent(0);
+    let restarting = until(Duration::from_secs(10), || format!("the agent to show as restarting\n{}", c.logs()), || async {
+        c.get("/agents").await.as_array()?.iter().find(|a| a["name"] == name.as_str() && a["state"] == "restarting").cloned()
+    })
+    .await;
+    assert_eq!(restarting["state"], "restarting");
+    // Away for twice the agent timeout.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(c.runs("boxed").await[0]["state"], "running", "the run waits for its agent");
+    c.start_agent(0, &args);
+    let done = c
+        .wait_run("boxed", Duration::from_secs(30), "the docker run to end", |r| {
+            matches!(r["state"].as_str(), Some("succeeded" | "failed" | "lost" | "killed" | "timed_out")) && r["retry_at"].is_null()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let runs = c.runs("boxed").await;
+    let seen = format!("{done}\nattempts: {:?}\n{}", attempts(&c, &done).await, c.logs());
+    assert_eq!(runs.len(), 1, "{seen}");
+    assert_eq!((done["state"].as_str(), done["attempt"].as_u64()), (Some("succeeded"), Some(1)), "once, on its first attempt: {seen}");
+    assert_eq!(done["id"], first["id"]);
+    let (status, log) = c.get_text(&format!("/runs/{}/log", done["id"])).await;
+    assert_eq!((status, log.as_str()), (200, "before\nafter\n"), "the whole log: {seen}");
+    c.stop_agent(0);
+    let filter = format!("label=tugboat.agent={name}");
+    if let Ok(out) = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+        }
+    }
+}

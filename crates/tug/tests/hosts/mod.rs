@@ -442,6 +442,15 @@ impl Cluster {
         self.agents[i] = Some(Proc::spawn("ip", &args, self.dir.path().join(format!("{}.log", a.name))));
     }
 
+    /// Stops host `i`'s agent as an operator would (SIGTERM) and waits until it has exited: it
+    /// leaves its runs going and tells the server it will be back.
+    pub fn stop_agent(&mut self, i: usize) {
+        if let Some(mut a) = self.agents[i].take() {
+            let _ = nix::sys::signal::kill(a.pid(), nix::sys::signal::Signal::SIGTERM);
+            let _ = a.child.wait();
+        }
+    }
+
     /// `kill -9` of host `i`'s agent process only (not the runs it started).
     pub fn kill_agent(&mut self, i: usize) {
         if let Some(mut a) = self.agents[i].take() {
