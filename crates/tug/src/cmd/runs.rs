@@ -215,3 +215,18 @@ pub async fn run(server: &str, cmd: RunCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_report_is_shown_beside_the_reason() {
+        let run = serde_json::json!({"id": 7, "state": "lost", "reason": "agent a1 stopped responding",
+            "late_report": {"attempt": 1, "state": "succeeded", "at": "2026-11-28T01:00:00Z", "exit_code": 0, "reason": null}});
+        assert_eq!(late_report(&run).as_deref(), Some("late report: attempt 1 succeeded"));
+        let with_reason = serde_json::json!({"late_report": {"attempt": 2, "state": "failed", "reason": "exit code 3"}});
+        assert_eq!(late_report(&with_reason).as_deref(), Some("late report: attempt 2 failed (exit code 3)"));
+        assert_eq!(late_report(&serde_json::json!({"id": 8})), None);
+    }
+}
