@@ -30,7 +30,7 @@ const TTL: &str = "2s";
 const JOBS: usize = 50;
 
 /// One fault test at a time (see the module doc).
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -275,7 +275,7 @@ fn logged_at(path: &std::path::Path, what: &str) -> Option<jiff::Timestamp> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_member_killed_under_load_loses_nothing() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut f = Fleet::start("etcdkill", false);
     let (leader, _) = f.leader(0, None, Duration::from_secs(20)).await;
     let follower = (leader + 1) % 3;
@@ -296,7 +296,7 @@ async fn an_etcd_member_killed_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_stops_firing_and_another_takes_over() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = ONE_AT_A_TIME.lock().await;
     let f = Fleet::start("netcut", true);
     let (old, _) = f.leader(0, None, Duration::from_secs(20)).await;
     let ask = (old + 1) % 3;
@@ -338,7 +338,7 @@ async fn a_leader_cut_off_stops_firing_and_another_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restarted_with_runs_in_flight_launches_none_twice() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut f = Fleet::start("agentrs", false);
     let (leader, _) = f.leader(0, None, Duration::from_secs(20)).await;
     let follower = (leader + 1) % 3;
