@@ -26,6 +26,8 @@ use crate::runtime::SharedRuntime;
 
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How soon an agent asks again when a follower says no member leads yet.
+const NO_LEADER_RETRY: Duration = Duration::from_millis(200);
 /// How long a stopping agent waits for the server to acknowledge its last status updates.
 const FLUSH_GRACE: Duration = Duration::from_secs(3);
 /// The most status updates sent in one message (about 200 bytes each, far below gRPC's 4 MiB
@@ -90,6 +92,9 @@ fn http_answer(e: &tonic::Status) -> Option<String> {
 enum Ended {
     /// The stream broke or could not be opened; reconnect.
     Broken(String),
+    /// A follower of a server group answered: the leader's agent endpoint (empty while none
+    /// leads).
+    NotLeader(String),
     /// The agent has stopped and its last updates were flushed (or the grace ran out).
     Done,
 }
@@ -138,9 +143,12 @@ pub async fn run_with_net(
     let mut current = 0;
     let mut backoff = Duration::from_millis(200);
     let mut tried_after_stop = false;
+    // The leader a follower named, tried next.
+    let mut redirect: Option<String> = None;
     loop {
         let mut registered = false;
-        let server = servers.get(current).map_or(remote.server.as_str(), String::as_str);
+        let server = redirect.take().unwrap_or_else(|| servers.get(current).cloned().unwrap_or_else(|| remote.server.clone()));
+        let server = server.as_str();
         let ended = session(
             &remote,
             server,
@@ -160,6 +168,28 @@ pub async fn run_with_net(
         }
         match ended {
             Ok(Ended::Done) => return Ok(()),
+            // Told who leads: go there at once (a failover costs no backoff). Without a leader
+            // yet, ask the next member shortly, the wait not growing: an election is short.
+            Ok(Ended::NotLeader(leader)) if !*stop_rx.borrow() => {
+                if !leader.is_empty() && leader != server {
+                    tracing::info!(server, leader, "not the leader; connecting to the leader it names");
+                    redirect = Some(leader);
+                    continue;
+                }
+                tracing::info!(server, "not the leader, and no leader yet; asking again");
+                let mut stop = stop_rx.clone();
+                tokio::select! {
+                    () = tokio::time::sleep(NO_LEADER_RETRY) => {}
+                    () = async { let _ = stop.wait_for(|s| *s).await; } => {}
+                }
+                current = (current + 1) % servers.len().max(1);
+                continue;
+            }
+            Ok(Ended::NotLeader(_)) => {
+                if updates_rx.is_empty() && unacked.is_empty() {
+                    return Ok(());
+                }
+            }
             Ok(Ended::Broken(why)) => {
                 if *stop_rx.borrow() && updates_rx.is_empty() && unacked.is_empty() {
                     return Ok(());
@@ -274,6 +304,7 @@ async fn session(
             r.batches
         }
         Ok(Some(ServerMessage { msg: Some(server_message::Msg::Refused(r)) })) => return Err(RemoteError::Refused(r.reason)),
+        Ok(Some(ServerMessage { msg: Some(server_message::Msg::NotLeader(n)) })) => return Ok(Ended::NotLeader(n.leader)),
         Ok(other) => return Ok(Ended::Broken(format!("expected Registered, got {other:?}"))),
         Err(e) => return not_agent(&e).map_or_else(|| Ok(Ended::Broken(format!("registering: {e}"))), Err),
     };
@@ -382,6 +413,7 @@ async fn session(
                         }
                     }
                     server_message::Msg::Refused(r) => return Err(RemoteError::Refused(r.reason)),
+                    server_message::Msg::NotLeader(n) => return Ok(Ended::NotLeader(n.leader)),
                     server_message::Msg::Registered(r) => agent.observe_epoch(r.epoch),
                     server_message::Msg::LogRequest(req) => {
                         let (logs, tx) = (agent.logs().clone(), tx.clone());

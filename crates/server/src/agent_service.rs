@@ -348,10 +348,21 @@ pub async fn serve(
     tls: Option<tug_tls::ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_service(listener, gateway.into_service(), tls, shutdown).await
+}
+
+/// [`serve`] with another implementation of the agent protocol (a follower's
+/// [`crate::cluster::Redirect`]).
+pub async fn serve_service<S: AgentService>(
+    listener: tokio::net::TcpListener,
+    service: AgentServiceServer<S>,
+    tls: Option<tug_tls::ServerTls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let router = tonic::transport::Server::builder()
         // Notice dead peers on the transport too, not only by missing heartbeats.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
-        .add_service(gateway.into_service());
+        .add_service(service);
     match tls {
         None => {
             router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown).await

@@ -68,6 +68,17 @@ impl Drop for Group {
             let _ = a.kill();
             let _ = a.wait();
         }
+        // A failed test's logs outlive its temporary directory.
+        if std::thread::panicking() {
+            let keep = std::env::temp_dir().join(format!("tug-group-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&keep);
+            for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+                if entry.path().is_file() {
+                    let _ = std::fs::copy(entry.path(), keep.join(entry.file_name()));
+                }
+            }
+            eprintln!("logs kept in {}", keep.display());
+        }
     }
 }
 
@@ -167,13 +178,18 @@ async fn leader_faults_lose_no_fire_and_launch_nothing_twice() {
     let g = Group::start("ha");
     let (mut leader, _) = g.leader(0, None, Duration::from_secs(20)).await;
     let launches = g.dir.path().join("launches");
+    let ends = g.dir.path().join("ends");
     let follower = (leader + 1) % 3;
     // Jobs are added through a follower: it passes the write to the leader.
     for j in 0..3 {
         let job = serde_json::json!({
             "name": format!("ha-job-{j}"),
             "schedule": "* * * * * *",
-            "command": format!("echo \"$TUG_JOB $TUG_SCHEDULED_AT\" >> {}; sleep 0.{j}", launches.display()),
+            "command": format!(
+                "echo \"$TUG_JOB $TUG_SCHEDULED_AT\" >> {}; sleep 0.{j}; echo \"$TUG_JOB $TUG_SCHEDULED_AT $(date +%s.%N)\" >> {}",
+                launches.display(),
+                ends.display()
+            ),
         });
         let resp = g.http.post(format!("{}/api/v1/jobs", g.servers[follower].api)).json(&job).send().await.unwrap();
         assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
@@ -246,6 +262,23 @@ async fn leader_faults_lose_no_fire_and_launch_nothing_twice() {
         }
         let launched = text.lines().filter(|l| l.starts_with(&format!("{job} "))).count();
         assert!(launched >= 10, "{job} ran {launched} times");
+        // A fire skipped by `forbid` because a run was still active: the run really was (its
+        // end, as it wrote it, after the decision, give or take a second for its report). A new
+        // leader waits for the agents to report the runs that ended meanwhile.
+        for skip in runs.iter().filter(|r| r["state"] == "skipped") {
+            let reason = skip["reason"].as_str().unwrap_or_default();
+            let Some(ids) = reason.strip_prefix("skipped: run ").and_then(|r| r.split(" still active").next()) else { continue };
+            let decided: jiff::Timestamp = skip["created_at"].as_str().unwrap().parse().unwrap();
+            for id in ids.split(", ") {
+                let active: Value = g.http.get(format!("{}/api/v1/runs/{id}", g.servers[leader].api)).send().await.unwrap().json().await.unwrap();
+                let key = format!("{} {} ", active["job"].as_str().unwrap(), active["scheduled_at"].as_str().unwrap());
+                let end = std::fs::read_to_string(&ends).unwrap().lines().find_map(|l| l.strip_prefix(&key).map(|t| t.parse::<f64>().unwrap()));
+                if let Some(end) = end {
+                    let decided = decided.as_millisecond() as f64 / 1000.0;
+                    assert!(end + 1.0 > decided, "{job}: the fire at {} was skipped as run {id} was active, but it had ended {:.1}s before; logs in {}", skip["scheduled_at"], decided - end, g.dir.path().display());
+                }
+            }
+        }
     }
     eprintln!("failovers: {failovers:?}");
 }

@@ -1,6 +1,7 @@
 //! A group of servers on one etcd store: one leads (fires, takes agents, answers the API), the
-//! others follow (answer `/api/v1/cluster` themselves and pass every other request to the
-//! leader). The binary drives the loop; this module holds its parts.
+//! others follow (answer `/api/v1/cluster` and reads of jobs and runs themselves, pass every
+//! other request to the leader, and tell agents that connect where the leader is). The binary
+//! drives the loop; this module holds its parts.
 //!
 //! ```text
 //!  start ─► lease (TTL), kept alive ─► campaign (etcd election on P/leader) ──won──► lead
@@ -11,7 +12,8 @@
 //! ```
 //!
 //! - `election.rs`: the lease, its keep-alive and the step-down timer; the campaign.
-//! - `front.rs`: the follower's HTTP front (cluster status here, everything else to the leader).
+//! - `front.rs`: the follower's HTTP front (cluster status and reads here, the rest to the leader).
+//! - `redirect.rs`: the follower's agent endpoint, which names the leader's to every agent.
 //!
 //! Words: a *member* is a server in the election (its key lives on its lease); the *leader* is
 //! the member whose key is oldest; its *term* is that key's create revision, which also fences
@@ -27,9 +29,11 @@ use tug_store::etcd::EtcdStore;
 
 mod election;
 mod front;
+mod redirect;
 
 pub use election::{Election, ElectionError, Lease, Won};
 pub use front::{follower_router, serve_follower};
+pub use redirect::Redirect;
 
 /// What a member announces in the election (its key's value).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -332,6 +332,8 @@ pub struct Scheduler {
     started: tokio::time::Instant,
     /// Whether runs recovered at start-up that no agent confirmed have been given up.
     unconfirmed_checked: bool,
+    /// What firing waits for at start-up (`recovery.rs`).
+    awaiting_reports: Option<recovery::ReportWait>,
     /// Every service's replicas (`services.rs`).
     replicas: services::Replicas,
     /// Scale operations (`operations.rs`).
@@ -413,6 +415,7 @@ impl Scheduler {
             epoch,
             started: tokio::time::Instant::now(),
             unconfirmed_checked: false,
+            awaiting_reports: None,
             replicas: Default::default(),
             ops: Default::default(),
         };
@@ -441,11 +444,12 @@ impl Scheduler {
         loop {
             let early = self.timers.first().and_then(|t| t.checked_sub(fire::LEAD).ok());
             let wake = [early, self.runs.next_retry(), self.prewarm_timers.first()].into_iter().flatten().min();
+            let hold = self.fire_hold();
             let restart = self.replicas.next_wake();
             let rule_at = self.replicas.next_rule().map(|at| instant_at(&*self.clock, at));
             let sleep = async {
                 match wake {
-                    Some(at) if firing => tokio::time::sleep_until(instant_at(&*self.clock, at)).await,
+                    Some(at) if firing => tokio::time::sleep_until(instant_at(&*self.clock, at).max(hold.unwrap_or(tokio::time::Instant::now()))).await,
                     _ => std::future::pending().await,
                 }
             };

@@ -26,6 +26,13 @@ use super::Scheduler;
 impl Scheduler {
     /// Reconciles agent `agent`'s runs with what it holds.
     pub(super) async fn reconcile(&mut self, agent: &str, held: &[HeldRun]) {
+        // Finished there, active here: the update follows; firing may wait for it at start-up.
+        let finishing: Vec<RunId> = held
+            .iter()
+            .filter(|h| h.finished && self.runs.run(h.run_id).is_some_and(|r| r.attempt == h.attempt && !r.state.is_terminal()))
+            .map(|h| h.run_id)
+            .collect();
+        self.reported(agent, finishing);
         let Some(i) = self.agents.index(agent) else {
             tracing::warn!(agent, "held runs reported by an agent that is not registered; ignored");
             return;

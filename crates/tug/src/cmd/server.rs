@@ -18,7 +18,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tug_server::agent_service::{self, AgentGateway};
 use tug_server::clock::{SharedClock, SystemClock};
-use tug_server::cluster::{Group, Member, Role, serve_follower};
+use tug_server::cluster::{Group, Member, Redirect, Role, serve_follower};
 use tug_server::embedded::{Embedded, EmbeddedConfig};
 use tug_store::etcd::{EtcdConfig, EtcdStore};
 
@@ -171,6 +171,18 @@ async fn bind_agents(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener
         .with_context(|| format!("cannot listen for agents on {addr}; pick another with --agent-listen"))
 }
 
+/// [`bind_agents`], retried for a moment: after leading, the agent listener of the aborted
+/// gateway may still be closing.
+async fn bind_agents_again(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    for _ in 0..10 {
+        if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+            return Ok(l);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bind_agents(addr).await
+}
+
 /// Completes when `stop` turns true.
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -281,6 +293,19 @@ async fn group(
         group.set_role(Role::Follower);
         let (front_stop, front_rx) = watch::channel(false);
         let listener = super::bind_api(args.listen).await?;
+        // Agents that connect here are told where the leader is.
+        let redirect = match bind_agents_again(args.agent_listen).await {
+            Ok(l) => Some(tokio::spawn(agent_service::serve_service(
+                l,
+                Redirect::new(group.clone()).into_service(),
+                agent_tls.clone(),
+                stopped(front_rx.clone()),
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "agents that connect here are not told where the leader is");
+                None
+            }
+        };
         let front = tokio::spawn(serve_follower(
             listener,
             group.clone(),
@@ -300,6 +325,12 @@ async fn group(
         if tokio::time::timeout(Duration::from_secs(1), &mut front).await.is_err() {
             front.abort();
             let _ = front.await;
+        }
+        if let Some(mut redirect) = redirect
+            && tokio::time::timeout(Duration::from_secs(1), &mut redirect).await.is_err()
+        {
+            redirect.abort();
+            let _ = redirect.await;
         }
         let won = match won {
             None => break,
