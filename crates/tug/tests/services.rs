@@ -147,19 +147,6 @@ fn services_through_the_cli() {
     up.terminate();
 }
 
-/// Waits until `GET /services/{name}` satisfies `pred`; returns it.
-async fn wait_service(s: &TestServer, name: &str, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        let v = s.get(&format!("/services/{name}")).await;
-        if pred(&v) {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "service {name}: {what} within {secs}s; it is now {}", v["status"]);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 fn healthy(v: &Value) -> u64 {
     v["status"]["healthy"].as_u64().unwrap()
 }
@@ -352,21 +339,9 @@ async fn a_scaling_rule_in_a_spring_forward_gap_fires_at_the_next_valid_instant(
     server.shutdown().await;
 }
 
-/// `docker ps -aq` of one replica's containers.
-fn replica_containers(service: &str, index: u32) -> Vec<String> {
-    let filter = format!("label=tugboat.job=service/{service}/{index}");
-    let out = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
-}
-
 #[test]
 fn docker_replicas_come_up_healthy_each_in_its_container() {
-    let image = std::env::var("TUG_TEST_IMAGE").unwrap_or_else(|_| "tugboat-test-busybox:1".into());
-    let present = std::process::Command::new("docker").args(["image", "inspect", &image]).output().is_ok_and(|o| o.status.success());
-    if !present || std::env::var_os("TUG_DWAIT").is_none() {
-        eprintln!("\n!!!!!!!! SKIPPED: no Docker, no test image {image} or no TUG_DWAIT (scripts/test provides them) !!!!!!!!\n");
-        return;
-    }
+    let Some(image) = docker_test_image() else { return };
     let up = Up::start();
     let s = up.server.clone();
     let name = format!("dock-{}", std::process::id());
@@ -393,4 +368,30 @@ fn docker_replicas_come_up_healthy_each_in_its_container() {
         std::process::Command::new("docker").args(["rm", "-f"]).args(&left).output().unwrap();
     }
     assert!(left.is_empty(), "containers left after a clean stop: {left:?}");
+}
+
+/// A service stored before its server starts is placed as the agent joins, before the agent's
+/// report of what it holds is applied: that report must not count the new launches as lost (it
+/// did, and each replica got a second attempt launched beside the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_placed_as_the_agent_joins_start_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let (st, v) = s.req(Method::POST, "/services", Some(files_service("joins", files.path(), 3))).await;
+    assert_eq!(st, 201, "{v}");
+    wait_service(&s, "joins", 20, "3 healthy", |v| healthy(v) == 3).await;
+    s.stop().await;
+    // The same store: the service is loaded at start-up and placed when the local agent joins.
+    let mut s = TestServer::start(dir.path()).await;
+    let v = wait_service(&s, "joins", 20, "3 healthy after the restart", |v| healthy(v) == 3).await;
+    // Long enough for a second attempt to have been launched and reported.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let v2 = s.get("/services/joins").await;
+    for r in v2["status"]["list"].as_array().unwrap() {
+        assert_eq!((r["attempt"].as_u64(), r["restarts"].as_u64()), (Some(1), Some(0)), "one attempt per replica: {v} then {v2}");
+    }
+    let (st, _) = s.req(Method::DELETE, "/services/joins", None).await;
+    assert_eq!(st, 204);
+    s.stop().await;
 }

@@ -57,6 +57,9 @@ pub(crate) struct Registered {
     pub given_up: Vec<(RunId, u32)>,
     /// Warm containers it last said it holds.
     pub warm_containers: u32,
+    /// Which connection of the agent this is (each registration counts one more): a report of
+    /// what the agent holds speaks only for launches sent on an earlier connection.
+    pub connection: u64,
 }
 
 /// All agents, indexed alike in `snapshot.agents` and `links`.
@@ -81,6 +84,7 @@ impl Agents {
             self.links[i].tx = link.tx;
             self.links[i].last_seen = now;
             self.links[i].awaited = false;
+            self.links[i].connection += 1;
             return i;
         }
         let i = self.snapshot.add_agent(AgentInfo {
@@ -91,7 +95,7 @@ impl Agents {
             up: true,
             draining: false,
         });
-        self.links.push(Registered { tx: link.tx, last_seen: now, awaited: false, given_up: Vec::new(), warm_containers: 0 });
+        self.links.push(Registered { tx: link.tx, last_seen: now, awaited: false, given_up: Vec::new(), warm_containers: 0, connection: 1 });
         self.by_name.insert(link.name, i);
         i
     }
@@ -113,7 +117,7 @@ impl Agents {
             up: false,
             draining: false,
         });
-        self.links.push(Registered { tx, last_seen: now, awaited: true, given_up: Vec::new(), warm_containers: 0 });
+        self.links.push(Registered { tx, last_seen: now, awaited: true, given_up: Vec::new(), warm_containers: 0, connection: 0 });
         self.by_name.insert(name.to_string(), i);
         i
     }

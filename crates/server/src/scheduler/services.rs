@@ -20,6 +20,7 @@
 //! | a health check fails past its threshold| stopped, then restarted like an exit                |
 //! | its agent is lost                      | placed elsewhere at once (same index, same address) |
 //! | its agent reconnects without it        | restarted; one it holds that we gave up is stopped  |
+//! | a release replaces it (`releases.rs`)  | stopped, then started at once on the release's spec |
 //!
 //! Replicas live in memory: after a server restart, agents' replicas from before are stopped as
 //! stale and the controller starts them afresh.
@@ -58,30 +59,41 @@ pub enum ReplicaState {
 
 /// One replica.
 #[derive(Debug, Clone)]
-struct Replica {
-    run_id: RunId,
-    attempt: u32,
-    state: ReplicaState,
+pub(super) struct Replica {
+    pub(super) run_id: RunId,
+    pub(super) attempt: u32,
+    pub(super) state: ReplicaState,
     /// Its agent while starting, running, healthy or stopping.
-    agent: Option<usize>,
-    needs: Capacity,
+    pub(super) agent: Option<usize>,
+    pub(super) needs: Capacity,
     /// Restarts in a row (for the backoff); reset once it stays up for the longest delay.
-    restarts: u32,
+    pub(super) restarts: u32,
     /// Restart once this instant passes (state `Restarting`).
-    restart_at: Option<Instant>,
+    pub(super) restart_at: Option<Instant>,
     /// When the current attempt started running.
-    up_since: Option<Instant>,
+    pub(super) up_since: Option<Instant>,
     /// Remove it when it has stopped, rather than restart it.
-    remove: bool,
+    pub(super) remove: bool,
     /// The last thing that went wrong, in words.
-    reason: Option<String>,
+    pub(super) reason: Option<String>,
     /// Restarts over its whole life.
-    total_restarts: u32,
+    pub(super) total_restarts: u32,
+    /// The connection of its agent its current attempt was launched on (see `reconcile_replicas`).
+    pub(super) connection: u64,
+    /// Its attempts run the spec of the service's release in progress, not the current one.
+    pub(super) release: bool,
+    /// Taken out of service by a release while it is replaced: not ready, whatever its health.
+    pub(super) pulled_out: bool,
+    /// Stopped by a release to be replaced: restarts at once when it has stopped, and the stop
+    /// does not count as a restart.
+    pub(super) replacing: bool,
 }
 
 /// One service's replicas by index.
 struct Svc {
     service: Service,
+    /// The spec of its release in progress, which replicas marked `release` run.
+    target: Option<Service>,
     replicas: BTreeMap<u32, Replica>,
     /// Deleted: every replica stops, then the service is forgotten.
     deleted: bool,
@@ -115,6 +127,11 @@ pub struct ReplicaView {
     pub restarts: u32,
     /// The last thing that went wrong.
     pub reason: Option<String>,
+    /// Healthy and in service: what a load balancer should route to. A replica a release has
+    /// pulled out is not ready until it is back in.
+    pub ready: bool,
+    /// It runs the spec of the service's release in progress.
+    pub on_release: bool,
 }
 
 /// A service's replicas, counted and listed.
@@ -130,6 +147,8 @@ pub struct ServiceStatus {
     pub running: u32,
     /// Healthy.
     pub healthy: u32,
+    /// Healthy and in service (not pulled out by a release).
+    pub ready: u32,
     /// Waiting to restart after an exit or a failed health check.
     pub restarting: u32,
     /// Each replica, by index.
@@ -197,6 +216,8 @@ impl Replicas {
                 ReplicaState::Restarting => st.restarting += 1,
                 ReplicaState::Unplaced | ReplicaState::Stopping => {}
             }
+            let ready = r.state == ReplicaState::Healthy && !r.pulled_out;
+            st.ready += u32::from(ready);
             st.list.push(ReplicaView {
                 index,
                 state: r.state,
@@ -205,6 +226,8 @@ impl Replicas {
                 attempt: r.attempt,
                 restarts: r.total_restarts,
                 reason: r.reason.clone(),
+                ready,
+                on_release: r.release,
             });
         }
         Some(st)
@@ -224,10 +247,52 @@ impl Replicas {
         self.services.get(name)?.replicas.get(index)
     }
 
+    /// A replica and the service spec its attempts run (the release's, for one marked so).
     fn replica_mut(&mut self, id: RunId) -> Option<(&Service, &mut Replica)> {
         let (name, index) = self.by_run.get(&id)?;
         let svc = self.services.get_mut(name)?;
-        Some((&svc.service, svc.replicas.get_mut(index)?))
+        let r = svc.replicas.get_mut(index)?;
+        let service = match &svc.target {
+            Some(target) if r.release => target,
+            _ => &svc.service,
+        };
+        Some((service, r))
+    }
+
+    /// A replica by service and index.
+    pub(super) fn by_index(&self, name: &str, index: u32) -> Option<&Replica> {
+        self.services.get(name)?.replicas.get(&index)
+    }
+
+    /// A replica by service and index, to change.
+    pub(super) fn by_index_mut(&mut self, name: &str, index: u32) -> Option<&mut Replica> {
+        self.services.get_mut(name)?.replicas.get_mut(&index)
+    }
+
+    /// The indices of a service's replicas (empty for none, or a deleted service).
+    pub(super) fn indices(&self, name: &str) -> Vec<u32> {
+        self.services.get(name).filter(|s| !s.deleted).map(|s| s.replicas.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Sets (or clears) the spec of a service's release in progress; cleared, every replica
+    /// goes back to the current spec.
+    pub(super) fn set_target(&mut self, name: &str, target: Option<Service>) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        if target.is_none() {
+            for r in svc.replicas.values_mut() {
+                r.release = false;
+                r.pulled_out = false;
+            }
+        }
+        svc.target = target;
+    }
+
+    /// The current spec of a service, replaced by its release's once that succeeded.
+    pub(super) fn promote(&mut self, name: &str, service: Service) {
+        if let Some(svc) = self.services.get_mut(name) {
+            svc.service = service;
+        }
+        self.set_target(name, None);
     }
 
     /// The replica runs on agent `i`.
@@ -251,7 +316,7 @@ impl Scheduler {
                 svc.deleted = false;
             }
             None => {
-                self.replicas.services.insert(name.clone(), Svc { service, replicas: BTreeMap::new(), deleted: false });
+                self.replicas.services.insert(name.clone(), Svc { service, target: None, replicas: BTreeMap::new(), deleted: false });
             }
         }
         let now = self.clock.now();
@@ -320,6 +385,10 @@ impl Scheduler {
                 remove: false,
                 reason: None,
                 total_restarts: 0,
+                connection: 0,
+                release: false,
+                pulled_out: false,
+                replacing: false,
             };
             self.replicas.by_run.insert(run_id, (name.to_string(), index));
             if let Some(svc) = self.replicas.services.get_mut(name) {
@@ -355,6 +424,7 @@ impl Scheduler {
         r.state = ReplicaState::Starting;
         r.restart_at = None;
         r.up_since = None;
+        r.connection = self.agents.links[i].connection;
         let launch = Launch {
             run_id: id,
             job: replica_claim_name(&spec.name, index),
@@ -370,7 +440,7 @@ impl Scheduler {
     }
 
     /// Asks a replica to stop; `remove` drops it once stopped, otherwise it restarts.
-    async fn stop_replica(&mut self, id: RunId, remove: bool, why: &str) {
+    pub(super) async fn stop_replica(&mut self, id: RunId, remove: bool, why: &str) {
         let Some((_, r)) = self.replicas.replica_mut(id) else { return };
         r.remove |= remove;
         r.reason = Some(why.to_string());
@@ -408,8 +478,17 @@ impl Scheduler {
             self.place_unplaced_replicas().await;
             return;
         }
-        let policy = service.spec.restart;
         let now = Instant::now();
+        if std::mem::take(&mut r.replacing) {
+            // Replaced by a release: its next attempt (on the release's spec, or back on the
+            // current one) starts at once, and this was no failure.
+            r.up_since = None;
+            r.state = ReplicaState::Restarting;
+            r.restart_at = Some(now);
+            self.restart_due().await;
+            return;
+        }
+        let policy = service.spec.restart;
         // A replica that stayed up for the longest delay starts its backoff over.
         if r.up_since.is_some_and(|t| now.duration_since(t) >= policy.max_delay.as_std()) {
             r.restarts = 0;
@@ -520,8 +599,12 @@ impl Scheduler {
     }
 
     /// Reconciles agent `i`'s replicas with what it holds (see `reconcile.rs`): returns the held
-    /// replica attempts to stop as stale; replicas it should have but does not are relaunched
-    /// (starting) or restarted (running).
+    /// replica attempts to stop as stale; replicas it should have but does not are restarted.
+    ///
+    /// The report was made when the agent registered, so it says nothing of the launches sent
+    /// since on the same connection (a replica placed as the agent joined, perhaps already
+    /// running by the time the report is applied): those are left alone. Taking their absence
+    /// for a loss would launch attempt N+1 beside a running attempt N.
     pub(super) async fn reconcile_replicas(&mut self, i: usize, held: &[HeldRun]) -> Vec<(RunId, u32)> {
         let mut stale = Vec::new();
         for h in held.iter().filter(|h| is_replica(h.run_id) && !h.finished) {
@@ -529,9 +612,10 @@ impl Scheduler {
                 stale.push((h.run_id, h.attempt));
             }
         }
+        let connection = self.agents.links[i].connection;
         for id in self.replicas.on_agent(i) {
             let Some(r) = self.replicas.replica(id) else { continue };
-            if held.iter().any(|h| h.run_id == id && h.attempt == r.attempt) {
+            if r.connection >= connection || held.iter().any(|h| h.run_id == id && h.attempt == r.attempt) {
                 continue;
             }
             let why = format!("agent {} came back without it", self.agents.name(i));
@@ -553,6 +637,12 @@ impl Scheduler {
 
     /// Writes a created (`create`) or changed service, then converges it.
     pub(super) async fn put_service(&mut self, service: Service, create: bool) -> crate::error::Result<tug_store::ServiceRecord> {
+        if !create && let Some(r) = self.releases.active(&service.spec.name) {
+            return Err(crate::error::Error::Conflict(format!(
+                "service {:?} is being released ({}); change it through the release, or revoke it (tug release revoke {}) first",
+                service.spec.name, r.id, r.id
+            )));
+        }
         let now = self.clock.now();
         let record = if create {
             self.store.create_service(&service.spec, now).await?
