@@ -86,7 +86,7 @@ async fn a_release_goes_through_smoke_bake_and_rollout() {
     assert_eq!(list[0]["id"].as_str(), Some(id.as_str()));
     expect(&s, Method::POST, &format!("/releases/{id}/brake"), None, 409, "conflict", "it is over").await;
     expect(&s, Method::GET, "/releases/rel-999", None, 404, "release_not_found", "rel-999").await;
-    expect(&s, Method::POST, &format!("/releases/{id}/pause"), None, 404, "not_found", "use brake, resume, retry or revoke").await;
+    expect(&s, Method::POST, &format!("/releases/{id}/pause"), None, 400, "invalid_action", "use brake, resume, retry or revoke").await;
     let (st, _) = s.req(Method::DELETE, "/services/staged", None).await;
     assert_eq!(st, 204);
     s.stop().await;

@@ -207,11 +207,7 @@ pub(super) async fn release_action(
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Json<ReleaseView>> {
     let Some(act) = ReleaseAction::parse(&action) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no release action {action:?}; use brake, resume, retry or revoke"),
-        ));
+        return Err(ApiError::bad_request("invalid_action", format!("no release action {action:?}; use brake, resume, retry or revoke")));
     };
     visible_release(&st, &who, &id).await?;
     Ok(Json(st.scheduler.release_action(&id, act).await?))
