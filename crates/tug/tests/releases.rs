@@ -17,7 +17,7 @@ fn versioned(name: &str, dir: &std::path::Path, replicas: i64) -> Value {
         "name": name, "replicas": replicas, "env": {"V": "1"},
         "command": format!("sleep ${{DELAY:-0}}; echo $V > {d}/ver-$TUG_REPLICA; exec sleep 1000"),
         "health": {"kind": "exec", "command": format!("test \"$(cat {d}/ver-$TUG_REPLICA)\" = \"$V\" && test -z \"$SICK\""),
-                   "interval": "50ms", "timeout": "50ms", "unhealthy_threshold": 2, "grace_period": "3s"},
+                   "interval": "200ms", "timeout": "200ms", "unhealthy_threshold": 3, "grace_period": "3s"},
         "restart": {"initial_delay": "100ms", "max_delay": "1s"},
         "stop_grace": "1s"
     })

@@ -31,6 +31,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/services/{name}"),
     ("delete", "/services/{name}"),
     ("post", "/services/{name}/scale"),
+    ("get", "/services/{name}/replicas/{index}/log"),
     ("get", "/operations/{id}"),
     ("post", "/services/{name}/releases"),
     ("get", "/services/{name}/releases"),
@@ -113,6 +114,7 @@ pub fn document() -> Value {
                 "put": op("replace a service's spec", &[svc], "200", Some("ServiceSpec")),
                 "delete": op("delete a service", &[svc], "204", None)
             },
+            "/services/{name}/replicas/{index}/log": {"get": op("a replica's log (all its attempts) as text", &[svc, ("index", "path", "the replica's index"), ("offset", "query", "start at this byte")], "200", None)},
             "/services/{name}/scale": {"post": op("set the replica count; answers 202 at once with an operation", &[svc], "202", Some("Scale"))},
             "/operations/{id}": {"get": op("a scale operation: placed, started, healthy, failed, per agent", &[("id", "path", "op-N")], "200", None)},
             "/services/{name}/releases": {

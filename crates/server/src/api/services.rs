@@ -1,4 +1,4 @@
-//! `/api/v1/services`: create, list, show, update and delete services, scale them (an
+//! `/api/v1/services`: create, list, show, update and delete services, read a replica's log, scale them (an
 //! asynchronous operation), and `/api/v1/operations/{id}`: how an operation is doing;
 //! `/api/v1/services/{name}/releases` and `/api/v1/releases/{id}`: staged releases.
 
@@ -211,4 +211,47 @@ pub(super) async fn release_action(
     };
     visible_release(&st, &who, &id).await?;
     Ok(Json(st.scheduler.release_action(&id, act).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogParams {
+    #[serde(default)]
+    offset: u64,
+}
+
+/// A replica's log (every attempt of it), from `offset`, as text.
+pub(super) async fn replica_log(
+    State(st): State<AppState>,
+    who: Principal,
+    Path((name, index)): Path<(String, String)>,
+    params: Result<axum::extract::Query<LogParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::response::Response> {
+    let axum::extract::Query(p) = params.map_err(super::query_error)?;
+    visible(&st, &who, &name).await?;
+    let index: u32 = index.parse().map_err(|_| {
+        ApiError::bad_request("invalid_index", format!("replica index {index:?} is not a number; see the INDEX column of `tug service show {name}`"))
+    })?;
+    let status = st.scheduler.service_status(&name).await?.unwrap_or_default();
+    let Some(r) = status.list.iter().find(|r| r.index == index) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "replica_not_found",
+            format!("service {name:?} has no replica {index} now (it has {}); see `tug service show {name}`", status.list.len()),
+        ));
+    };
+    let mut out = Vec::new();
+    let mut offset = p.offset;
+    loop {
+        let chunk = super::runs::read(&st, r.run_id, r.agent.as_deref(), offset).await?;
+        if chunk.is_empty() || out.len() >= super::runs::MAX_LOG_READ {
+            break;
+        }
+        offset += chunk.len() as u64;
+        out.extend_from_slice(&chunk);
+    }
+    Ok(axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(axum::body::Body::from(out))
+        .expect("static headers are valid"))
 }

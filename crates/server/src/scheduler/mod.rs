@@ -509,6 +509,7 @@ impl Scheduler {
                     self.expire_agents().await;
                     self.expire_launches().await;
                     self.expire_unconfirmed().await;
+                    self.end_adoption().await;
                 }
             }
             if firing && self.releases.moving() {

@@ -423,7 +423,7 @@ impl Scheduler {
             let new = x.attempt > step.old_attempt && !x.replacing;
             if new && x.state == ReplicaState::Healthy {
                 finished.push((index, Some(x.attempt)));
-            } else if new && matches!(x.state, ReplicaState::Restarting | ReplicaState::Stopping) {
+            } else if new && matches!(x.state, ReplicaState::Restarting | ReplicaState::Stopping | ReplicaState::Failed) {
                 failure.get_or_insert_with(|| format!("replica {index} failed on the new spec: {}", x.reason.as_deref().unwrap_or("it stopped")));
             } else if mono.duration_since(step.since) > timeout.as_std() {
                 failure.get_or_insert_with(|| {
@@ -436,7 +436,7 @@ impl Scheduler {
         if !revoking && failure.is_none() {
             for (&index, &attempt) in &r.done {
                 let Some(x) = self.replicas.by_index(&service, index) else { continue };
-                if x.attempt != attempt || matches!(x.state, ReplicaState::Restarting | ReplicaState::Stopping) {
+                if x.attempt != attempt || matches!(x.state, ReplicaState::Restarting | ReplicaState::Stopping | ReplicaState::Failed) {
                     failure = Some(format!(
                         "replica {index} failed on the new spec after it was healthy: {}",
                         x.reason.as_deref().unwrap_or("it stopped")
@@ -535,6 +535,7 @@ impl Scheduler {
         x.pulled_out = true;
         x.release = to_new;
         x.replacing = true;
+        x.start_failures = 0;
         let (run_id, old_attempt) = (x.run_id, x.attempt);
         let r = self.releases.get_mut(id).expect("found above");
         r.steps.insert(index, Step { old_attempt, since: Instant::now() });

@@ -22,8 +22,10 @@
 //! | its agent reconnects without it        | restarted; one it holds that we gave up is stopped  |
 //! | a release replaces it (`releases.rs`)  | stopped, then started at once on the release's spec |
 //!
-//! Replicas live in memory: after a server restart, agents' replicas from before are stopped as
-//! stale and the controller starts them afresh.
+//! Replicas live in memory. After a server restart the replicas of the stored services wait (for
+//! the agent timeout at most) for their agents to report them: one an agent still runs is
+//! adopted as it is (same run, same attempt); the others are then started afresh. An agent's
+//! replica that no service wants any more is stopped as stale.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -55,7 +57,14 @@ pub enum ReplicaState {
     Stopping,
     /// Exited; restarts when its backoff is over.
     Restarting,
+    /// Could not be started [`MAX_START_FAILURES`] times in a row (its image does not exist, its
+    /// command cannot be run): not tried again until its service's spec changes or it is scaled.
+    Failed,
 }
+
+/// Failed starts in a row (ended before it ever ran) after which a replica is given up: a
+/// missing image or command does not heal by trying again, and each try costs its agent a pull.
+pub const MAX_START_FAILURES: u32 = 3;
 
 /// One replica.
 #[derive(Debug, Clone)]
@@ -87,6 +96,11 @@ pub(super) struct Replica {
     /// Stopped by a release to be replaced: restarts at once when it has stopped, and the stop
     /// does not count as a restart.
     pub(super) replacing: bool,
+    /// Attempts in a row that ended before they ran.
+    pub(super) start_failures: u32,
+    /// Loaded at start-up and not launched since: its agent may still run it from before the
+    /// restart, and adopt it when it says so (see `adopt_replica`).
+    pub(super) recovered: bool,
 }
 
 /// One service's replicas by index.
@@ -107,6 +121,11 @@ pub(super) struct Replicas {
     next: u64,
     /// Scaling rules' next fires: `(instant, service, rule index)`.
     rule_timers: std::collections::BTreeSet<(jiff::Timestamp, String, usize)>,
+    /// Until this instant after a start-up, replicas loaded from the store wait for their agents
+    /// to report them before they are started afresh.
+    adopt_until: Option<Instant>,
+    /// Loading services at start-up: the replicas created are `recovered`.
+    loading: bool,
 }
 
 /// A replica as the API shows it.
@@ -151,6 +170,8 @@ pub struct ServiceStatus {
     pub ready: u32,
     /// Waiting to restart after an exit or a failed health check.
     pub restarting: u32,
+    /// Given up after failing to start (see [`ReplicaState::Failed`]).
+    pub failed: u32,
     /// Each replica, by index.
     pub list: Vec<ReplicaView>,
 }
@@ -214,6 +235,7 @@ impl Replicas {
                     st.healthy += 1;
                 }
                 ReplicaState::Restarting => st.restarting += 1,
+                ReplicaState::Failed => st.failed += 1,
                 ReplicaState::Unplaced | ReplicaState::Stopping => {}
             }
             let ready = r.state == ReplicaState::Healthy && !r.pulled_out;
@@ -321,7 +343,16 @@ impl Scheduler {
         }
         let now = self.clock.now();
         self.replicas.arm_rules(&name, now);
+        // A change (or a scale) is worth another try for replicas given up.
+        if let Some(svc) = self.replicas.services.get_mut(&name) {
+            for r in svc.replicas.values_mut().filter(|r| r.state == ReplicaState::Failed) {
+                r.start_failures = 0;
+                r.state = ReplicaState::Restarting;
+                r.restart_at = Some(Instant::now());
+            }
+        }
         self.converge(&name).await;
+        self.restart_due().await;
     }
 
     /// Applies the scaling rules that are due, each as a scale operation, and arms their next
@@ -389,6 +420,8 @@ impl Scheduler {
                 release: false,
                 pulled_out: false,
                 replacing: false,
+                start_failures: 0,
+                recovered: self.replicas.loading,
             };
             self.replicas.by_run.insert(run_id, (name.to_string(), index));
             if let Some(svc) = self.replicas.services.get_mut(name) {
@@ -404,7 +437,14 @@ impl Scheduler {
     /// Places and launches a replica's next attempt; it waits as `unplaced` when nothing fits.
     async fn start_replica(&mut self, id: RunId) {
         let Some(&(_, index)) = self.replicas.by_run.get(&id) else { return };
+        let adopting = self.replicas.adopt_until.is_some_and(|t| Instant::now() < t);
         let Some((service, r)) = self.replicas.replica_mut(id) else { return };
+        if r.recovered && adopting {
+            r.state = ReplicaState::Unplaced;
+            r.reason = Some("the server restarted: waiting for its agent to report it still runs".into());
+            return;
+        }
+        r.recovered = false;
         let spec = &service.spec;
         let key = Self::service_key(&spec.name);
         let constraints = CompiledConstraint::compile(&spec.constraints);
@@ -488,6 +528,19 @@ impl Scheduler {
             self.restart_due().await;
             return;
         }
+        if r.start_failures >= MAX_START_FAILURES {
+            r.up_since = None;
+            r.state = ReplicaState::Failed;
+            r.restart_at = None;
+            let why = r.reason.take().unwrap_or_else(|| "it ended before it ran".into());
+            r.reason = Some(format!(
+                "gave up after {} failed starts in a row: {why}; it is started again when the service's spec changes (or it is scaled)",
+                r.start_failures
+            ));
+            tracing::warn!(service = %service.spec.name, run = id, reason = ?r.reason, "replica given up");
+            self.place_unplaced_replicas().await;
+            return;
+        }
         let policy = service.spec.restart;
         // A replica that stayed up for the longest delay starts its backoff over.
         if r.up_since.is_some_and(|t| now.duration_since(t) >= policy.max_delay.as_std()) {
@@ -553,10 +606,14 @@ impl Scheduler {
         match u.state {
             RunState::Running if r.state == ReplicaState::Starting => {
                 r.up_since = Some(Instant::now());
+                r.start_failures = 0;
                 // Without a health check, running is healthy.
                 r.state = if service.spec.health.is_some() { ReplicaState::Running } else { ReplicaState::Healthy };
             }
             s if s.is_terminal() => {
+                if r.state == ReplicaState::Starting {
+                    r.start_failures += 1;
+                }
                 let why = match (&u.reason, r.state) {
                     (_, ReplicaState::Stopping) => None,
                     (Some(reason), _) => Some(format!("exited ({s}): {reason}")),
@@ -608,7 +665,7 @@ impl Scheduler {
     pub(super) async fn reconcile_replicas(&mut self, i: usize, held: &[HeldRun]) -> Vec<(RunId, u32)> {
         let mut stale = Vec::new();
         for h in held.iter().filter(|h| is_replica(h.run_id) && !h.finished) {
-            if !self.replicas.ours(h.run_id, h.attempt, i) {
+            if !self.replicas.ours(h.run_id, h.attempt, i) && !self.adopt_replica(i, h) {
                 stale.push((h.run_id, h.attempt));
             }
         }
@@ -625,14 +682,68 @@ impl Scheduler {
     }
 
     /// Loads every stored service at start-up (replicas are placed as agents join).
+    /// Loads every stored service at start-up. Their replicas wait, for the agent timeout at
+    /// most, for their agents to report them running from before (then they are adopted);
+    /// the others are placed when that wait is over.
     pub(super) async fn load_services(&mut self) -> crate::error::Result<()> {
+        self.replicas.adopt_until = Some(Instant::now() + self.config.agent_timeout);
+        self.replicas.loading = true;
         for record in self.store.list_services().await? {
             match record.spec.clone().validate() {
                 Ok(service) => self.service_put(service).await,
                 Err(e) => tracing::error!(service = %record.spec.name, error = %e, "stored service is invalid; not run"),
             }
         }
+        self.replicas.loading = false;
         Ok(())
+    }
+
+    /// Ends the start-up wait for replicas' agents once it is over: the replicas no agent
+    /// reported are placed afresh.
+    pub(super) async fn end_adoption(&mut self) {
+        if self.replicas.adopt_until.is_some_and(|t| Instant::now() >= t) {
+            self.replicas.adopt_until = None;
+            let waiting = self.replicas.services.values().flat_map(|s| s.replicas.values()).filter(|r| r.recovered).count();
+            if waiting > 0 {
+                tracing::info!(replicas = waiting, "no agent reported these replicas after the restart; starting them afresh");
+            }
+            for r in self.replicas.services.values_mut().flat_map(|s| s.replicas.values_mut()) {
+                r.recovered = false;
+            }
+            self.place_unplaced_replicas().await;
+        }
+    }
+
+    /// Takes over a replica that agent `i` still runs from before a server restart: held run
+    /// `h` named `service/NAME/INDEX`, for a replica loaded at start-up and not launched since.
+    fn adopt_replica(&mut self, i: usize, h: &HeldRun) -> bool {
+        let Some((name, index)) = h.replica.as_deref().and_then(|n| n.strip_prefix("service/")).and_then(|n| n.rsplit_once('/')) else {
+            return false;
+        };
+        let Ok(index) = index.parse::<u32>() else { return false };
+        let Some(svc) = self.replicas.services.get_mut(name).filter(|s| !s.deleted && index < s.service.replicas()) else {
+            return false;
+        };
+        let has_check = svc.service.spec.health.is_some();
+        let Some(r) = svc.replicas.get_mut(&index).filter(|r| r.recovered && r.attempt == 0 && r.agent.is_none()) else {
+            return false;
+        };
+        let old = std::mem::replace(&mut r.run_id, h.run_id);
+        r.attempt = h.attempt;
+        r.agent = Some(i);
+        // Its agent says how its health check stands now, after its report.
+        r.state = if has_check { ReplicaState::Running } else { ReplicaState::Healthy };
+        r.up_since = Some(Instant::now());
+        r.connection = self.agents.links[i].connection;
+        r.recovered = false;
+        r.reason = None;
+        let needs = r.needs;
+        self.replicas.by_run.remove(&old);
+        self.replicas.by_run.insert(h.run_id, (name.to_string(), index));
+        let key = Self::service_key(name);
+        self.agents.snapshot.commit(i, &key, &needs);
+        tracing::info!(service = name, index, run = h.run_id, attempt = h.attempt, agent = %self.agents.name(i), "replica adopted after a restart");
+        true
     }
 
     /// Writes a created (`create`) or changed service, then converges it.
