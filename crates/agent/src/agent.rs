@@ -96,12 +96,16 @@ pub struct Agent {
     draining: AtomicBool,
     /// Whether [`Agent::recover`] has run.
     recovered: AtomicBool,
+    /// How many times [`Agent::held`] has reported (once per connection).
+    held_reports: AtomicU64,
     state: Mutex<Inflight>,
 }
 
 #[derive(Default)]
 struct Inflight {
     running: HashMap<RunId, (u32, watch::Sender<Option<KillReason>>)>,
+    /// The launch names of the running service replicas, for [`Agent::held`].
+    replicas: HashMap<RunId, String>,
     /// Finished attempts whose final update the server may not have yet: the update's seq (0: not
     /// sent yet).
     finished: HashMap<(RunId, u32), u64>,
@@ -164,6 +168,7 @@ impl Agent {
             epoch: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             recovered: AtomicBool::new(false),
+            held_reports: AtomicU64::new(0),
             state: Mutex::default(),
         }
     }
@@ -203,9 +208,12 @@ impl Agent {
         let mut runs: Vec<HeldRun> = st
             .running
             .iter()
-            .map(|(&run_id, &(attempt, _))| HeldRun { run_id, attempt, finished: false })
-            .chain(st.finished.keys().map(|&(run_id, attempt)| HeldRun { run_id, attempt, finished: true }))
+            .map(|(&run_id, &(attempt, _))| HeldRun { run_id, attempt, finished: false, replica: st.replicas.get(&run_id).cloned() })
+            .chain(st.finished.keys().map(|&(run_id, attempt)| HeldRun { run_id, attempt, finished: true, replica: None }))
             .collect();
+        drop(st);
+        // A new server (or one that lost track) hears each replica's health again.
+        self.held_reports.fetch_add(1, Ordering::Relaxed);
         runs.sort_by_key(|h| (h.run_id, h.attempt));
         runs
     }
@@ -268,6 +276,9 @@ impl Agent {
             let (run_id, attempt) = match &r {
                 Recovered::Running { record, kill, .. } => {
                     st.running.insert(record.launch.run_id, (record.launch.attempt, kill.0.clone()));
+                    if record.launch.health.is_some() || tug_core::service::is_replica_run(record.launch.run_id) {
+                        st.replicas.insert(record.launch.run_id, record.launch.job.clone());
+                    }
                     (record.launch.run_id, record.launch.attempt)
                 }
                 Recovered::Finished { run_id, attempt, .. } => {
@@ -434,6 +445,9 @@ impl Agent {
                 old_kill.send_if_modified(|cur| cur.is_none() && { *cur = Some(KillReason::Superseded); true });
             }
             st.running.insert(launch.run_id, (launch.attempt, kill_tx.clone()));
+            if tug_core::service::is_replica_run(launch.run_id) {
+                st.replicas.insert(launch.run_id, launch.job.clone());
+            }
         }
         let me = Arc::clone(self);
         tasks.spawn(async move { me.run_one(launch, kill_tx, kill_rx, Start::Fresh).await });
@@ -451,13 +465,17 @@ impl Agent {
         let mut health = launch.health.clone().map(|h| crate::health::Verdicts::new(h, tokio::time::Instant::now()));
         let env = if health.is_some() { launch.task.env.clone() } else { Default::default() };
         let mut next_probe = None;
+        // Each report of what this agent holds (a new connection, perhaps a new server) is
+        // followed by this replica's health as it stands.
+        let mut reports_seen = self.held_reports.load(Ordering::Relaxed);
         let (started_tx, started_rx) = oneshot::channel();
-        let context = |launch, kill, started| RunContext {
+        let context = |launch: Launch, kill, started| RunContext {
+            // A service's own stop grace, else the agent's.
+            grace: launch.task.stop_grace.map_or(self.config.grace, |g| g.as_std()),
             launch,
             logs: self.logs.clone(),
             log_limit: self.config.log_limit,
             kill,
-            grace: self.config.grace,
             started,
         };
         let (time_left, mut fut): (_, Pin<Box<dyn Future<Output = Outcome> + Send + '_>>) = match start {
@@ -492,7 +510,9 @@ impl Agent {
                     let result = crate::health::probe(v.check(), &env).await;
                     let now = tokio::time::Instant::now();
                     next_probe = Some(now + v.interval());
-                    if let Some(healthy) = v.record(&result, now) {
+                    let reports = self.held_reports.load(Ordering::Relaxed);
+                    let again = std::mem::replace(&mut reports_seen, reports) != reports;
+                    if let Some(healthy) = v.record(&result, now).or(if again { v.current() } else { None }) {
                         let reason = result.err();
                         tracing::info!(run = run_id, attempt, healthy, ?reason, "replica health changed");
                         let report = HealthReport { run_id, attempt, healthy, reason };
@@ -525,6 +545,7 @@ impl Agent {
             let mut st = self.lock();
             if st.running.get(&run_id).is_some_and(|(a, _)| *a == attempt) {
                 st.running.remove(&run_id);
+                st.replicas.remove(&run_id);
             }
             st.finished.insert((run_id, attempt), seq);
         }

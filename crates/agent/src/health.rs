@@ -101,6 +101,11 @@ impl Verdicts {
         &self.check
     }
 
+    /// The last state reported: `None` until the first verdict.
+    pub fn current(&self) -> Option<bool> {
+        self.healthy
+    }
+
     /// Takes one result at `now`; returns the new state when it changed.
     pub fn record(&mut self, result: &Result<(), String>, now: Instant) -> Option<bool> {
         match result {

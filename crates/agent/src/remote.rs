@@ -283,7 +283,7 @@ async fn session(
         held: agent
             .held()
             .into_iter()
-            .map(|h| tug_proto::HeldRun { run_id: h.run_id, attempt: h.attempt, finished: h.finished })
+            .map(|h| tug_proto::HeldRun { run_id: h.run_id, attempt: h.attempt, finished: h.finished, replica: h.replica.unwrap_or_default() })
             .collect(),
         batches: true,
     };

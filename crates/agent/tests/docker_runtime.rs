@@ -202,6 +202,8 @@ fn launch(job: &str, script: &str, tweak: impl FnOnce(&mut Task)) -> Launch {
         user: None,
         timeout: None,
         network: None,
+        stop_signal: None,
+        stop_grace: None,
     };
     tweak(&mut task);
     Launch {

@@ -145,6 +145,8 @@ fn sh(script: &str) -> Launch {
             user: None,
             timeout: None,
             network: None,
+            stop_signal: None,
+            stop_grace: None,
         },
         health: None,
     }
@@ -269,7 +271,7 @@ async fn a_run_outlives_its_agent_and_the_next_agent_reports_its_end_once() {
     assert!(ckpt.dir().exists(), "the checkpoint stays while the run goes on");
 
     let (agent, updates) = node.agent().await;
-    assert_eq!(agent.held(), vec![HeldRun { run_id: id, attempt: 2, finished: false }]);
+    assert_eq!(agent.held(), vec![HeldRun { run_id: id, attempt: 2, finished: false, replica: None }]);
     assert_eq!(agent.inflight(), 1);
     let mut b = Node::serve(agent, updates);
     // Running again, for a server that never heard it started.
@@ -300,13 +302,13 @@ async fn a_run_that_ended_while_no_agent_ran_is_reported_with_its_exit_code() {
     wait_for_file(&ckpt.dir().join("outcome.json")).await;
 
     let (agent, updates) = node.agent().await;
-    assert_eq!(agent.held(), vec![HeldRun { run_id: id, attempt: 2, finished: true }]);
+    assert_eq!(agent.held(), vec![HeldRun { run_id: id, attempt: 2, finished: true, replica: None }]);
     let mut b = Node::serve(agent, updates);
     // The in-process agent says what it holds before anything else.
     let first = tokio::time::timeout(Duration::from_secs(10), b.updates.recv()).await.expect("held runs in time");
     assert_eq!(
         first,
-        Some(ToServer::Held { agent: "durable".into(), runs: vec![HeldRun { run_id: id, attempt: 2, finished: true }] })
+        Some(ToServer::Held { agent: "durable".into(), runs: vec![HeldRun { run_id: id, attempt: 2, finished: true, replica: None }] })
     );
     let done = b.next().await;
     assert_eq!((done.run_id, done.state, done.exit_code), (id, RunState::Failed, Some(5)));
@@ -370,7 +372,7 @@ async fn a_kill_for_another_attempt_is_ignored_and_drain_is_noted() {
     a.send(ToAgent::Kill { run_id: id, attempt: Some(1), reason: KillReason::Replaced }).await;
     a.send(ToAgent::Drain { draining: true }).await;
     wait_until("drain is noted", || a.agent.draining()).await;
-    assert_eq!(a.agent.held(), vec![HeldRun { run_id: id, attempt: 2, finished: false }], "still running");
+    assert_eq!(a.agent.held(), vec![HeldRun { run_id: id, attempt: 2, finished: false, replica: None }], "still running");
     // Had the first kill counted, its reason would have won.
     a.send(ToAgent::Kill { run_id: id, attempt: Some(2), reason: KillReason::Requested }).await;
     let done = a.next().await;

@@ -94,6 +94,8 @@ fn launch(command: Command) -> Launch {
             user: None,
             timeout: None,
             network: None,
+            stop_signal: None,
+            stop_grace: None,
         },
         health: None,
     }

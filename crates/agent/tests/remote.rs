@@ -66,6 +66,8 @@ impl AgentService for Fake {
                     user: None,
                     timeout: None,
                     network: None,
+                    stop_signal: None,
+                    stop_grace: None,
                 },
                 health: None,
             }));
@@ -231,6 +233,8 @@ async fn every_register_lists_held_runs_and_an_ack_removes_the_checkpoint() {
             user: None,
             timeout: None,
             network: None,
+            stop_signal: None,
+            stop_grace: None,
         },
         health: None,
     };
@@ -260,7 +264,7 @@ async fn every_register_lists_held_runs_and_an_ack_removes_the_checkpoint() {
         let _ = stop_rx.await;
     }));
 
-    let held = vec![tug_proto::HeldRun { run_id: 11, attempt: 3, finished: true }];
+    let held = vec![tug_proto::HeldRun { run_id: 11, attempt: 3, finished: true, replica: String::new() }];
     let mut events = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(e) = seen.recv().await {

@@ -8,6 +8,7 @@
 //! - [`dag`]: dependency cycles.
 //! - [`protocol`]: server ↔ agent messages.
 //! - [`service`]: the service spec (replicas with a health check), and its validation.
+//! - [`release`]: staged releases of a service: the request, the target spec and the plan.
 //! - [`access`]: API token roles and scopes.
 
 pub mod access;
@@ -19,6 +20,7 @@ pub mod job;
 pub mod misfire;
 pub mod placement;
 pub mod protocol;
+pub mod release;
 pub mod run;
 pub mod schedule;
 pub mod service;

@@ -54,6 +54,14 @@ pub struct Task {
     /// The container network: the pool the job's warm container draws its address from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSpec>,
+    /// The signal a stop sends first (a service's `stop_signal`, as in
+    /// [`crate::service::STOP_SIGNALS`]); TERM when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// How long a stop waits for an exit before KILL (a service's `stop_grace`); the agent's own
+    /// grace when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace: Option<Duration>,
 }
 
 impl Task {
@@ -69,7 +77,14 @@ impl Task {
             user: spec.user.clone(),
             timeout: spec.timeout,
             network: spec.network.clone(),
+            stop_signal: None,
+            stop_grace: None,
         }
+    }
+
+    /// The number of the signal a stop sends first.
+    pub fn stop_signal_number(&self) -> i32 {
+        self.stop_signal.as_deref().and_then(crate::service::signal_number).unwrap_or(15)
     }
 }
 
@@ -90,6 +105,8 @@ impl Task {
             user: spec.user.clone(),
             timeout: None,
             network: spec.network.clone(),
+            stop_signal: Some(spec.stop_signal.clone()),
+            stop_grace: Some(spec.stop_grace),
         }
     }
 }
@@ -152,7 +169,7 @@ pub enum ToAgent {
 
 /// An attempt an agent holds when it (re)registers: still running, or finished with its final
 /// status update not yet acknowledged (that update follows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldRun {
     /// The run.
     pub run_id: RunId,
@@ -160,6 +177,10 @@ pub struct HeldRun {
     pub attempt: u32,
     /// Finished; its final update is on its way.
     pub finished: bool,
+    /// A running service replica's name in its launch (`service/NAME/INDEX`): a server that
+    /// restarted adopts the replica by it instead of starting it afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// A state change of one attempt, reported by an agent.

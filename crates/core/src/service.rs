@@ -17,6 +17,20 @@ pub const MAX_REPLICAS: i64 = 10_000;
 /// The signals a service may be stopped with.
 pub const STOP_SIGNALS: &[&str] = &["TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL"];
 
+/// The Linux number of a stop signal named as in [`STOP_SIGNALS`].
+pub fn signal_number(name: &str) -> Option<i32> {
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        _ => return None,
+    })
+}
+
 /// A service as a user writes it. This is the document the store keeps and the API returns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -118,7 +118,7 @@ impl AgentService for AgentGateway {
         let held: Vec<HeldRun> = reg
             .held
             .iter()
-            .map(|h| HeldRun { run_id: h.run_id, attempt: h.attempt, finished: h.finished })
+            .map(|h| HeldRun { run_id: h.run_id, attempt: h.attempt, finished: h.finished, replica: Some(h.replica.clone()).filter(|r| !r.is_empty()) })
             .collect();
         let (cmd_tx, mut cmd_rx) = mpsc::channel::<ToAgent>(OUTBOUND);
         self.scheduler

@@ -10,6 +10,9 @@ pub enum Error {
     /// The job spec is invalid.
     #[error(transparent)]
     InvalidJob(#[from] JobError),
+    /// A service spec (or a release of one) is invalid.
+    #[error(transparent)]
+    InvalidService(#[from] tug_core::service::ServiceError),
     /// The change would create a dependency cycle.
     #[error(transparent)]
     Cycle(#[from] CycleError),

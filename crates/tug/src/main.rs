@@ -85,6 +85,15 @@ struct OpCli {
     cmd: cmd::service::OpCommand,
 }
 
+/// `tug release`: the server to talk to, and the subcommand.
+#[derive(clap::Args)]
+struct ReleaseCli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: cmd::release::ReleaseCommand,
+}
+
 /// `tug token`: the server to talk to, and the subcommand.
 #[derive(clap::Args)]
 struct TokenCli {
@@ -127,6 +136,8 @@ enum Command {
     Service(ServiceCli),
     /// Follow an asynchronous operation (a service's scale).
     Op(OpCli),
+    /// Staged releases of a service: smoke, bake, rollout; brake, resume, retry, revoke.
+    Release(ReleaseCli),
     /// Inspect or kill one run.
     Run(RunCli),
     /// Print a run's output; -f follows it until the run ends.
@@ -206,6 +217,7 @@ fn main() -> std::process::ExitCode {
             Command::Job(c) => cmd::job::run(&server, c.cmd).await,
             Command::Service(c) => cmd::service::run(&server, c.cmd).await,
             Command::Op(c) => cmd::service::run_op(&server, c.cmd).await,
+            Command::Release(c) => cmd::release::run(&server, c.cmd).await,
             Command::Runs(a) => cmd::runs::list(&server, a).await,
             Command::Run(c) => cmd::runs::run(&server, c.cmd).await,
             Command::Logs(a) => cmd::logs::run(&server, a).await,

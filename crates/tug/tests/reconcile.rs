@@ -74,7 +74,13 @@ impl Hand {
     }
 
     async fn held(&self, runs: &[(RunId, u32)]) {
-        let runs = runs.iter().map(|&(run_id, attempt)| HeldRun { run_id, attempt, finished: false }).collect();
+        let runs = runs.iter().map(|&(run_id, attempt)| HeldRun { run_id, attempt, finished: false, replica: None }).collect();
+        self.updates.send(ToServer::Held { agent: self.name.clone(), runs }.into()).await.unwrap();
+    }
+
+    /// Says it holds service replicas: `(run, attempt, "service/NAME/INDEX")`.
+    async fn held_replicas(&self, runs: &[(RunId, u32, &str)]) {
+        let runs = runs.iter().map(|&(run_id, attempt, name)| HeldRun { run_id, attempt, finished: false, replica: Some(name.into()) }).collect();
         self.updates.send(ToServer::Held { agent: self.name.clone(), runs }.into()).await.unwrap();
     }
 
@@ -471,7 +477,7 @@ async fn a_final_update_is_acknowledged_only_once_written_so_a_crash_before_the_
     let second = server(store.clone(), dir.path()).await;
     let mut x2 = Hand::join(&second, "x").await;
     x2.acks = std::mem::replace(&mut x.acks, mpsc::unbounded_channel());
-    let held = vec![HeldRun { run_id: run.id, attempt: 1, finished: true }];
+    let held = vec![HeldRun { run_id: run.id, attempt: 1, finished: true, replica: None }];
     x2.updates.send(ToServer::Held { agent: "x".into(), runs: held }.into()).await.unwrap();
     x2.resend(last).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -592,4 +598,91 @@ async fn a_late_report_of_an_attempt_given_up_is_attached_and_the_run_keeps_its_
     // And the API shows it with the run.
     let shown = serde_json::to_value(server.store.get_run(last.id).await.unwrap()).unwrap();
     assert_eq!(shown["late_report"]["state"], "succeeded", "{shown}");
+}
+
+/// A service of `replicas` (no health check) on a server whose runs go to hand-driven agents.
+async fn service(server: &Embedded, name: &str, replicas: i64) {
+    let spec = tug_core::ServiceSpec::from_json(&json!({"name": name, "replicas": replicas, "command": "serve"}).to_string()).unwrap();
+    server.scheduler.create_service(spec.validate().unwrap()).await.unwrap();
+}
+
+/// `(run, attempt, state)` of each replica, by index.
+async fn replicas(server: &Embedded, name: &str) -> Vec<(RunId, u32, String)> {
+    let st = server.scheduler.service_status(name).await.unwrap().unwrap();
+    st.list.iter().map(|r| (r.run_id, r.attempt, serde_json::to_value(r.state).unwrap()["state"].as_str().unwrap().to_owned())).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_placed_as_an_agent_joins_are_not_lost_by_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(Arc::new(MemStore::new()), dir.path()).await;
+    // No agent takes them yet: they wait, unplaced.
+    service(&server, "joins", 2).await;
+    let mut x = Hand::join(&server, "x").await;
+    // Placed as the agent joined, before its report (made at registration, without them).
+    let (a, b) = (x.launch().await, x.launch().await);
+    assert_eq!((a.attempt, b.attempt), (1, 1));
+    x.report(a.run_id, 1, RunState::Running).await;
+    x.held(&[]).await;
+    x.report(b.run_id, 1, RunState::Running).await;
+    x.quiet().await;
+    let all = replicas(&server, "joins").await;
+    assert_eq!(all, vec![(a.run_id, 1, "healthy".into()), (b.run_id, 1, "healthy".into())]);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_server_restart_replicas_an_agent_still_runs_are_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let first = server(store.clone(), dir.path()).await;
+    let mut x = Hand::join(&first, "x").await;
+    service(&first, "kept", 2).await;
+    let (a, b) = (x.launch().await, x.launch().await);
+    x.report(a.run_id, 1, RunState::Running).await;
+    x.report(b.run_id, 1, RunState::Running).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    x.cut();
+    x.updates = mpsc::channel(1).0; // let go of the old server
+    drop(x);
+    first.abort();
+
+    let second = server(store.clone(), dir.path()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut x = Hand::join(&second, "x").await;
+    // It still runs both, and one of a service that is gone.
+    x.held_replicas(&[(a.run_id, 1, &a.job), (b.run_id, 1, &b.job), (a.run_id + 100, 3, "service/gone/0")]).await;
+    match x.next().await {
+        ToAgent::Kill { run_id, attempt, reason } => assert_eq!((run_id, attempt, reason), (a.run_id + 100, Some(3), KillReason::Superseded)),
+        other => panic!("expected the stale replica stopped, got {other:?}"),
+    }
+    // Past the wait for agents' reports: nothing is started afresh.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    x.quiet().await;
+    let all = replicas(&second, "kept").await;
+    assert_eq!(all, vec![(a.run_id, 1, "healthy".into()), (b.run_id, 1, "healthy".into())], "adopted as they run");
+    // An adopted replica is the controller's like any: when it exits, it restarts.
+    x.report(b.run_id, 1, RunState::Failed).await;
+    let l = x.launch().await;
+    assert_eq!((l.run_id, l.attempt, l.job.as_str()), (b.run_id, 2, "service/kept/1"));
+    second.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_server_restart_replicas_no_agent_reports_start_afresh_after_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let first = server(store.clone(), dir.path()).await;
+    service(&first, "anew", 1).await;
+    first.abort();
+    let second = server(store.clone(), dir.path()).await;
+    let mut x = Hand::join(&second, "x").await;
+    x.held(&[]).await;
+    x.quiet().await;
+    let all = replicas(&second, "anew").await;
+    assert_eq!((all[0].1, all[0].2.as_str()), (0, "unplaced"), "waits for the agent timeout first");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let l = x.launch().await;
+    assert_eq!((l.attempt, l.job.as_str()), (1, "service/anew/0"));
+    second.abort();
 }

@@ -159,8 +159,8 @@ impl World {
         let held = a
             .running
             .iter()
-            .map(|(&run_id, &(attempt, _))| HeldRun { run_id, attempt, finished: false })
-            .chain(a.unacked.values().map(|u| HeldRun { run_id: u.run_id, attempt: u.attempt, finished: true }))
+            .map(|(&run_id, &(attempt, _))| HeldRun { run_id, attempt, finished: false, replica: None })
+            .chain(a.unacked.values().map(|u| HeldRun { run_id: u.run_id, attempt: u.attempt, finished: true, replica: None }))
             .collect();
         self.send(ToServer::Held { agent: a.name.into(), runs: held }, None).await;
         for u in a.unacked.values() {

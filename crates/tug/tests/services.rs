@@ -147,19 +147,6 @@ fn services_through_the_cli() {
     up.terminate();
 }
 
-/// Waits until `GET /services/{name}` satisfies `pred`; returns it.
-async fn wait_service(s: &TestServer, name: &str, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        let v = s.get(&format!("/services/{name}")).await;
-        if pred(&v) {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "service {name}: {what} within {secs}s; it is now {}", v["status"]);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 fn healthy(v: &Value) -> u64 {
     v["status"]["healthy"].as_u64().unwrap()
 }
@@ -189,7 +176,7 @@ fn files_service(name: &str, dir: &std::path::Path, replicas: i64) -> Value {
         "name": name, "replicas": replicas,
         "command": format!("rm -f {d}/sick-$TUG_REPLICA; echo $$ > {d}/pid-$TUG_REPLICA; touch {d}/up-$TUG_REPLICA; exec sleep 1000"),
         "health": {"kind": "exec", "command": format!("test -f {d}/up-$TUG_REPLICA && ! test -f {d}/sick-$TUG_REPLICA"),
-                   "interval": "50ms", "timeout": "50ms", "unhealthy_threshold": 2},
+                   "interval": "100ms", "timeout": "100ms", "unhealthy_threshold": 3},
         "restart": {"initial_delay": "100ms", "max_delay": "1s"},
         "stop_grace": "1s"
     })
@@ -352,21 +339,9 @@ async fn a_scaling_rule_in_a_spring_forward_gap_fires_at_the_next_valid_instant(
     server.shutdown().await;
 }
 
-/// `docker ps -aq` of one replica's containers.
-fn replica_containers(service: &str, index: u32) -> Vec<String> {
-    let filter = format!("label=tugboat.job=service/{service}/{index}");
-    let out = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
-}
-
 #[test]
 fn docker_replicas_come_up_healthy_each_in_its_container() {
-    let image = std::env::var("TUG_TEST_IMAGE").unwrap_or_else(|_| "tugboat-test-busybox:1".into());
-    let present = std::process::Command::new("docker").args(["image", "inspect", &image]).output().is_ok_and(|o| o.status.success());
-    if !present || std::env::var_os("TUG_DWAIT").is_none() {
-        eprintln!("\n!!!!!!!! SKIPPED: no Docker, no test image {image} or no TUG_DWAIT (scripts/test provides them) !!!!!!!!\n");
-        return;
-    }
+    let Some(image) = docker_test_image() else { return };
     let up = Up::start();
     let s = up.server.clone();
     let name = format!("dock-{}", std::process::id());
@@ -393,4 +368,150 @@ fn docker_replicas_come_up_healthy_each_in_its_container() {
         std::process::Command::new("docker").args(["rm", "-f"]).args(&left).output().unwrap();
     }
     assert!(left.is_empty(), "containers left after a clean stop: {left:?}");
+}
+
+/// Replicas outlive a kill -9 of `tug up`: its agent re-attaches them and the restarted server
+/// adopts them as they run (same process, same run and attempt) instead of starting them afresh.
+#[test]
+fn replicas_outlive_a_kill_9_of_tug_up_and_are_adopted() {
+    let mut up = Up::start();
+    let s = up.server.clone();
+    let files = tempfile::tempdir().unwrap();
+    let d = files.path().display();
+    let cmd = format!("echo $$ > {d}/pid-$TUG_REPLICA; exec sleep 1000");
+    ok(&s, &["service", "add", "kept", "--replicas", "2", "--", &cmd]);
+    ok(&s, &["service", "scale", "kept", "2", "--wait"]);
+    let pid = |i: u32| std::fs::read_to_string(files.path().join(format!("pid-{i}"))).unwrap().trim().parse::<i32>().unwrap();
+    let before: Vec<Value> = serde_json::from_str::<Value>(&ok(&s, &["service", "show", "kept", "--json"])).unwrap()["status"]["list"].as_array().unwrap().clone();
+    let pids = [pid(0), pid(1)];
+    up.kill9_and_restart();
+    let mut v = Value::Null;
+    for _ in 0..200 {
+        v = serde_json::from_str(&ok(&s, &["service", "show", "kept", "--json"])).unwrap();
+        if v["status"]["healthy"] == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(v["status"]["healthy"], 2, "{v}");
+    let after = v["status"]["list"].as_array().unwrap();
+    for (b, a) in before.iter().zip(after) {
+        assert_eq!((&a["run_id"], &a["attempt"], &a["restarts"]), (&b["run_id"], &b["attempt"], &b["restarts"]), "adopted as it ran: {v}");
+    }
+    assert_eq!([pid(0), pid(1)], pids, "the same processes");
+    for p in pids {
+        assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok(), "replica {p} still runs");
+    }
+    ok(&s, &["service", "scale", "kept", "0", "--wait"]);
+    up.terminate();
+}
+
+/// The service's `stop_signal` and `stop_grace` are the agent's when it stops a replica: a
+/// replica that traps the signal and goes on is killed once the grace is over, not before (the
+/// test agent's own grace is half a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_stopped_with_its_services_signal_and_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let d = files.path().display();
+    let svc = json!({
+        "name": "stubborn", "replicas": 1, "stop_signal": "USR1", "stop_grace": "2s",
+        "command": format!("trap 'echo USR1 >> {d}/got' USR1; trap 'echo TERM >> {d}/got' TERM; echo $$ > {d}/pid; while true; do sleep 0.05; done"),
+    });
+    let (st, v) = s.req(Method::POST, "/services", Some(svc)).await;
+    assert_eq!(st, 201, "{v}");
+    wait_service(&s, "stubborn", 20, "healthy", |v| healthy(v) == 1).await;
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(files.path().join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            break pid;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let t0 = tokio::time::Instant::now();
+    let (st, _) = s.req(Method::POST, "/services/stubborn/scale", Some(json!({"replicas": 0}))).await;
+    assert_eq!(st, 202);
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(15), "the replica still runs");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let took = t0.elapsed();
+    let got = std::fs::read_to_string(files.path().join("got")).unwrap_or_default();
+    assert!(got.contains("USR1") && !got.contains("TERM"), "the replica got {got:?}");
+    assert!(took >= std::time::Duration::from_millis(1800), "killed after {took:?}, before the service's 2s grace");
+    let (st, _) = s.req(Method::DELETE, "/services/stubborn", None).await;
+    assert_eq!(st, 204);
+    s.stop().await;
+}
+
+#[test]
+fn replica_logs_through_the_api_and_the_cli() {
+    let up = Up::start();
+    let s = up.server.clone();
+    ok(&s, &["service", "add", "talk", "--replicas", "2", "--", "echo hello from $TUG_REPLICA; exec sleep 1000"]);
+    ok(&s, &["service", "scale", "talk", "2", "--wait"]);
+    let mut out = String::new();
+    for _ in 0..100 {
+        out = ok(&s, &["service", "logs", "talk"]);
+        if out.contains("[1] hello from 1") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(out.contains("[0] hello from 0") && out.contains("[1] hello from 1"), "{out}");
+    let one = ok(&s, &["service", "logs", "talk", "--index", "1"]);
+    assert_eq!(one.trim(), "hello from 1");
+    let body = reqwest::blocking::get(format!("{s}/api/v1/services/talk/replicas/0/log")).unwrap().text().unwrap();
+    assert_eq!(body.trim(), "hello from 0");
+    let e = fails(&s, &["service", "logs", "talk", "--index", "7"]);
+    assert!(e.contains("service \"talk\" has no replica 7 now (it has 2)"), "{e}");
+    let e = fails(&s, &["service", "logs", "ghost"]);
+    assert!(e.contains("service \"ghost\" not found"), "{e}");
+    ok(&s, &["service", "scale", "talk", "0", "--wait"]);
+    up.terminate();
+}
+
+/// A docker service whose image does not exist: each replica is tried a few times, then given up
+/// with the agent's error, and the scale operation fails saying which replica and why, instead
+/// of pulling for ever. A release of an image that exists brings the replicas up.
+#[test]
+fn an_image_that_does_not_exist_fails_the_operation_and_is_not_retried_for_ever() {
+    let Some(image) = docker_test_image() else { return };
+    let up = Up::start();
+    let s = up.server.clone();
+    let name = format!("noimg-{}", std::process::id());
+    let ghost = format!("tugboat-no-such-image-{}:1", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("svc.toml");
+    let spec = format!(
+        "name = \"{name}\"\nreplicas = 0\ncommand = \"sleep 1000\"\nruntime = \"docker\"\nstop_grace = \"1s\"\n\
+         [docker]\nimage = \"{ghost}\"\npull = \"never\"\n"
+    );
+    std::fs::write(&file, spec).unwrap();
+    ok(&s, &["service", "add", "-f", file.to_str().unwrap()]);
+    let e = fails(&s, &["service", "scale", &name, "2", "--wait"]);
+    assert!(e.contains("failed: replica ") && e.contains("gave up after 3 failed starts in a row") && e.contains(&format!("image {ghost} is not on this host")), "{e}");
+    let v: Value = serde_json::from_str(&ok(&s, &["service", "show", &name, "--json"])).unwrap();
+    let attempts = |v: &Value| v["status"]["list"].as_array().unwrap().iter().map(|r| r["attempt"].as_u64().unwrap()).collect::<Vec<_>>();
+    assert!(v["status"]["list"].as_array().unwrap().iter().all(|r| r["state"] == "failed" || r["state"] == "restarting"), "{v}");
+    // No more tries: a given-up replica waits for a change.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let v: Value = serde_json::from_str(&ok(&s, &["service", "show", &name, "--json"])).unwrap();
+    assert_eq!(attempts(&v), [3, 3], "{v}");
+    assert_eq!(v["status"]["failed"], 2, "{v}");
+    let show = ok(&s, &["service", "show", &name]);
+    assert!(show.lines().any(|l| l.starts_with("0") && l.contains("failed") && l.contains("gave up after 3 failed starts")), "{show}");
+    // A release of an image that exists starts them again.
+    let out = ok(&s, &["release", "start", &name, "--image", &image, "--smoke", "0", "--batch", "100%", "--wait", "--json"]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let v: Value = serde_json::from_str(&ok(&s, &["service", "show", &name, "--json"])).unwrap();
+    assert_eq!(v["status"]["healthy"], 2, "{v}");
+    ok(&s, &["service", "scale", &name, "0", "--wait"]);
+    ok(&s, &["service", "delete", &name]);
+    up.terminate();
+    let left: Vec<String> = (0..2).flat_map(|i| replica_containers(&name, i)).collect();
+    if !left.is_empty() {
+        std::process::Command::new("docker").args(["rm", "-f"]).args(&left).output().unwrap();
+    }
 }

@@ -138,7 +138,9 @@ pub(crate) async fn run_attempt(ctx: RunContext) -> (Outcome, Option<tokio::task
 
     let guard = GroupGuard { pgid, armed: true };
     let mut capture = Capture::new(child.stdout.take(), child.stderr.take(), log, run_id);
-    let (status, mut stop) = wait_for_leader(&mut child, &mut capture, &mut kill, grace, pgid).await;
+    // A service's stop signal, TERM otherwise.
+    let first = Signal::try_from(launch.task.stop_signal_number()).unwrap_or(Signal::SIGTERM);
+    let (status, mut stop) = wait_for_leader(&mut child, &mut capture, &mut kill, (first, grace), pgid).await;
     if let Some(stop) = stop.as_mut() {
         stop_group(pgid, stop, &mut capture).await;
     }
@@ -284,13 +286,14 @@ impl Account {
     }
 }
 
-/// Waits for the leader to exit while copying output. When a stop is requested, SIGTERMs the
-/// group and SIGKILLs it if the leader is still there when the grace period is over.
+/// Waits for the leader to exit while copying output. When a stop is requested, sends the group
+/// `first` (SIGTERM unless the task says otherwise) and SIGKILLs it if the leader is still there
+/// when the grace period is over.
 async fn wait_for_leader(
     child: &mut Child,
     capture: &mut Capture,
     kill: &mut watch::Receiver<Option<KillReason>>,
-    grace: Duration,
+    (first, grace): (Signal, Duration),
     pgid: Pid,
 ) -> (io::Result<ExitStatus>, Option<Stop>) {
     let mut stop: Option<Stop> = None;
@@ -299,8 +302,8 @@ async fn wait_for_leader(
         tokio::select! {
             status = child.wait() => return (status, stop),
             reason = kill_requested(kill), if stop.is_none() => {
-                tracing::info!(?reason, "stopping: SIGTERM to the process group");
-                signal_group(pgid, Signal::SIGTERM);
+                tracing::info!(?reason, %first, "stopping: signalling the process group");
+                signal_group(pgid, first);
                 stop = Some(Stop { reason, deadline: Instant::now() + grace, sigkilled: false });
             }
             () = sleep_until_opt(sigkill_at), if sigkill_at.is_some() => {

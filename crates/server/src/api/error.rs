@@ -98,6 +98,7 @@ impl From<Error> for ApiError {
         let unprocessable = |code| ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: e.to_string() };
         match e {
             Error::InvalidJob(j) => j.into(),
+            Error::InvalidService(s) => s.into(),
             Error::Store(s) => s.into(),
             Error::Cycle(_) => unprocessable("dependency_cycle"),
             Error::UnknownParent { .. } => unprocessable("unknown_parent"),

@@ -31,7 +31,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/services/{name}"),
     ("delete", "/services/{name}"),
     ("post", "/services/{name}/scale"),
+    ("get", "/services/{name}/replicas/{index}/log"),
     ("get", "/operations/{id}"),
+    ("post", "/services/{name}/releases"),
+    ("get", "/services/{name}/releases"),
+    ("get", "/releases/{id}"),
+    ("post", "/releases/{id}/{action}"),
     ("post", "/net/pools"),
     ("get", "/net/pools"),
     ("get", "/net/pools/{name}"),
@@ -109,8 +114,15 @@ pub fn document() -> Value {
                 "put": op("replace a service's spec", &[svc], "200", Some("ServiceSpec")),
                 "delete": op("delete a service", &[svc], "204", None)
             },
+            "/services/{name}/replicas/{index}/log": {"get": op("a replica's log (all its attempts) as text", &[svc, ("index", "path", "the replica's index"), ("offset", "query", "start at this byte")], "200", None)},
             "/services/{name}/scale": {"post": op("set the replica count; answers 202 at once with an operation", &[svc], "202", Some("Scale"))},
             "/operations/{id}": {"get": op("a scale operation: placed, started, healthy, failed, per agent", &[("id", "path", "op-N")], "200", None)},
+            "/services/{name}/releases": {
+                "post": op("start a staged release (smoke, bake, rollout); answers 202 at once", &[svc], "202", Some("ReleaseRequest")),
+                "get": op("a service's releases, newest first", &[svc], "200", None)
+            },
+            "/releases/{id}": {"get": op("a release: its state, stage, progress and history", &[("id", "path", "rel-N")], "200", None)},
+            "/releases/{id}/{action}": {"post": op("brake, resume, retry or revoke a release", &[("id", "path", "rel-N"), ("action", "path", "brake, resume, retry or revoke")], "200", None)},
             "/net/pools": {
                 "post": op("create an address pool", &[], "201", Some("PoolSpec")),
                 "get": op("address pools with how many addresses each hands out and has claimed", &[], "200", None)
@@ -152,6 +164,12 @@ pub fn document() -> Value {
                     "stop_signal": {"type": "string"}, "stop_grace": {"type": "string"}
                 }},
             "Scale": {"type": "object", "required": ["replicas"], "properties": {"replicas": {"type": "integer", "minimum": 0, "maximum": 10000}}},
+            "ReleaseRequest": {"type": "object", "properties": {
+                "spec": {"$ref": "#/components/schemas/ServiceSpec"},
+                "image": {"type": "string"}, "command": {}, "env": {"type": "object"},
+                "smoke": {"type": "integer", "minimum": 0}, "bake": {"type": "string", "examples": ["10m"]},
+                "batch": {"examples": [2, "25%"]}, "health_timeout": {"type": "string", "examples": ["1m"]}
+            }},
             "PoolSpec": {"type": "object", "required": ["name", "cidr", "segment", "gateway"],
                 "properties": {
                     "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},

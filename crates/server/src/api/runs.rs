@@ -97,7 +97,7 @@ pub(super) struct LogParams {
 
 const CHUNK: usize = 64 * 1024;
 /// The most log bytes one non-following request returns.
-const MAX_LOG_READ: usize = 16 << 20;
+pub(super) const MAX_LOG_READ: usize = 16 << 20;
 const POLL: Duration = Duration::from_millis(100);
 
 pub(super) async fn log(
@@ -158,7 +158,7 @@ pub(super) async fn log(
 
 /// Reads a chunk of a run's log from wherever its agent keeps it. A log not written yet reads
 /// as empty.
-async fn read(st: &AppState, id: RunId, agent: Option<&str>, offset: u64) -> ApiResult<Vec<u8>> {
+pub(super) async fn read(st: &AppState, id: RunId, agent: Option<&str>, offset: u64) -> ApiResult<Vec<u8>> {
     st.logs.read(id, agent, offset, CHUNK).await.map_err(|e| {
         let (status, code) = match e {
             LogError::Local { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "log_read_failed"),

@@ -1,5 +1,6 @@
-//! `/api/v1/services`: create, list, show, update and delete services, scale them (an
-//! asynchronous operation), and `/api/v1/operations/{id}`: how an operation is doing.
+//! `/api/v1/services`: create, list, show, update and delete services, read a replica's log, scale them (an
+//! asynchronous operation), and `/api/v1/operations/{id}`: how an operation is doing;
+//! `/api/v1/services/{name}/releases` and `/api/v1/releases/{id}`: staged releases.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tug_core::{Service, ServiceSpec};
 use tug_store::ServiceRecord;
 
-use crate::scheduler::{OperationView, ServiceStatus};
+use crate::scheduler::{OperationView, ReleaseAction, ReleaseView, ServiceStatus};
 
 use super::jobs::is_toml;
 use super::{ApiError, ApiResult, AppState};
@@ -154,4 +155,103 @@ pub(super) async fn operation(State(st): State<AppState>, Path(id): Path<String>
             format!("no operation {id:?}; operations are kept in memory for the last 1000 scales"),
         )),
     }
+}
+
+/// Starts a staged release of a service; answers at once (202) with the release.
+pub(super) async fn start_release(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(name): Path<String>,
+    body: String,
+) -> ApiResult<(StatusCode, Json<ReleaseView>)> {
+    let req = tug_core::release::ReleaseRequest::from_json(&body)?;
+    let record = visible(&st, &who, &name).await?;
+    who.may_write_service(&record.spec)?;
+    let release = st.scheduler.start_release(&name, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(release)))
+}
+
+/// A service's releases, newest first.
+pub(super) async fn releases(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<Json<Vec<ReleaseView>>> {
+    visible(&st, &who, &name).await?;
+    Ok(Json(st.scheduler.releases(&name).await?))
+}
+
+/// A release the caller may see: 404 when there is none, or its service is out of scope.
+async fn visible_release(st: &AppState, who: &Principal, id: &str) -> ApiResult<ReleaseView> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "release_not_found",
+            format!("no release {id:?}; releases are kept in memory, see `tug release list SERVICE`"),
+        )
+    };
+    let release = st.scheduler.release(id).await?.ok_or_else(not_found)?;
+    if let Ok(record) = st.store.get_service(&release.release.service).await
+        && !who.grant.sees_service(&record.spec)
+    {
+        return Err(not_found());
+    }
+    Ok(release)
+}
+
+/// One release and its progress.
+pub(super) async fn release(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<ReleaseView>> {
+    Ok(Json(visible_release(&st, &who, &id).await?))
+}
+
+/// `brake`, `resume`, `retry` or `revoke` a release.
+pub(super) async fn release_action(
+    State(st): State<AppState>,
+    who: Principal,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<Json<ReleaseView>> {
+    let Some(act) = ReleaseAction::parse(&action) else {
+        return Err(ApiError::bad_request("invalid_action", format!("no release action {action:?}; use brake, resume, retry or revoke")));
+    };
+    visible_release(&st, &who, &id).await?;
+    Ok(Json(st.scheduler.release_action(&id, act).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogParams {
+    #[serde(default)]
+    offset: u64,
+}
+
+/// A replica's log (every attempt of it), from `offset`, as text.
+pub(super) async fn replica_log(
+    State(st): State<AppState>,
+    who: Principal,
+    Path((name, index)): Path<(String, String)>,
+    params: Result<axum::extract::Query<LogParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::response::Response> {
+    let axum::extract::Query(p) = params.map_err(super::query_error)?;
+    visible(&st, &who, &name).await?;
+    let index: u32 = index.parse().map_err(|_| {
+        ApiError::bad_request("invalid_index", format!("replica index {index:?} is not a number; see the INDEX column of `tug service show {name}`"))
+    })?;
+    let status = st.scheduler.service_status(&name).await?.unwrap_or_default();
+    let Some(r) = status.list.iter().find(|r| r.index == index) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "replica_not_found",
+            format!("service {name:?} has no replica {index} now (it has {}); see `tug service show {name}`", status.list.len()),
+        ));
+    };
+    let mut out = Vec::new();
+    let mut offset = p.offset;
+    loop {
+        let chunk = super::runs::read(&st, r.run_id, r.agent.as_deref(), offset).await?;
+        if chunk.is_empty() || out.len() >= super::runs::MAX_LOG_READ {
+            break;
+        }
+        offset += chunk.len() as u64;
+        out.extend_from_slice(&chunk);
+    }
+    Ok(axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(axum::body::Body::from(out))
+        .expect("static headers are valid"))
 }

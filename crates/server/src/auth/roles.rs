@@ -7,7 +7,7 @@
 //! | any other read (GET, HEAD), `/metrics` included                        | `read`     |
 //! | tokens and the audit log, read or written                             | `admin`    |
 //! | run now, pause, resume and kill a job; kill a run (both APIs, the UI)  | `operate`  |
-//! | scale a service                                                        | `operate`  |
+//! | scale a service; brake, resume, retry or revoke a release              | `operate`  |
 //! | any other write                                                        | `admin`    |
 
 use axum::http::Method;
@@ -37,6 +37,7 @@ pub fn required(method: &Method, route: &str, path: &str) -> Option<Role> {
                 | "/api/v1/jobs/{name}/kill"
                 | "/api/v1/runs/{id}/kill"
                 | "/api/v1/services/{name}/scale"
+                | "/api/v1/releases/{id}/{action}"
         ),
         // Chronos runs a job with PUT on the job, and kills its tasks with DELETE.
         Method::PUT => chronos == "/scheduler/job/{name}",

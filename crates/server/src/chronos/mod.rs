@@ -96,6 +96,7 @@ impl From<Error> for ChronosError {
     fn from(e: Error) -> ChronosError {
         let status = match &e {
             Error::InvalidJob(_)
+            | Error::InvalidService(_)
             | Error::Cycle(_)
             | Error::UnknownParent { .. }
             | Error::TooFrequent { .. }

@@ -65,6 +65,9 @@ pub(crate) struct Registered {
     pub warm_containers: u32,
     /// It said it is restarting and will be back by then.
     pub back_by: Option<Instant>,
+    /// Which connection of the agent this is (each registration counts one more): a report of
+    /// what the agent holds speaks only for launches sent on an earlier connection.
+    pub connection: u64,
 }
 
 /// All agents, indexed alike in `snapshot.agents` and `links`.
@@ -90,6 +93,7 @@ impl Agents {
             self.links[i].last_seen = now;
             self.links[i].awaited = false;
             self.links[i].back_by = None;
+            self.links[i].connection += 1;
             return i;
         }
         let i = self.snapshot.add_agent(AgentInfo {
@@ -100,7 +104,7 @@ impl Agents {
             up: true,
             draining: false,
         });
-        self.links.push(Registered { tx: link.tx, last_seen: now, awaited: false, given_up: Vec::new(), warm_containers: 0, back_by: None });
+        self.links.push(Registered { tx: link.tx, last_seen: now, awaited: false, given_up: Vec::new(), warm_containers: 0, back_by: None, connection: 1 });
         self.by_name.insert(link.name, i);
         i
     }
@@ -122,7 +126,7 @@ impl Agents {
             up: false,
             draining: false,
         });
-        self.links.push(Registered { tx, last_seen: now, awaited: true, given_up: Vec::new(), warm_containers: 0, back_by: None });
+        self.links.push(Registered { tx, last_seen: now, awaited: true, given_up: Vec::new(), warm_containers: 0, back_by: None, connection: 0 });
         self.by_name.insert(name.to_string(), i);
         i
     }

@@ -32,6 +32,7 @@ mod placing;
 mod operations;
 mod reconcile;
 mod recovery;
+mod releases;
 mod services;
 pub mod stats;
 mod status;
@@ -44,6 +45,7 @@ use persist::Persister;
 use runs::RunTable;
 use timers::{Slot, Timers};
 pub use operations::{AgentProgress, OpState, Operation, OperationView};
+pub use releases::{Release, ReleaseAction, ReleaseEvent, ReleaseState, ReleaseView};
 pub use services::{ReplicaState, ReplicaView, ServiceStatus, is_replica};
 
 /// Scheduler settings.
@@ -114,6 +116,10 @@ pub(crate) enum Command {
     ServiceStatus(String, oneshot::Sender<Option<ServiceStatus>>),
     Scale(String, u32, oneshot::Sender<Result<OperationView>>),
     Operation(String, oneshot::Sender<Option<OperationView>>),
+    StartRelease(String, tug_core::release::ReleaseRequest, oneshot::Sender<Result<ReleaseView>>),
+    ReleaseAction(String, ReleaseAction, oneshot::Sender<Result<ReleaseView>>),
+    Release(String, oneshot::Sender<Option<ReleaseView>>),
+    Releases(String, oneshot::Sender<Vec<ReleaseView>>),
 }
 
 /// A cheap, cloneable way to talk to the scheduler task.
@@ -249,6 +255,26 @@ impl SchedulerHandle {
         self.ask(|tx| Command::Operation(id.to_string(), tx)).await
     }
 
+    /// Starts a staged release of a service; returns at once.
+    pub async fn start_release(&self, name: &str, req: tug_core::release::ReleaseRequest) -> Result<ReleaseView> {
+        self.ask(|tx| Command::StartRelease(name.to_string(), req, tx)).await?
+    }
+
+    /// Brakes, resumes, retries or revokes a release.
+    pub async fn release_action(&self, id: &str, action: ReleaseAction) -> Result<ReleaseView> {
+        self.ask(|tx| Command::ReleaseAction(id.to_string(), action, tx)).await?
+    }
+
+    /// A release and its progress.
+    pub async fn release(&self, id: &str) -> Result<Option<ReleaseView>> {
+        self.ask(|tx| Command::Release(id.to_string(), tx)).await
+    }
+
+    /// A service's releases, newest first.
+    pub async fn releases(&self, service: &str) -> Result<Vec<ReleaseView>> {
+        self.ask(|tx| Command::Releases(service.to_string(), tx)).await
+    }
+
     /// Counters and lateness.
     pub async fn stats(&self) -> Result<Stats> {
         self.ask(|tx| Command::Stats(false, tx)).await
@@ -338,6 +364,8 @@ pub struct Scheduler {
     replicas: services::Replicas,
     /// Scale operations (`operations.rs`).
     ops: operations::Operations,
+    /// Staged releases (`releases.rs`).
+    releases: releases::Releases,
 }
 
 /// What the scheduler reports to besides the store: metrics and run events.
@@ -418,6 +446,7 @@ impl Scheduler {
             awaiting_reports: None,
             replicas: Default::default(),
             ops: Default::default(),
+            releases: Default::default(),
         };
         s.count_agents();
         s.recover().await?;
@@ -447,6 +476,7 @@ impl Scheduler {
             let hold = self.fire_hold();
             let restart = self.replicas.next_wake();
             let rule_at = self.replicas.next_rule().map(|at| instant_at(&*self.clock, at));
+            let release_at = self.releases.next_wake();
             let sleep = async {
                 match wake {
                     Some(at) if firing => tokio::time::sleep_until(instant_at(&*self.clock, at).max(hold.unwrap_or(tokio::time::Instant::now()))).await,
@@ -476,12 +506,18 @@ impl Scheduler {
                 },
                 () = sleep_until_opt(restart), if restart.is_some() && firing => self.restart_due().await,
                 () = sleep_until_opt(rule_at), if rule_at.is_some() && firing => self.apply_scale_rules().await,
+                // Releases move on below, after every turn; this only wakes the loop.
+                () = sleep_until_opt(release_at), if release_at.is_some() && firing => {}
                 _ = prune_tick.tick() => self.prune().await,
                 _ = agent_check.tick() => {
                     self.expire_agents().await;
                     self.expire_launches().await;
                     self.expire_unconfirmed().await;
+                    self.end_adoption().await;
                 }
+            }
+            if firing && self.releases.moving() {
+                self.drive_releases().await;
             }
             self.check_operations();
         }
@@ -571,6 +607,18 @@ impl Scheduler {
                 let status = |s: &str| self.service_status(s);
                 let view = self.ops.view(&id, None).map(|v| v.op.service.clone()).and_then(|svc| self.ops.view(&id, status(&svc).as_ref()));
                 let _ = tx.send(view);
+            }
+            Command::StartRelease(name, req, tx) => {
+                let _ = tx.send(self.start_release(&name, req).await);
+            }
+            Command::ReleaseAction(id, action, tx) => {
+                let _ = tx.send(self.release_action(&id, action).await);
+            }
+            Command::Release(id, tx) => {
+                let _ = tx.send(self.release_view(&id));
+            }
+            Command::Releases(service, tx) => {
+                let _ = tx.send(self.releases_of(&service));
             }
             Command::Stats(reset, tx) => {
                 let _ = tx.send(self.snapshot());

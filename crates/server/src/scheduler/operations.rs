@@ -1,7 +1,8 @@
 //! Asynchronous scale operations: `POST /services/{name}/scale` answers at once with an
 //! operation, which the scheduler watches until the service has exactly the replicas asked for
-//! and every one is healthy (`succeeded`), or a newer scale of the same service takes over
-//! (`superseded`). Progress is read from the replicas themselves, so it is never out of step.
+//! and every one is healthy (`succeeded`), a newer scale of the same service takes over
+//! (`superseded`), or a replica cannot be started and is given up (`failed`, saying which and
+//! why: an image that does not exist fails the operation rather than retrying for ever). Progress is read from the replicas themselves, so it is never out of step.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -24,6 +25,8 @@ pub enum OpState {
     Succeeded,
     /// A newer scale of the same service took over.
     Superseded,
+    /// A replica could not be started and was given up (see `error`).
+    Failed,
 }
 
 /// One scale operation.
@@ -45,6 +48,8 @@ pub struct Operation {
     pub finished_at: Option<Timestamp>,
     /// Milliseconds from the call to its end (or to now).
     pub elapsed_ms: u64,
+    /// Why it failed: the replica given up, and why.
+    pub error: Option<String>,
     #[serde(skip)]
     started: Instant,
 }
@@ -78,6 +83,10 @@ pub struct OperationView {
     pub failed: u32,
     /// Waiting for room on an agent.
     pub unplaced: u32,
+    /// Given up after failing to start.
+    pub given_up: u32,
+    /// The first replica's last problem while it is not up: which, and why.
+    pub problem: Option<String>,
     /// The same counts per agent.
     pub agents: BTreeMap<String, AgentProgress>,
 }
@@ -107,6 +116,7 @@ impl Operations {
             started_at: now,
             finished_at: None,
             elapsed_ms: 0,
+            error: None,
             started: Instant::now(),
         };
         self.ops.push_back(op.clone());
@@ -128,11 +138,17 @@ impl Operations {
     pub(super) fn check(&mut self, service: &str, status: Option<&ServiceStatus>, now: Timestamp) {
         for op in self.ops.iter_mut().filter(|o| o.service == service && o.state == OpState::Running) {
             let done = status.is_none_or(|s| s.replicas == op.to && s.healthy == op.to);
+            let given_up = status.and_then(|s| s.list.iter().find(|r| r.state == ReplicaState::Failed));
             if done {
                 op.state = OpState::Succeeded;
-                op.finished_at = Some(now);
-                op.elapsed_ms = u64::try_from(op.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            } else if let Some(r) = given_up {
+                op.state = OpState::Failed;
+                op.error = Some(format!("replica {}: {}", r.index, r.reason.as_deref().unwrap_or("it could not be started")));
+            } else {
+                continue;
             }
+            op.finished_at = Some(now);
+            op.elapsed_ms = u64::try_from(op.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         }
     }
 
@@ -150,13 +166,22 @@ impl Operations {
             healthy: 0,
             failed: 0,
             unplaced: 0,
+            given_up: 0,
+            problem: None,
             agents: BTreeMap::new(),
         };
         let Some(s) = status else { return Some(v) };
         (v.replicas, v.placed, v.started, v.healthy, v.failed) = (s.replicas, s.placed, s.running, s.healthy, s.restarting);
+        v.given_up = s.failed;
         for r in &s.list {
             if r.state == ReplicaState::Unplaced {
                 v.unplaced += 1;
+            }
+            if v.problem.is_none()
+                && matches!(r.state, ReplicaState::Restarting | ReplicaState::Failed | ReplicaState::Unplaced)
+                && let Some(why) = &r.reason
+            {
+                v.problem = Some(format!("replica {}: {why}", r.index));
             }
             let Some(agent) = &r.agent else { continue };
             let a = v.agents.entry(agent.clone()).or_default();

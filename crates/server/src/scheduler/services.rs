@@ -20,9 +20,12 @@
 //! | a health check fails past its threshold| stopped, then restarted like an exit                |
 //! | its agent is lost                      | placed elsewhere at once (same index, same address) |
 //! | its agent reconnects without it        | restarted; one it holds that we gave up is stopped  |
+//! | a release replaces it (`releases.rs`)  | stopped, then started at once on the release's spec |
 //!
-//! Replicas live in memory: after a server restart, agents' replicas from before are stopped as
-//! stale and the controller starts them afresh.
+//! Replicas live in memory. After a server restart the replicas of the stored services wait (for
+//! the agent timeout at most) for their agents to report them: one an agent still runs is
+//! adopted as it is (same run, same attempt); the others are then started afresh. An agent's
+//! replica that no service wants any more is stopped as stale.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -54,34 +57,57 @@ pub enum ReplicaState {
     Stopping,
     /// Exited; restarts when its backoff is over.
     Restarting,
+    /// Could not be started [`MAX_START_FAILURES`] times in a row (its image does not exist, its
+    /// command cannot be run): not tried again until its service's spec changes or it is scaled.
+    Failed,
 }
+
+/// Failed starts in a row (ended before it ever ran) after which a replica is given up: a
+/// missing image or command does not heal by trying again, and each try costs its agent a pull.
+pub const MAX_START_FAILURES: u32 = 3;
 
 /// One replica.
 #[derive(Debug, Clone)]
-struct Replica {
-    run_id: RunId,
-    attempt: u32,
-    state: ReplicaState,
+pub(super) struct Replica {
+    pub(super) run_id: RunId,
+    pub(super) attempt: u32,
+    pub(super) state: ReplicaState,
     /// Its agent while starting, running, healthy or stopping.
-    agent: Option<usize>,
-    needs: Capacity,
+    pub(super) agent: Option<usize>,
+    pub(super) needs: Capacity,
     /// Restarts in a row (for the backoff); reset once it stays up for the longest delay.
-    restarts: u32,
+    pub(super) restarts: u32,
     /// Restart once this instant passes (state `Restarting`).
-    restart_at: Option<Instant>,
+    pub(super) restart_at: Option<Instant>,
     /// When the current attempt started running.
-    up_since: Option<Instant>,
+    pub(super) up_since: Option<Instant>,
     /// Remove it when it has stopped, rather than restart it.
-    remove: bool,
+    pub(super) remove: bool,
     /// The last thing that went wrong, in words.
-    reason: Option<String>,
+    pub(super) reason: Option<String>,
     /// Restarts over its whole life.
-    total_restarts: u32,
+    pub(super) total_restarts: u32,
+    /// The connection of its agent its current attempt was launched on (see `reconcile_replicas`).
+    pub(super) connection: u64,
+    /// Its attempts run the spec of the service's release in progress, not the current one.
+    pub(super) release: bool,
+    /// Taken out of service by a release while it is replaced: not ready, whatever its health.
+    pub(super) pulled_out: bool,
+    /// Stopped by a release to be replaced: restarts at once when it has stopped, and the stop
+    /// does not count as a restart.
+    pub(super) replacing: bool,
+    /// Attempts in a row that ended before they ran.
+    pub(super) start_failures: u32,
+    /// Loaded at start-up and not launched since: its agent may still run it from before the
+    /// restart, and adopt it when it says so (see `adopt_replica`).
+    pub(super) recovered: bool,
 }
 
 /// One service's replicas by index.
 struct Svc {
     service: Service,
+    /// The spec of its release in progress, which replicas marked `release` run.
+    target: Option<Service>,
     replicas: BTreeMap<u32, Replica>,
     /// Deleted: every replica stops, then the service is forgotten.
     deleted: bool,
@@ -95,6 +121,11 @@ pub(super) struct Replicas {
     next: u64,
     /// Scaling rules' next fires: `(instant, service, rule index)`.
     rule_timers: std::collections::BTreeSet<(jiff::Timestamp, String, usize)>,
+    /// Until this instant after a start-up, replicas loaded from the store wait for their agents
+    /// to report them before they are started afresh.
+    adopt_until: Option<Instant>,
+    /// Loading services at start-up: the replicas created are `recovered`.
+    loading: bool,
 }
 
 /// A replica as the API shows it.
@@ -115,6 +146,11 @@ pub struct ReplicaView {
     pub restarts: u32,
     /// The last thing that went wrong.
     pub reason: Option<String>,
+    /// Healthy and in service: what a load balancer should route to. A replica a release has
+    /// pulled out is not ready until it is back in.
+    pub ready: bool,
+    /// It runs the spec of the service's release in progress.
+    pub on_release: bool,
 }
 
 /// A service's replicas, counted and listed.
@@ -130,8 +166,12 @@ pub struct ServiceStatus {
     pub running: u32,
     /// Healthy.
     pub healthy: u32,
+    /// Healthy and in service (not pulled out by a release).
+    pub ready: u32,
     /// Waiting to restart after an exit or a failed health check.
     pub restarting: u32,
+    /// Given up after failing to start (see [`ReplicaState::Failed`]).
+    pub failed: u32,
     /// Each replica, by index.
     pub list: Vec<ReplicaView>,
 }
@@ -195,8 +235,11 @@ impl Replicas {
                     st.healthy += 1;
                 }
                 ReplicaState::Restarting => st.restarting += 1,
+                ReplicaState::Failed => st.failed += 1,
                 ReplicaState::Unplaced | ReplicaState::Stopping => {}
             }
+            let ready = r.state == ReplicaState::Healthy && !r.pulled_out;
+            st.ready += u32::from(ready);
             st.list.push(ReplicaView {
                 index,
                 state: r.state,
@@ -205,6 +248,8 @@ impl Replicas {
                 attempt: r.attempt,
                 restarts: r.total_restarts,
                 reason: r.reason.clone(),
+                ready,
+                on_release: r.release,
             });
         }
         Some(st)
@@ -224,10 +269,52 @@ impl Replicas {
         self.services.get(name)?.replicas.get(index)
     }
 
+    /// A replica and the service spec its attempts run (the release's, for one marked so).
     fn replica_mut(&mut self, id: RunId) -> Option<(&Service, &mut Replica)> {
         let (name, index) = self.by_run.get(&id)?;
         let svc = self.services.get_mut(name)?;
-        Some((&svc.service, svc.replicas.get_mut(index)?))
+        let r = svc.replicas.get_mut(index)?;
+        let service = match &svc.target {
+            Some(target) if r.release => target,
+            _ => &svc.service,
+        };
+        Some((service, r))
+    }
+
+    /// A replica by service and index.
+    pub(super) fn by_index(&self, name: &str, index: u32) -> Option<&Replica> {
+        self.services.get(name)?.replicas.get(&index)
+    }
+
+    /// A replica by service and index, to change.
+    pub(super) fn by_index_mut(&mut self, name: &str, index: u32) -> Option<&mut Replica> {
+        self.services.get_mut(name)?.replicas.get_mut(&index)
+    }
+
+    /// The indices of a service's replicas (empty for none, or a deleted service).
+    pub(super) fn indices(&self, name: &str) -> Vec<u32> {
+        self.services.get(name).filter(|s| !s.deleted).map(|s| s.replicas.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Sets (or clears) the spec of a service's release in progress; cleared, every replica
+    /// goes back to the current spec.
+    pub(super) fn set_target(&mut self, name: &str, target: Option<Service>) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        if target.is_none() {
+            for r in svc.replicas.values_mut() {
+                r.release = false;
+                r.pulled_out = false;
+            }
+        }
+        svc.target = target;
+    }
+
+    /// The current spec of a service, replaced by its release's once that succeeded.
+    pub(super) fn promote(&mut self, name: &str, service: Service) {
+        if let Some(svc) = self.services.get_mut(name) {
+            svc.service = service;
+        }
+        self.set_target(name, None);
     }
 
     /// The replica runs on agent `i`.
@@ -251,12 +338,21 @@ impl Scheduler {
                 svc.deleted = false;
             }
             None => {
-                self.replicas.services.insert(name.clone(), Svc { service, replicas: BTreeMap::new(), deleted: false });
+                self.replicas.services.insert(name.clone(), Svc { service, target: None, replicas: BTreeMap::new(), deleted: false });
             }
         }
         let now = self.clock.now();
         self.replicas.arm_rules(&name, now);
+        // A change (or a scale) is worth another try for replicas given up.
+        if let Some(svc) = self.replicas.services.get_mut(&name) {
+            for r in svc.replicas.values_mut().filter(|r| r.state == ReplicaState::Failed) {
+                r.start_failures = 0;
+                r.state = ReplicaState::Restarting;
+                r.restart_at = Some(Instant::now());
+            }
+        }
         self.converge(&name).await;
+        self.restart_due().await;
     }
 
     /// Applies the scaling rules that are due, each as a scale operation, and arms their next
@@ -320,6 +416,12 @@ impl Scheduler {
                 remove: false,
                 reason: None,
                 total_restarts: 0,
+                connection: 0,
+                release: false,
+                pulled_out: false,
+                replacing: false,
+                start_failures: 0,
+                recovered: self.replicas.loading,
             };
             self.replicas.by_run.insert(run_id, (name.to_string(), index));
             if let Some(svc) = self.replicas.services.get_mut(name) {
@@ -335,7 +437,14 @@ impl Scheduler {
     /// Places and launches a replica's next attempt; it waits as `unplaced` when nothing fits.
     async fn start_replica(&mut self, id: RunId) {
         let Some(&(_, index)) = self.replicas.by_run.get(&id) else { return };
+        let adopting = self.replicas.adopt_until.is_some_and(|t| Instant::now() < t);
         let Some((service, r)) = self.replicas.replica_mut(id) else { return };
+        if r.recovered && adopting {
+            r.state = ReplicaState::Unplaced;
+            r.reason = Some("the server restarted: waiting for its agent to report it still runs".into());
+            return;
+        }
+        r.recovered = false;
         let spec = &service.spec;
         let key = Self::service_key(&spec.name);
         let constraints = CompiledConstraint::compile(&spec.constraints);
@@ -355,6 +464,7 @@ impl Scheduler {
         r.state = ReplicaState::Starting;
         r.restart_at = None;
         r.up_since = None;
+        r.connection = self.agents.links[i].connection;
         let launch = Launch {
             run_id: id,
             job: replica_claim_name(&spec.name, index),
@@ -370,7 +480,7 @@ impl Scheduler {
     }
 
     /// Asks a replica to stop; `remove` drops it once stopped, otherwise it restarts.
-    async fn stop_replica(&mut self, id: RunId, remove: bool, why: &str) {
+    pub(super) async fn stop_replica(&mut self, id: RunId, remove: bool, why: &str) {
         let Some((_, r)) = self.replicas.replica_mut(id) else { return };
         r.remove |= remove;
         r.reason = Some(why.to_string());
@@ -408,8 +518,30 @@ impl Scheduler {
             self.place_unplaced_replicas().await;
             return;
         }
-        let policy = service.spec.restart;
         let now = Instant::now();
+        if std::mem::take(&mut r.replacing) {
+            // Replaced by a release: its next attempt (on the release's spec, or back on the
+            // current one) starts at once, and this was no failure.
+            r.up_since = None;
+            r.state = ReplicaState::Restarting;
+            r.restart_at = Some(now);
+            self.restart_due().await;
+            return;
+        }
+        if r.start_failures >= MAX_START_FAILURES {
+            r.up_since = None;
+            r.state = ReplicaState::Failed;
+            r.restart_at = None;
+            let why = r.reason.take().unwrap_or_else(|| "it ended before it ran".into());
+            r.reason = Some(format!(
+                "gave up after {} failed starts in a row: {why}; it is started again when the service's spec changes (or it is scaled)",
+                r.start_failures
+            ));
+            tracing::warn!(service = %service.spec.name, run = id, reason = ?r.reason, "replica given up");
+            self.place_unplaced_replicas().await;
+            return;
+        }
+        let policy = service.spec.restart;
         // A replica that stayed up for the longest delay starts its backoff over.
         if r.up_since.is_some_and(|t| now.duration_since(t) >= policy.max_delay.as_std()) {
             r.restarts = 0;
@@ -474,10 +606,14 @@ impl Scheduler {
         match u.state {
             RunState::Running if r.state == ReplicaState::Starting => {
                 r.up_since = Some(Instant::now());
+                r.start_failures = 0;
                 // Without a health check, running is healthy.
                 r.state = if service.spec.health.is_some() { ReplicaState::Running } else { ReplicaState::Healthy };
             }
             s if s.is_terminal() => {
+                if r.state == ReplicaState::Starting {
+                    r.start_failures += 1;
+                }
                 let why = match (&u.reason, r.state) {
                     (_, ReplicaState::Stopping) => None,
                     (Some(reason), _) => Some(format!("exited ({s}): {reason}")),
@@ -520,18 +656,23 @@ impl Scheduler {
     }
 
     /// Reconciles agent `i`'s replicas with what it holds (see `reconcile.rs`): returns the held
-    /// replica attempts to stop as stale; replicas it should have but does not are relaunched
-    /// (starting) or restarted (running).
+    /// replica attempts to stop as stale; replicas it should have but does not are restarted.
+    ///
+    /// The report was made when the agent registered, so it says nothing of the launches sent
+    /// since on the same connection (a replica placed as the agent joined, perhaps already
+    /// running by the time the report is applied): those are left alone. Taking their absence
+    /// for a loss would launch attempt N+1 beside a running attempt N.
     pub(super) async fn reconcile_replicas(&mut self, i: usize, held: &[HeldRun]) -> Vec<(RunId, u32)> {
         let mut stale = Vec::new();
         for h in held.iter().filter(|h| is_replica(h.run_id) && !h.finished) {
-            if !self.replicas.ours(h.run_id, h.attempt, i) {
+            if !self.replicas.ours(h.run_id, h.attempt, i) && !self.adopt_replica(i, h) {
                 stale.push((h.run_id, h.attempt));
             }
         }
+        let connection = self.agents.links[i].connection;
         for id in self.replicas.on_agent(i) {
             let Some(r) = self.replicas.replica(id) else { continue };
-            if held.iter().any(|h| h.run_id == id && h.attempt == r.attempt) {
+            if r.connection >= connection || held.iter().any(|h| h.run_id == id && h.attempt == r.attempt) {
                 continue;
             }
             let why = format!("agent {} came back without it", self.agents.name(i));
@@ -541,18 +682,78 @@ impl Scheduler {
     }
 
     /// Loads every stored service at start-up (replicas are placed as agents join).
+    /// Loads every stored service at start-up. Their replicas wait, for the agent timeout at
+    /// most, for their agents to report them running from before (then they are adopted);
+    /// the others are placed when that wait is over.
     pub(super) async fn load_services(&mut self) -> crate::error::Result<()> {
+        self.replicas.adopt_until = Some(Instant::now() + self.config.agent_timeout);
+        self.replicas.loading = true;
         for record in self.store.list_services().await? {
             match record.spec.clone().validate() {
                 Ok(service) => self.service_put(service).await,
                 Err(e) => tracing::error!(service = %record.spec.name, error = %e, "stored service is invalid; not run"),
             }
         }
+        self.replicas.loading = false;
         Ok(())
+    }
+
+    /// Ends the start-up wait for replicas' agents once it is over: the replicas no agent
+    /// reported are placed afresh.
+    pub(super) async fn end_adoption(&mut self) {
+        if self.replicas.adopt_until.is_some_and(|t| Instant::now() >= t) {
+            self.replicas.adopt_until = None;
+            let waiting = self.replicas.services.values().flat_map(|s| s.replicas.values()).filter(|r| r.recovered).count();
+            if waiting > 0 {
+                tracing::info!(replicas = waiting, "no agent reported these replicas after the restart; starting them afresh");
+            }
+            for r in self.replicas.services.values_mut().flat_map(|s| s.replicas.values_mut()) {
+                r.recovered = false;
+            }
+            self.place_unplaced_replicas().await;
+        }
+    }
+
+    /// Takes over a replica that agent `i` still runs from before a server restart: held run
+    /// `h` named `service/NAME/INDEX`, for a replica loaded at start-up and not launched since.
+    fn adopt_replica(&mut self, i: usize, h: &HeldRun) -> bool {
+        let Some((name, index)) = h.replica.as_deref().and_then(|n| n.strip_prefix("service/")).and_then(|n| n.rsplit_once('/')) else {
+            return false;
+        };
+        let Ok(index) = index.parse::<u32>() else { return false };
+        let Some(svc) = self.replicas.services.get_mut(name).filter(|s| !s.deleted && index < s.service.replicas()) else {
+            return false;
+        };
+        let has_check = svc.service.spec.health.is_some();
+        let Some(r) = svc.replicas.get_mut(&index).filter(|r| r.recovered && r.attempt == 0 && r.agent.is_none()) else {
+            return false;
+        };
+        let old = std::mem::replace(&mut r.run_id, h.run_id);
+        r.attempt = h.attempt;
+        r.agent = Some(i);
+        // Its agent says how its health check stands now, after its report.
+        r.state = if has_check { ReplicaState::Running } else { ReplicaState::Healthy };
+        r.up_since = Some(Instant::now());
+        r.connection = self.agents.links[i].connection;
+        r.recovered = false;
+        r.reason = None;
+        let needs = r.needs;
+        self.replicas.by_run.remove(&old);
+        self.replicas.by_run.insert(h.run_id, (name.to_string(), index));
+        let key = Self::service_key(name);
+        self.agents.snapshot.commit(i, &key, &needs);
+        tracing::info!(service = name, index, run = h.run_id, attempt = h.attempt, agent = %self.agents.name(i), "replica adopted after a restart");
+        true
     }
 
     /// Writes a created (`create`) or changed service, then converges it.
     pub(super) async fn put_service(&mut self, service: Service, create: bool) -> crate::error::Result<tug_store::ServiceRecord> {
+        if !create && let Some(r) = self.releases.active(&service.spec.name) {
+            return Err(crate::error::Error::Conflict(format!(
+                "service {:?} is being released ({}); change it through the release, or revoke it (tug release revoke {}) first",
+                service.spec.name, r.id, r.id
+            )));
+        }
         let now = self.clock.now();
         let record = if create {
             self.store.create_service(&service.spec, now).await?

@@ -10,6 +10,7 @@ pub mod events;
 pub mod job;
 pub mod logs;
 pub mod net;
+pub mod release;
 pub mod runs;
 pub mod schedule;
 pub mod security;

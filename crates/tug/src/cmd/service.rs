@@ -1,4 +1,4 @@
-//! `tug service add|list|show|scale|delete`: services, N replicas of a long-running command
+//! `tug service add|list|show|scale|logs|delete`: services, N replicas of a long-running command
 //! with a health check; `tug op show|watch`: how a scale is doing.
 
 use std::path::PathBuf;
@@ -46,6 +46,16 @@ pub enum ServiceCommand {
     },
     /// Delete a service; its replicas stop.
     Delete(NameArgs),
+    /// Print the output of a service's replicas (every attempt of each), each line prefixed with
+    /// its replica's index; --index prints one replica's, as is.
+    #[command(after_help = "Examples:\n  tug service logs web\n  tug service logs web --index 2")]
+    Logs {
+        /// The service's name.
+        name: String,
+        /// Only this replica.
+        #[arg(long)]
+        index: Option<u32>,
+    },
 }
 
 /// `tug op` subcommands.
@@ -162,6 +172,7 @@ pub async fn run(server: &str, cmd: ServiceCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        ServiceCommand::Logs { name, index } => logs(&c, &name, index).await,
         ServiceCommand::Delete(a) => {
             c.call(Method::DELETE, &format!("/services/{}", enc(&a.name)), None).await?;
             if a.json {
@@ -257,6 +268,32 @@ fn spec_from_flags(a: &AddArgs) -> anyhow::Result<ServiceSpec> {
     Ok(spec.validate()?.spec)
 }
 
+/// Prints one replica's log, or every replica's with each line prefixed `[INDEX] `.
+async fn logs(c: &Client, name: &str, index: Option<u32>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let indices: Vec<u32> = match index {
+        Some(i) => vec![i],
+        None => {
+            let s = c.get(&format!("/services/{}", enc(name))).await?;
+            s["status"]["list"].as_array().into_iter().flatten().filter_map(|r| r["index"].as_u64()).map(|i| i as u32).collect()
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for i in indices {
+        let resp = c.send(Method::GET, &format!("/services/{}/replicas/{i}/log", enc(name)), None).await?;
+        let text = resp.bytes().await?;
+        if index.is_some() {
+            out.write_all(&text)?;
+            continue;
+        }
+        for line in String::from_utf8_lossy(&text).lines() {
+            writeln!(out, "[{i}] {line}")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// Runs a `tug op` subcommand.
 pub async fn run_op(server: &str, cmd: OpCommand) -> anyhow::Result<()> {
     let c = Client::new(server);
@@ -267,6 +304,9 @@ pub async fn run_op(server: &str, cmd: OpCommand) -> anyhow::Result<()> {
                 return print_json(&op);
             }
             println!("{}", op_line(&op));
+            if let Some(p) = op["error"].as_str().or(op["problem"].as_str()) {
+                println!("problem: {p}");
+            }
             print_agents(&op);
             Ok(())
         }
@@ -329,6 +369,9 @@ async fn watch(c: &Client, id: &str, quiet: bool) -> anyhow::Result<Value> {
             }
             if state == "superseded" {
                 bail!("operation {id} was superseded by a newer scale of {}", field(&op, "service"));
+            }
+            if state == "failed" {
+                bail!("operation {id} failed: {}", field(&op, "error"));
             }
             return Ok(op);
         }

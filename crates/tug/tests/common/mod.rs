@@ -111,3 +111,22 @@ pub fn fails(server: &str, args: &[&str]) -> String {
     assert!(!out.status.success(), "tug {args:?} should fail");
     String::from_utf8(out.stderr).unwrap()
 }
+
+/// The docker test image, when the docker tests can run here (Docker, the image and `TUG_DWAIT`,
+/// which scripts/test provides); otherwise says they are skipped.
+pub fn docker_test_image() -> Option<String> {
+    let image = std::env::var("TUG_TEST_IMAGE").unwrap_or_else(|_| "tugboat-test-busybox:1".into());
+    let present = Command::new("docker").args(["image", "inspect", &image]).output().is_ok_and(|o| o.status.success());
+    if !present || std::env::var_os("TUG_DWAIT").is_none() {
+        eprintln!("\n!!!!!!!! SKIPPED: no Docker, no test image {image} or no TUG_DWAIT (scripts/test provides them) !!!!!!!!\n");
+        return None;
+    }
+    Some(image)
+}
+
+/// `docker ps -aq` of one service replica's containers.
+pub fn replica_containers(service: &str, index: u32) -> Vec<String> {
+    let filter = format!("label=tugboat.job=service/{service}/{index}");
+    let out = Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+}

@@ -163,3 +163,16 @@ pub async fn expect(s: &TestServer, method: reqwest::Method, path: &str, body: O
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains(needle), "message {msg:?} should contain {needle:?}");
 }
+
+/// Waits until `GET /services/{name}` satisfies `pred`; returns it.
+pub async fn wait_service(s: &TestServer, name: &str, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = s.get(&format!("/services/{name}")).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "service {name}: {what} within {secs}s; it is now {}", v["status"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -60,7 +60,8 @@ pub async fn run(
                 _ => break,
             },
             reason = outcome::kill_requested(kill), if stop.is_none() => {
-                signal_exec(inner, &exec, Signal::SIGTERM).await;
+                let first = Signal::try_from(launch.task.stop_signal_number()).unwrap_or(Signal::SIGTERM);
+                signal_exec(inner, &exec, first).await;
                 stop = Some(Stop { reason, deadline: Instant::now() + grace, sigkilled: false });
             }
             () = outcome::sleep_until_opt(sigkill_at), if sigkill_at.is_some() => {

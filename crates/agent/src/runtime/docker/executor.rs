@@ -142,8 +142,9 @@ async fn follow(
                 }
             }
             reason = outcome::kill_requested(kill), if stop.is_none() => {
-                tracing::info!(?reason, "stopping: SIGTERM to the run's process group in the container");
-                let _ = send_signal(&mut wr, 15).await;
+                let first = launch.task.stop_signal_number();
+                tracing::info!(?reason, signal = first, "stopping: signalling the run's process group in the container");
+                let _ = send_signal(&mut wr, first).await;
                 stop = Some(Stop { reason, deadline: Instant::now() + grace, sigkilled: false });
             }
             () = outcome::sleep_until_opt(sigkill_at), if sigkill_at.is_some() => {

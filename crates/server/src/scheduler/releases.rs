@@ -1,0 +1,610 @@
+//! Staged releases inside the scheduler: a service's replicas moved to a new spec in stages, one
+//! replica step at a time, read from and acted on through the replica controller
+//! (`services.rs`). The stages and the request are in `tug_core::release`.
+//!
+//! One replica's step: it is pulled out (not ready: see `ReplicaView::ready`), stopped, started
+//! again on the new spec at the same index, and once healthy pulled back in.
+//!
+//! | state (not braked)   | when nothing is in progress                               |
+//! |----------------------|-----------------------------------------------------------|
+//! | `pending`            | → `smoking` (→ `rolling_out` when `smoke` is 0)            |
+//! | `smoking`            | the next smoke replica steps; all done → `baking`          |
+//! | `baking`             | after `bake` → `rolling_out`                               |
+//! | `rolling_out`        | the next `batch` replicas step; none left → `succeeded`    |
+//! | `revoking`           | the next `batch` of replaced replicas step back; → `revoked`|
+//!
+//! | event                                                    | action                          |
+//! |----------------------------------------------------------|---------------------------------|
+//! | a stepping replica's new attempt is healthy              | pulled back in; step done       |
+//! | it exits, fails its check, or is not healthy in time     | `failed`, saying which and why  |
+//! | a replaced replica exits or fails later (smoke, bake, rollout) | `failed`                  |
+//! | `brake`                                                  | no new step starts until `resume`|
+//! | `retry` (failed)                                         | the failed stage again          |
+//! | `revoke` (any state but the ends)                        | `revoking`                      |
+//! | `succeeded`                                              | the new spec is written to the store and becomes the service's |
+//!
+//! Releases live in memory, like operations: after a server restart the service runs its stored
+//! spec (the previous one, unless the release had succeeded) and a release in progress is gone.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::time::Instant;
+use tug_core::ServiceSpec;
+use tug_core::release::{ReleasePlan, ReleaseRequest};
+use tug_core::service::Service;
+
+use super::Scheduler;
+use super::services::ReplicaState;
+use crate::error::{Error, Result};
+
+/// Releases kept for reading after they end.
+const KEPT: usize = 200;
+
+/// Where a release is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseState {
+    /// Accepted; its first step comes next.
+    Pending,
+    /// Replacing the smoke replicas, one at a time.
+    Smoking,
+    /// Waiting with the smoke replicas on the new spec.
+    Baking,
+    /// Replacing the other replicas, a batch at a time.
+    RollingOut,
+    /// Every replica runs the new spec, which is now the service's.
+    Succeeded,
+    /// A replica on the new spec failed; retry or revoke.
+    Failed,
+    /// Putting replaced replicas back on the previous spec.
+    Revoking,
+    /// Every replica runs the previous spec again.
+    Revoked,
+}
+
+impl ReleaseState {
+    /// The release is over: nothing more happens to it.
+    pub fn ended(self) -> bool {
+        matches!(self, ReleaseState::Succeeded | ReleaseState::Revoked)
+    }
+}
+
+/// What an operator can do to a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseAction {
+    /// Start no more replica steps.
+    Brake,
+    /// Go on after a brake.
+    Resume,
+    /// Run the failed stage again.
+    Retry,
+    /// Put every replaced replica back on the previous spec.
+    Revoke,
+}
+
+impl ReleaseAction {
+    /// The action named in a URL.
+    pub fn parse(s: &str) -> Option<ReleaseAction> {
+        Some(match s {
+            "brake" => ReleaseAction::Brake,
+            "resume" => ReleaseAction::Resume,
+            "retry" => ReleaseAction::Retry,
+            "revoke" => ReleaseAction::Revoke,
+            _ => return None,
+        })
+    }
+}
+
+/// One line of a release's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseEvent {
+    /// When.
+    pub at: Timestamp,
+    /// What happened.
+    pub what: String,
+}
+
+/// A replica being moved to (or back from) the new spec.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    /// Its attempt when the step began: the new spec runs in later ones.
+    old_attempt: u32,
+    since: Instant,
+}
+
+/// One release.
+#[derive(Debug, Clone, Serialize)]
+pub struct Release {
+    /// `rel-N`.
+    pub id: String,
+    /// The service.
+    pub service: String,
+    /// Where it is.
+    pub state: ReleaseState,
+    /// Braked: no replica starts its step until resumed.
+    pub braked: bool,
+    /// How it rolls out.
+    pub plan: ReleasePlan,
+    /// What failed, when it failed: which replica and why.
+    pub failure: Option<String>,
+    /// The spec before.
+    pub from: ServiceSpec,
+    /// The spec it releases.
+    pub to: ServiceSpec,
+    /// When it was asked for.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// What happened, oldest first.
+    pub history: Vec<ReleaseEvent>,
+    #[serde(skip)]
+    target: Service,
+    /// Replicas in their step, by index.
+    #[serde(skip)]
+    steps: BTreeMap<u32, Step>,
+    /// Replicas whose step is done, with the attempt that passed.
+    #[serde(skip)]
+    done: BTreeMap<u32, u32>,
+    #[serde(skip)]
+    bake_until: Option<Instant>,
+    /// The stage it failed in, which a retry runs again.
+    #[serde(skip)]
+    failed_in: Option<ReleaseState>,
+    #[serde(skip)]
+    started: Instant,
+}
+
+/// A release with its progress now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseView {
+    /// The release.
+    #[serde(flatten)]
+    pub release: Release,
+    /// The service's replicas now.
+    pub replicas: u32,
+    /// Replicas on the new spec (or, revoking, still on it).
+    pub on_release: u32,
+    /// Replicas whose step is done in this stage's direction.
+    pub done: u32,
+    /// Replicas in their step now.
+    pub in_progress: Vec<u32>,
+    /// Milliseconds of bake left (baking only).
+    pub bake_left_ms: Option<u64>,
+    /// Milliseconds from the call to its end (or to now).
+    pub elapsed_ms: u64,
+}
+
+/// Every recent release.
+#[derive(Default)]
+pub(super) struct Releases {
+    list: VecDeque<Release>,
+    next: u64,
+}
+
+impl Releases {
+    fn get_mut(&mut self, id: &str) -> Option<&mut Release> {
+        self.list.iter_mut().find(|r| r.id == id)
+    }
+
+    /// The service's release that has not ended, if any.
+    pub(super) fn active(&self, service: &str) -> Option<&Release> {
+        self.list.iter().find(|r| r.service == service && !r.state.ended())
+    }
+
+    /// Whether any release may move on.
+    pub(super) fn moving(&self) -> bool {
+        self.list.iter().any(|r| !r.state.ended() && r.state != ReleaseState::Failed)
+    }
+
+    /// The earliest instant a release needs looking at: a bake over, a step timing out.
+    pub(super) fn next_wake(&self) -> Option<Instant> {
+        let mut at: Option<Instant> = None;
+        for r in self.list.iter().filter(|r| !r.state.ended() && r.state != ReleaseState::Failed) {
+            let steps = r.steps.values().map(|s| s.since + r.plan.health_timeout.as_std());
+            let bake = r.bake_until.filter(|_| r.state == ReleaseState::Baking && !r.braked);
+            for t in steps.chain(bake) {
+                at = Some(at.map_or(t, |a| a.min(t)));
+            }
+        }
+        at
+    }
+}
+
+impl Release {
+    fn note(&mut self, now: Timestamp, what: String) {
+        tracing::info!(release = %self.id, service = %self.service, "{what}");
+        self.history.push(ReleaseEvent { at: now, what });
+    }
+}
+
+impl Scheduler {
+    /// Starts a release of service `name`.
+    pub(super) async fn start_release(&mut self, name: &str, req: ReleaseRequest) -> Result<ReleaseView> {
+        let record = self.store.get_service(name).await?;
+        if let Some(r) = self.releases.active(name) {
+            return Err(Error::Conflict(format!(
+                "release {} of service {name:?} is {}; wait for it, or revoke it (tug release revoke {}) before starting another",
+                r.id,
+                state_words(r),
+                r.id
+            )));
+        }
+        let (target, plan) = req.plan(&record.spec)?;
+        let now = self.clock.now();
+        self.releases.next += 1;
+        let mut release = Release {
+            id: format!("rel-{}", self.releases.next),
+            service: name.to_string(),
+            state: ReleaseState::Pending,
+            braked: false,
+            plan,
+            failure: None,
+            from: record.spec,
+            to: target.spec.clone(),
+            started_at: now,
+            finished_at: None,
+            history: Vec::new(),
+            target: target.clone(),
+            steps: BTreeMap::new(),
+            done: BTreeMap::new(),
+            bake_until: None,
+            failed_in: None,
+            started: Instant::now(),
+        };
+        release.note(now, format!("started: smoke {}, bake {}, batch {}", plan.smoke, plan.bake, plan.batch));
+        let id = release.id.clone();
+        self.releases.list.push_back(release);
+        if self.releases.list.len() > KEPT
+            && let Some(i) = self.releases.list.iter().position(|r| r.state.ended())
+        {
+            self.releases.list.remove(i);
+        }
+        self.replicas.set_target(name, Some(target));
+        self.drive_releases().await;
+        Ok(self.release_view(&id).expect("the release just started"))
+    }
+
+    /// Brakes, resumes, retries or revokes a release.
+    pub(super) async fn release_action(&mut self, id: &str, action: ReleaseAction) -> Result<ReleaseView> {
+        let now = self.clock.now();
+        let Some(r) = self.releases.get_mut(id) else {
+            return Err(Error::NotFound(format!("no release {id:?}; see `tug release list SERVICE`")));
+        };
+        let refuse = |r: &Release, what: &str| Err(Error::Conflict(format!("release {} is {}: {what}", r.id, state_words(r))));
+        if r.state.ended() {
+            return refuse(r, "it is over; start a new release to change the service again");
+        }
+        match action {
+            ReleaseAction::Brake => {
+                if r.braked {
+                    return refuse(r, "it is braked already");
+                }
+                r.braked = true;
+                r.note(now, "braked".into());
+            }
+            ReleaseAction::Resume => {
+                if !r.braked {
+                    return refuse(r, "it is not braked; nothing to resume");
+                }
+                r.braked = false;
+                r.note(now, "resumed".into());
+            }
+            ReleaseAction::Retry => {
+                let Some(stage) = r.failed_in.filter(|_| r.state == ReleaseState::Failed) else {
+                    return refuse(r, "retry is for a failed release");
+                };
+                r.state = stage;
+                r.failed_in = None;
+                r.failure = None;
+                r.braked = false;
+                r.note(now, format!("retried: {} again", stage_words(stage)));
+                let (service, indices) = (r.service.clone(), r.steps.keys().copied().collect::<Vec<_>>());
+                // The replicas that failed (and those that were stepping) step again.
+                let mut again = indices;
+                for (&index, &attempt) in &r.done {
+                    let fine = self
+                        .replicas
+                        .by_index(&service, index)
+                        .is_some_and(|x| x.attempt == attempt && matches!(x.state, ReplicaState::Healthy | ReplicaState::Running));
+                    if !fine {
+                        again.push(index);
+                    }
+                }
+                let r = self.releases.get_mut(id).expect("found above");
+                for index in &again {
+                    r.done.remove(index);
+                    r.steps.remove(index);
+                }
+                let to_new = stage != ReleaseState::Revoking;
+                for index in again {
+                    self.step(id, index, to_new).await;
+                }
+            }
+            ReleaseAction::Revoke => {
+                if r.state == ReleaseState::Revoking {
+                    return refuse(r, "it is being revoked already");
+                }
+                r.state = ReleaseState::Revoking;
+                r.braked = false;
+                r.failed_in = None;
+                r.steps.clear();
+                r.done.clear();
+                r.note(now, "revoking: replaced replicas go back to the previous spec".into());
+            }
+        }
+        self.drive_releases().await;
+        Ok(self.release_view(id).expect("found above"))
+    }
+
+    /// One release and its progress.
+    pub(super) fn release_view(&self, id: &str) -> Option<ReleaseView> {
+        let release = self.releases.list.iter().find(|r| r.id == id)?.clone();
+        let indices = self.replicas.indices(&release.service);
+        let on_release = match release.state {
+            // The new spec is the current one now.
+            ReleaseState::Succeeded => indices.len(),
+            _ => indices.iter().filter(|&&i| self.replicas.by_index(&release.service, i).is_some_and(|r| r.release)).count(),
+        };
+        let bake_left_ms = release
+            .bake_until
+            .filter(|_| release.state == ReleaseState::Baking)
+            .map(|t| u64::try_from(t.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(u64::MAX));
+        let elapsed = match release.finished_at {
+            Some(end) => end.duration_since(release.started_at).as_millis().max(0) as u64,
+            None => u64::try_from(release.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        Some(ReleaseView {
+            replicas: indices.len() as u32,
+            on_release: on_release as u32,
+            done: release.done.len() as u32,
+            in_progress: release.steps.keys().copied().collect(),
+            bake_left_ms,
+            elapsed_ms: elapsed,
+            release,
+        })
+    }
+
+    /// A service's releases, newest first.
+    pub(super) fn releases_of(&self, service: &str) -> Vec<ReleaseView> {
+        let ids: Vec<String> = self.releases.list.iter().rev().filter(|r| r.service == service).map(|r| r.id.clone()).collect();
+        ids.iter().filter_map(|id| self.release_view(id)).collect()
+    }
+
+    /// Moves every release on as far as it can go now.
+    pub(super) async fn drive_releases(&mut self) {
+        let ids: Vec<String> = self
+            .releases
+            .list
+            .iter()
+            .filter(|r| !r.state.ended() && r.state != ReleaseState::Failed)
+            .map(|r| r.id.clone())
+            .collect();
+        for id in ids {
+            // A stage can end and the next begin in one go; a few rounds at most.
+            for _ in 0..8 {
+                if !self.drive_release(&id).await {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One round for one release; true when its stage moved on (worth another round).
+    async fn drive_release(&mut self, id: &str) -> bool {
+        let now = self.clock.now();
+        let mono = Instant::now();
+        let Some(r) = self.releases.get_mut(id) else { return false };
+        let service = r.service.clone();
+        if r.state.ended() || r.state == ReleaseState::Failed {
+            return false;
+        }
+        if self.replicas.indices(&service).is_empty() && self.store.get_service(&service).await.is_err() {
+            let r = self.releases.get_mut(id).expect("found above");
+            r.state = ReleaseState::Revoked;
+            r.finished_at = Some(now);
+            r.note(now, "the service was deleted".into());
+            return false;
+        }
+        let r = self.releases.get_mut(id).expect("found above");
+        let revoking = r.state == ReleaseState::Revoking;
+        let timeout = r.plan.health_timeout;
+        // Steps in progress: done once healthy on their new attempt; failed if that attempt
+        // ended, or is not healthy in time.
+        let mut failure = None;
+        let steps: Vec<(u32, Step)> = r.steps.iter().map(|(i, s)| (*i, *s)).collect();
+        let mut finished = Vec::new();
+        for (index, step) in steps {
+            let Some(x) = self.replicas.by_index(&service, index) else {
+                finished.push((index, None)); // scaled in meanwhile
+                continue;
+            };
+            let new = x.attempt > step.old_attempt && !x.replacing;
+            if new && x.state == ReplicaState::Healthy {
+                finished.push((index, Some(x.attempt)));
+            } else if new && matches!(x.state, ReplicaState::Restarting | ReplicaState::Stopping | ReplicaState::Failed) {
+                failure.get_or_insert_with(|| format!("replica {index} failed on the new spec: {}", x.reason.as_deref().unwrap_or("it stopped")));
+            } else if mono.duration_since(step.since) > timeout.as_std() {
+                failure.get_or_insert_with(|| {
+                    let why = x.reason.as_deref().map(|w| format!("; last problem: {w}")).unwrap_or_default();
+                    format!("replica {index} was not healthy within {timeout} (it is {}){why}", state_name(x.state))
+                });
+            }
+        }
+        // Replicas already moved must stay up on the new spec.
+        if !revoking && failure.is_none() {
+            for (&index, &attempt) in &r.done {
+                let Some(x) = self.replicas.by_index(&service, index) else { continue };
+                if x.attempt != attempt || matches!(x.state, ReplicaState::Restarting | ReplicaState::Stopping | ReplicaState::Failed) {
+                    failure = Some(format!(
+                        "replica {index} failed on the new spec after it was healthy: {}",
+                        x.reason.as_deref().unwrap_or("it stopped")
+                    ));
+                    break;
+                }
+            }
+        }
+        for (index, attempt) in finished {
+            if let Some(x) = self.replicas.by_index_mut(&service, index) {
+                x.pulled_out = false;
+            }
+            let r = self.releases.get_mut(id).expect("found above");
+            r.steps.remove(&index);
+            if let Some(a) = attempt {
+                r.done.insert(index, a);
+                let to = if revoking { "back on the previous spec" } else { "on the new spec" };
+                r.note(now, format!("replica {index} is healthy {to} and back in service"));
+            }
+        }
+        let r = self.releases.get_mut(id).expect("found above");
+        if let Some(why) = failure {
+            r.failed_in = Some(r.state);
+            r.state = ReleaseState::Failed;
+            r.note(now, format!("failed: {why}"));
+            r.failure = Some(why);
+            return false;
+        }
+        if r.braked || !r.steps.is_empty() {
+            return false;
+        }
+        match r.state {
+            ReleaseState::Pending => {
+                r.state = if r.plan.smoke == 0 { ReleaseState::RollingOut } else { ReleaseState::Smoking };
+                let stage = stage_words(r.state);
+                r.note(now, stage.into());
+                true
+            }
+            ReleaseState::Smoking => {
+                if (r.done.len() as u32) < r.plan.smoke {
+                    let next = self.next_indices(id, 1, true);
+                    if let Some(&index) = next.first() {
+                        self.step(id, index, true).await;
+                        return false;
+                    }
+                }
+                let r = self.releases.get_mut(id).expect("found above");
+                r.state = ReleaseState::Baking;
+                r.bake_until = Some(mono + r.plan.bake.as_std());
+                let bake = r.plan.bake;
+                r.note(now, format!("baking for {bake}"));
+                true
+            }
+            ReleaseState::Baking => {
+                if r.bake_until.is_some_and(|t| t > mono) {
+                    return false;
+                }
+                r.state = ReleaseState::RollingOut;
+                r.note(now, "rolling out".into());
+                true
+            }
+            ReleaseState::RollingOut | ReleaseState::Revoking => {
+                let batch = r.plan.batch.size(self.replicas.indices(&service).len() as u32);
+                let next = self.next_indices(id, batch, !revoking);
+                if next.is_empty() {
+                    self.end_release(id).await;
+                    return false;
+                }
+                for index in next {
+                    self.step(id, index, !revoking).await;
+                }
+                false
+            }
+            ReleaseState::Succeeded | ReleaseState::Failed | ReleaseState::Revoked => false,
+        }
+    }
+
+    /// Up to `n` replicas, lowest index first, not yet on the spec a step to the new spec
+    /// (`to_new`) or back would put them on.
+    fn next_indices(&self, id: &str, n: u32, to_new: bool) -> Vec<u32> {
+        let Some(r) = self.releases.list.iter().find(|r| r.id == id) else { return Vec::new() };
+        self.replicas
+            .indices(&r.service)
+            .into_iter()
+            .filter(|&i| self.replicas.by_index(&r.service, i).is_some_and(|x| x.release != to_new))
+            .take(n as usize)
+            .collect()
+    }
+
+    /// Starts one replica's step: pulled out, stopped, and started again on the new spec
+    /// (`to_new`) or the previous one.
+    async fn step(&mut self, id: &str, index: u32, to_new: bool) {
+        let Some(r) = self.releases.get_mut(id) else { return };
+        let service = r.service.clone();
+        let Some(x) = self.replicas.by_index_mut(&service, index) else { return };
+        x.pulled_out = true;
+        x.release = to_new;
+        x.replacing = true;
+        x.start_failures = 0;
+        let (run_id, old_attempt) = (x.run_id, x.attempt);
+        let r = self.releases.get_mut(id).expect("found above");
+        r.steps.insert(index, Step { old_attempt, since: Instant::now() });
+        let to = if to_new { "the new spec" } else { "the previous spec" };
+        let now = self.clock.now();
+        r.note(now, format!("replica {index} pulled out, replaced with {to}"));
+        let why = format!("replaced by release {id}");
+        self.stop_replica(run_id, false, &why).await;
+    }
+
+    /// A release with nothing left to step: the new spec becomes the service's (durably), or
+    /// the revoke is over.
+    async fn end_release(&mut self, id: &str) {
+        let now = self.clock.now();
+        let Some(r) = self.releases.get_mut(id) else { return };
+        let service = r.service.clone();
+        if r.state == ReleaseState::Revoking {
+            r.state = ReleaseState::Revoked;
+            r.finished_at = Some(now);
+            r.note(now, "revoked: every replica runs the previous spec".into());
+            self.replicas.set_target(&service, None);
+            return;
+        }
+        // The count may have changed by a scale while the release went on: keep today's.
+        let mut target = r.target.clone();
+        let written = match self.store.get_service(&service).await {
+            Ok(record) => {
+                target.spec.replicas = record.spec.replicas;
+                self.store.update_service(&target.spec, now).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        let r = self.releases.get_mut(id).expect("found above");
+        match written {
+            Ok(()) => {
+                r.state = ReleaseState::Succeeded;
+                r.finished_at = Some(now);
+                r.note(now, "succeeded: the new spec is the service's".into());
+                self.replicas.promote(&service, target);
+            }
+            Err(e) => {
+                let why = format!("writing the new spec failed: {e}");
+                r.failed_in = Some(ReleaseState::RollingOut);
+                r.state = ReleaseState::Failed;
+                r.note(now, format!("failed: {why}"));
+                r.failure = Some(why);
+            }
+        }
+    }
+}
+
+fn stage_words(s: ReleaseState) -> &'static str {
+    match s {
+        ReleaseState::Pending => "pending",
+        ReleaseState::Smoking => "smoke: replacing replicas one by one",
+        ReleaseState::Baking => "baking",
+        ReleaseState::RollingOut => "rolling out",
+        ReleaseState::Succeeded => "succeeded",
+        ReleaseState::Failed => "failed",
+        ReleaseState::Revoking => "revoking",
+        ReleaseState::Revoked => "revoked",
+    }
+}
+
+fn state_words(r: &Release) -> String {
+    let s = serde_json::to_value(r.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    if r.braked { format!("{s} (braked)") } else { s }
+}
+
+fn state_name(s: ReplicaState) -> String {
+    serde_json::to_value(s).ok().and_then(|v| v["state"].as_str().map(str::to_owned)).unwrap_or_default()
+}
