@@ -228,7 +228,10 @@ impl Embedded {
             tasks.push(tokio::spawn((local.start)(link)));
         }
         let net = Arc::new(crate::net::Network::new(store.clone(), clock.clone()));
-        let auth = crate::auth::Auth::load(config.auth.clone(), store.clone(), clock.clone())
+        let mut auth_config = config.auth.clone();
+        // Browsers send the UI's cookies back only over TLS when the API has it.
+        auth_config.secure_cookies |= config.api_tls.is_some();
+        let auth = crate::auth::Auth::load(auth_config, store.clone(), clock.clone())
             .await
             .context("loading API tokens")?;
         tasks.push(tokio::spawn(auth.clone().prune_audit(stopped(stop_rx.clone()))));

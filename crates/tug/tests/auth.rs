@@ -130,11 +130,21 @@ async fn every_endpoint_needs_a_token_with_a_large_enough_role() {
 
     let (st, v) = call(&s, None, Method::GET, "/api/v1/healthz", None).await;
     assert_eq!(st, 200, "{v}");
+    tug_tls::provider();
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let root = s.base.trim_end_matches("/api/v1");
     for (method, path, role) in endpoints() {
-        let (st, v) = call(&s, None, method.clone(), path, None).await;
-        assert_eq!(st, 401, "{method} {path} without a token: {v}");
-        let msg = v["error"]["message"].as_str().unwrap();
-        assert!(msg.contains("TUG_TOKEN") && msg.contains("Authorization: Bearer"), "{msg}");
+        if method == Method::GET && matches!(path, "/" | "/jobs/j" | "/agents") {
+            // A browser on a page is sent to the login form instead.
+            let r = no_redirects.get(format!("{root}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 303, "{path}");
+            assert!(r.headers()["location"].to_str().unwrap().starts_with("/login?next="), "{path}");
+        } else {
+            let (st, v) = call(&s, None, method.clone(), path, None).await;
+            assert_eq!(st, 401, "{method} {path} without a token: {v}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(msg.contains("TUG_TOKEN") && msg.contains("Authorization: Bearer"), "{msg}");
+        }
         for (weaker, t) in [(Role::Read, &read), (Role::Operate, &operate)] {
             let (st, v) = call(&s, Some(t), method.clone(), path, None).await;
             if weaker < role {

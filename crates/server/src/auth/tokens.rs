@@ -64,6 +64,18 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     bool::from(a.as_ref().ct_eq(b.as_ref()))
 }
 
+/// `n` random bytes from the system's generator, in hex (session cookies, CSRF tokens).
+pub fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    SystemRandom::new().fill(&mut bytes).expect("the system's random number generator failed");
+    hex(&bytes)
+}
+
+/// Hex SHA-256 of `s`.
+pub fn sha256_hex(s: &str) -> String {
+    hash(s)
+}
+
 fn random<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     SystemRandom::new().fill(&mut bytes).expect("the system's random number generator failed");
