@@ -424,3 +424,64 @@ async fn framework_errors_are_json_too() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["message"], "the request body is not valid UTF-8; send JSON (or TOML for a job file)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_send_their_headers_slowly_are_cut_off_and_starve_no_one() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_with(dir.path(), Arc::new(tug_server::clock::SystemClock), |c| {
+        c.auth.header_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let addr = s.base.trim_start_matches("http://").trim_end_matches("/api/v1").to_string();
+    // 300 clients, each sending a request's headers a byte every 100 ms (a slowloris).
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let addr = addr.clone();
+        slow.push(tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            c.write_all(b"GET /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if c.write_all(b"X").await.is_err() {
+                    break;
+                }
+                // The server closes the connection: a read ends (0 bytes, or reset).
+                let mut buf = [0u8; 64];
+                if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await {
+                    assert!(!matches!(r, Ok(n) if n > 0), "a slow client got an answer");
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "a slow client was never cut off");
+            }
+            start.elapsed()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile others are served at once, each on a new connection.
+    for _ in 0..20 {
+        let started = tokio::time::Instant::now();
+        let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let r = fresh.get(format!("{}/jobs", s.base)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(started.elapsed() < Duration::from_secs(1), "a request took {:?} among slow clients", started.elapsed());
+    }
+    for h in slow {
+        let lasted = h.await.unwrap();
+        assert!(lasted < Duration::from_secs(6), "cut off after {lasted:?}, not about the 1 s header timeout");
+    }
+    // A long answer (the event stream) is not a slow request: it stays open past the timeout.
+    let mut events = s.http.get(format!("{}/events?kind=job", s.base)).send().await.unwrap();
+    assert_eq!(events.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.create(json!({"name": "after-a-while", "schedule": "@yearly", "command": "true"})).await;
+    let mut seen = String::new();
+    while !seen.contains("after-a-while") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), events.chunk()).await.expect("the stream went quiet").unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk.expect("the stream was closed")));
+    }
+    s.stop().await;
+}

@@ -109,6 +109,8 @@ pub struct AuthConfig {
     pub audit_retention: Duration,
     /// Mark the UI's cookies `Secure` (the API is served over TLS).
     pub secure_cookies: bool,
+    /// How long a client has to send a request's headers (and an idle connection stays open).
+    pub header_timeout: Duration,
 }
 
 impl Default for AuthConfig {
@@ -121,6 +123,7 @@ impl Default for AuthConfig {
             rate: Some(RateLimit { per_second: 50.0, burst: 200.0 }),
             audit_retention: Duration::from_secs(90 * 86_400),
             secure_cookies: false,
+            header_timeout: crate::http::DEFAULT_HEADER_TIMEOUT,
         }
     }
 }

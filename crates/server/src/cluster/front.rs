@@ -36,9 +36,13 @@ pub async fn serve_follower(
 ) -> std::io::Result<()> {
     let app = follower_router(group, clock);
     match tls {
-        Some(tls) => axum::serve(tug_tls::TlsListener::new(listener, tls, "API (following)")?, app).with_graceful_shutdown(stop).await,
-        None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+        Some(tls) => {
+            let listener = tug_tls::TlsListener::new(listener, tls, "API (following)")?;
+            crate::http::serve(listener, app, crate::http::DEFAULT_HEADER_TIMEOUT, stop).await;
+        }
+        None => crate::http::serve(listener, app, crate::http::DEFAULT_HEADER_TIMEOUT, stop).await,
     }
+    Ok(())
 }
 
 /// The follower's router.

@@ -84,6 +84,10 @@ pub struct SecurityArgs {
     /// (e.g. 1s, 1m; 0: no limit). Jobs already stored keep running as they are.
     #[arg(long, env = "TUG_MIN_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub min_interval: std::time::Duration,
+    /// How long a client has to send a request's headers; a slower one (or an idle connection)
+    /// is cut off (e.g. 10s).
+    #[arg(long, env = "TUG_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_retention)]
+    header_timeout: std::time::Duration,
     /// How long audit entries are kept (e.g. 90d).
     #[arg(long, env = "TUG_AUDIT_RETENTION", default_value = "90d", value_parser = parse_retention)]
     audit_retention: std::time::Duration,
@@ -103,9 +107,9 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
-    let d: tug_core::Duration = s.parse().map_err(|e| format!("{e}; e.g. 90d"))?;
+    let d: tug_core::Duration = s.parse().map_err(|e| format!("{e}; e.g. 10s or 90d"))?;
     if d.as_std().is_zero() {
-        return Err("must be more than zero, e.g. 90d".into());
+        return Err("must be more than zero, e.g. 10s or 90d".into());
     }
     Ok(d.as_std())
 }
@@ -136,6 +140,7 @@ impl SecurityArgs {
             audit_retention: self.audit_retention,
             // Set by the server when it serves the API over TLS.
             secure_cookies: false,
+            header_timeout: self.header_timeout,
         })
     }
 
