@@ -485,3 +485,41 @@ async fn clients_that_send_their_headers_slowly_are_cut_off_and_starve_no_one() 
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_token_may_create_only_so_many_jobs_in_its_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(dir.path(), Arc::new(tug_server::clock::SystemClock), |c| {
+        required(c);
+        c.auth.max_jobs_per_scope = Some(3);
+    })
+    .await;
+    let admin = admin_of(&s).await;
+    let data = token(&s, &admin, json!({"role": "admin", "scope": "label:team=data"})).await;
+    let mine = token(&s, &admin, json!({"role": "admin", "scope": "owner:ana"})).await;
+    let job = |name: &str, extra: Value| {
+        let mut j = json!({"name": name, "schedule": "@yearly", "command": "true"});
+        j.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        j
+    };
+    for i in 0..3 {
+        let (st, v) = call(&s, Some(&data), Method::POST, "/api/v1/jobs", Some(job(&format!("d{i}"), json!({"labels": {"team": "data"}})))).await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let (st, v) = call(&s, Some(&data), Method::POST, "/api/v1/jobs", Some(job("d3", json!({"labels": {"team": "data"}})))).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("job_limit")), "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("scope label:team=data already has 3 jobs") && msg.contains("--max-jobs-per-scope 3") && msg.contains("delete jobs"),
+        "{msg}"
+    );
+    // Other scopes and unscoped tokens are not held by it; deleting one makes room.
+    let (st, v) = call(&s, Some(&mine), Method::POST, "/api/v1/jobs", Some(job("a0", json!({"owner": "ana"})))).await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = call(&s, Some(&admin), Method::POST, "/api/v1/jobs", Some(job("d4", json!({"labels": {"team": "data"}})))).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(call(&s, Some(&data), Method::DELETE, "/api/v1/jobs/d0", None).await.0, 204);
+    assert_eq!(call(&s, Some(&data), Method::DELETE, "/api/v1/jobs/d4", None).await.0, 204);
+    let (st, v) = call(&s, Some(&data), Method::POST, "/api/v1/jobs", Some(job("d3", json!({"labels": {"team": "data"}})))).await;
+    assert_eq!(st, 201, "{v}");
+}

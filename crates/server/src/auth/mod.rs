@@ -111,6 +111,8 @@ pub struct AuthConfig {
     pub secure_cookies: bool,
     /// How long a client has to send a request's headers (and an idle connection stays open).
     pub header_timeout: Duration,
+    /// The most jobs a scoped token may have in its scope when it creates one; `None`: no limit.
+    pub max_jobs_per_scope: Option<usize>,
 }
 
 impl Default for AuthConfig {
@@ -124,6 +126,7 @@ impl Default for AuthConfig {
             audit_retention: Duration::from_secs(90 * 86_400),
             secure_cookies: false,
             header_timeout: crate::http::DEFAULT_HEADER_TIMEOUT,
+            max_jobs_per_scope: Some(10_000),
         }
     }
 }

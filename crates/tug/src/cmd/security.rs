@@ -88,6 +88,10 @@ pub struct SecurityArgs {
     /// is cut off (e.g. 10s).
     #[arg(long, env = "TUG_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_retention)]
     header_timeout: std::time::Duration,
+    /// The most jobs a token scoped to a label or owner may have in its scope; creating one more
+    /// is refused (403). 0: no limit. Unscoped tokens are not limited.
+    #[arg(long, env = "TUG_MAX_JOBS_PER_SCOPE", default_value_t = 10_000)]
+    max_jobs_per_scope: usize,
     /// How long audit entries are kept (e.g. 90d).
     #[arg(long, env = "TUG_AUDIT_RETENTION", default_value = "90d", value_parser = parse_retention)]
     audit_retention: std::time::Duration,
@@ -141,6 +145,7 @@ impl SecurityArgs {
             // Set by the server when it serves the API over TLS.
             secure_cookies: false,
             header_timeout: self.header_timeout,
+            max_jobs_per_scope: (self.max_jobs_per_scope > 0).then_some(self.max_jobs_per_scope),
         })
     }
 
