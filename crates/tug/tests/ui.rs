@@ -159,6 +159,10 @@ async fn the_job_run_and_agents_pages_and_their_actions() {
     assert!(paused.contains("/ui/jobs/nightly/resume"));
     // A refused action comes back with the API's message on the page.
     s.create(json!({"name": "child", "parents": ["nightly"], "command": "true"})).await;
+    let (_, parent) = page(&s, "/jobs/nightly").await;
+    assert!(parent.contains("Starts after it succeeds: <a href=\"/jobs/child\">child</a>"), "{parent}");
+    let (_, child) = page(&s, "/jobs/child").await;
+    assert!(child.contains("Runs after: <a href=\"/jobs/nightly\">nightly</a>"), "{child}");
     let (st, to) = form_post(&s, "/ui/jobs/nightly/delete").await;
     assert_eq!(st, 303);
     assert!(to.starts_with("/jobs/nightly?error="), "{to}");

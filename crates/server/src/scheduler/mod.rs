@@ -107,6 +107,7 @@ pub(crate) enum Command {
     Stats(bool, oneshot::Sender<Stats>),
     RegisterAgent(Registration, oneshot::Sender<()>),
     Agents(oneshot::Sender<Vec<AgentView>>),
+    Children(String, oneshot::Sender<Vec<String>>),
     Drain(String, bool, oneshot::Sender<Result<AgentView>>),
     Check(oneshot::Sender<std::result::Result<(), String>>),
     PutService(tug_core::Service, bool, oneshot::Sender<Result<tug_store::ServiceRecord>>),
@@ -205,6 +206,11 @@ impl SchedulerHandle {
     /// Every agent.
     pub async fn agents(&self) -> Result<Vec<AgentView>> {
         self.ask(Command::Agents).await
+    }
+
+    /// The jobs that run after `job` (it is one of their parents), by name.
+    pub async fn children(&self, job: &str) -> Result<Vec<String>> {
+        self.ask(|tx| Command::Children(job.to_string(), tx)).await
     }
 
     /// Drains (`true`: no new runs) or undrains an agent.
@@ -526,6 +532,11 @@ impl Scheduler {
                 let now = tokio::time::Instant::now();
                 let views = (0..self.agents.links.len()).map(|i| self.agents.view(i, self.runs.count_on_agent(i), now));
                 let _ = tx.send(views.collect());
+            }
+            Command::Children(job, tx) => {
+                let mut children = self.children.get(&job).cloned().unwrap_or_default();
+                children.sort();
+                let _ = tx.send(children);
             }
             Command::Drain(name, drain, tx) => {
                 let r = match self.agents.index(&name) {
