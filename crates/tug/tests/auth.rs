@@ -72,6 +72,7 @@ fn endpoints() -> Vec<(Method, &'static str, Role)> {
         (M::GET, "/", Read),
         (M::GET, "/jobs/j", Read),
         (M::GET, "/agents", Read),
+        (M::GET, "/graph", Read),
         (M::POST, "/ui/jobs/j/pause", Operate),
         (M::POST, "/ui/jobs/j/delete", Admin),
         (M::POST, "/ui/runs/1/kill", Operate),
@@ -134,7 +135,7 @@ async fn every_endpoint_needs_a_token_with_a_large_enough_role() {
     let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let root = s.base.trim_end_matches("/api/v1");
     for (method, path, role) in endpoints() {
-        if method == Method::GET && matches!(path, "/" | "/jobs/j" | "/agents") {
+        if method == Method::GET && matches!(path, "/" | "/jobs/j" | "/agents" | "/graph") {
             // A browser on a page is sent to the login form instead.
             let r = no_redirects.get(format!("{root}{path}")).send().await.unwrap();
             assert_eq!(r.status(), 303, "{path}");

@@ -194,6 +194,10 @@ fn an_operator_runs_watches_kills_and_pauses_a_job_in_the_browser() {
     b.wait_text("#agents", "draining");
     b.screenshot("agents");
 
+    // The dependencies page, from the menu.
+    b.click("nav a[href='/graph']");
+    b.wait_text("#graph", "No job depends on another");
+
     // Phone width: nothing wider than the screen but the scrolling tables.
     b.call(reqwest::Method::POST, "/window/rect", Some(json!({"width": 390, "height": 844})));
     b.go(&format!("{s}/"));

@@ -321,3 +321,26 @@ async fn a_browser_logs_in_with_a_token_uses_the_pages_and_logs_out() {
     assert_eq!(b.get("/").await.0, 303);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dependencies_page_draws_the_job_graph_with_failing_jobs_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let (_, empty) = page(&s, "/graph").await;
+    assert!(empty.contains("No job depends on another"), "{empty}");
+    s.create(json!({"name": "extract", "schedule": "@yearly", "command": "true"})).await;
+    s.create(json!({"name": "transform", "parents": ["extract"], "command": "exit 2"})).await;
+    s.create(json!({"name": "load", "parents": ["transform", "extract"], "command": "true"})).await;
+    s.create(json!({"name": "alone", "schedule": "@yearly", "command": "true"})).await;
+    s.post("/jobs/extract/run").await;
+    s.wait_runs("transform", 10, |r| r.first().is_some_and(|r| r["state"] == "failed")).await;
+
+    let (st, html) = page(&s, "/graph").await;
+    assert_eq!(st, 200);
+    assert!(html.contains("<svg class=\"graph\"") && html.contains("3 jobs;"), "{html}");
+    assert_eq!(html.matches("<line class=\"edge\"").count(), 3, "{html}");
+    assert!(html.contains("<a href=\"/jobs/transform\" class=\"job failing\""), "{html}");
+    assert!(html.contains("<a href=\"/jobs/extract\" class=\"job\"") && !html.contains("data-job=\"alone\""), "{html}");
+    assert!(html.contains("Failing:") && html.contains("href=\"/jobs/transform\">transform</a>"), "{html}");
+    s.stop().await;
+}

@@ -9,6 +9,7 @@
 //! | `/jobs/{name}` | one job: schedule and next fires, runs in flight, success, durations, history, actions |
 //! | `/runs/{id}` | one run: attempts, the whole log, followed while it runs |
 //! | `/agents` | agents: resources, warm containers, state; drain and undrain |
+//! | `/graph` | dependencies: the job graph as SVG, failing jobs marked |
 //! | `/login` | the token form that opens a session (when the server needs a token) |
 //!
 //! Actions are plain form posts to `/ui/...` that redirect back (with the API's error message
@@ -26,6 +27,7 @@ use crate::api::{ApiError, AppState};
 use crate::auth::session::{self, UiSession};
 
 pub mod format;
+mod graph;
 mod pages;
 
 /// The UI's routes.
@@ -35,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{name}", get(pages::job))
         .route("/runs/{id}", get(pages::run))
         .route("/agents", get(pages::agents))
+        .route("/graph", get(graph::graph))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", include_str!("../../assets/app.js")) }))
@@ -48,7 +51,7 @@ pub fn router(state: AppState) -> Router {
 /// The route patterns of the pages a browser opens (not the API, the forms' targets or assets):
 /// without credentials these send the browser to `/login` instead of answering 401.
 pub fn is_page(route: &str) -> bool {
-    matches!(route, "/" | "/jobs/{name}" | "/runs/{id}" | "/agents")
+    matches!(route, "/" | "/jobs/{name}" | "/runs/{id}" | "/agents" | "/graph")
 }
 
 #[derive(Template)]

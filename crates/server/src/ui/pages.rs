@@ -71,7 +71,7 @@ struct JobsPage {
 }
 
 /// How a job's last finished run ended, from the store's bookkeeping.
-fn last_state(r: &JobRecord) -> (&'static str, Option<Timestamp>) {
+pub(super) fn last_state(r: &JobRecord) -> (&'static str, Option<Timestamp>) {
     match (r.last_success_at, r.last_failure_at) {
         (Some(ok), Some(bad)) if bad > ok => ("failed", Some(bad)),
         (Some(ok), _) => ("succeeded", Some(ok)),
