@@ -76,6 +76,11 @@ pub fn sha256_hex(s: &str) -> String {
     hash(s)
 }
 
+/// 256 random bits in hex: a secret shared by a server group's members.
+pub fn new_secret() -> String {
+    hex(&random::<32>())
+}
+
 fn random<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     SystemRandom::new().fill(&mut bytes).expect("the system's random number generator failed");

@@ -146,6 +146,7 @@ impl SecurityArgs {
             secure_cookies: false,
             header_timeout: self.header_timeout,
             max_jobs_per_scope: (self.max_jobs_per_scope > 0).then_some(self.max_jobs_per_scope),
+            proxy_secret: None,
         })
     }
 
