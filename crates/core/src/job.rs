@@ -438,6 +438,17 @@ pub struct Job {
     pub schedule: Option<Schedule>,
 }
 
+/// A deserializer's message about the field at `path` (`.` for the document itself), prefixed with
+/// that field; an unknown enum value lists the values allowed: `concurrency: expected one of
+/// allow, forbid, replace; got "sometimes"`.
+fn field_message(path: &str, message: &str) -> String {
+    let message = match message.strip_prefix("unknown variant `").and_then(|rest| rest.split_once("`, expected ")) {
+        Some((got, allowed)) => format!("expected {}; got {got:?}", allowed.replace('`', "")),
+        None => message.to_owned(),
+    };
+    if path.is_empty() || path == "." { message } else { format!("{path}: {message}") }
+}
+
 /// True when `name` is a valid job name. `.` and `..` are not: they cannot be named in a URL path.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -483,21 +494,36 @@ impl JobSpec {
 
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<JobSpec, JobError> {
-        toml::from_str(text).map_err(|e| {
-            // Where, as an editor shows it: line and column (in characters) from 1.
-            let at = e.span().map_or_else(String::new, |span| {
-                let before = text.get(..span.start).unwrap_or(text);
-                let line = before.matches('\n').count() + 1;
-                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-                format!(" at line {line}, column {column}")
-            });
-            JobError::Parse(format!("invalid job file{at}: {}", e.message().trim()))
-        })
+        let (path, e) = match toml::Deserializer::parse(text) {
+            Ok(de) => match serde_path_to_error::deserialize(de) {
+                Ok(spec) => return Ok(spec),
+                Err(e) => (e.path().to_string(), e.into_inner()),
+            },
+            Err(e) => (String::new(), e),
+        };
+        // Where, as an editor shows it: line and column (in characters) from 1.
+        let at = e.span().map_or_else(String::new, |span| {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" at line {line}, column {column}")
+        });
+        Err(JobError::Parse(format!("invalid job file{at}: {}", field_message(&path, e.message().trim()))))
     }
 
     /// Parses a JSON document.
     pub fn from_json(text: &str) -> Result<JobSpec, JobError> {
-        serde_json::from_str(text).map_err(|e| JobError::Parse(format!("invalid job JSON: {e}")))
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let spec: JobSpec = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let text = inner.to_string();
+            let at = format!(" at line {} column {}", inner.line(), inner.column());
+            let message = field_message(&path, text.strip_suffix(&at).unwrap_or(&text));
+            JobError::Parse(format!("invalid job JSON: {message}{}", if inner.line() > 0 { at } else { String::new() }))
+        })?;
+        de.end().map_err(|e| JobError::Parse(format!("invalid job JSON: {e}")))?;
+        Ok(spec)
     }
 
     /// True when a job document (TOML, or JSON when `json`) sets `key` at its top level. An
@@ -698,6 +724,20 @@ impl Job {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn field_errors_name_the_field_and_the_values_allowed() {
+        assert_eq!(
+            field_message("concurrency", "unknown variant `x`, expected one of `allow`, `forbid`, `replace`"),
+            "concurrency: expected one of allow, forbid, replace; got \"x\""
+        );
+        assert_eq!(field_message("a.b", "unknown variant `x`, expected `y` or `z`"), "a.b: expected y or z; got \"x\"");
+        assert_eq!(field_message(".", "missing field `name`"), "missing field `name`");
+        let e = JobSpec::from_json(r#"{"name":"j","command":"true","misfire":"often"}"#).unwrap_err().to_string();
+        assert!(e.contains("misfire: expected one of") && e.contains("got \"often\"") && e.contains("at line 1 column"), "{e}");
+        let e = JobSpec::from_json(r#"{"name":"j","command":"true"} x"#).unwrap_err().to_string();
+        assert!(e.contains("trailing characters"), "{e}");
+    }
+
     use super::*;
 
     fn minimal(extra: &str) -> String {

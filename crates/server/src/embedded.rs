@@ -228,7 +228,10 @@ impl Embedded {
             tasks.push(tokio::spawn((local.start)(link)));
         }
         let net = Arc::new(crate::net::Network::new(store.clone(), clock.clone()));
-        let auth = crate::auth::Auth::load(config.auth.clone(), store.clone(), clock.clone())
+        let mut auth_config = config.auth.clone();
+        // Browsers send the UI's cookies back only over TLS when the API has it.
+        auth_config.secure_cookies |= config.api_tls.is_some();
+        let auth = crate::auth::Auth::load(auth_config, store.clone(), clock.clone())
             .await
             .context("loading API tokens")?;
         tasks.push(tokio::spawn(auth.clone().prune_audit(stopped(stop_rx.clone()))));
@@ -244,26 +247,15 @@ impl Embedded {
                 auth: auth.clone(),
                 cluster: config.cluster.clone(),
             };
-            let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+            let app = api::router(state);
             let rx = stop_rx.clone();
+            let header_timeout = config.auth.header_timeout;
             tasks.push(match &config.api_tls {
                 Some(tls) => {
-                    use axum::serve::ListenerExt;
-                    // `tap_io` only so that axum hands the handlers the peer's address.
-                    let listener = tug_tls::TlsListener::new(listener, tls.clone(), "API")
-                        .context("listening for TLS connections")?
-                        .tap_io(|_| {});
-                    tokio::spawn(async move {
-                        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
-                            tracing::error!(error = %e, "API server failed");
-                        }
-                    })
+                    let listener = tug_tls::TlsListener::new(listener, tls.clone(), "API").context("listening for TLS connections")?;
+                    tokio::spawn(crate::http::serve(listener, app, header_timeout, stopped(rx)))
                 }
-                None => tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
-                        tracing::error!(error = %e, "API server failed");
-                    }
-                }),
+                None => tokio::spawn(crate::http::serve(listener, app, header_timeout, stopped(rx))),
             });
         }
         Ok(Embedded {

@@ -14,7 +14,8 @@
 //! - [`net`]: the container network's control plane: address pools and claims.
 //! - [`metrics`]: the Prometheus families; [`prom`]: reading a metrics page back; [`notify`]:
 //!   webhooks for run events.
-//! - [`ui`]: the web UI's server-rendered pages.
+//! - [`ui`]: the web UI's server-rendered pages; [`http`]: serving them and the API with
+//!   timeouts for slow clients.
 //! - [`stream`]: the event stream (`/api/v1/events`): every job, run and agent change, resumable.
 
 pub mod agent_service;
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod embedded;
 pub mod logs;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod notify;

@@ -163,6 +163,9 @@ enum Command {
     Schedule(cmd::schedule::ScheduleCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cmd::completions::CompletionsArgs),
+    /// The reference of every command's flags, variables and defaults.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
     /// Measure Tugboat on this machine.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -234,6 +237,7 @@ fn main() -> std::process::ExitCode {
             Command::Certs(c) => cmd::certs::run(c),
             Command::Bench(c) => cmd::bench::run(c).await,
             Command::Completions(a) => cmd::completions::run(a, Cli::command()),
+            Command::Config(c) => cmd::config::run(c, Cli::command()),
         }
     });
     match result {

@@ -72,6 +72,7 @@ fn endpoints() -> Vec<(Method, &'static str, Role)> {
         (M::GET, "/", Read),
         (M::GET, "/jobs/j", Read),
         (M::GET, "/agents", Read),
+        (M::GET, "/graph", Read),
         (M::POST, "/ui/jobs/j/pause", Operate),
         (M::POST, "/ui/jobs/j/delete", Admin),
         (M::POST, "/ui/runs/1/kill", Operate),
@@ -130,11 +131,21 @@ async fn every_endpoint_needs_a_token_with_a_large_enough_role() {
 
     let (st, v) = call(&s, None, Method::GET, "/api/v1/healthz", None).await;
     assert_eq!(st, 200, "{v}");
+    tug_tls::provider();
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let root = s.base.trim_end_matches("/api/v1");
     for (method, path, role) in endpoints() {
-        let (st, v) = call(&s, None, method.clone(), path, None).await;
-        assert_eq!(st, 401, "{method} {path} without a token: {v}");
-        let msg = v["error"]["message"].as_str().unwrap();
-        assert!(msg.contains("TUG_TOKEN") && msg.contains("Authorization: Bearer"), "{msg}");
+        if method == Method::GET && matches!(path, "/" | "/jobs/j" | "/agents" | "/graph") {
+            // A browser on a page is sent to the login form instead.
+            let r = no_redirects.get(format!("{root}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 303, "{path}");
+            assert!(r.headers()["location"].to_str().unwrap().starts_with("/login?next="), "{path}");
+        } else {
+            let (st, v) = call(&s, None, method.clone(), path, None).await;
+            assert_eq!(st, 401, "{method} {path} without a token: {v}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(msg.contains("TUG_TOKEN") && msg.contains("Authorization: Bearer"), "{msg}");
+        }
         for (weaker, t) in [(Role::Read, &read), (Role::Operate, &operate)] {
             let (st, v) = call(&s, Some(t), method.clone(), path, None).await;
             if weaker < role {
@@ -413,4 +424,103 @@ async fn framework_errors_are_json_too() {
     assert_eq!(resp.status().as_u16(), 400);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["message"], "the request body is not valid UTF-8; send JSON (or TOML for a job file)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_send_their_headers_slowly_are_cut_off_and_starve_no_one() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_with(dir.path(), Arc::new(tug_server::clock::SystemClock), |c| {
+        c.auth.header_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let addr = s.base.trim_start_matches("http://").trim_end_matches("/api/v1").to_string();
+    // 300 clients, each sending a request's headers a byte every 100 ms (a slowloris).
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let addr = addr.clone();
+        slow.push(tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            c.write_all(b"GET /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if c.write_all(b"X").await.is_err() {
+                    break;
+                }
+                // The server closes the connection: a read ends (0 bytes, or reset).
+                let mut buf = [0u8; 64];
+                if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await {
+                    assert!(!matches!(r, Ok(n) if n > 0), "a slow client got an answer");
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "a slow client was never cut off");
+            }
+            start.elapsed()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile others are served at once, each on a new connection.
+    for _ in 0..20 {
+        let started = tokio::time::Instant::now();
+        let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let r = fresh.get(format!("{}/jobs", s.base)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(started.elapsed() < Duration::from_secs(1), "a request took {:?} among slow clients", started.elapsed());
+    }
+    for h in slow {
+        let lasted = h.await.unwrap();
+        assert!(lasted < Duration::from_secs(6), "cut off after {lasted:?}, not about the 1 s header timeout");
+    }
+    // A long answer (the event stream) is not a slow request: it stays open past the timeout.
+    let mut events = s.http.get(format!("{}/events?kind=job", s.base)).send().await.unwrap();
+    assert_eq!(events.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.create(json!({"name": "after-a-while", "schedule": "@yearly", "command": "true"})).await;
+    let mut seen = String::new();
+    while !seen.contains("after-a-while") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), events.chunk()).await.expect("the stream went quiet").unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk.expect("the stream was closed")));
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_token_may_create_only_so_many_jobs_in_its_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(dir.path(), Arc::new(tug_server::clock::SystemClock), |c| {
+        required(c);
+        c.auth.max_jobs_per_scope = Some(3);
+    })
+    .await;
+    let admin = admin_of(&s).await;
+    let data = token(&s, &admin, json!({"role": "admin", "scope": "label:team=data"})).await;
+    let mine = token(&s, &admin, json!({"role": "admin", "scope": "owner:ana"})).await;
+    let job = |name: &str, extra: Value| {
+        let mut j = json!({"name": name, "schedule": "@yearly", "command": "true"});
+        j.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        j
+    };
+    for i in 0..3 {
+        let (st, v) = call(&s, Some(&data), Method::POST, "/api/v1/jobs", Some(job(&format!("d{i}"), json!({"labels": {"team": "data"}})))).await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let (st, v) = call(&s, Some(&data), Method::POST, "/api/v1/jobs", Some(job("d3", json!({"labels": {"team": "data"}})))).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("job_limit")), "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("scope label:team=data already has 3 jobs") && msg.contains("--max-jobs-per-scope 3") && msg.contains("delete jobs"),
+        "{msg}"
+    );
+    // Other scopes and unscoped tokens are not held by it; deleting one makes room.
+    let (st, v) = call(&s, Some(&mine), Method::POST, "/api/v1/jobs", Some(job("a0", json!({"owner": "ana"})))).await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = call(&s, Some(&admin), Method::POST, "/api/v1/jobs", Some(job("d4", json!({"labels": {"team": "data"}})))).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(call(&s, Some(&data), Method::DELETE, "/api/v1/jobs/d0", None).await.0, 204);
+    assert_eq!(call(&s, Some(&data), Method::DELETE, "/api/v1/jobs/d4", None).await.0, 204);
+    let (st, v) = call(&s, Some(&data), Method::POST, "/api/v1/jobs", Some(job("d3", json!({"labels": {"team": "data"}})))).await;
+    assert_eq!(st, 201, "{v}");
 }

@@ -20,6 +20,13 @@ async fn bad_inputs_are_refused_with_clear_messages() {
     expect(&s, m, p, b, 422, "invalid_tz", "job \"a\": `tz` \"Mars/Base\" is not a known IANA time zone").await;
     let (m, p, b) = post(json!({"name": "a", "schedule": "* * * * *", "command": "x", "colour": "red"}));
     expect(&s, m, p, b, 400, "invalid_body", "unknown field `colour`").await;
+    // An unknown value of a field with a fixed set of values: the field, the values allowed.
+    let (m, p, b) = post(json!({"name": "a", "schedule": "@yearly", "command": "x", "concurrency": "sometimes"}));
+    expect(&s, m, p, b, 400, "invalid_body", "concurrency: expected one of allow, forbid, replace; got \"sometimes\"").await;
+    let (m, p, b) = post(json!({"name": "a", "schedule": "@yearly", "command": "x", "docker": {"image": "i", "pull": "daily"}}));
+    expect(&s, m, p, b, 400, "invalid_body", "docker.pull: expected one of if-not-present, always, never; got \"daily\"").await;
+    let (m, p, b) = post(json!({"name": "a", "schedule": "@yearly", "command": "x", "misfire": 3}));
+    expect(&s, m, p, b, 400, "invalid_body", "misfire: ").await;
     let (m, p, b) = post(json!({"name": "bad name", "schedule": "* * * * *", "command": "x"}));
     expect(&s, m, p, b, 422, "invalid_job", "A-Z a-z 0-9").await;
     for name in [".", ".."] {
@@ -60,6 +67,11 @@ async fn bad_inputs_are_refused_with_clear_messages() {
     expect(&s, Method::GET, "/runs/999999", None, 404, "run_not_found", "999999").await;
     expect(&s, Method::GET, "/runs/abc", None, 400, "invalid_run_id", "not a number").await;
     expect(&s, Method::GET, "/jobs?limit=x", None, 400, "invalid_query", "limit").await;
+    for garbage in ["garbage", "abc", "2e2e", "zz"] {
+        let path = format!("/jobs?cursor={garbage}");
+        expect(&s, Method::GET, &path, None, 400, "bad_cursor", &format!("invalid cursor \"{garbage}\": pass the `next_cursor`")).await;
+    }
+    expect(&s, Method::GET, "/jobs/a/runs?cursor=garbage", None, 400, "bad_cursor", "invalid cursor \"garbage\"").await;
     expect(&s, Method::GET, "/jobs/a/runs?state=done", None, 400, "invalid_state", "unknown run state").await;
     expect(&s, Method::PUT, "/jobs/a", Some(manual_job("other", "true")), 400, "name_mismatch", "renaming").await;
     expect(&s, Method::GET, "/schedule/preview?expr=*%20*", None, 422, "invalid_schedule", "*").await;
@@ -179,7 +191,7 @@ async fn toml_errors_give_the_line_and_column() {
     assert_eq!(r.status().as_u16(), 400);
     let v: serde_json::Value = r.json().await.unwrap();
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("at line 4, column 15") && msg.contains("sometimes"), "{msg}");
+    assert!(msg.contains("at line 4, column 15") && msg.contains("concurrency: expected one of allow, forbid, replace; got \"sometimes\""), "{msg}");
     s.stop().await;
 }
 

@@ -76,6 +76,13 @@ impl Browser {
         self.call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({})));
     }
 
+    /// Types `text` into the element.
+    fn fill(&self, css: &str, text: &str) {
+        let e = self.call(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css})));
+        let id = e[ELEMENT].as_str().unwrap().to_string();
+        self.call(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({"text": text})));
+    }
+
     fn text(&self, css: &str) -> String {
         self.js(&format!("var e = document.querySelector({css:?}); return e ? e.innerText : '';")).as_str().unwrap_or_default().to_string()
     }
@@ -187,10 +194,57 @@ fn an_operator_runs_watches_kills_and_pauses_a_job_in_the_browser() {
     b.wait_text("#agents", "draining");
     b.screenshot("agents");
 
+    // The dependencies page, from the menu.
+    b.click("nav a[href='/graph']");
+    b.wait_text("#graph", "No job depends on another");
+
     // Phone width: nothing wider than the screen but the scrolling tables.
     b.call(reqwest::Method::POST, "/window/rect", Some(json!({"width": 390, "height": 844})));
     b.go(&format!("{s}/"));
     let overflow = b.js("return document.documentElement.scrollWidth <= window.innerWidth + 1;");
     assert_eq!(overflow, json!(true), "the jobs page fits a phone's width");
     b.screenshot("jobs-phone");
+}
+
+#[test]
+fn with_auth_on_the_browser_logs_in_with_a_token_acts_and_logs_out() {
+    let Some(b) = Browser::start("login") else {
+        eprintln!("\n!!!!!!!! SKIPPED browser test: chromedriver is not installed (scripts/test installs chromium-driver) !!!!!!!!\n");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin.token");
+    let up = Up::start_with(&["--init-token-file", file.to_str().unwrap()]);
+    let s = up.server.clone();
+    for _ in 0..200 {
+        if std::fs::read_to_string(&file).is_ok_and(|t| !t.trim().is_empty()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let admin = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    let out = Command::new(TUG).args(["job", "add", "guarded", "--schedule", "@yearly", "--", "true"]).env("TUG_SERVER", &s).env("TUG_TOKEN", &admin).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A page asks for the token first, then shows what was asked for.
+    b.go(&format!("{s}/jobs/guarded"));
+    b.wait_text("h1", "Log in");
+    b.fill("input[name=token]", "tug_wrong");
+    b.click("form.login button");
+    b.wait_text(".error", "the token is malformed");
+    b.screenshot("login");
+    b.fill("input[name=token]", &admin);
+    b.click("form.login button");
+    b.wait_text("h1", "guarded");
+    let cookies = b.js("return document.cookie;");
+    assert_eq!(cookies, json!(""), "the session and CSRF cookies are HttpOnly: {cookies}");
+
+    // The forms work with the session (each carries its CSRF token).
+    b.click("button[formaction$='/pause']");
+    b.wait_text("h1", "paused");
+    // Log out: back to the form, and pages ask again.
+    b.click("form.logout button");
+    b.wait_text("h1", "Log in");
+    b.go(&format!("{s}/"));
+    b.wait_text("h1", "Log in");
 }

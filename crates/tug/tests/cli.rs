@@ -470,3 +470,23 @@ fn events_and_runs_watch_follow_the_server_live() {
     let err = fails(&s, &["events", "--kind", "bogus"]);
     assert!(err.contains("unknown event kind \"bogus\": use job, run, agent"), "{err}");
 }
+
+#[test]
+fn the_command_reference_is_generated_from_the_help() {
+    let out = Command::new(TUG).args(["config", "reference"]).env_clear().output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("## `tug up`") && text.contains("## `tug agent run`") && text.contains("## `tug job add`"), "{text}");
+    assert!(text.contains("| `--header-timeout` | `TUG_HEADER_TIMEOUT` | `10s` |"), "{text}");
+    assert!(!text.contains("## `tug agent shim`"), "hidden commands stay out");
+    // Every visible command has its section, with every flag --help shows.
+    let help = Command::new(TUG).args(["up", "--help"]).env_clear().output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let up = text.split("## `tug up`").nth(1).unwrap().split("\n## ").next().unwrap();
+    for flag in help.split_whitespace().filter(|w| w.starts_with("--") && w.len() > 2 && !matches!(*w, "--help" | "--version")) {
+        let flag = flag.trim_end_matches([',', '.', ')', '`', ';']).split(['=', '[', '<', '`']).next().unwrap();
+        if flag.len() > 2 && help.contains(&format!("  {flag}")) {
+            assert!(up.contains(&format!("`{flag}`")), "{flag} is in `tug up --help` but not in the reference");
+        }
+    }
+}

@@ -147,3 +147,41 @@ async fn an_https_webhook_reaches_a_receiver_whose_certificate_the_webhook_ca_si
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uis_cookies_are_secure_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    tug_tls::certs::init(&certs, &[], &[], tug_tls::certs::Validity::days(1)).unwrap();
+    let identity = tug_tls::Identity::load(&certs.join("server.pem"), &certs.join("server-key.pem")).unwrap();
+    let tls = tug_tls::ServerTls::new(identity, None, &[b"h2", b"http/1.1"]).unwrap();
+    let mut s = TestServer::start_with(dir.path(), Arc::new(tug_server::clock::SystemClock), |c: &mut EmbeddedConfig| {
+        c.api_tls = Some(tls);
+        c.auth.mode = tug_server::auth::AuthMode::Required;
+    })
+    .await;
+    let token = s.server.as_ref().unwrap().auth.create_token("ui", tug_core::access::Role::Read, None, None).await.unwrap().token;
+    let ca = tug_tls::ClientTls::new(Some(&certs.join("ca.pem")), None).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(ca.for_http().unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let root = s.base.replace("http://", "https://").trim_end_matches("/api/v1").to_string();
+    let r = http.get(format!("{root}/login")).send().await.unwrap();
+    let csrf_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(csrf_cookie.starts_with("tug_csrf=") && csrf_cookie.ends_with("; Secure"), "{csrf_cookie}");
+    let csrf = csrf_cookie.split(';').next().unwrap().to_string();
+    let r = http
+        .post(format!("{root}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", &csrf)
+        .body(format!("csrf={}&token={token}&next=%2F", csrf.trim_start_matches("tug_csrf=")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let session = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(session.starts_with("tug_session=") && session.contains("HttpOnly") && session.ends_with("; Secure"), "{session}");
+    s.stop().await;
+}

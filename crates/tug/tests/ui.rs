@@ -12,13 +12,87 @@ async fn page(s: &TestServer, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn form_post(s: &TestServer, path: &str) -> (u16, String) {
-    let root = s.base.trim_end_matches("/api/v1");
+fn no_redirects() -> reqwest::Client {
     tug_tls::provider();
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let r = client.post(format!("{root}{path}")).header("content-type", "application/x-www-form-urlencoded").body("").send().await.unwrap();
-    let to = r.headers().get("location").map(|l| l.to_str().unwrap().to_string()).unwrap_or_default();
-    (r.status().as_u16(), to)
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// The `Set-Cookie` header that sets `name`, if any.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).find(|c| c.starts_with(&format!("{name}=")))
+}
+
+/// The value a `Set-Cookie` header sets.
+fn cookie_value(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string()
+}
+
+/// The CSRF token in a page's forms.
+fn form_csrf(html: &str) -> String {
+    let needle = "name=\"csrf\" value=\"";
+    let at = html.find(needle).unwrap_or_else(|| panic!("no CSRF field: {html}")) + needle.len();
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+/// A browser's view: the cookies it holds, sent with every request.
+struct Browser {
+    root: String,
+    http: reqwest::Client,
+    cookies: Vec<(String, String)>,
+}
+
+impl Browser {
+    fn new(s: &TestServer) -> Browser {
+        Browser { root: s.base.trim_end_matches("/api/v1").to_string(), http: no_redirects(), cookies: Vec::new() }
+    }
+
+    fn keep(&mut self, r: &reqwest::Response) {
+        for c in r.headers().get_all("set-cookie") {
+            let (name, value) = c.to_str().unwrap().split(';').next().unwrap().split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != name);
+            if !value.is_empty() {
+                self.cookies.push((name.to_string(), value.to_string()));
+            }
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    /// GET: status, `Location`, body.
+    async fn get(&mut self, path: &str) -> (u16, String, String) {
+        let r = self.http.get(format!("{}{path}", self.root)).header("cookie", self.cookie_header()).send().await.unwrap();
+        self.keep(&r);
+        let to = r.headers().get("location").map(|l| l.to_str().unwrap().to_string()).unwrap_or_default();
+        (r.status().as_u16(), to, r.text().await.unwrap())
+    }
+
+    /// A form post with these fields: status, `Location`, body.
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> (u16, String, String) {
+        let body = fields.iter().map(|(k, v)| format!("{k}={}", tug_server::ui::enc(v))).collect::<Vec<_>>().join("&");
+        let r = self
+            .http
+            .post(format!("{}{path}", self.root))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", self.cookie_header())
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        self.keep(&r);
+        let to = r.headers().get("location").map(|l| l.to_str().unwrap().to_string()).unwrap_or_default();
+        (r.status().as_u16(), to, r.text().await.unwrap())
+    }
+}
+
+/// Posts a UI form as a browser would: with the CSRF token of the page it was on.
+async fn form_post(s: &TestServer, path: &str) -> (u16, String) {
+    let mut b = Browser::new(s);
+    let (_, _, html) = b.get("/agents").await;
+    let csrf = form_csrf(&html);
+    let (st, to, _) = b.post(path, &[("csrf", &csrf)]).await;
+    (st, to)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,6 +159,10 @@ async fn the_job_run_and_agents_pages_and_their_actions() {
     assert!(paused.contains("/ui/jobs/nightly/resume"));
     // A refused action comes back with the API's message on the page.
     s.create(json!({"name": "child", "parents": ["nightly"], "command": "true"})).await;
+    let (_, parent) = page(&s, "/jobs/nightly").await;
+    assert!(parent.contains("Starts after it succeeds: <a href=\"/jobs/child\">child</a>"), "{parent}");
+    let (_, child) = page(&s, "/jobs/child").await;
+    assert!(child.contains("Runs after: <a href=\"/jobs/nightly\">nightly</a>"), "{child}");
     let (st, to) = form_post(&s, "/ui/jobs/nightly/delete").await;
     assert_eq!(st, 303);
     assert!(to.starts_with("/jobs/nightly?error="), "{to}");
@@ -113,5 +191,156 @@ async fn the_script_and_stylesheet_come_from_the_server() {
     assert!(js.text().await.unwrap().contains("EventSource"));
     let (_, html) = page(&s, "/").await;
     assert!(html.contains("<script src=\"/ui/app.js\" defer></script>") && !html.contains("http://") && !html.contains("https://"), "no CDN: {html}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_forms_need_their_csrf_token_and_the_api_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    s.create(json!({"name": "guarded", "schedule": "@yearly", "command": "true"})).await;
+    let mut b = Browser::new(&s);
+    let r = b.http.get(format!("{}/jobs/guarded", b.root)).send().await.unwrap();
+    let set = set_cookie(&r, "tug_csrf").expect("a page sets the CSRF cookie");
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && !set.contains("Secure"), "{set}");
+    let html = r.text().await.unwrap();
+    assert_eq!(form_csrf(&html), cookie_value(&set), "without a session the form carries the cookie's value");
+    assert!(html.matches("name=\"csrf\"").count() >= 1);
+
+    // No token, a wrong one, or the right one without the cookie: refused, saying what to do.
+    b.get("/jobs/guarded").await;
+    let csrf = form_csrf(&b.get("/jobs/guarded").await.2);
+    for fields in [vec![], vec![("csrf", "0123")]] {
+        let (st, _, body) = b.post("/ui/jobs/guarded/pause", &fields).await;
+        assert_eq!(st, 403, "{body}");
+        assert!(body.contains("the form's CSRF token is missing or stale") && body.contains("reload the page"), "{body}");
+    }
+    let mut stranger = Browser::new(&s);
+    assert_eq!(stranger.post("/ui/jobs/guarded/pause", &[("csrf", &csrf)]).await.0, 403, "the token without its cookie");
+    assert_eq!(s.get("/jobs/guarded").await["spec"]["paused"], false);
+    assert_eq!(b.post("/ui/jobs/guarded/pause", &[("csrf", &csrf)]).await.0, 303);
+    assert_eq!(s.get("/jobs/guarded").await["spec"]["paused"], true);
+    // The API takes no CSRF token.
+    assert_eq!(s.post("/jobs/guarded/resume").await.0, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_logs_in_with_a_token_uses_the_pages_and_logs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_with(dir.path(), std::sync::Arc::new(tug_server::clock::SystemClock), |c| {
+        c.auth.mode = tug_server::auth::AuthMode::Required;
+        c.auth.rate = None;
+    })
+    .await;
+    let auth = s.server.as_ref().unwrap().auth.clone();
+    let admin = auth.create_token("admin", tug_core::access::Role::Admin, None, None).await.unwrap().token;
+    let operator = auth.create_token("ops", tug_core::access::Role::Operate, None, None).await.unwrap();
+    let scope: tug_core::access::Scope = "label:team=data".parse().unwrap();
+    let scoped = auth.create_token("data", tug_core::access::Role::Admin, Some(scope), None).await.unwrap().token;
+    let root = s.base.trim_end_matches("/api/v1").to_string();
+    let r = s.http.post(format!("{}/jobs", s.base)).bearer_auth(&admin).json(&json!({"name": "locked", "schedule": "@yearly", "command": "true"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+
+    // A page without a session: to the login form, which comes back here.
+    let mut b = Browser::new(&s);
+    let (st, to, _) = b.get("/jobs/locked?x=1").await;
+    assert_eq!((st, to.as_str()), (303, "/login?next=%2Fjobs%2Flocked%3Fx%3D1"));
+    // The API still answers 401 in JSON.
+    let (st, _, body) = b.get("/api/v1/jobs").await;
+    assert!(st == 401 && body.contains("this server needs a token"), "{body}");
+    let (st, _, login) = b.get(&to).await;
+    assert_eq!(st, 200);
+    assert!(login.contains("type=\"password\" name=\"token\"") && login.contains("value=\"/jobs/locked?x=1\""), "{login}");
+    let csrf = form_csrf(&login);
+
+    // Wrong tokens, a scoped one, and a form without its CSRF token are refused with the reason.
+    let forged = format!("tug_{}_{}", "0".repeat(12), "0".repeat(64));
+    let cases: [(&str, u16, &str); 4] = [
+        ("not-a-token", 401, "the token is malformed"),
+        (&forged, 401, "is not valid here"),
+        (&scoped, 403, "the web UI needs an unscoped token"),
+        ("", 401, "paste a token"),
+    ];
+    for (token, status, says) in cases {
+        let (st, _, page) = b.post("/login", &[("csrf", &csrf), ("token", token), ("next", "/")]).await;
+        assert_eq!(st, status, "{page}");
+        assert!(page.contains(says) && page.contains("role=\"alert\""), "{says}: {page}");
+    }
+    let (st, _, body) = b.post("/login", &[("token", &operator.token), ("next", "/")]).await;
+    assert!(st == 403 && body.contains("CSRF"), "{body}");
+
+    // The right token: a session cookie, then the page asked for.
+    let r = b
+        .http
+        .post(format!("{root}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", b.cookie_header())
+        .body(format!("csrf={csrf}&token={}&next=%2Fjobs%2Flocked", operator.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/jobs/locked");
+    let set = set_cookie(&r, "tug_session").expect("a session cookie");
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/") && !set.contains("Secure"), "{set}");
+    assert!(!set.contains(&operator.token), "the cookie is not the token");
+    b.keep(&r);
+    let (st, _, page) = b.get("/jobs/locked").await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("Log out") && page.contains("logged in with token ops"), "{page}");
+    let session_csrf = form_csrf(&page);
+    assert_ne!(session_csrf, csrf, "a session has its own CSRF token");
+    // Reads of the API (the event stream, logs) take the session; its writes do not.
+    assert_eq!(b.get("/api/v1/jobs/locked").await.0, 200);
+    let (st, _, body) = b.post("/api/v1/jobs/locked/pause", &[]).await;
+    assert_eq!(st, 401, "{body}");
+    // The UI's forms: the session's CSRF token, the token's role.
+    assert_eq!(b.post("/ui/jobs/locked/pause", &[("csrf", &csrf)]).await.0, 403, "the CSRF token from before the session");
+    assert_eq!(b.post("/ui/jobs/locked/pause", &[("csrf", &session_csrf)]).await.0, 303);
+    let r = s.http.get(format!("{}/jobs/locked", s.base)).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["spec"]["paused"], true);
+    let (st, _, body) = b.post("/ui/jobs/locked/delete", &[("csrf", &session_csrf)]).await;
+    assert!(st == 403 && body.contains("needs a token with role admin"), "{body}");
+
+    // Log out: the cookie goes and the session with it (a copy of the cookie no longer works).
+    let old = b.cookie_header();
+    let (st, to, _) = b.post("/logout", &[("csrf", &session_csrf)]).await;
+    assert_eq!((st, to.as_str()), (303, "/login"));
+    assert!(!b.cookie_header().contains("tug_session"));
+    let r = b.http.get(format!("{root}/")).header("cookie", old).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+
+    // Revoking the token ends its sessions; a login never sends the browser to another site.
+    let (_, _, login) = b.get("/login").await;
+    let csrf = form_csrf(&login);
+    let (st, to, _) = b.post("/login", &[("csrf", &csrf), ("token", &operator.token), ("next", "//evil.example/")]).await;
+    assert_eq!((st, to.as_str()), (303, "/"));
+    assert_eq!(b.get("/").await.0, 200);
+    auth.revoke_token(&operator.record.id).await.unwrap();
+    assert_eq!(b.get("/").await.0, 303);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dependencies_page_draws_the_job_graph_with_failing_jobs_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let (_, empty) = page(&s, "/graph").await;
+    assert!(empty.contains("No job depends on another"), "{empty}");
+    s.create(json!({"name": "extract", "schedule": "@yearly", "command": "true"})).await;
+    s.create(json!({"name": "transform", "parents": ["extract"], "command": "exit 2"})).await;
+    s.create(json!({"name": "load", "parents": ["transform", "extract"], "command": "true"})).await;
+    s.create(json!({"name": "alone", "schedule": "@yearly", "command": "true"})).await;
+    s.post("/jobs/extract/run").await;
+    s.wait_runs("transform", 10, |r| r.first().is_some_and(|r| r["state"] == "failed")).await;
+
+    let (st, html) = page(&s, "/graph").await;
+    assert_eq!(st, 200);
+    assert!(html.contains("<svg class=\"graph\"") && html.contains("3 jobs;"), "{html}");
+    assert_eq!(html.matches("<line class=\"edge\"").count(), 3, "{html}");
+    assert!(html.contains("<a href=\"/jobs/transform\" class=\"job failing\""), "{html}");
+    assert!(html.contains("<a href=\"/jobs/extract\" class=\"job\"") && !html.contains("data-job=\"alone\""), "{html}");
+    assert!(html.contains("Failing:") && html.contains("href=\"/jobs/transform\">transform</a>"), "{html}");
     s.stop().await;
 }

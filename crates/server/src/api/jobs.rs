@@ -65,6 +65,7 @@ pub(super) async fn create(
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
     let spec = parse_spec(&headers, &body)?;
     who.may_write(&spec)?;
+    check_quota(&st, &who).await?;
     check_network(&st, &spec).await?;
     let record = st.scheduler.create_job(spec).await?;
     Ok((StatusCode::CREATED, Json(JobView::new(record, st.clock.now()))))
@@ -86,12 +87,63 @@ pub(crate) async fn list(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> ApiResult<Json<Page<JobView>>> {
     let Query(p) = params.map_err(query_error)?;
-    let page = st.store.list_jobs(&JobQuery { limit: p.limit, cursor: p.cursor, q: p.q, label: p.label }).await?;
+    let cursor = p.cursor.as_deref().map(from_cursor).transpose()?;
+    let page = st.store.list_jobs(&JobQuery { limit: p.limit, cursor, q: p.q, label: p.label }).await?;
     let now = st.clock.now();
     // A scoped caller's page holds only its jobs (it may be shorter than the limit); the cursor
     // still walks the whole list.
     let items = page.items.into_iter().filter(|r| who.grant.sees(&r.spec)).map(|r| JobView::new(r, now)).collect();
-    Ok(Json(Page { items, next_cursor: page.next_cursor }))
+    Ok(Json(Page { items, next_cursor: page.next_cursor.as_deref().map(to_cursor) }))
+}
+
+/// Refuses a new job of a scoped caller whose scope already holds the most jobs allowed
+/// (`--max-jobs-per-scope`). Counted on each create, so racing creates may pass it by a few.
+async fn check_quota(st: &AppState, who: &Principal) -> ApiResult<()> {
+    let (Some(scope), Some(max)) = (who.scope(), st.auth.config().max_jobs_per_scope) else { return Ok(()) };
+    let (q, label) = match scope {
+        tug_core::access::Scope::Label { key, value } => (None, Some(format!("{key}={value}"))),
+        tug_core::access::Scope::Owner(owner) => (Some(owner.clone()), None),
+    };
+    let mut count = 0;
+    let mut cursor = None;
+    loop {
+        let page = st.store.list_jobs(&JobQuery { limit: 1000, cursor, q: q.clone(), label: label.clone() }).await?;
+        count += page.items.iter().filter(|r| scope.covers(&r.spec)).count();
+        if count >= max {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "job_limit",
+                format!(
+                    "scope {scope} already has {count} jobs, the most this server allows a scoped token \
+                     (--max-jobs-per-scope {max}); delete jobs you no longer need, or ask an admin to raise the limit"
+                ),
+            ));
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// The API's cursor for the job list: the last job's name in hex, so that a made-up cursor is
+/// refused rather than taken for a name to start after.
+fn to_cursor(name: &str) -> String {
+    use std::fmt::Write;
+    name.bytes().fold(String::with_capacity(2 * name.len()), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The job name an API cursor stands for; 400 when it is not one [`to_cursor`] made.
+fn from_cursor(cursor: &str) -> ApiResult<String> {
+    let bad = || ApiError::from(tug_store::StoreError::BadCursor(cursor.to_owned()));
+    if !cursor.len().is_multiple_of(2) || !cursor.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = (0..cursor.len()).step_by(2).filter_map(|i| u8::from_str_radix(&cursor[i..i + 2], 16).ok()).collect();
+    String::from_utf8(bytes).ok().filter(|n| tug_core::job::valid_name(n)).ok_or_else(bad)
 }
 
 pub(crate) async fn show(State(st): State<ReadState>, who: Principal, Path(name): Path<String>) -> ApiResult<Json<JobView>> {

@@ -7,8 +7,9 @@
 //!   own (the same `scheme://host:port` as `Host`) is refused, and so is `null`.
 //! - **Content type.** A write with a body must say `application/json` (or a TOML type for job
 //!   files): browsers send `text/plain`, form and multipart bodies cross-site without asking
-//!   first, but not JSON. The UI's own form posts (`/ui/...`) may be forms: a browser sends
-//!   `Origin` with them, and a foreign one is refused above.
+//!   first, but not JSON. The UI's own form posts (`/ui/...`, `/login`, `/logout`) may be forms:
+//!   a browser sends `Origin` with them, and a foreign one is refused above; they also carry the
+//!   CSRF token (`session.rs`).
 
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, TRANSFER_ENCODING};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -64,7 +65,8 @@ pub fn check(method: &Method, uri: &Uri, headers: &HeaderMap, hosts: &[String]) 
         let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         // The UI's forms post form bodies; they are same-origin (checked above).
-        let form = uri.path().starts_with("/ui/") && essence == "application/x-www-form-urlencoded";
+        let ui = uri.path().starts_with("/ui/") || matches!(uri.path(), "/login" | "/logout");
+        let form = ui && essence == "application/x-www-form-urlencoded";
         if !form && !matches!(essence.as_str(), "application/json" | "application/toml" | "text/toml" | "application/x-toml") {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -5,13 +5,15 @@
 //!
 //! 1. browser guards (`guard.rs`): request target length, `Host`, `Origin`, a write's content type;
 //! 2. body size: a body over the limit is refused with 413 before a handler reads it;
-//! 3. authentication: `Authorization: Bearer <token>`, or HTTP basic with the Chronos credentials;
-//!    a server without auth treats every caller as an unscoped admin named `anonymous`;
-//! 4. authorization: the role the route needs (`roles.rs`); a scoped token may manage only jobs
+//! 3. a form the UI posts carries its CSRF token (`session.rs`);
+//! 4. authentication: `Authorization: Bearer <token>`, HTTP basic with the Chronos credentials,
+//!    or a UI session's cookie (reads and the UI's own forms only; a page without one is sent to
+//!    `/login`); a server without auth treats every caller as an unscoped admin named `anonymous`;
+//! 5. authorization: the role the route needs (`roles.rs`); a scoped token may manage only jobs
 //!    in its scope, and not the Chronos API, agents or tokens;
-//! 5. rate: a token bucket per caller (429 with `Retry-After`);
-//! 6. the handler, which reads the caller as the [`Principal`] extractor to check job scopes;
-//! 7. audit: every write is recorded with who, what, when, from where and its status.
+//! 6. rate: a token bucket per caller (429 with `Retry-After`);
+//! 7. the handler, which reads the caller as the [`Principal`] extractor to check job scopes;
+//! 8. audit: every write is recorded with who, what, when, from where and its status.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,9 +22,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, LOCATION, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
@@ -36,7 +38,10 @@ use crate::clock::SharedClock;
 
 pub mod guard;
 pub mod roles;
+pub mod session;
 pub mod tokens;
+
+use session::UiSession;
 
 /// HTTP basic credentials the Chronos API accepts, as Chronos did, mapped to a role.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +107,12 @@ pub struct AuthConfig {
     pub rate: Option<RateLimit>,
     /// How long audit entries are kept.
     pub audit_retention: Duration,
+    /// Mark the UI's cookies `Secure` (the API is served over TLS).
+    pub secure_cookies: bool,
+    /// How long a client has to send a request's headers (and an idle connection stays open).
+    pub header_timeout: Duration,
+    /// The most jobs a scoped token may have in its scope when it creates one; `None`: no limit.
+    pub max_jobs_per_scope: Option<usize>,
     /// In a server group: the secret followers send with the requests they pass on
     /// ([`PROXY_SECRET`]), so that the audit log may believe the client address and follower
     /// they name. `None`: such headers are ignored.
@@ -124,6 +135,9 @@ impl Default for AuthConfig {
             max_body: 1 << 20,
             rate: Some(RateLimit { per_second: 50.0, burst: 200.0 }),
             audit_retention: Duration::from_secs(90 * 86_400),
+            secure_cookies: false,
+            header_timeout: crate::http::DEFAULT_HEADER_TIMEOUT,
+            max_jobs_per_scope: Some(10_000),
             proxy_secret: None,
         }
     }
@@ -219,6 +233,7 @@ pub struct Auth {
     clock: SharedClock,
     tokens: RwLock<HashMap<String, TokenRecord>>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    sessions: session::Sessions,
     /// When the last read of the tokens from the store started.
     loaded: Mutex<Instant>,
     /// Held while the tokens are read again, so that reads do not pile up.
@@ -249,6 +264,7 @@ impl Auth {
             buckets: Mutex::default(),
             loaded: Mutex::new(Instant::now()),
             refreshing: tokio::sync::Mutex::new(()),
+            sessions: session::Sessions::default(),
         }))
     }
 
@@ -332,6 +348,66 @@ impl Auth {
         (tokens::matches(&record, token) && record.live(self.clock.now())).then_some(record)
     }
 
+    /// The live token `token` is, or why it is refused (401).
+    fn check_token(&self, token: &str) -> Result<TokenRecord, ApiError> {
+        let unauthorized = |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        let Some(id) = tokens::id_of(token) else {
+            return Err(unauthorized("the token is malformed: tokens look like tug_<id>_<secret>".into()));
+        };
+        let known = self.tokens.read().unwrap_or_else(PoisonError::into_inner).get(id).cloned();
+        match known {
+            Some(r) if tokens::matches(&r, token) => {
+                let now = self.clock.now();
+                if let Some(at) = r.revoked_at {
+                    Err(unauthorized(format!("token {id} was revoked at {at}; ask an admin for a new one")))
+                } else if let Some(at) = r.expires_at.filter(|e| now >= *e) {
+                    Err(unauthorized(format!("token {id} expired at {at}; ask an admin for a new one")))
+                } else {
+                    Ok(r)
+                }
+            }
+            _ => Err(unauthorized(format!("token {id} is not valid here; check TUG_TOKEN or --token"))),
+        }
+    }
+
+    /// Opens a UI session for `token` (the login form): the cookie to set, or why not.
+    pub fn login(&self, token: &str) -> Result<session::Opened, ApiError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "paste a token; an admin makes one with `tug token create --role read`",
+            ));
+        }
+        let record = self.check_token(token)?;
+        if let Some(scope) = &record.scope {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "out_of_scope",
+                format!("token {} is scoped to {scope}; the web UI needs an unscoped token (role read or above)", record.id),
+            ));
+        }
+        Ok(self.sessions.open(&record.id))
+    }
+
+    /// Ends the UI session `cookie` names.
+    pub fn logout(&self, cookie: &str) {
+        self.sessions.close(cookie);
+    }
+
+    /// The caller of a request with a UI session cookie, if the session is open and its token
+    /// still live; with the session's CSRF token and the token's name.
+    fn session_of(&self, headers: &axum::http::HeaderMap) -> Option<(Principal, String, String)> {
+        let (token_id, csrf) = self.sessions.find(session::cookie(headers, session::SESSION_COOKIE)?)?;
+        let record = self.tokens.read().unwrap_or_else(PoisonError::into_inner).get(&token_id).cloned()?;
+        if !record.live(self.clock.now()) {
+            return None;
+        }
+        let principal = Principal { actor: record.id.clone(), grant: Grant { role: record.role, scope: record.scope.clone() } };
+        Some((principal, csrf, record.name))
+    }
+
     /// Who is calling, from the `Authorization` header.
     fn authenticate(&self, header: Option<&HeaderValue>) -> Result<Principal, ApiError> {
         let unauthorized = |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
@@ -347,23 +423,8 @@ impl Auth {
         };
         let value = value.to_str().unwrap_or("");
         if let Some(token) = value.strip_prefix("Bearer ").map(str::trim) {
-            let Some(id) = tokens::id_of(token) else {
-                return Err(unauthorized("the token is malformed: tokens look like tug_<id>_<secret>".into()));
-            };
-            let known = self.tokens.read().unwrap_or_else(PoisonError::into_inner).get(id).cloned();
-            return match known {
-                Some(r) if tokens::matches(&r, token) => {
-                    let now = self.clock.now();
-                    if let Some(at) = r.revoked_at {
-                        Err(unauthorized(format!("token {id} was revoked at {at}; ask an admin for a new one")))
-                    } else if let Some(at) = r.expires_at.filter(|e| now >= *e) {
-                        Err(unauthorized(format!("token {id} expired at {at}; ask an admin for a new one")))
-                    } else {
-                        Ok(Principal { actor: r.id.clone(), grant: Grant { role: r.role, scope: r.scope.clone() } })
-                    }
-                }
-                _ => Err(unauthorized(format!("token {id} is not valid here; check TUG_TOKEN or --token"))),
-            };
+            let r = self.check_token(token)?;
+            return Ok(Principal { actor: r.id.clone(), grant: Grant { role: r.role, scope: r.scope.clone() } });
         }
         if let Some(encoded) = value.strip_prefix("Basic ").map(str::trim) {
             if let (Some(creds), Some((user, password))) = (&self.config.chronos_basic, decode_basic(encoded)) {
@@ -465,7 +526,13 @@ pub async fn gate(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Re
         job: job_of(req.uri().path()),
         status: 0,
     });
-    let (resp, actor) = match pass(&auth, req).await {
+    // A page (or the login form) seen by a browser without a CSRF cookie gets one with it.
+    let route = req.extensions().get::<MatchedPath>().map_or("", MatchedPath::as_str);
+    let fresh_csrf = (matches!(*req.method(), Method::GET | Method::HEAD)
+        && (crate::ui::is_page(route) || route == "/login")
+        && session::cookie(req.headers(), session::CSRF_COOKIE).is_none())
+    .then(|| tokens::random_hex(32));
+    let (mut resp, actor) = match pass(&auth, req, fresh_csrf.clone()).await {
         Ok((req, principal, body_job)) => {
             if let Some(e) = entry.as_mut() {
                 e.job = e.job.take().or(body_job);
@@ -474,6 +541,12 @@ pub async fn gate(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Re
         }
         Err((resp, actor)) => (resp, actor),
     };
+    if let Some(csrf) = fresh_csrf {
+        let cookie = session::set_cookie(session::CSRF_COOKIE, &csrf, auth.config.secure_cookies, None);
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().append(SET_COOKIE, v);
+        }
+    }
     if let Some(mut entry) = entry {
         if let Some(actor) = actor {
             entry.actor = actor;
@@ -511,9 +584,14 @@ fn remote_of(auth: &Auth, req: &Request) -> String {
 #[derive(Debug, Clone)]
 pub struct AuditJob(pub String);
 
-/// Runs steps 1–5 of the gate: the request (its body read and put back), the caller, and the job
-/// its body names; or the refusal, and who was refused when known.
-async fn pass(auth: &Auth, req: Request) -> Result<(Request, Principal, Option<String>), (Response, Option<String>)> {
+/// Runs steps 1–6 of the gate: the request (its body read and put back), the caller, and the job
+/// its body names; or the refusal, and who was refused when known. `fresh_csrf` is the CSRF
+/// token a page gets when the browser has none yet.
+async fn pass(
+    auth: &Auth,
+    req: Request,
+    fresh_csrf: Option<String>,
+) -> Result<(Request, Principal, Option<String>), (Response, Option<String>)> {
     let (mut parts, body) = req.into_parts();
     let route = parts.extensions.get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
     guard::check(&parts.method, &parts.uri, &parts.headers, &auth.config.hosts).map_err(|e| (e.into_response(), None))?;
@@ -530,12 +608,44 @@ async fn pass(auth: &Auth, req: Request) -> Result<(Request, Principal, Option<S
     if declared.is_some_and(|n| n > limit as u64) {
         return Err((too_large(), None));
     }
+    // The browser's session, if the request has no credentials of its own.
+    let bearer = parts.headers.contains_key(AUTHORIZATION);
+    let session = if bearer { None } else { auth.session_of(&parts.headers) };
+    let ui = match &session {
+        Some((_, csrf, user)) => UiSession { csrf: csrf.clone(), user: Some(user.clone()) },
+        None => UiSession {
+            csrf: session::cookie(&parts.headers, session::CSRF_COOKIE).map(str::to_owned).or(fresh_csrf).unwrap_or_default(),
+            user: None,
+        },
+    };
+    // The UI's forms carry the CSRF token; a client with a bearer token is no browser tricked by
+    // another page (a browser cannot send that header cross-site without the server's consent).
+    // (Checked once the caller is known, so that a form posted without credentials gets 401.)
+    let ui_form = parts.method == Method::POST && (route.starts_with("/ui/") || route == "/login" || route == "/logout");
+    let check_csrf = ui_form && !bearer;
+    let csrf = ui.csrf.clone();
+    parts.extensions.insert(ui);
     let needs = roles::required(&parts.method, &route, parts.uri.path());
     if needs.is_none() {
+        let body = if check_csrf { csrf_checked(body, &csrf, limit).await.map_err(|r| (r, None))? } else { body };
         return Ok((Request::from_parts(parts, body), Principal::anonymous(), None));
     }
-    let principal = match auth.authenticate(parts.headers.get(AUTHORIZATION)) {
+    // A session counts for reads and the UI's own forms, never for the API's writes.
+    let by_session = session.filter(|_| !guard::is_write(&parts.method) || ui_form).map(|s| s.0);
+    let authenticated = match by_session {
+        Some(p) => Ok(p),
+        None => auth.authenticate(parts.headers.get(AUTHORIZATION)),
+    };
+    let principal = match authenticated {
         Ok(p) => p,
+        Err(_) if !bearer && matches!(parts.method, Method::GET | Method::HEAD) && crate::ui::is_page(&route) => {
+            // A browser on a page: the login form, then back here.
+            let back = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let to = format!("/login?next={}", crate::ui::enc(back));
+            let mut resp = StatusCode::SEE_OTHER.into_response();
+            resp.headers_mut().insert(LOCATION, HeaderValue::from_str(&to).unwrap_or(HeaderValue::from_static("/login")));
+            return Err((resp, None));
+        }
         Err(e) => {
             let mut resp = e.into_response();
             if auth.required() {
@@ -597,6 +707,11 @@ async fn pass(auth: &Auth, req: Request) -> Result<(Request, Principal, Option<S
             return Err((resp, Some(principal.actor.clone())));
         }
     }
+    let body = if check_csrf {
+        csrf_checked(body, &csrf, limit).await.map_err(|r| (r, Some(principal.actor.clone())))?
+    } else {
+        body
+    };
     // Only a job document is read here (for the audit log's job name); other bodies go to their
     // handlers as they come (a stream that never ends, too), held to the limit by the router's
     // `DefaultBodyLimit`.
@@ -609,6 +724,25 @@ async fn pass(auth: &Auth, req: Request) -> Result<(Request, Principal, Option<S
     };
     parts.extensions.insert(principal.clone());
     Ok((Request::from_parts(parts, body), principal, body_job))
+}
+
+/// The body of a UI form, if its `csrf` field is `expected`; otherwise the 403 that says to reload.
+async fn csrf_checked(body: Body, expected: &str, limit: usize) -> Result<Body, Response> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the form is larger than the limit of {limit} bytes"))
+            .into_response()
+    })?;
+    let sent = session::form_field(&bytes, "csrf").unwrap_or_default();
+    if expected.is_empty() || !tokens::same_secret(&sent, expected) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "the form's CSRF token is missing or stale (the page is older than your session, or came from another \
+             site); reload the page and try again",
+        )
+        .into_response());
+    }
+    Ok(Body::from(bytes))
 }
 
 /// True for routes whose body is a job document.

@@ -4,6 +4,7 @@
 //! | what                                                                 | role       |
 //! |----------------------------------------------------------------------|------------|
 //! | `/healthz`, `/api/v1/healthz`, `/api/v1/openapi.json`                 | none       |
+//! | the UI's `/login` and `/logout`                                       | none       |
 //! | any other read (GET, HEAD), `/metrics` included                        | `read`     |
 //! | tokens and the audit log, read or written                             | `admin`    |
 //! | run now, pause, resume and kill a job; kill a run (both APIs, the UI)  | `operate`  |
@@ -15,7 +16,8 @@ use tug_core::access::Role;
 
 /// What a request to `path`, matched as `route`, needs: nothing, or at least this role.
 pub fn required(method: &Method, route: &str, path: &str) -> Option<Role> {
-    if matches!(route, "/healthz" | "/api/v1/healthz" | "/api/v1/openapi.json") {
+    // Logging in and out needs no role (the gate checks the forms' CSRF tokens).
+    if matches!(route, "/healthz" | "/api/v1/healthz" | "/api/v1/openapi.json" | "/login" | "/logout") {
         return None;
     }
     if route.starts_with("/api/v1/tokens") || route.starts_with("/api/v1/audit") {
@@ -56,6 +58,9 @@ mod tests {
         let cases = [
             (Method::GET, "/healthz", None),
             (Method::GET, "/api/v1/openapi.json", None),
+            (Method::GET, "/login", None),
+            (Method::POST, "/login", None),
+            (Method::POST, "/logout", None),
             (Method::GET, "/metrics", Some(Role::Read)),
             (Method::GET, "/api/v1/jobs/{name}", Some(Role::Read)),
             (Method::GET, "/scheduler/jobs", Some(Role::Read)),

@@ -64,6 +64,18 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     bool::from(a.as_ref().ct_eq(b.as_ref()))
 }
 
+/// `n` random bytes from the system's generator, in hex (session cookies, CSRF tokens).
+pub fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    SystemRandom::new().fill(&mut bytes).expect("the system's random number generator failed");
+    hex(&bytes)
+}
+
+/// Hex SHA-256 of `s`.
+pub fn sha256_hex(s: &str) -> String {
+    hash(s)
+}
+
 /// 256 random bits in hex: a secret shared by a server group's members.
 pub fn new_secret() -> String {
     hex(&random::<32>())

@@ -54,16 +54,16 @@ pub async fn serve_follower(
     tls: Option<tug_tls::ServerTls>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = follower_router(group, clock, auth).into_make_service_with_connect_info::<SocketAddr>();
+    // (`http::serve` hands the handlers the peer's address, as `ConnectInfo`.)
+    let app = follower_router(group, clock, auth);
     match tls {
         Some(tls) => {
-            use axum::serve::ListenerExt;
-            // `tap_io` only so that axum hands the handlers the peer's address.
-            let listener = tug_tls::TlsListener::new(listener, tls, "API (following)")?.tap_io(|_| {});
-            axum::serve(listener, app).with_graceful_shutdown(stop).await
+            let listener = tug_tls::TlsListener::new(listener, tls, "API (following)")?;
+            crate::http::serve(listener, app, crate::http::DEFAULT_HEADER_TIMEOUT, stop).await;
         }
-        None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+        None => crate::http::serve(listener, app, crate::http::DEFAULT_HEADER_TIMEOUT, stop).await,
     }
+    Ok(())
 }
 
 /// The follower's router.

@@ -109,6 +109,8 @@ pub(crate) enum Command {
     Stats(bool, oneshot::Sender<Stats>),
     RegisterAgent(Registration, oneshot::Sender<()>),
     Agents(oneshot::Sender<Vec<AgentView>>),
+    Children(String, oneshot::Sender<Vec<String>>),
+    Edges(oneshot::Sender<Vec<(String, String)>>),
     Drain(String, bool, oneshot::Sender<Result<AgentView>>),
     Check(oneshot::Sender<std::result::Result<(), String>>),
     PutService(tug_core::Service, bool, oneshot::Sender<Result<tug_store::ServiceRecord>>),
@@ -211,6 +213,16 @@ impl SchedulerHandle {
     /// Every agent.
     pub async fn agents(&self) -> Result<Vec<AgentView>> {
         self.ask(Command::Agents).await
+    }
+
+    /// The jobs that run after `job` (it is one of their parents), by name.
+    pub async fn children(&self, job: &str) -> Result<Vec<String>> {
+        self.ask(|tx| Command::Children(job.to_string(), tx)).await
+    }
+
+    /// Every dependency as (parent, child), sorted.
+    pub async fn dependencies(&self) -> Result<Vec<(String, String)>> {
+        self.ask(Command::Edges).await
     }
 
     /// Drains (`true`: no new runs) or undrains an agent.
@@ -566,6 +578,17 @@ impl Scheduler {
                 let now = tokio::time::Instant::now();
                 let views = (0..self.agents.links.len()).map(|i| self.agents.view(i, self.runs.count_on_agent(i), now));
                 let _ = tx.send(views.collect());
+            }
+            Command::Children(job, tx) => {
+                let mut children = self.children.get(&job).cloned().unwrap_or_default();
+                children.sort();
+                let _ = tx.send(children);
+            }
+            Command::Edges(tx) => {
+                let mut edges: Vec<(String, String)> =
+                    self.children.iter().flat_map(|(p, cs)| cs.iter().map(move |c| (p.clone(), c.clone()))).collect();
+                edges.sort();
+                let _ = tx.send(edges);
             }
             Command::Drain(name, drain, tx) => {
                 let r = match self.agents.index(&name) {

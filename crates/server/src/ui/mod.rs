@@ -9,19 +9,25 @@
 //! | `/jobs/{name}` | one job: schedule and next fires, runs in flight, success, durations, history, actions |
 //! | `/runs/{id}` | one run: attempts, the whole log, followed while it runs |
 //! | `/agents` | agents: resources, warm containers, state; drain and undrain |
+//! | `/graph` | dependencies: the job graph as SVG, failing jobs marked |
+//! | `/login` | the token form that opens a session (when the server needs a token) |
 //!
 //! Actions are plain form posts to `/ui/...` that redirect back (with the API's error message
-//! when it refuses), so the pages work without the script.
+//! when it refuses), so the pages work without the script. Every form carries the session's CSRF
+//! token (`auth/session.rs`), which the gate checks.
 
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
 use crate::api::{ApiError, AppState};
+use crate::auth::session::{self, UiSession};
 
 pub mod format;
+mod graph;
 mod pages;
 
 /// The UI's routes.
@@ -31,12 +37,90 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{name}", get(pages::job))
         .route("/runs/{id}", get(pages::run))
         .route("/agents", get(pages::agents))
+        .route("/graph", get(graph::graph))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", include_str!("../../assets/app.js")) }))
         .route("/ui/app.css", get(|| async { asset("text/css; charset=utf-8", include_str!("../../assets/app.css")) }))
         .route("/ui/jobs/{name}/{action}", post(job_action))
         .route("/ui/runs/{id}/kill", post(kill_run))
         .route("/ui/agents/{name}/{action}", post(agent_action))
         .with_state(state)
+}
+
+/// The route patterns of the pages a browser opens (not the API, the forms' targets or assets):
+/// without credentials these send the browser to `/login` instead of answering 401.
+pub fn is_page(route: &str) -> bool {
+    matches!(route, "/" | "/jobs/{name}" | "/runs/{id}" | "/agents" | "/graph")
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    error: Option<String>,
+    ui: UiSession,
+    next: String,
+    open: bool,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct LoginParams {
+    next: Option<String>,
+    error: Option<String>,
+}
+
+/// Where to go after logging in: a path on this server, never another site (`//evil`).
+fn local_path(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.starts_with("/\\") => n.to_owned(),
+        _ => "/".to_owned(),
+    }
+}
+
+async fn login_page(State(st): State<AppState>, ui: UiSession, Query(p): Query<LoginParams>) -> Result<Html<String>, UiError> {
+    let open = !st.auth.required();
+    render(LoginPage { error: p.error, ui, next: local_path(p.next.as_deref()), open })
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    token: String,
+    next: Option<String>,
+}
+
+/// Opens a session for the token in the form (the gate has checked its CSRF token).
+async fn login(State(st): State<AppState>, ui: UiSession, axum::Form(f): axum::Form<LoginForm>) -> Response {
+    let next = local_path(f.next.as_deref());
+    match st.auth.login(&f.token) {
+        Ok(opened) => {
+            let secure = st.auth.config().secure_cookies;
+            let cookie = session::set_cookie(session::SESSION_COOKIE, &opened.cookie, secure, None);
+            let mut resp = Redirect::to(&next).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Err(e) => {
+            let status = e.status;
+            let page = render(LoginPage { error: Some(e.message), ui, next, open: false });
+            (status, page).into_response()
+        }
+    }
+}
+
+/// Ends the browser's session and removes its cookie.
+async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(c) = session::cookie(&headers, session::SESSION_COOKIE) {
+        st.auth.logout(c);
+    }
+    let gone = session::set_cookie(session::SESSION_COOKIE, "", st.auth.config().secure_cookies, Some(0));
+    let mut resp = Redirect::to("/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&gone) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

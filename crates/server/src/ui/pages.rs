@@ -15,6 +15,7 @@ use tug_store::{JobQuery, JobRecord, RunQuery};
 use super::format::{absolute, millis, rate, relative, schedule_words, short};
 use super::{UiError, enc, render};
 use crate::api::AppState;
+use crate::auth::session::UiSession;
 use crate::api::jobs::next_fire;
 
 /// Jobs per page.
@@ -61,6 +62,7 @@ struct JobRow {
 #[template(path = "jobs.html")]
 struct JobsPage {
     error: Option<String>,
+    ui: UiSession,
     q: String,
     label: String,
     states: Vec<StateLink>,
@@ -69,7 +71,7 @@ struct JobsPage {
 }
 
 /// How a job's last finished run ended, from the store's bookkeeping.
-fn last_state(r: &JobRecord) -> (&'static str, Option<Timestamp>) {
+pub(super) fn last_state(r: &JobRecord) -> (&'static str, Option<Timestamp>) {
     match (r.last_success_at, r.last_failure_at) {
         (Some(ok), Some(bad)) if bad > ok => ("failed", Some(bad)),
         (Some(ok), _) => ("succeeded", Some(ok)),
@@ -91,7 +93,7 @@ fn jobs_url(q: &str, label: &str, state: &str, cursor: Option<&str>) -> String {
     if parts.is_empty() { "/".into() } else { format!("/?{}", parts.join("&")) }
 }
 
-pub(super) async fn jobs(State(st): State<AppState>, Query(p): Query<JobsParams>) -> Result<Html<String>, UiError> {
+pub(super) async fn jobs(State(st): State<AppState>, ui: UiSession, Query(p): Query<JobsParams>) -> Result<Html<String>, UiError> {
     let now = st.clock.now();
     let mut active: HashMap<String, usize> = HashMap::new();
     for r in st.store.active_runs().await? {
@@ -163,7 +165,7 @@ pub(super) async fn jobs(State(st): State<AppState>, Query(p): Query<JobsParams>
         .map(|(v, text)| StateLink { text, href: jobs_url(&p.q, &p.label, v, None), current: p.state == v })
         .collect();
     let next_link = more.then(|| jobs_url(&p.q, &p.label, &p.state, found.last().map(|r| r.spec.name.as_str())));
-    render(JobsPage { error: p.error, q: p.q, label: p.label, states, rows, next_link })
+    render(JobsPage { error: p.error, ui, q: p.q, label: p.label, states, rows, next_link })
 }
 
 #[derive(Deserialize, Default)]
@@ -196,6 +198,7 @@ struct InFlight {
 #[template(path = "job.html")]
 struct JobPage {
     error: Option<String>,
+    ui: UiSession,
     name: String,
     link: String,
     description: String,
@@ -204,7 +207,8 @@ struct JobPage {
     expr: String,
     tz: String,
     fires: Vec<(String, bool)>,
-    parents: Vec<String>,
+    parents: Vec<(String, String)>,
+    children: Vec<(String, String)>,
     details: Vec<(String, String)>,
     in_flight: Vec<InFlight>,
     rate_day: String,
@@ -258,7 +262,7 @@ fn duration_chart(runs: &[Run]) -> String {
     )
 }
 
-pub(super) async fn job(State(st): State<AppState>, Path(name): Path<String>, Query(p): Query<JobParams>) -> Result<Html<String>, UiError> {
+pub(super) async fn job(State(st): State<AppState>, ui: UiSession, Path(name): Path<String>, Query(p): Query<JobParams>) -> Result<Html<String>, UiError> {
     let now = st.clock.now();
     let record = st.store.get_job(&name).await?;
     let spec = &record.spec;
@@ -348,6 +352,7 @@ pub(super) async fn job(State(st): State<AppState>, Path(name): Path<String>, Qu
     add("last failure", record.last_failure_at.map(|t| relative(t, now)).unwrap_or_default());
     render(JobPage {
         error: p.error,
+        ui,
         link: enc(&name),
         description: spec.description.clone(),
         paused: spec.paused,
@@ -355,7 +360,8 @@ pub(super) async fn job(State(st): State<AppState>, Path(name): Path<String>, Qu
         expr: spec.schedule.clone().unwrap_or_else(|| format!("after {}", spec.parents.join(", "))),
         tz,
         fires,
-        parents: spec.parents.clone(),
+        parents: spec.parents.iter().map(|p| (p.clone(), enc(p))).collect(),
+        children: st.scheduler.children(&name).await?.into_iter().map(|c| (enc(&c), c)).map(|(link, c)| (c, link)).collect(),
         details,
         in_flight,
         rate_day: window(86_400),
@@ -380,6 +386,7 @@ struct AttemptRow {
 #[template(path = "run.html")]
 struct RunPage {
     error: Option<String>,
+    ui: UiSession,
     id: u64,
     job: String,
     job_link: String,
@@ -396,7 +403,7 @@ pub(super) struct RunParams {
     error: Option<String>,
 }
 
-pub(super) async fn run(State(st): State<AppState>, Path(id): Path<u64>, Query(p): Query<RunParams>) -> Result<Html<String>, UiError> {
+pub(super) async fn run(State(st): State<AppState>, ui: UiSession, Path(id): Path<u64>, Query(p): Query<RunParams>) -> Result<Html<String>, UiError> {
     let now = st.clock.now();
     let run = st.store.get_run(id).await?;
     let tz = st.store.get_job(&run.job).await.map(|r| r.spec.tz().to_string()).unwrap_or_else(|_| "UTC".into());
@@ -444,6 +451,7 @@ pub(super) async fn run(State(st): State<AppState>, Path(id): Path<u64>, Query(p
     }
     render(RunPage {
         error: p.error,
+        ui,
         id,
         job_link: enc(&run.job),
         job: run.job.clone(),
@@ -472,10 +480,11 @@ struct AgentRow {
 #[template(path = "agents.html")]
 struct AgentsPage {
     error: Option<String>,
+    ui: UiSession,
     agents: Vec<AgentRow>,
 }
 
-pub(super) async fn agents(State(st): State<AppState>, Query(p): Query<RunParams>) -> Result<Html<String>, UiError> {
+pub(super) async fn agents(State(st): State<AppState>, ui: UiSession, Query(p): Query<RunParams>) -> Result<Html<String>, UiError> {
     let gib = |b: u64| format!("{:.1}", b as f64 / (1u64 << 30) as f64);
     let agents = st
         .scheduler
@@ -494,5 +503,5 @@ pub(super) async fn agents(State(st): State<AppState>, Query(p): Query<RunParams
             name: a.name,
         })
         .collect();
-    render(AgentsPage { error: p.error, agents })
+    render(AgentsPage { error: p.error, ui, agents })
 }

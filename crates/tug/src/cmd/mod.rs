@@ -6,6 +6,7 @@ pub mod bench;
 pub mod certs;
 pub mod cluster;
 pub mod completions;
+pub mod config;
 pub mod events;
 pub mod job;
 pub mod logs;

@@ -84,6 +84,14 @@ pub struct SecurityArgs {
     /// (e.g. 1s, 1m; 0: no limit). Jobs already stored keep running as they are.
     #[arg(long, env = "TUG_MIN_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub min_interval: std::time::Duration,
+    /// How long a client has to send a request's headers; a slower one (or an idle connection)
+    /// is cut off (e.g. 10s).
+    #[arg(long, env = "TUG_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_retention)]
+    header_timeout: std::time::Duration,
+    /// The most jobs a token scoped to a label or owner may have in its scope; creating one more
+    /// is refused (403). 0: no limit. Unscoped tokens are not limited.
+    #[arg(long, env = "TUG_MAX_JOBS_PER_SCOPE", default_value_t = 10_000)]
+    max_jobs_per_scope: usize,
     /// How long audit entries are kept (e.g. 90d).
     #[arg(long, env = "TUG_AUDIT_RETENTION", default_value = "90d", value_parser = parse_retention)]
     audit_retention: std::time::Duration,
@@ -103,9 +111,9 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
-    let d: tug_core::Duration = s.parse().map_err(|e| format!("{e}; e.g. 90d"))?;
+    let d: tug_core::Duration = s.parse().map_err(|e| format!("{e}; e.g. 10s or 90d"))?;
     if d.as_std().is_zero() {
-        return Err("must be more than zero, e.g. 90d".into());
+        return Err("must be more than zero, e.g. 10s or 90d".into());
     }
     Ok(d.as_std())
 }
@@ -134,6 +142,10 @@ impl SecurityArgs {
             max_body: usize::try_from(self.max_body.0).unwrap_or(usize::MAX),
             rate: (self.rate_limit > 0.0).then(|| RateLimit { per_second: self.rate_limit, burst: 4.0 * self.rate_limit }),
             audit_retention: self.audit_retention,
+            // Set by the server when it serves the API over TLS.
+            secure_cookies: false,
+            header_timeout: self.header_timeout,
+            max_jobs_per_scope: (self.max_jobs_per_scope > 0).then_some(self.max_jobs_per_scope),
             proxy_secret: None,
         })
     }
