@@ -429,7 +429,7 @@ async fn a_docker_run_outlives_its_agents_restart_and_the_server_waits_for_the_a
         return;
     }
     // An agent timeout far shorter than the restart below: only the restart notice keeps the run.
-    let mut c = Cluster::new(1, &["--agent-timeout", "2s"]).await;
+    let mut c = Cluster::new(1, &["--agent-timeout", "4s"]).await;
     let name = format!("dock-{}", std::process::id());
     let args = AgentArgs { name: &name, attributes: "", cpus: "2", token: TOKEN };
     c.start_agent(0, &args);
@@ -437,7 +437,7 @@ async fn a_docker_run_outlives_its_agents_restart_and_the_server_waits_for_the_a
     c.create_and_run(json!({
         "name": "boxed",
         "schedule": "@yearly",
-        "command": ["sh", "-c", "echo before; sleep 6; echo after"],
+        "command": ["sh", "-c", "echo before; sleep 14; echo after"],
         "runtime": "docker",
         "docker": {"image": image, "pull": "never"},
         "resources": {"cpus": 0.5},
@@ -453,7 +453,7 @@ async fn a_docker_run_outlives_its_agents_restart_and_the_server_waits_for_the_a
     .await;
     assert_eq!(restarting["state"], "restarting");
     // Away for twice the agent timeout.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(c.runs("boxed").await[0]["state"], "running", "the run waits for its agent");
     c.start_agent(0, &args);
     let done = c
