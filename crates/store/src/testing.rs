@@ -67,6 +67,8 @@ pub struct EtcdCluster {
     token: String,
     members: Vec<EtcdMember>,
     max_txn_ops: usize,
+    /// The address clients reach the members at.
+    host: String,
 }
 
 struct EtcdMember {
@@ -82,8 +84,15 @@ fn free_port() -> u16 {
 }
 
 impl EtcdCluster {
-    /// Starts `members` members (1 or 3) and waits until they are healthy.
+    /// Starts `members` members (1 or 3) on loopback and waits until they are healthy.
     pub fn start(members: usize) -> EtcdCluster {
+        EtcdCluster::start_on(members, "127.0.0.1")
+    }
+
+    /// Starts `members` members (1 or 3) whose clients reach them at `host` (an address of this
+    /// machine, e.g. a test bridge's, so that network namespaces reach them too); the members
+    /// talk among themselves on loopback.
+    pub fn start_on(members: usize, host: &str) -> EtcdCluster {
         assert!(
             Command::new("etcd").arg("--version").output().is_ok_and(|o| o.status.success()),
             "the etcd binary is missing: install Debian's etcd-server (scripts/test does)"
@@ -93,7 +102,7 @@ impl EtcdCluster {
         let members = (0..members)
             .map(|i| EtcdMember { name: format!("m{i}"), client: free_port(), peer: free_port(), child: None })
             .collect();
-        let mut cluster = EtcdCluster { dir, token, members, max_txn_ops: 4096 };
+        let mut cluster = EtcdCluster { dir, token, members, max_txn_ops: 4096, host: host.to_owned() };
         for i in 0..cluster.members.len() {
             cluster.spawn(i, true);
         }
@@ -112,7 +121,7 @@ impl EtcdCluster {
             .append(true)
             .open(self.dir.path().join(format!("{}.log", m.name)))
             .expect("the member's log file");
-        let client = format!("http://127.0.0.1:{}", m.client);
+        let client = format!("http://{}:{}", self.host, m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "etcd"])
@@ -147,7 +156,7 @@ impl EtcdCluster {
     /// Whether member `i` says it is healthy (it has a leader and answers).
     pub fn healthy(&self, i: usize) -> bool {
         use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.members[i].client)) else { return false };
+        let Ok(mut s) = std::net::TcpStream::connect((self.host.as_str(), self.members[i].client)) else { return false };
         let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
         if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
             return false;
@@ -157,9 +166,35 @@ impl EtcdCluster {
         body.contains("\"health\":\"true\"")
     }
 
-    /// `127.0.0.1:PORT` of each member's client URL.
+    /// Which member is the raft leader now, as a live member reports it (through etcd's JSON
+    /// gateway, `/v3/maintenance/status`).
+    pub fn leader(&self) -> Option<usize> {
+        use std::io::{Read, Write};
+        let status = |i: usize| -> Option<serde_json::Value> {
+            let mut s = std::net::TcpStream::connect((self.host.as_str(), self.members[i].client)).ok()?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+            let req = "POST /v3/maintenance/status HTTP/1.0\r\nHost: etcd\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+            s.write_all(req.as_bytes()).ok()?;
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            serde_json::from_str(answer.split("\r\n\r\n").nth(1)?).ok()
+        };
+        for i in (0..self.members.len()).filter(|&i| self.members[i].child.is_some()) {
+            let Some(st) = status(i) else { continue };
+            let leader = st["leader"].as_str()?.to_owned();
+            // The leader's own status names itself.
+            for j in (0..self.members.len()).filter(|&j| self.members[j].child.is_some()) {
+                if status(j).is_some_and(|o| o["header"]["member_id"].as_str() == Some(leader.as_str())) {
+                    return Some(j);
+                }
+            }
+        }
+        None
+    }
+
+    /// `HOST:PORT` of each member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("127.0.0.1:{}", m.client)).collect()
+        self.members.iter().map(|m| format!("{}:{}", self.host, m.client)).collect()
     }
 
     /// A store URL for `--store`, with keys under `/PREFIX`.

@@ -57,6 +57,8 @@ struct Group {
     servers: Vec<Server>,
     agent: Option<Child>,
     http: reqwest::Client,
+    /// The admin token's file, when the servers need tokens.
+    token_file: Option<std::path::PathBuf>,
     _etcd: EtcdCluster,
 }
 
@@ -72,8 +74,15 @@ impl Drop for Group {
 impl Group {
     /// Three servers (`ha-s0..2`) on one etcd with keys under `/PREFIX`, and one agent.
     fn start(prefix: &str) -> Group {
+        Group::start_with(prefix, false)
+    }
+
+    /// [`Group::start`]; with `auth`, the API needs tokens, and the first leader writes an admin
+    /// token to [`Group::token`]'s file.
+    fn start_with(prefix: &str, auth: bool) -> Group {
         let etcd = EtcdCluster::start(1);
         let dir = tempfile::tempdir().unwrap();
+        let token_file = auth.then(|| dir.path().join("admin.token"));
         let mut servers = Vec::new();
         for i in 0..3 {
             let (api, agent) = (free_port(), free_port());
@@ -86,6 +95,10 @@ impl Group {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            let mut args = args;
+            if let Some(file) = &token_file {
+                args.extend(["--init-token-file".to_string(), file.to_string_lossy().into_owned()]);
+            }
             let mut s = Server { name, api: format!("http://127.0.0.1:{api}"), agent: format!("http://127.0.0.1:{agent}"), args, child: None };
             s.spawn(&dir.path().join(format!("{}.log", s.name)));
             servers.push(s);
@@ -99,12 +112,26 @@ impl Group {
             .stderr(log)
             .spawn()
             .unwrap();
-        Group { dir, servers, agent: Some(agent), http: tug::http(), _etcd: etcd }
+        Group { dir, servers, agent: Some(agent), http: tug::http(), token_file, _etcd: etcd }
+    }
+
+    /// The admin token, once the first leader has written it (empty without auth).
+    fn token(&self) -> String {
+        self.token_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).map(|t| t.trim().to_owned()).unwrap_or_default()
+    }
+
+    /// A GET of `path` on server `i`, with the admin token when there is one.
+    fn get(&self, i: usize, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.get(format!("{}{path}", self.servers[i].api));
+        match self.token() {
+            t if t.is_empty() => req,
+            t => req.bearer_auth(t),
+        }
     }
 
     /// `GET /api/v1/cluster` of server `i`.
     async fn cluster(&self, i: usize) -> Option<Value> {
-        let resp = self.http.get(format!("{}/api/v1/cluster", self.servers[i].api)).send().await.ok()?;
+        let resp = self.get(i, "/api/v1/cluster").send().await.ok()?;
         resp.status().is_success().then_some(())?;
         resp.json().await.ok()
     }
@@ -260,6 +287,81 @@ async fn every_server_shows_the_group() {
     let metrics = g.http.get(format!("{}/metrics", g.servers[leader].api)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("tug_leader 1"), "{metrics}");
     assert!(metrics.contains("tug_store_fenced_writes_total 0"), "{metrics}");
+}
+
+/// A follower answers reads of jobs and runs from etcd itself (so they work while the leader is
+/// stalled), behind the same gate as the leader (`/api/v1/cluster` too); a write through it is
+/// audited by the leader with the follower's name and the client's address, which a client
+/// cannot forge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_answer_reads_behind_the_gate_and_writes_are_audited_with_their_path() {
+    let g = Group::start_with("reads", true);
+    // The first leader makes the token; until then nothing answers without one.
+    let started = Instant::now();
+    while g.token().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no admin token written; logs in {}", g.dir.path().display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (leader, _) = g.leader(0, None, Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let fname = g.servers[follower].name.clone();
+    let api = |i: usize| g.servers[i].api.clone();
+
+    // Without a token the follower's own answers are refused, as the leader's are.
+    for path in ["/api/v1/cluster", "/api/v1/jobs"] {
+        let resp = g.http.get(format!("{}{path}", api(follower))).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{path}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("this server needs a token"), "{path}: {text}");
+    }
+    let bad = g.http.get(format!("{}/api/v1/cluster", api(follower))).bearer_auth("tug_nope_nope").send().await.unwrap();
+    assert_eq!(bad.status(), 401);
+    let resp = g.get(follower, "/api/v1/cluster").send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+
+    // A write through the follower reaches the leader, which audits where it came from.
+    let job = serde_json::json!({"name": "reads-job", "schedule": "@yearly", "command": "true"});
+    let resp = g.http.post(format!("{}/api/v1/jobs", api(follower))).bearer_auth(g.token()).json(&job).send().await.unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    // A client that names a follower itself is not believed.
+    let forged = serde_json::json!({"name": "reads-forged", "schedule": "@yearly", "command": "true"});
+    let resp = g
+        .http
+        .post(format!("{}/api/v1/jobs", api(leader)))
+        .bearer_auth(g.token())
+        .header("x-tug-via", "nobody")
+        .header("x-tug-client", "203.0.113.9:1")
+        .header("x-tug-proxy-secret", "guessed")
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let audit: Value = g.get(leader, "/api/v1/audit").send().await.unwrap().json().await.unwrap();
+    let entries = audit["items"].as_array().unwrap();
+    let of = |job: &str| entries.iter().find(|e| e["job"] == job && e["method"] == "POST").cloned().unwrap_or_else(|| panic!("no audit entry for {job}: {audit}"));
+    let through = of("reads-job");
+    let remote = through["remote"].as_str().unwrap();
+    assert!(remote.starts_with("127.0.0.1:") && remote.ends_with(&format!(" via {fname}")), "{through}");
+    let direct = of("reads-forged");
+    assert!(!direct["remote"].as_str().unwrap().contains("via"), "{direct}");
+
+    // Reads are the follower's own answers: they go on while the leader is stopped.
+    let resp = g.get(follower, "/api/v1/jobs/reads-job").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-tug-leader").is_none(), "the follower passed a read on");
+    kill(g.servers[leader].pid(), Signal::SIGSTOP).unwrap();
+    let read = async {
+        let job: Value = g.get(follower, "/api/v1/jobs/reads-job").send().await.unwrap().json().await.unwrap();
+        let runs = g.get(follower, "/api/v1/jobs/reads-job/runs").send().await.unwrap().status();
+        let missing = g.get(follower, "/api/v1/jobs/reads-nope").send().await.unwrap().status();
+        (job, runs, missing)
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(2), read).await;
+    kill(g.servers[leader].pid(), Signal::SIGCONT).unwrap();
+    let (job, runs, missing) = answered.expect("the follower's reads waited for the stopped leader");
+    assert_eq!(job["spec"]["name"], "reads-job");
+    assert_eq!((runs, missing), (reqwest::StatusCode::OK, reqwest::StatusCode::NOT_FOUND));
 }
 
 /// A store the server cannot use is refused before it starts, saying what to give.

@@ -11,7 +11,7 @@ use tug_core::schedule::Schedule;
 use tug_core::JobSpec;
 use tug_store::{JobQuery, JobRecord, Page};
 
-use super::{in_scope, query_error, visible_job, ApiError, ApiResult, AppState};
+use super::{in_scope, query_error, visible_job, ApiError, ApiResult, AppState, ReadState};
 use crate::auth::Principal;
 
 /// A job as the API shows it: the stored record plus its next fire.
@@ -72,7 +72,7 @@ pub(super) async fn create(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ListParams {
+pub(crate) struct ListParams {
     #[serde(default)]
     limit: usize,
     cursor: Option<String>,
@@ -80,8 +80,8 @@ pub(super) struct ListParams {
     label: Option<String>,
 }
 
-pub(super) async fn list(
-    State(st): State<AppState>,
+pub(crate) async fn list(
+    State(st): State<ReadState>,
     who: Principal,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> ApiResult<Json<Page<JobView>>> {
@@ -94,8 +94,8 @@ pub(super) async fn list(
     Ok(Json(Page { items, next_cursor: page.next_cursor }))
 }
 
-pub(super) async fn show(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<Json<JobView>> {
-    let record = visible_job(&st, &who, &name).await?;
+pub(crate) async fn show(State(st): State<ReadState>, who: Principal, Path(name): Path<String>) -> ApiResult<Json<JobView>> {
+    let record = visible_job(&*st.store, &who, &name).await?;
     Ok(Json(JobView::new(record, st.clock.now())))
 }
 
@@ -128,7 +128,7 @@ pub(super) async fn update(
     }
     check_network(&st, &spec).await?;
     if who.scope().is_some() {
-        visible_job(&st, &who, &name).await?;
+        visible_job(&*st.store, &who, &name).await?;
         who.may_write(&spec)?;
     }
     let record = st.scheduler.update_job(spec, p.version).await?;

@@ -25,7 +25,7 @@ mod events;
 pub(crate) mod jobs;
 mod net;
 pub mod openapi;
-mod runs;
+pub(crate) mod runs;
 mod schedule;
 mod services;
 
@@ -52,6 +52,22 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// The server group this server leads (`None`: a server on its own).
     pub cluster: Option<Arc<crate::cluster::Group>>,
+}
+
+/// What the read-only handlers need, which a follower of a server group has without a scheduler:
+/// it answers reads of jobs and runs from the store itself (`cluster::front`).
+#[derive(Clone)]
+pub struct ReadState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The wall clock.
+    pub clock: SharedClock,
+}
+
+impl axum::extract::FromRef<AppState> for ReadState {
+    fn from_ref(st: &AppState) -> ReadState {
+        ReadState { store: st.store.clone(), clock: st.clock.clone() }
+    }
 }
 
 /// The API router.
@@ -204,8 +220,8 @@ pub(crate) fn query_error(e: QueryRejection) -> ApiError {
 }
 
 /// A job the caller may see: 404 when it does not exist or is out of the caller's scope.
-pub(crate) async fn visible_job(st: &AppState, who: &crate::auth::Principal, name: &str) -> ApiResult<tug_store::JobRecord> {
-    let record = st.store.get_job(name).await?;
+pub(crate) async fn visible_job(store: &dyn Store, who: &crate::auth::Principal, name: &str) -> ApiResult<tug_store::JobRecord> {
+    let record = store.get_job(name).await?;
     who.see(&record.spec)?;
     Ok(record)
 }
@@ -213,13 +229,13 @@ pub(crate) async fn visible_job(st: &AppState, who: &crate::auth::Principal, nam
 /// A run whose job the caller may see: 404 when it does not exist or is out of scope (as if
 /// there were no such run).
 pub(crate) async fn visible_run(
-    st: &AppState,
+    store: &dyn Store,
     who: &crate::auth::Principal,
     id: tug_core::RunId,
 ) -> ApiResult<tug_core::Run> {
-    let run = st.store.get_run(id).await?;
+    let run = store.get_run(id).await?;
     if who.scope().is_some() {
-        let visible = match st.store.get_job(&run.job).await {
+        let visible = match store.get_job(&run.job).await {
             Ok(job) => who.grant.sees(&job.spec),
             Err(_) => false,
         };
@@ -234,7 +250,7 @@ pub(crate) async fn visible_run(
 /// free for unscoped callers, whose handlers find out about a missing job themselves.
 pub(crate) async fn in_scope(st: &AppState, who: &crate::auth::Principal, name: &str) -> ApiResult<()> {
     if who.scope().is_some() {
-        visible_job(st, who, name).await?;
+        visible_job(&*st.store, who, name).await?;
     }
     Ok(())
 }

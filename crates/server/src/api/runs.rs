@@ -12,21 +12,21 @@ use serde::{Deserialize, Serialize};
 use tug_core::run::{Attempt, Run, RunId, RunState};
 use tug_store::{Page, RunQuery};
 
-use super::{query_error, visible_job, visible_run, ApiError, ApiResult, AppState};
+use super::{query_error, visible_job, visible_run, ApiError, ApiResult, AppState, ReadState};
 use crate::auth::{AuditJob, Principal};
 use crate::logs::LogError;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ListParams {
+pub(crate) struct ListParams {
     #[serde(default)]
     limit: usize,
     cursor: Option<String>,
     state: Option<String>,
 }
 
-pub(super) async fn list(
-    State(st): State<AppState>,
+pub(crate) async fn list(
+    State(st): State<ReadState>,
     who: Principal,
     Path(name): Path<String>,
     params: Result<Query<ListParams>, QueryRejection>,
@@ -38,7 +38,7 @@ pub(super) async fn list(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_state", format!("{e}; use one of pending, starting, running, succeeded, failed, killed, timed_out, lost, skipped")))?;
     // A missing job is a 404, not an empty page.
-    visible_job(&st, &who, &name).await?;
+    visible_job(&*st.store, &who, &name).await?;
     let page = st.store.list_runs(&name, &RunQuery { limit: p.limit, cursor: p.cursor, state }).await?;
     Ok(Json(page))
 }
@@ -55,9 +55,9 @@ fn parse_id(id: &str) -> ApiResult<RunId> {
     id.parse().map_err(|_| ApiError::bad_request("invalid_run_id", format!("run id {id:?} is not a number")))
 }
 
-pub(super) async fn show(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
+pub(crate) async fn show(State(st): State<ReadState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
     let id = parse_id(&id)?;
-    let run = visible_run(&st, &who, id).await?;
+    let run = visible_run(&*st.store, &who, id).await?;
     // The store keeps retried attempts; the current or last one is the run itself.
     let mut attempts = st.store.attempts(id).await?;
     if run.state != RunState::Skipped {
@@ -81,7 +81,7 @@ pub(super) async fn kill(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, axum::Extension<AuditJob>, Json<Run>)> {
     let id = parse_id(&id)?;
-    let job = visible_run(&st, &who, id).await?.job;
+    let job = visible_run(&*st.store, &who, id).await?.job;
     let run = st.scheduler.kill_run(id).await?;
     Ok((StatusCode::ACCEPTED, axum::Extension(AuditJob(job)), Json(run)))
 }
@@ -108,7 +108,7 @@ pub(super) async fn log(
 ) -> ApiResult<Response> {
     let Query(p) = params.map_err(query_error)?;
     let id = parse_id(&id)?;
-    let run = visible_run(&st, &who, id).await?;
+    let run = visible_run(&*st.store, &who, id).await?;
     let text = |body| {
         Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")

@@ -102,7 +102,18 @@ pub struct AuthConfig {
     pub rate: Option<RateLimit>,
     /// How long audit entries are kept.
     pub audit_retention: Duration,
+    /// In a server group: the secret followers send with the requests they pass on
+    /// ([`PROXY_SECRET`]), so that the audit log may believe the client address and follower
+    /// they name. `None`: such headers are ignored.
+    pub proxy_secret: Option<String>,
 }
+
+/// The header with which a follower proves it is one ([`AuthConfig::proxy_secret`]).
+pub const PROXY_SECRET: &str = "x-tug-proxy-secret";
+/// The header naming the follower a request came through.
+pub const PROXY_VIA: &str = "x-tug-via";
+/// The header with the address of the client that called the follower.
+pub const PROXY_CLIENT: &str = "x-tug-client";
 
 impl Default for AuthConfig {
     fn default() -> AuthConfig {
@@ -113,6 +124,7 @@ impl Default for AuthConfig {
             max_body: 1 << 20,
             rate: Some(RateLimit { per_second: 50.0, burst: 200.0 }),
             audit_retention: Duration::from_secs(90 * 86_400),
+            proxy_secret: None,
         }
     }
 }
@@ -207,6 +219,10 @@ pub struct Auth {
     clock: SharedClock,
     tokens: RwLock<HashMap<String, TokenRecord>>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// When the last read of the tokens from the store started.
+    loaded: Mutex<Instant>,
+    /// Held while the tokens are read again, so that reads do not pile up.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -225,7 +241,32 @@ impl Auth {
     /// Loads the tokens from the store.
     pub async fn load(config: AuthConfig, store: Arc<dyn Store>, clock: SharedClock) -> Result<Arc<Auth>, StoreError> {
         let tokens = store.list_tokens().await?.into_iter().map(|t| (t.id.clone(), t)).collect();
-        Ok(Arc::new(Auth { config, store, clock, tokens: RwLock::new(tokens), buckets: Mutex::default() }))
+        Ok(Arc::new(Auth {
+            config,
+            store,
+            clock,
+            tokens: RwLock::new(tokens),
+            buckets: Mutex::default(),
+            loaded: Mutex::new(Instant::now()),
+            refreshing: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Reads the tokens from the store again if the last read started more than `max_age` ago
+    /// (and not since this call): a follower of a server group, whose tokens are made and revoked
+    /// by the leader, sees them that late at most. Concurrent calls share one read.
+    pub async fn refresh(&self, max_age: Duration) -> Result<(), StoreError> {
+        let asked = Instant::now();
+        let _one = self.refreshing.lock().await;
+        let loaded = *self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        if loaded.elapsed() < max_age || loaded >= asked {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let tokens = self.store.list_tokens().await?.into_iter().map(|t| (t.id.clone(), t)).collect();
+        *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = tokens;
+        *self.loaded.lock().unwrap_or_else(PoisonError::into_inner) = started;
+        Ok(())
     }
 
     /// The settings.
@@ -418,7 +459,7 @@ pub async fn gate(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Re
         id: 0,
         at: Timestamp::UNIX_EPOCH,
         actor: "unauthenticated".into(),
-        remote: req.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(|| "-".to_owned(), |c| c.0.to_string()),
+        remote: remote_of(&auth, &req),
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
         job: job_of(req.uri().path()),
@@ -447,6 +488,22 @@ pub async fn gate(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Re
         }
     }
     resp
+}
+
+/// The client's address for the audit log: the peer's, or, for a request a follower of the group
+/// passed on (proven by the group's secret), `CLIENT via FOLLOWER`.
+fn remote_of(auth: &Auth, req: &Request) -> String {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(|| "-".to_owned(), |c| c.0.to_string());
+    let headers = req.headers();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let proven = match (&auth.config.proxy_secret, header(PROXY_SECRET)) {
+        (Some(secret), Some(sent)) => tokens::same_secret(secret, sent),
+        _ => false,
+    };
+    match (proven, header(PROXY_CLIENT), header(PROXY_VIA)) {
+        (true, Some(client), Some(via)) => format!("{client} via {via}"),
+        _ => peer,
+    }
 }
 
 /// Names the job a write concerned, when its path does not (a handler puts it in its response's

@@ -64,6 +64,11 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     bool::from(a.as_ref().ct_eq(b.as_ref()))
 }
 
+/// 256 random bits in hex: a secret shared by a server group's members.
+pub fn new_secret() -> String {
+    hex(&random::<32>())
+}
+
 fn random<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     SystemRandom::new().fill(&mut bytes).expect("the system's random number generator failed");

@@ -1,20 +1,36 @@
-//! A follower's HTTP front: `GET /api/v1/cluster` and `/healthz` answered here, every other
-//! request passed to the leader's API as it came (method, path, query, headers, body) and its
-//! answer passed back, streamed (the event stream too). Without a leader (an election in
-//! progress) the answer is a 503 that says to retry.
+//! A follower's HTTP front: `GET /api/v1/cluster`, `/healthz` and the reads of jobs and runs
+//! (`GET /api/v1/jobs`, `/jobs/{name}`, `/jobs/{name}/runs`, `/runs/{id}`) answered here from
+//! the store, behind the same gate (tokens, roles, scopes) as on the leader; every other request
+//! passed to the leader's API as it came (method, path, query, headers, body) and its answer
+//! passed back, streamed (the event stream too), with headers that name this follower and the
+//! client (proven by the group's secret, so the leader's audit log records where a write came
+//! from). Without a leader (an election in progress) the answer is a 503 that says to retry.
 
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderName, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 
 use super::Group;
-use crate::api::ApiError;
+use crate::api::{ApiError, ReadState, jobs, runs};
+use crate::auth::{Auth, PROXY_CLIENT, PROXY_SECRET, PROXY_VIA};
 use crate::clock::SharedClock;
+
+/// How stale a follower's copy of the API tokens may be (the leader makes and revokes them).
+const TOKENS_FOR: Duration = Duration::from_secs(1);
+/// How stale it may be when a request brings a token it does not know: not at all.
+const UNKNOWN_TOKEN_FOR: Duration = Duration::ZERO;
+/// How long the leader has to connect, when a request is passed on: a leader cut off from the
+/// network must not hold the client until TCP gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The largest request body passed on (the leader applies its own, usually smaller, limit).
 const MAX_BODY: usize = 64 << 20;
@@ -24,34 +40,74 @@ struct Front {
     group: Arc<Group>,
     clock: SharedClock,
     http: reqwest::Client,
+    /// The group's secret, sent with passed-on requests ([`crate::auth::AuthConfig::proxy_secret`]).
+    secret: Option<HeaderValue>,
 }
 
-/// Serves the follower's front on `listener` until `stop` completes.
+/// Serves the follower's front on `listener` until `stop` completes. `auth` is the gate of the
+/// requests answered here (loaded from the group's store; its tokens are re-read as they age).
 pub async fn serve_follower(
     listener: tokio::net::TcpListener,
     group: Arc<Group>,
     clock: SharedClock,
+    auth: Arc<Auth>,
     tls: Option<tug_tls::ServerTls>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = follower_router(group, clock);
+    let app = follower_router(group, clock, auth).into_make_service_with_connect_info::<SocketAddr>();
     match tls {
-        Some(tls) => axum::serve(tug_tls::TlsListener::new(listener, tls, "API (following)")?, app).with_graceful_shutdown(stop).await,
+        Some(tls) => {
+            use axum::serve::ListenerExt;
+            // `tap_io` only so that axum hands the handlers the peer's address.
+            let listener = tug_tls::TlsListener::new(listener, tls, "API (following)")?.tap_io(|_| {});
+            axum::serve(listener, app).with_graceful_shutdown(stop).await
+        }
         None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
     }
 }
 
 /// The follower's router.
-pub fn follower_router(group: Arc<Group>, clock: SharedClock) -> Router {
+pub fn follower_router(group: Arc<Group>, clock: SharedClock, auth: Arc<Auth>) -> Router {
     // reqwest needs the crypto provider installed before it builds a client.
     tug_tls::provider();
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("an HTTP client");
-    let front = Front { group, clock, http };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .expect("an HTTP client");
+    let secret = auth.config().proxy_secret.as_deref().and_then(|s| HeaderValue::from_str(s).ok());
+    let reads = ReadState { store: Arc::new(group.store().clone()), clock: clock.clone() };
+    let front = Front { group, clock, http, secret };
+    let leader = any(pass).with_state(front.clone());
+    let gate = middleware::from_fn_with_state(auth, follower_gate);
+    // Each read by GET here, behind the gate; any other method on its path to the leader.
+    let read = |route: axum::routing::MethodRouter<ReadState>| {
+        route.with_state(reads.clone()).route_layer(gate.clone()).fallback_service(leader.clone())
+    };
     Router::new()
-        .route("/api/v1/cluster", get(status))
+        .route("/api/v1/jobs", read(get(jobs::list)))
+        .route("/api/v1/jobs/{name}", read(get(jobs::show)))
+        .route("/api/v1/jobs/{name}/runs", read(get(runs::list)))
+        .route("/api/v1/runs/{id}", read(get(runs::show)))
+        .route("/api/v1/cluster", get(status).with_state(front).route_layer(gate))
         .route("/healthz", get(|| async { "ok" }))
-        .fallback(pass)
-        .with_state(front)
+        .fallback_service(leader)
+}
+
+/// The API's gate, with the tokens re-read from the store when they are older than
+/// [`TOKENS_FOR`].
+async fn follower_gate(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    // A token not known here may have been made a moment ago: look again now (concurrent
+    // lookups share one read of the store).
+    let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let max_age = match bearer {
+        Some(token) if !auth.knows(token.trim()) => UNKNOWN_TOKEN_FOR,
+        _ => TOKENS_FOR,
+    };
+    if let Err(e) = auth.refresh(max_age).await {
+        return unavailable(format!("cannot read the API tokens from etcd: {e}"));
+    }
+    crate::auth::gate(State(auth), req, next).await
 }
 
 async fn status(State(front): State<Front>) -> Response {
@@ -76,6 +132,7 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 }
 
 async fn pass(State(front): State<Front>, req: Request) -> Response {
+    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string());
     let leader = match front.group.election().leader().await {
         Ok(Some(l)) if l.name != front.group.election().me().name => l,
         Ok(_) => {
@@ -94,8 +151,16 @@ async fn pass(State(front): State<Front>, req: Request) -> Response {
     };
     let mut out = front.http.request(parts.method.clone(), &url).body(body);
     for (name, value) in &parts.headers {
-        if !hop_by_hop(name) {
+        // What a client says of proxies is not passed on: only this follower speaks for itself.
+        let ours = [PROXY_SECRET, PROXY_VIA, PROXY_CLIENT].contains(&name.as_str());
+        if !hop_by_hop(name) && !ours {
             out = out.header(name, value);
+        }
+    }
+    if let Some(secret) = &front.secret {
+        out = out.header(PROXY_SECRET, secret).header(PROXY_VIA, front.group.election().me().name.as_str());
+        if let Some(client) = client {
+            out = out.header(PROXY_CLIENT, client);
         }
     }
     match out.send().await {

@@ -7,6 +7,7 @@
 //! | `P/meta/epoch` | the last leader epoch handed out | `next_epoch` |
 //! | `P/meta/run-id` | the last run id handed out | `commit_fires` |
 //! | `P/meta/audit-id` | the last audit entry id | `append_audit` |
+//! | `P/meta/proxy-secret` | the secret followers prove themselves with to the leader (audit of passed-on writes) | the first server to start |
 //! | `P/job/NAME` | the spec, its version, created and updated instants (JSON) | job writes |
 //! | `P/stat/NAME` | the fire cursor, last run/success/failure instants, run totals (JSON) | with every run write of the job |
 //! | `P/key/NAME/MS` | the run id of run key `(NAME, scheduled_at)`; `MS` is the key's millisecond | `commit_fires` |
@@ -76,6 +77,9 @@ impl Keys {
     }
     pub fn run_id(&self) -> String {
         self.key(format_args!("meta/run-id"))
+    }
+    pub fn proxy_secret(&self) -> String {
+        self.key(format_args!("meta/proxy-secret"))
     }
     pub fn audit_id(&self) -> String {
         self.key(format_args!("meta/audit-id"))

@@ -313,6 +313,22 @@ impl EtcdStore {
         }
     }
 
+    /// The group's proxy secret: `candidate` if none is stored yet (it is stored then), else the
+    /// stored one, so every member ends up with the same.
+    pub async fn proxy_secret(&self, candidate: &str) -> Result<String> {
+        let key = self.keys.proxy_secret();
+        let put = Txn::new()
+            .when([absent(key.clone())])
+            .and_then([TxnOp::put(key.clone(), candidate, None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = self.kv_txn("storing the group's proxy secret", put).await?;
+        if resp.succeeded() {
+            return Ok(candidate.to_owned());
+        }
+        let found = ranges(resp.op_responses()).into_iter().flatten().next();
+        Ok(found.map(|kv| String::from_utf8_lossy(kv.value()).into_owned()).unwrap_or_else(|| candidate.to_owned()))
+    }
+
     /// The key prefix the election's keys go under.
     pub fn election_prefix(&self) -> String {
         self.keys.leader()

@@ -134,6 +134,7 @@ impl SecurityArgs {
             max_body: usize::try_from(self.max_body.0).unwrap_or(usize::MAX),
             rate: (self.rate_limit > 0.0).then(|| RateLimit { per_second: self.rate_limit, burst: 4.0 * self.rate_limit }),
             audit_retention: self.audit_retention,
+            proxy_secret: None,
         })
     }
 

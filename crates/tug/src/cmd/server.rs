@@ -4,7 +4,8 @@
 //! It has no agent of its own: runs go to the agents that join (`tug up` is the one-process
 //! server with an agent). With `--store sqlite` (the default) it is on its own; with `--store
 //! etcd://...` it is a member of a server group on that etcd: it campaigns for leadership, follows
-//! (answering `/api/v1/cluster` and passing other requests to the leader) until it wins, then
+//! (answering `/api/v1/cluster` and reads of jobs and runs, passing other requests to the leader)
+//! until it wins, then
 //! leads (fires, takes agents) until it shuts down or cannot renew its lease, when it stops
 //! firing at once and follows again.
 
@@ -255,6 +256,15 @@ async fn group(
         leading_since: None,
     };
     let group = Group::join(store.clone(), me.clone(), args.lease_ttl).await.context("joining the server group")?;
+    // Followers prove to the leader that they pass requests on, so its audit log names them and
+    // the clients behind them.
+    let secret = store.proxy_secret(&tug_server::auth::tokens::new_secret()).await.context("reading the group's secret")?;
+    let mut config = config;
+    config.auth.proxy_secret = Some(secret);
+    // The follower's gate reads tokens from the same store (the leader makes and revokes them).
+    let follower_auth = tug_server::auth::Auth::load(config.auth.clone(), Arc::new(store.clone()), clock.clone())
+        .await
+        .context("loading API tokens")?;
     announce(&args, join_token.is_none(), &format!("{}; member {:?} of the server group", store.config(), me.name));
     let mut delay = Duration::from_millis(200);
     while !*stop.borrow() {
@@ -271,7 +281,14 @@ async fn group(
         group.set_role(Role::Follower);
         let (front_stop, front_rx) = watch::channel(false);
         let listener = super::bind_api(args.listen).await?;
-        let front = tokio::spawn(serve_follower(listener, group.clone(), clock.clone(), config.api_tls.clone(), stopped(front_rx)));
+        let front = tokio::spawn(serve_follower(
+            listener,
+            group.clone(),
+            clock.clone(),
+            follower_auth.clone(),
+            config.api_tls.clone(),
+            stopped(front_rx),
+        ));
         tracing::info!(member = %me.name, "following; campaigning for leadership");
         let won = tokio::select! {
             r = group.election().campaign(&lease) => Some(r),

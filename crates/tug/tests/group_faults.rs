@@ -1,0 +1,363 @@
+//! Faults under load in a group of three `tug server` processes on a 3-member etcd, with three
+//! agents and 50 jobs firing every second whose runs take 0–3 s: an etcd member is killed (the
+//! raft leader); the group's leader is cut off from the network (each server runs in its own
+//! network namespace, joined by a veth pair to a bridge that etcd and the agents are on); an
+//! agent is killed and restarted while its process runs are in flight.
+//!
+//! After each fault: no run key was launched twice (each run appends its key to a file on the
+//! agents' host, so this counts launches, not store records), every scheduled second of every job
+//! has a run (or a skip with its reason), and every job created through a follower during the
+//! fault and acknowledged exists afterwards.
+//!
+//! The tests take one lock so that they run one at a time: each one alone loads this machine
+//! (about 50 launches a second), and failover times are asserted. Needs root (namespaces) and etcd.
+
+mod hosts;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hosts::{Net, Proc};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tug_store::testing::EtcdCluster;
+
+const TUG: &str = env!("CARGO_BIN_EXE_tug");
+/// The leader's lease in these tests.
+const TTL: &str = "2s";
+/// Jobs firing every second.
+const JOBS: usize = 50;
+
+/// One fault test at a time (see the module doc).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+struct Server {
+    name: String,
+    api: String,
+    agent: String,
+    args: Vec<String>,
+    log: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Server {
+    fn spawn(&mut self) {
+        let (program, args) = self.args.split_first().unwrap();
+        self.proc = Some(Proc::spawn(program, args, self.log.clone()));
+    }
+}
+
+struct Agent {
+    args: Vec<String>,
+    log: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Agent {
+    fn spawn(&mut self) {
+        self.proc = Some(Proc::spawn(TUG, &self.args, self.log.clone()));
+    }
+}
+
+/// Three servers, three agents, etcd; with `netns`, each server in its own namespace.
+struct Fleet {
+    prefix: String,
+    servers: Vec<Server>,
+    agents: Vec<Agent>,
+    http: reqwest::Client,
+    etcd: EtcdCluster,
+    net: Option<Net>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // Agents first: their runs' output goes to files in `dir`.
+        self.agents.clear();
+        self.servers.clear();
+        // A failed test's logs outlive its temporary directory.
+        if std::thread::panicking() {
+            let keep = std::env::temp_dir().join(format!("tug-faults-{}-{}", self.prefix, std::process::id()));
+            let _ = std::fs::create_dir_all(&keep);
+            for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+                if entry.path().extension().is_some_and(|e| e == "log") || entry.file_name() == "launches" {
+                    let _ = std::fs::copy(entry.path(), keep.join(entry.file_name()));
+                }
+            }
+            eprintln!("logs of {} kept in {}", self.prefix, keep.display());
+        }
+    }
+}
+
+impl Fleet {
+    fn start(prefix: &str, netns: bool) -> Fleet {
+        let net = netns.then(|| Net::new(3));
+        let etcd = match &net {
+            Some(n) => EtcdCluster::start_on(3, &n.server_addr()),
+            None => EtcdCluster::start(3),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let name = format!("{prefix}-s{i}");
+            // In its own namespace a server has the ports to itself.
+            let (mut args, addr, api, agent) = match &net {
+                Some(n) => (strings(&["ip", "netns", "exec", &n.host(i).ns, TUG]), n.host(i).addr.clone(), 4400, 4401),
+                None => (vec![TUG.to_string()], "127.0.0.1".to_string(), free_port(), free_port()),
+            };
+            args.extend(strings(&[
+                "server", "--store", &etcd.url(prefix), "--name", &name, "--lease-ttl", TTL,
+                "--listen", &format!("{addr}:{api}"), "--agent-listen", &format!("{addr}:{agent}"),
+                "--data-dir", &dir.path().join(&name).to_string_lossy(), "--log", "info", "--insecure",
+            ]));
+            let log = dir.path().join(format!("{name}.log"));
+            let mut s = Server { name, api: format!("http://{addr}:{api}"), agent: format!("http://{addr}:{agent}"), args, log, proc: None };
+            s.spawn();
+            servers.push(s);
+        }
+        let endpoints: Vec<&str> = servers.iter().map(|s| s.agent.as_str()).collect();
+        let mut agents = Vec::new();
+        for i in 0..3 {
+            let name = format!("{prefix}-a{i}");
+            let args = strings(&[
+                "agent", "run", "--server", &endpoints.join(","), "--name", &name, "--log", "info",
+                "--data-dir", &dir.path().join(&name).to_string_lossy(),
+            ]);
+            let mut a = Agent { args, log: dir.path().join(format!("{name}.log")), proc: None };
+            a.spawn();
+            agents.push(a);
+        }
+        tug_tls::provider();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+        Fleet { prefix: prefix.to_owned(), servers, agents, http, etcd, net, dir }
+    }
+
+    fn launches(&self) -> PathBuf {
+        self.dir.path().join("launches")
+    }
+
+    /// `GET /api/v1/cluster` of server `i`.
+    async fn cluster(&self, i: usize) -> Option<Value> {
+        let resp = self.http.get(format!("{}/api/v1/cluster", self.servers[i].api)).send().await.ok()?;
+        resp.status().is_success().then_some(())?;
+        resp.json().await.ok()
+    }
+
+    /// The leader, as the live server `ask` sees it, once it is not `not` and its own API says it
+    /// leads; and how long that took.
+    async fn leader(&self, ask: usize, not: Option<usize>, within: Duration) -> (usize, Duration) {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Some(c) = self.cluster(ask).await
+                && let Some(name) = c["leader"].as_str()
+                && let Some(i) = self.servers.iter().position(|s| s.name == name)
+                && Some(i) != not
+                && self.cluster(i).await.is_some_and(|own| own["role"] == "leader")
+            {
+                return (i, started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no new leader within {within:?}; logs in {}", self.dir.path().display());
+    }
+
+    /// A job firing every second whose runs append their key to the launches file, then take
+    /// `n % 4` seconds.
+    fn job(&self, name: &str, n: usize) -> Value {
+        json!({
+            "name": name,
+            "schedule": "* * * * * *",
+            "concurrency": "allow",
+            "command": format!("echo \"$TUG_JOB $TUG_SCHEDULED_AT\" >> {}; sleep {}", self.launches().display(), n % 4),
+        })
+    }
+
+    /// Creates a job through server `via`; whether the server acknowledged it (201).
+    async fn create(&self, via: usize, job: &Value) -> bool {
+        let url = format!("{}/api/v1/jobs", self.servers[via].api);
+        matches!(self.http.post(url).json(job).send().await, Ok(r) if r.status() == 201)
+    }
+
+    /// Creates the load's jobs through follower `via` (retrying refusals: none is acknowledged
+    /// twice, as a name is unique).
+    async fn add_load(&self, via: usize) -> Vec<String> {
+        let mut names = Vec::new();
+        for n in 0..JOBS {
+            let name = format!("{}-job-{n}", self.prefix);
+            let job = self.job(&name, n);
+            let started = Instant::now();
+            while !self.create(via, &job).await {
+                assert!(started.elapsed() < Duration::from_secs(20), "could not create {name}; logs in {}", self.dir.path().display());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            names.push(name);
+        }
+        names
+    }
+
+    /// Keeps creating jobs through `via` for `during`, one every 300 ms; returns the names of
+    /// those acknowledged. They fire once a year: only their existence is checked.
+    async fn writes_during(&self, via: usize, during: Duration, tag: &str) -> Vec<String> {
+        let started = Instant::now();
+        let mut acked = Vec::new();
+        let mut n = 0;
+        while started.elapsed() < during {
+            let name = format!("{}-{tag}-{n}", self.prefix);
+            n += 1;
+            let job = json!({"name": name, "schedule": "@yearly", "command": "true"});
+            if self.create(via, &job).await {
+                acked.push(name);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        acked
+    }
+
+    /// The runs of `job` (newest first), through server `via`.
+    async fn runs(&self, via: usize, job: &str) -> Vec<Value> {
+        let url = format!("{}/api/v1/jobs/{job}/runs?limit=1000", self.servers[via].api);
+        let page: Value = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        page["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The checks every fault ends with, through server `via`: no launch twice, no fire missing,
+    /// every acknowledged job there.
+    async fn check(&self, via: usize, jobs: &[String], acked: &[String]) {
+        let logs = self.dir.path().display();
+        let text = std::fs::read_to_string(self.launches()).unwrap();
+        let mut seen = BTreeSet::new();
+        for line in text.lines() {
+            assert!(seen.insert(line.to_owned()), "run key launched twice: {line}\nlogs in {logs}");
+        }
+        let mut launched = 0;
+        for job in jobs {
+            let runs = self.runs(via, job).await;
+            let mut by_second: BTreeMap<i64, Value> = BTreeMap::new();
+            for r in runs.iter().filter(|r| r["trigger"] == "schedule") {
+                let at: jiff::Timestamp = r["scheduled_at"].as_str().unwrap().parse().unwrap();
+                assert!(by_second.insert(at.as_second(), r.clone()).is_none(), "two runs of {job} at {at}; logs in {logs}");
+            }
+            let (first, last) = (*by_second.keys().next().unwrap(), *by_second.keys().last().unwrap());
+            assert!(last - first >= 15, "{job} fired over {}s only; logs in {logs}", last - first);
+            for s in first..=last - 3 {
+                let run = by_second.get(&s).unwrap_or_else(|| panic!("{job}: no run for second {s}; logs in {logs}"));
+                if run["state"] == "skipped" {
+                    assert!(run["reason"].as_str().is_some_and(|r| !r.is_empty()), "a skip says why: {run}");
+                }
+            }
+            launched += text.lines().filter(|l| l.starts_with(&format!("{job} "))).count();
+        }
+        assert!(launched >= jobs.len() * 10, "{launched} launches of {} jobs; logs in {logs}", jobs.len());
+        for name in acked {
+            let resp = self.http.get(format!("{}/api/v1/jobs/{name}", self.servers[via].api)).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "job {name} was acknowledged during the fault but is gone; logs in {logs}");
+        }
+        eprintln!("{}: {launched} launches, {} jobs acknowledged during the fault", self.prefix, acked.len());
+    }
+}
+
+/// The instant of the first line of the log at `path` that contains `what` (tracing's lines
+/// start with an RFC 3339 time).
+fn logged_at(path: &std::path::Path, what: &str) -> Option<jiff::Timestamp> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.contains(what))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_member_killed_under_load_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut f = Fleet::start("etcdkill", false);
+    let (leader, _) = f.leader(0, None, Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let jobs = f.add_load(follower).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    // The raft leader is the member whose loss hurts most: etcd elects another meanwhile.
+    let member = f.etcd.leader().expect("etcd has a leader");
+    f.etcd.kill(member);
+    let acked = f.writes_during(follower, Duration::from_secs(6), "during").await;
+    f.etcd.restart(member);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Whoever leads now (the group may have changed leaders) answers the checks.
+    let (leader, _) = f.leader(follower, None, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    f.check(leader, &jobs, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_stops_firing_and_another_takes_over() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let f = Fleet::start("netcut", true);
+    let (old, _) = f.leader(0, None, Duration::from_secs(20)).await;
+    let ask = (old + 1) % 3;
+    let jobs = f.add_load(ask).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let net = f.net.as_ref().unwrap();
+    let cut = Instant::now();
+    let cut_at = jiff::Timestamp::now();
+    net.set_link(old, false);
+    let writes = f.writes_during(ask, Duration::from_secs(6), "during");
+    let leader = f.leader(ask, Some(old), Duration::from_secs(10));
+    let (acked, (new, took)) = tokio::join!(writes, leader);
+    eprintln!("after the cut a new leader took over in {took:?} ({:?} since the cut)", cut.elapsed());
+    assert!(took <= Duration::from_secs(3), "the new leader took over {took:?} after the cut; logs in {}", f.dir.path().display());
+    // The old leader stopped firing by itself, before the new one started leading (its lease
+    // could not have expired any earlier).
+    let stepped_down = logged_at(&f.servers[old].log, "steps down")
+        .unwrap_or_else(|| panic!("the cut-off leader did not step down; logs in {}", f.dir.path().display()));
+    let elected = logged_at(&f.servers[new].log, "elected leader").unwrap();
+    eprintln!(
+        "the old leader stepped down {:.2}s after the cut; the new one was elected after {:.2}s",
+        stepped_down.duration_since(cut_at).as_secs_f64(),
+        elected.duration_since(cut_at).as_secs_f64()
+    );
+    assert!(stepped_down < elected, "the old leader stepped down at {stepped_down}, after the new one was elected at {elected}");
+
+    // Back on the network, it follows.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    net.set_link(old, true);
+    let started = Instant::now();
+    while !f.cluster(old).await.is_some_and(|c| c["role"] == "follower" && c["leader"] == f.servers[new].name.as_str()) {
+        assert!(started.elapsed() < Duration::from_secs(15), "the old leader does not follow after the link is back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    f.check(new, &jobs, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_with_runs_in_flight_launches_none_twice() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut f = Fleet::start("agentrs", false);
+    let (leader, _) = f.leader(0, None, Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let jobs = f.add_load(follower).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    // Its runs (0–3 s long) go on while it is down: they are in their own process groups.
+    f.agents[0].proc.as_mut().unwrap().kill9();
+    f.agents[0].proc = None;
+    let acked = f.writes_during(follower, Duration::from_secs(1), "during").await;
+    f.agents[0].spawn();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    f.check(leader, &jobs, &acked).await;
+    // Runs of the restarted agent that had started were re-attached, not given up. (One it was
+    // killed while launching, before its checkpoint said so, never started: it is lost.)
+    for job in &jobs {
+        for r in f.runs(leader, job).await {
+            let started = !r["started_at"].is_null();
+            assert!(!(started && r["state"] == "lost"), "{job}: a started run was lost across the agent's restart: {r}");
+        }
+    }
+}
