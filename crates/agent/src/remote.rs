@@ -6,7 +6,9 @@
 //! `seq` and are resent, in order, after a reconnect. A broken stream is reopened with backoff; a
 //! refused join token ends the agent with [`RemoteError::Refused`]. Every `Register` lists the
 //! attempts the agent holds ([`Agent::held`]); an ack tells the agent the server has the update
-//! ([`Agent::delivered`]), and `Registered` carries the leader epoch.
+//! ([`Agent::delivered`]), and `Registered` carries the leader epoch. With a server that takes
+//! batches, every status update queued goes out in one message, and the server's acks and
+//! commands come in lists.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -404,6 +406,16 @@ async fn session(
                             }
                         }
                         Err(e) => tracing::error!(error = %e, "undecodable command from the server dropped"),
+                    },
+                    server_message::Msg::ToAgents(bytes) => match serde_json::from_slice::<Vec<ToAgent>>(&bytes) {
+                        Ok(cmds) => {
+                            for cmd in cmds {
+                                if commands.send(cmd).await.is_err() {
+                                    tracing::warn!("agent loop has stopped; command dropped");
+                                }
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "undecodable commands from the server dropped"),
                     },
                     server_message::Msg::Ack(a) => {
                         for seq in (a.seq != 0).then_some(a.seq).into_iter().chain(a.seqs) {

@@ -71,7 +71,13 @@ impl AgentService for Fake {
                 },
                 health: None,
             }));
-            tx.send(reply(server_message::Msg::ToAgent(serde_json::to_vec(&launch).unwrap()))).await.unwrap();
+            // A current server sends what it has queued for an agent as one list.
+            let m = if batches {
+                server_message::Msg::ToAgents(serde_json::to_vec(&[launch]).unwrap())
+            } else {
+                server_message::Msg::ToAgent(serde_json::to_vec(&launch).unwrap())
+            };
+            tx.send(reply(m)).await.unwrap();
         }
         let seen = self.seen.clone();
         tokio::spawn(async move {

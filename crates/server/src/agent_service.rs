@@ -27,6 +27,8 @@ use crate::scheduler::agents::Registration;
 
 /// Messages queued towards one agent before the stream applies backpressure.
 const OUTBOUND: usize = 1024;
+/// The most commands sent to an agent in one message.
+const MAX_BATCH: usize = 1024;
 
 /// The agent protocol's gRPC service.
 pub struct AgentGateway {
@@ -138,7 +140,8 @@ impl AgentService for AgentGateway {
             .map_err(|_| Status::unavailable("the scheduler is shutting down"))?;
         let registered = tug_proto::Registered { epoch: self.scheduler.epoch(), batches: true };
         let _ = out_tx.send(msg(server_message::Msg::Registered(registered))).await;
-        // An agent that reads `Ack.seqs` gets one Ack per written batch instead of one per update.
+        // An agent that says `batches` gets one Ack per written batch instead of one per update,
+        // and the commands queued for it (a tick's launches) in one message.
         let batches = reg.batches;
         let updates = self.updates.clone();
         let mut stop = self.stop.clone();
@@ -192,11 +195,21 @@ impl AgentService for AgentGateway {
                     cmd = cmd_rx.recv() => {
                         // None: the agent registered again on a newer stream, which replaced ours.
                         let Some(cmd) = cmd else { break };
-                        let bytes = match serde_json::to_vec(&cmd) {
-                            Ok(b) => b,
+                        // A tick's launches arrive together: all that are queued go in one message.
+                        let mut cmds = vec![cmd];
+                        while batches && cmds.len() < MAX_BATCH && let Ok(cmd) = cmd_rx.try_recv() {
+                            cmds.push(cmd);
+                        }
+                        let encoded = if cmds.len() == 1 {
+                            serde_json::to_vec(&cmds[0]).map(server_message::Msg::ToAgent)
+                        } else {
+                            serde_json::to_vec(&cmds).map(server_message::Msg::ToAgents)
+                        };
+                        let m = match encoded {
+                            Ok(m) => m,
                             Err(e) => { tracing::error!(agent = %name, error = %e, "cannot encode a command"); continue }
                         };
-                        if out_tx.send(msg(server_message::Msg::ToAgent(bytes))).await.is_err() {
+                        if out_tx.send(msg(m)).await.is_err() {
                             break;
                         }
                     }
