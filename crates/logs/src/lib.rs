@@ -47,7 +47,7 @@ impl LogFiles {
         let file = OpenOptions::new().create(true).append(true).open(&path).await?;
         let len = file.metadata().await?.len();
         let at_line_start = len == 0 || last_byte(&path, len).await? == Some(b'\n');
-        Ok(LogWriter { file: Some(file), limit: limit_bytes, len, dropped: 0, unreported: 0, at_line_start })
+        Ok(LogWriter { file: Some(file), limit: limit_bytes, len, dropped: 0, unreported: 0, at_line_start, full: 0 })
     }
 
     /// Up to `max` bytes of a run's log from byte `offset`; empty at or past the end. Fails with
@@ -148,6 +148,8 @@ pub struct LogWriter {
     unreported: u64,
     /// Whether the file ends with a newline (or is empty), so a marker or note starts a line.
     at_line_start: bool,
+    /// Output bytes dropped because the disk was full (nothing more is written once it was).
+    full: u64,
 }
 
 impl LogWriter {
@@ -190,7 +192,17 @@ impl LogWriter {
     /// Writes the truncation marker if output was dropped, flushes and closes the file.
     pub async fn finish(mut self) -> io::Result<()> {
         self.report_dropped().await?;
-        self.flush().await?;
+        if self.full > 0 {
+            // Best effort: the disk may still be full.
+            let lead = if self.at_line_start { "" } else { "\n" };
+            let marker = format!("{lead}[tug: the disk is full; {} bytes of output dropped]\n", self.full);
+            self.full = 0;
+            if let Some(file) = self.file.as_mut() {
+                let _ = file.write_all(marker.as_bytes()).await;
+                let _ = file.flush().await;
+            }
+        }
+        self.flush().await.or_else(ignore_full)?;
         self.file = None;
         Ok(())
     }
@@ -226,15 +238,50 @@ impl LogWriter {
         self.put(&marker).await
     }
 
+    /// Appends `bytes`. On a full disk the run goes on: its output is dropped from then on,
+    /// counted, and reported by a marker at [`finish`](Self::finish) if there is room by then.
     async fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.full > 0 {
+            self.full += bytes.len() as u64;
+            return Ok(());
+        }
         let file = self.file.as_mut().ok_or_else(|| io::Error::other("log writer already finished"))?;
-        file.write_all(bytes).await?;
         // tokio's File completes writes in the background; flushing waits for this one.
-        file.flush().await?;
-        self.len += bytes.len() as u64;
-        self.at_line_start = bytes.last() == Some(&b'\n');
-        Ok(())
+        let written = async {
+            file.write_all(bytes).await?;
+            file.flush().await
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                self.at_line_start = bytes.last() == Some(&b'\n');
+                Ok(())
+            }
+            Err(e) if is_full(&e) => {
+                tracing::warn!(error = %e, "the disk holding run logs is full; dropping this run's further output");
+                self.full = bytes.len() as u64;
+                // Part of `bytes` may have reached the file: the marker starts a line of its own.
+                self.at_line_start = false;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
+
+    /// Output bytes dropped because the disk was full.
+    pub fn dropped_full(&self) -> u64 {
+        self.full
+    }
+}
+
+/// True for the errors of a full disk (or quota).
+fn is_full(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+}
+
+fn ignore_full(e: io::Error) -> io::Result<()> {
+    if is_full(&e) { Ok(()) } else { Err(e) }
 }
 
 impl Drop for LogWriter {
