@@ -22,6 +22,8 @@ struct Browser {
     http: reqwest::blocking::Client,
     shots: PathBuf,
     _profile: tempfile::TempDir,
+    /// The last page asked for, to open again after a network error page.
+    last: std::cell::RefCell<String>,
 }
 
 impl Browser {
@@ -48,7 +50,7 @@ impl Browser {
         let session = v["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {v}")).to_string();
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots").join(shots);
         std::fs::create_dir_all(&dir).unwrap();
-        Some(Browser { driver, base, session, http, shots: dir, _profile: profile })
+        Some(Browser { driver, base, session, http, shots: dir, _profile: profile, last: Default::default() })
     }
 
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -63,6 +65,7 @@ impl Browser {
     }
 
     fn go(&self, url: &str) {
+        url.clone_into(&mut self.last.borrow_mut());
         self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})));
     }
 
@@ -87,12 +90,19 @@ impl Browser {
         self.js(&format!("var e = document.querySelector({css:?}); return e ? e.innerText : '';")).as_str().unwrap_or_default().to_string()
     }
 
-    /// Waits until the element's text contains `needle` (the page is not reloaded meanwhile).
+    /// Waits until the element's text contains `needle` (the page is not reloaded meanwhile, except
+    /// when Chromium replaced it with a network error page: other tests on the host adding and
+    /// removing interfaces make it report ERR_NETWORK_CHANGED and drop the open connections).
     fn wait_text(&self, css: &str, needle: &str) -> String {
         for _ in 0..300 {
             let t = self.text(css);
             if t.contains(needle) {
                 return t;
+            }
+            if self.js("return location.href;").as_str().is_some_and(|h| h.starts_with("chrome-error:")) {
+                let last = self.last.borrow().clone();
+                eprintln!("a network error page replaced {last}; opening it again");
+                self.go(&last);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
