@@ -353,7 +353,9 @@ async fn an_agent_restarted_with_runs_in_flight_launches_none_twice() {
     f.agents[0].proc = None;
     let acked = f.writes_during(follower, Duration::from_secs(1), "during").await;
     f.agents[0].spawn();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Long enough that every job has fired over the 15 s the check asks for, counting from the
+    // last job created (creating 50 jobs through a follower takes a while on a busy machine).
+    tokio::time::sleep(Duration::from_secs(11)).await;
     f.check(leader, &jobs, &acked).await;
     // Runs of the restarted agent that had started were re-attached, not given up. (One it was
     // killed while launching, before its checkpoint said so, never started: it is lost.)
