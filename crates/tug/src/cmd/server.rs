@@ -249,6 +249,14 @@ async fn lead_until(
     Ok(Ended::Shutdown)
 }
 
+/// Waits for `task` until `deadline`, then aborts it.
+async fn finish_by<T>(mut task: tokio::task::JoinHandle<T>, deadline: tokio::time::Instant) {
+    if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
 /// A member of a server group: follow until elected, lead until deposed or stopped, and again.
 async fn group(
     args: ServerArgs,
@@ -319,19 +327,18 @@ async fn group(
             r = group.election().campaign(&lease) => Some(r),
             () = stopped(stop.clone()) => None,
         };
+        if let Some(Ok(won)) = &won {
+            tracing::info!(member = %me.name, term = won.fence.revision, "elected leader; taking over the listeners");
+        }
         let _ = front_stop.send(true);
-        // Open event streams would hold a graceful shutdown: give it a moment, then cut them.
-        let mut front = front;
-        if tokio::time::timeout(Duration::from_secs(1), &mut front).await.is_err() {
-            front.abort();
-            let _ = front.await;
-        }
-        if let Some(mut redirect) = redirect
-            && tokio::time::timeout(Duration::from_secs(1), &mut redirect).await.is_err()
-        {
-            redirect.abort();
-            let _ = redirect.await;
-        }
+        // Open event streams would hold a graceful shutdown: give both listeners one moment
+        // together, then cut what is left.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        tokio::join!(finish_by(front, deadline), async {
+            if let Some(redirect) = redirect {
+                finish_by(redirect, deadline).await;
+            }
+        });
         let won = match won {
             None => break,
             Some(Ok(won)) => won,
@@ -346,7 +353,7 @@ async fn group(
         if let Err(e) = group.election().proclaim(&won, &leading).await {
             tracing::warn!(error = %e, "could not announce the start of leadership");
         }
-        tracing::info!(member = %me.name, term = won.fence.revision, "elected leader; recovering from the store");
+        tracing::info!(member = %me.name, term = won.fence.revision, "leading; recovering from the store");
         let mut config = config.clone();
         config.cluster = Some(group.clone());
         let listener = super::bind_api(args.listen).await?;
