@@ -173,7 +173,7 @@ async fn remove(inner: &Inner, w: &Warm) {
     }
     let _ = tokio::fs::remove_dir_all(&w.dir).await;
     if let (Some(instance), Some(net)) = (&w.instance, &inner.config.net)
-        && let Err(e) = net.agent.teardown(instance).await
+        && let Err(e) = net.agent.teardown(instance, &crate::net::Owner::Container(w.id.clone())).await
     {
         tracing::warn!(container = %short(&w.id), instance, "tearing down the container's network: {e}");
     }
@@ -247,6 +247,10 @@ async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Li
         }
     };
     inner.created.fetch_add(1, Ordering::Relaxed);
+    // Only this container may ask for the instance's network.
+    if let (Some(who), Some(net)) = (&instance, &cfg.net) {
+        net.agent.expect(who, crate::net::Owner::Container(id.clone()));
+    }
     let warm = Arc::new(Warm {
         id: id.clone(),
         dir,
