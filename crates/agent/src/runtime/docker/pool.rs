@@ -484,6 +484,19 @@ pub async fn adopt(inner: &Arc<Inner>) {
     }
 }
 
+/// The address `job`'s warm container is reached at from this host: from its pool when it has
+/// one, else its IP on its docker network (none on the host's network).
+pub async fn address(inner: &Arc<Inner>, job: &str, task: &Task) -> Option<std::net::IpAddr> {
+    let warm = inner.pool.slot(job).lock().await.clone()?;
+    if let (Some(instance), Some(net)) = (&warm.instance, &inner.config.net) {
+        return net.agent.address(instance).map(std::net::IpAddr::V4);
+    }
+    let _ = task;
+    let c = inner.docker.inspect_container(&warm.id, None).await.ok()?;
+    let networks = c.network_settings?.networks?;
+    networks.values().filter_map(|n| n.ip_address.as_deref()).find(|ip| !ip.is_empty()).and_then(|ip| ip.parse().ok())
+}
+
 /// Removes the warm containers this runtime holds (and no other container, even of an agent of
 /// the same name).
 pub async fn remove_warm(inner: &Arc<Inner>) {
