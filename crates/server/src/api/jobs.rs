@@ -197,7 +197,7 @@ pub(super) async fn delete(State(st): State<AppState>, who: Principal, Path(name
 
 /// Refuses a job whose `network.pool` does not exist; gives a job that names none the pool its
 /// labels select, if any.
-async fn check_network(st: &AppState, spec: &mut JobSpec) -> ApiResult<()> {
+pub(crate) async fn check_network(st: &AppState, spec: &mut JobSpec) -> ApiResult<()> {
     let may_draw = spec.may_draw_network();
     super::net::draw_pool(st, &format!("job {:?}", spec.name), "invalid_job", &spec.labels, &mut spec.network, may_draw).await
 }
