@@ -196,7 +196,7 @@ pub(super) async fn delete(State(st): State<AppState>, who: Principal, Path(name
 }
 
 /// Refuses a job whose `network.pool` does not exist.
-async fn check_network(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
+pub(crate) async fn check_network(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
     let Some(net) = &spec.network else { return Ok(()) };
     match st.store.get_pool(&net.pool).await {
         Ok(_) => Ok(()),

@@ -26,7 +26,7 @@ pub(crate) mod jobs;
 mod net;
 pub mod openapi;
 pub(crate) mod runs;
-mod schedule;
+pub(crate) mod schedule;
 mod services;
 
 pub use error::{ApiError, ApiResult};

@@ -78,10 +78,16 @@ pub(super) async fn run(a: UiArgs) -> anyhow::Result<()> {
     let server = Embedded::start(config, Some(tug::local::local_agent(Default::default(), Arc::new(NoopRuntime))), Arc::new(SystemClock), Some(listener)).await?;
     let http = reqwest::Client::new();
     let deep = format!("job-{:06}", a.jobs * 9 / 10);
+    // A cursor 90% of the way into the list by next fire: the yearly jobs all fire at the next
+    // New Year, in the order the scheduler loaded them (the cursor's second part).
+    let new_year = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).first_of_year()?.start_of_day()?.checked_add(jiff::Span::new().years(1))?.timestamp();
+    let deep_fire = format!("f{}.{}", new_year.as_millisecond(), a.jobs * 9 / 10);
     let pages = [
-        ("jobs, first page", "/".to_string()),
-        ("jobs, search", format!("/?q=job-{:04}", a.jobs / 200)),
-        ("jobs, deep page", format!("/?cursor={deep}")),
+        ("jobs by next fire, first page", "/".to_string()),
+        ("jobs by next fire, search", format!("/?q=job-{:04}", a.jobs / 200)),
+        ("jobs by next fire, deep page", format!("/?cursor={deep_fire}")),
+        ("jobs by name, first page", "/?sort=name".to_string()),
+        ("jobs by name, deep page", format!("/?sort=name&cursor={deep}")),
         ("jobs, label + failing", "/?label=team%3Dten&state=failing".to_string()),
         ("one job", format!("/jobs/job-{:06}", a.jobs / 2)),
     ];
