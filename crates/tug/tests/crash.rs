@@ -20,6 +20,9 @@ use tug_core::JobSpec;
 use tug_store::Store;
 use tug_store::sqlite::SqliteStore;
 
+/// A run as read back: id, job, scheduled_at (ms), trigger, state.
+type Row = (u64, String, i64, String, String);
+
 const TUG: &str = env!("CARGO_BIN_EXE_tug");
 const JOBS: usize = 10_000;
 /// Seconds between bursts.
@@ -45,10 +48,11 @@ fn spawn_up(dir: &Path, port: u16, crash: Option<&str>) -> Guard {
     if let Some(point) = crash {
         c.env("TUG_TEST_CRASH", point);
     }
-    let child = c.spawn().unwrap();
+    // Waited for by the guard, also when it never listens.
+    let up = Guard(c.spawn().unwrap());
     for _ in 0..400 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Guard(child);
+            return up;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -157,7 +161,7 @@ fn crash_during_a_burst(point: &str) {
     integrity_ok(&SqliteStore::fire_log_path(&db));
     let conn = rusqlite::Connection::open(&db).unwrap();
     let mut stmt = conn.prepare("SELECT id, job, scheduled_at, trigger, state FROM runs").unwrap();
-    let rows: Vec<(u64, String, i64, String, String)> = stmt
+    let rows: Vec<Row> = stmt
         .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .unwrap()
         .collect::<Result<_, _>>()
@@ -170,7 +174,7 @@ fn crash_during_a_burst(point: &str) {
         assert_eq!(by_id.get(id), Some(&(job.as_str(), at_ms)), "run {id} ({job} at {at}) was announced before the crash");
     }
     // Each burst instant of each job: one run, no key twice, none missing.
-    let mut keys: HashMap<(&str, i64), Vec<&(u64, String, i64, String, String)>> = HashMap::new();
+    let mut keys: HashMap<(&str, i64), Vec<&Row>> = HashMap::new();
     for row in &rows {
         keys.entry((row.1.as_str(), row.2)).or_default().push(row);
     }
