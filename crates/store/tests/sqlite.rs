@@ -210,3 +210,117 @@ fn report_size(dir: &Path) {
     let size = |name: &str| std::fs::metadata(dir.join(name)).map(|m| m.len()).unwrap_or(0);
     println!("database {} KiB, WAL {} KiB", size("tug.db") / 1024, size("tug.db-wal") / 1024);
 }
+
+/// Counts rows of the database file's `runs` table directly, without the store (which writes its
+/// fire log into the tables before every read).
+fn rows_in_tables(path: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("SELECT count(*) FROM runs", [], |r| r.get(0)).unwrap()
+}
+
+/// A crash while the acknowledged fires, changes, attempts and cursors may still be only in the
+/// fire log: the reopen replays them, and each run is there once, in its latest state, its key
+/// still taken and its id not handed out again.
+#[tokio::test]
+async fn acknowledged_writes_survive_a_crash_before_they_reach_the_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tug.db");
+    let (runs, done, attempt) = {
+        let store = SqliteStore::open(&path).unwrap();
+        store.create_job(&spec("logged"), t(0)).await.unwrap();
+        let runs = commit(
+            &store,
+            vec![fire("logged", t(60), Trigger::Schedule), fire("logged", t(120), Trigger::Schedule)],
+            t(120),
+        )
+        .await;
+        let done = finished(&runs[0], RunState::Failed, t(65));
+        let attempt = tug_core::run::Attempt {
+            run_id: runs[0].id,
+            attempt: 1,
+            state: RunState::Failed,
+            started_at: Some(t(60)),
+            finished_at: Some(t(65)),
+            exit_code: Some(3),
+            signal: None,
+            reason: Some("exit code 3".into()),
+        };
+        store.save_runs(std::slice::from_ref(&done), std::slice::from_ref(&attempt)).await.unwrap();
+        store.commit_fires(FireBatch { runs: vec![], cursors: vec![("logged".into(), t(180))] }, t(180)).await.unwrap();
+        store.close_as_if_crashed();
+        (runs, done, attempt)
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(rows_in_tables(&path), 2, "the open replayed the fire log into the tables");
+    let listed = store.list_runs("logged", &RunQuery::default()).await.unwrap().items;
+    assert_eq!(listed, vec![runs[1].clone(), done.clone()]);
+    assert_eq!(store.attempts(done.id).await.unwrap(), vec![attempt]);
+    let job = store.get_job("logged").await.unwrap();
+    assert_eq!(job.fire_cursor, Some(t(180)));
+    assert_eq!(job.last_failure_at, Some(t(65)));
+    assert!(commit(&store, vec![fire("logged", t(60), Trigger::Schedule)], t(300)).await.is_empty());
+    let next = commit(&store, vec![fire("logged", t(300), Trigger::Schedule)], t(300)).await;
+    assert!(next[0].id > runs[1].id, "run ids are never reused");
+}
+
+/// A crash after the fire log was written into the tables but before its records were trimmed:
+/// the reopen does not apply them again (a pruned run stays pruned).
+#[tokio::test]
+async fn records_already_in_the_tables_are_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tug.db");
+    let kept = {
+        let store = SqliteStore::open(&path).unwrap();
+        store.create_job(&spec("trim"), t(0)).await.unwrap();
+        let runs = commit(
+            &store,
+            vec![fire("trim", t(60), Trigger::Schedule), fire("trim", t(120), Trigger::Schedule)],
+            t(120),
+        )
+        .await;
+        store.save_runs(&[finished(&runs[0], RunState::Succeeded, t(61))], &[]).await.unwrap();
+        // The prune writes the log into the tables first, then deletes the finished run.
+        assert_eq!(conformance::ids(&store.prune_runs("trim", 0).await.unwrap()), vec![runs[0].id]);
+        store.close_as_if_crashed();
+        runs[1].clone()
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.list_runs("trim", &RunQuery::default()).await.unwrap().items, vec![kept]);
+    assert_eq!(rows_in_tables(&path), 1);
+}
+
+/// Without any read, what the fire log holds reaches the tables within about a second.
+#[tokio::test]
+async fn the_fire_log_reaches_the_tables_in_the_background() {
+    let (dir, store) = file_store();
+    let path = dir.path().join("tug.db");
+    store.create_job(&spec("bg"), t(0)).await.unwrap();
+    let runs = commit(&store, (0..100).map(|i| fire("bg", t(i), Trigger::Schedule)).collect(), t(100)).await;
+    assert_eq!(runs.len(), 100);
+    let waited = tokio::time::Instant::now();
+    while rows_in_tables(&path) < 100 {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(10), "the fire log was not written into the tables");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(waited.elapsed() >= std::time::Duration::from_millis(500), "written before a second had passed");
+}
+
+/// A fire-log record the build cannot read stops the open with an error that says what to do.
+#[tokio::test]
+async fn a_damaged_fire_log_record_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tug.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store.create_job(&spec("dmg"), t(0)).await.unwrap();
+        commit(&store, vec![fire("dmg", t(60), Trigger::Schedule)], t(60)).await;
+        store.close_as_if_crashed();
+    }
+    let log = rusqlite::Connection::open(SqliteStore::fire_log_path(&path)).unwrap();
+    log.execute("UPDATE log SET body = x'0102'", []).unwrap();
+    drop(log);
+    let e = SqliteStore::open(&path).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    let text = e.to_string();
+    assert!(text.contains("tug.db.firelog") && text.contains("restore the data directory from a backup"), "{text}");
+}

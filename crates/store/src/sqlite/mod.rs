@@ -6,7 +6,10 @@
 //! - `checkpoint.rs`: WAL checkpoints on a thread of their own, off the write path.
 //! - `jobs.rs`: job queries, with the fire cursor and last-run times derived from runs.
 //! - `net.rs`: address pools and claims.
-//! - `runs.rs`: the fire batch (the hot path), run updates, listings and pruning.
+//! - `firelog.rs`: the fire log: run writes appended to a log file, durable at once, and written
+//!   into the tables behind it in large batches (the hot path of a file-backed store).
+//! - `record.rs`: a fire-log record in bytes.
+//! - `runs.rs`: the fire batch (the in-memory store's path), run updates, listings and pruning.
 //! - `services.rs`: service specs.
 //! - `access.rs`: API tokens and the audit log.
 //! - `codec.rs`: timestamps as integer milliseconds (UTC), states and triggers as names.
@@ -16,6 +19,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,11 +35,14 @@ use crate::{
 };
 use checkpoint::Checkpointer;
 use codec::{Context, locate};
-use worker::Worker;
+use firelog::FireLog;
+use worker::{Idle, Worker};
 
 mod access;
 mod checkpoint;
 mod codec;
+mod firelog;
+mod record;
 mod jobs;
 mod net;
 mod runs;
@@ -64,7 +72,9 @@ const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 /// - Job names and run keys are compared exactly; timestamps are kept to the millisecond.
 /// - `version` changes only with the spec (create, update). Cursors and runs do not bump it, so an
 ///   API compare-and-set update is not disturbed by the scheduler.
-/// - `commit_fires` is one transaction. Runs are written as given (state, reason, agent). A run
+/// - `commit_fires` and `save_runs` are durable when they return: on a file, as one record of the
+///   fire log (see `firelog.rs`), whose runs reach the tables within a second and before any read;
+///   in memory, as one transaction. Runs are written as given (state, reason, agent). A run
 ///   whose key `(job, scheduled_at)` exists already, or whose job does not exist (deleted while
 ///   the tick was computed), is not created and not returned. Created runs have `attempt = 1` and
 ///   `created_at = now`. Explicit cursors only move forward; a missing job's cursor is ignored.
@@ -86,8 +96,12 @@ const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 /// - `run_totals` counts succeeded and failed/timed-out/lost runs, pruned ones included (the jobs
 ///   row keeps what pruning deleted as floors, like the last_* times).
 pub struct SqliteStore {
-    // Field order is drop order: the writer closes before the checkpointer, whose connection,
-    // the last one, then checkpoints the whole WAL and removes it.
+    // Field order is drop order: the fire log stops taking writes first; the writer then
+    // materializes what the log holds and closes before the checkpointer, whose connection, the
+    // last one, then checkpoints the whole WAL and removes it.
+    log: Option<FireLog>,
+    /// Set to leave the fire log unmaterialized at close, as a crash would (tests).
+    skip_final: Arc<AtomicBool>,
     worker: Worker,
     checkpointer: Option<Checkpointer>,
     path: Option<PathBuf>,
@@ -144,14 +158,44 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_THRESHOLD_PAGES).ctx(&what)?;
         // After a checkpoint, shrink the WAL file back to this size rather than keep its peak.
         conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT).ctx(&what)?;
-        let mut store = Self::start(conn, Some(path.to_owned()), Some(dir.to_owned()))?;
+        let mut store = Self::start(conn, Some(path.to_owned()), Some(dir.to_owned()), true)?;
         store.checkpointer = Some(Checkpointer::spawn(path)?);
         Ok(store)
     }
 
-    /// A private database in memory, for tests. Gone when the store is dropped.
+    /// A private database in memory, for tests. Gone when the store is dropped. It has no fire
+    /// log: fires and run changes are written to the tables directly, one transaction each.
     pub fn open_in_memory() -> Result<SqliteStore> {
-        Self::start(Connection::open_in_memory().ctx("opening an in-memory database")?, None, None)
+        Self::start(Connection::open_in_memory().ctx("opening an in-memory database")?, None, None, false)
+    }
+
+    /// The fire log beside the database at `path`: `PATH.firelog` (with its own `-wal` and
+    /// `-shm`). Back it up, move it and delete it together with the database.
+    pub fn fire_log_path(path: &Path) -> PathBuf {
+        firelog::path_for(path)
+    }
+
+    /// Closes the store the way a crash would leave it: every acknowledged write is in the fire
+    /// log, and what the log holds is not written into the tables first. The next open replays it.
+    #[cfg(feature = "testing")]
+    pub fn close_as_if_crashed(self) {
+        self.skip_final.store(true, Ordering::Release);
+    }
+
+    /// Runs `f` on the connection thread once everything the fire log acknowledged is in the
+    /// tables, so it reads (and writes over) the latest runs and cursors.
+    async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.log {
+            None => self.worker.call(f).await,
+            Some(log) => {
+                let overlay = log.overlay.clone();
+                self.worker.call(move |c| firelog::materialize(c, &overlay).and_then(|()| f(c))).await
+            }
+        }
     }
 
     /// The database file; `None` in memory.
@@ -164,7 +208,7 @@ impl SqliteStore {
         schema::VERSION
     }
 
-    fn start(mut conn: Connection, path: Option<PathBuf>, dir: Option<PathBuf>) -> Result<SqliteStore> {
+    fn start(mut conn: Connection, path: Option<PathBuf>, dir: Option<PathBuf>, logged: bool) -> Result<SqliteStore> {
         let what = "configuring the database";
         // FULL: the WAL is synced at every commit, so an acknowledged write survives a power cut.
         conn.pragma_update(None, "synchronous", "FULL").ctx(what)?;
@@ -173,8 +217,26 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT).ctx(what)?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
-        let worker = Worker::spawn(conn, "tug-sqlite", dir)?;
-        Ok(SqliteStore { worker, checkpointer: None, path })
+        let skip_final = Arc::new(AtomicBool::new(false));
+        let (log, idle) = match path.as_deref().filter(|_| logged) {
+            Some(db) => {
+                let log = FireLog::open(db, &mut conn)?;
+                let (overlay, skip) = (log.overlay.clone(), skip_final.clone());
+                let idle: Idle = Box::new(move |c, last| {
+                    if last && skip.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let due = last || overlay.lock().unwrap_or_else(|p| p.into_inner()).due();
+                    if due && let Err(e) = firelog::materialize(c, &overlay) {
+                        tracing::error!(error = %e, "writing the fire log into the tables failed; will retry");
+                    }
+                });
+                (Some(log), Some(idle))
+            }
+            None => (None, None),
+        };
+        let worker = Worker::spawn(conn, "tug-sqlite", dir, idle)?;
+        Ok(SqliteStore { log, skip_final, worker, checkpointer: None, path })
     }
 }
 
@@ -201,72 +263,83 @@ fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>> {
 impl Store for SqliteStore {
     async fn create_job(&self, spec: &JobSpec, now: Timestamp) -> Result<JobRecord> {
         let spec = spec.clone();
-        self.worker.call(move |c| jobs::create(c, &spec, now)).await
+        self.call(move |c| jobs::create(c, &spec, now)).await
     }
 
     async fn create_jobs(&self, specs: &[JobSpec], now: Timestamp) -> Result<()> {
         let specs = specs.to_vec();
-        self.worker.call(move |c| jobs::create_many(c, &specs, now)).await
+        self.call(move |c| jobs::create_many(c, &specs, now)).await
     }
 
     async fn update_job(&self, spec: &JobSpec, expected_version: Option<u64>, now: Timestamp) -> Result<JobRecord> {
         let spec = spec.clone();
-        self.worker.call(move |c| jobs::update(c, &spec, expected_version, now)).await
+        self.call(move |c| jobs::update(c, &spec, expected_version, now)).await
     }
 
     async fn get_job(&self, name: &str) -> Result<JobRecord> {
         let name = name.to_owned();
-        self.worker.call(move |c| jobs::get(c, &name)).await
+        self.call(move |c| jobs::get(c, &name)).await
     }
 
     async fn delete_job(&self, name: &str) -> Result<Vec<RemovedRun>> {
         let name = name.to_owned();
-        self.worker.call(move |c| jobs::delete(c, &name)).await
+        let removed = self.call(move |c| jobs::delete(c, &name)).await?;
+        if let Some(log) = &self.log {
+            log.deletions.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(removed)
     }
 
     async fn list_jobs(&self, query: &JobQuery) -> Result<Page<JobRecord>> {
         let query = query.clone();
-        self.worker.call(move |c| jobs::list(c, &query)).await
+        self.call(move |c| jobs::list(c, &query)).await
     }
 
     async fn load_jobs(&self) -> Result<Vec<JobRecord>> {
-        self.worker.call(|c| jobs::load(c)).await
+        self.call(|c| jobs::load(c)).await
     }
 
     async fn commit_fires(&self, batch: FireBatch, now: Timestamp) -> Result<Vec<Run>> {
-        self.worker.call(move |c| runs::commit_fires(c, batch, now)).await
+        match &self.log {
+            Some(_) if batch.runs.is_empty() && batch.cursors.is_empty() => Ok(Vec::new()),
+            Some(log) => log.commit_fires(batch, now).await.map_err(|e| self.worker.locate(e)),
+            None => self.worker.call(move |c| runs::commit_fires(c, batch, now)).await,
+        }
     }
 
     async fn save_runs(&self, runs: &[Run], attempts: &[Attempt]) -> Result<()> {
         let (runs, attempts) = (runs.to_vec(), attempts.to_vec());
-        self.worker.call(move |c| runs::save(c, &runs, &attempts)).await
+        match &self.log {
+            Some(log) => log.save_runs(runs, attempts).await.map_err(|e| self.worker.locate(e)),
+            None => self.worker.call(move |c| runs::save(c, &runs, &attempts)).await,
+        }
     }
 
     async fn get_run(&self, id: RunId) -> Result<Run> {
-        self.worker.call(move |c| runs::get(c, id)).await
+        self.call(move |c| runs::get(c, id)).await
     }
 
     async fn list_runs(&self, job: &str, query: &RunQuery) -> Result<Page<Run>> {
         let (job, query) = (job.to_owned(), query.clone());
-        self.worker.call(move |c| runs::list(c, &job, &query)).await
+        self.call(move |c| runs::list(c, &job, &query)).await
     }
 
     async fn active_runs(&self) -> Result<Vec<Run>> {
-        self.worker.call(|c| runs::active(c)).await
+        self.call(|c| runs::active(c)).await
     }
 
     async fn attempts(&self, id: RunId) -> Result<Vec<Attempt>> {
-        self.worker.call(move |c| runs::attempts(c, id)).await
+        self.call(move |c| runs::attempts(c, id)).await
     }
 
     async fn prune_runs(&self, job: &str, keep: u32) -> Result<Vec<RemovedRun>> {
         let job = job.to_owned();
-        self.worker.call(move |c| runs::prune(c, &job, keep)).await
+        self.call(move |c| runs::prune(c, &job, keep)).await
     }
 
     async fn prune_many(&self, jobs: &[(String, u32)]) -> Result<Vec<RemovedRun>> {
         let jobs = jobs.to_vec();
-        self.worker.call(move |c| runs::prune_many(c, &jobs)).await
+        self.call(move |c| runs::prune_many(c, &jobs)).await
     }
 
     async fn next_epoch(&self) -> Result<u64> {
@@ -289,93 +362,93 @@ impl Store for SqliteStore {
 
     async fn run_totals(&self, job: Option<&str>) -> Result<Vec<(String, RunTotals)>> {
         let job = job.map(str::to_owned);
-        self.worker.call(move |c| runs::totals(c, job.as_deref())).await
+        self.call(move |c| runs::totals(c, job.as_deref())).await
     }
 
     async fn create_pool(&self, spec: &PoolSpec, now: Timestamp) -> Result<PoolRecord> {
         let spec = spec.clone();
-        self.worker.call(move |c| net::create_pool(c, &spec, now)).await
+        self.call(move |c| net::create_pool(c, &spec, now)).await
     }
 
     async fn get_pool(&self, name: &str) -> Result<PoolRecord> {
         let name = name.to_owned();
-        self.worker.call(move |c| net::get_pool(c, &name)).await
+        self.call(move |c| net::get_pool(c, &name)).await
     }
 
     async fn list_pools(&self) -> Result<Vec<PoolRecord>> {
-        self.worker.call(|c| net::list_pools(c)).await
+        self.call(|c| net::list_pools(c)).await
     }
 
     async fn delete_pool(&self, name: &str) -> Result<()> {
         let name = name.to_owned();
-        self.worker.call(move |c| net::delete_pool(c, &name)).await
+        self.call(move |c| net::delete_pool(c, &name)).await
     }
 
     async fn list_claims(&self, pool: Option<&str>) -> Result<Vec<Claim>> {
         let pool = pool.map(str::to_owned);
-        self.worker.call(move |c| net::list_claims(c, pool.as_deref())).await
+        self.call(move |c| net::list_claims(c, pool.as_deref())).await
     }
 
     async fn put_claim(&self, claim: &Claim) -> Result<()> {
         let claim = claim.clone();
-        self.worker.call(move |c| net::put_claim(c, &claim)).await
+        self.call(move |c| net::put_claim(c, &claim)).await
     }
 
     async fn remove_claim(&self, pool: &str, name: &str) -> Result<Option<Claim>> {
         let (pool, name) = (pool.to_owned(), name.to_owned());
-        self.worker.call(move |c| net::remove_claim(c, &pool, &name)).await
+        self.call(move |c| net::remove_claim(c, &pool, &name)).await
     }
 
     async fn create_service(&self, spec: &ServiceSpec, now: Timestamp) -> Result<ServiceRecord> {
         let spec = spec.clone();
-        self.worker.call(move |c| services::create(c, &spec, now)).await
+        self.call(move |c| services::create(c, &spec, now)).await
     }
 
     async fn update_service(&self, spec: &ServiceSpec, now: Timestamp) -> Result<ServiceRecord> {
         let spec = spec.clone();
-        self.worker.call(move |c| services::update(c, &spec, now)).await
+        self.call(move |c| services::update(c, &spec, now)).await
     }
 
     async fn get_service(&self, name: &str) -> Result<ServiceRecord> {
         let name = name.to_owned();
-        self.worker.call(move |c| services::get(c, &name)).await
+        self.call(move |c| services::get(c, &name)).await
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceRecord>> {
-        self.worker.call(|c| services::list(c)).await
+        self.call(|c| services::list(c)).await
     }
 
     async fn delete_service(&self, name: &str) -> Result<()> {
         let name = name.to_owned();
-        self.worker.call(move |c| services::delete(c, &name)).await
+        self.call(move |c| services::delete(c, &name)).await
     }
 
     async fn create_token(&self, token: &TokenRecord) -> Result<()> {
         let token = token.clone();
-        self.worker.call(move |c| access::create_token(c, &token)).await
+        self.call(move |c| access::create_token(c, &token)).await
     }
 
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.worker.call(access::list_tokens).await
+        self.call(access::list_tokens).await
     }
 
     async fn revoke_token(&self, id: &str, now: Timestamp) -> Result<TokenRecord> {
         let id = id.to_owned();
-        self.worker.call(move |c| access::revoke_token(c, &id, now)).await
+        self.call(move |c| access::revoke_token(c, &id, now)).await
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<u64> {
         let entry = entry.clone();
-        self.worker.call(move |c| access::append_audit(c, &entry)).await
+        self.call(move |c| access::append_audit(c, &entry)).await
     }
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>> {
         let query = query.clone();
-        self.worker.call(move |c| access::list_audit(c, &query)).await
+        self.call(move |c| access::list_audit(c, &query)).await
     }
 
     async fn prune_audit(&self, before: Timestamp) -> Result<u64> {
-        self.worker.call(move |c| access::prune_audit(c, before)).await
+        self.call(move |c| access::prune_audit(c, before)).await
     }
 }
 

@@ -76,11 +76,8 @@ pub(super) fn commit_fires(conn: &mut Connection, batch: FireBatch, now: Timesta
             let id = tx.last_insert_rowid() as RunId;
             created.push(NewRun { scheduled_at: stored(run.scheduled_at), ..run }.into_run(id, created_at));
         }
-        let mut advance = tx
-            .prepare_cached("UPDATE jobs SET fire_cursor = max(coalesce(fire_cursor, ?2), ?2) WHERE name = ?1")
-            .ctx("preparing the cursor update")?;
         for (job, cursor) in &batch.cursors {
-            advance.execute(params![job, ms(*cursor)]).ctx("advancing a fire cursor")?;
+            advance_cursor(&tx, job, ms(*cursor))?;
         }
     }
     tx.commit().ctx("committing fires")?;
@@ -94,59 +91,111 @@ pub(super) fn commit_fires(conn: &mut Connection, batch: FireBatch, now: Timesta
 /// harmless.
 pub(super) fn save(conn: &mut Connection, runs: &[Run], attempts: &[Attempt]) -> Result<()> {
     let tx = write_tx(conn)?;
-    {
-        let mut update = tx
-            .prepare_cached(
-                "UPDATE runs SET state = ?2, attempt = ?3, started_at = ?4, finished_at = ?5, exit_code = ?6, \
-                 signal = ?7, reason = ?8, agent = ?9, retry_at = ?10, late_report = ?11 WHERE id = ?1",
-            )
-            .ctx("preparing the run update")?;
-        for run in runs {
-            let updated = update
-                .execute(params![
-                    sql_id(run.id)?,
-                    run.state.as_str(),
-                    run.attempt,
-                    opt_ms(run.started_at),
-                    opt_ms(run.finished_at),
-                    run.exit_code,
-                    run.signal,
-                    run.reason,
-                    run.agent,
-                    opt_ms(run.retry_at),
-                    run.late_report.as_ref().map(|l| serde_json::to_string(l).unwrap_or_default()),
-                ])
-                .ctx("updating a run")?;
-            if updated == 0 {
-                return Err(StoreError::RunNotFound(run.id));
-            }
+    for run in runs {
+        if update(&tx, run)? == 0 {
+            return Err(StoreError::RunNotFound(run.id));
         }
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO attempts \
-                 (run_id, attempt, state, started_at, finished_at, exit_code, signal, reason) \
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
-            )
-            .ctx("preparing the attempt insert")?;
-        for a in attempts {
-            let inserted = insert
-                .execute(params![
-                    sql_id(a.run_id)?,
-                    a.attempt,
-                    a.state.as_str(),
-                    opt_ms(a.started_at),
-                    opt_ms(a.finished_at),
-                    a.exit_code,
-                    a.signal,
-                    a.reason,
-                ])
-                .ctx("inserting an attempt")?;
-            if inserted == 0 {
-                return Err(StoreError::RunNotFound(a.run_id));
-            }
+    }
+    for a in attempts {
+        if insert_attempt(&tx, a)? == 0 {
+            return Err(StoreError::RunNotFound(a.run_id));
         }
     }
     tx.commit().ctx("committing run updates")
+}
+
+/// Overwrites one run's mutable columns by id; returns how many rows changed (0: no such run).
+pub(super) fn update(conn: &Connection, run: &Run) -> Result<usize> {
+    // An id above i64::MAX was never handed out.
+    let Ok(id) = sql_id(run.id) else { return Ok(0) };
+    conn.prepare_cached(
+        "UPDATE runs SET state = ?2, attempt = ?3, started_at = ?4, finished_at = ?5, exit_code = ?6, \
+         signal = ?7, reason = ?8, agent = ?9, retry_at = ?10, late_report = ?11 WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            run.state.as_str(),
+            run.attempt,
+            opt_ms(run.started_at),
+            opt_ms(run.finished_at),
+            run.exit_code,
+            run.signal,
+            run.reason,
+            run.agent,
+            opt_ms(run.retry_at),
+            late_json(run),
+        ])
+    })
+    .ctx("updating a run")
+}
+
+/// Inserts (or replaces) a finished attempt of an existing run; returns how many rows changed
+/// (0: no such run).
+pub(super) fn insert_attempt(conn: &Connection, a: &Attempt) -> Result<usize> {
+    let Ok(id) = sql_id(a.run_id) else { return Ok(0) };
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO attempts \
+         (run_id, attempt, state, started_at, finished_at, exit_code, signal, reason) \
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            a.attempt,
+            a.state.as_str(),
+            opt_ms(a.started_at),
+            opt_ms(a.finished_at),
+            a.exit_code,
+            a.signal,
+            a.reason,
+        ])
+    })
+    .ctx("inserting an attempt")
+}
+
+/// Inserts a run created through the fire log, with the id the log gave it, unless its job is
+/// gone (deleted after the fire was logged) or its key exists; returns how many rows it inserted.
+pub(super) fn insert_logged(conn: &Connection, run: &Run) -> Result<usize> {
+    let id = sql_id(run.id)?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO runs (id, job, scheduled_at, trigger, state, attempt, created_at, started_at, \
+         finished_at, exit_code, signal, reason, agent, retry_at, late_report) \
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 \
+         WHERE EXISTS (SELECT 1 FROM jobs WHERE name = ?2)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            run.job,
+            ms(run.scheduled_at),
+            run.trigger.as_str(),
+            run.state.as_str(),
+            run.attempt,
+            ms(run.created_at),
+            opt_ms(run.started_at),
+            opt_ms(run.finished_at),
+            run.exit_code,
+            run.signal,
+            run.reason,
+            run.agent,
+            opt_ms(run.retry_at),
+            late_json(run),
+        ])
+    })
+    .ctx("writing a logged run")
+}
+
+/// Moves a job's explicit fire cursor forward to `at` (milliseconds); a missing job is ignored.
+pub(super) fn advance_cursor(conn: &Connection, job: &str, at: i64) -> Result<()> {
+    conn.prepare_cached("UPDATE jobs SET fire_cursor = max(coalesce(fire_cursor, ?2), ?2) WHERE name = ?1")
+        .and_then(|mut s| s.execute(params![job, at]))
+        .ctx("advancing a fire cursor")?;
+    Ok(())
+}
+
+fn late_json(run: &Run) -> Option<String> {
+    run.late_report.as_ref().map(|l| serde_json::to_string(l).unwrap_or_default())
 }
 
 /// One run.

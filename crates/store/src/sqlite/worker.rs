@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -19,6 +20,13 @@ use crate::{Result, StoreError};
 
 /// Work for the thread.
 type Task = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Called on the thread after each task, every [`IDLE_TICK`] when there is none, and once more
+/// (with `true`) before the connection closes: background work such as materializing the fire log.
+pub(super) type Idle = Box<dyn FnMut(&mut Connection, bool) + Send>;
+
+/// How often the idle hook runs when no task arrives.
+const IDLE_TICK: Duration = Duration::from_millis(50);
 
 /// A handle on the connection thread. Dropping it lets the thread finish the queued work, close
 /// the connection (checkpointing the WAL) and exit; the drop waits for that.
@@ -31,18 +39,31 @@ pub(super) struct Worker {
 impl Worker {
     /// Starts the thread, which takes ownership of `conn`.
     /// Full disks are reported as full in `dir`, the database's directory (`None`: in memory).
-    pub(super) fn spawn(mut conn: Connection, name: &str, dir: Option<PathBuf>) -> Result<Worker> {
+    pub(super) fn spawn(mut conn: Connection, name: &str, dir: Option<PathBuf>, mut idle: Option<Idle>) -> Result<Worker> {
         let (tasks, queue) = mpsc::channel::<Task>();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
-                for task in queue {
-                    // A bug in one closure must not take the store down with it. An open
-                    // transaction was rolled back when its guard unwound; the caller sees its
-                    // reply channel close.
-                    if catch_unwind(AssertUnwindSafe(|| task(&mut conn))).is_err() {
-                        tracing::error!("a SQLite store operation panicked; the store carries on");
+                loop {
+                    let task = match &idle {
+                        None => queue.recv().ok(),
+                        Some(_) => match queue.recv_timeout(IDLE_TICK) {
+                            Ok(task) => Some(task),
+                            Err(mpsc::RecvTimeoutError::Timeout) => None,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        },
+                    };
+                    match task {
+                        Some(task) => run(task, &mut conn),
+                        None if idle.is_none() => break,
+                        None => {}
                     }
+                    if let Some(idle) = idle.as_mut() {
+                        idle(&mut conn, false);
+                    }
+                }
+                if let Some(mut idle) = idle {
+                    idle(&mut conn, true);
                 }
                 if let Err((_, e)) = conn.close() {
                     tracing::warn!(error = %e, "closing the SQLite database failed");
@@ -69,7 +90,20 @@ impl Worker {
             .send(task)
             .map_err(|_| StoreError::Stopped("the SQLite thread has stopped"))?;
         let result = answer.await.map_err(|_| StoreError::Stopped("a SQLite operation panicked"))?;
-        result.map_err(|e| locate(e, self.dir.as_deref()))
+        result.map_err(|e| self.locate(e))
+    }
+
+    /// Says where a full disk is: the database's directory.
+    pub(super) fn locate(&self, e: StoreError) -> StoreError {
+        locate(e, self.dir.as_deref())
+    }
+}
+
+/// Runs one task. A bug in one closure must not take the store down with it: an open
+/// transaction was rolled back when its guard unwound; the caller sees its reply channel close.
+fn run(task: Task, conn: &mut Connection) {
+    if catch_unwind(AssertUnwindSafe(|| task(conn))).is_err() {
+        tracing::error!("a SQLite store operation panicked; the store carries on");
     }
 }
 

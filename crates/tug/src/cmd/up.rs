@@ -54,6 +54,9 @@ pub struct UpArgs {
     security: super::security::SecurityArgs,
     #[command(flatten)]
     tls: super::security::TlsArgs,
+    /// Run nothing: every launch succeeds at once (for the crash tests and benchmarks).
+    #[arg(long, hide = true)]
+    noop: bool,
 }
 
 /// `tug up` settings as a TOML file may give them.
@@ -140,7 +143,11 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
         detach_on_stop: false,
     };
     let process = Arc::new(ShimRuntime::new(&durable));
-    let agent = tug_agent::AgentConfig { log_limit: args.log_limit, durable: Some(durable), ..Default::default() };
+    let agent = tug_agent::AgentConfig {
+        log_limit: args.log_limit,
+        durable: (!args.noop).then_some(durable),
+        ..Default::default()
+    };
     // The container network, when this host has a segment to join: dresponse answers networked
     // containers, with addresses claimed from the embedded server once it has started.
     let claims = Arc::new(tug::local::LocalClaims::new(&agent.name, args.net.vtep));
@@ -151,7 +158,11 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     }
     let docker = docker_runtime(&agent.name, &data_dir, net.as_ref().map(|(setup, _)| setup.clone())).await;
     let agent_name = agent.name.clone();
-    let runtime = Arc::new(Dispatch::new(process, Ok(docker.clone() as SharedRuntime)));
+    let runtime: SharedRuntime = if args.noop {
+        Arc::new(tug_agent::runtime::noop::NoopRuntime)
+    } else {
+        Arc::new(Dispatch::new(process, Ok(docker.clone() as SharedRuntime)))
+    };
     let local = tug::local::local_agent(agent, runtime);
     let server = Embedded::start(config, Some(local), Arc::new(SystemClock), Some(listener)).await?;
     let forward = net.is_some().then(|| {

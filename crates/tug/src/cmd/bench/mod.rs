@@ -29,8 +29,9 @@ pub use ui::UiArgs;
 /// `tug bench` subcommands.
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
-    /// Fire N jobs every second through the real scheduler and SQLite store with a no-op runtime.
-    #[command(after_help = "Examples:\n  tug bench fire --jobs 10000 --seconds 10\n  tug bench fire --jobs 100000 --seconds 10 --burst --json\n\nBy default fire instants are spread evenly over each second (steady load); --burst puts every\njob on the same instant, the top-of-the-minute herd.")]
+    /// Fire N jobs every second through the real scheduler and a store (SQLite by default) with a
+    /// no-op runtime.
+    #[command(after_help = "Examples:\n  tug bench fire --jobs 10000 --seconds 10\n  tug bench fire --jobs 100000 --seconds 10 --burst --json\n  tug bench fire --jobs 100000 --seconds 10 --store memory\n  tug bench fire --jobs 1000000 --period 60s --runs-in-store 1000000\n\nBy default fire instants are spread evenly over each second (steady load); --burst puts every\njob on the same instant, the top-of-the-minute herd. --store memory runs the same scheduler over\nthe in-memory store: nothing is durable, so it is the ceiling the durable stores compare against.")]
     Fire(FireArgs),
     /// Launch one trivial docker job three ways: warm through the in-container executor, warm
     /// through docker exec, and a container per run.
