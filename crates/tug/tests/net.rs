@@ -132,13 +132,28 @@ async fn an_instance_moves_host_with_its_address_and_is_reached_over_vxlan() {
     let (_, plog) = c.get_text(&format!("/runs/{}/log", reached["id"])).await;
     assert_eq!(reached["state"], "succeeded", "peer on host b pings web on host a1:\n{plog}");
 
+    // a1's agent restarts: it adopts web's warm container, which keeps its address, and takes its
+    // network over, so that the move below still tears it down and gives the address back.
+    c.stop_agent(0);
+    let vtep = c.net.host(0).addr.clone();
+    c.start_agent_with(0, &AgentArgs { name: &names[0], attributes: "rack=a", cpus: "2", token: TOKEN }, &["--vtep".into(), vtep]);
+    c.wait_agents_up(&[&names[0]]).await;
+    c.post("/jobs/web/run", json!({})).await;
+    let adopted = c
+        .wait_run("web", Duration::from_secs(60), "web's run after a1 restarted", |r| r["id"] != first["id"] && (r["state"] == "succeeded" || r["state"] == "failed"))
+        .await;
+    let (_, log) = c.get_text(&format!("/runs/{}/log", adopted["id"])).await;
+    assert_eq!((adopted["state"].as_str(), adopted["agent"].as_str()), (Some("succeeded"), Some(names[0].as_str())), "{adopted}\n{log}");
+    assert_eq!(ip_and_mac(&log), (ip.clone(), mac.clone()), "the adopted container keeps its address:\n{log}");
+    let first = adopted;
+
     // Drain a1: web's next run goes to a2. The move is ordered (a1 stops it, then a2 plumbs it)
     // and keeps the address and MAC.
     c.post(&format!("/agents/{}/drain", names[0]), json!({})).await;
     c.post(&format!("/agents/{}/undrain", names[1]), json!({})).await;
     c.post("/jobs/web/run", json!({})).await;
     let moved = c
-        .wait_run("web", Duration::from_secs(60), "web's second run", |r| r["id"] != first["id"] && (r["state"] == "succeeded" || r["state"] == "failed"))
+        .wait_run("web", Duration::from_secs(60), "web's run on a2", |r| r["id"].as_u64() > first["id"].as_u64() && (r["state"] == "succeeded" || r["state"] == "failed"))
         .await;
     let (_, log) = c.get_text(&format!("/runs/{}/log", moved["id"])).await;
     assert_eq!(moved["state"], "succeeded", "{moved}\n{log}\n{}", c.logs());

@@ -490,6 +490,8 @@ fn replica_logs_through_the_api_and_the_cli() {
     assert!(out.contains("[0] hello from 0") && out.contains("[1] hello from 1"), "{out}");
     let one = ok(&s, &["service", "logs", "talk", "--index", "1"]);
     assert_eq!(one.trim(), "hello from 1");
+    // reqwest is built without a crypto provider of its own: install ours, as the CLI does.
+    tug_tls::provider();
     let body = reqwest::blocking::get(format!("{s}/api/v1/services/talk/replicas/0/log")).unwrap().text().unwrap();
     assert_eq!(body.trim(), "hello from 0");
     let e = fails(&s, &["service", "logs", "talk", "--index", "7"]);
@@ -497,6 +499,34 @@ fn replica_logs_through_the_api_and_the_cli() {
     let e = fails(&s, &["service", "logs", "ghost"]);
     assert!(e.contains("service \"ghost\" not found"), "{e}");
     ok(&s, &["service", "scale", "talk", "0", "--wait"]);
+
+    // -f follows every replica as it writes, each line whole with its index, and ends once the
+    // replicas are scaled in.
+    let cmd = "i=0; while true; do echo tick $TUG_REPLICA $i; i=$((i+1)); sleep 0.1; done";
+    ok(&s, &["service", "add", "ticks", "--replicas", "2", "--", cmd]);
+    ok(&s, &["service", "scale", "ticks", "2", "--wait"]);
+    let mut f = std::process::Command::new(env!("CARGO_BIN_EXE_tug"))
+        .args(["service", "logs", "ticks", "-f"])
+        .env("TUG_SERVER", &s)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(f.stdout.take().unwrap()));
+    let (mut last0, mut last1) = (0, 0);
+    while last0 < 20 || last1 < 20 {
+        let line = lines.next().expect("-f keeps printing while the replicas run").unwrap();
+        let n = |l: &str, i: u32| l.strip_prefix(&format!("[{i}] tick {i} ")).and_then(|n| n.parse::<u32>().ok());
+        match (n(&line, 0), n(&line, 1)) {
+            (Some(n), _) => last0 = n,
+            (_, Some(n)) => last1 = n,
+            _ => panic!("a line that is not a whole tick of its replica: {line:?}"),
+        }
+    }
+    ok(&s, &["service", "scale", "ticks", "0", "--wait"]);
+    let started = std::time::Instant::now();
+    for _ in lines.by_ref() {}
+    let st = f.wait().unwrap();
+    assert!(st.success() && started.elapsed() < std::time::Duration::from_secs(10), "{st:?} after {:?}", started.elapsed());
     up.terminate();
 }
 

@@ -198,6 +198,24 @@ impl NetAgent {
         Ok(given)
     }
 
+    /// Takes over the network of `instance`, plumbed by an earlier life of this agent for the
+    /// container `owner` that is adopted now: its address is claimed again (the same one: the
+    /// server has it on this agent) and recorded as plumbed, so that removing the container tears
+    /// it down and gives the address back. Nothing is plumbed again.
+    pub async fn adopt(&self, instance: &str, pool: &str, owner: Owner) -> Result<(), String> {
+        self.expect(instance, owner.clone());
+        let (spec, claim) = self.claims.claim(pool, instance).await?;
+        let mtu = match spec.segment {
+            Segment::Vlan(_) => VLAN_MTU,
+            Segment::Vxlan(_) => VXLAN_MTU,
+        };
+        let attachment =
+            Attachment { ip: claim.ip, prefix: spec.cidr.prefix(), mac: claim.mac, gateway: spec.gateway, segment: spec.segment, mtu };
+        self.plumbed().insert(instance.to_owned(), Given { pool: pool.to_owned(), attachment, owner });
+        tracing::info!(instance, pool, ip = %claim.ip, "took over the network of an adopted container");
+        Ok(())
+    }
+
     /// Tears down `instance`'s network on this host and tells the server it no longer runs here,
     /// when `owner` (a container being removed) is the instance's here: a container that replaced
     /// it keeps its network. Nothing plumbed: nothing to do.

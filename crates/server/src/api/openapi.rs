@@ -98,7 +98,7 @@ pub fn document() -> Value {
             "/jobs/{name}/runs": {"get": op("runs of a job, newest first", &[name, page[0], page[1], ("state", "query", "only runs in this state")], "200", None)},
             "/runs/{id}": {"get": op("one run with its attempts", &[id], "200", None)},
             "/runs/{id}/kill": {"post": op("stop a run", &[id], "202", None)},
-            "/runs/{id}/log": {"get": op("a run's output (text/plain)", &[id, ("follow", "query", "stream until the run ends"), ("offset", "query", "start at this byte")], "200", None)},
+            "/runs/{id}/log": {"get": op("a run's output (text/plain)", &[id, ("follow", "query", "stream until the run ends"), ("offset", "query", "start at this byte"), ("follow", "query", "true: keep streaming while the replica runs")], "200", None)},
             "/schedule/preview": {"get": op("next fires of an expression", &[("expr", "query", "cron or ISO 8601"), ("tz", "query", "IANA zone"), ("count", "query", "1-1000"), ("after", "query", "RFC 3339")], "200", None)},
             "/cluster": {"get": op("the server group: members, leader, term, epoch, lease (a lone server is a group of one)", &[], "200", None)},
             "/agents": {"get": op("agents with state, resources and runs", &[], "200", None)},

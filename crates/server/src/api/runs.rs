@@ -98,7 +98,7 @@ pub(super) struct LogParams {
 const CHUNK: usize = 64 * 1024;
 /// The most log bytes one non-following request returns.
 pub(super) const MAX_LOG_READ: usize = 16 << 20;
-const POLL: Duration = Duration::from_millis(100);
+pub(super) const POLL: Duration = Duration::from_millis(100);
 
 pub(super) async fn log(
     State(st): State<AppState>,

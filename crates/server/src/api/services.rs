@@ -212,6 +212,10 @@ pub(super) async fn release_action(
 pub(super) struct LogParams {
     #[serde(default)]
     offset: u64,
+    /// Keep streaming the replica's output while it runs (across its restarts), until it is
+    /// scaled in or its service deleted.
+    #[serde(default)]
+    follow: bool,
 }
 
 /// A replica's log (every attempt of it), from `offset`, as text.
@@ -234,6 +238,9 @@ pub(super) async fn replica_log(
             format!("service {name:?} has no replica {index} now (it has {}); see `tug service show {name}`", status.list.len()),
         ));
     };
+    if p.follow {
+        return Ok(follow_replica(st, name, index, r.run_id, p.offset));
+    }
     let mut out = Vec::new();
     let mut offset = p.offset;
     loop {
@@ -248,4 +255,36 @@ pub(super) async fn replica_log(
         .header(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(axum::body::Body::from(out))
         .expect("static headers are valid"))
+}
+
+/// Streams replica `index` of `name` (its run `run_id`) from `offset`: what is there, then what
+/// it writes, polling, until that replica is gone (scaled in, its service deleted) and its log
+/// drained. Each round asks where it runs now: a restarted replica may be on another agent.
+fn follow_replica(st: AppState, name: String, index: u32, run_id: tug_core::RunId, offset: u64) -> axum::response::Response {
+    let stream = futures::stream::unfold((st, offset, false), move |(st, offset, done)| {
+        let name = name.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                let now = st.scheduler.service_status(&name).await.ok().flatten().unwrap_or_default();
+                let here = now.list.iter().find(|r| r.index == index && r.run_id == run_id);
+                let (gone, agent) = (here.is_none(), here.and_then(|r| r.agent.clone()));
+                match super::runs::read(&st, run_id, agent.as_deref(), offset).await {
+                    Ok(chunk) if !chunk.is_empty() => {
+                        let next = offset + chunk.len() as u64;
+                        return Some((Ok::<axum::body::Bytes, std::io::Error>(axum::body::Bytes::from(chunk)), (st, next, false)));
+                    }
+                    Ok(_) if gone => return None,
+                    Ok(_) => tokio::time::sleep(super::runs::POLL).await,
+                    Err(e) => return Some((Err(std::io::Error::other(e.message)), (st, offset, true))),
+                }
+            }
+        }
+    });
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(axum::body::Body::from_stream(stream))
+        .expect("static headers are valid")
 }

@@ -47,14 +47,19 @@ pub enum ServiceCommand {
     /// Delete a service; its replicas stop.
     Delete(NameArgs),
     /// Print the output of a service's replicas (every attempt of each), each line prefixed with
-    /// its replica's index; --index prints one replica's, as is.
-    #[command(after_help = "Examples:\n  tug service logs web\n  tug service logs web --index 2")]
+    /// its replica's index; --index prints one replica's, as is. With -f, keep printing what they
+    /// write until they are gone.
+    #[command(after_help = "Examples:\n  tug service logs web\n  tug service logs web --index 2\n  tug service logs web -f")]
     Logs {
         /// The service's name.
         name: String,
         /// Only this replica.
         #[arg(long)]
         index: Option<u32>,
+        /// Keep printing the replicas' output as they write it (across their restarts) until they
+        /// are scaled in or the service is deleted.
+        #[arg(short, long)]
+        follow: bool,
     },
 }
 
@@ -172,7 +177,7 @@ pub async fn run(server: &str, cmd: ServiceCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ServiceCommand::Logs { name, index } => logs(&c, &name, index).await,
+        ServiceCommand::Logs { name, index, follow } => logs(&c, &name, index, follow).await,
         ServiceCommand::Delete(a) => {
             c.call(Method::DELETE, &format!("/services/{}", enc(&a.name)), None).await?;
             if a.json {
@@ -268,8 +273,10 @@ fn spec_from_flags(a: &AddArgs) -> anyhow::Result<ServiceSpec> {
     Ok(spec.validate()?.spec)
 }
 
-/// Prints one replica's log, or every replica's with each line prefixed `[INDEX] `.
-async fn logs(c: &Client, name: &str, index: Option<u32>) -> anyhow::Result<()> {
+/// Prints one replica's log, or every replica's with each line prefixed `[INDEX] `; following,
+/// all of them at once as they write.
+async fn logs(c: &Client, name: &str, index: Option<u32>, follow: bool) -> anyhow::Result<()> {
+    use futures::StreamExt;
     use std::io::Write;
     let indices: Vec<u32> = match index {
         Some(i) => vec![i],
@@ -278,20 +285,61 @@ async fn logs(c: &Client, name: &str, index: Option<u32>) -> anyhow::Result<()> 
             s["status"]["list"].as_array().into_iter().flatten().filter_map(|r| r["index"].as_u64()).map(|i| i as u32).collect()
         }
     };
-    let mut out = std::io::stdout().lock();
+    let mut streams = Vec::new();
     for i in indices {
-        let resp = c.send(Method::GET, &format!("/services/{}/replicas/{i}/log", enc(name)), None).await?;
-        let text = resp.bytes().await?;
-        if index.is_some() {
-            out.write_all(&text)?;
-            continue;
-        }
-        for line in String::from_utf8_lossy(&text).lines() {
-            writeln!(out, "[{i}] {line}")?;
-        }
+        let resp = c.send(Method::GET, &format!("/services/{}/replicas/{i}/log?follow={follow}", enc(name)), None).await?;
+        let prefix = index.is_none().then(|| format!("[{i}] "));
+        streams.push(Box::pin(lines(resp.bytes_stream(), prefix)));
     }
-    out.flush()?;
+    // Following: every replica's lines as they come, each whole; else one replica after another.
+    let mut all: std::pin::Pin<Box<dyn futures::Stream<Item = anyhow::Result<Vec<u8>>>>> = if follow {
+        Box::pin(futures::stream::select_all(streams))
+    } else {
+        Box::pin(futures::stream::iter(streams).flatten())
+    };
+    let mut out = std::io::stdout().lock();
+    while let Some(line) = all.next().await {
+        out.write_all(&line?)?;
+        out.flush()?;
+    }
     Ok(())
+}
+
+/// A log's bytes as whole lines (the last one as it ends), each with `prefix`; without a prefix,
+/// the bytes as they come.
+fn lines(
+    body: impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+    prefix: Option<String>,
+) -> impl futures::Stream<Item = anyhow::Result<Vec<u8>>> {
+    futures::stream::unfold((body, Vec::<u8>::new(), prefix, false), |(mut body, mut buf, prefix, mut done)| async move {
+        use futures::StreamExt;
+        loop {
+            if let Some(p) = &prefix
+                && let Some(nl) = buf.iter().position(|b| *b == b'\n')
+            {
+                let mut line = p.clone().into_bytes();
+                line.extend(buf.drain(..=nl));
+                return Some((Ok(line), (body, buf, prefix, done)));
+            }
+            if done {
+                if buf.is_empty() {
+                    return None;
+                }
+                let mut line = prefix.clone().unwrap_or_default().into_bytes();
+                line.append(&mut buf);
+                if prefix.is_some() {
+                    line.push(b'\n');
+                }
+                return Some((Ok(line), (body, buf, prefix, done)));
+            }
+            match body.next().await {
+                Some(Ok(chunk)) if prefix.is_none() => return Some((Ok(chunk.to_vec()), (body, buf, prefix, done))),
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Some((Err(e.into()), (body, buf, prefix, true))),
+                None => done = true,
+            }
+        }
+    })
 }
 
 /// Runs a `tug op` subcommand.

@@ -228,7 +228,11 @@ async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Li
         network_mode = "none".into();
         instance = Some(who);
     }
-    let labels = spec::labels(job, hash, &cfg.agent, "warm", if via_exec { "exec" } else { "executor" }, Some(&dir));
+    let mut labels = spec::labels(job, hash, &cfg.agent, "warm", if via_exec { "exec" } else { "executor" }, Some(&dir));
+    if let (Some(who), Some(net)) = (&instance, &task.network) {
+        labels.insert(label::NET_INSTANCE.into(), who.clone());
+        labels.insert(label::NET_POOL.into(), net.pool.clone());
+    }
     let body = bollard::models::ContainerCreateBody {
         image: Some(d.image.clone()),
         entrypoint: Some(entrypoint),
@@ -461,8 +465,8 @@ pub async fn adopt(inner: &Arc<Inner>) {
             dir: dir.clone(),
             hash: get(label::SPEC).unwrap_or_default(),
             via_exec,
-            // Its network, if any, stays plumbed; this agent no longer knows it to tear it down.
-            instance: None,
+            // Its network stays plumbed, and goes with it: see below.
+            instance: get(label::NET_INSTANCE).filter(|_| inner.config.net.is_some()),
             created: {
                 let age_ms = get(label::CREATED).and_then(|c| c.parse::<i64>().ok()).map_or(0, |c| (now_ms - c).max(0));
                 Instant::now().checked_sub(Duration::from_millis(age_ms as u64)).unwrap_or_else(Instant::now)
@@ -474,6 +478,26 @@ pub async fn adopt(inner: &Arc<Inner>) {
             life: Mutex::new(inner.config.defaults),
         });
         let ready = via_exec || tokio::net::UnixStream::connect(warm.socket()).await.is_ok();
+        if let (Some(instance), Some(pool), Some(net)) = (&warm.instance, get(label::NET_POOL), &inner.config.net) {
+            // Its network is this agent's again: only it may ask for it, and removing it tears it
+            // down and gives the address back.
+            // The claim goes to the server, which this agent may not have reached yet: not waited
+            // for here.
+            let owner = crate::net::Owner::Container(id.clone());
+            net.agent.expect(instance, owner.clone());
+            // A leftover (removed below) gives its address back once it is known.
+            let leftover = !(usable && ready && current.is_none());
+            let (agent, instance, c) = (net.agent.clone(), instance.clone(), short(&id).to_owned());
+            tokio::spawn(async move {
+                let mut taken = agent.adopt(&instance, &pool, owner.clone()).await;
+                if taken.is_ok() && leftover {
+                    taken = agent.teardown(&instance, &owner).await;
+                }
+                if let Err(e) = taken {
+                    tracing::warn!(container = %c, instance, "cannot take over the container's network: {e}");
+                }
+            });
+        }
         if usable && ready && current.is_none() {
             tracing::info!(container = %short(&id), job, "adopted a warm container");
             *current = Some(warm);

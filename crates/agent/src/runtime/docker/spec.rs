@@ -23,6 +23,11 @@ pub mod label {
     pub const CREATED: &str = "tugboat.created";
     /// Host directory holding the executor's socket.
     pub const DIR: &str = "tugboat.dir";
+    /// A networked container's instance (its address's claim name), so a restarted agent that
+    /// adopts it still tears its network down with it.
+    pub const NET_INSTANCE: &str = "tugboat.net.instance";
+    /// A networked container's pool.
+    pub const NET_POOL: &str = "tugboat.net.pool";
 }
 
 /// A stable hash (FNV-1a, 64 bits) of everything that is fixed when a container is created:
