@@ -33,9 +33,64 @@ pub const VXLAN_MTU: u32 = 1450;
 #[async_trait]
 pub trait Claims: Send + Sync + 'static {
     /// Claims `instance`'s address in `pool` for this agent: its pool and claim, or why not.
-    async fn claim(&self, pool: &str, instance: &str) -> Result<(PoolSpec, Claim), String>;
+    async fn claim(&self, pool: &str, instance: &str) -> Result<(PoolSpec, Claim), ClaimError>;
     /// Says that `instance` no longer runs here (its address stays its own).
-    async fn release(&self, pool: &str, instance: &str) -> Result<(), String>;
+    async fn release(&self, pool: &str, instance: &str) -> Result<(), ClaimError>;
+}
+
+/// Why the server did not grant a claim or take a release.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// The server refused, in its own words (an unknown or full pool, the instance held by
+    /// another live agent, ...): they travel over the agent stream as text.
+    #[error("{0}")]
+    Refused(String),
+    /// The server answered a claim without an address.
+    #[error("the server answered a claim without an address")]
+    NoAddress,
+    /// The agent is stopping: the request did not reach the server, or its answer did not come
+    /// back.
+    #[error("the agent is stopping")]
+    Stopping,
+}
+
+/// Why a container's network could not be set up or taken down on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The server did not grant the instance's address.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+    /// The address was granted but the host could not be plumbed for it.
+    #[error("plumbing {instance} ({ip}) failed: {source}")]
+    Plumb {
+        /// The instance.
+        instance: String,
+        /// Its address.
+        ip: Ipv4Addr,
+        /// What netlink or Open vSwitch said.
+        #[source]
+        source: tug_net::plumb::PlumbError,
+    },
+    /// Taking the instance's interface down failed.
+    #[error("unplumbing {instance} ({ip}) failed: {source}")]
+    Unplumb {
+        /// The instance.
+        instance: String,
+        /// Its address.
+        ip: Ipv4Addr,
+        /// What netlink or Open vSwitch said.
+        #[source]
+        source: tug_net::plumb::PlumbError,
+    },
+    /// The blocking task doing the plumbing panicked.
+    #[error("{what} panicked: {source}")]
+    Panicked {
+        /// Plumbing or unplumbing.
+        what: &'static str,
+        /// The task's end.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// What one container was given.
@@ -128,7 +183,7 @@ impl NetAgent {
     }
 
     /// Claims and plumbs the container of `instance` whose process is `pid`; what it got.
-    pub async fn ready(&self, instance: &str, pool: &str, pid: u32) -> Result<Given, String> {
+    pub async fn ready(&self, instance: &str, pool: &str, pid: u32) -> Result<Given, NetError> {
         let (spec, claim) = self.claims.claim(pool, instance).await?;
         let mtu = match spec.segment {
             Segment::Vlan(_) => VLAN_MTU,
@@ -139,8 +194,8 @@ impl NetAgent {
         let (plumber, a) = (self.plumber.clone(), attachment.clone());
         tokio::task::spawn_blocking(move || plumber.plumb(pid, &a))
             .await
-            .map_err(|e| format!("plumbing panicked: {e}"))?
-            .map_err(|e| format!("plumbing {instance} ({}) failed: {e}", claim.ip))?;
+            .map_err(|source| NetError::Panicked { what: "plumbing", source })?
+            .map_err(|source| NetError::Plumb { instance: instance.to_owned(), ip: claim.ip, source })?;
         let given = Given { pool: pool.to_owned(), attachment };
         self.plumbed().insert(instance.to_owned(), given.clone());
         tracing::info!(instance, pool, ip = %claim.ip, mac = %claim.mac, pid, "container network ready");
@@ -149,14 +204,14 @@ impl NetAgent {
 
     /// Tears down `instance`'s network on this host and tells the server it no longer runs here.
     /// Nothing plumbed: nothing to do.
-    pub async fn teardown(&self, instance: &str) -> Result<(), String> {
+    pub async fn teardown(&self, instance: &str) -> Result<(), NetError> {
         let Some(given) = self.plumbed().remove(instance) else { return Ok(()) };
         let (plumber, ip, segment) = (self.plumber.clone(), given.attachment.ip, given.attachment.segment);
         tokio::task::spawn_blocking(move || plumber.unplumb(ip, segment))
             .await
-            .map_err(|e| format!("unplumbing panicked: {e}"))?
-            .map_err(|e| format!("unplumbing {instance} ({ip}) failed: {e}"))?;
-        self.claims.release(&given.pool, instance).await
+            .map_err(|source| NetError::Panicked { what: "unplumbing", source })?
+            .map_err(|source| NetError::Unplumb { instance: instance.to_owned(), ip, source })?;
+        Ok(self.claims.release(&given.pool, instance).await?)
     }
 
     /// What is plumbed now, by instance.

@@ -36,7 +36,7 @@ fn parse_store(s: &str) -> Result<StoreArg, String> {
         return Ok(StoreArg::Sqlite);
     }
     if s.starts_with("etcd://") {
-        return EtcdConfig::parse(s).map(StoreArg::Etcd);
+        return EtcdConfig::parse(s).map(StoreArg::Etcd).map_err(|e| e.to_string());
     }
     Err(format!("unknown store {s:?}: give sqlite, or etcd://HOST:PORT[,HOST:PORT...] for a group of servers"))
 }

@@ -59,7 +59,7 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = match a.store.as_str() {
         "sqlite" => Arc::new(SqliteStore::open(&dir.join("tug.db"))?),
         url => {
-            let config = EtcdConfig::parse(url).map_err(anyhow::Error::msg)?;
+            let config = EtcdConfig::parse(url)?;
             Arc::new(EtcdStore::connect(config).await?)
         }
     };
