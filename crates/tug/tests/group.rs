@@ -52,6 +52,9 @@ impl Drop for Server {
     }
 }
 
+/// The agents' join token in these groups.
+const JOIN_TOKEN: &str = "group-join-secret";
+
 struct Group {
     dir: tempfile::TempDir,
     servers: Vec<Server>,
@@ -101,7 +104,7 @@ impl Group {
             let args: Vec<String> = [
                 "server", "--store", &etcd.url(prefix), "--name", &name, "--lease-ttl", TTL,
                 "--listen", &format!("127.0.0.1:{api}"), "--agent-listen", &format!("127.0.0.1:{agent}"),
-                "--data-dir", &dir.path().join(&name).to_string_lossy(), "--log", "info",
+                "--data-dir", &dir.path().join(&name).to_string_lossy(), "--log", "info", "--join-token", JOIN_TOKEN,
             ]
             .iter()
             .map(|s| s.to_string())
@@ -117,7 +120,8 @@ impl Group {
         let agents: Vec<&str> = servers.iter().map(|s| s.agent.as_str()).collect();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
         let agent = Command::new(TUG)
-            .args(["agent", "run", "--server", &agents.join(","), "--name", &format!("{prefix}-agent"), "--data-dir"])
+            .args(["agent", "run", "--server", &agents.join(","), "--name", &format!("{prefix}-agent"), "--join-token", JOIN_TOKEN])
+            .arg("--data-dir")
             .arg(dir.path().join("agent"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -320,6 +324,19 @@ async fn every_server_shows_the_group() {
     let metrics = g.http.get(format!("{}/metrics", g.servers[leader].api)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("tug_leader 1"), "{metrics}");
     assert!(metrics.contains("tug_store_fenced_writes_total 0"), "{metrics}");
+
+    // An agent with the wrong join token is refused by a follower as by the leader, before it
+    // is told where the leader is.
+    let out = Command::new(TUG)
+        .args(["agent", "run", "--noop", "--server", &g.servers[follower].agent, "--name", "intruder", "--join-token", "guess"])
+        .arg("--data-dir")
+        .arg(g.dir.path().join("intruder"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("join token refused: it does not match the server's"), "{err}");
+    assert!(!err.contains("not the leader"), "the follower named the leader to an agent it refuses: {err}");
 }
 
 /// A follower answers reads of jobs and runs from etcd itself (so they work while the leader is

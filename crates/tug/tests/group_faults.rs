@@ -292,6 +292,12 @@ async fn an_etcd_member_killed_under_load_loses_nothing() {
     let (leader, _) = f.leader(follower, None, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     f.check(leader, &jobs, &acked).await;
+    // A campaign broken by the lost member went on with the same lease: every server holds one
+    // election key, not one per campaign attempt.
+    let cluster = f.cluster(leader).await.expect("the leader answers");
+    let names: Vec<&str> = cluster["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let unique: BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!((names.len(), unique.len()), (3, 3), "members: {names:?}; logs in {}", f.dir.path().display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
