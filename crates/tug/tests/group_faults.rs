@@ -364,7 +364,8 @@ async fn an_agent_restarted_with_runs_in_flight_launches_none_twice() {
     tokio::time::sleep(Duration::from_secs(11)).await;
     f.check(leader, &jobs, &acked).await;
     // Runs of the restarted agent that had started were re-attached, not given up. (One it was
-    // killed while launching, before its checkpoint said so, never started: it is lost.)
+    // killed while launching, before it recorded the launch, never started: the server sent it
+    // again.)
     for job in &jobs {
         for r in f.runs(leader, job).await {
             let started = !r["started_at"].is_null();
