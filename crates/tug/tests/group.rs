@@ -369,6 +369,27 @@ async fn followers_answer_reads_behind_the_gate_and_writes_are_audited_with_thei
     let resp = g.get(follower, "/api/v1/cluster").send().await.unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
 
+    // A token made on the leader works on the follower at once, and stops working there as soon
+    // as the leader has revoked it.
+    let made: Value = g
+        .http
+        .post(format!("{}/api/v1/tokens", api(leader)))
+        .bearer_auth(g.token())
+        .json(&serde_json::json!({"name": "short-lived", "role": "read"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, short) = (made["id"].as_str().unwrap(), made["token"].as_str().unwrap());
+    let read = || g.http.get(format!("{}/api/v1/jobs", api(follower))).bearer_auth(short).send();
+    assert_eq!(read().await.unwrap().status(), 200);
+    let revoked = g.http.delete(format!("{}/api/v1/tokens/{id}", api(leader))).bearer_auth(g.token()).send().await.unwrap();
+    assert_eq!(revoked.status(), 200);
+    let resp = read().await.unwrap();
+    assert_eq!(resp.status(), 401, "a token revoked on the leader still works on the follower: {}", resp.text().await.unwrap());
+
     // A write through the follower reaches the leader, which audits where it came from.
     let job = serde_json::json!({"name": "reads-job", "schedule": "@yearly", "command": "true"});
     let resp = g.http.post(format!("{}/api/v1/jobs", api(follower))).bearer_auth(g.token()).json(&job).send().await.unwrap();
