@@ -33,8 +33,59 @@
     KINDS.forEach(function (k) { es.addEventListener(k, soon); });
     es.addEventListener("open", function () { document.body.setAttribute("data-live-connected", "1"); });
   }
-  // Relative times ("in 3m") go stale without events; redraw now and then.
-  if (document.querySelector("[data-live]")) setInterval(soon, 30000);
+  // Relative times ("in 3m") go stale without events; redraw now and then. Pages whose changes
+  // have no events (services, releases) name a shorter period in <body data-poll="ms">.
+  var poll = parseInt(document.body.getAttribute("data-poll"), 10);
+  if (document.querySelector("[data-live]")) setInterval(soon, poll > 0 ? poll : 30000);
+
+  // The job form: the schedule's next fires as one types, from the preview API.
+  var sched = document.getElementById("schedule");
+  var zone = document.getElementById("tz");
+  var list = document.getElementById("preview");
+  var problem = document.getElementById("preview-error");
+  var typing = null;
+  function preview() {
+    typing = null;
+    var expr = sched.value.trim();
+    if (expr === "") { list.innerHTML = ""; problem.hidden = true; return; }
+    var q = "expr=" + encodeURIComponent(expr) + "&count=5";
+    if (zone.value.trim() !== "") q += "&tz=" + encodeURIComponent(zone.value.trim());
+    var asked = sched.value + "\n" + zone.value;
+    fetch("/api/v1/schedule/preview?" + q).then(function (r) {
+      return r.json().then(function (body) { return { ok: r.ok, body: body }; });
+    }).then(function (x) {
+      if (asked !== sched.value + "\n" + zone.value) return; // typed on meanwhile
+      list.innerHTML = "";
+      if (!x.ok) {
+        problem.textContent = (x.body.error && x.body.error.message) || "the schedule cannot be previewed";
+        problem.hidden = false;
+        return;
+      }
+      problem.hidden = true;
+      if (x.body.details.length === 0) { problem.textContent = "it never fires after now"; problem.hidden = false; }
+      x.body.details.forEach(function (f) {
+        var li = document.createElement("li");
+        li.textContent = f.at;
+        if (f.dst_adjusted) {
+          var b = document.createElement("span");
+          b.className = "badge";
+          b.textContent = "DST moved";
+          li.appendChild(document.createTextNode(" "));
+          li.appendChild(b);
+        }
+        list.appendChild(li);
+      });
+      list.setAttribute("data-previewed", asked);
+    }).catch(function () {});
+  }
+  function typed() {
+    if (typing !== null) clearTimeout(typing);
+    typing = setTimeout(preview, 250);
+  }
+  if (sched && zone && list && problem && window.fetch) {
+    sched.addEventListener("input", typed);
+    zone.addEventListener("input", typed);
+  }
 
   var log = document.getElementById("log");
   var follow = log && log.getAttribute("data-follow");

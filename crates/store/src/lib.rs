@@ -130,6 +130,27 @@ pub struct JobQuery {
     pub label: Option<String>,
 }
 
+impl JobQuery {
+    /// Whether a job passes the query's `q` and `label` filters, as every store applies them
+    /// (for lists kept outside the store, such as the scheduler's jobs in order of next fire).
+    pub fn matches(&self, spec: &JobSpec) -> bool {
+        let q = self.q.as_deref().filter(|q| !q.is_empty()).map(str::to_lowercase);
+        q.is_none_or(|q| search_matches(spec, &q))
+            && self.label.as_deref().filter(|l| !l.is_empty()).is_none_or(|l| derived::label_matches(spec, l))
+    }
+}
+
+/// Whether `q` (lowercased) is in the job's search text; without allocating for ASCII text, since
+/// a search may test every job the scheduler holds.
+fn search_matches(spec: &JobSpec, q: &str) -> bool {
+    let ascii = q.is_ascii() && !q.contains('\n') && [&spec.name, &spec.description, &spec.owner].iter().all(|f| f.is_ascii());
+    if !ascii {
+        return derived::search_text(spec).contains(q);
+    }
+    let q = q.as_bytes();
+    [&spec.name, &spec.description, &spec.owner].iter().any(|f| f.as_bytes().windows(q.len()).any(|w| w.eq_ignore_ascii_case(q)))
+}
+
 /// Filters for listing a job's runs, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunQuery {
@@ -262,4 +283,34 @@ pub trait Store: Send + Sync + 'static {
     async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>>;
     /// Deletes audit entries older than `before`; returns how many.
     async fn prune_audit(&self, before: Timestamp) -> Result<u64>;
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn a_query_matches_jobs_as_the_stores_filter_them() {
+        let spec = JobSpec::from_json(
+            r#"{"name":"Nightly-Report","description":"Dump für Ärzte","owner":"data@example.com","schedule":"@daily","command":"true","labels":{"team":"data"}}"#,
+        )
+        .unwrap();
+        let q = |q: &str, label: &str| JobQuery { q: Some(q.into()), label: Some(label.into()), ..JobQuery::default() }.matches(&spec);
+        for (text, label, want) in [
+            ("", "", true),
+            ("nightly-r", "", true),
+            ("REPORT", "", true),
+            ("ärzte", "", true),
+            ("DATA@", "team", true),
+            ("report", "team=data", true),
+            ("report", "team=web", false),
+            ("report", "tier", false),
+            ("weekly", "", false),
+            ("report\ndump", "", true),
+        ] {
+            assert_eq!(q(text, label), want, "q={text:?} label={label:?}");
+            let stored = derived::search_text(&spec).contains(&text.to_lowercase()) && (label.is_empty() || derived::label_matches(&spec, label));
+            assert_eq!(stored, want, "the stores' own test agrees for q={text:?} label={label:?}");
+        }
+    }
 }

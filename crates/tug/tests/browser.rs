@@ -143,6 +143,15 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// A browser, or `None` after saying loudly that the test is skipped.
+fn browser(shots: &str) -> Option<Browser> {
+    let b = Browser::start(shots);
+    if b.is_none() {
+        eprintln!("\n!!!!!!!! SKIPPED browser test: chromedriver is not installed (scripts/test installs chromium-driver) !!!!!!!!\n");
+    }
+    b
+}
+
 fn tug(server: &str, args: &[&str]) -> String {
     let out = Command::new(TUG).args(args).env("TUG_SERVER", server).output().unwrap();
     assert!(out.status.success(), "tug {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -151,10 +160,7 @@ fn tug(server: &str, args: &[&str]) -> String {
 
 #[test]
 fn an_operator_runs_watches_kills_and_pauses_a_job_in_the_browser() {
-    let Some(b) = Browser::start("job-flow") else {
-        eprintln!("\n!!!!!!!! SKIPPED browser test: chromedriver is not installed (scripts/test installs chromium-driver) !!!!!!!!\n");
-        return;
-    };
+    let Some(b) = browser("job-flow") else { return };
     let up = Up::start();
     let s = up.server.clone();
     tug(&s, &["job", "add", "nightly-report", "--schedule", "0 30 2 * * *", "--tz", "Europe/Berlin", "--description", "the nightly report", "--", "echo report"]);
@@ -218,10 +224,7 @@ fn an_operator_runs_watches_kills_and_pauses_a_job_in_the_browser() {
 
 #[test]
 fn with_auth_on_the_browser_logs_in_with_a_token_acts_and_logs_out() {
-    let Some(b) = Browser::start("login") else {
-        eprintln!("\n!!!!!!!! SKIPPED browser test: chromedriver is not installed (scripts/test installs chromium-driver) !!!!!!!!\n");
-        return;
-    };
+    let Some(b) = browser("login") else { return };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("admin.token");
     let up = Up::start_with(&["--init-token-file", file.to_str().unwrap()]);
@@ -257,4 +260,50 @@ fn with_auth_on_the_browser_logs_in_with_a_token_acts_and_logs_out() {
     b.wait_text("h1", "Log in");
     b.go(&format!("{s}/"));
     b.wait_text("h1", "Log in");
+}
+
+#[test]
+fn a_newcomer_adds_a_job_from_the_form_with_its_fires_previewed_as_they_type() {
+    let Some(b) = browser("add-job") else { return };
+    let up = Up::start();
+    let s = up.server.clone();
+    b.go(&format!("{s}/"));
+    b.wait_text("h1", "Jobs");
+    b.click("h1 a[href='/new']");
+    b.wait_text("h1", "Add a job");
+
+    // The preview follows the typing: fires in the zone, then the API's message for a bad zone.
+    b.fill("#schedule", "0 30 2 * * *");
+    b.fill("#tz", "Europe/Berlin");
+    let fires = b.wait_text("#preview", "02:30:00+0");
+    assert_eq!(fires.lines().count(), 5, "{fires}");
+    b.fill("#tz", "/Nowhere");
+    b.wait_text("#preview-error", "Europe/Berlin/Nowhere");
+    b.js("document.getElementById('tz').value = ''; return null;");
+    b.fill("#tz", "UTC");
+    b.wait_text("#preview", "02:30:00+00:00");
+    b.screenshot("form");
+
+    // Saved from the form, it is on its page and runs.
+    b.fill("input[name=name]", "from-the-form");
+    b.fill("textarea[name=command]", "echo made in the browser");
+    b.click("#save");
+    b.wait_text("h1", "from-the-form");
+    b.wait_text("body", "at 02:30 every day");
+    b.click("button[formaction$='/run']");
+    b.wait_text("#live", "succeeded");
+
+    // Edited from its page: the form comes filled in, and a refusal keeps what was typed.
+    b.click("a[href='/jobs/from-the-form/edit']");
+    b.wait_text("h1", "Edit");
+    b.js("document.getElementById('schedule').value = ''; return null;");
+    b.fill("#schedule", "0 0 25 * * *");
+    b.click("#save");
+    b.wait_text(".error", "25");
+    assert_eq!(b.js("return document.getElementById('schedule').value;"), json!("0 0 25 * * *"));
+    b.js("document.getElementById('schedule').value = ''; return null;");
+    b.fill("#schedule", "0 0 5 * * *");
+    b.click("#save");
+    b.wait_text("body", "at 05:00 every day");
+    assert!(tug(&s, &["job", "show", "from-the-form"]).contains("0 0 5 * * *"));
 }

@@ -1,5 +1,6 @@
-//! The web UI's pages against a real server: what each shows, the state filter, actions by form
-//! post (and their refusals), and the script and stylesheet served from the binary.
+//! The web UI's pages against a real server: what each shows, the state filter, the order by next
+//! fire, actions by form post (and their refusals), adding and editing a job by its form, and the
+//! script and stylesheet served from the binary.
 
 mod common;
 
@@ -88,10 +89,17 @@ impl Browser {
 
 /// Posts a UI form as a browser would: with the CSRF token of the page it was on.
 async fn form_post(s: &TestServer, path: &str) -> (u16, String) {
+    form_post_with(s, path, &[]).await
+}
+
+/// Posts a UI form with these fields and the CSRF token of the page it was on.
+async fn form_post_with(s: &TestServer, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
     let mut b = Browser::new(s);
     let (_, _, html) = b.get("/agents").await;
     let csrf = form_csrf(&html);
-    let (st, to, _) = b.post(path, &[("csrf", &csrf)]).await;
+    let mut all = vec![("csrf", csrf.as_str())];
+    all.extend_from_slice(fields);
+    let (st, to, _) = b.post(path, &all).await;
     (st, to)
 }
 
@@ -108,7 +116,7 @@ async fn the_jobs_page_lists_filters_and_finds_the_failing_job() {
     s.wait_runs("broken", 10, |r| r.first().is_some_and(|r| r["state"] == "failed")).await;
     s.wait_runs("ok-00", 10, |r| r.first().is_some_and(|r| r["state"] == "succeeded")).await;
 
-    let (st, html) = page(&s, "/").await;
+    let (st, html) = page(&s, "/?sort=name").await;
     assert_eq!(st, 200);
     assert!(html.contains("<a href=\"/jobs/broken\">broken</a>"), "{html}");
     assert!(html.contains("at 02:30 every day") && html.contains("Europe/Berlin"), "schedule in words and its zone");
@@ -121,7 +129,7 @@ async fn the_jobs_page_lists_filters_and_finds_the_failing_job() {
     let (_, job) = page(&s, "/jobs/broken").await;
     assert!(job.contains("exit code 4") || job.contains("failed"), "{job}");
     // The next page starts after the last job shown; search and label filters narrow.
-    let (_, second) = page(&s, "/?cursor=ok-48").await;
+    let (_, second) = page(&s, "/?sort=name&cursor=ok-48").await;
     assert!(second.contains("/jobs/ok-49") && !second.contains("/jobs/ok-48\""), "{second}");
     let (_, found) = page(&s, "/?q=ok-1").await;
     assert!(found.contains("/jobs/ok-10") && !found.contains("/jobs/broken"));
@@ -342,5 +350,197 @@ async fn the_dependencies_page_draws_the_job_graph_with_failing_jobs_marked() {
     assert!(html.contains("<a href=\"/jobs/transform\" class=\"job failing\""), "{html}");
     assert!(html.contains("<a href=\"/jobs/extract\" class=\"job\"") && !html.contains("data-job=\"alone\""), "{html}");
     assert!(html.contains("Failing:") && html.contains("href=\"/jobs/transform\">transform</a>"), "{html}");
+    s.stop().await;
+}
+
+/// The job names a jobs page lists, in its order.
+fn listed(html: &str) -> Vec<String> {
+    html.split("<td><a href=\"/jobs/").skip(1).map(|rest| rest.split('"').next().unwrap().to_string()).collect()
+}
+
+/// The `href` of a page's "next page" link, unescaped.
+fn next_href(html: &str) -> Option<String> {
+    let at = html.find("rel=\"next\"")?;
+    let start = html[..at].rfind("href=\"")? + 6;
+    Some(html[start..].split('"').next().unwrap().replace("&amp;", "&").replace("&#x3d;", "=").replace("&#61;", "="))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_page_lists_by_next_fire_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    // Names in another order than their fires; then 55 more, and two jobs that never fire by a timer.
+    for (name, year) in [("z-first", 2030), ("a-second", 2031), ("m-third", 2032)] {
+        s.create(json!({"name": name, "schedule": format!("R/{year}-01-01T00:00:00Z/P1D"), "command": "true"})).await;
+    }
+    for i in 0..55 {
+        s.create(json!({"name": format!("n-{i:02}"), "schedule": format!("R/2040-01-01T00:{i:02}:00Z/P1D"), "command": "true", "labels": {"batch": "n"}})).await;
+    }
+    s.create(json!({"name": "p-paused", "schedule": "@hourly", "command": "true", "paused": true})).await;
+    s.create(json!({"name": "c-child", "parents": ["z-first"], "command": "true"})).await;
+
+    let (st, first) = page(&s, "/").await;
+    assert_eq!(st, 200);
+    assert!(first.contains("sorted by next fire"), "{first}");
+    let names = listed(&first);
+    assert_eq!(names.len(), 50, "{names:?}");
+    assert_eq!(&names[..4], ["z-first", "a-second", "m-third", "n-00"]);
+    assert!(first.contains("2030-01-01 00:00:00 UTC"), "next fire shown: {first}");
+    let next = next_href(&first).expect("a second page");
+    let (st, second) = page(&s, &next).await;
+    assert_eq!(st, 200, "{next}: {second}");
+    // The rest of the timer's order, then the jobs with no next fire by name.
+    let expected: Vec<String> = (47..55).map(|i| format!("n-{i:02}")).chain(["c-child".into(), "p-paused".into()]).collect();
+    assert_eq!(listed(&second), expected);
+    assert!(next_href(&second).is_none());
+
+    // Filters apply in the same order; a page boundary inside the jobs with no next fire holds.
+    let (_, found) = page(&s, "/?q=N-0").await;
+    assert_eq!(listed(&found), (0..10).map(|i| format!("n-{i:02}")).collect::<Vec<_>>(), "case-insensitive search");
+    let (_, labelled) = page(&s, "/?label=batch%3Dn").await;
+    assert_eq!(listed(&labelled).len(), 50);
+    // By name on request, and with a state filter.
+    let (_, by_name) = page(&s, "/?sort=name").await;
+    assert_eq!(&listed(&by_name)[..3], ["a-second", "c-child", "m-third"]);
+    assert!(by_name.contains("sorted by name"));
+    let (_, paused) = page(&s, "/?state=paused").await;
+    assert_eq!(listed(&paused), ["p-paused"]);
+    // A cursor this list did not hand out is refused, saying what to do.
+    let (st, bad) = page(&s, "/?cursor=garbage").await;
+    assert_eq!(st, 400);
+    assert!(bad.contains("cursor=&quot;garbage&quot; is not one this list handed out; start again from the first page"), "{bad}");
+    s.stop().await;
+}
+
+/// Posts the job form with these fields.
+async fn post_form(b: &mut Browser, fields: &[(&'static str, String)]) -> (u16, String, String) {
+    let refs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    b.post("/ui/job-form", &refs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_added_and_edited_from_its_form_with_the_apis_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let mut b = Browser::new(&s);
+    let (st, _, form) = b.get("/new").await;
+    assert_eq!(st, 200);
+    assert!(form.contains("action=\"/ui/job-form\"") && form.contains("id=\"preview\""), "{form}");
+    let csrf = form_csrf(&form);
+    let fields = |schedule: &str, tz: &str| -> Vec<(&'static str, String)> {
+        vec![("csrf", csrf.clone()), ("name", "report".into()), ("schedule", schedule.into()), ("tz", tz.into()),
+             ("command", "echo report".into()), ("labels", "team=data".into()), ("retries", "2".into()),
+             ("concurrency", "forbid".into()), ("misfire", "run_once".into())]
+    };
+
+    // Preview: the next fires in the job's zone (a DST gap marked), nothing saved.
+    let mut f = fields("0 30 2 * * *", "Europe/Berlin");
+    f.push(("preview", "1".into()));
+    let (st, _, shown) = post_form(&mut b, &f).await;
+    assert_eq!(st, 200);
+    assert_eq!(shown.matches("<li>").count(), 5, "{shown}");
+    assert!(shown.contains(":30:00+01:00") || shown.contains(":30:00+02:00"), "{shown}");
+    assert!(shown.contains("value=\"echo report\"") || shown.contains(">echo report</textarea>"), "the form comes back filled in");
+    assert_eq!(s.req(reqwest::Method::GET, "/jobs/report", None).await.0, 404);
+
+    // A bad schedule and a bad zone: the API's own messages, the form filled in.
+    let api = |schedule: &str, tz: &str| {
+        json!({"name": "report", "schedule": schedule, "tz": tz, "command": "echo report"})
+    };
+    for (schedule, tz) in [("0 61 * * * *", "UTC"), ("@daily", "Mars/Olympus")] {
+        let (code, body) = s.req(reqwest::Method::POST, "/jobs", Some(api(schedule, tz))).await;
+        assert_eq!(code, 422, "{body}");
+        let message = body["error"]["message"].as_str().unwrap().to_string();
+        let (st, _, page) = post_form(&mut b, &fields(schedule, tz)).await;
+        assert_eq!(st, 422, "{page}");
+        let escaped = message.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;").replace('>', "&gt;");
+        assert!(page.contains(&escaped) || page.contains(&message.replace('"', "&#34;")), "the API says {message:?}; the form says: {page}");
+        assert!(page.contains("role=\"alert\""));
+    }
+
+    // Saved: to the job's page; the API has it as the form said.
+    let (st, to, _) = post_form(&mut b, &fields("0 0 3 * * *", "America/New_York")).await;
+    assert_eq!((st, to.as_str()), (303, "/jobs/report"));
+    let job = s.get("/jobs/report").await;
+    assert_eq!(job["spec"]["schedule"], "0 0 3 * * *");
+    assert_eq!(job["spec"]["labels"]["team"], "data");
+    assert_eq!(job["spec"]["misfire"], "run_once");
+    assert_eq!(job["spec"]["retries"]["count"], 2);
+
+    // Edit: what the form does not show (env, paused) stays; a stale form is refused.
+    let (code, _) = s.req(reqwest::Method::PUT, "/jobs/report", Some(json!({"name": "report", "schedule": "0 0 3 * * *", "tz": "America/New_York", "command": "echo report", "env": {"KEY": "v"}, "paused": true}))).await;
+    assert_eq!(code, 200);
+    let (st, _, edit) = b.get("/jobs/report/edit").await;
+    assert_eq!(st, 200);
+    assert!(edit.contains("value=\"0 0 3 * * *\"") && edit.contains("value=\"America/New_York\"") && edit.contains("readonly"), "{edit}");
+    let version = edit.split("name=\"version\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let mut f = fields("0 15 4 * * *", "America/New_York");
+    f.push(("original", "report".into()));
+    f.push(("version", version.clone()));
+    let (st, to, _) = post_form(&mut b, &f).await;
+    assert_eq!((st, to.as_str()), (303, "/jobs/report"));
+    let job = s.get("/jobs/report").await;
+    assert_eq!(job["spec"]["schedule"], "0 15 4 * * *");
+    assert_eq!(job["spec"]["env"]["KEY"], "v");
+    assert_eq!(job["spec"]["paused"], true, "an edit keeps the job paused");
+    let (st, _, stale) = post_form(&mut b, &f).await;
+    assert_eq!(st, 409, "{stale}");
+    assert!(stale.contains("version"), "{stale}");
+    s.stop().await;
+}
+
+/// Reads `path` until its page contains `needle`.
+async fn wait_page(s: &TestServer, path: &str, secs: u64, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let (_, html) = page(s, path).await;
+        if html.contains(needle) {
+            return html;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path} never showed {needle:?} in {secs}s: {html}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_pages_show_replicas_scale_and_a_releases_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let (_, empty) = page(&s, "/services").await;
+    assert!(empty.contains("No services yet"), "{empty}");
+    let (st, v) = s.req(reqwest::Method::POST, "/services", Some(json!({"name": "web", "replicas": 2, "env": {"V": "1"}, "command": "exec sleep 1000", "stop_grace": "1s"}))).await;
+    assert_eq!(st, 201, "{v}");
+    wait_service(&s, "web", 20, "2 healthy", |v| v["status"]["healthy"] == 2).await;
+
+    let (st, list) = page(&s, "/services").await;
+    assert_eq!(st, 200);
+    assert!(list.contains("<a href=\"/services/web\">web</a>") && list.contains("2 / 2") && list.contains("none (running is healthy)"), "{list}");
+    assert!(list.contains("data-poll=\"2000\""), "redrawn without events");
+    let one = wait_page(&s, "/services/web", 10, "2 of 2 healthy").await;
+    assert_eq!(one.matches("<span class=\"state healthy\">healthy</span>").count(), 2, "{one}");
+    assert!(one.contains("<td>local</td>") && one.contains("/api/v1/services/web/replicas/1/log"), "{one}");
+
+    // Scaled from its page; a count out of range is refused with the API's message.
+    assert_eq!(form_post_with(&s, "/ui/services/web/scale", &[("replicas", "3")]).await, (303, "/services/web".to_string()));
+    wait_service(&s, "web", 20, "3 healthy", |v| v["status"]["healthy"] == 3).await;
+    let (st, to) = form_post_with(&s, "/ui/services/web/scale", &[("replicas", "10001")]).await;
+    assert_eq!(st, 303);
+    let (_, refused) = page(&s, &to).await;
+    assert!(refused.contains("cannot scale to 10001 replicas; give a count from 0 to 10000"), "{refused}");
+
+    // A release: its stages as it goes, brake and revoke from its page.
+    let (st, r) = s.req(reqwest::Method::POST, "/services/web/releases", Some(json!({"env": {"V": "2"}, "smoke": 1, "bake": "1h"}))).await;
+    assert_eq!(st, 202, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let baking = wait_page(&s, &format!("/releases/{id}"), 20, "stage current\"><strong>bake").await;
+    assert!(baking.contains("stage done\"><strong>smoke") && baking.contains("stage waiting\"><strong>rollout"), "{baking}");
+    assert!(baking.contains("<th>env</th>") && !baking.contains("\"V\":\"2\""), "env changes without their values: {baking}");
+    assert!(page(&s, "/services/web").await.1.contains(&format!("<a href=\"/releases/{id}\">{id}</a>")));
+    assert_eq!(form_post_with(&s, &format!("/ui/releases/{id}/brake"), &[]).await.0, 303);
+    wait_page(&s, &format!("/releases/{id}"), 10, "(braked)").await;
+    assert_eq!(form_post_with(&s, &format!("/ui/releases/{id}/revoke"), &[]).await.0, 303);
+    wait_page(&s, &format!("/releases/{id}"), 30, "state revoked").await;
+    let (st, missing) = page(&s, "/releases/rel-999").await;
+    assert_eq!(st, 404, "{missing}");
     s.stop().await;
 }

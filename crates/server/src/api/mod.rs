@@ -26,8 +26,8 @@ pub(crate) mod jobs;
 mod net;
 pub mod openapi;
 pub(crate) mod runs;
-mod schedule;
-mod services;
+pub(crate) mod schedule;
+pub(crate) mod services;
 
 pub use error::{ApiError, ApiResult};
 

@@ -23,9 +23,9 @@ pub(super) struct PreviewParams {
 #[derive(Debug, Serialize)]
 pub struct PreviewFire {
     /// RFC 3339 with the zone's offset.
-    at: String,
+    pub(crate) at: String,
     /// Moved by a DST transition.
-    dst_adjusted: bool,
+    pub(crate) dst_adjusted: bool,
 }
 
 /// The preview.
@@ -65,7 +65,7 @@ pub(super) async fn preview(
     Ok(Json(Preview { fires: details.iter().map(|f| f.at.clone()).collect(), details, expr: p.expr, tz }))
 }
 
-fn preview_fires(expr: &str, tz: &str, after: Timestamp, count: usize) -> Result<Vec<PreviewFire>, ScheduleError> {
+pub(crate) fn preview_fires(expr: &str, tz: &str, after: Timestamp, count: usize) -> Result<Vec<PreviewFire>, ScheduleError> {
     let sched = Schedule::parse(expr, tz)?;
     let zone = jiff::tz::TimeZone::get(tz.trim()).map_err(|_| ScheduleError::Zone { tz: tz.to_string() })?;
     let mut out = Vec::new();

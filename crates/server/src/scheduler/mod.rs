@@ -37,6 +37,7 @@ mod services;
 pub mod stats;
 mod status;
 pub mod timers;
+mod upcoming;
 
 use agents::{AgentView, Agents, Registration};
 use stats::Stats;
@@ -47,6 +48,7 @@ use timers::{Slot, Timers};
 pub use operations::{AgentProgress, OpState, Operation, OperationView};
 pub use releases::{Release, ReleaseAction, ReleaseEvent, ReleaseState, ReleaseView};
 pub use services::{ReplicaState, ReplicaView, ServiceStatus, is_replica};
+pub use upcoming::{Upcoming, UpcomingCursor};
 
 /// Scheduler settings.
 #[derive(Debug, Clone)]
@@ -122,6 +124,7 @@ pub(crate) enum Command {
     ReleaseAction(String, ReleaseAction, oneshot::Sender<Result<ReleaseView>>),
     Release(String, oneshot::Sender<Option<ReleaseView>>),
     Releases(String, oneshot::Sender<Vec<ReleaseView>>),
+    Upcoming(tug_store::JobQuery, Option<UpcomingCursor>, usize, oneshot::Sender<Upcoming>),
 }
 
 /// A cheap, cloneable way to talk to the scheduler task.
@@ -218,6 +221,12 @@ impl SchedulerHandle {
     /// The jobs that run after `job` (it is one of their parents), by name.
     pub async fn children(&self, job: &str) -> Result<Vec<String>> {
         self.ask(|tx| Command::Children(job.to_string(), tx)).await
+    }
+
+    /// A page of jobs passing `filter` in order of their next fire, then those with none by
+    /// name (see `upcoming.rs`).
+    pub async fn upcoming(&self, filter: tug_store::JobQuery, after: Option<UpcomingCursor>, limit: usize) -> Result<Upcoming> {
+        self.ask(|tx| Command::Upcoming(filter, after, limit, tx)).await
     }
 
     /// Every dependency as (parent, child), sorted.
@@ -583,6 +592,9 @@ impl Scheduler {
                 let mut children = self.children.get(&job).cloned().unwrap_or_default();
                 children.sort();
                 let _ = tx.send(children);
+            }
+            Command::Upcoming(filter, after, limit, tx) => {
+                let _ = tx.send(self.upcoming(&filter, after.as_ref(), limit));
             }
             Command::Edges(tx) => {
                 let mut edges: Vec<(String, String)> =

@@ -54,6 +54,13 @@ impl<K: Ord + Copy> Timers<K> {
         self.set.iter().filter_map(|(ms, k)| Timestamp::from_millisecond(*ms).ok().map(|t| (t, *k)))
     }
 
+    /// The entries after `(ms, key)` (all of them for `None`), earliest first.
+    pub fn iter_after(&self, after: Option<(i64, K)>) -> impl Iterator<Item = (Timestamp, K)> + '_ {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.set.range((from, Bound::Unbounded)).filter_map(|(ms, k)| Timestamp::from_millisecond(*ms).ok().map(|t| (t, *k)))
+    }
+
     /// True when nothing is scheduled.
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
@@ -77,5 +84,19 @@ mod tests {
         assert_eq!(timers.pop_due(t(20)), None);
         assert_eq!(timers.pop_due(t(30)), Some(1));
         assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn iterates_after_an_entry() {
+        let t = |ms| Timestamp::from_millisecond(ms).unwrap();
+        let mut timers = Timers::new();
+        for (ms, k) in [(10, 1u32), (10, 2), (20, 0), (30, 5)] {
+            timers.insert(t(ms), k);
+        }
+        let keys = |after| timers.iter_after(after).map(|(_, k)| k).collect::<Vec<_>>();
+        assert_eq!(keys(None), [1, 2, 0, 5]);
+        assert_eq!(keys(Some((10, 1))), [2, 0, 5]);
+        assert_eq!(keys(Some((15, 0))), [0, 5]);
+        assert_eq!(keys(Some((30, 5))), Vec::<u32>::new());
     }
 }

@@ -12,9 +12,10 @@ use tug_core::run::{Run, RunState};
 use tug_core::schedule::Schedule;
 use tug_store::{JobQuery, JobRecord, RunQuery};
 
-use super::format::{absolute, millis, rate, relative, schedule_words, short};
+use super::format::{absolute, command_line, millis, rate, relative, schedule_words, short};
 use super::{UiError, enc, render};
-use crate::api::AppState;
+use crate::api::{ApiError, AppState};
+use crate::scheduler::UpcomingCursor;
 use crate::auth::session::UiSession;
 use crate::api::jobs::next_fire;
 
@@ -33,6 +34,9 @@ pub(super) struct JobsParams {
     label: String,
     #[serde(default)]
     state: String,
+    /// `next` (by next fire, the default) or `name`; a state filter lists by name.
+    #[serde(default)]
+    sort: String,
     cursor: Option<String>,
     error: Option<String>,
 }
@@ -66,6 +70,9 @@ struct JobsPage {
     q: String,
     label: String,
     states: Vec<StateLink>,
+    sort: String,
+    sorts: Vec<StateLink>,
+    sorted_by: &'static str,
     rows: Vec<JobRow>,
     next_link: Option<String>,
 }
@@ -80,9 +87,9 @@ pub(super) fn last_state(r: &JobRecord) -> (&'static str, Option<Timestamp>) {
     }
 }
 
-fn jobs_url(q: &str, label: &str, state: &str, cursor: Option<&str>) -> String {
+fn jobs_url(q: &str, label: &str, state: &str, sort: &str, cursor: Option<&str>) -> String {
     let mut parts = Vec::new();
-    for (k, v) in [("q", q), ("label", label), ("state", state)] {
+    for (k, v) in [("q", q), ("label", label), ("state", state), ("sort", sort)] {
         if !v.is_empty() {
             parts.push(format!("{k}={}", enc(v)));
         }
@@ -105,39 +112,68 @@ pub(super) async fn jobs(State(st): State<AppState>, ui: UiSession, Query(p): Qu
         "paused" => r.spec.paused,
         _ => true,
     };
-    // Read pages of the store until a page of matches is found (state filters skip jobs).
+    let by_next = p.state.is_empty() && p.sort != "name";
     let mut found: Vec<JobRecord> = Vec::new();
+    let mut fires: HashMap<String, Timestamp> = HashMap::new();
+    let mut next_cursor = None;
+    if by_next {
+        // In order of next fire, from the scheduler's timers; the rows' details from the store.
+        let after = match p.cursor.as_deref() {
+            Some(c) => Some(UpcomingCursor::parse(c).ok_or_else(|| {
+                ApiError::bad_request("invalid_cursor", format!("cursor={c:?} is not one this list handed out; start again from the first page"))
+            })?),
+            None => None,
+        };
+        let filter = JobQuery { q: Some(p.q.clone()).filter(|s| !s.is_empty()), label: Some(p.label.clone()).filter(|s| !s.is_empty()), ..JobQuery::default() };
+        let page = st.scheduler.upcoming(filter, after, PAGE).await?;
+        for (name, at) in page.jobs {
+            match st.store.get_job(&name).await {
+                Ok(r) => {
+                    if let Some(at) = at {
+                        fires.insert(name, at);
+                    }
+                    found.push(r);
+                }
+                Err(tug_store::StoreError::JobNotFound(_)) => {} // deleted since
+                Err(e) => return Err(e.into()),
+            }
+        }
+        next_cursor = page.next.map(|c| c.to_string());
+    }
+    // By name: read pages of the store until a page of matches is found (state filters skip jobs).
     let mut cursor = p.cursor.clone();
     let mut more = false;
-    loop {
-        let q = JobQuery {
-            limit: if p.state.is_empty() { PAGE + 1 } else { SCAN },
-            cursor: cursor.clone(),
-            q: Some(p.q.clone()).filter(|s| !s.is_empty()),
-            label: Some(p.label.clone()).filter(|s| !s.is_empty()),
-        };
-        let page = st.store.list_jobs(&q).await?;
-        for r in page.items {
-            if !wanted(&r) {
-                continue;
+    if !by_next {
+        loop {
+            let q = JobQuery {
+                limit: if p.state.is_empty() { PAGE + 1 } else { SCAN },
+                cursor: cursor.clone(),
+                q: Some(p.q.clone()).filter(|s| !s.is_empty()),
+                label: Some(p.label.clone()).filter(|s| !s.is_empty()),
+            };
+            let page = st.store.list_jobs(&q).await?;
+            for r in page.items {
+                if !wanted(&r) {
+                    continue;
+                }
+                if found.len() == PAGE {
+                    more = true;
+                    break;
+                }
+                found.push(r);
             }
-            if found.len() == PAGE {
-                more = true;
+            if more || page.next_cursor.is_none() {
                 break;
             }
-            found.push(r);
+            cursor = page.next_cursor;
         }
-        if more || page.next_cursor.is_none() {
-            break;
-        }
-        cursor = page.next_cursor;
     }
     let mut rows = Vec::with_capacity(found.len());
     for r in &found {
         let totals = st.store.run_totals(Some(&r.spec.name)).await?;
         let (ok, bad) = totals.first().map_or((0, 0), |(_, t)| (t.succeeded, t.failed));
         let (state, at) = last_state(r);
-        let next = next_fire(r, now);
+        let next = if by_next { fires.get(&r.spec.name).copied() } else { next_fire(r, now) };
         let tz = r.spec.tz();
         let expr = match &r.spec.schedule {
             Some(s) if tz != "UTC" => format!("{s} ({tz})"),
@@ -162,10 +198,19 @@ pub(super) async fn jobs(State(st): State<AppState>, ui: UiSession, Query(p): Qu
     }
     let states = [("", "all"), ("failing", "failing"), ("running", "running"), ("paused", "paused")]
         .into_iter()
-        .map(|(v, text)| StateLink { text, href: jobs_url(&p.q, &p.label, v, None), current: p.state == v })
+        .map(|(v, text)| StateLink { text, href: jobs_url(&p.q, &p.label, v, &p.sort, None), current: p.state == v })
         .collect();
-    let next_link = more.then(|| jobs_url(&p.q, &p.label, &p.state, found.last().map(|r| r.spec.name.as_str())));
-    render(JobsPage { error: p.error, ui, q: p.q, label: p.label, states, rows, next_link })
+    let sorts = [("", "next fire"), ("name", "name")]
+        .into_iter()
+        .map(|(v, text)| StateLink { text, href: jobs_url(&p.q, &p.label, "", v, None), current: if v.is_empty() { by_next } else { !by_next } })
+        .collect();
+    let next_link = if by_next {
+        next_cursor.map(|c| jobs_url(&p.q, &p.label, "", &p.sort, Some(&c)))
+    } else {
+        more.then(|| jobs_url(&p.q, &p.label, &p.state, &p.sort, found.last().map(|r| r.spec.name.as_str())))
+    };
+    let sorted_by = if by_next { "next fire" } else { "name" };
+    render(JobsPage { error: p.error, ui, q: p.q, label: p.label, states, sort: p.sort, sorts, sorted_by, rows, next_link })
 }
 
 #[derive(Deserialize, Default)]
@@ -331,10 +376,7 @@ pub(super) async fn job(State(st): State<AppState>, ui: UiSession, Path(name): P
             reason: r.reason.clone().unwrap_or_default(),
         })
         .collect();
-    let mut details = vec![("command".to_string(), match &spec.command {
-        tug_core::job::Command::Shell(s) => s.clone(),
-        tug_core::job::Command::Argv(a) => a.join(" "),
-    })];
+    let mut details = vec![("command".to_string(), command_line(&spec.command))];
     let mut add = |k: &str, v: String| {
         if !v.is_empty() {
             details.push((k.to_string(), v));

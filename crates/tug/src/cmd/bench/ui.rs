@@ -4,11 +4,9 @@
 #![allow(clippy::disallowed_types)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context;
-use futures::StreamExt;
 use jiff::Timestamp;
 use tug_agent::runtime::noop::NoopRuntime;
 use tug_core::JobSpec;
@@ -17,7 +15,7 @@ use tug_server::embedded::{Embedded, EmbeddedConfig};
 use tug_store::Store;
 use tug_store::sqlite::SqliteStore;
 
-use super::common::percentile;
+use super::common::{Subscribers, percentile};
 use crate::cmd::print_json;
 use crate::table::{self, Table};
 
@@ -78,10 +76,16 @@ pub(super) async fn run(a: UiArgs) -> anyhow::Result<()> {
     let server = Embedded::start(config, Some(tug::local::local_agent(Default::default(), Arc::new(NoopRuntime))), Arc::new(SystemClock), Some(listener)).await?;
     let http = reqwest::Client::new();
     let deep = format!("job-{:06}", a.jobs * 9 / 10);
+    // A cursor 90% of the way into the list by next fire: the yearly jobs all fire at the next
+    // New Year, in the order the scheduler loaded them (the cursor's second part).
+    let new_year = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).first_of_year()?.start_of_day()?.checked_add(jiff::Span::new().years(1))?.timestamp();
+    let deep_fire = format!("f{}.{}", new_year.as_millisecond(), a.jobs * 9 / 10);
     let pages = [
-        ("jobs, first page", "/".to_string()),
-        ("jobs, search", format!("/?q=job-{:04}", a.jobs / 200)),
-        ("jobs, deep page", format!("/?cursor={deep}")),
+        ("jobs by next fire, first page", "/".to_string()),
+        ("jobs by next fire, search", format!("/?q=job-{:04}", a.jobs / 200)),
+        ("jobs by next fire, deep page", format!("/?cursor={deep_fire}")),
+        ("jobs by name, first page", "/?sort=name".to_string()),
+        ("jobs by name, deep page", format!("/?sort=name&cursor={deep}")),
         ("jobs, label + failing", "/?label=team%3Dten&state=failing".to_string()),
         ("one job", format!("/jobs/job-{:06}", a.jobs / 2)),
     ];
@@ -107,34 +111,20 @@ pub(super) async fn run(a: UiArgs) -> anyhow::Result<()> {
     if progress {
         eprintln!("event stream: {} subscribers, {} jobs firing every second, {}s ...", a.subscribers, a.firing, a.seconds);
     }
-    let received = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..a.subscribers {
-        let (http, url, received) = (http.clone(), format!("{base}/api/v1/events?kind=run"), received.clone());
-        tasks.push(tokio::spawn(async move {
-            let Ok(resp) = http.get(url).send().await else { return };
-            let mut body = resp.bytes_stream();
-            while let Some(Ok(chunk)) = body.next().await {
-                let n = chunk.windows(7).filter(|w| w == b"event: ").count();
-                received.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }));
-    }
+    let subscribers = Subscribers::start(&http, &format!("{base}/api/v1/events?kind=run"), a.subscribers);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..a.firing {
         server.scheduler.set_paused(&format!("job-{i:06}"), false).await?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (published0, received0) = (server.events.latest(), received.load(Ordering::Relaxed));
+    let (published0, received0) = (server.events.latest(), subscribers.received());
     let t = StdInstant::now();
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     let secs = t.elapsed().as_secs_f64();
     let published = (server.events.latest() - published0) as f64 / secs;
-    let delivered = (received.load(Ordering::Relaxed) - received0) as f64 / secs;
+    let delivered = (subscribers.received() - received0) as f64 / secs;
     let stats = server.scheduler.take_stats().await?;
-    for t in tasks {
-        t.abort();
-    }
+    drop(subscribers);
     server.shutdown().await;
     let stream = serde_json::json!({
         "subscribers": a.subscribers,
