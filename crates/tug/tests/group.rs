@@ -325,6 +325,27 @@ async fn every_server_shows_the_group() {
     assert!(metrics.contains("tug_leader 1"), "{metrics}");
     assert!(metrics.contains("tug_store_fenced_writes_total 0"), "{metrics}");
 
+    // The UI and the event stream through the follower are the leader's, the stream streamed.
+    let page = g.http.get(format!("{}/", g.servers[follower].api)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["x-tug-leader"], g.servers[leader].name.as_str());
+    assert!(page.text().await.unwrap().contains("<html"), "the follower's UI page is not HTML");
+    let mut events = g.http.get(format!("{}/api/v1/events", g.servers[follower].api)).send().await.unwrap();
+    assert_eq!(events.status(), 200);
+    assert!(events.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let job = serde_json::json!({"name": "show-events", "schedule": "@yearly", "command": "true"});
+    let resp = g.http.post(format!("{}/api/v1/jobs", g.servers[follower].api)).json(&job).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let mut seen = String::new();
+    let streamed = tokio::time::timeout(Duration::from_secs(5), async {
+        while !seen.contains("show-events") {
+            let Some(chunk) = events.chunk().await.unwrap() else { break };
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(streamed.is_ok() && seen.contains("show-events"), "no event of the new job through the follower: {seen}");
+
     // An agent with the wrong join token is refused by a follower as by the leader, before it
     // is told where the leader is.
     let out = Command::new(TUG)
