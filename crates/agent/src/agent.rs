@@ -14,6 +14,8 @@
 //! shim alive (pid + start time)   -> re-attach: running again, timeout and kills as before
 //! executor.json (a docker run)    -> re-attach through the runtime: the output the log lacks,
 //!                                    then the rest of the run (lost if the container is gone)
+//! no launch.json (stopped while   -> forget it: nothing started; the server, not hearing of it,
+//!   launching)                       sends the launch again
 //! none of these                   -> report it lost: its exit status is unknown
 //! ```
 
@@ -30,7 +32,7 @@ use tug_core::protocol::{HealthReport, HeldRun, KillReason, Launch, StatusUpdate
 use tug_core::run::{RunId, RunState};
 use tug_logs::LogFiles;
 
-use crate::checkpoint::{Checkpoint, ExecutorRecord, LaunchRecord, ShimRecord};
+use crate::checkpoint::{Checkpoint, CheckpointError, ExecutorRecord, LaunchRecord, ShimRecord};
 use crate::runtime::shim::{follow, lost};
 use crate::runtime::{Outcome, RunContext, SharedRuntime};
 
@@ -269,7 +271,19 @@ impl Agent {
             };
             let name = entry.file_name();
             let Some((run_id, attempt)) = name.to_str().and_then(Checkpoint::parse_name) else { continue };
-            found.push(recover_one(Checkpoint::at(entry.path()), run_id, attempt).await);
+            let ckpt = Checkpoint::at(entry.path());
+            match recover_one(ckpt.clone(), run_id, attempt).await {
+                Some(r) => found.push(r),
+                None => {
+                    // Killed while launching, before the launch was recorded: nothing started.
+                    // Forgotten, the attempt is not held, so the server sends the launch again.
+                    tracing::info!(run = run_id, attempt, "a launch the last start did not record; it never started");
+                    if let Err(e) = ckpt.remove() {
+                        tracing::warn!(run = run_id, attempt, dir = %ckpt.dir().display(), error = %e,
+                            "cannot remove the unrecorded launch's checkpoint; remove it by hand");
+                    }
+                }
+            }
         }
         let mut st = self.lock();
         for r in found {
@@ -565,9 +579,11 @@ impl Agent {
     }
 }
 
-/// What one checkpoint holds at start.
-async fn recover_one(ckpt: Checkpoint, run_id: RunId, attempt: u32) -> Recovered {
-    let finished = |outcome| Recovered::Finished { run_id, attempt, outcome };
+/// What one checkpoint holds at start; `None` when it holds no launch: the agent stopped after
+/// making the directory and before recording the launch, and a launch starts nothing before it
+/// is recorded.
+async fn recover_one(ckpt: Checkpoint, run_id: RunId, attempt: u32) -> Option<Recovered> {
+    let finished = |outcome| Some(Recovered::Finished { run_id, attempt, outcome });
     match ckpt.read_outcome().await {
         Ok(Some(outcome)) => return finished(outcome),
         Ok(None) => {}
@@ -575,18 +591,19 @@ async fn recover_one(ckpt: Checkpoint, run_id: RunId, attempt: u32) -> Recovered
     }
     let record = match ckpt.read_launch().await {
         Ok(r) => r,
+        Err(CheckpointError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => return finished(lost(format!("the agent restarted and cannot read the run's checkpoint: {e}"))),
     };
     match ckpt.read_shim().await {
         Ok(Some(shim)) if shim.is_alive() => {
-            return Recovered::Running { record: Box::new(record), ckpt, resume: Resume::Shim(shim), kill: watch::channel(None) };
+            return Some(Recovered::Running { record: Box::new(record), ckpt, resume: Resume::Shim(shim), kill: watch::channel(None) });
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(run = run_id, attempt, error = %e, "cannot read the shim's record"),
     }
     match ckpt.read_executor().await {
         Ok(Some(exec)) => {
-            return Recovered::Running { record: Box::new(record), ckpt, resume: Resume::Executor(exec), kill: watch::channel(None) };
+            return Some(Recovered::Running { record: Box::new(record), ckpt, resume: Resume::Executor(exec), kill: watch::channel(None) });
         }
         Ok(None) => {}
         Err(e) => tracing::warn!(run = run_id, attempt, error = %e, "cannot read the executor's record"),

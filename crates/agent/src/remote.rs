@@ -23,7 +23,7 @@ use tug_proto::{AgentMessage, AgentServiceClient, ServerMessage, agent_message, 
 use tug_logs::LogFiles;
 
 use crate::agent::{Agent, AgentConfig};
-use crate::net::Claims;
+use crate::net::{ClaimError, Claims};
 use crate::runtime::SharedRuntime;
 
 /// Longest wait between reconnect attempts.
@@ -470,7 +470,8 @@ async fn send_net(tx: &mpsc::Sender<AgentMessage>, id: u64, op: &NetOp) -> bool 
     }
 }
 
-/// What a network request is answered with.
+/// What a network request is answered with, as it travels over the stream (the server's refusal
+/// in words).
 type NetResult = Result<Option<(PoolSpec, Claim)>, String>;
 
 /// A container-network request on its way to the server, and where its answer goes.
@@ -504,23 +505,20 @@ pub fn net_channel(vtep: Option<std::net::Ipv4Addr>) -> (RemoteClaims, NetCalls)
 }
 
 impl RemoteClaims {
-    async fn ask(&self, op: NetOp) -> NetResult {
+    async fn ask(&self, op: NetOp) -> Result<Option<(PoolSpec, Claim)>, ClaimError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(NetCall { op, reply }).await.map_err(|_| "the agent is stopping".to_string())?;
-        answer.await.map_err(|_| "the agent is stopping".to_string())?
+        self.tx.send(NetCall { op, reply }).await.map_err(|_| ClaimError::Stopping)?;
+        answer.await.map_err(|_| ClaimError::Stopping)?.map_err(ClaimError::Refused)
     }
 }
 
 #[async_trait::async_trait]
 impl Claims for RemoteClaims {
-    async fn claim(&self, pool: &str, instance: &str) -> Result<(PoolSpec, Claim), String> {
-        match self.ask(NetOp::Claim { pool: pool.into(), instance: instance.into(), vtep: self.vtep }).await? {
-            Some(granted) => Ok(granted),
-            None => Err("the server answered a claim without an address".into()),
-        }
+    async fn claim(&self, pool: &str, instance: &str) -> Result<(PoolSpec, Claim), ClaimError> {
+        self.ask(NetOp::Claim { pool: pool.into(), instance: instance.into(), vtep: self.vtep }).await?.ok_or(ClaimError::NoAddress)
     }
 
-    async fn release(&self, pool: &str, instance: &str) -> Result<(), String> {
+    async fn release(&self, pool: &str, instance: &str) -> Result<(), ClaimError> {
         self.ask(NetOp::Release { pool: pool.into(), instance: instance.into() }).await.map(|_| ())
     }
 }

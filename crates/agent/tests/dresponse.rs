@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tug_agent::net::{Claims, NetAgent, Owner, serve};
+use tug_agent::net::{ClaimError, Claims, NetAgent, Owner, serve};
 use tug_net::plumb::{HostNet, Plumber};
 use tug_net::{Claim, Mac, PoolSpec};
 
@@ -56,15 +56,15 @@ struct Table {
 
 #[async_trait]
 impl Claims for Table {
-    async fn claim(&self, pool: &str, instance: &str) -> Result<(PoolSpec, Claim), String> {
+    async fn claim(&self, pool: &str, instance: &str) -> Result<(PoolSpec, Claim), ClaimError> {
         if pool != self.pool.name {
-            return Err(format!("network pool {pool:?} not found"));
+            return Err(ClaimError::Refused(format!("network pool {pool:?} not found")));
         }
         self.claims.fetch_add(1, Ordering::SeqCst);
         let ip = Ipv4Addr::new(10, 95, 0, 20);
         Ok((self.pool.clone(), Claim { pool: pool.into(), name: instance.into(), ip, mac: Mac::for_ip(ip), agent: Some("h".into()) }))
     }
-    async fn release(&self, _pool: &str, _instance: &str) -> Result<(), String> {
+    async fn release(&self, _pool: &str, _instance: &str) -> Result<(), ClaimError> {
         Ok(())
     }
 }

@@ -347,6 +347,30 @@ async fn a_checkpoint_whose_shim_is_gone_is_reported_lost() {
     assert!(a.close().await.is_empty());
 }
 
+/// An agent killed while launching, after it made the run's checkpoint directory and before it
+/// recorded the launch there, started nothing: the next start forgets the directory and does not
+/// hold the attempt, so the launch the server sends again runs (instead of being ignored as seen,
+/// and the run reported lost).
+#[tokio::test]
+async fn a_launch_killed_before_it_was_recorded_runs_when_sent_again() {
+    let node = Node::new();
+    let l = sh("echo second-time");
+    let ckpt = node.checkpoint(&l);
+    std::fs::create_dir_all(ckpt.dir()).unwrap();
+
+    let (agent, updates) = node.agent().await;
+    assert!(agent.held().is_empty(), "an unrecorded launch is held: {:?}", agent.held());
+    assert!(!ckpt.dir().exists(), "the empty checkpoint directory is left behind");
+    let mut a = Node::serve(agent, updates);
+    a.send(ToAgent::Launch(Box::new(l.clone()))).await;
+    let running = a.next().await;
+    assert_eq!((running.run_id, running.attempt, running.state), (l.run_id, l.attempt, RunState::Running));
+    let done = a.next().await;
+    assert_eq!((done.run_id, done.state, done.exit_code), (l.run_id, RunState::Succeeded, Some(0)));
+    assert_eq!(node.log(l.run_id).await, "second-time\n");
+    a.close().await;
+}
+
 #[tokio::test]
 async fn a_launch_from_an_older_epoch_is_ignored() {
     let node = Node::new();

@@ -248,7 +248,7 @@ fn handle(mut conn: UnixStream) -> io::Result<()> {
 fn start(mut conn: UnixStream, payload: &[u8]) -> io::Result<()> {
     let req = match Request::decode(payload) {
         Ok(r) => r,
-        Err(e) => return protocol::write_frame(&mut conn, protocol::ERROR, e.as_bytes()),
+        Err(e) => return protocol::write_frame(&mut conn, protocol::ERROR, e.to_string().as_bytes()),
     };
     if let Some(key) = &req.key {
         let mut runs = lock(detachable());
@@ -353,7 +353,7 @@ fn start(mut conn: UnixStream, payload: &[u8]) -> io::Result<()> {
 fn attach(mut conn: UnixStream, payload: &[u8]) -> io::Result<()> {
     let a = match Attach::decode(payload) {
         Ok(a) => a,
-        Err(e) => return protocol::write_frame(&mut conn, protocol::ERROR, e.as_bytes()),
+        Err(e) => return protocol::write_frame(&mut conn, protocol::ERROR, e.to_string().as_bytes()),
     };
     let Some(run) = lock(detachable()).get(&a.key).cloned() else {
         let why = format!("no run {} in this container: it never started here, or the container restarted", a.key);

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::protocol::DecodeError;
+
 /// Where the socket appears inside a container.
 pub const SOCKET_IN_CONTAINER: &str = "/.tug/net/dresponse.sock";
 
@@ -41,10 +43,11 @@ impl Ask {
     }
 
     /// Parses a request line.
-    pub fn from_line(line: &str) -> Result<Ask, String> {
-        let v: Value = serde_json::from_str(line).map_err(|e| format!("not a network request: {e}"))?;
-        let field = |k: &str| v[k].as_str().map(str::to_owned).ok_or_else(|| format!("network request without {k:?}"));
-        Ok(Ask { instance: field("instance")?, pool: field("pool")? })
+    pub fn from_line(line: &str) -> Result<Ask, DecodeError> {
+        const WHAT: &str = "network request";
+        let v: Value = serde_json::from_str(line).map_err(|source| DecodeError::Json { what: WHAT, source })?;
+        let field = |k: &str, problem| v[k].as_str().map(str::to_owned).ok_or(DecodeError::Field { what: WHAT, problem });
+        Ok(Ask { instance: field("instance", "no instance")?, pool: field("pool", "no pool")? })
     }
 }
 

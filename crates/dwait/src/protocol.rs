@@ -119,13 +119,14 @@ impl Request {
     }
 
     /// From JSON.
-    pub fn decode(bytes: &[u8]) -> Result<Request, String> {
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("bad request: {e}"))?;
+    pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
+        const WHAT: &str = "request";
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|source| DecodeError::Json { what: WHAT, source })?;
         let argv = v["argv"]
             .as_array()
-            .ok_or("bad request: no argv")?
+            .ok_or(DecodeError::Field { what: WHAT, problem: "no argv" })?
             .iter()
-            .map(|a| a.as_str().map(str::to_string).ok_or("bad request: argv holds a non-string"))
+            .map(|a| a.as_str().map(str::to_string).ok_or(DecodeError::Field { what: WHAT, problem: "argv holds a non-string" }))
             .collect::<Result<Vec<_>, _>>()?;
         let env = v["env"]
             .as_object()
@@ -152,9 +153,10 @@ impl Attach {
     }
 
     /// From JSON.
-    pub fn decode(bytes: &[u8]) -> Result<Attach, String> {
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("bad attach: {e}"))?;
-        let key = v["key"].as_str().ok_or("bad attach: no key")?.to_string();
+    pub fn decode(bytes: &[u8]) -> Result<Attach, DecodeError> {
+        const WHAT: &str = "attach";
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|source| DecodeError::Json { what: WHAT, source })?;
+        let key = v["key"].as_str().ok_or(DecodeError::Field { what: WHAT, problem: "no key" })?.to_string();
         Ok(Attach { key, from: v["from"].as_u64().unwrap_or(0) })
     }
 }
@@ -181,10 +183,48 @@ impl Exit {
     }
 
     /// From JSON.
-    pub fn decode(bytes: &[u8]) -> Result<Exit, String> {
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("bad exit frame: {e}"))?;
+    pub fn decode(bytes: &[u8]) -> Result<Exit, DecodeError> {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|source| DecodeError::Json { what: "exit frame", source })?;
         let int = |k: &str| v[k].as_i64().and_then(|n| i32::try_from(n).ok());
         Ok(Exit { code: int("code"), signal: int("signal"), core: v["core"].as_bool().unwrap_or(false), oom: v["oom"].as_bool().unwrap_or(false) })
+    }
+}
+
+/// Why a frame's payload (or a network request line) could not be read.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// It is not JSON.
+    Json {
+        /// What was being read.
+        what: &'static str,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
+    /// A field is missing or has the wrong type.
+    Field {
+        /// What was being read.
+        what: &'static str,
+        /// Which field, and what is wrong with it.
+        problem: &'static str,
+    },
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Json { what, source } => write!(f, "bad {what}: {source}"),
+            DecodeError::Field { what, problem } => write!(f, "bad {what}: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DecodeError::Json { source, .. } => Some(source),
+            DecodeError::Field { .. } => None,
+        }
     }
 }
 
@@ -214,5 +254,20 @@ mod tests {
         assert_eq!(Exit::decode(&exit.encode()).unwrap(), exit);
         let attach = Attach { key: "7-1".into(), from: 12 };
         assert_eq!(Attach::decode(&attach.encode()).unwrap(), attach);
+    }
+
+    /// A payload that cannot be read says what it was and what is wrong, and keeps the parser's
+    /// error as its source.
+    #[test]
+    fn unreadable_payloads_say_what_is_wrong() {
+        let e = Request::decode(b"{").unwrap_err();
+        assert!(e.to_string().starts_with("bad request: EOF while parsing"), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(Request::decode(br#"{"env":{}}"#).unwrap_err().to_string(), "bad request: no argv");
+        assert_eq!(Request::decode(br#"{"argv":[1]}"#).unwrap_err().to_string(), "bad request: argv holds a non-string");
+        assert_eq!(Attach::decode(br#"{"from":3}"#).unwrap_err().to_string(), "bad attach: no key");
+        assert!(Exit::decode(b"exit").unwrap_err().to_string().starts_with("bad exit frame: "));
+        let e = crate::net::Ask::from_line(r#"{"instance":"job/web/0"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "bad network request: no pool");
     }
 }

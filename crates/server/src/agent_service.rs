@@ -86,15 +86,7 @@ impl AgentService for AgentGateway {
         };
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND);
         let stream: Self::SessionStream = Box::pin(ReceiverStream::new(out_rx));
-        if let Some(expected) = &self.join_token
-            && reg.join_token != *expected
-        {
-            let reason = if reg.join_token.is_empty() {
-                "join token refused: the server requires one; pass --join-token or set TUG_JOIN_TOKEN".to_string()
-            } else {
-                "join token refused: it does not match the server's; check --join-token / TUG_JOIN_TOKEN on both sides"
-                    .to_string()
-            };
+        if let Some(reason) = join_token_refused(self.join_token.as_deref(), &reg.join_token) {
             tracing::warn!(agent = %reg.agent, ?peer, "agent refused: wrong join token");
             let _ = out_tx.send(msg(server_message::Msg::Refused(tug_proto::Refused { reason }))).await;
             return Ok(Response::new(stream));
@@ -235,6 +227,21 @@ impl AgentService for AgentGateway {
         });
         Ok(Response::new(stream))
     }
+}
+
+/// Why an agent presenting `given` may not join a server that expects `expected` (`None`: every
+/// agent may), in words that say what to do; `None` when it may.
+pub(crate) fn join_token_refused(expected: Option<&str>, given: &str) -> Option<String> {
+    let expected = expected?;
+    // In constant time, as API tokens are compared.
+    if crate::auth::tokens::same_secret(expected, given) {
+        return None;
+    }
+    Some(if given.is_empty() {
+        "join token refused: the server requires one; pass --join-token or set TUG_JOIN_TOKEN".to_string()
+    } else {
+        "join token refused: it does not match the server's; check --join-token / TUG_JOIN_TOKEN on both sides".to_string()
+    })
 }
 
 /// Acknowledges `seqs` down an agent's stream: in one message to an agent that reads

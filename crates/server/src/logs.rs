@@ -92,7 +92,7 @@ struct Sources {
 
 /// A request to a connected agent's session.
 enum Command {
-    Read { run_id: RunId, offset: u64, max: u32, tail: bool, reply: oneshot::Sender<Result<LogChunk, String>> },
+    Read { run_id: RunId, offset: u64, max: u32, tail: bool, reply: oneshot::Sender<Result<LogChunk, LogError>> },
     Remove(Vec<RunId>),
 }
 
@@ -211,7 +211,7 @@ impl RunLogs {
         match tokio::time::timeout(READ_TIMEOUT, answer).await {
             Err(_) => Err(LogError::Timeout(agent.to_string())),
             Ok(Err(_)) => Err(not_connected()),
-            Ok(Ok(Err(message))) => Err(LogError::Agent { agent: agent.to_string(), message }),
+            Ok(Ok(Err(e))) => Err(e),
             Ok(Ok(Ok(c))) if c.missing => Ok(None),
             Ok(Ok(Ok(c))) => Ok(Some(Chunk { offset: c.offset, data: c.data })),
         }
@@ -229,7 +229,7 @@ pub struct AgentLogs {
     agent: String,
     commands: mpsc::Receiver<Command>,
     /// Reads waiting for the agent's answer, by request number.
-    waiting: HashMap<u64, oneshot::Sender<Result<LogChunk, String>>>,
+    waiting: HashMap<u64, oneshot::Sender<Result<LogChunk, LogError>>>,
     next_request: u64,
     /// Removals kept while the agent was away.
     backlog: Vec<RunId>,
@@ -256,7 +256,12 @@ impl AgentLogs {
     /// The agent's answer to one of the reads.
     pub fn answer(&mut self, chunk: LogChunk) {
         if let Some(reply) = self.waiting.remove(&chunk.request) {
-            let _ = reply.send(if chunk.error.is_empty() { Ok(chunk) } else { Err(chunk.error) });
+            let answer = if chunk.error.is_empty() {
+                Ok(chunk)
+            } else {
+                Err(LogError::Agent { agent: self.agent.clone(), message: chunk.error })
+            };
+            let _ = reply.send(answer);
         }
     }
 }

@@ -8,7 +8,7 @@ mod conformance;
 use std::time::Duration;
 
 use tug_core::run::{RunState, Trigger};
-use tug_store::etcd::{EtcdConfig, EtcdStore, Fence};
+use tug_store::etcd::{EtcdConfig, EtcdStore, EtcdUrlError, Fence};
 use tug_store::testing::EtcdCluster;
 use tug_store::{ErrorKind, FireBatch, RunQuery, Store, StoreError};
 
@@ -100,9 +100,12 @@ fn store_urls_parse_or_say_what_is_wrong() {
         ("etcd://h1:2379?max-txn-ops=3", "at least 16"),
         ("etcd://h1:2379?fast=yes", "unknown option"),
     ] {
-        let err = EtcdConfig::parse(bad).unwrap_err();
+        let err = EtcdConfig::parse(bad).unwrap_err().to_string();
         assert!(err.contains(says), "{bad}: {err}");
     }
+    // The cause is a value a caller can match on, not only text.
+    let err = EtcdConfig::parse("etcd://h1:2379,h2").unwrap_err();
+    assert_eq!(err, EtcdUrlError::Endpoint { endpoint: "h2".into(), url: "etcd://h1:2379,h2".into() });
 }
 
 /// A batch far larger than one transaction: split, still each key once, and idempotent.

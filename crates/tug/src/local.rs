@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tug_agent::net::ClaimError;
 use tug_agent::runtime::SharedRuntime;
 use tug_agent::{Agent, AgentConfig};
 use tug_core::protocol::{StatusUpdate, ToAgent, ToServer};
@@ -109,21 +110,22 @@ impl LocalClaims {
         let _ = self.server.set((net, scheduler));
     }
 
-    async fn ask(&self, op: tug_net::protocol::NetOp) -> Result<Option<(tug_net::PoolSpec, tug_net::Claim)>, String> {
-        let (net, scheduler) = self.server.get().ok_or("the server is still starting; start the container again")?;
+    async fn ask(&self, op: tug_net::protocol::NetOp) -> Result<Option<(tug_net::PoolSpec, tug_net::Claim)>, ClaimError> {
+        let (net, scheduler) = self.server.get().ok_or(ClaimError::ServerStarting)?;
         let id = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tug_server::net::answer(net, scheduler, &self.agent, tug_net::protocol::NetRequest { id, op }).await.result
+        let answer = tug_server::net::answer(net, scheduler, &self.agent, tug_net::protocol::NetRequest { id, op }).await;
+        answer.result.map_err(ClaimError::Refused)
     }
 }
 
 #[async_trait::async_trait]
 impl tug_agent::net::Claims for LocalClaims {
-    async fn claim(&self, pool: &str, instance: &str) -> Result<(tug_net::PoolSpec, tug_net::Claim), String> {
+    async fn claim(&self, pool: &str, instance: &str) -> Result<(tug_net::PoolSpec, tug_net::Claim), ClaimError> {
         let op = tug_net::protocol::NetOp::Claim { pool: pool.into(), instance: instance.into(), vtep: self.vtep };
-        self.ask(op).await?.ok_or_else(|| "the server answered a claim without an address".into())
+        self.ask(op).await?.ok_or(ClaimError::NoAddress)
     }
 
-    async fn release(&self, pool: &str, instance: &str) -> Result<(), String> {
+    async fn release(&self, pool: &str, instance: &str) -> Result<(), ClaimError> {
         self.ask(tug_net::protocol::NetOp::Release { pool: pool.into(), instance: instance.into() }).await.map(|_| ())
     }
 }

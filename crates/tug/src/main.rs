@@ -207,7 +207,16 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: --ca: {}", report(&e));
         return std::process::ExitCode::FAILURE;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // An agent (and a run's shim) passes messages between the server's stream and its runs. On
+    // a multi-threaded runtime the stream's loop (in `block_on`, on this thread) and the runs'
+    // tasks (on the workers) woke each other across threads for every message, which cost more
+    // CPU than the messages themselves: one thread does this work with a fraction of the
+    // wake-ups. Blocking work still goes to the blocking pool.
+    let mut builder = match &cli.command {
+        Command::Agent(AgentCli::Run(_) | AgentCli::Shim { .. }) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -52,6 +52,9 @@ impl Drop for Server {
     }
 }
 
+/// The agents' join token in these groups.
+const JOIN_TOKEN: &str = "group-join-secret";
+
 struct Group {
     dir: tempfile::TempDir,
     servers: Vec<Server>,
@@ -101,7 +104,7 @@ impl Group {
             let args: Vec<String> = [
                 "server", "--store", &etcd.url(prefix), "--name", &name, "--lease-ttl", TTL,
                 "--listen", &format!("127.0.0.1:{api}"), "--agent-listen", &format!("127.0.0.1:{agent}"),
-                "--data-dir", &dir.path().join(&name).to_string_lossy(), "--log", "info",
+                "--data-dir", &dir.path().join(&name).to_string_lossy(), "--log", "info", "--join-token", JOIN_TOKEN,
             ]
             .iter()
             .map(|s| s.to_string())
@@ -117,7 +120,8 @@ impl Group {
         let agents: Vec<&str> = servers.iter().map(|s| s.agent.as_str()).collect();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
         let agent = Command::new(TUG)
-            .args(["agent", "run", "--server", &agents.join(","), "--name", &format!("{prefix}-agent"), "--data-dir"])
+            .args(["agent", "run", "--server", &agents.join(","), "--name", &format!("{prefix}-agent"), "--join-token", JOIN_TOKEN])
+            .arg("--data-dir")
             .arg(dir.path().join("agent"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -320,6 +324,40 @@ async fn every_server_shows_the_group() {
     let metrics = g.http.get(format!("{}/metrics", g.servers[leader].api)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("tug_leader 1"), "{metrics}");
     assert!(metrics.contains("tug_store_fenced_writes_total 0"), "{metrics}");
+
+    // The UI and the event stream through the follower are the leader's, the stream streamed.
+    let page = g.http.get(format!("{}/", g.servers[follower].api)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["x-tug-leader"], g.servers[leader].name.as_str());
+    assert!(page.text().await.unwrap().contains("<html"), "the follower's UI page is not HTML");
+    let mut events = g.http.get(format!("{}/api/v1/events", g.servers[follower].api)).send().await.unwrap();
+    assert_eq!(events.status(), 200);
+    assert!(events.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let job = serde_json::json!({"name": "show-events", "schedule": "@yearly", "command": "true"});
+    let resp = g.http.post(format!("{}/api/v1/jobs", g.servers[follower].api)).json(&job).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let mut seen = String::new();
+    let streamed = tokio::time::timeout(Duration::from_secs(5), async {
+        while !seen.contains("show-events") {
+            let Some(chunk) = events.chunk().await.unwrap() else { break };
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(streamed.is_ok() && seen.contains("show-events"), "no event of the new job through the follower: {seen}");
+
+    // An agent with the wrong join token is refused by a follower as by the leader, before it
+    // is told where the leader is.
+    let out = Command::new(TUG)
+        .args(["agent", "run", "--noop", "--server", &g.servers[follower].agent, "--name", "intruder", "--join-token", "guess"])
+        .arg("--data-dir")
+        .arg(g.dir.path().join("intruder"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("join token refused: it does not match the server's"), "{err}");
+    assert!(!err.contains("not the leader"), "the follower named the leader to an agent it refuses: {err}");
 }
 
 /// A follower answers reads of jobs and runs from etcd itself (so they work while the leader is
@@ -351,6 +389,27 @@ async fn followers_answer_reads_behind_the_gate_and_writes_are_audited_with_thei
     assert_eq!(bad.status(), 401);
     let resp = g.get(follower, "/api/v1/cluster").send().await.unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+
+    // A token made on the leader works on the follower at once, and stops working there as soon
+    // as the leader has revoked it.
+    let made: Value = g
+        .http
+        .post(format!("{}/api/v1/tokens", api(leader)))
+        .bearer_auth(g.token())
+        .json(&serde_json::json!({"name": "short-lived", "role": "read"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, short) = (made["id"].as_str().unwrap(), made["token"].as_str().unwrap());
+    let read = || g.http.get(format!("{}/api/v1/jobs", api(follower))).bearer_auth(short).send();
+    assert_eq!(read().await.unwrap().status(), 200);
+    let revoked = g.http.delete(format!("{}/api/v1/tokens/{id}", api(leader))).bearer_auth(g.token()).send().await.unwrap();
+    assert_eq!(revoked.status(), 200);
+    let resp = read().await.unwrap();
+    assert_eq!(resp.status(), 401, "a token revoked on the leader still works on the follower: {}", resp.text().await.unwrap());
 
     // A write through the follower reaches the leader, which audits where it came from.
     let job = serde_json::json!({"name": "reads-job", "schedule": "@yearly", "command": "true"});

@@ -292,6 +292,12 @@ async fn an_etcd_member_killed_under_load_loses_nothing() {
     let (leader, _) = f.leader(follower, None, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     f.check(leader, &jobs, &acked).await;
+    // A campaign broken by the lost member went on with the same lease: every server holds one
+    // election key, not one per campaign attempt.
+    let cluster = f.cluster(leader).await.expect("the leader answers");
+    let names: Vec<&str> = cluster["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let unique: BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!((names.len(), unique.len()), (3, 3), "members: {names:?}; logs in {}", f.dir.path().display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,7 +364,8 @@ async fn an_agent_restarted_with_runs_in_flight_launches_none_twice() {
     tokio::time::sleep(Duration::from_secs(11)).await;
     f.check(leader, &jobs, &acked).await;
     // Runs of the restarted agent that had started were re-attached, not given up. (One it was
-    // killed while launching, before its checkpoint said so, never started: it is lost.)
+    // killed while launching, before it recorded the launch, never started: the server sent it
+    // again.)
     for job in &jobs {
         for r in f.runs(leader, job).await {
             let started = !r["started_at"].is_null();

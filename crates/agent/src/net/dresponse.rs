@@ -59,10 +59,10 @@ async fn answer(stream: UnixStream, net: &NetAgent) {
                 }
                 Err(why) => {
                     tracing::warn!(instance = %ask.instance, pool = %ask.pool, pid, "container network refused: {why}");
-                    dwait::net::error_line(&why)
+                    dwait::net::error_line(&why.to_string())
                 }
             },
-            Err(why) => dwait::net::error_line(&why),
+            Err(why) => dwait::net::error_line(&why.to_string()),
         },
         _ => return,
     };

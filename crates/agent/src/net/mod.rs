@@ -34,9 +34,71 @@ pub const VXLAN_MTU: u32 = 1450;
 #[async_trait]
 pub trait Claims: Send + Sync + 'static {
     /// Claims `instance`'s address in `pool` for this agent: its pool and claim, or why not.
-    async fn claim(&self, pool: &str, instance: &str) -> Result<(PoolSpec, Claim), String>;
+    async fn claim(&self, pool: &str, instance: &str) -> Result<(PoolSpec, Claim), ClaimError>;
     /// Says that `instance` no longer runs here (its address stays its own).
-    async fn release(&self, pool: &str, instance: &str) -> Result<(), String>;
+    async fn release(&self, pool: &str, instance: &str) -> Result<(), ClaimError>;
+}
+
+/// Why the server did not grant a claim or take a release.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// The server refused, in its own words (an unknown or full pool, the instance held by
+    /// another live agent, ...): they travel over the agent stream as text.
+    #[error("{0}")]
+    Refused(String),
+    /// The server answered a claim without an address.
+    #[error("the server answered a claim without an address")]
+    NoAddress,
+    /// The agent is stopping: the request did not reach the server, or its answer did not come
+    /// back.
+    #[error("the agent is stopping")]
+    Stopping,
+    /// The server in this process (`tug up`) has not started yet.
+    #[error("the server is still starting; start the container again")]
+    ServerStarting,
+}
+
+/// Why a container's network could not be set up or taken down on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The asking process is not the instance's container (or none of it was started here): it
+    /// may not have the instance's network.
+    #[error("{0}")]
+    NotOwner(String),
+    /// The server did not grant the instance's address.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+    /// The address was granted but the host could not be plumbed for it.
+    #[error("plumbing {instance} ({ip}) failed: {source}")]
+    Plumb {
+        /// The instance.
+        instance: String,
+        /// Its address.
+        ip: Ipv4Addr,
+        /// What netlink or Open vSwitch said.
+        #[source]
+        source: tug_net::plumb::PlumbError,
+    },
+    /// Taking the instance's interface down failed.
+    #[error("unplumbing {instance} ({ip}) failed: {source}")]
+    Unplumb {
+        /// The instance.
+        instance: String,
+        /// Its address.
+        ip: Ipv4Addr,
+        /// What netlink or Open vSwitch said.
+        #[source]
+        source: tug_net::plumb::PlumbError,
+    },
+    /// The blocking task doing the plumbing panicked.
+    #[error("{what} panicked: {source}")]
+    Panicked {
+        /// Plumbing or unplumbing.
+        what: &'static str,
+        /// The task's end.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// What one container was given.
@@ -175,11 +237,11 @@ impl NetAgent {
 
     /// Claims and plumbs the container of `instance` whose process is `pid`, once it is known to
     /// be that instance's ([`NetAgent::expect`]); what it got.
-    pub async fn ready(&self, instance: &str, pool: &str, pid: u32) -> Result<Given, String> {
+    pub async fn ready(&self, instance: &str, pool: &str, pid: u32) -> Result<Given, NetError> {
         let owner = self.expected.lock().unwrap_or_else(|p| p.into_inner()).get(instance).cloned().ok_or_else(|| {
-            format!("no container of {instance} was started on this host, so process {pid} cannot have its network")
+            NetError::NotOwner(format!("no container of {instance} was started on this host, so process {pid} cannot have its network"))
         })?;
-        owner.check(pid, instance)?;
+        owner.check(pid, instance).map_err(NetError::NotOwner)?;
         let (spec, claim) = self.claims.claim(pool, instance).await?;
         let mtu = match spec.segment {
             Segment::Vlan(_) => VLAN_MTU,
@@ -190,8 +252,8 @@ impl NetAgent {
         let (plumber, a) = (self.plumber.clone(), attachment.clone());
         tokio::task::spawn_blocking(move || plumber.plumb(pid, &a))
             .await
-            .map_err(|e| format!("plumbing panicked: {e}"))?
-            .map_err(|e| format!("plumbing {instance} ({}) failed: {e}", claim.ip))?;
+            .map_err(|source| NetError::Panicked { what: "plumbing", source })?
+            .map_err(|source| NetError::Plumb { instance: instance.to_owned(), ip: claim.ip, source })?;
         let given = Given { pool: pool.to_owned(), attachment, owner };
         self.plumbed().insert(instance.to_owned(), given.clone());
         tracing::info!(instance, pool, ip = %claim.ip, mac = %claim.mac, pid, "container network ready");
@@ -219,7 +281,7 @@ impl NetAgent {
     /// Tears down `instance`'s network on this host and tells the server it no longer runs here,
     /// when `owner` (a container being removed) is the instance's here: a container that replaced
     /// it keeps its network. Nothing plumbed: nothing to do.
-    pub async fn teardown(&self, instance: &str, owner: &Owner) -> Result<(), String> {
+    pub async fn teardown(&self, instance: &str, owner: &Owner) -> Result<(), NetError> {
         {
             let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
             if expected.get(instance) == Some(owner) {
@@ -237,9 +299,9 @@ impl NetAgent {
         let (plumber, ip, segment) = (self.plumber.clone(), given.attachment.ip, given.attachment.segment);
         tokio::task::spawn_blocking(move || plumber.unplumb(ip, segment))
             .await
-            .map_err(|e| format!("unplumbing panicked: {e}"))?
-            .map_err(|e| format!("unplumbing {instance} ({ip}) failed: {e}"))?;
-        self.claims.release(&given.pool, instance).await
+            .map_err(|source| NetError::Panicked { what: "unplumbing", source })?
+            .map_err(|source| NetError::Unplumb { instance: instance.to_owned(), ip, source })?;
+        Ok(self.claims.release(&given.pool, instance).await?)
     }
 
     /// What is plumbed now, by instance.

@@ -24,10 +24,12 @@ use crate::api::{ApiError, ReadState, jobs, runs};
 use crate::auth::{Auth, PROXY_CLIENT, PROXY_SECRET, PROXY_VIA};
 use crate::clock::SharedClock;
 
-/// How stale a follower's copy of the API tokens may be (the leader makes and revokes them).
-const TOKENS_FOR: Duration = Duration::from_secs(1);
-/// How stale it may be when a request brings a token it does not know: not at all.
-const UNKNOWN_TOKEN_FOR: Duration = Duration::ZERO;
+/// How stale a follower's copy of the API tokens may be when it answers a request itself: not at
+/// all. The leader makes and revokes tokens; a token revoked there must not work here a moment
+/// longer. Requests that arrive together share one read of the store (one read of etcd per
+/// burst, beside the reads the answers make anyway); requests passed to the leader are checked
+/// there.
+const TOKENS_FOR: Duration = Duration::ZERO;
 /// How long the leader has to connect, when a request is passed on: a leader cut off from the
 /// network must not hold the client until TCP gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -94,17 +96,10 @@ pub fn follower_router(group: Arc<Group>, clock: SharedClock, auth: Arc<Auth>) -
         .fallback_service(leader)
 }
 
-/// The API's gate, with the tokens re-read from the store when they are older than
-/// [`TOKENS_FOR`].
+/// The API's gate, with the tokens re-read from the store first (see [`TOKENS_FOR`]): one made
+/// a moment ago works, one revoked a moment ago does not.
 async fn follower_gate(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
-    // A token not known here may have been made a moment ago: look again now (concurrent
-    // lookups share one read of the store).
-    let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let max_age = match bearer {
-        Some(token) if !auth.knows(token.trim()) => UNKNOWN_TOKEN_FOR,
-        _ => TOKENS_FOR,
-    };
-    if let Err(e) = auth.refresh(max_age).await {
+    if let Err(e) = auth.refresh(TOKENS_FOR).await {
         return unavailable(format!("cannot read the API tokens from etcd: {e}"));
     }
     crate::auth::gate(State(auth), req, next).await

@@ -68,13 +68,57 @@ pub struct EtcdConfig {
     pub connect_for: Duration,
 }
 
+/// Why a store URL is not a valid etcd store; each message names the part and shows a valid one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdUrlError {
+    /// The URL does not start with `etcd://`.
+    #[error("invalid etcd store {url:?}: it must start with etcd:// ({EXAMPLE})")]
+    Scheme {
+        /// The URL given.
+        url: String,
+    },
+    /// An endpoint is not `HOST:PORT` with a port from 1 to 65535.
+    #[error("invalid etcd endpoint {endpoint:?} in {url:?}: give HOST:PORT ({EXAMPLE})")]
+    Endpoint {
+        /// The endpoint as written.
+        endpoint: String,
+        /// The URL given.
+        url: String,
+    },
+    /// The key prefix has characters other than letters, digits, `/`, `_`, `.` and `-`, or an
+    /// empty segment.
+    #[error("invalid key prefix {prefix:?} in {url:?}: use letters, digits, '/', '_', '.', '-'")]
+    Prefix {
+        /// The prefix as written.
+        prefix: String,
+        /// The URL given.
+        url: String,
+    },
+    /// `max-txn-ops` is not a number of at least 16.
+    #[error("invalid max-txn-ops {value:?} in {url:?}: a number of at least 16, etcd's --max-txn-ops")]
+    MaxTxnOps {
+        /// The value as written.
+        value: String,
+        /// The URL given.
+        url: String,
+    },
+    /// A query option other than `max-txn-ops`.
+    #[error("unknown option {option:?} in {url:?}: the only one is max-txn-ops=N")]
+    UnknownOption {
+        /// The option as written.
+        option: String,
+        /// The URL given.
+        url: String,
+    },
+}
+
+/// A valid store URL, shown in [`EtcdUrlError`]s.
+const EXAMPLE: &str = "e.g. etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379";
+
 impl EtcdConfig {
     /// Parses a store URL, `etcd://h1:2379,h2:2379,h3:2379[/prefix][?max-txn-ops=N]`.
-    pub fn parse(url: &str) -> std::result::Result<EtcdConfig, String> {
-        let example = "e.g. etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379";
-        let rest = url
-            .strip_prefix("etcd://")
-            .ok_or_else(|| format!("invalid etcd store {url:?}: it must start with etcd:// ({example})"))?;
+    pub fn parse(url: &str) -> std::result::Result<EtcdConfig, EtcdUrlError> {
+        let rest = url.strip_prefix("etcd://").ok_or_else(|| EtcdUrlError::Scheme { url: url.to_owned() })?;
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (hosts, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -84,24 +128,26 @@ impl EtcdConfig {
         for host in hosts.split(',') {
             let valid = host.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
             if !valid {
-                return Err(format!("invalid etcd endpoint {host:?} in {url:?}: give HOST:PORT ({example})"));
+                return Err(EtcdUrlError::Endpoint { endpoint: host.to_owned(), url: url.to_owned() });
             }
             endpoints.push(host.to_owned());
         }
         let prefix = match path.trim_end_matches('/') {
             "" => "/tug".to_owned(),
             p if p.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b)) && !p.contains("//") => p.to_owned(),
-            p => return Err(format!("invalid key prefix {p:?} in {url:?}: use letters, digits, '/', '_', '.', '-'")),
+            p => return Err(EtcdUrlError::Prefix { prefix: p.to_owned(), url: url.to_owned() }),
         };
         let mut max_txn_ops = DEFAULT_MAX_TXN_OPS;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("max-txn-ops", n)) => {
-                    max_txn_ops = n.parse().ok().filter(|n| *n >= 16).ok_or_else(|| {
-                        format!("invalid max-txn-ops {n:?} in {url:?}: a number of at least 16, etcd's --max-txn-ops")
-                    })?;
+                    max_txn_ops = n
+                        .parse()
+                        .ok()
+                        .filter(|n| *n >= 16)
+                        .ok_or_else(|| EtcdUrlError::MaxTxnOps { value: n.to_owned(), url: url.to_owned() })?;
                 }
-                _ => return Err(format!("unknown option {pair:?} in {url:?}: the only one is max-txn-ops=N")),
+                _ => return Err(EtcdUrlError::UnknownOption { option: pair.to_owned(), url: url.to_owned() }),
             }
         }
         Ok(EtcdConfig { endpoints, prefix, max_txn_ops, connect_for: Duration::from_secs(30) })

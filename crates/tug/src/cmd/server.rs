@@ -36,7 +36,7 @@ fn parse_store(s: &str) -> Result<StoreArg, String> {
         return Ok(StoreArg::Sqlite);
     }
     if s.starts_with("etcd://") {
-        return EtcdConfig::parse(s).map(StoreArg::Etcd);
+        return EtcdConfig::parse(s).map(StoreArg::Etcd).map_err(|e| e.to_string());
     }
     Err(format!("unknown store {s:?}: give sqlite, or etcd://HOST:PORT[,HOST:PORT...] for a group of servers"))
 }
@@ -309,7 +309,7 @@ async fn group(
         let redirect = match bind_agents_again(args.agent_listen).await {
             Ok(l) => Some(tokio::spawn(agent_service::serve_service(
                 l,
-                Redirect::new(group.clone()).into_service(),
+                Redirect::new(group.clone(), join_token.clone()).into_service(),
                 agent_tls.clone(),
                 stopped(front_rx.clone()),
             ))),
@@ -327,9 +327,24 @@ async fn group(
             stopped(front_rx),
         ));
         tracing::info!(member = %me.name, "following; campaigning for leadership");
-        let won = tokio::select! {
-            r = group.election().campaign(&lease) => Some(r),
-            () = stopped(stop.clone()) => None,
+        let won = loop {
+            let r = tokio::select! {
+                r = group.election().campaign(&lease) => Some(r),
+                () = stopped(stop.clone()) => None,
+            };
+            // A campaign call can break while the lease lives on (the etcd member it went to
+            // was lost): campaign again on the same lease, which finds this member's key where
+            // it was. A new lease would queue a second key behind the first, for one TTL.
+            match r {
+                Some(Err(e)) if !lease.is_lost() => {
+                    tracing::warn!(error = %e, "the campaign call broke; campaigning again on the same lease");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        () = stopped(stop.clone()) => break None,
+                    }
+                }
+                other => break other,
+            }
         };
         if let Some(Ok(won)) = &won {
             tracing::info!(member = %me.name, term = won.fence.revision, "elected leader; taking over the listeners");
@@ -347,7 +362,7 @@ async fn group(
             None => break,
             Some(Ok(won)) => won,
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "campaign ended without winning; starting over");
+                tracing::warn!(error = %e, "the lease was lost while campaigning; starting over with a new one");
                 continue;
             }
         };

@@ -125,3 +125,29 @@ pub enum PullError {
 fn load_hint(image: &str) -> String {
     format!("`docker load -i IMAGE.tar`, or from a root file system: `tar -C ROOTFS -c . | docker import - {image}`")
 }
+
+/// Why a file cannot serve as the executor (`dwait`) bind-mounted into warm containers.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorCheckError {
+    /// The file could not be read.
+    #[error("cannot read the executor {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a 64-bit ELF binary.
+    #[error("the executor {0} is not a 64-bit ELF binary")]
+    NotElf(PathBuf),
+    /// The program header table runs past the end of the file.
+    #[error("the executor {0} has a truncated program header table")]
+    Truncated(PathBuf),
+    /// The binary needs a dynamic loader, which an arbitrary image may not have.
+    #[error(
+        "the executor {0} is dynamically linked; build it static: RUSTFLAGS=\"-C target-feature=+crt-static\" \
+         cargo build -p dwait --release --target x86_64-unknown-linux-gnu"
+    )]
+    Dynamic(PathBuf),
+}

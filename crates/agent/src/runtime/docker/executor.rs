@@ -134,7 +134,10 @@ async fn follow(
                     }
                     protocol::ERROR => break Ok(Outcome::failed_to_start(String::from_utf8_lossy(&payload).into_owned())),
                     protocol::EXIT => {
-                        let exit = Exit::decode(&payload).unwrap_or_default();
+                        let exit = Exit::decode(&payload).unwrap_or_else(|e| {
+                            tracing::warn!(run = launch.run_id, error = %e, "the executor's exit frame is unreadable; its exit status is unknown");
+                            Exit::default()
+                        });
                         exited = true;
                         break Ok(outcome::ended(exit.code, exit.signal, exit.oom, mem, stop, launch, grace));
                     }

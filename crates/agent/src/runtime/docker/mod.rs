@@ -39,7 +39,7 @@ mod per_run;
 mod pool;
 pub mod spec;
 
-pub use error::{ContainerError, DockerError, PullError};
+pub use error::{ContainerError, DockerError, ExecutorCheckError, PullError};
 
 /// The Docker Engine API version spoken. 1.41 (Docker 20.10) is served by every current engine.
 const API_VERSION: bollard::ClientVersion = bollard::ClientVersion { major_version: 1, minor_version: 41 };

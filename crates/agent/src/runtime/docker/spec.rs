@@ -7,6 +7,8 @@ use std::path::Path;
 use tug_core::job::DockerSpec;
 use tug_core::protocol::{Launch, Task};
 
+use super::error::ExecutorCheckError;
+
 /// Label keys on every container Tugboat creates.
 pub mod label {
     /// The job's name.
@@ -125,28 +127,61 @@ pub fn labels(job: &str, hash: &str, agent: &str, mode: &str, path: &str, dir: O
 }
 
 /// Checks that `path` is an executable ELF file without a program interpreter (statically
-/// linked, so it runs in any image). Returns why not, in words.
-pub fn check_static(path: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read the executor {}: {e}", path.display()))?;
-    let bad = |why: &str| Err(format!("the executor {} {why}", path.display()));
+/// linked, so it runs in any image); why not otherwise.
+pub fn check_static(path: &Path) -> Result<(), ExecutorCheckError> {
+    let bytes = std::fs::read(path).map_err(|source| ExecutorCheckError::Unreadable { path: path.to_owned(), source })?;
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
-        return bad("is not a 64-bit ELF binary");
+        return Err(ExecutorCheckError::NotElf(path.to_owned()));
     }
     let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
     let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into().unwrap_or_default()) as usize;
     let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
     for i in 0..phnum {
-        let o = phoff + i * phentsize;
-        if o + 4 > bytes.len() {
-            return bad("has a truncated program header table");
+        let o = phoff.saturating_add(i * phentsize);
+        if o.saturating_add(4) > bytes.len() {
+            return Err(ExecutorCheckError::Truncated(path.to_owned()));
         }
         // PT_INTERP: the binary needs a dynamic loader that an arbitrary image may not have.
         if u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) == 3 {
-            return bad(
-                "is dynamically linked; build it static: RUSTFLAGS=\"-C target-feature=+crt-static\" \
-                 cargo build -p dwait --release --target x86_64-unknown-linux-gnu",
-            );
+            return Err(ExecutorCheckError::Dynamic(path.to_owned()));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod executor_check {
+    use super::*;
+
+    /// Each reason a file cannot be the executor is its own variant, with a message that says
+    /// which file and what to do.
+    #[test]
+    fn a_file_that_cannot_be_the_executor_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let e = check_static(&missing).unwrap_err();
+        assert!(matches!(e, ExecutorCheckError::Unreadable { .. }), "{e:?}");
+        assert!(e.to_string().starts_with(&format!("cannot read the executor {}", missing.display())), "{e}");
+
+        let script = dir.path().join("script");
+        std::fs::write(&script, "#!/bin/sh\necho hello, this is not an ELF binary at all; it is a shell script\n").unwrap();
+        let e = check_static(&script).unwrap_err();
+        assert!(matches!(e, ExecutorCheckError::NotElf(_)), "{e:?}");
+
+        // A 64-bit ELF header whose program headers lie past the end of the file.
+        let mut elf = vec![0u8; 64];
+        elf[..5].copy_from_slice(b"\x7fELF\x02");
+        elf[0x20..0x28].copy_from_slice(&4096u64.to_le_bytes());
+        elf[0x36] = 56;
+        elf[0x38] = 1;
+        let cut = dir.path().join("cut");
+        std::fs::write(&cut, &elf).unwrap();
+        assert!(matches!(check_static(&cut), Err(ExecutorCheckError::Truncated(_))));
+
+        // This test binary itself is linked dynamically (it has a program interpreter).
+        let me = std::env::current_exe().unwrap();
+        let e = check_static(&me).unwrap_err();
+        assert!(matches!(e, ExecutorCheckError::Dynamic(_)), "{e:?}");
+        assert!(e.to_string().contains("build it static"), "{e}");
+    }
 }

@@ -83,7 +83,7 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
         "sqlite" => Arc::new(SqliteStore::open(&dir.join("tug.db"))?),
         "memory" => Arc::new(MemStore::new()),
         url if url.starts_with("etcd://") => {
-            let config = EtcdConfig::parse(url).map_err(anyhow::Error::msg)?;
+            let config = EtcdConfig::parse(url)?;
             Arc::new(EtcdStore::connect(config).await?)
         }
         other => anyhow::bail!("unknown --store {other:?}: use sqlite, memory or etcd://HOST:PORT[,...][/PREFIX]"),

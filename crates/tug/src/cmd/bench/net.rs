@@ -15,7 +15,7 @@ use std::time::Instant as StdInstant;
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
-use tug_agent::net::{Claims, NetAgent, Owner, serve};
+use tug_agent::net::{ClaimError, Claims, NetAgent, Owner, serve};
 use tug_net::plumb::{HostNet, Plumber};
 use tug_net::{Claim, Mac, PoolSpec};
 
@@ -50,14 +50,14 @@ struct LocalClaims {
 
 #[async_trait]
 impl Claims for LocalClaims {
-    async fn claim(&self, _pool: &str, instance: &str) -> Result<(PoolSpec, Claim), String> {
+    async fn claim(&self, _pool: &str, instance: &str) -> Result<(PoolSpec, Claim), ClaimError> {
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        let ip = tug_net::claim::choose(&self.pool, instance, &taken).map_err(|e| e.to_string())?;
+        let ip = tug_net::claim::choose(&self.pool, instance, &taken).map_err(|e| ClaimError::Refused(e.to_string()))?;
         taken.insert(ip);
         let claim = Claim { pool: self.pool.name.clone(), name: instance.into(), ip, mac: Mac::for_ip(ip), agent: None };
         Ok((self.pool.clone(), claim))
     }
-    async fn release(&self, _pool: &str, _instance: &str) -> Result<(), String> {
+    async fn release(&self, _pool: &str, _instance: &str) -> Result<(), ClaimError> {
         Ok(())
     }
 }
