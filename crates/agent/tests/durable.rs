@@ -45,7 +45,11 @@ struct Serving {
 
 impl Node {
     fn new() -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Node::at(tempfile::tempdir().expect("tempdir"))
+    }
+
+    /// A node whose data dir is `dir`.
+    fn at(dir: TempDir) -> Node {
         let logs = LogFiles::new(dir.path().join("logs"));
         let durability = Durability {
             dir: dir.path().join("runs"),
@@ -402,4 +406,50 @@ async fn a_re_attached_run_keeps_its_timeout_from_the_first_start() {
     assert_eq!(done.reason.as_deref(), Some("timed out after 800ms (SIGTERM)"));
     assert!(begin.elapsed() < Duration::from_secs(5), "the timeout counts from the first start");
     assert!(b.close().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_run_goes_on_when_the_disk_fills_and_its_log_is_cut_with_a_marker() {
+    // The agent's data dir (checkpoints, the shim's own log, the run's log) on a small tmpfs.
+    let Some(disk) = tug_store::testing::Tmpfs::mount("2m") else { return };
+    let data = tempfile::Builder::new().tempdir_in(disk.path()).expect("a data dir on the tmpfs");
+    let node = Node::at(data);
+    let flags = tempfile::tempdir().expect("tempdir");
+    let (full, room) = (flags.path().join("full"), flags.path().join("room"));
+    let mut a = node.start().await;
+    // Output before the disk is full and while it is, then more once there is room; a clean exit.
+    let l = sh(&format!(
+        "echo before; while [ ! -e {full} ]; do sleep 0.02; done; \
+         i=0; while [ $i -lt 2000 ]; do echo 'output that finds the disk full, line after line'; i=$((i+1)); done; \
+         echo full-done >&2; while [ ! -e {room} ]; do sleep 0.02; done; echo after; exit 0",
+        full = full.display(),
+        room = room.display()
+    ));
+    let id = l.run_id;
+    a.send(ToAgent::Launch(Box::new(l))).await;
+    assert_eq!(a.next().await.state, RunState::Running);
+    // The first line is in the log before the disk fills (on a busy machine the shim may not
+    // have written it yet).
+    let begin = Instant::now();
+    while !node.log(id).await.starts_with("before\n") {
+        assert!(begin.elapsed() < Duration::from_secs(10), "the first line never reached the log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    disk.fill("filler");
+    std::fs::write(&full, "").unwrap();
+    // The command writes while nothing fits, then waits; give the shim time to meet the full disk.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    disk.free("filler");
+    std::fs::write(&room, "").unwrap();
+    let done = a.next().await;
+    assert_eq!(
+        (done.state, done.exit_code, done.signal),
+        (RunState::Succeeded, Some(0), None),
+        "the run went on to its own end (not SIGPIPE, not a supervisor that died): {done:?}"
+    );
+    let log = node.log(id).await;
+    assert!(log.starts_with("before\n"), "{log:.300}");
+    assert!(log.contains("[tug: the disk is full; ") && log.contains(" bytes of output dropped]"), "a marker says what was dropped: {}", &log[log.len().saturating_sub(400)..]);
+    assert!(log.trim_end().ends_with("bytes of output dropped]"), "the log is cut where the disk filled, its rest counted: {}", &log[log.len().saturating_sub(400)..]);
+    assert!(a.close().await.is_empty());
 }

@@ -33,8 +33,10 @@
     KINDS.forEach(function (k) { es.addEventListener(k, soon); });
     es.addEventListener("open", function () { document.body.setAttribute("data-live-connected", "1"); });
   }
-  // Relative times ("in 3m") go stale without events; redraw now and then.
-  if (document.querySelector("[data-live]")) setInterval(soon, 30000);
+  // Relative times ("in 3m") go stale without events; redraw now and then. Pages whose changes
+  // have no events (services, releases) name a shorter period in <body data-poll="ms">.
+  var poll = parseInt(document.body.getAttribute("data-poll"), 10);
+  if (document.querySelector("[data-live]")) setInterval(soon, poll > 0 ? poll : 30000);
 
   // The job form: the schedule's next fires as one types, from the preview API.
   var sched = document.getElementById("schedule");

@@ -8,6 +8,7 @@
 //! | `ca-key.pem` | the CA's key: keep it off the hosts; `tug certs agent` signs more agents with it |
 //! | `server.pem`, `server-key.pem` | the server's (`--tls-cert`, `--tls-key`): localhost, 127.0.0.1, ::1 and the names given |
 //! | `agent-NAME.pem`, `agent-NAME-key.pem` | an agent's (`--cert`, `--key`) |
+//! | `crl.pem`, `revoked.txt` | the agents' certificates revoked (`tug certs revoke`): the list the server takes (`--agent-crl`), and its record (serial, name, when in Unix seconds and RFC 3339) |
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -106,6 +107,102 @@ pub fn issue_agent(dir: &Path, name: &str, validity: Validity) -> Result<Vec<Pat
     write_all(dir, &out)
 }
 
+fn read_text(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Read { path: path.display().to_string(), source })
+}
+
+fn write_text(path: &Path, text: &str) -> Result<(), TlsError> {
+    // A new file moved over the old one, so a server reading it never sees half of it.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| TlsError::Write { path: path.display().to_string(), source })
+}
+
+/// Revokes agent `name`'s certificate (`agent-NAME.pem` in `dir`): adds it to `revoked.txt` and
+/// writes `crl.pem`, the revocation list signed by the CA in `dir`, which the server takes with
+/// `--agent-crl`. Returns the CRL's path and whether the certificate was revoked already.
+pub fn revoke_agent(dir: &Path, name: &str) -> Result<(PathBuf, bool), TlsError> {
+    let cert_path = dir.join(format!("{}.pem", agent_stem(name)));
+    let certs = crate::files::load_certs(&cert_path, "agent certificate")?;
+    let serial = serial_of(&certs[0]).ok_or_else(|| TlsError::Pem {
+        path: cert_path.display().to_string(),
+        what: "agent certificate",
+        detail: "its serial number cannot be read".into(),
+    })?;
+    let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+    let record = dir.join("revoked.txt");
+    let mut lines = if record.exists() { read_text(&record)? } else { String::new() };
+    let already = lines.lines().any(|l| l.split_whitespace().next() == Some(hex.as_str()));
+    let now = OffsetDateTime::now_utc();
+    if !already {
+        let at = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        lines.push_str(&format!("{hex} {name} {} {at}\n", now.unix_timestamp()));
+    }
+    let mut revoked = Vec::new();
+    for line in lines.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(h), Some(_), Some(at)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let bytes: Option<Vec<u8>> = (0..h.len()).step_by(2).map(|i| h.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect();
+        let Some(bytes) = bytes else { continue };
+        let when = at.parse().ok().and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok()).unwrap_or(now);
+        revoked.push(rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&bytes),
+            revocation_time: when,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let key_path = dir.join("ca-key.pem");
+    let pem = read_text(&key_path)?;
+    let gen_err = |source| TlsError::Generate { what: "the revocation list".into(), source };
+    let ca_key = KeyPair::from_pem(&pem).map_err(|source| TlsError::Generate { what: format!("reading {}", key_path.display()), source })?;
+    let issuer = Issuer::new(ca_params(Validity::days(1)), ca_key);
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::hours(1),
+        next_update: now + time::Duration::days(365),
+        crl_number: rcgen::SerialNumber::from(revoked.len() as u64),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .map_err(gen_err)?;
+    let crl_path = dir.join("crl.pem");
+    write_text(&crl_path, &crl.pem().map_err(gen_err)?)?;
+    write_text(&record, &lines)?;
+    Ok((crl_path, already))
+}
+
+/// The serial number of a certificate (the INTEGER after the optional version in its
+/// `tbsCertificate`), as its DER content bytes.
+fn serial_of(der: &[u8]) -> Option<Vec<u8>> {
+    /// One DER element: tag, contents, what follows.
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let tag = *b.first()?;
+        let first = usize::from(*b.get(1)?);
+        let (len, header) = if first < 0x80 {
+            (first, 2)
+        } else {
+            let n = first & 0x7f;
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let len = (0..n).try_fold(0usize, |len, i| Some(len << 8 | usize::from(*b.get(2 + i)?)))?;
+            (len, 2 + n)
+        };
+        let end = header.checked_add(len)?;
+        Some((tag, b.get(header..end)?, b.get(end..)?))
+    }
+    let (0x30, cert, _) = tlv(der)? else { return None };
+    let (0x30, tbs, _) = tlv(cert)? else { return None };
+    let (mut tag, mut value, rest) = tlv(tbs)?;
+    if tag == 0xa0 {
+        (tag, value, _) = tlv(rest)?;
+    }
+    (tag == 0x02).then(|| value.to_vec())
+}
+
 fn write_all(dir: &Path, out: &[Out]) -> Result<Vec<PathBuf>, TlsError> {
     std::fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.display().to_string(), source })?;
     for (name, _, _) in out {
@@ -160,5 +257,33 @@ mod tests {
         let a2 = crate::files::load_certs(&dir.path().join("agent-a2.pem"), "certificate").unwrap();
         assert!(cert_is_for(&a2[0], "a2"));
         assert!(!cert_is_for(&a2[0], "a1"));
+    }
+
+    #[test]
+    fn a_revoked_agent_certificate_is_refused_and_the_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &[], &["a1".into(), "a2".into(), "a3".into()], Validity::days(30)).unwrap();
+        let (crl, again) = revoke_agent(dir.path(), "a2").unwrap();
+        assert!(!again);
+        assert!(revoke_agent(dir.path(), "a2").unwrap().1, "revoked once, listed once");
+        revoke_agent(dir.path(), "a3").unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("revoked.txt")).unwrap().lines().count(), 2);
+        let roots = std::sync::Arc::new(crate::files::load_roots(&dir.path().join("ca.pem")).unwrap());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crate::provider())
+            .with_crls(crate::files::load_crls(&crl).unwrap())
+            .only_check_end_entity_revocation()
+            .build()
+            .unwrap();
+        let now = rustls_pki_types::UnixTime::now();
+        let check = |name: &str| {
+            let cert = crate::files::load_certs(&dir.path().join(format!("agent-{name}.pem")), "certificate").unwrap();
+            verifier.verify_client_cert(&cert[0], &[], now).map(drop)
+        };
+        assert_eq!(check("a1"), Ok(()));
+        for revoked in ["a2", "a3"] {
+            assert_eq!(check(revoked), Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)), "{revoked}");
+        }
+        let err = revoke_agent(dir.path(), "ghost").unwrap_err().to_string();
+        assert!(err.contains("agent-ghost.pem"), "{err}");
     }
 }

@@ -29,6 +29,7 @@ fn alert_in_text(err: &(dyn std::error::Error + 'static)) -> Option<AlertDescrip
                 AlertDescription::CertificateUnknown,
                 AlertDescription::AccessDenied,
                 AlertDescription::CertificateExpired,
+                AlertDescription::CertificateRevoked,
             ]
             .into_iter()
             .find(|a| format!("{a:?}") == name);
@@ -111,6 +112,11 @@ pub fn client_side(e: &Error) -> String {
         Error::AlertReceived(AlertDescription::CertificateExpired) => {
             format!("the server refused this client's certificate: it has expired; make a new one ({MAKE})")
         }
+        Error::AlertReceived(AlertDescription::CertificateRevoked) => {
+            "the server refused this client's certificate: it has been revoked (it is in the server's --agent-crl); \
+             an admin signs a new one with `tug certs agent DIR NAME`"
+                .into()
+        }
         other => format!("TLS failed: {other}"),
     }
 }
@@ -126,6 +132,7 @@ pub fn server_side(e: &std::io::Error) -> String {
         Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
             "the client's certificate has expired".into()
         }
+        Error::InvalidCertificate(CertificateError::Revoked) => "the client's certificate has been revoked (--agent-crl)".into(),
         Error::AlertReceived(AlertDescription::UnknownCA | AlertDescription::BadCertificate) => {
             "the client does not trust this server's certificate (it lacks the CA that signed it)".into()
         }
@@ -145,6 +152,8 @@ mod tests {
         assert!(why.contains("requires a client certificate") && why.contains("--cert"), "{why}");
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, Error::InvalidCertificate(CertificateError::UnknownIssuer));
         assert!(explain(&io).unwrap().contains("pass --ca FILE"));
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, "received fatal alert: CertificateRevoked");
+        assert!(explain(&io).unwrap().contains("it has been revoked"));
         assert_eq!(explain(&std::io::Error::other("connection refused")), None);
     }
 }

@@ -65,3 +65,17 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     }
     Ok(roots)
 }
+
+/// Every certificate revocation list in a PEM file (at least one).
+pub fn load_crls(path: &Path) -> Result<Vec<rustls_pki_types::CertificateRevocationListDer<'static>>, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    let text = read(path)?;
+    let what = "certificate revocation list";
+    let crls = rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem { path: path.display().to_string(), what, detail: e.to_string() })?;
+    if crls.is_empty() {
+        return Err(TlsError::Empty { path: path.display().to_string(), what, label: "X509 CRL" });
+    }
+    Ok(crls)
+}

@@ -36,6 +36,12 @@ impl ServerTls {
     /// Presents `identity`; with `client_ca`, also requires every client to present a certificate
     /// signed by a CA in that file (mTLS). `alpn` lists the protocols offered, e.g. `h2`.
     pub fn new(identity: Identity, client_ca: Option<&Path>, alpn: &[&[u8]]) -> Result<ServerTls, TlsError> {
+        ServerTls::with_crl(identity, client_ca, None, alpn)
+    }
+
+    /// [`ServerTls::new`], also refusing client certificates that `crl` (a PEM file of
+    /// revocation lists, `tug certs revoke` makes one) revokes. Read once, here.
+    pub fn with_crl(identity: Identity, client_ca: Option<&Path>, crl: Option<&Path>, alpn: &[&[u8]]) -> Result<ServerTls, TlsError> {
         let provider = crate::provider();
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -43,7 +49,12 @@ impl ServerTls {
         let builder = match client_ca {
             Some(path) => {
                 let roots = files::load_roots(path)?;
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                if let Some(crl) = crl {
+                    // Agents' certificates are signed by the CA itself: no intermediates to check.
+                    verifier = verifier.with_crls(files::load_crls(crl)?).only_check_end_entity_revocation();
+                }
+                let verifier = verifier
                     .build()
                     .map_err(|e| TlsError::ClientCa { path: path.display().to_string(), detail: e.to_string() })?;
                 builder.with_client_cert_verifier(verifier)

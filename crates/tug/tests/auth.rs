@@ -77,6 +77,14 @@ fn endpoints() -> Vec<(Method, &'static str, Role)> {
         (M::POST, "/ui/jobs/j/delete", Admin),
         (M::POST, "/ui/runs/1/kill", Operate),
         (M::POST, "/ui/agents/local/drain", Admin),
+        (M::GET, "/new", Read),
+        (M::GET, "/jobs/j/edit", Read),
+        (M::POST, "/ui/job-form", Admin),
+        (M::GET, "/services", Read),
+        (M::GET, "/services/s", Read),
+        (M::GET, "/releases/rel-1", Read),
+        (M::POST, "/ui/services/s/scale", Operate),
+        (M::POST, "/ui/releases/rel-1/brake", Operate),
         (M::GET, "/api/v1/tokens", Admin),
         (M::POST, "/api/v1/tokens", Admin),
         (M::DELETE, "/api/v1/tokens/x", Admin),
@@ -135,7 +143,7 @@ async fn every_endpoint_needs_a_token_with_a_large_enough_role() {
     let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let root = s.base.trim_end_matches("/api/v1");
     for (method, path, role) in endpoints() {
-        if method == Method::GET && matches!(path, "/" | "/jobs/j" | "/agents" | "/graph") {
+        if method == Method::GET && matches!(path, "/" | "/jobs/j" | "/agents" | "/graph" | "/new" | "/jobs/j/edit" | "/services" | "/services/s" | "/releases/rel-1") {
             // A browser on a page is sent to the login form instead.
             let r = no_redirects.get(format!("{root}{path}")).send().await.unwrap();
             assert_eq!(r.status(), 303, "{path}");

@@ -302,6 +302,29 @@ async fn agents_with_a_wrong_ca_no_certificate_or_another_name_are_refused_sayin
     assert_eq!(names, ["member"], "only the agent with its own certificate joined");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_certificate_is_revoked_is_refused_saying_so() {
+    let mut c = Cluster::new(2, &[]).await;
+    let args = |name| AgentArgs { name, attributes: "", cpus: "1", token: TOKEN };
+    let (kept, gone) = (c.agent_tls("kept"), c.agent_tls("gone"));
+    let out = std::process::Command::new(hosts::TUG).args(["certs", "revoke", c.certs.to_str().unwrap(), "gone"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let crl = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(crl.ends_with("crl.pem") && String::from_utf8_lossy(&out.stderr).contains("--agent-crl"), "{crl}");
+    c.restart_server_with(&["--agent-crl".into(), crl]).await;
+    c.start_agent_tls(0, &args("gone"), &gone, &[]);
+    c.start_agent_tls(1, &args("kept"), &kept, &[]);
+    let out = refused(&mut c, 0).await;
+    assert!(out.contains("the server refused this client's certificate: it has been revoked") && out.contains("tug certs agent"), "{out}");
+    let server = c.server.as_ref().unwrap();
+    until(Duration::from_secs(5), || format!("the server to log the refusal:\n{}", server.output()), || {
+        let said = server.output().contains("the client's certificate has been revoked");
+        async move { said.then_some(()) }
+    })
+    .await;
+    c.wait_agents_up(&["kept"]).await;
+}
+
 /// A webhook receiver on 127.0.0.1 (the server's namespace): the JSON bodies POSTed to it.
 struct Hook {
     url: String,

@@ -89,10 +89,17 @@ impl Browser {
 
 /// Posts a UI form as a browser would: with the CSRF token of the page it was on.
 async fn form_post(s: &TestServer, path: &str) -> (u16, String) {
+    form_post_with(s, path, &[]).await
+}
+
+/// Posts a UI form with these fields and the CSRF token of the page it was on.
+async fn form_post_with(s: &TestServer, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
     let mut b = Browser::new(s);
     let (_, _, html) = b.get("/agents").await;
     let csrf = form_csrf(&html);
-    let (st, to, _) = b.post(path, &[("csrf", &csrf)]).await;
+    let mut all = vec![("csrf", csrf.as_str())];
+    all.extend_from_slice(fields);
+    let (st, to, _) = b.post(path, &all).await;
     (st, to)
 }
 
@@ -479,5 +486,61 @@ async fn a_job_is_added_and_edited_from_its_form_with_the_apis_messages() {
     let (st, _, stale) = post_form(&mut b, &f).await;
     assert_eq!(st, 409, "{stale}");
     assert!(stale.contains("version"), "{stale}");
+    s.stop().await;
+}
+
+/// Reads `path` until its page contains `needle`.
+async fn wait_page(s: &TestServer, path: &str, secs: u64, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let (_, html) = page(s, path).await;
+        if html.contains(needle) {
+            return html;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path} never showed {needle:?} in {secs}s: {html}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_pages_show_replicas_scale_and_a_releases_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let (_, empty) = page(&s, "/services").await;
+    assert!(empty.contains("No services yet"), "{empty}");
+    let (st, v) = s.req(reqwest::Method::POST, "/services", Some(json!({"name": "web", "replicas": 2, "env": {"V": "1"}, "command": "exec sleep 1000", "stop_grace": "1s"}))).await;
+    assert_eq!(st, 201, "{v}");
+    wait_service(&s, "web", 20, "2 healthy", |v| v["status"]["healthy"] == 2).await;
+
+    let (st, list) = page(&s, "/services").await;
+    assert_eq!(st, 200);
+    assert!(list.contains("<a href=\"/services/web\">web</a>") && list.contains("2 / 2") && list.contains("none (running is healthy)"), "{list}");
+    assert!(list.contains("data-poll=\"2000\""), "redrawn without events");
+    let one = wait_page(&s, "/services/web", 10, "2 of 2 healthy").await;
+    assert_eq!(one.matches("<span class=\"state healthy\">healthy</span>").count(), 2, "{one}");
+    assert!(one.contains("<td>local</td>") && one.contains("/api/v1/services/web/replicas/1/log"), "{one}");
+
+    // Scaled from its page; a count out of range is refused with the API's message.
+    assert_eq!(form_post_with(&s, "/ui/services/web/scale", &[("replicas", "3")]).await, (303, "/services/web".to_string()));
+    wait_service(&s, "web", 20, "3 healthy", |v| v["status"]["healthy"] == 3).await;
+    let (st, to) = form_post_with(&s, "/ui/services/web/scale", &[("replicas", "10001")]).await;
+    assert_eq!(st, 303);
+    let (_, refused) = page(&s, &to).await;
+    assert!(refused.contains("cannot scale to 10001 replicas; give a count from 0 to 10000"), "{refused}");
+
+    // A release: its stages as it goes, brake and revoke from its page.
+    let (st, r) = s.req(reqwest::Method::POST, "/services/web/releases", Some(json!({"env": {"V": "2"}, "smoke": 1, "bake": "1h"}))).await;
+    assert_eq!(st, 202, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let baking = wait_page(&s, &format!("/releases/{id}"), 20, "stage current\"><strong>bake").await;
+    assert!(baking.contains("stage done\"><strong>smoke") && baking.contains("stage waiting\"><strong>rollout"), "{baking}");
+    assert!(baking.contains("<th>env</th>") && !baking.contains("\"V\":\"2\""), "env changes without their values: {baking}");
+    assert!(page(&s, "/services/web").await.1.contains(&format!("<a href=\"/releases/{id}\">{id}</a>")));
+    assert_eq!(form_post_with(&s, &format!("/ui/releases/{id}/brake"), &[]).await.0, 303);
+    wait_page(&s, &format!("/releases/{id}"), 10, "(braked)").await;
+    assert_eq!(form_post_with(&s, &format!("/ui/releases/{id}/revoke"), &[]).await.0, 303);
+    wait_page(&s, &format!("/releases/{id}"), 30, "state revoked").await;
+    let (st, missing) = page(&s, "/releases/rel-999").await;
+    assert_eq!(st, 404, "{missing}");
     s.stop().await;
 }

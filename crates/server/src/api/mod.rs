@@ -27,7 +27,7 @@ mod net;
 pub mod openapi;
 pub(crate) mod runs;
 pub(crate) mod schedule;
-mod services;
+pub(crate) mod services;
 
 pub use error::{ApiError, ApiResult};
 

@@ -121,17 +121,22 @@ pub(super) async fn scale(
     let b: ScaleBody = serde_json::from_str(&body).map_err(|e| {
         ApiError::bad_request("invalid_body", format!("invalid scale request: {e}; send {{\"replicas\": N}}"))
     })?;
-    let max = tug_core::service::MAX_REPLICAS;
-    let Some(replicas) = u32::try_from(b.replicas).ok().filter(|n| i64::from(*n) <= max) else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_service",
-            format!("service {name:?}: cannot scale to {} replicas; give a count from 0 to {max}", b.replicas),
-        ));
-    };
+    let replicas = scale_count(&name, b.replicas)?;
     visible(&st, &who, &name).await?;
     let op = st.scheduler.scale(&name, replicas).await?;
     Ok((StatusCode::ACCEPTED, Json(op)))
+}
+
+/// A replica count a scale may ask for; 422 saying the range otherwise.
+pub(crate) fn scale_count(name: &str, replicas: i64) -> ApiResult<u32> {
+    let max = tug_core::service::MAX_REPLICAS;
+    u32::try_from(replicas).ok().filter(|n| i64::from(*n) <= max).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_service",
+            format!("service {name:?}: cannot scale to {replicas} replicas; give a count from 0 to {max}"),
+        )
+    })
 }
 
 /// One operation and its progress.

@@ -33,6 +33,8 @@ pub fn required(method: &Method, route: &str, path: &str) -> Option<Role> {
         Method::POST => matches!(
             route,
             "/ui/runs/{id}/kill"
+                | "/ui/services/{name}/scale"
+                | "/ui/releases/{id}/{action}"
                 | "/api/v1/jobs/{name}/run"
                 | "/api/v1/jobs/{name}/pause"
                 | "/api/v1/jobs/{name}/resume"
@@ -86,6 +88,9 @@ mod tests {
         assert_eq!(required(&Method::POST, ui, "/ui/jobs/x/pause"), Some(Role::Operate));
         assert_eq!(required(&Method::POST, ui, "/ui/jobs/x/delete"), Some(Role::Admin));
         assert_eq!(required(&Method::POST, "/ui/runs/{id}/kill", "/ui/runs/1/kill"), Some(Role::Operate));
+        assert_eq!(required(&Method::POST, "/ui/services/{name}/scale", "/ui/services/web/scale"), Some(Role::Operate));
+        assert_eq!(required(&Method::POST, "/ui/releases/{id}/{action}", "/ui/releases/rel-1/revoke"), Some(Role::Operate));
+        assert_eq!(required(&Method::POST, "/ui/job-form", "/ui/job-form"), Some(Role::Admin));
         assert_eq!(required(&Method::POST, "/ui/agents/{name}/{action}", "/ui/agents/a/drain"), Some(Role::Admin));
         assert_eq!(required(&Method::GET, "/jobs/{name}", "/jobs/x"), Some(Role::Read));
     }

@@ -272,6 +272,11 @@ impl Releases {
 }
 
 impl Release {
+    /// The stage a failed release failed in (which a retry runs again).
+    pub fn failed_in(&self) -> Option<ReleaseState> {
+        self.failed_in.filter(|_| self.state == ReleaseState::Failed)
+    }
+
     fn note(&mut self, now: Timestamp, what: String) {
         tracing::info!(release = %self.id, service = %self.service, "{what}");
         self.history.push(ReleaseEvent { at: now, what });

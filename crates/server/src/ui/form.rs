@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tug_core::job::{Command, JobSpec};
 
+use super::format::command_line;
 use super::{UiError, enc, render};
 use crate::api::schedule::preview_fires;
 use crate::api::{ApiError, AppState};
@@ -135,7 +136,7 @@ pub(super) async fn edit(State(st): State<AppState>, ui: UiSession, Path(name): 
         schedule: s.schedule.clone().unwrap_or_default(),
         tz: s.tz.clone().unwrap_or_default(),
         parents: s.parents.join(", "),
-        command: command_text(&s.command),
+        command: command_line(&s.command),
         timeout: s.timeout.map(|t| t.to_string()).unwrap_or_default(),
         retries: s.retries.count.to_string(),
         concurrency: json_word(&s.concurrency),
@@ -143,13 +144,6 @@ pub(super) async fn edit(State(st): State<AppState>, ui: UiSession, Path(name): 
         preview: None,
     };
     page(ui, f, None, st.clock.now())
-}
-
-fn command_text(c: &Command) -> String {
-    match c {
-        Command::Shell(s) => s.clone(),
-        Command::Argv(a) => a.join(" "),
-    }
 }
 
 /// How a policy is spelled in a job file (`run_once`).
@@ -218,7 +212,7 @@ fn document(f: &JobForm, base: Option<&JobSpec>) -> Result<Value, ApiError> {
     set("parents", (!parents.is_empty()).then_some(Value::Array(parents)));
     // An argv command that the form shows unchanged stays an argv; anything typed is a shell line.
     let command = match base.map(|b| &b.command) {
-        Some(c @ Command::Argv(_)) if command_text(c) == f.command.trim() => serde_json::to_value(c).ok(),
+        Some(c @ Command::Argv(_)) if command_line(c) == f.command.trim() => serde_json::to_value(c).ok(),
         _ => Some(Value::String(f.command.trim().to_owned())),
     };
     set("command", command);

@@ -40,6 +40,14 @@ pub fn absolute(at: Timestamp, tz: &str) -> String {
     at.to_zoned(zone).strftime("%Y-%m-%d %H:%M:%S %Z").to_string()
 }
 
+/// A command as one line: a shell string as written, an argv joined by spaces.
+pub fn command_line(c: &tug_core::job::Command) -> String {
+    match c {
+        tug_core::job::Command::Shell(s) => s.clone(),
+        tug_core::job::Command::Argv(a) => a.join(" "),
+    }
+}
+
 /// A percentage of `ok` in `ok + bad`, or `-` when there is nothing to count.
 pub fn rate(ok: u64, bad: u64) -> String {
     if ok + bad == 0 { "-".into() } else { format!("{:.0}%", ok as f64 * 100.0 / (ok + bad) as f64) }

@@ -10,6 +10,7 @@
 //! | `/new`, `/jobs/{name}/edit` | add or edit a job, with its next fires previewed as one types (`form.rs`) |
 //! | `/runs/{id}` | one run: attempts, the whole log, followed while it runs |
 //! | `/agents` | agents: resources, warm containers, state; drain and undrain |
+//! | `/services`, `/services/{name}`, `/releases/{id}` | services, one with its replicas and releases, a release's stages (`services.rs`) |
 //! | `/graph` | dependencies: the job graph as SVG, failing jobs marked |
 //! | `/login` | the token form that opens a session (when the server needs a token) |
 //!
@@ -31,6 +32,7 @@ mod form;
 pub mod format;
 mod graph;
 mod pages;
+mod services;
 
 /// The UI's routes.
 pub fn router(state: AppState) -> Router {
@@ -42,6 +44,11 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/job-form", post(form::submit))
         .route("/runs/{id}", get(pages::run))
         .route("/agents", get(pages::agents))
+        .route("/services", get(services::services))
+        .route("/services/{name}", get(services::service))
+        .route("/releases/{id}", get(services::release))
+        .route("/ui/services/{name}/scale", post(services::scale))
+        .route("/ui/releases/{id}/{action}", post(services::release_action))
         .route("/graph", get(graph::graph))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
@@ -56,7 +63,10 @@ pub fn router(state: AppState) -> Router {
 /// The route patterns of the pages a browser opens (not the API, the forms' targets or assets):
 /// without credentials these send the browser to `/login` instead of answering 401.
 pub fn is_page(route: &str) -> bool {
-    matches!(route, "/" | "/new" | "/jobs/{name}" | "/jobs/{name}/edit" | "/runs/{id}" | "/agents" | "/graph")
+    matches!(
+        route,
+        "/" | "/new" | "/jobs/{name}" | "/jobs/{name}/edit" | "/runs/{id}" | "/agents" | "/graph" | "/services" | "/services/{name}" | "/releases/{id}"
+    )
 }
 
 #[derive(Template)]

@@ -12,7 +12,7 @@ use tug_core::run::{Run, RunState};
 use tug_core::schedule::Schedule;
 use tug_store::{JobQuery, JobRecord, RunQuery};
 
-use super::format::{absolute, millis, rate, relative, schedule_words, short};
+use super::format::{absolute, command_line, millis, rate, relative, schedule_words, short};
 use super::{UiError, enc, render};
 use crate::api::{ApiError, AppState};
 use crate::scheduler::UpcomingCursor;
@@ -376,10 +376,7 @@ pub(super) async fn job(State(st): State<AppState>, ui: UiSession, Path(name): P
             reason: r.reason.clone().unwrap_or_default(),
         })
         .collect();
-    let mut details = vec![("command".to_string(), match &spec.command {
-        tug_core::job::Command::Shell(s) => s.clone(),
-        tug_core::job::Command::Argv(a) => a.join(" "),
-    })];
+    let mut details = vec![("command".to_string(), command_line(&spec.command))];
     let mut add = |k: &str, v: String| {
         if !v.is_empty() {
             details.push((k.to_string(), v));

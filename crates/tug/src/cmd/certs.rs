@@ -1,5 +1,6 @@
-//! `tug certs init|agent`: a CA and certificates for a test or small install, so that the API,
-//! the agent stream (with client certificates) and the CLI can use TLS without another tool.
+//! `tug certs init|agent|revoke`: a CA and certificates for a test or small install, so that the
+//! API, the agent stream (with client certificates) and the CLI can use TLS without another tool;
+//! and the revocation list of agents' certificates that must no longer join.
 
 use std::path::PathBuf;
 
@@ -35,6 +36,15 @@ pub enum CertsCommand {
         /// Days the certificate is valid.
         #[arg(long, default_value_t = 365)]
         days: u32,
+    },
+    /// Revoke agent NAME's certificate (agent-NAME.pem in DIR): writes DIR/crl.pem, the list
+    /// the server takes with --agent-crl (restart it to apply), and records it in DIR/revoked.txt.
+    #[command(after_help = "Examples:\n  tug certs revoke certs host2\n  tug server ... --agent-ca certs/ca.pem --agent-crl certs/crl.pem")]
+    Revoke {
+        /// The directory holding ca.pem, ca-key.pem and the agent's certificate.
+        dir: PathBuf,
+        /// The agent's name (its certificate is agent-NAME.pem).
+        name: String,
     },
 }
 
@@ -74,6 +84,14 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
                  tug agent run --server https://SERVER:4401 --ca {d}/ca.pem --name NAME --cert {d}/agent-NAME.pem --key {d}/agent-NAME-key.pem\n  \
                  tug job list --server https://SERVER:4400 --ca {d}/ca.pem\nKeep {d}/ca-key.pem off the hosts; `tug certs agent {d} NAME` signs more agents with it."
             );
+            Ok(())
+        }
+        CertsCommand::Revoke { dir, name } => {
+            check_name(&name, "agent name")?;
+            let (crl, again) = certs::revoke_agent(&dir, &name)?;
+            println!("{}", crl.display());
+            let already = if again { " (it was revoked already)" } else { "" };
+            eprintln!("agent {name}'s certificate is revoked{already}: start the server with --agent-crl {} (restart it if it runs)", crl.display());
             Ok(())
         }
         CertsCommand::Agent { dir, name, days } => {

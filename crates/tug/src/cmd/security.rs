@@ -29,11 +29,11 @@ pub struct TlsArgs {
 
 impl TlsArgs {
     /// The server's TLS settings offering `alpn`, requiring client certificates signed by
-    /// `client_ca` when given; `None` without --tls-cert.
-    pub fn server(&self, alpn: &[&[u8]], client_ca: Option<&std::path::Path>) -> anyhow::Result<Option<tug_tls::ServerTls>> {
+    /// `client_ca` when given (and not revoked by `crl`); `None` without --tls-cert.
+    pub fn server(&self, alpn: &[&[u8]], client_ca: Option<&std::path::Path>, crl: Option<&std::path::Path>) -> anyhow::Result<Option<tug_tls::ServerTls>> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
         let identity = tug_tls::Identity::load(cert, key)?;
-        Ok(Some(tug_tls::ServerTls::new(identity, client_ca, alpn)?))
+        Ok(Some(tug_tls::ServerTls::with_crl(identity, client_ca, crl, alpn)?))
     }
 
     /// Whether the API is served over TLS.

@@ -97,6 +97,10 @@ pub struct ServerArgs {
     /// a name in it (mTLS; needs --tls-cert).
     #[arg(long, env = "TUG_AGENT_CA", requires = "tls_cert", value_name = "FILE")]
     agent_ca: Option<PathBuf>,
+    /// Refuse agents whose client certificates this revocation list (PEM; `tug certs revoke`
+    /// writes one) revokes. Read at start: restart the server after revoking.
+    #[arg(long, env = "TUG_AGENT_CRL", requires = "agent_ca", value_name = "FILE")]
+    agent_crl: Option<PathBuf>,
     /// Finished runs kept per job (a job's `keep_runs` overrides it).
     #[arg(long, env = "TUG_KEEP_RUNS", default_value_t = 100)]
     keep_runs: u32,
@@ -129,10 +133,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.keep_runs = args.keep_runs;
     config.agent_timeout = args.agent_timeout;
     config.auth = auth_config;
-    config.api_tls = args.tls.server(&[b"h2", b"http/1.1"], None)?;
+    config.api_tls = args.tls.server(&[b"h2", b"http/1.1"], None, None)?;
     config.min_interval = args.security.min_interval;
     config.webhook_delivery.tls = args.tls.webhooks()?;
-    let agent_tls = args.tls.server(&[b"h2"], args.agent_ca.as_deref()).context("the agent endpoint's TLS (--agent-ca)")?;
+    let agent_tls = args.tls.server(&[b"h2"], args.agent_ca.as_deref(), args.agent_crl.as_deref()).context("the agent endpoint's TLS (--agent-ca, --agent-crl)")?;
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         super::shutdown_signal().await;

@@ -121,7 +121,7 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     config.auth = auth_config;
     config.keep_runs = args.keep_runs;
     config.min_interval = args.security.min_interval;
-    config.api_tls = args.tls.server(&[b"h2", b"http/1.1"], None)?;
+    config.api_tls = args.tls.server(&[b"h2", b"http/1.1"], None, None)?;
     config.webhook_delivery.tls = args.tls.webhooks()?;
     config.webhooks = args
         .webhooks

@@ -377,6 +377,13 @@ impl Cluster {
         .await;
     }
 
+    /// Stops the server and starts it again with `extra` arguments added.
+    pub async fn restart_server_with(&mut self, extra: &[String]) {
+        self.kill_server();
+        self.server_args.extend_from_slice(extra);
+        self.start_server().await;
+    }
+
     /// `kill -9` of the server.
     pub fn kill_server(&mut self) {
         if let Some(mut s) = self.server.take() {

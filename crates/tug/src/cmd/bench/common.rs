@@ -1,4 +1,4 @@
-//! What the benchmarks share: percentiles, memory and child processes. (A server's `/metrics` page is read with
+//! What the benchmarks share: percentiles, memory, event-stream subscribers and child processes. (A server's `/metrics` page is read with
 //! `tug_server::prom`.)
 
 /// The `p` quantile (0..=1) of sorted samples; 0 when there are none.
@@ -19,6 +19,59 @@ pub(super) fn rss_bytes() -> u64 {
 }
 
 use anyhow::Context;
+
+/// Clients following a server's event stream, counting what they receive.
+pub(super) struct Subscribers {
+    /// Events received by all of them together.
+    pub received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// `lagged` notices received (a subscriber fell behind the buffer and missed events).
+    pub lagged: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Subscribers {
+    /// `n` subscribers of `url` (an `/api/v1/events` URL with its filters).
+    pub(super) fn start(http: &reqwest::Client, url: &str, n: usize) -> Subscribers {
+        use futures::StreamExt;
+        use std::sync::atomic::Ordering;
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let lagged = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tasks = (0..n)
+            .map(|_| {
+                let (http, url, received, lagged) = (http.clone(), url.to_owned(), received.clone(), lagged.clone());
+                tokio::spawn(async move {
+                    let Ok(resp) = http.get(url).send().await else { return };
+                    let mut body = resp.bytes_stream();
+                    while let Some(Ok(chunk)) = body.next().await {
+                        let n = chunk.windows(7).filter(|w| w == b"event: ").count();
+                        received.fetch_add(n as u64, Ordering::Relaxed);
+                        let l = chunk.windows(14).filter(|w| w == b"event: lagged\n").count();
+                        lagged.fetch_add(l as u64, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Subscribers { received, lagged, tasks }
+    }
+
+    /// Events received so far, by all.
+    pub(super) fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `lagged` notices so far.
+    pub(super) fn lagged(&self) -> u64 {
+        self.lagged.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Subscribers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
 
 /// Child processes, killed (and reaped) on drop, so an error or a panic leaves none behind.
 pub(super) struct Children {

@@ -1,5 +1,5 @@
 //! `tug bench fire`: jobs firing every second through the real scheduler and SQLite store, with a
-//! no-op runtime.
+//! no-op runtime; with `--subscribers`, that many clients follow the event stream meanwhile.
 // Benchmarks measure real elapsed time and never run under paused tokio time.
 #![allow(clippy::disallowed_types)]
 
@@ -16,7 +16,7 @@ use tug_store::etcd::{EtcdConfig, EtcdStore};
 use tug_store::sqlite::SqliteStore;
 use tug_store::Store;
 
-use super::common::rss_bytes;
+use super::common::{Subscribers, rss_bytes};
 use crate::cmd::print_json;
 use crate::table::{self, Table};
 
@@ -39,6 +39,10 @@ pub struct FireArgs {
     /// (an empty prefix: the benchmark's jobs are added to it).
     #[arg(long, default_value = "sqlite")]
     store: String,
+    /// Clients following the event stream (`/api/v1/events`, every kind) while the jobs fire:
+    /// what it costs the scheduler, and how many events reach them.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -71,7 +75,13 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
     let mut config = EmbeddedConfig::new(&dir);
     config.keep_runs = 1_000_000;
     let agent = Some(tug::local::local_agent(Default::default(), Arc::new(NoopRuntime)));
-    let server = Embedded::start_with_store(config, store, agent, Arc::new(SystemClock), None).await?;
+    let listener = match a.subscribers {
+        0 => None,
+        _ => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+    };
+    let base = listener.as_ref().map(|l| l.local_addr().map(|a| format!("http://{a}"))).transpose()?;
+    let server = Embedded::start_with_store(config, store, agent, Arc::new(SystemClock), listener).await?;
+    let subscribers = base.map(|b| Subscribers::start(&reqwest::Client::new(), &format!("{b}/api/v1/events"), a.subscribers));
     let start_s = t1.elapsed().as_secs_f64();
     let bytes_per_job = rss_bytes().saturating_sub(rss0) / a.jobs as u64;
     if progress {
@@ -80,9 +90,14 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.scheduler.take_stats().await?;
     let t2 = StdInstant::now();
+    let (published0, received0, lagged0) = (server.events.latest(), subscribers.as_ref().map_or(0, Subscribers::received), subscribers.as_ref().map_or(0, Subscribers::lagged));
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     let stats = server.scheduler.take_stats().await?;
     let elapsed = t2.elapsed().as_secs_f64();
+    let published = (server.events.latest() - published0) as f64 / elapsed;
+    let delivered = subscribers.as_ref().map_or(0, Subscribers::received).saturating_sub(received0) as f64 / elapsed;
+    let lagged = subscribers.as_ref().map_or(0, Subscribers::lagged).saturating_sub(lagged0);
+    drop(subscribers);
     server.shutdown().await;
     let fires_per_s = stats.fires as f64 / elapsed;
     let ms = |us: u64| us as f64 / 1000.0;
@@ -101,6 +116,11 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
         "misfires": stats.misfires,
         "dispatched": stats.dispatched,
         "scheduler_load_s": start_s,
+        "subscribers": a.subscribers,
+        "events_published_per_s": published.round(),
+        "events_delivered_per_s": delivered.round(),
+        "delivered_per_subscriber_per_s": (delivered / a.subscribers.max(1) as f64).round(),
+        "lagged_notices": lagged,
     });
     if a.json {
         return print_json(&result);
@@ -119,6 +139,12 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
     ];
     for (k, v) in rows {
         t.row(vec![k.into(), v]);
+    }
+    if a.subscribers > 0 {
+        t.row(vec!["event subscribers".into(), a.subscribers.to_string()]);
+        t.row(vec!["events published/s".into(), format!("{published:.0}")]);
+        t.row(vec!["events delivered/s".into(), format!("{delivered:.0} ({:.0} per subscriber)", delivered / a.subscribers as f64)]);
+        t.row(vec!["lagged notices".into(), lagged.to_string()]);
     }
     table::print(&t);
     Ok(())

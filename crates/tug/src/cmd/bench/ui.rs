@@ -4,11 +4,9 @@
 #![allow(clippy::disallowed_types)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context;
-use futures::StreamExt;
 use jiff::Timestamp;
 use tug_agent::runtime::noop::NoopRuntime;
 use tug_core::JobSpec;
@@ -17,7 +15,7 @@ use tug_server::embedded::{Embedded, EmbeddedConfig};
 use tug_store::Store;
 use tug_store::sqlite::SqliteStore;
 
-use super::common::percentile;
+use super::common::{Subscribers, percentile};
 use crate::cmd::print_json;
 use crate::table::{self, Table};
 
@@ -113,34 +111,20 @@ pub(super) async fn run(a: UiArgs) -> anyhow::Result<()> {
     if progress {
         eprintln!("event stream: {} subscribers, {} jobs firing every second, {}s ...", a.subscribers, a.firing, a.seconds);
     }
-    let received = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..a.subscribers {
-        let (http, url, received) = (http.clone(), format!("{base}/api/v1/events?kind=run"), received.clone());
-        tasks.push(tokio::spawn(async move {
-            let Ok(resp) = http.get(url).send().await else { return };
-            let mut body = resp.bytes_stream();
-            while let Some(Ok(chunk)) = body.next().await {
-                let n = chunk.windows(7).filter(|w| w == b"event: ").count();
-                received.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }));
-    }
+    let subscribers = Subscribers::start(&http, &format!("{base}/api/v1/events?kind=run"), a.subscribers);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..a.firing {
         server.scheduler.set_paused(&format!("job-{i:06}"), false).await?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (published0, received0) = (server.events.latest(), received.load(Ordering::Relaxed));
+    let (published0, received0) = (server.events.latest(), subscribers.received());
     let t = StdInstant::now();
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     let secs = t.elapsed().as_secs_f64();
     let published = (server.events.latest() - published0) as f64 / secs;
-    let delivered = (received.load(Ordering::Relaxed) - received0) as f64 / secs;
+    let delivered = (subscribers.received() - received0) as f64 / secs;
     let stats = server.scheduler.take_stats().await?;
-    for t in tasks {
-        t.abort();
-    }
+    drop(subscribers);
     server.shutdown().await;
     let stream = serde_json::json!({
         "subscribers": a.subscribers,
