@@ -129,6 +129,14 @@ pub struct ReleaseRequest {
     /// How long a replaced replica has to become healthy (default 1m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_timeout: Option<Duration>,
+    /// A URL told (POST, JSON: the replica, its agent, address and port) before each replica is
+    /// stopped, to take it out of the load balancer; the replica is stopped once it answers 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_out: Option<String>,
+    /// A URL told the same way once a replaced replica is healthy, to put it back in; its step is
+    /// done once it answers 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_in: Option<String>,
 }
 
 /// How a release rolls out, validated.
@@ -201,6 +209,13 @@ impl ReleaseRequest {
         let health_timeout = self.health_timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT);
         if health_timeout.is_zero() {
             return Err(field("health_timeout", "is 0s; give how long a new replica has to become healthy, e.g. 1m".into()));
+        }
+        for (f, url) in [("pull_out", &self.pull_out), ("pull_in", &self.pull_in)] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(field(f, format!("is {url:?}; give the load balancer's hook as an http:// or https:// URL")));
+            }
         }
         let plan = ReleasePlan { smoke, bake: self.bake.unwrap_or(DEFAULT_BAKE), batch: self.batch.unwrap_or_default(), health_timeout };
         Ok((target.validate()?, plan))

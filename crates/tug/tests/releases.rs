@@ -50,6 +50,88 @@ async fn release(s: &TestServer, service: &str, body: Value) -> Value {
     r
 }
 
+/// A load balancer's hook: records each call (its JSON body, and the version the replica it names
+/// was running when it came) and answers `status`.
+async fn hook_server(files: std::path::PathBuf, status: u16) -> (String, std::sync::Arc<std::sync::Mutex<Vec<(Value, String)>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let (seen, files) = (seen.clone(), files.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    let n = conn.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break body.to_owned();
+                        }
+                    }
+                };
+                let v: Value = serde_json::from_str(&body).unwrap();
+                let running = versions(&files, 2)[v["index"].as_u64().unwrap() as usize].clone();
+                seen.lock().unwrap().push((v, running));
+                let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (url, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_tells_the_load_balancer_before_stopping_a_replica_and_after_it_is_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let (st, v) = s.req(Method::POST, "/services", Some(versioned("lb", files.path(), 2))).await;
+    assert_eq!(st, 201, "{v}");
+    wait_service(&s, "lb", 20, "2 healthy", |v| v["status"]["healthy"] == 2).await;
+    let (url, calls) = hook_server(files.path().to_owned(), 200).await;
+    let body = json!({"env": {"V": "2"}, "smoke": 1, "bake": "200ms", "batch": 1, "health_timeout": "20s", "pull_out": url, "pull_in": url});
+    let r = release(&s, "lb", body).await;
+    assert_eq!((r["hooks"]["pull_out"].as_str(), r["hooks"]["pull_in"].as_str()), (Some(url.as_str()), Some(url.as_str())), "{r}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    let r = wait_release(&s, &id, 40, "succeeded", |r| r["state"] == "succeeded").await;
+    let calls = calls.lock().unwrap().clone();
+    let seen: Vec<(String, u64, String)> =
+        calls.iter().map(|(v, running)| (v["event"].as_str().unwrap().to_owned(), v["index"].as_u64().unwrap(), running.clone())).collect();
+    // Each replica: pulled out while it still runs the old version, back in once it runs the new.
+    let expected: Vec<(String, u64, String)> =
+        [("pull_out", 0, "1"), ("pull_in", 0, "2"), ("pull_out", 1, "1"), ("pull_in", 1, "2")].map(|(e, i, v)| (e.to_owned(), i, v.to_owned())).to_vec();
+    assert_eq!(seen, expected, "{:?}", history(&r));
+    let (first, _) = &calls[0];
+    assert_eq!((first["service"].as_str(), first["instance"].as_str(), first["release"].as_str()), (Some("lb"), Some("service/lb/0"), Some(id.as_str())), "{first}");
+    assert!(first["agent"].is_string(), "{first}");
+
+    expect(&s, Method::POST, "/services/lb/releases", Some(json!({"env": {"V": "4"}, "pull_in": "lb.example:80"})), 422, "invalid_service", "give the load balancer's hook as an http:// or https:// URL").await;
+    // A hook that refuses stops the release before the replica is stopped, saying why.
+    let (bad, _) = hook_server(files.path().to_owned(), 503).await;
+    let r = release(&s, "lb", json!({"env": {"V": "3"}, "pull_out": bad})).await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    let r = wait_release(&s, &id, 20, "failed", |r| r["state"] == "failed").await;
+    let why = r["failure"].as_str().unwrap();
+    assert!(why.starts_with(&format!("the load balancer's pull_out hook for replica 0 failed: {bad} answered 503")), "{why}");
+    assert_eq!(versions(files.path(), 2), ["2", "2"], "no replica was stopped");
+    let (st, _) = s.req(Method::DELETE, "/services/lb", None).await;
+    assert_eq!(st, 204);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_goes_through_smoke_bake_and_rollout() {
     let dir = tempfile::tempdir().unwrap();

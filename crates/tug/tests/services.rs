@@ -523,7 +523,7 @@ fn replica_logs_through_the_api_and_the_cli() {
         }
     }
     ok(&s, &["service", "scale", "ticks", "0", "--wait"]);
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     for _ in lines.by_ref() {}
     let st = f.wait().unwrap();
     assert!(st.success() && started.elapsed() < std::time::Duration::from_secs(10), "{st:?} after {:?}", started.elapsed());

@@ -1,5 +1,6 @@
 //! The container network on one machine: `tug up --vtep` plumbs its own networked containers, with
-//! addresses from the embedded server's pools, and two of them in one pool reach each other.
+//! addresses from the embedded server's pools: two of them in one pool reach each other, and a
+//! service's replicas each keep the address named after their index.
 //! Needs root, Docker, the test image and a static dwait (scripts/test provides them).
 
 use std::process::Command;
@@ -90,6 +91,42 @@ fn tug_up_plumbs_its_own_networked_containers() {
     ok(&s, &["job", "add", "-f", &job(dir.path(), "b", &image, &format!("ping -c 1 -W 5 {ip}"))]);
     ok(&s, &["job", "run", "b"]);
     finished(&s, "b");
+
+    // A service's replicas each get the address named after their index, and keep it when
+    // they come back.
+    let svc = dir.path().join("svc.toml");
+    std::fs::write(
+        &svc,
+        format!(
+            "name = \"edge\"\nreplicas = 0\nruntime = \"docker\"\ncommand = \"ip -o -4 addr show eth0; exec sleep 1000\"\n\
+             network = {{ pool = \"upnet\" }}\n[docker]\nimage = \"{image}\"\npull = \"never\"\n"
+        ),
+    )
+    .unwrap();
+    ok(&s, &["service", "add", "-f", svc.to_str().unwrap()]);
+    ok(&s, &["service", "scale", "edge", "2", "--wait"]);
+    let replica_ip = |i: u32| {
+        let addrs = json(&s, &["net", "addr", "list", "--json"]);
+        let name = format!("service/edge/{i}");
+        addrs.as_array().unwrap().iter().find(|a| a["name"] == name.as_str()).map(|a| a["ip"].as_str().unwrap().to_owned())
+    };
+    let (ip0, ip1) = (replica_ip(0).expect("replica 0 has an address"), replica_ip(1).expect("replica 1 has an address"));
+    assert_ne!(ip0, ip1);
+    for (i, ip) in [(0, &ip0), (1, &ip1)] {
+        let mut log = String::new();
+        for _ in 0..100 {
+            log = ok(&s, &["service", "logs", "edge", "--index", &i.to_string()]);
+            if log.contains("inet ") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(log.contains(&format!("inet {ip}/24")), "replica {i} has its address {ip}:\n{log}");
+    }
+    ok(&s, &["service", "scale", "edge", "0", "--wait"]);
+    ok(&s, &["service", "scale", "edge", "1", "--wait"]);
+    assert_eq!(replica_ip(0).as_deref(), Some(ip0.as_str()), "replica 0 comes back with its address");
+    ok(&s, &["service", "delete", "edge"]);
 
     // Stopping removes the warm containers and their network: no veth of the pool is left.
     let st = up.terminate();

@@ -112,6 +112,16 @@ pub struct Given {
     pub owner: Owner,
 }
 
+/// Where a container with `claim` joins `pool`: its address, and the pool's segment, gateway and
+/// MTU.
+fn attachment(pool: &PoolSpec, claim: &Claim) -> Attachment {
+    let mtu = match pool.segment {
+        Segment::Vlan(_) => VLAN_MTU,
+        Segment::Vxlan(_) => VXLAN_MTU,
+    };
+    Attachment { ip: claim.ip, prefix: pool.cidr.prefix(), mac: claim.mac, gateway: pool.gateway, segment: pool.segment, mtu }
+}
+
 /// Who may ask for an instance's network. The runtime names it before the container starts
 /// ([`NetAgent::expect`]); a process that asks for an instance it is not (another container
 /// claiming a neighbour's name, to take its address) is refused.
@@ -243,12 +253,7 @@ impl NetAgent {
         })?;
         owner.check(pid, instance).map_err(NetError::NotOwner)?;
         let (spec, claim) = self.claims.claim(pool, instance).await?;
-        let mtu = match spec.segment {
-            Segment::Vlan(_) => VLAN_MTU,
-            Segment::Vxlan(_) => VXLAN_MTU,
-        };
-        let attachment =
-            Attachment { ip: claim.ip, prefix: spec.cidr.prefix(), mac: claim.mac, gateway: spec.gateway, segment: spec.segment, mtu };
+        let attachment = attachment(&spec, &claim);
         let (plumber, a) = (self.plumber.clone(), attachment.clone());
         tokio::task::spawn_blocking(move || plumber.plumb(pid, &a))
             .await
@@ -267,12 +272,7 @@ impl NetAgent {
     pub async fn adopt(&self, instance: &str, pool: &str, owner: Owner) -> Result<(), String> {
         self.expect(instance, owner.clone());
         let (spec, claim) = self.claims.claim(pool, instance).await?;
-        let mtu = match spec.segment {
-            Segment::Vlan(_) => VLAN_MTU,
-            Segment::Vxlan(_) => VXLAN_MTU,
-        };
-        let attachment =
-            Attachment { ip: claim.ip, prefix: spec.cidr.prefix(), mac: claim.mac, gateway: spec.gateway, segment: spec.segment, mtu };
+        let attachment = attachment(&spec, &claim);
         self.plumbed().insert(instance.to_owned(), Given { pool: pool.to_owned(), attachment, owner });
         tracing::info!(instance, pool, ip = %claim.ip, "took over the network of an adopted container");
         Ok(())

@@ -168,7 +168,9 @@ pub fn document() -> Value {
                 "spec": {"$ref": "#/components/schemas/ServiceSpec"},
                 "image": {"type": "string"}, "command": {}, "env": {"type": "object"},
                 "smoke": {"type": "integer", "minimum": 0}, "bake": {"type": "string", "examples": ["10m"]},
-                "batch": {"examples": [2, "25%"]}, "health_timeout": {"type": "string", "examples": ["1m"]}
+                "batch": {"examples": [2, "25%"]}, "health_timeout": {"type": "string", "examples": ["1m"]},
+                "pull_out": {"type": "string", "description": "load balancer hook told before a replica is stopped"},
+                "pull_in": {"type": "string", "description": "load balancer hook told once a replaced replica is healthy"}
             }},
             "PoolSpec": {"type": "object", "required": ["name", "cidr", "segment", "gateway"],
                 "properties": {

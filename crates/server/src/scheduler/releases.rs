@@ -2,8 +2,11 @@
 //! replica step at a time, read from and acted on through the replica controller
 //! (`services.rs`). The stages and the request are in `tug_core::release`.
 //!
-//! One replica's step: it is pulled out (not ready: see `ReplicaView::ready`), stopped, started
-//! again on the new spec at the same index, and once healthy pulled back in.
+//! One replica's step: it is pulled out (not ready: see `ReplicaView::ready`; with a `pull_out`
+//! hook, the load balancer is told and the replica stopped once it answers), stopped, started
+//! again on the new spec at the same index, and once healthy pulled back in (with a `pull_in`
+//! hook, once the load balancer answers). A hook that fails or does not answer within 10 s fails
+//! the release, saying which replica and why.
 //!
 //! | state (not braked)   | when nothing is in progress                               |
 //! |----------------------|-----------------------------------------------------------|
@@ -107,11 +110,63 @@ pub struct ReleaseEvent {
 }
 
 /// A replica being moved to (or back from) the new spec.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Step {
     /// Its attempt when the step began: the new spec runs in later ones.
     old_attempt: u32,
     since: Instant,
+    /// A load balancer's hook it waits on.
+    hook: Option<Hook>,
+}
+
+/// The load balancer's hooks of a release (`pull_out`, `pull_in`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Hooks {
+    /// Told before a replica is stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_out: Option<String>,
+    /// Told once a replaced replica is healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_in: Option<String>,
+}
+
+/// A hook call under way: which, and its answer once it has come (`Err`: why it failed).
+#[derive(Debug, Clone)]
+struct Hook {
+    pull_in: bool,
+    answer: std::sync::Arc<std::sync::Mutex<Option<std::result::Result<(), String>>>>,
+}
+
+/// How long a load balancer's hook may take to answer.
+const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Calls `url` with `body` (POST, JSON) on a task of its own; its answer lands in the returned
+/// hook.
+fn call_hook(url: &str, body: serde_json::Value, pull_in: bool) -> Hook {
+    static HTTP: std::sync::OnceLock<std::result::Result<reqwest::Client, String>> = std::sync::OnceLock::new();
+    let hook = Hook { pull_in, answer: Default::default() };
+    let (answer, url) = (hook.answer.clone(), url.to_owned());
+    tokio::spawn(async move {
+        let http = HTTP.get_or_init(|| {
+            let tls = tug_tls::ClientTls::new(None, None).and_then(|t| t.for_http()).map_err(|e| e.to_string())?;
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .timeout(HOOK_TIMEOUT)
+                .user_agent(concat!("tugboat/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        let result = match http {
+            Ok(http) => match http.post(&url).json(&body).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("{url} answered {}", r.status())),
+                Err(e) => Err(format!("{url}: {e}")),
+            },
+            Err(e) => Err(format!("no HTTP client: {e}")),
+        };
+        *answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+    });
+    hook
 }
 
 /// One release.
@@ -127,6 +182,8 @@ pub struct Release {
     pub braked: bool,
     /// How it rolls out.
     pub plan: ReleasePlan,
+    /// The load balancer's hooks.
+    pub hooks: Hooks,
     /// What failed, when it failed: which replica and why.
     pub failure: Option<String>,
     /// The spec before.
@@ -202,7 +259,9 @@ impl Releases {
     pub(super) fn next_wake(&self) -> Option<Instant> {
         let mut at: Option<Instant> = None;
         for r in self.list.iter().filter(|r| !r.state.ended() && r.state != ReleaseState::Failed) {
-            let steps = r.steps.values().map(|s| s.since + r.plan.health_timeout.as_std());
+            // A hook under way is looked at again soon.
+            let soon = r.steps.values().any(|s| s.hook.is_some()).then(|| Instant::now() + std::time::Duration::from_millis(50));
+            let steps = r.steps.values().map(|s| s.since + r.plan.health_timeout.as_std()).chain(soon);
             let bake = r.bake_until.filter(|_| r.state == ReleaseState::Baking && !r.braked);
             for t in steps.chain(bake) {
                 at = Some(at.map_or(t, |a| a.min(t)));
@@ -236,6 +295,7 @@ impl Scheduler {
                 r.id
             )));
         }
+        let hooks = Hooks { pull_out: req.pull_out.clone(), pull_in: req.pull_in.clone() };
         let (target, plan) = req.plan(&record.spec)?;
         let now = self.clock.now();
         self.releases.next += 1;
@@ -245,6 +305,7 @@ impl Scheduler {
             state: ReleaseState::Pending,
             braked: false,
             plan,
+            hooks,
             failure: None,
             from: record.spec,
             to: target.spec.clone(),
@@ -418,15 +479,34 @@ impl Scheduler {
         // Steps in progress: done once healthy on their new attempt; failed if that attempt
         // ended, or is not healthy in time.
         let mut failure = None;
-        let steps: Vec<(u32, Step)> = r.steps.iter().map(|(i, s)| (*i, *s)).collect();
+        let steps: Vec<(u32, Step)> = r.steps.iter().map(|(i, s)| (*i, s.clone())).collect();
+        let hooks = r.hooks.clone();
         let mut finished = Vec::new();
+        // Replicas the load balancer has let go of (stopped now), and healthy ones it is asked
+        // to take back.
+        let (mut pulled_out, mut pull_in) = (Vec::new(), Vec::new());
         for (index, step) in steps {
             let Some(x) = self.replicas.by_index(&service, index) else {
                 finished.push((index, None)); // scaled in meanwhile
                 continue;
             };
+            if let Some(h) = &step.hook {
+                let answer = h.answer.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let which = if h.pull_in { "pull_in" } else { "pull_out" };
+                match answer {
+                    None => {}
+                    Some(Err(why)) => {
+                        failure.get_or_insert_with(|| format!("the load balancer's {which} hook for replica {index} failed: {why}"));
+                    }
+                    Some(Ok(())) if h.pull_in => finished.push((index, Some(x.attempt))),
+                    Some(Ok(())) => pulled_out.push((index, x.run_id)),
+                }
+                continue;
+            }
             let new = x.attempt > step.old_attempt && !x.replacing;
-            if new && x.state == ReplicaState::Healthy {
+            if new && x.state == ReplicaState::Healthy && hooks.pull_in.is_some() {
+                pull_in.push(index);
+            } else if new && x.state == ReplicaState::Healthy {
                 finished.push((index, Some(x.attempt)));
             } else if new && matches!(x.state, ReplicaState::Restarting | ReplicaState::Stopping | ReplicaState::Failed) {
                 failure.get_or_insert_with(|| format!("replica {index} failed on the new spec: {}", x.reason.as_deref().unwrap_or("it stopped")));
@@ -449,6 +529,22 @@ impl Scheduler {
                     break;
                 }
             }
+        }
+        for (index, run_id) in pulled_out {
+            if let Some(step) = self.releases.get_mut(id).and_then(|r| r.steps.get_mut(&index)) {
+                step.hook = None;
+                step.since = Instant::now();
+            }
+            let why = format!("replaced by release {id}");
+            self.stop_replica(run_id, false, &why).await;
+        }
+        for index in pull_in {
+            let (Some(url), Some(body)) = (hooks.pull_in.clone(), self.hook_body(id, index, "pull_in").await) else { continue };
+            let r = self.releases.get_mut(id).expect("found above");
+            if let Some(step) = r.steps.get_mut(&index) {
+                step.hook = Some(call_hook(&url, body, true));
+            }
+            r.note(now, format!("replica {index} is healthy; asked the load balancer to pull it back in"));
         }
         for (index, attempt) in finished {
             if let Some(x) = self.replicas.by_index_mut(&service, index) {
@@ -542,13 +638,45 @@ impl Scheduler {
         x.replacing = true;
         x.start_failures = 0;
         let (run_id, old_attempt) = (x.run_id, x.attempt);
+        let pull_out = self.releases.get_mut(id).and_then(|r| r.hooks.pull_out.clone());
+        let hook = match pull_out {
+            Some(url) => self.hook_body(id, index, "pull_out").await.map(|body| call_hook(&url, body, false)),
+            None => None,
+        };
         let r = self.releases.get_mut(id).expect("found above");
-        r.steps.insert(index, Step { old_attempt, since: Instant::now() });
         let to = if to_new { "the new spec" } else { "the previous spec" };
         let now = self.clock.now();
+        let waits = hook.is_some();
+        r.steps.insert(index, Step { old_attempt, since: Instant::now(), hook });
+        if waits {
+            // Stopped once the load balancer has let go of it (drive_release).
+            r.note(now, format!("replica {index}: asked the load balancer to pull it out, to be replaced with {to}"));
+            return;
+        }
         r.note(now, format!("replica {index} pulled out, replaced with {to}"));
         let why = format!("replaced by release {id}");
         self.stop_replica(run_id, false, &why).await;
+    }
+
+    /// What a load balancer's hook is told about replica `index` of release `id`: the event
+    /// (`pull_out`, `pull_in`), the replica, its agent, its address when it has one from a pool,
+    /// and the port its health check probes.
+    async fn hook_body(&self, id: &str, index: u32, event: &str) -> Option<serde_json::Value> {
+        let r = self.releases.list.iter().find(|r| r.id == id)?;
+        let x = self.replicas.by_index(&r.service, index)?;
+        let spec = if x.release { &r.to } else { &r.from };
+        let instance = tug_net::Identity::Replica { service: r.service.clone(), index }.claim_name();
+        let mut address = None;
+        if let Some(net) = &spec.network
+            && let Ok(claims) = self.store.list_claims(Some(&net.pool)).await
+        {
+            address = claims.into_iter().find(|c| c.name == instance).map(|c| c.ip.to_string());
+        }
+        let port = spec.health.as_ref().and_then(|h| h.port);
+        Some(serde_json::json!({
+            "event": event, "release": id, "service": r.service, "index": index, "instance": instance,
+            "agent": x.agent.map(|i| self.agents.name(i).to_string()), "address": address, "port": port,
+        }))
     }
 
     /// A release with nothing left to step: the new spec becomes the service's (durably), or

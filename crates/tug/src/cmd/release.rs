@@ -74,6 +74,13 @@ pub struct StartArgs {
     /// How long a replaced replica has to become healthy (default 1m).
     #[arg(long)]
     health_timeout: Option<String>,
+    /// The load balancer's hook told (POST, JSON: replica, agent, address, port) before each
+    /// replica is stopped; the replica is stopped once it answers 2xx.
+    #[arg(long, value_name = "URL")]
+    pull_out: Option<String>,
+    /// The load balancer's hook told once a replaced replica is healthy, to put it back in.
+    #[arg(long, value_name = "URL")]
+    pull_in: Option<String>,
     /// Follow the release until it ends, fails or is braked.
     #[arg(long)]
     wait: bool,
@@ -163,7 +170,9 @@ async fn start(c: &Client, a: StartArgs) -> anyhow::Result<()> {
     if let Some(n) = a.smoke {
         body["smoke"] = n.into();
     }
-    for (key, v) in [("bake", &a.bake), ("batch", &a.batch), ("health_timeout", &a.health_timeout)] {
+    for (key, v) in
+        [("bake", &a.bake), ("batch", &a.batch), ("health_timeout", &a.health_timeout), ("pull_out", &a.pull_out), ("pull_in", &a.pull_in)]
+    {
         if let Some(v) = v {
             body[key] = v.clone().into();
         }
