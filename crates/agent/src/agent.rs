@@ -464,6 +464,9 @@ impl Agent {
         // A service replica's health is checked from its start until it ends.
         let mut health = launch.health.clone().map(|h| crate::health::Verdicts::new(h, tokio::time::Instant::now()));
         let env = if health.is_some() { launch.task.env.clone() } else { Default::default() };
+        // Where the checks reach the replica: asked of the runtime once it has started.
+        let mut probed = health.as_ref().map(|_| (launch.job.clone(), launch.task.clone()));
+        let mut addr = None;
         let mut next_probe = None;
         // Each report of what this agent holds (a new connection, perhaps a new server) is
         // followed by this replica's health as it stands.
@@ -507,7 +510,11 @@ impl Agent {
                 o = &mut fut => break o,
                 () = sleep_until_opt(next_probe), if next_probe.is_some() => {
                     let Some(v) = health.as_mut() else { continue };
-                    let result = crate::health::probe(v.check(), &env).await;
+                    if let Some((job, task)) = probed.take() {
+                        addr = self.runtime.address(&job, &task).await;
+                    }
+                    let at = addr.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+                    let result = crate::health::probe(v.check(), at, &env).await;
                     let now = tokio::time::Instant::now();
                     next_probe = Some(now + v.interval());
                     let reports = self.held_reports.load(Ordering::Relaxed);

@@ -8,10 +8,12 @@
 //! | starting              | fails   | within `grace_period`           | nothing            |
 //! | starting or healthy   | fails   | `unhealthy_threshold` in a row  | unhealthy (reason) |
 //!
-//! http and tcp checks probe 127.0.0.1 (process replicas, host-network containers); exec checks
-//! run on the host with the replica's environment (`TUG_SERVICE`, `TUG_REPLICA`, its `env`).
+//! http and tcp checks probe the replica's address: its container's on a docker network (the
+//! bridge) or from its pool, else 127.0.0.1 (process replicas, host-network containers); exec
+//! checks run on the host with the replica's environment (`TUG_SERVICE`, `TUG_REPLICA`, its `env`).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,32 +21,32 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tug_core::service::{HealthCheck, HealthKind};
 
-/// Runs one check; `Err` says why it failed. An exec check gets `env`, the replica's own
-/// environment (`TUG_SERVICE`, `TUG_REPLICA` and the service's `env`).
-pub async fn probe(check: &HealthCheck, env: &BTreeMap<String, String>) -> Result<(), String> {
+/// Runs one check against the replica at `addr`; `Err` says why it failed. An exec check gets
+/// `env`, the replica's own environment (`TUG_SERVICE`, `TUG_REPLICA` and the service's `env`).
+pub async fn probe(check: &HealthCheck, addr: IpAddr, env: &BTreeMap<String, String>) -> Result<(), String> {
     let timeout = check.timeout.as_std();
-    match tokio::time::timeout(timeout, probe_once(check, env)).await {
+    match tokio::time::timeout(timeout, probe_once(check, addr, env)).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {}", check.timeout)),
     }
 }
 
-async fn probe_once(check: &HealthCheck, env: &BTreeMap<String, String>) -> Result<(), String> {
+async fn probe_once(check: &HealthCheck, addr: IpAddr, env: &BTreeMap<String, String>) -> Result<(), String> {
     let port = check.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
     match check.kind {
         HealthKind::Tcp => {
-            TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("tcp port {port}: {e}"))?;
+            TcpStream::connect((addr, port)).await.map_err(|e| format!("tcp {addr}:{port}: {e}"))?;
             Ok(())
         }
         HealthKind::Http => {
             let path = check.path.as_deref().unwrap_or("/");
-            let mut s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("http port {port}: {e}"))?;
-            let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: tug-health\r\n\r\n");
-            s.write_all(req.as_bytes()).await.map_err(|e| format!("http port {port}: {e}"))?;
+            let mut s = TcpStream::connect((addr, port)).await.map_err(|e| format!("http {addr}:{port}: {e}"))?;
+            let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}:{port}\r\nUser-Agent: tug-health\r\n\r\n");
+            s.write_all(req.as_bytes()).await.map_err(|e| format!("http {addr}:{port}: {e}"))?;
             let mut head = vec![0u8; 64];
             let mut n = 0;
             while n < 12 {
-                let got = s.read(&mut head[n..]).await.map_err(|e| format!("http port {port}: {e}"))?;
+                let got = s.read(&mut head[n..]).await.map_err(|e| format!("http {addr}:{port}: {e}"))?;
                 if got == 0 {
                     break;
                 }
@@ -139,6 +141,8 @@ mod tests {
 
     use super::*;
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn check(grace: u64) -> HealthCheck {
         HealthCheck {
             kind: HealthKind::Tcp,
@@ -187,20 +191,20 @@ mod tests {
         });
         let mut c = check(0);
         c.port = Some(i64::from(port));
-        assert_eq!(probe(&c, &BTreeMap::new()).await, Ok(()));
+        assert_eq!(probe(&c, LOCAL, &BTreeMap::new()).await, Ok(()));
         c.kind = HealthKind::Http;
         c.path = Some("/ok".into());
-        assert_eq!(probe(&c, &BTreeMap::new()).await, Ok(()));
+        assert_eq!(probe(&c, LOCAL, &BTreeMap::new()).await, Ok(()));
         c.path = Some("/bad".into());
-        assert_eq!(probe(&c, &BTreeMap::new()).await, Err(format!("GET /bad on port {port} answered 503")));
+        assert_eq!(probe(&c, LOCAL, &BTreeMap::new()).await, Err(format!("GET /bad on port {port} answered 503")));
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         c.port = Some(i64::from(closed));
-        assert!(probe(&c, &BTreeMap::new()).await.unwrap_err().starts_with(&format!("http port {closed}:")));
+        assert!(probe(&c, LOCAL, &BTreeMap::new()).await.unwrap_err().starts_with(&format!("http 127.0.0.1:{closed}:")));
         c.kind = HealthKind::Exec;
         c.command = Some(tug_core::job::Command::Shell("exit 3".into()));
-        assert_eq!(probe(&c, &BTreeMap::new()).await, Err("the check command exited with exit status: 3".into()));
+        assert_eq!(probe(&c, LOCAL, &BTreeMap::new()).await, Err("the check command exited with exit status: 3".into()));
         c.command = Some(tug_core::job::Command::Shell("test \"$TUG_REPLICA\" = 4".into()));
-        assert!(probe(&c, &BTreeMap::new()).await.is_err());
-        assert_eq!(probe(&c, &BTreeMap::from([("TUG_REPLICA".to_string(), "4".to_string())])).await, Ok(()));
+        assert!(probe(&c, LOCAL, &BTreeMap::new()).await.is_err());
+        assert_eq!(probe(&c, LOCAL, &BTreeMap::from([("TUG_REPLICA".to_string(), "4".to_string())])).await, Ok(()));
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tug_agent::net::{Claims, NetAgent, serve};
+use tug_agent::net::{Claims, NetAgent, Owner, serve};
 use tug_net::plumb::{HostNet, Plumber};
 use tug_net::{Claim, Mac, PoolSpec};
 
@@ -77,10 +77,13 @@ fn table() -> Arc<Table> {
     Arc::new(Table { pool, claims: AtomicU32::new(0) })
 }
 
-/// dwait as a container's PID 1 would run it, in a namespace of its own.
+/// dwait as a container's PID 1 would run it, in a namespace of its own, held at the gate until
+/// [`start`] (so its pid can be named the instance's owner before it asks, as the docker runtime
+/// names a container before starting it): a shell that reads a line, then execs unshare, which
+/// execs dwait, all as one pid.
 fn container(dwait: &PathBuf, dir: &std::path::Path, pool: &str, timeout: u32) -> Child {
-    Command::new("unshare")
-        .args(["-n"])
+    Command::new("sh")
+        .args(["-c", "read _ && exec unshare -n \"$0\" \"$@\""])
         .arg(dwait)
         .arg("serve")
         .arg(dir.join("dwait.sock"))
@@ -88,11 +91,17 @@ fn container(dwait: &PathBuf, dir: &std::path::Path, pool: &str, timeout: u32) -
         .env("TUG_NET_INSTANCE", "job/web/0")
         .env("TUG_NET_SOCKET", dir.join("net/dresponse.sock"))
         .env("TUG_NET_TIMEOUT", timeout.to_string())
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Lets a gated container go.
+fn start(c: &mut Child) {
+    use std::io::Write;
+    c.stdin.take().unwrap().write_all(b"go\n").unwrap();
 }
 
 async fn wait_for(path: PathBuf) -> bool {
@@ -132,6 +141,9 @@ async fn dwait_starts_serving_only_once_its_network_is_plumbed_and_survives_a_dr
     let net = Arc::new(NetAgent::new(claims.clone(), plumber(&host)));
     // dwait starts first and waits: no dresponse yet.
     let mut c = container(&dwait, dir.path(), "blue", 30);
+    let owner = Owner::Process(c.id());
+    net.expect("job/web/0", owner.clone());
+    start(&mut c);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!dir.path().join("dwait.sock").exists(), "dwait must not serve before its network is ready");
     // A dresponse that dies mid-answer: it accepts and closes. dwait retries.
@@ -156,8 +168,12 @@ async fn dwait_starts_serving_only_once_its_network_is_plumbed_and_survives_a_dr
     assert!(addr.contains("10.95.0.20/24"), "{addr}");
     assert_eq!(net.address("job/web/0"), Some(Ipv4Addr::new(10, 95, 0, 20)));
 
-    // Teardown leaves no veth.
-    net.teardown("job/web/0").await.unwrap();
+    // A container that replaced it does not tear its network down; teardown by its owner
+    // leaves no veth.
+    net.teardown("job/web/0", &Owner::Process(1)).await.unwrap();
+    assert_eq!(net.address("job/web/0"), Some(Ipv4Addr::new(10, 95, 0, 20)));
+    net.teardown("job/web/0", &owner).await.unwrap();
+    assert_eq!(net.address("job/web/0"), None);
     let links = Command::new("ip").args(["-n", &host.0, "-o", "link"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains("tv0a5f0014"));
     let _ = c.kill();
@@ -170,7 +186,8 @@ async fn dwait_starts_serving_only_once_its_network_is_plumbed_and_survives_a_dr
 async fn dwait_says_why_when_its_network_never_comes_or_is_refused() {
     let Some((dwait, host, dir)) = setup() else { return };
     // Nobody answers: a timeout that says where to look.
-    let c = container(&dwait, dir.path(), "blue", 1);
+    let mut c = container(&dwait, dir.path(), "blue", 1);
+    start(&mut c);
     let out = c.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -182,14 +199,40 @@ async fn dwait_says_why_when_its_network_never_comes_or_is_refused() {
     let net = Arc::new(NetAgent::new(table(), plumber(&host)));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn({
-        let d = dir.path().join("net");
+        let (d, net) = (dir.path().join("net"), net.clone());
         async move { serve(&d, net, async { let _ = stop_rx.await; }).await }
     });
     assert!(wait_for(dir.path().join("net/dresponse.sock")).await);
-    let c = container(&dwait, dir.path(), "ghost", 10);
+    let mut c = container(&dwait, dir.path(), "ghost", 10);
+    let ghost = Owner::Process(c.id());
+    net.expect("job/web/0", ghost.clone());
+    start(&mut c);
     let out = c.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the network of job/web/0 was refused: network pool \"ghost\" not found"), "{err}");
+    // A container may ask only for its own network: another process naming the instance (to
+    // take its address) is refused, and so is an instance no container was started for.
+    let mut impostor = container(&dwait, dir.path(), "blue", 10);
+    let pid = impostor.id();
+    start(&mut impostor);
+    let out = impostor.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the network of job/web/0 was refused: process {pid} asked for the network of job/web/0, which belongs to process")),
+        "{err}"
+    );
+    net.teardown("job/web/0", &ghost).await.unwrap();
+    let mut stranger = container(&dwait, dir.path(), "blue", 10);
+    let pid = stranger.id();
+    start(&mut stranger);
+    let out = stranger.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the network of job/web/0 was refused: no container of job/web/0 was started on this host, so process {pid} cannot have its network"
+        )),
+        "{err}"
+    );
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
 }

@@ -428,6 +428,13 @@ async fn a_run_goes_on_when_the_disk_fills_and_its_log_is_cut_with_a_marker() {
     let id = l.run_id;
     a.send(ToAgent::Launch(Box::new(l))).await;
     assert_eq!(a.next().await.state, RunState::Running);
+    // The first line is in the log before the disk fills (on a busy machine the shim may not
+    // have written it yet).
+    let begin = Instant::now();
+    while !node.log(id).await.starts_with("before\n") {
+        assert!(begin.elapsed() < Duration::from_secs(10), "the first line never reached the log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     disk.fill("filler");
     std::fs::write(&full, "").unwrap();
     // The command writes while nothing fits, then waits; give the shim time to meet the full disk.

@@ -549,6 +549,14 @@ impl JobSpec {
         }
     }
 
+    /// Whether this job could have an address from a pool whose selector matches its labels: it
+    /// names no pool and its warm container has no docker network of its own.
+    pub fn may_draw_network(&self) -> bool {
+        self.network.is_none()
+            && self.runtime == RuntimeKind::Docker
+            && self.docker.as_ref().is_some_and(|d| d.mode == ContainerMode::Warm && d.network.is_none())
+    }
+
     /// Checks every rule and parses the schedule.
     pub fn validate(self) -> Result<Job, JobError> {
         if !valid_name(&self.name) {

@@ -311,6 +311,12 @@ impl ServiceSpec {
         serde_json::from_str(text).map_err(|e| ServiceError::Parse(format!("invalid service JSON: {e}")))
     }
 
+    /// Whether this service could have addresses from a pool whose selector matches its labels:
+    /// it names no pool and its containers have no docker network of their own.
+    pub fn may_draw_network(&self) -> bool {
+        self.network.is_none() && self.runtime == RuntimeKind::Docker && self.docker.as_ref().is_none_or(|d| d.network.is_none())
+    }
+
     /// Checks every rule.
     pub fn validate(self) -> Result<Service, ServiceError> {
         if !job::valid_name(&self.name) {

@@ -16,9 +16,10 @@
 //! its host's tunnel endpoint, and its IP a static neighbour entry the VXLAN device answers ARP
 //! from, both programmed from the server's record ([`Plumber::set_remote`]).
 //!
-//! Netlink sockets belong to the network namespace of the thread that opens them, so each
-//! operation runs on a thread of its own that enters the host's namespace (when the plumber was
-//! given one) and, for the container's side, the container's.
+//! Netlink sockets belong to the network namespace of the thread that opens them. The host's
+//! side goes over one long-lived connection opened by a thread that entered the host's namespace
+//! (when the plumber was given one); the container's side over a connection opened by a
+//! short-lived thread inside the container's namespace.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
@@ -28,6 +29,7 @@ use std::process::Command;
 
 use futures::TryStreamExt;
 use nix::sched::{CloneFlags, setns};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
@@ -111,6 +113,9 @@ pub fn host_link(ip: Ipv4Addr) -> String {
     format!("tv{:08x}", u32::from(ip))
 }
 
+/// The container's end of its veth pair, as the container sees it.
+const CONTAINER_LINK: &str = "eth0";
+
 fn bridge_name(vni: u32) -> String {
     format!("tbr{vni}")
 }
@@ -178,6 +183,8 @@ pub struct Plumber {
     /// Bridge index by VNI of the pools whose bridge and VXLAN device are known to be up, so a
     /// container's plumbing does not check them again.
     bridges: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u32, u32>>>,
+    /// The long-lived netlink connection in the host's namespace ([`Plumber::host_handle`]).
+    host_nl: std::sync::Arc<std::sync::Mutex<Option<Handle>>>,
 }
 
 /// What [`Plumber::plumb`] made.
@@ -190,7 +197,7 @@ pub struct Plumbed {
 impl Plumber {
     /// A plumber for a host reached as `host` says.
     pub fn new(host: HostNet) -> Plumber {
-        Plumber { host, bridges: Default::default() }
+        Plumber { host, bridges: Default::default(), host_nl: Default::default() }
     }
 
     /// The host's settings.
@@ -201,16 +208,22 @@ impl Plumber {
     /// Gives the container whose process is `pid` its interface `eth0` with the attachment's
     /// address, MAC, MTU and default route, and joins the host end to the segment. Replaces a
     /// pair left from an earlier life of the same address. Blocks: call it off the async runtime.
+    ///
+    /// The pair is made in one request on the host's long-lived netlink connection, its
+    /// container end created inside the container's namespace already named `eth0` (moving a
+    /// link between namespaces afterwards waits for an RCU grace period: milliseconds each).
+    /// The container's side then gets its address before it comes up, with `arp_notify` on, so
+    /// the kernel announces the address (gratuitous ARP) the moment `eth0` is up: switches and
+    /// neighbours that knew the MAC behind another port (the instance ran on another host) learn
+    /// its new place at once.
     pub fn plumb(&self, pid: u32, a: &Attachment) -> Result<Plumbed, PlumbError> {
         let host_end = host_link(a.ip);
-        let peer = format!("tc{:08x}", u32::from(a.ip));
         let ns_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
         let ns_file = File::open(&ns_path).map_err(|source| PlumbError::Namespace {
             what: format!("opening the network namespace of process {pid}"),
             source,
         })?;
         let (segment, mtu) = (a.segment, a.mtu);
-        let host = self.host.clone();
         let bridge_index = match segment {
             Segment::Vxlan(vni) => {
                 let known = self.bridges.lock().unwrap_or_else(|p| p.into_inner()).get(&vni).copied();
@@ -225,31 +238,28 @@ impl Plumber {
             }
             Segment::Vlan(_) => None,
         };
-        let host_side = {
-            let (host_end, peer, ns_fd) = (host_end.clone(), peer.clone(), ns_file.as_raw_fd());
-            run_in(host.netns.as_deref(), async move |h: Handle| {
-                if let Some(old) = index_of(&h, &host_end).await? {
-                    h.link().del(old).execute().await.map_err(nl(format!("removing the stale link {host_end}")))?;
-                }
-                let veth = LinkVeth::new(&host_end, &peer).mtu(mtu).build();
-                h.link().add(veth).execute().await.map_err(nl(format!("creating the veth pair {host_end}/{peer}")))?;
-                let peer_index = index_of(&h, &peer).await?.ok_or_else(|| PlumbError::Config(format!("{peer} vanished")))?;
-                h.link()
-                    .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(ns_fd).build())
-                    .execute()
-                    .await
-                    .map_err(nl(format!("moving {peer} into the container's namespace")))?;
-                let index = index_of(&h, &host_end).await?.ok_or_else(|| PlumbError::Config(format!("{host_end} vanished")))?;
-                if let Some(br) = bridge_index {
-                    h.link()
-                        .set(LinkUnspec::new_with_index(index).controller(br).build())
-                        .execute()
-                        .await
-                        .map_err(nl(format!("attaching {host_end} to its bridge")))?;
-                }
-                set_up(&h, index, &host_end).await
-            })
+        let h = self.host_handle()?;
+        let pair = || {
+            let peer = LinkUnspec::new_with_name(CONTAINER_LINK).address(a.mac.0.to_vec()).mtu(mtu).setns_by_fd(ns_file.as_raw_fd()).build();
+            let mut pair = LinkVeth::new(&host_end, CONTAINER_LINK).mtu(mtu).up();
+            if let Some(br) = bridge_index {
+                pair = pair.controller(br);
+            }
+            pair.set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).build()
         };
+        let host_side = futures::executor::block_on(async {
+            match h.link().add(pair()).execute().await {
+                // EEXIST: a pair from an earlier life of this address (or an eth0 the container
+                // already has): remove ours and try once more.
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -17 => {
+                    if let Some(old) = index_of(&h, &host_end).await? {
+                        h.link().del(old).execute().await.map_err(nl(format!("removing the stale link {host_end}")))?;
+                    }
+                    h.link().add(pair()).execute().await.map_err(nl(format!("creating the veth pair {host_end}/{CONTAINER_LINK}")))
+                }
+                r => r.map_err(nl(format!("creating the veth pair {host_end}/{CONTAINER_LINK}"))),
+            }
+        });
         if let Err(e) = host_side {
             // The bridge may have gone (removed by hand): look again next time.
             if let Segment::Vxlan(vni) = segment {
@@ -261,27 +271,82 @@ impl Plumber {
             let bridge = self.host.ovs_bridge.clone().ok_or_else(|| {
                 PlumbError::Config("a VLAN pool needs an Open vSwitch bridge on this host; start the agent with --ovs-bridge".into())
             })?;
-            self.ovs(&["--may-exist", "add-port", &bridge, &host_end, &format!("tag={tag}")])?;
+            if let Err(e) = self.ovs(&["--may-exist", "add-port", &bridge, &host_end, &format!("tag={tag}")]) {
+                let _ = self.unplumb(a.ip, segment);
+                return Err(e);
+            }
         }
         let a = a.clone();
         run_in(Some(&ns_path), async move |h: Handle| {
-            let index = index_of(&h, &peer).await?.ok_or_else(|| PlumbError::Config(format!("{peer} is not in the container")))?;
-            let eth = LinkUnspec::new_with_index(index).name("eth0").address(a.mac.0.to_vec()).mtu(a.mtu).build();
-            h.link().set(eth).execute().await.map_err(nl("naming the container's interface eth0"))?;
+            let index = index_of(&h, CONTAINER_LINK).await?.ok_or_else(|| PlumbError::Config(format!("{CONTAINER_LINK} is not in the container")))?;
+            // This thread is in the container's namespace, so is what /proc/sys/net shows it.
+            let notify = format!("/proc/sys/net/ipv4/conf/{CONTAINER_LINK}/arp_notify");
+            std::fs::write(&notify, "1").map_err(|source| PlumbError::Namespace { what: format!("writing {notify}"), source })?;
             h.address()
                 .add(index, IpAddr::V4(a.ip), a.prefix)
                 .execute()
                 .await
                 .map_err(nl(format!("adding {}/{} to the container", a.ip, a.prefix)))?;
-            set_up(&h, index, "eth0").await?;
-            if let Some(lo) = index_of(&h, "lo").await? {
-                set_up(&h, lo, "lo").await?;
-            }
+            set_up(&h, index, CONTAINER_LINK).await?;
+            // The loopback device is the first link of every namespace.
+            set_up(&h, 1, "lo").await?;
             let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(a.gateway).output_interface(index).build();
             h.route().add(route).execute().await.map_err(nl(format!("adding the default route via {}", a.gateway)))
         })?;
         drop(ns_file);
         Ok(Plumbed { host_link: host_end })
+    }
+
+    /// Runs `f` on the host's netlink connection, blocking this thread until it is done.
+    fn on_host<T, F, Fut>(&self, f: F) -> Result<T, PlumbError>
+    where
+        F: FnOnce(Handle) -> Fut,
+        Fut: Future<Output = Result<T, PlumbError>>,
+    {
+        let h = self.host_handle()?;
+        futures::executor::block_on(f(h))
+    }
+
+    /// The netlink connection in the host's namespace, opened on first use on a thread of its
+    /// own that lives as long as this plumber (and its clones).
+    fn host_handle(&self) -> Result<Handle, PlumbError> {
+        let mut slot = self.host_nl.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = slot.as_ref() {
+            return Ok(h.clone());
+        }
+        let netns = self.host.netns.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("tug-netlink".into())
+            .spawn(move || {
+                let opened = (|| {
+                    if let Some(ns) = &netns {
+                        enter(ns)?;
+                    }
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_io()
+                        .build()
+                        .map_err(|e| PlumbError::Config(format!("starting a netlink runtime: {e}")))?;
+                    let (conn, handle, _) = rt
+                        .block_on(async { rtnetlink::new_connection() })
+                        .map_err(|e| PlumbError::Config(format!("opening a netlink socket: {e}")))?;
+                    Ok((rt, conn, handle))
+                })();
+                match opened {
+                    Ok((rt, conn, handle)) => {
+                        let _ = tx.send(Ok(handle));
+                        // Ends once every handle is dropped.
+                        rt.block_on(conn);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| PlumbError::Config(format!("starting the netlink thread: {e}")))?;
+        let h = rx.recv().map_err(|_| PlumbError::Config("the netlink thread ended before it opened its socket".into()))??;
+        *slot = Some(h.clone());
+        Ok(h)
     }
 
     /// Removes the container's veth pair (its other end goes with it) and its switch port. What is
@@ -291,7 +356,7 @@ impl Plumber {
         if let (Segment::Vlan(_), Some(bridge)) = (segment, &self.host.ovs_bridge) {
             self.ovs(&["--if-exists", "del-port", bridge, &host_end])?;
         }
-        run_in(self.host.netns.as_deref(), async move |h: Handle| {
+        self.on_host(async move |h: Handle| {
             if let Some(index) = index_of(&h, &host_end).await? {
                 h.link().del(index).execute().await.map_err(nl(format!("removing {host_end}")))?;
             }
@@ -305,7 +370,7 @@ impl Plumber {
             PlumbError::Config("a VXLAN pool needs this host's tunnel endpoint; start the agent with --vtep ADDRESS".into())
         })?;
         let underlay = self.host.underlay.clone();
-        run_in(self.host.netns.as_deref(), async move |h: Handle| {
+        self.on_host(async move |h: Handle| {
             let (br, vx) = (bridge_name(vni), vxlan_name(vni));
             let br_index = match index_of(&h, &br).await? {
                 Some(i) => i,
@@ -356,7 +421,7 @@ impl Plumber {
     /// replacing whatever said otherwise).
     pub fn set_remote(&self, vni: u32, mtu: u32, mac: Mac, ip: Ipv4Addr, remote: Ipv4Addr) -> Result<(), PlumbError> {
         self.ensure_vxlan(vni, mtu)?;
-        run_in(self.host.netns.as_deref(), async move |h: Handle| {
+        self.on_host(async move |h: Handle| {
             let vx = vxlan_name(vni);
             let index = index_of(&h, &vx).await?.ok_or_else(|| PlumbError::Config(format!("{vx} vanished")))?;
             h.neighbours()
@@ -380,7 +445,7 @@ impl Plumber {
 
     /// VXLAN: forgets a remote instance (it stopped, or now lives here).
     pub fn remove_remote(&self, vni: u32, mac: Mac, ip: Ipv4Addr) -> Result<(), PlumbError> {
-        run_in(self.host.netns.as_deref(), async move |h: Handle| {
+        self.on_host(async move |h: Handle| {
             let vx = vxlan_name(vni);
             let Some(index) = index_of(&h, &vx).await? else { return Ok(()) };
             use rtnetlink::packet_route::AddressFamily;

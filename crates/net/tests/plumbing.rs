@@ -87,6 +87,13 @@ impl Container {
             .unwrap()
             .success()
     }
+    /// Turns IPv6 off inside, as Docker does for a container without it.
+    fn no_ipv6(&self) {
+        let pid = self.pid().to_string();
+        for key in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"] {
+            sh(&["nsenter", "-t", &pid, "-n", "sysctl", "-q", "-w", key]);
+        }
+    }
     fn ip(&self, args: &[&str]) -> String {
         let pid = self.pid().to_string();
         let mut full = vec!["nsenter", "-t", &pid, "-n", "ip"];
@@ -321,12 +328,30 @@ fn vlan_pools_on_open_vswitch_reach_across_a_trunk_and_a_retag_cuts_off() {
     let (pa, pb) = (&plumbers[0], &plumbers[1]);
     let vlan = |ip: &str, tag: u16| Attachment { segment: Segment::Vlan(tag), mtu: 1500, ..attach(ip, 1) };
     let (c1, c2) = (Container::start(), Container::start());
+    c1.no_ipv6();
+    c2.no_ipv6();
     let (a1, a2) = (vlan("10.97.0.11", 77), vlan("10.97.0.12", 77));
     pa.plumb(c1.pid(), &a1).unwrap();
     pb.plumb(c2.pid(), &a2).unwrap();
     assert!(oa.vsctl(&["get", "port", &host_link(a1.ip), "tag"]).trim() == "77");
     let reached = (0..10).any(|_| c1.pings(a2.ip));
     assert!(reached, "two access ports tagged 77 on two hosts reach each other over the trunk");
+
+    // The instance moves from host A to host B, where its neighbour had just reached it across the
+    // trunk: host B's switch had learned its MAC behind the uplink, and the neighbour's ARP entry
+    // is fresh, so nothing but the new container's own announcement (gratuitous ARP as eth0 comes
+    // up) tells the switch it is now behind a local port. The containers have no IPv6, so no other
+    // packet from the new port could teach it.
+    assert!(c2.pings(a1.ip), "the neighbour reaches the instance on host A");
+    drop(c1);
+    pa.unplumb(a1.ip, a1.segment).unwrap();
+    let moved = Container::start();
+    moved.no_ipv6();
+    pb.plumb(moved.pid(), &a1).unwrap();
+    assert!(c2.pings(a1.ip), "the moved instance is reached from its neighbour on host B at once");
+    assert!(moved.pings(a2.ip));
+    let c1 = moved;
+
     ob.vsctl(&["set", "port", &host_link(a2.ip), "tag=88"]);
     // The userspace datapath may forward a packet or two on a flow it cached before the retag, until
     // its revalidator catches up: wait for the first loss, then it must stay cut off.
@@ -335,9 +360,12 @@ fn vlan_pools_on_open_vswitch_reach_across_a_trunk_and_a_retag_cuts_off() {
     assert!(!c1.pings(a2.ip), "retagged to 88, it stays cut off");
 
     // Teardown removes the port and the veth.
-    pa.unplumb(a1.ip, a1.segment).unwrap();
+    pb.unplumb(a1.ip, a1.segment).unwrap();
     pb.unplumb(a2.ip, a2.segment).unwrap();
-    let ports = oa.vsctl(&["list-ports", "br-tug"]);
-    assert_eq!(ports.trim(), "uplink");
-    assert!(!ha.ip(&["-o", "link"]).contains(&host_link(a1.ip)));
+    drop(c1);
+    for (ovs, host) in [(&oa, &ha), (&ob, &hb)] {
+        let ports = ovs.vsctl(&["list-ports", "br-tug"]);
+        assert_eq!(ports.trim(), "uplink");
+        assert!(!host.ip(&["-o", "link"]).contains("tv"), "{}", host.ip(&["-o", "link"]));
+    }
 }

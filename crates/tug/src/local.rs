@@ -87,3 +87,43 @@ pub async fn serve_in_process(
         }
     }
 }
+
+/// Addresses for `tug up`'s own agent: claimed from the embedded server's control plane directly,
+/// with the same answers a remote agent gets over its stream. Connected once the server has
+/// started ([`LocalClaims::connect`]); no container asks before then, since runs come from it.
+pub struct LocalClaims {
+    agent: String,
+    vtep: Option<std::net::Ipv4Addr>,
+    server: std::sync::OnceLock<(Arc<tug_server::net::Network>, tug_server::scheduler::SchedulerHandle)>,
+    ids: std::sync::atomic::AtomicU64,
+}
+
+impl LocalClaims {
+    /// Claims for agent `agent`, whose VXLAN tunnel endpoint (if any) is `vtep`.
+    pub fn new(agent: &str, vtep: Option<std::net::Ipv4Addr>) -> LocalClaims {
+        LocalClaims { agent: agent.to_owned(), vtep, server: std::sync::OnceLock::new(), ids: Default::default() }
+    }
+
+    /// Answers from now on from `net`, ordering moves with `scheduler`'s view of the agents.
+    pub fn connect(&self, net: Arc<tug_server::net::Network>, scheduler: tug_server::scheduler::SchedulerHandle) {
+        let _ = self.server.set((net, scheduler));
+    }
+
+    async fn ask(&self, op: tug_net::protocol::NetOp) -> Result<Option<(tug_net::PoolSpec, tug_net::Claim)>, String> {
+        let (net, scheduler) = self.server.get().ok_or("the server is still starting; start the container again")?;
+        let id = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tug_server::net::answer(net, scheduler, &self.agent, tug_net::protocol::NetRequest { id, op }).await.result
+    }
+}
+
+#[async_trait::async_trait]
+impl tug_agent::net::Claims for LocalClaims {
+    async fn claim(&self, pool: &str, instance: &str) -> Result<(tug_net::PoolSpec, tug_net::Claim), String> {
+        let op = tug_net::protocol::NetOp::Claim { pool: pool.into(), instance: instance.into(), vtep: self.vtep };
+        self.ask(op).await?.ok_or_else(|| "the server answered a claim without an address".into())
+    }
+
+    async fn release(&self, pool: &str, instance: &str) -> Result<(), String> {
+        self.ask(tug_net::protocol::NetOp::Release { pool: pool.into(), instance: instance.into() }).await.map(|_| ())
+    }
+}

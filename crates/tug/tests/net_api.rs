@@ -1,5 +1,6 @@
 //! `/api/v1/net`: pools are created, listed, shown and deleted; bad pools and jobs naming a
-//! missing pool are refused with a message that says what to fix.
+//! missing pool are refused with a message that says what to fix; a pool's selector gives the
+//! jobs and services whose labels match it their pool.
 
 mod common;
 
@@ -67,5 +68,64 @@ async fn pools_through_the_api() {
     assert_eq!(st, 204);
     let (st, _) = s.req(Method::DELETE, "/jobs/web", None).await;
     assert_eq!(st, 204);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_selector_gives_matching_jobs_and_services_their_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let mut blue = pool("blue", "10.77.0.0/24", "vlan", 77, "10.77.0.1");
+    blue["select"] = json!({"team": "web"});
+    let (st, v) = s.req(Method::POST, "/net/pools", Some(blue)).await;
+    assert_eq!(st, 201, "{v}");
+    s.create(manual_job("x", "true")).await;
+    let job = |name: &str, labels: Value, docker: Value| {
+        json!({"name": name, "parents": ["x"], "command": "true", "runtime": "docker", "labels": labels, "docker": docker})
+    };
+    let warm = json!({"image": "busybox"});
+    // A warm docker job with the selected labels draws from the pool, and shows it.
+    let (st, v) = s.req(Method::POST, "/jobs", Some(job("web", json!({"team": "web", "tier": "front"}), warm.clone()))).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(s.get("/jobs/web").await["spec"]["network"], json!({"pool": "blue"}));
+    // Other labels, a docker network of its own, a container per run, or a process job: none.
+    let others = [
+        job("api", json!({"team": "api"}), warm.clone()),
+        job("own", json!({"team": "web"}), json!({"image": "busybox", "network": "bridge"})),
+        job("once", json!({"team": "web"}), json!({"image": "busybox", "mode": "per-run"})),
+        json!({"name": "proc", "parents": ["x"], "command": "true", "labels": {"team": "web"}}),
+    ];
+    for j in others {
+        let name = j["name"].as_str().unwrap().to_owned();
+        let (st, v) = s.req(Method::POST, "/jobs", Some(j)).await;
+        assert_eq!(st, 201, "{v}");
+        assert!(s.get(&format!("/jobs/{name}")).await["spec"]["network"].is_null(), "{name} drew from a pool");
+    }
+    // A service too.
+    let svc = json!({"name": "front", "runtime": "docker", "labels": {"team": "web"}, "docker": {"image": "busybox"},
+                     "command": "sleep 1000", "replicas": 0});
+    let (st, v) = s.req(Method::POST, "/services", Some(svc.clone())).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(s.get("/services/front").await["spec"]["network"], json!({"pool": "blue"}));
+    // Labels that two pools select: the job must name one.
+    let mut green = pool("green", "10.78.0.0/24", "vxlan", 5078, "10.78.0.1");
+    green["select"] = json!({"tier": "front"});
+    let (st, v) = s.req(Method::POST, "/net/pools", Some(green)).await;
+    assert_eq!(st, 201, "{v}");
+    expect(
+        &s,
+        Method::PUT,
+        "/jobs/web",
+        Some(job("web", json!({"team": "web", "tier": "front"}), warm.clone())),
+        422,
+        "invalid_job",
+        "job \"web\": its labels match the selectors of pools \"blue\", \"green\"; name the one to draw from, e.g. network = { pool = \"blue\" }",
+    )
+    .await;
+    let mut named = job("web", json!({"team": "web", "tier": "front"}), warm);
+    named["network"] = json!({"pool": "green"});
+    let (st, v) = s.req(Method::PUT, "/jobs/web", Some(named)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(s.get("/jobs/web").await["spec"]["network"], json!({"pool": "green"}));
     s.stop().await;
 }

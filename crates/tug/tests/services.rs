@@ -370,6 +370,35 @@ fn docker_replicas_come_up_healthy_each_in_its_container() {
     assert!(left.is_empty(), "containers left after a clean stop: {left:?}");
 }
 
+/// An http check of docker replicas on Docker's bridge network reaches each replica at its
+/// container's address (nothing listens on the host's port).
+#[test]
+fn http_checks_reach_bridge_networked_docker_replicas() {
+    let Some(image) = docker_test_image() else { return };
+    let up = Up::start();
+    let s = up.server.clone();
+    let name = format!("web-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("svc.toml");
+    let spec = format!(
+        "name = \"{name}\"\nreplicas = 0\nruntime = \"docker\"\n\
+         command = \"mkdir -p /www && echo ok > /www/ok && exec httpd -f -p 8080 -h /www\"\n\
+         [docker]\nimage = \"{image}\"\npull = \"never\"\nnetwork = \"bridge\"\n\
+         [health]\nkind = \"http\"\nport = 8080\npath = \"/ok\"\ninterval = \"1s\"\ntimeout = \"1s\"\n"
+    );
+    std::fs::write(&file, spec).unwrap();
+    ok(&s, &["service", "add", "-f", file.to_str().unwrap()]);
+    let out = ok(&s, &["service", "scale", &name, "2", "--wait"]);
+    assert!(out.contains("succeeded 0->2") && out.contains("healthy 2/2"), "{out}");
+    assert!(std::net::TcpStream::connect("127.0.0.1:8080").is_err(), "nothing may listen on the host's port 8080 for this test");
+    ok(&s, &["service", "delete", &name]);
+    up.terminate();
+    let left: Vec<String> = (0..2).flat_map(|i| replica_containers(&name, i)).collect();
+    if !left.is_empty() {
+        std::process::Command::new("docker").args(["rm", "-f"]).args(&left).output().unwrap();
+    }
+}
+
 /// Replicas outlive a kill -9 of `tug up`: its agent re-attaches them and the restarted server
 /// adopts them as they run (same process, same run and attempt) instead of starting them afresh.
 #[test]

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! dwait ──ask {instance, pool}──► dresponse ── peer pid (SO_PEERCRED)
+//!                                     │ is that pid the instance's container? ([`Owner`])
 //!                                     │ claim(pool, instance) ─► server (agent stream)
 //!                                     │ plumb(pid, attachment)  ─► netlink / ovs-vsctl
 //!       ◄──ok {ip, prefix, mac, gw}───┘ or error {why}
@@ -45,6 +46,42 @@ pub struct Given {
     pub pool: String,
     /// The attachment plumbed.
     pub attachment: Attachment,
+    /// Whose it is.
+    pub owner: Owner,
+}
+
+/// Who may ask for an instance's network. The runtime names it before the container starts
+/// ([`NetAgent::expect`]); a process that asks for an instance it is not (another container
+/// claiming a neighbour's name, to take its address) is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// A Docker container: the asking process must be in its cgroup (`/proc/PID/cgroup` names the
+    /// container's id).
+    Container(String),
+    /// A process (and what runs as it): the asking pid itself.
+    Process(u32),
+}
+
+impl Owner {
+    /// Whether the process `pid` (as this host sees it) is this owner; if not, why not.
+    fn check(&self, pid: u32, instance: &str) -> Result<(), String> {
+        match self {
+            Owner::Process(p) if *p == pid => Ok(()),
+            Owner::Process(p) => Err(format!("process {pid} asked for the network of {instance}, which belongs to process {p}")),
+            Owner::Container(id) => {
+                let path = format!("/proc/{pid}/cgroup");
+                let cgroups = std::fs::read_to_string(&path).map_err(|e| format!("reading {path} of the asking process: {e}"))?;
+                if cgroups.lines().any(|l| l.contains(id.as_str())) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "process {pid} asked for the network of {instance}, but it is not in that instance's container {}",
+                        &id[..id.len().min(12)]
+                    ))
+                }
+            }
+        }
+    }
 }
 
 /// Stops an instance's container on this host (the docker runtime registers one).
@@ -56,6 +93,8 @@ pub struct NetAgent {
     plumber: Plumber,
     /// Plumbed instances by claim name.
     plumbed: Mutex<HashMap<String, Given>>,
+    /// Who may ask for each instance's network, by claim name.
+    expected: Mutex<HashMap<String, Owner>>,
     /// Remote instances pointed at their hosts, by VNI.
     remote: Mutex<HashMap<u32, HashSet<Route>>>,
     evictor: Mutex<Option<Evictor>>,
@@ -68,6 +107,7 @@ impl NetAgent {
             claims,
             plumber,
             plumbed: Mutex::new(HashMap::new()),
+            expected: Mutex::new(HashMap::new()),
             remote: Mutex::new(HashMap::new()),
             evictor: Mutex::new(None),
         }
@@ -127,8 +167,19 @@ impl NetAgent {
         self.plumbed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Claims and plumbs the container of `instance` whose process is `pid`; what it got.
+    /// Says that `owner` is `instance` on this host from now on: only it may ask for the
+    /// instance's network. Call it before the container starts.
+    pub fn expect(&self, instance: &str, owner: Owner) {
+        self.expected.lock().unwrap_or_else(|p| p.into_inner()).insert(instance.to_owned(), owner);
+    }
+
+    /// Claims and plumbs the container of `instance` whose process is `pid`, once it is known to
+    /// be that instance's ([`NetAgent::expect`]); what it got.
     pub async fn ready(&self, instance: &str, pool: &str, pid: u32) -> Result<Given, String> {
+        let owner = self.expected.lock().unwrap_or_else(|p| p.into_inner()).get(instance).cloned().ok_or_else(|| {
+            format!("no container of {instance} was started on this host, so process {pid} cannot have its network")
+        })?;
+        owner.check(pid, instance)?;
         let (spec, claim) = self.claims.claim(pool, instance).await?;
         let mtu = match spec.segment {
             Segment::Vlan(_) => VLAN_MTU,
@@ -141,16 +192,30 @@ impl NetAgent {
             .await
             .map_err(|e| format!("plumbing panicked: {e}"))?
             .map_err(|e| format!("plumbing {instance} ({}) failed: {e}", claim.ip))?;
-        let given = Given { pool: pool.to_owned(), attachment };
+        let given = Given { pool: pool.to_owned(), attachment, owner };
         self.plumbed().insert(instance.to_owned(), given.clone());
         tracing::info!(instance, pool, ip = %claim.ip, mac = %claim.mac, pid, "container network ready");
         Ok(given)
     }
 
-    /// Tears down `instance`'s network on this host and tells the server it no longer runs here.
-    /// Nothing plumbed: nothing to do.
-    pub async fn teardown(&self, instance: &str) -> Result<(), String> {
-        let Some(given) = self.plumbed().remove(instance) else { return Ok(()) };
+    /// Tears down `instance`'s network on this host and tells the server it no longer runs here,
+    /// when `owner` (a container being removed) is the instance's here: a container that replaced
+    /// it keeps its network. Nothing plumbed: nothing to do.
+    pub async fn teardown(&self, instance: &str, owner: &Owner) -> Result<(), String> {
+        {
+            let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+            if expected.get(instance) == Some(owner) {
+                expected.remove(instance);
+            }
+        }
+        let given = {
+            let mut plumbed = self.plumbed();
+            match plumbed.get(instance) {
+                Some(g) if g.owner == *owner => plumbed.remove(instance),
+                _ => None,
+            }
+        };
+        let Some(given) = given else { return Ok(()) };
         let (plumber, ip, segment) = (self.plumber.clone(), given.attachment.ip, given.attachment.segment);
         tokio::task::spawn_blocking(move || plumber.unplumb(ip, segment))
             .await

@@ -53,8 +53,8 @@ pub fn check(host: &Host, net: &HostNet) -> Vec<String> {
     if read_u64(&host.sysctl, "net/bridge/bridge-nf-call-iptables") == Some(1) {
         out.push(
             "net.bridge.bridge-nf-call-iptables is 1: bridged container and tunnel traffic goes through iptables, \
-             where a FORWARD policy of DROP (Docker sets one) drops it; set it to 0, or accept the pools' bridges \
-             in FORWARD"
+             where a FORWARD policy of DROP (Docker sets one) drops it; set it to 0, or accept the pools' bridges: \
+             iptables -I FORWARD -i tbr+ -o tbr+ -j ACCEPT"
                 .into(),
         );
     }

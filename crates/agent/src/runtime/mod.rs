@@ -74,6 +74,13 @@ pub trait Runtime: Send + Sync + 'static {
     fn warm_containers(&self) -> usize {
         0
     }
+    /// The address `job`'s running instance is reached at from this host (a container's on its
+    /// docker network, or from its pool), for health checks; `None`: this host's own (processes,
+    /// host-network containers).
+    async fn address(&self, job: &str, task: &tug_core::protocol::Task) -> Option<std::net::IpAddr> {
+        let _ = (job, task);
+        None
+    }
     /// Follows an attempt an earlier agent handed to a container's executor ([`ExecutorRecord`]),
     /// to its end, as [`Runtime::run`] would have; records the outcome in `ckpt`. Runtimes
     /// without executors report it lost.
@@ -130,6 +137,13 @@ impl Runtime for Dispatch {
             (tug_core::job::RuntimeKind::Process, _) => self.process.prewarm(job, task).await,
             (tug_core::job::RuntimeKind::Docker, Ok(docker)) => docker.prewarm(job, task).await,
             (tug_core::job::RuntimeKind::Docker, Err(why)) => Err(RuntimeError::DockerUnavailable(why.clone())),
+        }
+    }
+
+    async fn address(&self, job: &str, task: &tug_core::protocol::Task) -> Option<std::net::IpAddr> {
+        match (task.runtime, &self.docker) {
+            (tug_core::job::RuntimeKind::Docker, Ok(docker)) => docker.address(job, task).await,
+            _ => None,
         }
     }
 

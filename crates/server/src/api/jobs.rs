@@ -63,10 +63,10 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: String,
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
-    let spec = parse_spec(&headers, &body)?;
+    let mut spec = parse_spec(&headers, &body)?;
     who.may_write(&spec)?;
     check_quota(&st, &who).await?;
-    check_network(&st, &spec).await?;
+    check_network(&st, &mut spec).await?;
     let record = st.scheduler.create_job(spec).await?;
     Ok((StatusCode::CREATED, Json(JobView::new(record, st.clock.now()))))
 }
@@ -178,7 +178,7 @@ pub(super) async fn update(
     if !JobSpec::document_sets(&body, !is_toml(&headers), "paused") {
         spec.paused = st.store.get_job(&name).await?.spec.paused;
     }
-    check_network(&st, &spec).await?;
+    check_network(&st, &mut spec).await?;
     if who.scope().is_some() {
         visible_job(&*st.store, &who, &name).await?;
         who.may_write(&spec)?;
@@ -195,21 +195,11 @@ pub(super) async fn delete(State(st): State<AppState>, who: Principal, Path(name
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Refuses a job whose `network.pool` does not exist.
-pub(crate) async fn check_network(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
-    let Some(net) = &spec.network else { return Ok(()) };
-    match st.store.get_pool(&net.pool).await {
-        Ok(_) => Ok(()),
-        Err(tug_store::StoreError::PoolNotFound(_)) => Err(ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "invalid_job",
-            message: format!(
-                "job {:?}: network pool {:?} does not exist; create it with `tug net pool add` or name one from `tug net pool list`",
-                spec.name, net.pool
-            ),
-        }),
-        Err(e) => Err(e.into()),
-    }
+/// Refuses a job whose `network.pool` does not exist; gives a job that names none the pool its
+/// labels select, if any.
+pub(crate) async fn check_network(st: &AppState, spec: &mut JobSpec) -> ApiResult<()> {
+    let may_draw = spec.may_draw_network();
+    super::net::draw_pool(st, &format!("job {:?}", spec.name), "invalid_job", &spec.labels, &mut spec.network, may_draw).await
 }
 
 pub(super) async fn run_now(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<(StatusCode, Json<Run>)> {

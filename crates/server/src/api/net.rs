@@ -64,3 +64,52 @@ pub(super) async fn addresses(
     let Query(p) = params.map_err(query_error)?;
     Ok(Json(st.store.list_claims(p.pool.as_deref()).await?))
 }
+
+/// The pool a job or service (`what`, e.g. `job "web"`) draws its addresses from: the one it
+/// names, which must exist; or else, when it may have an address (`may_draw`), the one pool whose
+/// selector its labels match, written into its `network` so `show` says where it draws from. Its
+/// labels matching several pools' selectors is refused: it must name one.
+pub(super) async fn draw_pool(
+    st: &AppState,
+    what: &str,
+    code: &'static str,
+    labels: &std::collections::BTreeMap<String, String>,
+    network: &mut Option<tug_core::job::NetworkSpec>,
+    may_draw: bool,
+) -> ApiResult<()> {
+    if let Some(net) = network.as_ref() {
+        return match st.store.get_pool(&net.pool).await {
+            Ok(_) => Ok(()),
+            Err(tug_store::StoreError::PoolNotFound(_)) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                code,
+                format!(
+                    "{what}: network pool {:?} does not exist; create it with `tug net pool add` or name one from `tug net pool list`",
+                    net.pool
+                ),
+            )),
+            Err(e) => Err(e.into()),
+        };
+    }
+    if !may_draw || labels.is_empty() {
+        return Ok(());
+    }
+    let pools: Vec<String> =
+        st.store.list_pools().await?.into_iter().filter(|p| p.spec.selects(labels)).map(|p| p.spec.name).collect();
+    match pools.as_slice() {
+        [] => Ok(()),
+        [one] => {
+            *network = Some(tug_core::job::NetworkSpec { pool: one.clone() });
+            Ok(())
+        }
+        several => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            format!(
+                "{what}: its labels match the selectors of pools {}; name the one to draw from, e.g. network = {{ pool = {:?} }}",
+                several.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", "),
+                several[0]
+            ),
+        )),
+    }
+}

@@ -16,27 +16,16 @@ use super::{ApiError, ApiResult, AppState};
 use crate::auth::Principal;
 
 /// Parses and validates a service from JSON, or TOML when the content type says so, and checks
-/// what validation alone cannot: that its network pool exists. Nothing is written before this
+/// what validation alone cannot: that its network pool exists (or which pool its labels select).
+/// Nothing is written before this
 /// passes, so a bad spec leaves nothing behind.
 async fn checked_spec(st: &AppState, headers: &HeaderMap, body: &str) -> ApiResult<Service> {
     let spec = if is_toml(headers) { ServiceSpec::from_toml(body) } else { ServiceSpec::from_json(body) }?;
-    let service = spec.validate()?;
-    if let Some(net) = &service.spec.network {
-        match st.store.get_pool(&net.pool).await {
-            Ok(_) => {}
-            Err(tug_store::StoreError::PoolNotFound(_)) => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_service",
-                    format!(
-                        "service {:?}: network pool {:?} does not exist; create it with `tug net pool add` or name one from `tug net pool list`",
-                        service.spec.name, net.pool
-                    ),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let mut service = spec.validate()?;
+    let may_draw = service.spec.may_draw_network();
+    let what = format!("service {:?}", service.spec.name);
+    let s = &mut service.spec;
+    super::net::draw_pool(st, &what, "invalid_service", &s.labels, &mut s.network, may_draw).await?;
     Ok(service)
 }
 

@@ -168,8 +168,8 @@ pub(super) async fn submit(State(st): State<AppState>, ui: UiSession, axum::Form
 
 async fn save(st: &AppState, f: &JobForm) -> Result<String, ApiError> {
     if f.original.is_empty() {
-        let spec = JobSpec::from_json(&document(f, None)?.to_string())?;
-        crate::api::jobs::check_network(st, &spec).await?;
+        let mut spec = JobSpec::from_json(&document(f, None)?.to_string())?;
+        crate::api::jobs::check_network(st, &mut spec).await?;
         let record = st.scheduler.create_job(spec).await?;
         return Ok(record.spec.name);
     }
@@ -181,8 +181,8 @@ async fn save(st: &AppState, f: &JobForm) -> Result<String, ApiError> {
         ));
     }
     let version = f.version.parse::<u64>().ok();
-    let spec = JobSpec::from_json(&document(f, Some(&record.spec))?.to_string())?;
-    crate::api::jobs::check_network(st, &spec).await?;
+    let mut spec = JobSpec::from_json(&document(f, Some(&record.spec))?.to_string())?;
+    crate::api::jobs::check_network(st, &mut spec).await?;
     let record = st.scheduler.update_job(spec, version).await?;
     Ok(record.spec.name)
 }

@@ -13,9 +13,7 @@ use anyhow::{Context, bail};
 use tug_agent::remote::{self, RemoteConfig};
 use tug_agent::runtime::noop::NoopRuntime;
 use tug_agent::runtime::{Dispatch, SharedRuntime};
-use tug_agent::net::NetAgent;
-use tug_agent::runtime::docker::{DockerConfig, LazyDocker, NetSetup};
-use tug_net::plumb::{HostNet, Plumber};
+use tug_agent::runtime::docker::{DockerConfig, LazyDocker};
 use tug_agent::runtime::shim::ShimRuntime;
 use tug_agent::{AgentConfig, Durability};
 use tug_core::bytesize::ByteSize;
@@ -74,20 +72,8 @@ pub struct AgentRunArgs {
     /// Log filter (e.g. info, debug, tug_agent=debug).
     #[arg(long, env = "TUG_LOG", default_value = "info")]
     log: String,
-    /// Container network, VXLAN pools: this host's tunnel endpoint (an address on its underlay).
-    #[arg(long, env = "TUG_VTEP", value_name = "ADDRESS")]
-    vtep: Option<std::net::Ipv4Addr>,
-    /// Container network, VXLAN pools: the interface tunnels leave through.
-    #[arg(long, env = "TUG_UNDERLAY", value_name = "INTERFACE")]
-    underlay: Option<String>,
-    /// Container network, VLAN pools: the Open vSwitch bridge whose access ports containers get
-    /// (its uplink a trunk).
-    #[arg(long, env = "TUG_OVS_BRIDGE", value_name = "NAME")]
-    ovs_bridge: Option<String>,
-    /// Container network, VLAN pools: the OVSDB socket, e.g. unix:/run/openvswitch/db.sock
-    /// (default: ovs-vsctl's own).
-    #[arg(long, env = "TUG_OVS_DB", value_name = "SOCKET")]
-    ovs_db: Option<String>,
+    #[command(flatten)]
+    net: super::host_net::HostNetArgs,
     /// Run nothing: every launch succeeds at once (for `tug bench agents`).
     #[arg(long, hide = true)]
     noop: bool,
@@ -182,30 +168,15 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     let mut docker_config = DockerConfig::new(&name, data_dir.join("docker"));
     // The container network, when this host has a segment to join: dresponse answers networked
     // containers, with addresses claimed over the agent stream.
-    let networked = args.vtep.is_some() || args.ovs_bridge.is_some();
-    let (claims, net_calls) = remote::net_channel(args.vtep);
-    let (push_tx, mut push_rx) = tokio::sync::mpsc::channel(64);
+    let host = args.net.host();
+    let networked = host.is_some();
+    let (claims, net_calls) = remote::net_channel(args.net.vtep);
+    let (push_tx, push_rx) = tokio::sync::mpsc::channel(64);
     let mut dresponse = None;
-    if networked {
-        let host = HostNet { netns: None, vtep: args.vtep, underlay: args.underlay, ovs_bridge: args.ovs_bridge, ovs_db: args.ovs_db };
-        for warning in tug_agent::net::preflight::check(&tug_agent::net::preflight::Host::default(), &host) {
-            tracing::warn!("container network preflight: {warning}");
-        }
-        let net = Arc::new(NetAgent::new(Arc::new(claims), Plumber::new(host)));
-        let dir = data_dir.join("net");
-        docker_config.net = Some(NetSetup { agent: net.clone(), dir: dir.clone() });
-        let applier = net.clone();
-        dresponse = Some(tokio::spawn(async move {
-            // What the server pushes (routes, evictions), applied in order.
-            tokio::spawn(async move {
-                while let Some(p) = push_rx.recv().await {
-                    applier.apply(p).await;
-                }
-            });
-            if let Err(e) = tug_agent::net::serve(&dir, net, std::future::pending()).await {
-                tracing::error!(dir = %dir.display(), "dresponse cannot listen: {e}");
-            }
-        }));
+    if let Some(host) = host {
+        let (setup, task) = super::host_net::start(host, Arc::new(claims), &data_dir, push_rx);
+        docker_config.net = Some(setup);
+        dresponse = Some(task);
     }
     // Docker runs of a durable agent are checkpointed beside its process runs and outlive it.
     docker_config.checkpoints = (!args.noop).then(|| data_dir.join("runs"));

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod completions;
 pub mod config;
 pub mod events;
+pub mod host_net;
 pub mod job;
 pub mod logs;
 pub mod net;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tug_agent::runtime::docker::{DockerConfig, LazyDocker};
+use tug_agent::runtime::docker::{DockerConfig, LazyDocker, NetSetup};
 use tug_agent::Durability;
 use tug_agent::runtime::shim::ShimRuntime;
 use tug_agent::runtime::{Dispatch, SharedRuntime};
@@ -14,7 +14,8 @@ use tug_server::embedded::{Embedded, EmbeddedConfig};
 
 /// Arguments of `tug up`.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  tug up\n  tug up --data-dir /var/lib/tug --listen 0.0.0.0:4400")]
+#[command(after_help = "Examples:\n  tug up\n  tug up --data-dir /var/lib/tug --listen 0.0.0.0:4400\n  \
+    tug up --vtep 10.0.0.11   # networked containers: VXLAN pools on this host")]
 pub struct UpArgs {
     /// Where the database and run logs are kept.
     #[arg(long, env = "TUG_DATA_DIR")]
@@ -47,6 +48,8 @@ pub struct UpArgs {
     /// webhooks, per_job_metrics, keep_warm); flags and TUG_* variables win over it.
     #[arg(long, env = "TUG_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    net: super::host_net::HostNetArgs,
     #[command(flatten)]
     security: super::security::SecurityArgs,
     #[command(flatten)]
@@ -138,10 +141,37 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     };
     let process = Arc::new(ShimRuntime::new(&durable));
     let agent = tug_agent::AgentConfig { log_limit: args.log_limit, durable: Some(durable), ..Default::default() };
-    let docker = docker_runtime(&agent.name, &data_dir).await;
+    // The container network, when this host has a segment to join: dresponse answers networked
+    // containers, with addresses claimed from the embedded server once it has started.
+    let claims = Arc::new(tug::local::LocalClaims::new(&agent.name, args.net.vtep));
+    let (push_tx, push_rx) = tokio::sync::mpsc::channel(64);
+    let mut net = None;
+    if let Some(host) = args.net.host() {
+        net = Some(super::host_net::start(host, claims.clone(), &data_dir, push_rx));
+    }
+    let docker = docker_runtime(&agent.name, &data_dir, net.as_ref().map(|(setup, _)| setup.clone())).await;
+    let agent_name = agent.name.clone();
     let runtime = Arc::new(Dispatch::new(process, Ok(docker.clone() as SharedRuntime)));
     let local = tug::local::local_agent(agent, runtime);
     let server = Embedded::start(config, Some(local), Arc::new(SystemClock), Some(listener)).await?;
+    let forward = net.is_some().then(|| {
+        claims.connect(server.net.clone(), server.scheduler.clone());
+        // What the control plane tells this host unasked (another host's agent may join later).
+        let mut pushes = server.net.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match pushes.recv().await {
+                    Ok((to, push)) if to.as_deref().is_none_or(|a| a == agent_name) => {
+                        if push_tx.send(push).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    });
     if let Err(e) = args.security.after_start(&server.auth, args.listen).await {
         server.shutdown().await;
         return Err(e);
@@ -154,6 +184,12 @@ pub async fn run(args: UpArgs, matches: &clap::ArgMatches) -> anyhow::Result<()>
     eprintln!("Shutting down: stopping runs and recording how they ended...");
     server.shutdown().await;
     stop_warm_containers(&docker, args.keep_warm).await;
+    if let Some((_, dresponse)) = net {
+        dresponse.abort();
+    }
+    if let Some(f) = forward {
+        f.abort();
+    }
     Ok(())
 }
 
@@ -178,8 +214,9 @@ async fn stop_warm_containers(docker: &LazyDocker, keep: bool) {
 /// The docker runtime. It connects now when it can (adopting the warm containers a previous
 /// `tug up` left), and otherwise on the first docker run: with Docker down, docker runs fail with
 /// the reason and work again once Docker is back; process jobs are unaffected.
-async fn docker_runtime(agent: &str, data_dir: &std::path::Path) -> Arc<LazyDocker> {
-    let config = DockerConfig::new(agent, data_dir.join("docker"));
+async fn docker_runtime(agent: &str, data_dir: &std::path::Path, net: Option<NetSetup>) -> Arc<LazyDocker> {
+    let mut config = DockerConfig::new(agent, data_dir.join("docker"));
+    config.net = net;
     if config.dwait.is_none() {
         tracing::warn!("no static dwait found (set TUG_DWAIT or put it next to tug): docker jobs run through docker exec");
     }

@@ -251,6 +251,10 @@ impl Runtime for DockerRuntime {
         Ok(())
     }
 
+    async fn address(&self, job: &str, task: &tug_core::protocol::Task) -> Option<std::net::IpAddr> {
+        pool::address(&self.inner, job, task).await
+    }
+
     async fn reattach(&self, ctx: RunContext, ckpt: crate::checkpoint::Checkpoint, exec: crate::checkpoint::ExecutorRecord) -> Outcome {
         let span = tracing::info_span!("docker", job = %ctx.launch.job, run = ctx.launch.run_id, attempt = ctx.launch.attempt);
         pool::reattach_warm(&self.inner, ctx, ckpt, exec).instrument(span).await
@@ -318,6 +322,10 @@ impl Runtime for LazyDocker {
     fn warm_containers(&self) -> usize {
         // Not connected yet (or busy connecting): no containers of ours to count.
         self.runtime.try_lock().ok().and_then(|g| g.as_ref().map(DockerRuntime::warm_containers)).unwrap_or(0)
+    }
+
+    async fn address(&self, job: &str, task: &tug_core::protocol::Task) -> Option<std::net::IpAddr> {
+        self.connected().await?.address(job, task).await
     }
 
     async fn prewarm(&self, job: &str, task: &tug_core::protocol::Task) -> Result<(), RuntimeError> {

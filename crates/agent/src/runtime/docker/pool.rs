@@ -173,7 +173,7 @@ async fn remove(inner: &Inner, w: &Warm) {
     }
     let _ = tokio::fs::remove_dir_all(&w.dir).await;
     if let (Some(instance), Some(net)) = (&w.instance, &inner.config.net)
-        && let Err(e) = net.agent.teardown(instance).await
+        && let Err(e) = net.agent.teardown(instance, &crate::net::Owner::Container(w.id.clone())).await
     {
         tracing::warn!(container = %short(&w.id), instance, "tearing down the container's network: {e}");
     }
@@ -247,6 +247,10 @@ async fn create(inner: &Arc<Inner>, job: &str, task: &Task, hash: &str, life: Li
         }
     };
     inner.created.fetch_add(1, Ordering::Relaxed);
+    // Only this container may ask for the instance's network.
+    if let (Some(who), Some(net)) = (&instance, &cfg.net) {
+        net.agent.expect(who, crate::net::Owner::Container(id.clone()));
+    }
     let warm = Arc::new(Warm {
         id: id.clone(),
         dir,
@@ -478,6 +482,19 @@ pub async fn adopt(inner: &Arc<Inner>) {
             remove(inner, &warm).await;
         }
     }
+}
+
+/// The address `job`'s warm container is reached at from this host: from its pool when it has
+/// one, else its IP on its docker network (none on the host's network).
+pub async fn address(inner: &Arc<Inner>, job: &str, task: &Task) -> Option<std::net::IpAddr> {
+    let warm = inner.pool.slot(job).lock().await.clone()?;
+    if let (Some(instance), Some(net)) = (&warm.instance, &inner.config.net) {
+        return net.agent.address(instance).map(std::net::IpAddr::V4);
+    }
+    let _ = task;
+    let c = inner.docker.inspect_container(&warm.id, None).await.ok()?;
+    let networks = c.network_settings?.networks?;
+    networks.values().filter_map(|n| n.ip_address.as_deref()).find(|ip| !ip.is_empty()).and_then(|ip| ip.parse().ok())
 }
 
 /// Removes the warm containers this runtime holds (and no other container, even of an agent of

@@ -15,7 +15,7 @@ use std::time::Instant as StdInstant;
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
-use tug_agent::net::{Claims, NetAgent, serve};
+use tug_agent::net::{Claims, NetAgent, Owner, serve};
 use tug_net::plumb::{HostNet, Plumber};
 use tug_net::{Claim, Mac, PoolSpec};
 
@@ -103,8 +103,8 @@ pub(super) async fn run(a: NetArgs) -> anyhow::Result<()> {
     }
 
     // One at a time: the latency a container sees. Then all at once: what a host plumbs per second.
-    let (mut ready_ms, _) = ask_all(&dwait, dir.path(), 0, a.containers, 1).await?;
-    let (_, wall) = ask_all(&dwait, dir.path(), a.containers, a.containers, a.containers).await?;
+    let (mut ready_ms, _) = ask_all(&net, &dwait, dir.path(), 0, a.containers, 1).await?;
+    let (_, wall) = ask_all(&net, &dwait, dir.path(), a.containers, a.containers, a.containers).await?;
     let _ = stop_tx.send(());
     let _ = server.await;
     ready_ms.sort_by(f64::total_cmp);
@@ -156,31 +156,42 @@ pub(super) async fn run(a: NetArgs) -> anyhow::Result<()> {
 }
 
 /// Starts containers `first..first + n` (dwait in a namespace of its own), `at_once` at a time;
-/// returns each one's network-ready time as its dwait measured it, and the wall time in seconds.
-async fn ask_all(dwait: &std::path::Path, dir: &std::path::Path, first: usize, n: usize, at_once: usize) -> anyhow::Result<(Vec<f64>, f64)> {
+/// returns each one's network-ready time as its dwait measured it, and the seconds from letting
+/// each batch go to its last one ready, summed.
+async fn ask_all(net: &NetAgent, dwait: &std::path::Path, dir: &std::path::Path, first: usize, n: usize, at_once: usize) -> anyhow::Result<(Vec<f64>, f64)> {
     let net_dir = dir.join("net");
-    let start = StdInstant::now();
+    let mut wall = 0.0;
     let mut ready_ms = Vec::new();
     let mut next = first;
     while next < first + n {
         let batch: Vec<usize> = (next..(next + at_once).min(first + n)).collect();
         next += batch.len();
-        let mut children = Vec::new();
+        let (mut children, mut gates) = (Vec::new(), Vec::new());
         for i in batch {
-            let child = Command::new("unshare")
-                .arg("-n")
+            // Held at a gate (a shell reading a line, then exec'ing unshare, which execs dwait:
+            // one pid) until dresponse knows the pid as the instance's owner, as the docker
+            // runtime names a container before starting it.
+            let mut child = Command::new("sh")
+                .args(["-c", "read _ && exec unshare -n \"$0\" \"$@\""])
                 .arg(dwait)
                 .arg("serve")
                 .arg(dir.join(format!("c{i}.sock")))
                 .env("TUG_NET_POOL", "bench")
                 .env("TUG_NET_INSTANCE", format!("job/bench{i}/0"))
                 .env("TUG_NET_SOCKET", net_dir.join("dresponse.sock"))
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
                 .context("starting dwait under unshare")?;
+            net.expect(&format!("job/bench{i}/0"), Owner::Process(child.id()));
+            let gate = child.stdin.take().context("the gate's stdin")?;
+            gates.push(gate);
             children.push(child);
+        }
+        let start = StdInstant::now();
+        for mut gate in gates {
+            std::io::Write::write_all(&mut gate, b"go\n").context("opening a container's gate")?;
         }
         for child in &mut children {
             let stderr = child.stderr.take().context("dwait's stderr")?;
@@ -197,12 +208,13 @@ async fn ask_all(dwait: &std::path::Path, dir: &std::path::Path, first: usize, n
                 .with_context(|| format!("dwait did not get its network: {line}"))?;
             ready_ms.push(ms);
         }
+        wall += start.elapsed().as_secs_f64();
         for mut c in children {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
-    Ok((ready_ms, start.elapsed().as_secs_f64()))
+    Ok((ready_ms, wall))
 }
 
 /// Milliseconds to create and start each of `n` containers on `network`, one after another,
