@@ -154,6 +154,17 @@ pub struct Event {
     /// The run as it is after the event (run events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<Run>,
+    /// The event as JSON, made once for every subscriber that sends it.
+    #[serde(skip)]
+    json: std::sync::OnceLock<String>,
+}
+
+impl Event {
+    /// The event as JSON (what the stream sends as its data); serialized on first use, then
+    /// shared by every subscriber, so a hundred subscribers cost one serialization.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| serde_json::to_string(self).unwrap_or_default())
+    }
 }
 
 /// A subscriber's next event has left the ring: it missed `missed` events and goes on from
@@ -216,7 +227,7 @@ impl EventBus {
             let mut ring = self.inner.ring.lock().expect("event ring lock");
             let id = ring.next;
             ring.next += 1;
-            let event = Event { id, at, kind, job: job.map(str::to_string), agent: agent.map(str::to_string), run };
+            let event = Event { id, at, kind, job: job.map(str::to_string), agent: agent.map(str::to_string), run, json: Default::default() };
             if ring.events.len() == self.inner.capacity {
                 ring.events.pop_front();
             }
@@ -244,7 +255,7 @@ impl EventBus {
             for (kind, run) in events {
                 let id = ring.next;
                 ring.next += 1;
-                let event = Event { id, at, kind, job: Some(run.job.clone()), agent: None, run: Some(run) };
+                let event = Event { id, at, kind, job: Some(run.job.clone()), agent: None, run: Some(run), json: Default::default() };
                 if ring.events.len() == self.inner.capacity {
                     gone.extend(ring.events.pop_front());
                 }
@@ -414,6 +425,19 @@ mod tests {
         assert_eq!(ids(s.next(100).await), vec![2, 3]);
         b.publish(EventKind::JobDeleted, Some("a"), None, None);
         assert_eq!(ids(s.next(100).await), vec![4]);
+    }
+
+    #[tokio::test]
+    async fn an_events_json_is_made_once_and_is_the_event() {
+        let b = bus(8);
+        let mut s = b.subscribe(None);
+        b.publish(EventKind::AgentJoined, None, Some("a1"), None);
+        let Next::Events(got) = s.next(10).await else { panic!("an event") };
+        let json = got[0].json();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!((v["id"].as_u64(), v["kind"].as_str(), v["agent"].as_str()), (Some(1), Some("agent.joined"), Some("a1")));
+        assert!(v.get("json").is_none(), "{json}");
+        assert!(std::ptr::eq(json, got[0].json()), "the same text for the next subscriber");
     }
 
     #[tokio::test]

@@ -130,8 +130,7 @@ pub(super) async fn stream(
                 Next::Events(batch) => {
                     for e in batch {
                         if f.filter.admits(&e, &f.store, &mut f.labels).await {
-                            let data = serde_json::to_string(&*e).unwrap_or_default();
-                            f.pending.push_back(SseEvent::default().id(e.id.to_string()).event(e.kind.as_str()).data(data));
+                            f.pending.push_back(SseEvent::default().id(e.id.to_string()).event(e.kind.as_str()).data(e.json()));
                         }
                     }
                 }
