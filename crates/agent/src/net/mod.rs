@@ -269,7 +269,7 @@ impl NetAgent {
     /// container `owner` that is adopted now: its address is claimed again (the same one: the
     /// server has it on this agent) and recorded as plumbed, so that removing the container tears
     /// it down and gives the address back. Nothing is plumbed again.
-    pub async fn adopt(&self, instance: &str, pool: &str, owner: Owner) -> Result<(), String> {
+    pub async fn adopt(&self, instance: &str, pool: &str, owner: Owner) -> Result<(), NetError> {
         self.expect(instance, owner.clone());
         let (spec, claim) = self.claims.claim(pool, instance).await?;
         let attachment = attachment(&spec, &claim);
