@@ -320,14 +320,7 @@ fn a_docker_release_of_a_new_image_replaces_each_container() {
     let up = Up::start();
     let s = up.server.clone();
     let name = format!("dockrel-{}", std::process::id());
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("svc.toml");
-    let spec = format!(
-        "name = \"{name}\"\nreplicas = 2\ncommand = \"sleep 1000\"\nruntime = \"docker\"\nstop_grace = \"1s\"\n\
-         [docker]\nimage = \"{image}\"\npull = \"never\"\n"
-    );
-    std::fs::write(&file, spec).unwrap();
-    ok(&s, &["service", "add", "-f", file.to_str().unwrap()]);
+    add_docker_service(&s, &name, 2, &image);
     ok(&s, &["service", "scale", &name, "2", "--wait"]);
     let before: Vec<Vec<String>> = (0..2).map(|i| replica_containers(&name, i)).collect();
     // The new version: the same image under a tag of this test's own.

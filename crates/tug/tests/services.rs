@@ -540,14 +540,7 @@ fn an_image_that_does_not_exist_fails_the_operation_and_is_not_retried_for_ever(
     let s = up.server.clone();
     let name = format!("noimg-{}", std::process::id());
     let ghost = format!("tugboat-no-such-image-{}:1", std::process::id());
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("svc.toml");
-    let spec = format!(
-        "name = \"{name}\"\nreplicas = 0\ncommand = \"sleep 1000\"\nruntime = \"docker\"\nstop_grace = \"1s\"\n\
-         [docker]\nimage = \"{ghost}\"\npull = \"never\"\n"
-    );
-    std::fs::write(&file, spec).unwrap();
-    ok(&s, &["service", "add", "-f", file.to_str().unwrap()]);
+    add_docker_service(&s, &name, 0, &ghost);
     let e = fails(&s, &["service", "scale", &name, "2", "--wait"]);
     assert!(e.contains("failed: replica ") && e.contains("gave up after 3 failed starts in a row") && e.contains(&format!("image {ghost} is not on this host")), "{e}");
     let v: Value = serde_json::from_str(&ok(&s, &["service", "show", &name, "--json"])).unwrap();

@@ -124,6 +124,19 @@ pub fn docker_test_image() -> Option<String> {
     Some(image)
 }
 
+/// Adds docker service `name` (`sleep 1000` in `image`, 1 s stop grace, never pulled) with
+/// `replicas` replicas through `tug service add -f`.
+pub fn add_docker_service(server: &str, name: &str, replicas: u32, image: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("svc.toml");
+    let spec = format!(
+        "name = \"{name}\"\nreplicas = {replicas}\ncommand = \"sleep 1000\"\nruntime = \"docker\"\nstop_grace = \"1s\"\n\
+         [docker]\nimage = \"{image}\"\npull = \"never\"\n"
+    );
+    std::fs::write(&file, spec).unwrap();
+    ok(server, &["service", "add", "-f", file.to_str().unwrap()]);
+}
+
 /// `docker ps -aq` of one service replica's containers.
 pub fn replica_containers(service: &str, index: u32) -> Vec<String> {
     let filter = format!("label=tugboat.job=service/{service}/{index}");
