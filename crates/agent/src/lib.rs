@@ -3,6 +3,8 @@
 //!
 //! - [`agent`]: the loop that takes launches and kills and sends status updates.
 //! - [`capacity`]: what this host offers when the operator does not say.
+//! - [`certificate`]: the agent's client certificate, got from the server with the join token
+//!   and renewed before it expires.
 //! - [`checkpoint`]: what a durable agent records per attempt, so runs outlive its restarts.
 //! - [`health`]: service replicas' health checks (http, tcp, exec) and their thresholds.
 //! - [`logs`]: answers the server's reads and removals of this agent's run logs.
@@ -15,6 +17,7 @@
 
 pub mod agent;
 pub mod capacity;
+pub mod certificate;
 pub mod checkpoint;
 pub mod health;
 pub mod logs;

@@ -23,6 +23,7 @@ use tug_proto::{AgentMessage, AgentServiceClient, ServerMessage, agent_message, 
 use tug_logs::LogFiles;
 
 use crate::agent::{Agent, AgentConfig};
+use crate::certificate::SharedTls;
 use crate::net::{ClaimError, Claims};
 use crate::runtime::SharedRuntime;
 
@@ -50,6 +51,9 @@ pub struct RemoteConfig {
     pub attributes: BTreeMap<String, String>,
     /// For an `https://` server: whom to trust, and the client certificate for mTLS.
     pub tls: Option<tug_tls::ClientTls>,
+    /// For an `https://` server: get the client certificate from the server with the join token
+    /// and renew it (instead of `tls`'s).
+    pub enroll: Option<crate::certificate::Enrollment>,
 }
 
 /// Why a remote agent stopped.
@@ -140,8 +144,15 @@ pub async fn run_with_net(
         let _ = stop_tx.send(true);
     });
     let mut unacked: BTreeMap<u64, StatusUpdate> = BTreeMap::new();
-    let servers: Vec<String> =
+    let mut servers: Vec<String> =
         remote.server.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    if servers.is_empty() {
+        servers.push(remote.server.clone());
+    }
+    let shared_tls = match remote.enroll.clone() {
+        Some(enrollment) => Some(enrollment.start(&servers, stop_rx.clone()).await?),
+        None => None,
+    };
     let mut current = 0;
     let mut backoff = Duration::from_millis(200);
     let mut tried_after_stop = false;
@@ -153,6 +164,7 @@ pub async fn run_with_net(
         let server = server.as_str();
         let ended = session(
             &remote,
+            shared_tls.as_ref(),
             server,
             &agent,
             &name,
@@ -222,26 +234,18 @@ pub async fn run_with_net(
     }
 }
 
-fn out(m: agent_message::Msg) -> AgentMessage {
-    AgentMessage { msg: Some(m) }
+/// Why a connection could not be made.
+pub(crate) enum Connect {
+    /// Try again later.
+    Broken(String),
+    /// Trying again would not help (TLS refused).
+    Fatal(RemoteError),
 }
 
-/// One connection: register, resend what is unacknowledged, then pump both ways.
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    remote: &RemoteConfig,
-    server: &str,
-    agent: &Agent,
-    name: &str,
-    registered: &mut bool,
-    unacked: &mut BTreeMap<u64, StatusUpdate>,
-    updates: &mut mpsc::Receiver<ToServer>,
-    commands: &mpsc::Sender<ToAgent>,
-    net: &mut NetBridge,
-    mut stop: watch::Receiver<bool>,
-) -> Result<Ended, RemoteError> {
+/// Connects to `server`'s agent endpoint; over TLS with `tls` for an `https://` one.
+pub(crate) async fn connect(server: &str, tls: Option<&tug_tls::ClientTls>) -> Result<tonic::transport::Channel, Connect> {
     // Over TLS the connector does the TLS; tonic sees a plain URI.
-    let (uri, tls) = match (&remote.tls, server.strip_prefix("https://")) {
+    let (uri, tls) = match (tls, server.strip_prefix("https://")) {
         (Some(tls), Some(rest)) => (format!("http://{rest}"), Some(tls)),
         _ => (server.to_owned(), None),
     };
@@ -253,27 +257,54 @@ async fn session(
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true),
-        Err(e) => return Ok(Ended::Broken(format!("invalid server address {server}: {e}"))),
-    };
-    let tls_failed = |e: &(dyn std::error::Error + 'static)| {
-        tug_tls::explain(e).map(|reason| RemoteError::Tls { server: server.to_owned(), reason })
+        Err(e) => return Err(Connect::Broken(format!("invalid server address {server}: {e}"))),
     };
     let connected = match tls {
         Some(tls) => {
             let host = endpoint.uri().host().unwrap_or_default().to_owned();
             match crate::tls::Connector::new(tls.clone(), host) {
                 Ok(c) => endpoint.connect_with_connector(c).await,
-                Err(e) => return Err(RemoteError::Tls { server: server.to_owned(), reason: e.to_string() }),
+                Err(e) => return Err(Connect::Fatal(RemoteError::Tls { server: server.to_owned(), reason: e.to_string() })),
             }
         }
         None => endpoint.connect().await,
     };
-    let mut client = match connected {
-        Ok(ch) => AgentServiceClient::new(ch),
-        Err(e) => {
-            return tls_failed(&e).map_or_else(|| Ok(Ended::Broken(format!("cannot connect to {server}: {e}"))), Err);
-        }
+    connected.map_err(|e| match tug_tls::explain(&e) {
+        Some(reason) => Connect::Fatal(RemoteError::Tls { server: server.to_owned(), reason }),
+        None => Connect::Broken(format!("cannot connect to {server}: {e}")),
+    })
+}
+
+fn out(m: agent_message::Msg) -> AgentMessage {
+    AgentMessage { msg: Some(m) }
+}
+
+/// One connection: register, resend what is unacknowledged, then pump both ways.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    remote: &RemoteConfig,
+    shared_tls: Option<&SharedTls>,
+    server: &str,
+    agent: &Agent,
+    name: &str,
+    registered: &mut bool,
+    unacked: &mut BTreeMap<u64, StatusUpdate>,
+    updates: &mut mpsc::Receiver<ToServer>,
+    commands: &mpsc::Sender<ToAgent>,
+    net: &mut NetBridge,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Ended, RemoteError> {
+    // A certificate got from the server is read at each connection: renewal replaces it.
+    let tls = shared_tls.map(SharedTls::get).or_else(|| remote.tls.clone());
+    let channel = match connect(server, tls.as_ref()).await {
+        Ok(ch) => ch,
+        Err(Connect::Broken(why)) => return Ok(Ended::Broken(why)),
+        Err(Connect::Fatal(e)) => return Err(e),
     };
+    let tls_failed = |e: &(dyn std::error::Error + 'static)| {
+        tug_tls::explain(e).map(|reason| RemoteError::Tls { server: server.to_owned(), reason })
+    };
+    let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
     let register = tug_proto::Register {
         agent: name.to_string(),

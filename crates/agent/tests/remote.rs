@@ -41,6 +41,10 @@ fn reply(m: server_message::Msg) -> Result<ServerMessage, Status> {
 impl AgentService for Fake {
     type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send + 'static>>;
 
+    async fn enroll(&self, _: Request<tug_proto::EnrollRequest>) -> Result<Response<tug_proto::EnrollReply>, Status> {
+        Err(Status::unimplemented("no certificates here"))
+    }
+
     async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
         let n = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
         let mut inbound = request.into_inner();
@@ -135,6 +139,7 @@ async fn resent_after_a_reconnect(batches: bool) {
         resources: Capacity { cpus: 1.0, mem: 1 << 30, disk: 1 << 30 },
         attributes: BTreeMap::new(),
         tls: None,
+        enroll: None,
     };
     let config = AgentConfig { name: "remote-1".into(), ..AgentConfig::default() };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -175,6 +180,10 @@ struct Holding {
 #[tonic::async_trait]
 impl AgentService for Holding {
     type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send + 'static>>;
+
+    async fn enroll(&self, _: Request<tug_proto::EnrollRequest>) -> Result<Response<tug_proto::EnrollReply>, Status> {
+        Err(Status::unimplemented("no certificates here"))
+    }
 
     async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
         let n = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
@@ -262,6 +271,7 @@ async fn every_register_lists_held_runs_and_an_ack_removes_the_checkpoint() {
         resources: Capacity { cpus: 1.0, mem: 1 << 30, disk: 1 << 30 },
         attributes: BTreeMap::new(),
         tls: None,
+        enroll: None,
     };
     let config = AgentConfig { name: "remote-2".into(), durable: Some(durability.clone()), ..AgentConfig::default() };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -12,6 +12,7 @@
 //! so the scheduler reconciles them before it sees anything else from this connection.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
@@ -20,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tug_core::placement::Capacity;
 use tug_core::protocol::{HeldRun, StatusUpdate, ToAgent, ToServer};
 use tug_proto::{AgentMessage, AgentService, AgentServiceServer, ServerMessage, agent_message, server_message};
+use tug_tls::certs::{AgentIssuer, IssueError};
 
 use crate::logs::RunLogs;
 use crate::scheduler::{FromAgent, SchedulerHandle};
@@ -34,7 +36,7 @@ const MAX_BATCH: usize = 1024;
 pub struct AgentGateway {
     scheduler: SchedulerHandle,
     updates: mpsc::Sender<FromAgent>,
-    join_token: Option<String>,
+    admission: Admission,
     stop: watch::Receiver<bool>,
     logs: RunLogs,
     /// Answers agents' container-network requests; `None`: they are refused.
@@ -52,7 +54,16 @@ impl AgentGateway {
         stop: watch::Receiver<bool>,
         logs: RunLogs,
     ) -> AgentGateway {
-        AgentGateway { scheduler, updates, join_token, stop, logs, net: None }
+        AgentGateway { scheduler, updates, admission: Admission { join_token, ..Admission::default() }, stop, logs, net: None }
+    }
+
+    /// Checks agents' client certificates with `tls` (the agent endpoint's settings: connected
+    /// agents whose certificates its revocation list comes to revoke are cut off) and, with an
+    /// `issuer`, signs certificates for agents that bring the join token.
+    pub fn with_certificates(mut self, tls: Option<tug_tls::ServerTls>, issuer: Option<Arc<AgentIssuer>>) -> AgentGateway {
+        self.admission.tls = tls;
+        self.admission.issuer = issuer;
+        self
     }
 
     /// Answers agents' claims and releases of container addresses from `net`.
@@ -86,25 +97,8 @@ impl AgentService for AgentGateway {
         };
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND);
         let stream: Self::SessionStream = Box::pin(ReceiverStream::new(out_rx));
-        if let Some(reason) = join_token_refused(self.join_token.as_deref(), &reg.join_token) {
-            tracing::warn!(agent = %reg.agent, ?peer, "agent refused: wrong join token");
-            let _ = out_tx.send(msg(server_message::Msg::Refused(tug_proto::Refused { reason }))).await;
-            return Ok(Response::new(stream));
-        }
-        if reg.agent.is_empty() {
-            return Err(Status::invalid_argument("Register needs an agent name"));
-        }
-        // With client certificates, an agent may only join under a name its certificate has: a
-        // stolen certificate of one host cannot pose as another and take its runs.
-        if let Some(cert) = tls_peer.as_ref().and_then(|p| p.cert.as_ref())
-            && !tug_tls::certs::cert_is_for(cert, &reg.agent)
-        {
-            let reason = format!(
-                "this agent's client certificate is not for the name {:?}: run it with --name set to the name in its \
-                 certificate, or make a certificate for this name (tug certs agent DIR {})",
-                reg.agent, reg.agent
-            );
-            tracing::warn!(agent = %reg.agent, ?peer, "agent refused: its client certificate is for another name");
+        if let Some((reason, why)) = self.admission.refused(&reg.agent, &reg.join_token, tls_peer.as_ref()) {
+            tracing::warn!(agent = %reg.agent, ?peer, "agent refused: {why}");
             let _ = out_tx.send(msg(server_message::Msg::Refused(tug_proto::Refused { reason }))).await;
             return Ok(Response::new(stream));
         }
@@ -143,6 +137,10 @@ impl AgentService for AgentGateway {
         // Answers to this connection's container-network requests, made on tasks of their own.
         let (net_tx, mut net_answers) = mpsc::unbounded_channel::<tug_net::protocol::NetAnswer>();
         let (net, scheduler) = (self.net.clone(), self.scheduler.clone());
+        // With client certificates: a new revocation list may revoke this agent's, and cuts it off.
+        let cert = tls_peer.and_then(|p| p.cert);
+        let tls = self.admission.tls.clone().filter(|_| cert.is_some());
+        let mut crl_changes = tls.as_ref().and_then(|t| t.crl_changes());
         // What the network tells agents unasked: every VXLAN pool's routes now, then changes.
         let mut pushes = match &net {
             Some(n) => {
@@ -220,12 +218,131 @@ impl AgentService for AgentGateway {
                         Err(e) => { tracing::warn!(agent = %name, error = %e, "remote agent stream broke"); break }
                     },
                     () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                    changed = async { crl_changes.as_mut()?.changed().await.ok() }, if crl_changes.is_some() => {
+                        if changed.is_none() {
+                            crl_changes = None;
+                            continue;
+                        }
+                        let (Some(tls), Some(cert)) = (&tls, &cert) else { continue };
+                        if tls.revokes(cert) {
+                            tracing::warn!(agent = %name, "agent cut off: its client certificate has been revoked");
+                            let reason = format!(
+                                "this agent's client certificate has been revoked (tug certs revoke), so the server has \
+                                 cut it off; a host that should join again needs a new name ({name} stays revoked)"
+                            );
+                            let _ = out_tx.send(msg(server_message::Msg::Refused(tug_proto::Refused { reason }))).await;
+                            break;
+                        }
+                    }
                 }
             }
             // Dropping `cmd_rx` leaves the registry entry in place: the agent is lost once its
             // heartbeats have been missing for the agent timeout, unless it reconnects first.
         });
         Ok(Response::new(stream))
+    }
+
+    async fn enroll(&self, request: Request<tug_proto::EnrollRequest>) -> Result<Response<tug_proto::EnrollReply>, Status> {
+        let peer = request.extensions().get::<TlsPeer>().cloned();
+        self.admission.enroll(peer, request.into_inner()).await.map(Response::new)
+    }
+}
+
+/// Who may join and how, the same on the leader and on followers: the join token, client
+/// certificates, and the CA key that signs certificates for agents that bring the join token.
+///
+/// | the agent presents | it may |
+/// | --- | --- |
+/// | a client certificate for its name | join (the join token is not needed: it only bootstraps certificates) and renew its certificate |
+/// | a client certificate for another name | nothing |
+/// | no certificate, to a server that checks them | only ask for a certificate, with the join token |
+/// | no certificate, to a server that does not | join with the join token (any name) |
+#[derive(Clone, Default)]
+pub struct Admission {
+    /// The secret agents must present (without a certificate); `None`: any agent may join.
+    pub join_token: Option<String>,
+    /// The agent endpoint's TLS settings; with client certificates, every agent needs one.
+    pub tls: Option<tug_tls::ServerTls>,
+    /// Signs agents' certificates (`--agent-ca-key`).
+    pub issuer: Option<Arc<AgentIssuer>>,
+}
+
+impl Admission {
+    /// Why an agent named `agent` presenting `token` over a connection from `peer` may not join,
+    /// as the reason told to it and the reason logged; `None` when it may.
+    pub fn refused(&self, agent: &str, token: &str, peer: Option<&TlsPeer>) -> Option<(String, &'static str)> {
+        match peer.and_then(|p| p.cert.as_ref()) {
+            // With client certificates, an agent may only join under a name its certificate has:
+            // a stolen certificate of one host cannot pose as another and take its runs.
+            Some(cert) if !tug_tls::certs::cert_is_for(cert, agent) => Some((
+                format!(
+                    "this agent's client certificate is not for the name {agent:?}: run it with --name set to the name in its \
+                     certificate, or make a certificate for this name (tug certs agent DIR {agent})"
+                ),
+                "its client certificate is for another name",
+            )),
+            Some(_) => None,
+            None if self.tls.as_ref().is_some_and(|t| t.requires_client_certs()) => Some((
+                "the server requires a client certificate (mTLS): give --cert and --key, or only --ca and the join token \
+                 to get one from this server"
+                    .to_string(),
+                "the client presented no certificate",
+            )),
+            None => join_token_refused(self.join_token.as_deref(), token).map(|r| (r, "wrong join token")),
+        }
+    }
+
+    /// Signs the certificate `req` asks for, when its agent brings the join token or renews a
+    /// certificate for its own name.
+    pub async fn enroll(&self, peer: Option<TlsPeer>, req: tug_proto::EnrollRequest) -> Result<tug_proto::EnrollReply, Status> {
+        let Some(issuer) = self.issuer.clone() else {
+            return Err(Status::failed_precondition(
+                "this server does not issue agent certificates: start it with --agent-ca-key (the key of its --agent-ca), \
+                 or give the agent --cert and --key made with tug certs agent",
+            ));
+        };
+        let Some(peer) = peer else {
+            return Err(Status::failed_precondition("agent certificates are issued over TLS only: give the server as https://"));
+        };
+        let name = req.agent;
+        let valid = !name.is_empty() && name.len() <= 253 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+        if !valid {
+            return Err(Status::invalid_argument(format!(
+                "invalid agent name {name:?} for a certificate: use letters, digits, '-' and '.' (a host name)"
+            )));
+        }
+        let renewal = peer.cert.as_ref().is_some_and(|c| tug_tls::certs::cert_is_for(c, &name));
+        if !renewal {
+            let refused = match self.join_token.as_deref() {
+                None => Some("this server issues agent certificates only against a join token, and it has none".to_string()),
+                Some(expected) => join_token_refused(Some(expected), &req.join_token),
+            };
+            if let Some(reason) = refused {
+                tracing::warn!(agent = %name, peer = %peer.addr, "agent certificate refused: wrong join token");
+                return Err(Status::permission_denied(format!("{reason}; no certificate was issued")));
+            }
+        }
+        let signed = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || issuer.sign(&name, &req.csr)).await
+        };
+        match signed {
+            Ok(Ok(certificate)) => {
+                let how = if renewal { "renewed" } else { "issued against the join token" };
+                tracing::info!(agent = %name, peer = %peer.addr, "agent certificate {how}");
+                Ok(tug_proto::EnrollReply { certificate })
+            }
+            Ok(Err(e @ IssueError::Revoked(_))) => {
+                tracing::warn!(agent = %name, peer = %peer.addr, "agent certificate refused: the name is revoked");
+                Err(Status::permission_denied(e.to_string()))
+            }
+            Ok(Err(e @ IssueError::BadRequest(_))) => Err(Status::invalid_argument(e.to_string())),
+            Ok(Err(e)) => {
+                tracing::error!(agent = %name, error = %e, "cannot issue an agent certificate");
+                Err(Status::internal(format!("the server cannot issue the certificate: {e}")))
+            }
+            Err(e) => Err(Status::internal(format!("the server cannot issue the certificate: {e}"))),
+        }
     }
 }
 

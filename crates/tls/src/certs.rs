@@ -107,6 +107,111 @@ pub fn issue_agent(dir: &Path, name: &str, validity: Validity) -> Result<Vec<Pat
     write_all(dir, &out)
 }
 
+/// A new key and a certificate signing request for agent `name`, both PEM: what an agent that
+/// has only the join token sends the server ([`AgentIssuer::sign`]) to get its certificate.
+pub fn agent_request(name: &str) -> Result<(String, String), TlsError> {
+    let gen_err = |source| TlsError::Generate { what: format!("a certificate request for agent {name}"), source };
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(gen_err)?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    let csr = params.serialize_request(&key).map_err(gen_err)?;
+    Ok((key.serialize_pem(), csr.pem().map_err(gen_err)?))
+}
+
+/// The CA's key held by the server, which signs agents' certificates against the join token
+/// (`tug server --agent-ca-key`). Every certificate it signs is recorded in `issued.txt` beside
+/// the key (serial, name, end in Unix seconds), so `tug certs revoke` finds it by the agent's
+/// name; a name in `revoked.txt` there gets no new certificate.
+pub struct AgentIssuer {
+    issuer: Issuer<'static, KeyPair>,
+    dir: PathBuf,
+    lifetime: std::time::Duration,
+}
+
+impl std::fmt::Debug for AgentIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentIssuer").field("dir", &self.dir).field("lifetime", &self.lifetime).finish_non_exhaustive()
+    }
+}
+
+/// Why a certificate request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The request is not a CSR, or its signature does not match its key.
+    #[error("the certificate request is not valid: {0}")]
+    BadRequest(String),
+    /// The agent's name was revoked (`tug certs revoke`).
+    #[error(
+        "agent {0:?} has been revoked (tug certs revoke), so it gets no new certificate;          a retired host's name stays revoked: give a new host another --name"
+    )]
+    Revoked(String),
+    /// Signing or recording failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+impl AgentIssuer {
+    /// The CA of `ca_cert` (PEM) with its key `ca_key` (PEM), signing certificates valid for
+    /// `lifetime`; records go beside the key.
+    pub fn load(ca_cert: &Path, ca_key: &Path, lifetime: std::time::Duration) -> Result<AgentIssuer, TlsError> {
+        let key = KeyPair::from_pem(&read_text(ca_key)?)
+            .map_err(|source| TlsError::Generate { what: format!("reading the CA key {}", ca_key.display()), source })?;
+        let issuer = Issuer::from_ca_cert_pem(&read_text(ca_cert)?, key)
+            .map_err(|source| TlsError::Generate { what: format!("reading the CA certificate {}", ca_cert.display()), source })?;
+        let dir = ca_key.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        Ok(AgentIssuer { issuer, dir, lifetime })
+    }
+
+    /// How long the certificates it signs are valid.
+    pub fn lifetime(&self) -> std::time::Duration {
+        self.lifetime
+    }
+
+    /// Signs `csr_pem`'s key into a client certificate for agent `name` (whatever names the
+    /// request asks for), recording it; returns the certificate as PEM.
+    pub fn sign(&self, name: &str, csr_pem: &str) -> Result<String, IssueError> {
+        if revoked_names(&self.dir)?.iter().any(|n| n == name) {
+            return Err(IssueError::Revoked(name.to_owned()));
+        }
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| IssueError::BadRequest(e.to_string()))?;
+        let now = OffsetDateTime::now_utc();
+        let not_after = now + self.lifetime;
+        // A few minutes back: the agent's clock may be a little behind the server's.
+        let validity = Validity { not_before: now - time::Duration::minutes(5), not_after };
+        csr.params = leaf_params(name, &[name.to_owned()], ExtendedKeyUsagePurpose::ClientAuth, validity)?;
+        let cert = csr.signed_by(&self.issuer).map_err(|source| TlsError::Generate { what: format!("the certificate of agent {name}"), source })?;
+        let serial = serial_of(cert.der()).unwrap_or_default();
+        let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+        let record = self.dir.join("issued.txt");
+        let write_err = |source| TlsError::Write { path: record.display().to_string(), source };
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o644).open(&record).map_err(write_err)?;
+        f.write_all(format!("{hex} {name} {}\n", not_after.unix_timestamp()).as_bytes()).map_err(write_err)?;
+        f.sync_data().map_err(write_err)?;
+        Ok(cert.pem())
+    }
+}
+
+/// The names in `dir/revoked.txt` (none when it does not exist).
+pub fn revoked_names(dir: &Path) -> Result<Vec<String>, TlsError> {
+    let record = dir.join("revoked.txt");
+    if !record.exists() {
+        return Ok(Vec::new());
+    }
+    Ok(read_text(&record)?.lines().filter_map(|l| l.split_whitespace().nth(1)).map(str::to_owned).collect())
+}
+
+/// When the certificate `der` stops being valid (its notAfter), if it can be read.
+pub fn not_after(der: &[u8]) -> Option<OffsetDateTime> {
+    let cert = x509_parser::parse_x509_certificate(der).ok()?.1;
+    OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()
+}
+
+/// When the certificate `der` became valid (its notBefore), if it can be read.
+pub fn not_before(der: &[u8]) -> Option<OffsetDateTime> {
+    let cert = x509_parser::parse_x509_certificate(der).ok()?.1;
+    OffsetDateTime::from_unix_timestamp(cert.validity().not_before.timestamp()).ok()
+}
+
 fn read_text(path: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(path).map_err(|source| TlsError::Read { path: path.display().to_string(), source })
 }
@@ -119,23 +224,45 @@ fn write_text(path: &Path, text: &str) -> Result<(), TlsError> {
         .map_err(|source| TlsError::Write { path: path.display().to_string(), source })
 }
 
-/// Revokes agent `name`'s certificate (`agent-NAME.pem` in `dir`): adds it to `revoked.txt` and
-/// writes `crl.pem`, the revocation list signed by the CA in `dir`, which the server takes with
-/// `--agent-crl`. Returns the CRL's path and whether the certificate was revoked already.
+/// Revokes agent `name`'s certificates: the one `tug certs` made (`agent-NAME.pem` in `dir`) and
+/// every one the server signed for it (`issued.txt`); adds them to `revoked.txt` and writes
+/// `crl.pem`, the revocation list signed by the CA in `dir`, which the server takes with
+/// `--agent-crl` (and reloads when it changes). Returns the CRL's path and whether every one was
+/// revoked already.
 pub fn revoke_agent(dir: &Path, name: &str) -> Result<(PathBuf, bool), TlsError> {
     let cert_path = dir.join(format!("{}.pem", agent_stem(name)));
-    let certs = crate::files::load_certs(&cert_path, "agent certificate")?;
-    let serial = serial_of(&certs[0]).ok_or_else(|| TlsError::Pem {
-        path: cert_path.display().to_string(),
-        what: "agent certificate",
-        detail: "its serial number cannot be read".into(),
-    })?;
-    let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+    let mut serials: Vec<String> = Vec::new();
+    let issued = dir.join("issued.txt");
+    if issued.exists() {
+        for line in read_text(&issued)?.lines() {
+            let mut parts = line.split_whitespace();
+            if let (Some(hex), Some(n)) = (parts.next(), parts.next())
+                && n == name
+                && !serials.iter().any(|s| s == hex)
+            {
+                serials.push(hex.to_owned());
+            }
+        }
+    }
+    if cert_path.exists() || serials.is_empty() {
+        // Read even when the server signed some: a missing file is then named in the error.
+        let certs = crate::files::load_certs(&cert_path, "agent certificate")?;
+        let serial = serial_of(&certs[0]).ok_or_else(|| TlsError::Pem {
+            path: cert_path.display().to_string(),
+            what: "agent certificate",
+            detail: "its serial number cannot be read".into(),
+        })?;
+        serials.push(serial.iter().map(|b| format!("{b:02x}")).collect());
+    }
     let record = dir.join("revoked.txt");
     let mut lines = if record.exists() { read_text(&record)? } else { String::new() };
-    let already = lines.lines().any(|l| l.split_whitespace().next() == Some(hex.as_str()));
     let now = OffsetDateTime::now_utc();
-    if !already {
+    let mut already = true;
+    for hex in &serials {
+        if lines.lines().any(|l| l.split_whitespace().next() == Some(hex.as_str())) {
+            continue;
+        }
+        already = false;
         let at = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         lines.push_str(&format!("{hex} {name} {} {at}\n", now.unix_timestamp()));
     }
@@ -238,6 +365,7 @@ pub fn cert_is_for(der: &rustls_pki_types::CertificateDer<'_>, name: &str) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls_pki_types::pem::PemObject;
 
     #[test]
     fn init_writes_every_file_with_secret_modes_and_refuses_to_overwrite() {
@@ -285,5 +413,46 @@ mod tests {
         }
         let err = revoke_agent(dir.path(), "ghost").unwrap_err().to_string();
         assert!(err.contains("agent-ghost.pem"), "{err}");
+    }
+
+    #[test]
+    fn the_server_signs_an_agents_request_for_its_name_only_and_revocation_finds_it_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &[], &[], Validity::days(30)).unwrap();
+        let issuer = AgentIssuer::load(&dir.path().join("ca.pem"), &dir.path().join("ca-key.pem"), std::time::Duration::from_secs(3600)).unwrap();
+        // Signed for the name the server was given, not another.
+        let (key, csr) = agent_request("host1").unwrap();
+        let pem = issuer.sign("host1", &csr).unwrap();
+        let cert = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert!(cert_is_for(&cert, "host1"));
+        assert!(!cert_is_for(&cert, "host2"));
+        let end = not_after(&cert).unwrap();
+        let left = end - OffsetDateTime::now_utc();
+        assert!(left > time::Duration::minutes(59) && left <= time::Duration::hours(1), "valid for the lifetime asked: {left}");
+        // The key it came with goes with it.
+        let file = dir.path().join("agent.pem");
+        std::fs::write(&file, format!("{pem}{key}")).unwrap();
+        crate::ClientTls::new(None, Some(crate::Identity::load(&file, &file).unwrap())).unwrap().config(&[]).unwrap();
+        // A renewal: a second certificate, recorded too.
+        let (_, csr2) = agent_request("host1").unwrap();
+        issuer.sign("host1", &csr2).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("issued.txt")).unwrap().lines().count(), 2);
+        // Garbage is not a request.
+        let err = issuer.sign("host1", "not a csr").unwrap_err().to_string();
+        assert!(err.contains("certificate request is not valid"), "{err}");
+        // Revoked by name (no agent-host1.pem exists): both serials, and no new certificate.
+        let (crl, again) = revoke_agent(dir.path(), "host1").unwrap();
+        assert!(!again);
+        assert_eq!(std::fs::read_to_string(dir.path().join("revoked.txt")).unwrap().lines().count(), 2);
+        let roots = std::sync::Arc::new(crate::files::load_roots(&dir.path().join("ca.pem")).unwrap());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crate::provider())
+            .with_crls(crate::files::load_crls(&crl).unwrap())
+            .only_check_end_entity_revocation()
+            .build()
+            .unwrap();
+        let refused = verifier.verify_client_cert(&cert, &[], rustls_pki_types::UnixTime::now()).map(drop);
+        assert_eq!(refused, Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)));
+        let err = issuer.sign("host1", &agent_request("host1").unwrap().1).unwrap_err().to_string();
+        assert!(err.contains("\"host1\" has been revoked") && err.contains("another --name"), "{err}");
     }
 }

@@ -40,6 +40,12 @@ impl ClientTls {
         Ok(ClientTls { ca_file: ca.map(Path::to_path_buf), extra_roots, identity })
     }
 
+    /// The same trust, presenting `identity` (a client certificate got or renewed later).
+    pub fn with_identity(mut self, identity: Identity) -> ClientTls {
+        self.identity = Some(identity);
+        self
+    }
+
     /// Whether a client certificate is presented.
     pub fn has_identity(&self) -> bool {
         self.identity.is_some()

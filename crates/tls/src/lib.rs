@@ -22,7 +22,7 @@ use rustls::crypto::CryptoProvider;
 pub use client::{ClientTls, client_config};
 pub use explain::explain;
 pub use files::Identity;
-pub use server::{ServerTls, TlsListener};
+pub use server::{ClientCerts, ServerTls, TlsListener};
 
 /// Errors of loading or building TLS settings.
 #[derive(Debug, thiserror::Error)]

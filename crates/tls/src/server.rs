@@ -1,5 +1,6 @@
 //! The server side: a rustls config from the server's certificate (optionally requiring client
-//! certificates signed by a CA), and [`TlsListener`], which accepts TCP connections and
+//! certificates signed by a CA, checked against a revocation list that is reloaded when it
+//! changes), and [`TlsListener`], which accepts TCP connections and
 //! handshakes each in its own task, so a client that stalls mid-handshake holds only itself.
 //!
 //! A client that speaks plain HTTP to the TLS port gets a plain HTTP 400 whose JSON error says
@@ -7,14 +8,17 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::ServerConfig;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -29,7 +33,21 @@ const MAX_HANDSHAKES: usize = 256;
 #[derive(Clone, Debug)]
 pub struct ServerTls {
     config: Arc<ServerConfig>,
-    client_auth: bool,
+    clients: Option<Arc<Clients>>,
+}
+
+/// How a server checks client certificates (mTLS).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCerts<'a> {
+    /// The CA (PEM) that must have signed them.
+    pub ca: &'a Path,
+    /// A PEM file of revocation lists (`tug certs revoke` makes one), reloaded when it changes.
+    pub crl: Option<&'a Path>,
+    /// Whether `crl` may be missing (not revoked anything yet): it is taken once it appears.
+    pub crl_may_be_missing: bool,
+    /// Whether a client may connect without a certificate (one it presents is still checked):
+    /// for a server that issues certificates to clients that have none yet.
+    pub optional: bool,
 }
 
 impl ServerTls {
@@ -40,25 +58,21 @@ impl ServerTls {
     }
 
     /// [`ServerTls::new`], also refusing client certificates that `crl` (a PEM file of
-    /// revocation lists, `tug certs revoke` makes one) revokes. Read once, here.
+    /// revocation lists, `tug certs revoke` makes one) revokes.
     pub fn with_crl(identity: Identity, client_ca: Option<&Path>, crl: Option<&Path>, alpn: &[&[u8]]) -> Result<ServerTls, TlsError> {
+        let clients = client_ca.map(|ca| ClientCerts { ca, crl, crl_may_be_missing: false, optional: false });
+        ServerTls::with_client_certs(identity, clients, alpn)
+    }
+
+    /// Presents `identity`, and checks client certificates as `clients` says.
+    pub fn with_client_certs(identity: Identity, clients: Option<ClientCerts<'_>>, alpn: &[&[u8]]) -> Result<ServerTls, TlsError> {
         let provider = crate::provider();
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|source| TlsError::Rustls { context: "choosing TLS versions".into(), source })?;
-        let builder = match client_ca {
-            Some(path) => {
-                let roots = files::load_roots(path)?;
-                let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-                if let Some(crl) = crl {
-                    // Agents' certificates are signed by the CA itself: no intermediates to check.
-                    verifier = verifier.with_crls(files::load_crls(crl)?).only_check_end_entity_revocation();
-                }
-                let verifier = verifier
-                    .build()
-                    .map_err(|e| TlsError::ClientCa { path: path.display().to_string(), detail: e.to_string() })?;
-                builder.with_client_cert_verifier(verifier)
-            }
+        let clients = clients.map(Clients::new).transpose()?.map(Arc::new);
+        let builder = match &clients {
+            Some(c) => builder.with_client_cert_verifier(c.clone()),
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_single_cert(identity.certs, identity.key).map_err(|source| TlsError::Rustls {
@@ -66,17 +80,176 @@ impl ServerTls {
             source,
         })?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(ServerTls { config: Arc::new(config), client_auth: client_ca.is_some() })
+        Ok(ServerTls { config: Arc::new(config), clients })
     }
 
-    /// Whether clients must present certificates.
+    /// Whether clients must present certificates (to the application: with
+    /// [`ClientCerts::optional`] the handshake lets them in without one).
     pub fn requires_client_certs(&self) -> bool {
-        self.client_auth
+        self.clients.is_some()
     }
 
     /// The rustls config.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.clone()
+    }
+
+    /// Checks a client's certificate again, against the revocation list as it is now: an agent
+    /// connected before its certificate was revoked is found this way.
+    pub fn check_client(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        match &self.clients {
+            Some(c) => c.current().verify_client_cert(cert, &[], UnixTime::now()).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the revocation list, as it is now, revokes `cert`.
+    pub fn revokes(&self, cert: &CertificateDer<'_>) -> bool {
+        matches!(self.check_client(cert), Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)))
+    }
+
+    /// Reads the revocation list again; true when it was taken (then [`ServerTls::crl_changes`]
+    /// says so). Until a good one is read the last one stays.
+    pub fn reload_crl(&self) -> Result<bool, TlsError> {
+        match &self.clients {
+            Some(c) if c.crl.is_some() => c.reload().map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
+    /// Ticks each time a new revocation list is taken.
+    pub fn crl_changes(&self) -> Option<watch::Receiver<u64>> {
+        self.clients.as_ref().map(|c| c.changed.subscribe())
+    }
+
+    /// Checks the revocation list file every `every` and takes it when it has changed (a
+    /// revocation applies without a restart). `None` without one.
+    pub fn watch_crl(&self, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        let clients = self.clients.clone().filter(|c| c.crl.is_some())?;
+        let path = clients.crl.clone().unwrap_or_default();
+        // As it is now, not when the task first runs: a change in between is still seen.
+        let mut last = std::fs::read(&path).ok();
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let now = std::fs::read(&path).ok();
+                if now.is_none() || now == last {
+                    continue;
+                }
+                match clients.reload() {
+                    Ok(()) => tracing::info!(crl = %path.display(), "took the changed revocation list of client certificates"),
+                    Err(e) => tracing::warn!(error = %e, "the changed revocation list cannot be used; the last one stays"),
+                }
+                last = now;
+            }
+        }))
+    }
+}
+
+/// A client-certificate verifier whose revocation list can be replaced while serving.
+#[derive(Debug)]
+struct Clients {
+    roots: Arc<rustls::RootCertStore>,
+    ca: std::path::PathBuf,
+    crl: Option<std::path::PathBuf>,
+    optional: bool,
+    hints: Vec<rustls::DistinguishedName>,
+    verifier: RwLock<Arc<dyn ClientCertVerifier>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Clients {
+    fn new(c: ClientCerts<'_>) -> Result<Clients, TlsError> {
+        let roots = Arc::new(files::load_roots(c.ca)?);
+        let crls = match c.crl {
+            Some(path) if c.crl_may_be_missing && !path.exists() => Vec::new(),
+            Some(path) => files::load_crls(path)?,
+            None => Vec::new(),
+        };
+        let verifier = build_verifier(&roots, c.ca, crls, c.optional)?;
+        Ok(Clients {
+            roots,
+            ca: c.ca.to_path_buf(),
+            crl: c.crl.map(Path::to_path_buf),
+            optional: c.optional,
+            hints: verifier.root_hint_subjects().to_vec(),
+            verifier: RwLock::new(verifier),
+            changed: watch::Sender::new(0),
+        })
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.verifier.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn reload(&self) -> Result<(), TlsError> {
+        let Some(path) = &self.crl else { return Ok(()) };
+        let verifier = build_verifier(&self.roots, &self.ca, files::load_crls(path)?, self.optional)?;
+        *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+        self.changed.send_modify(|n| *n += 1);
+        Ok(())
+    }
+}
+
+fn build_verifier(
+    roots: &Arc<rustls::RootCertStore>,
+    ca: &Path,
+    crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    optional: bool,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), crate::provider());
+    if !crls.is_empty() {
+        // Agents' certificates are signed by the CA itself: no intermediates to check.
+        builder = builder.with_crls(crls).only_check_end_entity_revocation();
+    }
+    if optional {
+        builder = builder.allow_unauthenticated();
+    }
+    builder.build().map_err(|e| TlsError::ClientCa { path: ca.display().to_string(), detail: e.to_string() })
+}
+
+impl ClientCertVerifier for Clients {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        !self.optional
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.current().supported_verify_schemes()
     }
 }
 
@@ -191,4 +364,34 @@ async fn handshake(acceptor: &TlsAcceptor, mut stream: TcpStream) -> std::io::Re
         return Ok(None);
     }
     acceptor.accept(stream).await.map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_changed_revocation_list_is_taken_while_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        crate::certs::init(d, &[], &["a1".into(), "a2".into()], crate::certs::Validity::days(30)).unwrap();
+        let identity = Identity::load(&d.join("server.pem"), &d.join("server-key.pem")).unwrap();
+        let crl = d.join("crl.pem");
+        let clients = ClientCerts { ca: &d.join("ca.pem"), crl: Some(&crl), crl_may_be_missing: true, optional: false };
+        let tls = ServerTls::with_client_certs(identity, Some(clients), &[]).unwrap();
+        let a1 = files::load_certs(&d.join("agent-a1.pem"), "certificate").unwrap().remove(0);
+        assert!(!tls.revokes(&a1), "no list yet: nothing is revoked");
+        let mut changes = tls.crl_changes().unwrap();
+        let watch = tls.watch_crl(Duration::from_millis(50)).unwrap();
+        crate::certs::revoke_agent(d, "a1").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), changes.changed()).await.expect("the new list is taken").unwrap();
+        assert!(tls.revokes(&a1));
+        let a2 = files::load_certs(&d.join("agent-a2.pem"), "certificate").unwrap().remove(0);
+        assert!(!tls.revokes(&a2));
+        // A broken file leaves the last good list in place.
+        std::fs::write(&crl, "garbage").unwrap();
+        assert!(tls.reload_crl().is_err());
+        assert!(tls.revokes(&a1));
+        watch.abort();
+    }
 }

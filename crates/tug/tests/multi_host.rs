@@ -231,9 +231,13 @@ async fn restarted_server_keeps_running_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_join_token_is_refused() {
-    let mut c = Cluster::new(2, &[]).await;
-    c.start_agent(0, &AgentArgs { name: "intruder", attributes: "", cpus: "1", token: "wrong-token" });
-    c.start_agent(1, &AgentArgs { name: "member", attributes: "", cpus: "1", token: TOKEN });
+    // The server signs certificates against the join token; the intruder has none and a wrong
+    // token. An agent holding a certificate for its name needs no token (it only bootstraps
+    // certificates): one left with an old token still joins.
+    let mut c = Cluster::new(2, &["--agent-ca-key", "{certs}/ca-key.pem"]).await;
+    let ca_only = c.agent_ca_only();
+    c.start_agent_tls(0, &AgentArgs { name: "intruder", attributes: "", cpus: "1", token: "wrong-token" }, &ca_only, &[]);
+    c.start_agent(1, &AgentArgs { name: "member", attributes: "", cpus: "1", token: "an-old-token" });
     let agent_out = refused(&mut c, 0).await;
     assert!(
         agent_out.contains("join token refused") && agent_out.contains("--join-token"),
@@ -242,7 +246,7 @@ async fn wrong_join_token_is_refused() {
     let server = c.server.as_ref().unwrap();
     until(Duration::from_secs(5), || format!("the server to say which agent it refused and why:\n{}", server.output()), || {
         let out = server.output();
-        let said = out.lines().any(|l| l.contains("agent refused: wrong join token") && l.contains("intruder"));
+        let said = out.lines().any(|l| l.contains("refused: wrong join token") && l.contains("intruder"));
         async move { said.then_some(()) }
     })
     .await;
@@ -322,6 +326,103 @@ async fn an_agent_whose_certificate_is_revoked_is_refused_saying_so() {
         async move { said.then_some(()) }
     })
     .await;
+    c.wait_agents_up(&["kept"]).await;
+    // A revocation while the server runs applies at once: the connected agent is cut off.
+    let out = std::process::Command::new(hosts::TUG).args(["certs", "revoke", c.certs.to_str().unwrap(), "kept"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = refused(&mut c, 1).await;
+    assert!(out.contains("client certificate has been revoked") && out.contains("cut it off"), "{out}");
+}
+
+/// Runs `tug certs revoke` of agent `name` in the cluster's CA directory.
+fn revoke(c: &hosts::Cluster, name: &str) {
+    let out = std::process::Command::new(hosts::TUG).args(["certs", "revoke", c.certs.to_str().unwrap(), name]).output().unwrap();
+    assert!(out.status.success(), "tug certs revoke {name}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The Unix second the first certificate in `path` ends.
+fn cert_end(path: &std::path::Path) -> i64 {
+    let certs = tug_tls::files::load_certs(path, "certificate").unwrap();
+    tug_tls::certs::not_after(&certs[0]).unwrap().unix_timestamp()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_only_the_ca_and_the_join_token_gets_a_certificate_joins_over_mtls_and_renews_it() {
+    let mut c = Cluster::new(2, &["--agent-ca-key", "{certs}/ca-key.pem", "--agent-cert-ttl", "10s"]).await;
+    let ca_only = c.agent_ca_only();
+    c.start_agent_tls(0, &AgentArgs { name: "fresh", attributes: "", cpus: "1", token: TOKEN }, &ca_only, &[]);
+    c.start_agent_tls(1, &AgentArgs { name: "intruder", attributes: "", cpus: "1", token: "wrong-token" }, &ca_only, &[]);
+    // A wrong join token gets no certificate, and the agent says why.
+    let out = refused(&mut c, 1).await;
+    assert!(out.contains("join token refused") && out.contains("no certificate was issued"), "{out}");
+    assert!(!c.agent_dir("intruder").join("tls").join("agent.pem").exists(), "nothing kept for a refused agent");
+    c.wait_agents_up(&["fresh"]).await;
+    // The server requires client certificates (see the test above): fresh joined with the one it
+    // was issued, kept with its key where only the agent's user can read it.
+    let kept = c.agent_dir("fresh").join("tls").join("agent.pem");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777, 0o600);
+    let first = std::fs::read_to_string(&kept).unwrap();
+    assert!(first.contains("BEGIN CERTIFICATE") && first.contains("PRIVATE KEY"), "{first}");
+    let first_end = cert_end(&kept);
+    let issued = std::fs::read_to_string(c.certs.join("issued.txt")).unwrap();
+    assert!(issued.lines().any(|l| l.split_whitespace().nth(1) == Some("fresh")), "{issued}");
+    assert!(!issued.contains("intruder"), "{issued}");
+    let server = c.server.as_ref().unwrap();
+    let said = server.output();
+    assert!(said.lines().any(|l| l.contains("agent certificate issued against the join token") && l.contains("fresh")), "{said}");
+    assert!(said.lines().any(|l| l.contains("agent certificate refused: wrong join token") && l.contains("intruder")), "{said}");
+    // Renewed before it expires (at two thirds of its 10 s), presenting the current certificate.
+    let agent = c.agents[0].as_ref().unwrap();
+    until(Duration::from_secs(20), || format!("the agent to renew its certificate\n{}", c.logs()), || {
+        let renewed = agent.output().contains("renewed this agent's client certificate");
+        async move { renewed.then_some(()) }
+    })
+    .await;
+    assert_ne!(std::fs::read_to_string(&kept).unwrap(), first, "the renewed certificate is kept");
+    assert!(server.output().lines().any(|l| l.contains("agent certificate renewed") && l.contains("fresh")));
+    // Once the first certificate has expired, the agent starts again without the join token: the
+    // renewed certificate alone lets it in (the token only bootstraps it).
+    c.stop_agent(0);
+    while unix_now() <= first_end {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.start_agent_tls(0, &AgentArgs { name: "fresh", attributes: "", cpus: "1", token: "" }, &ca_only, &[]);
+    c.wait_agents_up(&["fresh"]).await;
+    assert!(cert_end(&kept) > first_end);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agent_is_cut_off_without_a_restart_and_gets_no_new_certificate() {
+    let mut c = Cluster::new(2, &["--agent-ca-key", "{certs}/ca-key.pem"]).await;
+    let ca_only = c.agent_ca_only();
+    let args = |name| AgentArgs { name, attributes: "", cpus: "1", token: TOKEN };
+    c.start_agent_tls(0, &args("gone"), &ca_only, &[]);
+    c.start_agent_tls(1, &args("kept"), &ca_only, &[]);
+    c.wait_agents_up(&["gone", "kept"]).await;
+    // By name: the server signed its certificate, so there is no agent-gone.pem to read.
+    revoke(&c, "gone");
+    let out = refused(&mut c, 0).await;
+    assert!(out.contains("client certificate has been revoked") && out.contains("cut it off"), "{out}");
+    let server = c.server.as_ref().unwrap();
+    until(Duration::from_secs(5), || format!("the server to log the cut:\n{}", server.output()), || {
+        let said = server.output().lines().any(|l| l.contains("agent cut off: its client certificate has been revoked") && l.contains("gone"));
+        async move { said.then_some(()) }
+    })
+    .await;
+    // Started again with its kept certificate: refused in the handshake.
+    c.start_agent_tls(0, &args("gone"), &ca_only, &[]);
+    let out = refused(&mut c, 0).await;
+    assert!(out.contains("the server refused this client's certificate: it has been revoked"), "{out}");
+    // Without it, the join token gets no new certificate for the revoked name.
+    std::fs::remove_file(c.agent_dir("gone").join("tls").join("agent.pem")).unwrap();
+    c.start_agent_tls(0, &args("gone"), &ca_only, &[]);
+    let out = refused(&mut c, 0).await;
+    assert!(out.contains("\"gone\" has been revoked") && out.contains("another --name"), "{out}");
     c.wait_agents_up(&["kept"]).await;
 }
 

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use tug_agent::certificate::Enrollment;
 use tug_agent::remote::{self, RemoteConfig};
 use tug_agent::runtime::noop::NoopRuntime;
 use tug_agent::runtime::{Dispatch, SharedRuntime};
@@ -25,6 +26,7 @@ use tug_logs::LogFiles;
 #[command(after_help = "Examples:\n  tug agent run --server http://10.0.0.1:4401 --join-token s3cret\n  \
     tug agent run --server http://10.0.0.1:4401,http://10.0.0.2:4401,http://10.0.0.3:4401 --join-token s3cret\n  \
     tug agent run --server http://10.0.0.1:4401 --name gpu1 --attributes rack=a,gpu=yes --resources cpus=8,mem=32GiB\n  \
+    tug agent run --server https://10.0.0.1:4401 --name host1 --ca ca.pem --join-token-file join.token\n  \
     tug agent run --server https://10.0.0.1:4401 --name host1 --ca ca.pem --cert agent-host1.pem --key agent-host1-key.pem")]
 pub struct AgentRunArgs {
     /// The server's agent endpoint (`tug server --agent-listen`), not its API; for a group of
@@ -53,7 +55,9 @@ pub struct AgentRunArgs {
     #[arg(long, env = "TUG_CA", value_name = "FILE")]
     ca: Option<PathBuf>,
     /// This agent's client certificate (PEM), for a server that requires one (--agent-ca); its
-    /// name must be the agent's --name.
+    /// name must be the agent's --name. Without it, over https, the agent gets one from the
+    /// server with the join token (a server with --agent-ca-key), keeps it in its data dir and
+    /// renews it.
     #[arg(long, env = "TUG_AGENT_CERT", requires = "key", value_name = "FILE")]
     cert: Option<PathBuf>,
     /// The private key of --cert (PEM).
@@ -150,21 +154,29 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
         }
         None
     };
-    let remote = RemoteConfig {
-        server: server.to_string(),
-        join_token: match &args.join_token_file {
-            Some(path) => super::security::read_secret(path)?,
-            None => args.join_token.clone(),
-        },
-        resources: parse_resources(&args.resources)?,
-        attributes: parse_attributes(&args.attributes)?,
-        tls,
+    let join_token = match &args.join_token_file {
+        Some(path) => super::security::read_secret(path)?,
+        None => args.join_token.clone(),
     };
     let data_dir = args.data_dir.unwrap_or_else(|| super::default_data_dir().join("agent"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    // Run logs and checkpoints (with the runs' env): this agent's user only.
+    // Run logs, checkpoints (with the runs' env) and its certificate's key: this agent's user only.
     std::fs::set_permissions(&data_dir, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700))
         .with_context(|| format!("making data dir {} readable by its owner only", data_dir.display()))?;
+    // Over TLS without --cert: a certificate got from the server with the join token (or kept
+    // from an earlier start) and renewed.
+    let enroll = match &tls {
+        Some(tls) if !tls.has_identity() => Some(Enrollment::new(&data_dir, &name, &join_token, tls.clone())),
+        _ => None,
+    };
+    let remote = RemoteConfig {
+        server: server.to_string(),
+        join_token,
+        resources: parse_resources(&args.resources)?,
+        attributes: parse_attributes(&args.attributes)?,
+        tls,
+        enroll,
+    };
     let mut docker_config = DockerConfig::new(&name, data_dir.join("docker"));
     // The container network, when this host has a segment to join: dresponse answers networked
     // containers, with addresses claimed over the agent stream.

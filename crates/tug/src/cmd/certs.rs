@@ -37,13 +37,16 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
-    /// Revoke agent NAME's certificate (agent-NAME.pem in DIR): writes DIR/crl.pem, the list
-    /// the server takes with --agent-crl (restart it to apply), and records it in DIR/revoked.txt.
+    /// Revoke agent NAME's certificates (agent-NAME.pem in DIR, and those the server signed for it
+    /// with --agent-ca-key, listed in DIR/issued.txt): writes DIR/crl.pem, the list the server
+    /// takes with --agent-crl (or finds beside its --agent-ca-key) and reloads when it changes,
+    /// cutting the agent off; records them in DIR/revoked.txt. A revoked name gets no new
+    /// certificate from the server.
     #[command(after_help = "Examples:\n  tug certs revoke certs host2\n  tug server ... --agent-ca certs/ca.pem --agent-crl certs/crl.pem")]
     Revoke {
         /// The directory holding ca.pem, ca-key.pem and the agent's certificate.
         dir: PathBuf,
-        /// The agent's name (its certificate is agent-NAME.pem).
+        /// The agent's name (its --name).
         name: String,
     },
 }
@@ -82,7 +85,9 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             eprintln!(
                 "Next:\n  tug server --tls-cert {d}/server.pem --tls-key {d}/server-key.pem --agent-ca {d}/ca.pem ...\n  \
                  tug agent run --server https://SERVER:4401 --ca {d}/ca.pem --name NAME --cert {d}/agent-NAME.pem --key {d}/agent-NAME-key.pem\n  \
-                 tug job list --server https://SERVER:4400 --ca {d}/ca.pem\nKeep {d}/ca-key.pem off the hosts; `tug certs agent {d} NAME` signs more agents with it."
+                 tug job list --server https://SERVER:4400 --ca {d}/ca.pem\nKeep {d}/ca-key.pem off the hosts; `tug certs agent {d} NAME` signs more agents with it. \
+                 Or let the server sign them: add --agent-ca-key {d}/ca-key.pem --join-token-file join.token, and agents \
+                 need only --ca {d}/ca.pem and the join token."
             );
             Ok(())
         }
@@ -91,7 +96,12 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             let (crl, again) = certs::revoke_agent(&dir, &name)?;
             println!("{}", crl.display());
             let already = if again { " (it was revoked already)" } else { "" };
-            eprintln!("agent {name}'s certificate is revoked{already}: start the server with --agent-crl {} (restart it if it runs)", crl.display());
+            eprintln!(
+                "agent {name}'s certificate is revoked{already}: a server started with --agent-crl {} (or with its \
+                 --agent-ca-key in {}) takes it within a second and cuts the agent off",
+                crl.display(),
+                dir.display()
+            );
             Ok(())
         }
         CertsCommand::Agent { dir, name, days } => {

@@ -31,9 +31,15 @@ impl TlsArgs {
     /// The server's TLS settings offering `alpn`, requiring client certificates signed by
     /// `client_ca` when given (and not revoked by `crl`); `None` without --tls-cert.
     pub fn server(&self, alpn: &[&[u8]], client_ca: Option<&std::path::Path>, crl: Option<&std::path::Path>) -> anyhow::Result<Option<tug_tls::ServerTls>> {
+        let clients = client_ca.map(|ca| tug_tls::ClientCerts { ca, crl, crl_may_be_missing: false, optional: false });
+        self.server_with_clients(alpn, clients)
+    }
+
+    /// [`TlsArgs::server`], checking client certificates as `clients` says.
+    pub fn server_with_clients(&self, alpn: &[&[u8]], clients: Option<tug_tls::ClientCerts<'_>>) -> anyhow::Result<Option<tug_tls::ServerTls>> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
         let identity = tug_tls::Identity::load(cert, key)?;
-        Ok(Some(tug_tls::ServerTls::with_crl(identity, client_ca, crl, alpn)?))
+        Ok(Some(tug_tls::ServerTls::with_client_certs(identity, clients, alpn)?))
     }
 
     /// Whether the API is served over TLS.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tug_server::agent_service::{self, AgentGateway};
+use tug_server::agent_service::{self, AgentGateway, Admission};
 use tug_server::clock::{SharedClock, SystemClock};
 use tug_server::cluster::{Group, Member, Redirect, Role, serve_follower};
 use tug_server::embedded::{Embedded, EmbeddedConfig};
@@ -98,9 +98,19 @@ pub struct ServerArgs {
     #[arg(long, env = "TUG_AGENT_CA", requires = "tls_cert", value_name = "FILE")]
     agent_ca: Option<PathBuf>,
     /// Refuse agents whose client certificates this revocation list (PEM; `tug certs revoke`
-    /// writes one) revokes. Read at start: restart the server after revoking.
+    /// writes one) revokes. Taken again when it changes: connected agents it revokes are cut
+    /// off. Default with --agent-ca-key: crl.pem beside the key, once it exists.
     #[arg(long, env = "TUG_AGENT_CRL", requires = "agent_ca", value_name = "FILE")]
     agent_crl: Option<PathBuf>,
+    /// The key of --agent-ca (the ca-key.pem of `tug certs init`): sign a client certificate for
+    /// each agent that brings the join token (`tug agent run` with only --ca and the token), and
+    /// renew them. What it signs is recorded in issued.txt beside the key, for `tug certs revoke`.
+    #[arg(long, env = "TUG_AGENT_CA_KEY", requires = "agent_ca", value_name = "FILE")]
+    agent_ca_key: Option<PathBuf>,
+    /// How long the agent certificates it signs are valid (agents renew them after two thirds),
+    /// e.g. 24h or 30d; at least 10s.
+    #[arg(long, env = "TUG_AGENT_CERT_TTL", default_value = "24h", value_parser = parse_cert_ttl)]
+    agent_cert_ttl: Duration,
     /// Finished runs kept per job (a job's `keep_runs` overrides it).
     #[arg(long, env = "TUG_KEEP_RUNS", default_value_t = 100)]
     keep_runs: u32,
@@ -136,7 +146,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.api_tls = args.tls.server(&[b"h2", b"http/1.1"], None, None)?;
     config.min_interval = args.security.min_interval;
     config.webhook_delivery.tls = args.tls.webhooks()?;
-    let agent_tls = args.tls.server(&[b"h2"], args.agent_ca.as_deref(), args.agent_crl.as_deref()).context("the agent endpoint's TLS (--agent-ca, --agent-crl)")?;
+    let admission = admission(&args, join_token.clone())?;
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         super::shutdown_signal().await;
@@ -152,10 +162,54 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 return Err(e);
             }
             announce(&args, join_token.is_none(), &format!("data in {}", data_dir.display()));
-            lead(server, agent_listener, join_token, agent_tls, stopped(stop)).await.map(|_| ())
+            lead(server, agent_listener, admission, stopped(stop)).await.map(|_| ())
         }
-        StoreArg::Etcd(etcd) => group(args, etcd, config, join_token, agent_tls, stop).await,
+        StoreArg::Etcd(etcd) => group(args, etcd, config, admission, stop).await,
     }
+}
+
+/// Who may join as an agent: the join token, the agent endpoint's TLS with its client
+/// certificates, and the CA key that signs them; the revocation list is watched from here on.
+fn admission(args: &ServerArgs, join_token: Option<String>) -> anyhow::Result<Admission> {
+    let key_dir = args.agent_ca_key.as_deref().map(|k| k.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")));
+    if args.agent_ca_key.is_some() && join_token.is_none() {
+        anyhow::bail!(
+            "--agent-ca-key signs certificates for agents that bring the join token, and there is none: give \
+             --join-token-file PATH (or --join-token)"
+        );
+    }
+    // With the CA key, revocations by `tug certs revoke` in its directory apply as they are made.
+    let default_crl = key_dir.map(|d| d.join("crl.pem"));
+    let crl = args.agent_crl.as_deref().or(default_crl.as_deref());
+    let clients = args.agent_ca.as_deref().map(|ca| tug_tls::ClientCerts {
+        ca,
+        crl,
+        crl_may_be_missing: args.agent_crl.is_none(),
+        optional: args.agent_ca_key.is_some(),
+    });
+    let tls = args.tls.server_with_clients(&[b"h2"], clients).context("the agent endpoint's TLS (--agent-ca, --agent-crl)")?;
+    let issuer = match (&args.agent_ca, &args.agent_ca_key) {
+        (Some(ca), Some(key)) => Some(Arc::new(
+            tug_tls::certs::AgentIssuer::load(ca, key, args.agent_cert_ttl).context("the agents' CA (--agent-ca, --agent-ca-key)")?,
+        )),
+        _ => None,
+    };
+    if let Some(tls) = &tls {
+        // Runs as long as the process: revocations apply without a restart.
+        let _watch = tls.watch_crl(CRL_CHECK);
+    }
+    Ok(Admission { join_token, tls, issuer })
+}
+
+/// How often the agents' revocation list file is checked for changes.
+const CRL_CHECK: Duration = Duration::from_secs(1);
+
+fn parse_cert_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_timeout(s)?;
+    if d < Duration::from_secs(10) {
+        return Err("must be at least 10s, e.g. 24h".into());
+    }
+    Ok(d)
 }
 
 fn announce(args: &ServerArgs, open: bool, store: &str) {
@@ -205,29 +259,29 @@ enum Ended {
 async fn lead(
     server: Embedded,
     agent_listener: tokio::net::TcpListener,
-    join_token: Option<String>,
-    tls: Option<tug_tls::ServerTls>,
+    admission: Admission,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Ended> {
-    lead_until(server, agent_listener, join_token, tls, shutdown, std::future::pending()).await
+    lead_until(server, agent_listener, admission, shutdown, std::future::pending()).await
 }
 
 async fn lead_until(
     server: Embedded,
     agent_listener: tokio::net::TcpListener,
-    join_token: Option<String>,
-    tls: Option<tug_tls::ServerTls>,
+    admission: Admission,
     shutdown: impl Future<Output = ()>,
     deposed: impl Future<Output = ()>,
 ) -> anyhow::Result<Ended> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let tls = admission.tls.clone();
     let gateway = AgentGateway::new(
         server.scheduler.clone(),
         server.updates_sender(),
-        join_token,
+        admission.join_token,
         stop_rx.clone(),
         server.logs.clone(),
     )
+    .with_certificates(admission.tls, admission.issuer)
     .with_network(server.net.clone());
     let mut grpc = tokio::spawn(agent_service::serve(agent_listener, gateway, tls, stopped(stop_rx)));
     tokio::select! {
@@ -266,8 +320,7 @@ async fn group(
     args: ServerArgs,
     etcd: EtcdConfig,
     config: EmbeddedConfig,
-    join_token: Option<String>,
-    agent_tls: Option<tug_tls::ServerTls>,
+    admission: Admission,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let store = EtcdStore::connect(etcd).await?;
@@ -289,7 +342,7 @@ async fn group(
     let follower_auth = tug_server::auth::Auth::load(config.auth.clone(), Arc::new(store.clone()), clock.clone())
         .await
         .context("loading API tokens")?;
-    announce(&args, join_token.is_none(), &format!("{}; member {:?} of the server group", store.config(), me.name));
+    announce(&args, admission.join_token.is_none(), &format!("{}; member {:?} of the server group", store.config(), me.name));
     let mut delay = Duration::from_millis(200);
     while !*stop.borrow() {
         let lease = match group.election().lease().await {
@@ -309,8 +362,8 @@ async fn group(
         let redirect = match bind_agents_again(args.agent_listen).await {
             Ok(l) => Some(tokio::spawn(agent_service::serve_service(
                 l,
-                Redirect::new(group.clone(), join_token.clone()).into_service(),
-                agent_tls.clone(),
+                Redirect::new(group.clone(), admission.clone()).into_service(),
+                admission.tls.clone(),
                 stopped(front_rx.clone()),
             ))),
             Err(e) => {
@@ -390,7 +443,7 @@ async fn group(
             group.election().resign(won).await;
             return Err(e);
         }
-        match lead_until(server, agent_listener, join_token.clone(), agent_tls.clone(), stopped(stop.clone()), lease.lost()).await? {
+        match lead_until(server, agent_listener, admission.clone(), stopped(stop.clone()), lease.lost()).await? {
             Ended::Shutdown => {
                 group.election().resign(won).await;
                 break;

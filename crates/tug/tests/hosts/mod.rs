@@ -304,8 +304,8 @@ pub struct Cluster {
 pub const TOKEN: &str = "multi-host-test-token";
 
 impl Cluster {
-    /// Creates `hosts` hosts and starts the server (with `server_extra` arguments), waiting until
-    /// it listens. Agents are started with [`Cluster::start_agent`].
+    /// Creates `hosts` hosts and starts the server (with `server_extra` arguments, where
+    /// `{certs}` is [`Cluster::certs`]), waiting until it listens. Agents are started with [`Cluster::start_agent`].
     pub async fn new(hosts: usize, server_extra: &[&str]) -> Cluster {
         let net = Net::new(hosts);
         let dir = tempfile::tempdir().unwrap();
@@ -341,7 +341,8 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        server_args.extend(server_extra.iter().map(|s| s.to_string()));
+        // `{certs}` in an argument stands for that directory (e.g. `{certs}/ca-key.pem`).
+        server_args.extend(server_extra.iter().map(|s| s.replace("{certs}", certs.to_str().unwrap())));
         let mut c = Cluster {
             agents: (0..hosts).map(|_| None).collect(),
             server: None,
@@ -416,6 +417,16 @@ impl Cluster {
             .iter()
             .map(|s| s.to_string())
             .collect()
+    }
+
+    /// The TLS arguments of an agent that gets its certificate from the server: the CA only.
+    pub fn agent_ca_only(&self) -> Vec<String> {
+        vec!["--ca".to_string(), self.certs.join("ca.pem").to_str().unwrap().to_owned()]
+    }
+
+    /// The data dir of the agent named `name`.
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("agents").join(name)
     }
 
     /// Starts an agent on host `i` with `tls` (see [`Cluster::agent_tls`]) and `extra` arguments.
