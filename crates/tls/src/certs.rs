@@ -154,10 +154,16 @@ impl AgentIssuer {
     /// The CA of `ca_cert` (PEM) with its key `ca_key` (PEM), signing certificates valid for
     /// `lifetime`; records go beside the key.
     pub fn load(ca_cert: &Path, ca_key: &Path, lifetime: std::time::Duration) -> Result<AgentIssuer, TlsError> {
-        let key = KeyPair::from_pem(&read_text(ca_key)?)
-            .map_err(|source| TlsError::Generate { what: format!("reading the CA key {}", ca_key.display()), source })?;
-        let issuer = Issuer::from_ca_cert_pem(&read_text(ca_cert)?, key)
-            .map_err(|source| TlsError::Generate { what: format!("reading the CA certificate {}", ca_cert.display()), source })?;
+        let key = KeyPair::from_pem(&read_text(ca_key)?).map_err(|e| TlsError::Pem {
+            path: ca_key.display().to_string(),
+            what: "the CA key (the ca-key.pem of tug certs init)",
+            detail: e.to_string(),
+        })?;
+        let issuer = Issuer::from_ca_cert_pem(&read_text(ca_cert)?, key).map_err(|e| TlsError::Pem {
+            path: ca_cert.display().to_string(),
+            what: "the CA certificate",
+            detail: e.to_string(),
+        })?;
         let dir = ca_key.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         Ok(AgentIssuer { issuer, dir, lifetime })
     }

@@ -80,6 +80,33 @@ fn the_api_over_https_needs_the_ca_and_says_what_is_wrong_without_it() {
 }
 
 #[test]
+fn a_server_that_signs_agents_certificates_says_what_it_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certs_init(d, &[]);
+    let data = path(d, "data");
+    let tls = ["--tls-cert", &path(d, "server.pem"), "--tls-key", &path(d, "server-key.pem")];
+    let server = |extra: &[&str]| {
+        let mut args = vec!["server", "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--data-dir", &data];
+        args.extend_from_slice(&tls);
+        args.extend_from_slice(extra);
+        tug(&args)
+    };
+    let (ca, key) = (path(d, "ca.pem"), path(d, "ca-key.pem"));
+    let out = server(&["--agent-ca-key", &key]);
+    assert!(!out.status.success() && text(&out).contains("--agent-ca"), "the key needs its CA: {}", text(&out));
+    let out = server(&["--agent-ca", &ca, "--agent-ca-key", &key]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--agent-ca-key signs certificates for agents that bring the join token, and there is none"), "{}", text(&out));
+    let out = server(&["--agent-ca", &ca, "--agent-ca-key", &key, "--join-token", "t", "--agent-cert-ttl", "5s"]);
+    assert!(!out.status.success() && text(&out).contains("must be at least 10s"), "{}", text(&out));
+    // The CA's certificate given as its key.
+    let out = server(&["--agent-ca", &ca, "--agent-ca-key", &ca, "--join-token", "t"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("ca.pem: the CA key (the ca-key.pem of tug certs init) is not valid PEM"), "{}", text(&out));
+}
+
+#[test]
 fn https_to_a_plain_server_says_it_does_not_speak_tls() {
     let up = Up::start();
     let out = tug(&["job", "list", "--server", &format!("https://127.0.0.1:{}", up.port())]);

@@ -49,11 +49,12 @@ fn parse_store(s: &str) -> Result<StoreArg, String> {
     --listen 0.0.0.0:4400 --advertise http://10.0.0.1:4400 --agent-listen 0.0.0.0:4401 --join-token s3cret\n\n\
     Then on each host: tug agent run --server http://SERVER:4401 --join-token s3cret\n\
     (with a group: --server http://S1:4401,http://S2:4401,http://S3:4401)\n\n\
-    With TLS and agent certificates (tug certs init certs --name SERVER --agent host1):\n  \
+    With TLS and agent certificates that the server signs against the join token\n\
+    (tug certs init certs --name SERVER):\n  \
     tug server --listen 0.0.0.0:4400 --agent-listen 0.0.0.0:4401 --init-token-file admin.token \\\n    \
-    --tls-cert certs/server.pem --tls-key certs/server-key.pem --agent-ca certs/ca.pem\n  \
-    tug agent run --server https://SERVER:4401 --name host1 --ca certs/ca.pem \\\n    \
-    --cert certs/agent-host1.pem --key certs/agent-host1-key.pem")]
+    --tls-cert certs/server.pem --tls-key certs/server-key.pem --join-token-file join.token \\\n    \
+    --agent-ca certs/ca.pem --agent-ca-key certs/ca-key.pem\n  \
+    tug agent run --server https://SERVER:4401 --name host1 --ca certs/ca.pem --join-token-file join.token")]
 pub struct ServerArgs {
     /// Where the database (with --store sqlite) and the server's own run logs are kept.
     #[arg(long, env = "TUG_DATA_DIR")]
