@@ -2,7 +2,8 @@
 //! agents and 50 jobs firing every second whose runs take 0–3 s: an etcd member is killed (the
 //! raft leader); the group's leader is cut off from the network (each server runs in its own
 //! network namespace, joined by a veth pair to a bridge that etcd and the agents are on); an
-//! agent is killed and restarted while its process runs are in flight.
+//! agent is killed and restarted while its runs of both runtimes are in flight (process runs
+//! under their supervisor, and a docker run in its warm container under dwait).
 //!
 //! After each fault: no run key was launched twice (each run appends its key to a file on the
 //! agents' host, so this counts launches, not store records), every scheduled second of every job
@@ -130,7 +131,7 @@ impl Fleet {
             let name = format!("{prefix}-a{i}");
             let args = strings(&[
                 "agent", "run", "--server", &endpoints.join(","), "--name", &name, "--log", "info",
-                "--data-dir", &dir.path().join(&name).to_string_lossy(),
+                "--data-dir", &dir.path().join(&name).to_string_lossy(), "--attributes", &format!("host={name}"),
             ]);
             let mut a = Agent { args, log: dir.path().join(format!("{name}.log")), proc: None };
             a.spawn();
@@ -220,6 +221,43 @@ impl Fleet {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         acked
+    }
+
+    /// Creates, through `via`, a job pinned to agent `agent` that runs only when asked, and runs
+    /// it now: it appends its run key to the launches file (mounted at /out for a docker job),
+    /// prints "before", sleeps `secs`, prints "after" and exits with `exit`.
+    async fn long_run(&self, via: usize, name: &str, agent: usize, docker: Option<&str>, secs: u32, exit: i32) {
+        let out = if docker.is_some() { "/out/launches".to_string() } else { self.launches().display().to_string() };
+        let mut job = json!({
+            "name": name,
+            "schedule": "@yearly",
+            "command": ["sh", "-c", format!("echo \"$TUG_JOB $TUG_SCHEDULED_AT\" >> {out}; echo before; sleep {secs}; echo after; exit {exit}")],
+            "constraints": [["host", "EQUALS", format!("{}-a{agent}", self.prefix)]],
+        });
+        if let Some(image) = docker {
+            job["runtime"] = json!("docker");
+            job["docker"] = json!({"image": image, "pull": "never", "volumes": [format!("{}:/out", self.dir.path().display())]});
+        }
+        let started = Instant::now();
+        while !self.create(via, &job).await {
+            assert!(started.elapsed() < Duration::from_secs(20), "could not create {name}; logs in {}", self.dir.path().display());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let url = format!("{}/api/v1/jobs/{name}/run", self.servers[via].api);
+        let resp = self.http.post(url).json(&json!({})).send().await.unwrap();
+        assert!(resp.status().is_success(), "running {name}: {}", resp.status());
+    }
+
+    /// Waits until the newest run of `job` satisfies `pred`, through `via`; returns it.
+    async fn wait_run(&self, via: usize, job: &str, within: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            if let Some(r) = self.runs(via, job).await.into_iter().next().filter(|r| pred(r)) {
+                return r;
+            }
+            assert!(started.elapsed() < within, "{job}: {what} within {within:?}; logs in {}", self.dir.path().display());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The runs of `job` (newest first), through server `via`.
@@ -345,16 +383,47 @@ async fn a_leader_cut_off_stops_firing_and_another_takes_over() {
     f.check(new, &jobs, &acked).await;
 }
 
+/// The docker test image, when Docker, the image and the static dwait (`TUG_DWAIT`) are here
+/// (scripts/test provides them).
+fn docker_test_image() -> Option<String> {
+    let image = std::env::var("TUG_TEST_IMAGE").unwrap_or_else(|_| "tugboat-test-busybox:1".into());
+    let present = std::process::Command::new("docker").args(["image", "inspect", &image]).output().is_ok_and(|o| o.status.success());
+    (present && std::env::var_os("TUG_DWAIT").is_some()).then_some(image)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_restarted_with_runs_in_flight_launches_none_twice() {
+async fn an_agent_restarted_with_runs_of_both_runtimes_in_flight_launches_none_twice() {
     let _one = ONE_AT_A_TIME.lock().await;
+    let docker = docker_test_image();
+    if docker.is_none() {
+        eprintln!("\n!!!!!!!! no Docker, test image or TUG_DWAIT (scripts/test provides them): only process runs are restarted across !!!!!!!!\n");
+    }
     let mut f = Fleet::start("agentrs", false);
     let (leader, _) = f.leader(0, None, Duration::from_secs(20)).await;
     let follower = (leader + 1) % 3;
     let jobs = f.add_load(follower).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
 
-    // Its runs (0–3 s long) go on while it is down: they are in their own process groups.
+    // Besides the load's, a long run of each runtime on the agent about to restart, each ending
+    // with its own exit status.
+    let proc_job = format!("{}-long-process", f.prefix);
+    let dock_job = format!("{}-long-docker", f.prefix);
+    // The job, its exit status, and its whole log: a docker run that fails ends its log with the
+    // reason.
+    let mut long = vec![(proc_job.clone(), 4, "before\nafter\n")];
+    f.long_run(follower, &proc_job, 0, None, 8, 4).await;
+    if let Some(image) = &docker {
+        f.long_run(follower, &dock_job, 0, Some(image), 8, 3).await;
+        long.push((dock_job.clone(), 3, "before\nafter\nexit code 3\n"));
+    }
+    let mut first = BTreeMap::new();
+    for (job, _, _) in &long {
+        let r = f.wait_run(follower, job, Duration::from_secs(30), "a running run", |r| r["state"] == "running").await;
+        first.insert(job.clone(), r);
+    }
+
+    // Its runs (0–8 s long) go on while it is down: process runs in their own process groups under
+    // their supervisor, the docker run in its container under dwait.
     f.agents[0].proc.as_mut().unwrap().kill9();
     f.agents[0].proc = None;
     let acked = f.writes_during(follower, Duration::from_secs(1), "during").await;
@@ -370,6 +439,34 @@ async fn an_agent_restarted_with_runs_in_flight_launches_none_twice() {
         for r in f.runs(leader, job).await {
             let started = !r["started_at"].is_null();
             assert!(!(started && r["state"] == "lost"), "{job}: a started run was lost across the agent's restart: {r}");
+        }
+    }
+    // The long runs ended once, on their first attempt, with their own exit status and their
+    // whole output: re-attached, not relaunched nor given up.
+    let launches = std::fs::read_to_string(f.launches()).unwrap();
+    for (job, exit, output) in &long {
+        let done = f.wait_run(leader, job, Duration::from_secs(20), "an ended run", |r| r["finished_at"].is_string()).await;
+        let runs = f.runs(leader, job).await;
+        let logs = f.dir.path().display();
+        assert_eq!(runs.len(), 1, "{job}: one run: {runs:?}; logs in {logs}");
+        assert_eq!(done["id"], first[job]["id"]);
+        assert_eq!(
+            (done["state"].as_str(), done["exit_code"].as_i64(), done["attempt"].as_u64()),
+            (Some("failed"), Some(i64::from(*exit)), Some(1)),
+            "{job}: {done}; logs in {logs}"
+        );
+        assert_eq!(launches.lines().filter(|l| l.starts_with(&format!("{job} "))).count(), 1, "{job} launched once; logs in {logs}");
+        let url = format!("{}/api/v1/runs/{}/log", f.servers[leader].api, done["id"]);
+        let log = f.http.get(url).send().await.unwrap().text().await.unwrap();
+        assert_eq!(log, *output, "{job}: the whole output, once; logs in {logs}");
+    }
+    if docker.is_some() {
+        let filter = format!("label=tugboat.job={dock_job}");
+        if let Ok(out) = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+            }
         }
     }
 }
