@@ -578,3 +578,84 @@ impl tokio::io::AsyncWrite for TlsConn {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::pem::PemObject;
+    use tonic::Code;
+
+    /// A CA in `dir`, and an admission that signs with it against the join token "s3cret".
+    fn issuing(dir: &std::path::Path) -> Admission {
+        tug_tls::certs::init(dir, &[], &["made".into()], tug_tls::certs::Validity::days(1)).unwrap();
+        let issuer = AgentIssuer::load(&dir.join("ca.pem"), &dir.join("ca-key.pem"), std::time::Duration::from_secs(600)).unwrap();
+        Admission { join_token: Some("s3cret".into()), tls: None, issuer: Some(Arc::new(issuer)) }
+    }
+
+    fn peer(cert: Option<rustls_pki_types::CertificateDer<'static>>) -> Option<TlsPeer> {
+        Some(TlsPeer { addr: "10.0.0.9:5000".parse().unwrap(), cert })
+    }
+
+    fn request(agent: &str, token: &str) -> tug_proto::EnrollRequest {
+        let (_, csr) = tug_tls::certs::agent_request(agent).unwrap();
+        tug_proto::EnrollRequest { agent: agent.into(), join_token: token.into(), csr }
+    }
+
+    fn cert_of(reply: &tug_proto::EnrollReply) -> rustls_pki_types::CertificateDer<'static> {
+        rustls_pki_types::CertificateDer::from_pem_slice(reply.certificate.as_bytes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn certificates_go_to_the_join_token_or_to_their_own_name_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = issuing(dir.path());
+        let got = a.enroll(peer(None), request("host1", "s3cret")).await.unwrap();
+        let cert = cert_of(&got);
+        assert!(tug_tls::certs::cert_is_for(&cert, "host1"));
+        // A wrong or missing token gets nothing, and is told why.
+        for token in ["guess", ""] {
+            let err = a.enroll(peer(None), request("host2", token)).await.unwrap_err();
+            assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+            assert!(err.message().contains("join token refused") && err.message().contains("no certificate was issued"), "{err:?}");
+        }
+        // Renewal: host1's certificate is enough for host1, not for another name.
+        let renewed = a.enroll(peer(Some(cert.clone())), request("host1", "")).await.unwrap();
+        assert!(tug_tls::certs::cert_is_for(&cert_of(&renewed), "host1"));
+        let err = a.enroll(peer(Some(cert)), request("host3", "")).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        // Names a certificate cannot carry, and requests that are not requests.
+        let bad_name = tug_proto::EnrollRequest { agent: "bad name".into(), ..request("host1", "s3cret") };
+        let err = a.enroll(peer(None), bad_name).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("invalid agent name \"bad name\""), "{err:?}");
+        let bad = tug_proto::EnrollRequest { agent: "host4".into(), join_token: "s3cret".into(), csr: "garbage".into() };
+        assert_eq!(a.enroll(peer(None), bad).await.unwrap_err().code(), Code::InvalidArgument);
+        // Over plain gRPC (no TLS peer) nothing is issued.
+        let err = a.enroll(None, request("host5", "s3cret")).await.unwrap_err();
+        assert!(err.message().contains("over TLS only"), "{err:?}");
+        // A revoked name gets no new certificate, even with the token.
+        tug_tls::certs::revoke_agent(dir.path(), "host1").unwrap();
+        let err = a.enroll(peer(None), request("host1", "s3cret")).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().contains("\"host1\" has been revoked"), "{err:?}");
+        // A server without the CA key says how to get one.
+        let plain = Admission { issuer: None, ..a.clone() };
+        let err = plain.enroll(peer(None), request("host6", "s3cret")).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("--agent-ca-key"), "{err:?}");
+    }
+
+    #[test]
+    fn an_agent_with_a_certificate_for_its_name_needs_no_join_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = issuing(dir.path());
+        let made = tug_tls::files::load_certs(&dir.path().join("agent-made.pem"), "certificate").unwrap().remove(0);
+        assert_eq!(a.refused("made", "", peer(Some(made.clone())).as_ref()), None);
+        let (reason, why) = a.refused("other", "s3cret", peer(Some(made)).as_ref()).unwrap();
+        assert!(reason.contains("not for the name \"other\""), "{reason}");
+        assert_eq!(why, "its client certificate is for another name");
+        // Without a certificate, on a server that does not check them: the token decides.
+        assert_eq!(a.refused("any", "s3cret", peer(None).as_ref()), None);
+        assert_eq!(a.refused("any", "guess", peer(None).as_ref()).unwrap().1, "wrong join token");
+    }
+}
