@@ -533,8 +533,8 @@ impl Agent {
                     next_probe = Some(now + v.interval());
                     let reports = self.held_reports.load(Ordering::Relaxed);
                     let again = std::mem::replace(&mut reports_seen, reports) != reports;
-                    if let Some(healthy) = v.record(&result, now).or(if again { v.current() } else { None }) {
-                        let reason = result.err();
+                    if let Some(healthy) = v.record(result.is_ok(), now).or(if again { v.current() } else { None }) {
+                        let reason = result.err().map(|e| e.to_string());
                         tracing::info!(run = run_id, attempt, healthy, ?reason, "replica health changed");
                         let report = HealthReport { run_id, attempt, healthy, reason };
                         if self.updates.send(ToServer::Health(report)).await.is_err() {
