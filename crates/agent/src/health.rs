@@ -99,7 +99,7 @@ async fn probe_once(check: &HealthCheck, addr: IpAddr, env: &BTreeMap<String, St
             let mut s = TcpStream::connect(target).await.map_err(io)?;
             let req = format!("GET {path} HTTP/1.0\r\nHost: {target}\r\nUser-Agent: tug-health\r\n\r\n");
             s.write_all(req.as_bytes()).await.map_err(io)?;
-            let mut head = vec![0u8; 64];
+            let mut head = [0u8; 64];
             let mut n = 0;
             while n < 12 {
                 let got = s.read(&mut head[n..]).await.map_err(io)?;
