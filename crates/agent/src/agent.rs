@@ -5,15 +5,15 @@
 //! agent waits, it never drops an update.
 //!
 //! A durable agent ([`AgentConfig::durable`], with process runs under a
-//! [`ShimRuntime`](crate::runtime::shim::ShimRuntime) and docker runs through warm containers'
-//! executors) keeps a [`Checkpoint`] per attempt until the server has the attempt's final update.
+//! [`ShimRuntime`](crate::runtime::shim::ShimRuntime), docker runs through warm containers'
+//! executors or in containers of their own) keeps a [`Checkpoint`] per attempt until the server has the attempt's final update.
 //! At start, [`Agent::recover`] goes through them:
 //!
 //! ```text
 //! outcome.json present            -> report the final update (the real exit status)
 //! shim alive (pid + start time)   -> re-attach: running again, timeout and kills as before
-//! executor.json (a docker run)    -> re-attach through the runtime: the output the log lacks,
-//!                                    then the rest of the run (lost if the container is gone)
+//! executor.json or container.json -> re-attach through the runtime: the output the log lacks,
+//!   (a docker run)                   then the rest of the run (lost if the container is gone)
 //! no launch.json (stopped while   -> forget it: nothing started; the server, not hearing of it,
 //!   launching)                       sends the launch again
 //! none of these                   -> report it lost: its exit status is unknown
@@ -32,7 +32,7 @@ use tug_core::protocol::{HealthReport, HeldRun, KillReason, Launch, StatusUpdate
 use tug_core::run::{RunId, RunState};
 use tug_logs::LogFiles;
 
-use crate::checkpoint::{Checkpoint, CheckpointError, ExecutorRecord, LaunchRecord, ShimRecord};
+use crate::checkpoint::{Checkpoint, CheckpointError, Detached, LaunchRecord, ShimRecord};
 use crate::runtime::shim::{follow, lost};
 use crate::runtime::{Outcome, RunContext, SharedRuntime};
 
@@ -134,8 +134,8 @@ enum Recovered {
 enum Resume {
     /// A process run's shim.
     Shim(ShimRecord),
-    /// A docker run's executor, through the runtime.
-    Executor(ExecutorRecord),
+    /// A docker run's executor or container, through the runtime.
+    Docker(Detached),
 }
 
 /// How [`Agent::run_one`] gets its attempt going.
@@ -379,8 +379,8 @@ impl Agent {
             }
         }
         if detach {
-            // Cancelling the tasks leaves the shims and executors alone; they carry their runs on.
-            // Runs without a checkpoint (docker exec, per-run containers) end with the agent.
+            // Cancelling the tasks leaves the shims, executors and containers alone; they carry
+            // their runs on. Runs without a checkpoint (docker exec) end with the agent.
             let (kept, ending) = self.split_by_checkpoint();
             tracing::info!("{kept} runs left running; they are re-attached at the next start");
             // The server keeps them here (and this agent out of placement) until it is back.
@@ -389,7 +389,7 @@ impl Agent {
                 tracing::warn!("server side of the agent channel is closed; the restart notice is not delivered");
             }
             if ending > 0 {
-                tracing::warn!("{ending} runs without a checkpoint (docker exec, per-run containers) end with the agent");
+                tracing::warn!("{ending} runs without a checkpoint (docker exec) end with the agent");
             }
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
@@ -505,8 +505,8 @@ impl Agent {
                 let _ = started_tx.send(shim.child_pid);
                 (time_left, Box::pin(follow(ckpt, shim, kill_rx)))
             }
-            Start::Reattach { ckpt, resume: Resume::Executor(exec), time_left } => {
-                (time_left, self.runtime.reattach(context(launch, kill_rx, started_tx), ckpt, exec))
+            Start::Reattach { ckpt, resume: Resume::Docker(detached), time_left } => {
+                (time_left, self.runtime.reattach(context(launch, kill_rx, started_tx), ckpt, detached))
             }
         };
         let deadline = time_left.map(|t| tokio::time::Instant::now() + t);
@@ -533,8 +533,8 @@ impl Agent {
                     next_probe = Some(now + v.interval());
                     let reports = self.held_reports.load(Ordering::Relaxed);
                     let again = std::mem::replace(&mut reports_seen, reports) != reports;
-                    if let Some(healthy) = v.record(&result, now).or(if again { v.current() } else { None }) {
-                        let reason = result.err();
+                    if let Some(healthy) = v.record(result.is_ok(), now).or(if again { v.current() } else { None }) {
+                        let reason = result.err().map(|e| e.to_string());
                         tracing::info!(run = run_id, attempt, healthy, ?reason, "replica health changed");
                         let report = HealthReport { run_id, attempt, healthy, reason };
                         if self.updates.send(ToServer::Health(report)).await.is_err() {
@@ -601,12 +601,12 @@ async fn recover_one(ckpt: Checkpoint, run_id: RunId, attempt: u32) -> Option<Re
         Ok(_) => {}
         Err(e) => tracing::warn!(run = run_id, attempt, error = %e, "cannot read the shim's record"),
     }
-    match ckpt.read_executor().await {
-        Ok(Some(exec)) => {
-            return Some(Recovered::Running { record: Box::new(record), ckpt, resume: Resume::Executor(exec), kill: watch::channel(None) });
+    match ckpt.read_detached().await {
+        Ok(Some(detached)) => {
+            return Some(Recovered::Running { record: Box::new(record), ckpt, resume: Resume::Docker(detached), kill: watch::channel(None) });
         }
         Ok(None) => {}
-        Err(e) => tracing::warn!(run = run_id, attempt, error = %e, "cannot read the executor's record"),
+        Err(e) => tracing::warn!(run = run_id, attempt, error = %e, "cannot read the docker run's record"),
     }
     // The shim may have recorded the outcome just before it exited.
     if let Ok(Some(outcome)) = ckpt.read_outcome().await {

@@ -12,14 +12,16 @@
 //!
 //! A docker run in a warm container has `launch.json`, `executor.json` (the container, its
 //! executor's socket, the run's key there, where its output starts in the run log) and, once it
-//! ended, `outcome.json`, all written by the agent.
+//! ended, `outcome.json`, all written by the agent. A docker run in a container of its own has
+//! `container.json` instead (the container's name, where its output starts in the run log),
+//! written before the container is created; the container carries the checkpoint's name in its
+//! `tugboat.run` label, by which the next agent finds it again.
 //!
 //! Files are replaced atomically (write a temporary file, fsync it, rename, fsync the directory),
 //! so a reader sees a whole file or none, also after a power loss: a checkpoint the agent acted on
 //! is on disk. The agent removes the directory once the server has the attempt's final update.
 //!
-//! Docker runs through `docker exec` or in per-run containers are not checkpointed: they end with
-//! their agent.
+//! Docker runs through `docker exec` are not checkpointed: they end with their agent.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -89,6 +91,24 @@ pub struct ExecutorRecord {
     pub log_offset: u64,
 }
 
+/// A docker run in a container of its own (`mode = "per_run"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// The container's name (it carries the checkpoint's name in its `tugboat.run` label).
+    pub container: String,
+    /// Where this attempt's output starts in the run log.
+    pub log_offset: u64,
+}
+
+/// How a docker run that outlives its agent is found again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detached {
+    /// Handed to the executor of a warm container.
+    Executor(ExecutorRecord),
+    /// Running in a container of its own.
+    Container(ContainerRecord),
+}
+
 /// A checkpoint file that cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -123,6 +143,7 @@ const SHIM: &str = "shim.json";
 const KILL: &str = "kill";
 const OUTCOME: &str = "outcome.json";
 const EXECUTOR: &str = "executor.json";
+const CONTAINER: &str = "container.json";
 const SHIM_LOG: &str = "shim.log";
 
 impl Checkpoint {
@@ -188,6 +209,20 @@ impl Checkpoint {
     /// The executor a docker run was handed to, if it is one.
     pub async fn read_executor(&self) -> Result<Option<ExecutorRecord>, CheckpointError> {
         self.read(EXECUTOR).await
+    }
+
+    /// Records the container a docker run of its own is (to be) created as.
+    pub async fn write_container(&self, record: &ContainerRecord) -> Result<(), CheckpointError> {
+        self.write(CONTAINER, record).await
+    }
+
+    /// How a docker run that may have outlived its agent is found again: its executor, or its
+    /// own container; `None` for other runs.
+    pub async fn read_detached(&self) -> Result<Option<Detached>, CheckpointError> {
+        if let Some(exec) = self.read_executor().await? {
+            return Ok(Some(Detached::Executor(exec)));
+        }
+        Ok(self.read(CONTAINER).await?.map(Detached::Container))
     }
 
     /// Records why the attempt must stop.

@@ -692,3 +692,94 @@ async fn output_past_the_buffer_while_no_agent_is_attached_leaves_a_marker_in_th
     assert!(log.ends_with("line-299-xxxxxxxxxx\nend\n"), "the latest output is kept: {log}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_run_containers_outlive_their_agent_and_the_next_agent_reports_their_real_end() {
+    let Some(env) = Env::with("prreattach", with_checkpoints(1 << 20)).await else { return };
+    let per_run = |t: &mut Task| t.docker.as_mut().expect("docker").mode = ContainerMode::PerRun;
+    let (commands, mut updates, stop, serve) = durable_agent(&env, env.rt.clone()).await;
+    // Still going when the next agent starts; ending while no agent runs; removed meanwhile;
+    // timing out under the next agent, its timeout counted from the first start.
+    let going = launch("prr", "echo before; sleep 4; echo after; exit 3", per_run);
+    let ending = launch("prr", "echo one; sleep 1; echo two >&2; exit 4", per_run);
+    let removed = launch("prr", "echo doomed; sleep 100", per_run);
+    let slow = launch("prr", "echo slow; sleep 100", |t| {
+        per_run(t);
+        t.timeout = Some(tug_core::Duration::from_secs(6));
+    });
+    let ids = [going.run_id, ending.run_id, removed.run_id, slow.run_id];
+    let launched = tokio::time::Instant::now();
+    for l in [going, ending, removed, slow] {
+        commands.send(tug_core::protocol::ToAgent::Launch(Box::new(l))).await.unwrap();
+    }
+    for _ in 0..4 {
+        assert_eq!(common::next_update(&mut updates, Duration::from_secs(30)).await.state, RunState::Running);
+    }
+    for (id, text) in ids.iter().zip(["before\n", "one\n", "doomed\n"]) {
+        log_has(&env, *id, text).await;
+    }
+
+    // The agent stops, leaving the containers running, each labelled with its attempt.
+    stop.send(()).unwrap();
+    serve.await.unwrap();
+    assert!(common::queued_updates(&mut updates).is_empty(), "no final update from the stopped agent");
+    let containers = env.expect_containers(4).await;
+    let doomed = containers
+        .iter()
+        .find(|(_, l)| l.get(label::RUN).map(String::as_str) == Some(format!("{}-1", ids[2]).as_str()))
+        .map(|(id, _)| id.clone())
+        .expect("the run's container carries its attempt");
+    let rm = std::process::Command::new("docker").args(["rm", "-f", &doomed]).output().expect("docker rm");
+    assert!(rm.status.success(), "{rm:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The next agent keeps both containers when it adopts, and follows each to its end.
+    let again = DockerRuntime::connect(env.config.clone()).await.expect("connect");
+    let (_commands, mut updates, _stop, _serve) = durable_agent(&env, again.clone()).await;
+    let mut seen: HashMap<RunId, Vec<tug_core::protocol::StatusUpdate>> = HashMap::new();
+    while seen.values().filter(|u| u.last().is_some_and(|u| u.state.is_terminal())).count() < 4 {
+        let u = common::next_update(&mut updates, Duration::from_secs(30)).await;
+        seen.entry(u.run_id).or_default().push(u);
+    }
+    let states = |id: &RunId| seen[id].iter().map(|u| u.state).collect::<Vec<_>>();
+    let last = |id: &RunId| seen[id].last().cloned().expect("updates");
+    assert_eq!(states(&ids[0]), vec![RunState::Running, RunState::Failed], "running again, then its end, once");
+    assert_eq!(last(&ids[0]).exit_code, Some(3), "{:?}", last(&ids[0]));
+    assert_eq!(env.log(ids[0]).await, "before\nafter\nexit code 3\n", "the whole log, nothing twice");
+    assert_eq!((last(&ids[1]).state, last(&ids[1]).exit_code), (RunState::Failed, Some(4)), "the real exit status: {:?}", seen[&ids[1]]);
+    assert_eq!(env.log(ids[1]).await, "one\ntwo\nexit code 4\n", "output written while no agent ran is in the log");
+    let lost = last(&ids[2]);
+    assert_eq!(lost.state, RunState::Lost, "{lost:?}");
+    let why = lost.reason.unwrap_or_default();
+    assert!(why.starts_with("the agent restarted and the run's container tug-prr-") && why.ends_with(" is gone; its exit status is unknown"), "{why}");
+    let timed_out = last(&ids[3]);
+    assert_eq!(timed_out.state, RunState::TimedOut, "{timed_out:?}");
+    assert!(launched.elapsed() < Duration::from_secs(20), "the timeout counts from the first start: {:?}", launched.elapsed());
+    assert_eq!(env.log(ids[3]).await.lines().next(), Some("slow"));
+    assert_eq!(again.containers_created(), 0, "the runs went on in their own containers");
+    for id in ids {
+        let ckpt = env.config.checkpoints.as_ref().unwrap().join(format!("{id}-1"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while ckpt.exists() {
+            assert!(tokio::time::Instant::now() < deadline, "the delivered run's checkpoint is removed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_run_container_without_a_run_to_re_attach_is_removed_on_adoption() {
+    let Some(env) = Env::with("prleft", with_checkpoints(1 << 20)).await else { return };
+    let per_run = |t: &mut Task| t.docker.as_mut().expect("docker").mode = ContainerMode::PerRun;
+    let l = launch("prleft", "echo done", per_run);
+    let id = l.run_id;
+    assert_eq!(env.run(l).await.state, RunState::Succeeded);
+    // Its outcome is recorded: kept only for `remove_delay`, and a restart removes it.
+    let ckpt = env.config.checkpoints.as_ref().unwrap().join(format!("{id}-1"));
+    assert!(ckpt.join("outcome.json").exists(), "the outcome is checkpointed before the container goes");
+    env.expect_containers(1).await;
+    let _again = DockerRuntime::connect(env.config.clone()).await.expect("connect");
+    env.expect_containers(0).await;
+    env.cleanup().await;
+}

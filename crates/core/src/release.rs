@@ -41,22 +41,36 @@ impl Batch {
     }
 
     /// Parses `3` or `25%`.
-    pub fn parse(s: &str) -> Result<Batch, String> {
+    pub fn parse(s: &str) -> Result<Batch, BatchError> {
         let s = s.trim();
-        let bad = || format!("invalid batch {s:?}: give a replica count such as 2, or a percentage such as 25%");
+        let bad = || BatchError::Syntax(s.to_owned());
         if let Some(p) = s.strip_suffix('%') {
             let p: u32 = p.trim().parse().map_err(|_| bad())?;
             if !(1..=100).contains(&p) {
-                return Err(format!("invalid batch {s:?}: a percentage is from 1% to 100%"));
+                return Err(BatchError::Percent(s.to_owned()));
             }
             return Ok(Batch::Percent(p));
         }
         let n: i64 = s.parse().map_err(|_| bad())?;
         if n < 1 {
-            return Err(format!("invalid batch {s:?}: replace at least 1 replica per batch"));
+            return Err(BatchError::Count(s.to_owned()));
         }
         Ok(Batch::Count(u32::try_from(n).unwrap_or(u32::MAX)))
     }
+}
+
+/// Why a rollout batch was refused. Each variant holds the batch as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// Neither a whole number nor a percentage.
+    #[error("invalid batch {0:?}: give a replica count such as 2, or a percentage such as 25%")]
+    Syntax(String),
+    /// A percentage outside 1-100.
+    #[error("invalid batch {0:?}: a percentage is from 1% to 100%")]
+    Percent(String),
+    /// A count below 1.
+    #[error("invalid batch {0:?}: replace at least 1 replica per batch")]
+    Count(String),
 }
 
 impl Default for Batch {
@@ -240,9 +254,14 @@ mod tests {
         assert_eq!(Batch::parse("100%").unwrap().size(10), 10);
         assert_eq!(Batch::parse("1%").unwrap().size(3), 1);
         assert_eq!(Batch::parse("2").unwrap().size(10), 2);
-        assert!(Batch::parse("0").unwrap_err().contains("at least 1"));
-        assert!(Batch::parse("120%").unwrap_err().contains("from 1% to 100%"));
-        assert!(Batch::parse("a few").unwrap_err().contains("such as 25%"));
+        assert_eq!(Batch::parse(" 0 ").unwrap_err(), BatchError::Count("0".into()));
+        assert_eq!(Batch::parse("0").unwrap_err().to_string(), "invalid batch \"0\": replace at least 1 replica per batch");
+        assert_eq!(Batch::parse("120%").unwrap_err().to_string(), "invalid batch \"120%\": a percentage is from 1% to 100%");
+        assert_eq!(
+            Batch::parse("a few").unwrap_err().to_string(),
+            "invalid batch \"a few\": give a replica count such as 2, or a percentage such as 25%"
+        );
+        assert!(matches!(Batch::parse("-5%"), Err(BatchError::Syntax(_))));
     }
 
     #[test]

@@ -55,21 +55,49 @@ impl fmt::Display for Identity {
     }
 }
 
-impl FromStr for Identity {
-    type Err = String;
+/// Why an instance name does not parse as an [`Identity`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// Not three `/`-separated parts with a non-empty name in the middle.
+    #[error("invalid instance name {0:?}: write job/NAME/SLOT or service/NAME/INDEX")]
+    Shape(String),
+    /// The first part is neither `job` nor `service`.
+    #[error("invalid instance name {name:?}: {kind:?} is neither job nor service; write job/NAME/SLOT or service/NAME/INDEX")]
+    Kind {
+        /// The name as given.
+        name: String,
+        /// Its first part.
+        kind: String,
+    },
+    /// The slot or index is not a whole number.
+    #[error("invalid instance name {name:?}: {number:?} is not a slot or index (0 or more); write job/NAME/SLOT or service/NAME/INDEX")]
+    Number {
+        /// The name as given.
+        name: String,
+        /// Its last part.
+        number: String,
+        /// Why it is not a number.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
 
-    fn from_str(s: &str) -> Result<Identity, String> {
-        let bad = || format!("invalid instance name {s:?}: write job/NAME/SLOT or service/NAME/INDEX");
+impl FromStr for Identity {
+    type Err = IdentityError;
+
+    fn from_str(s: &str) -> Result<Identity, IdentityError> {
         let mut parts = s.split('/');
         let (kind, name, n) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some(k), Some(name), Some(n), None) if !name.is_empty() => (k, name.to_owned(), n),
-            _ => return Err(bad()),
+            _ => return Err(IdentityError::Shape(s.to_owned())),
         };
-        let n: u32 = n.parse().map_err(|_| bad())?;
+        let n: u32 = n
+            .parse()
+            .map_err(|source| IdentityError::Number { name: s.to_owned(), number: n.to_owned(), source })?;
         match kind {
             "job" => Ok(Identity::JobSlot { job: name, slot: n }),
             "service" => Ok(Identity::Replica { service: name, index: n }),
-            _ => Err(bad()),
+            _ => Err(IdentityError::Kind { name: s.to_owned(), kind: kind.to_owned() }),
         }
     }
 }
@@ -94,20 +122,42 @@ impl fmt::Display for Mac {
     }
 }
 
-impl FromStr for Mac {
-    type Err = String;
+/// Why a text does not parse as a [`Mac`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MacError {
+    /// Not six `:`-separated parts.
+    #[error("invalid MAC address {mac:?}: it has {parts} parts; write six hex bytes, e.g. 02:74:0a:00:00:05")]
+    Parts {
+        /// The address as given.
+        mac: String,
+        /// How many parts it has.
+        parts: usize,
+    },
+    /// A part is not a hex byte.
+    #[error("invalid MAC address {mac:?}: {byte:?} is not a hex byte (00-ff); write six hex bytes, e.g. 02:74:0a:00:00:05")]
+    Byte {
+        /// The address as given.
+        mac: String,
+        /// The part that is not a byte.
+        byte: String,
+        /// Why.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
 
-    fn from_str(s: &str) -> Result<Mac, String> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for b in &mut out {
-            *b = parts
-                .next()
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-                .ok_or_else(|| format!("invalid MAC address {s:?}: write six hex bytes, e.g. 02:74:0a:00:00:05"))?;
+impl FromStr for Mac {
+    type Err = MacError;
+
+    fn from_str(s: &str) -> Result<Mac, MacError> {
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(MacError::Parts { mac: s.to_owned(), parts: parts.len() });
         }
-        if parts.next().is_some() {
-            return Err(format!("invalid MAC address {s:?}: write six hex bytes, e.g. 02:74:0a:00:00:05"));
+        let mut out = [0u8; 6];
+        for (b, part) in out.iter_mut().zip(parts) {
+            *b = u8::from_str_radix(part, 16)
+                .map_err(|source| MacError::Byte { mac: s.to_owned(), byte: part.to_owned(), source })?;
         }
         Ok(Mac(out))
     }
@@ -183,12 +233,30 @@ mod tests {
             assert_eq!(id.claim_name().parse::<Identity>().unwrap(), id);
         }
         assert_eq!(Identity::JobSlot { job: "a".into(), slot: 3 }.claim_name(), "job/a/3");
-        let e = "thing/a/1".parse::<Identity>().unwrap_err();
-        assert!(e.contains("write job/NAME/SLOT or service/NAME/INDEX"), "{e}");
         let mac = Mac::for_ip("10.0.0.5".parse().unwrap());
         assert_eq!(mac.to_string(), "02:74:0a:00:00:05");
         assert_eq!(mac.to_string().parse::<Mac>().unwrap(), mac);
-        assert!("02:74:0a".parse::<Mac>().unwrap_err().contains("six hex bytes"));
+    }
+
+    #[test]
+    fn bad_names_and_macs_say_what_to_write() {
+        let cases = [
+            ("thing/a/1", "invalid instance name \"thing/a/1\": \"thing\" is neither job nor service; write job/NAME/SLOT or service/NAME/INDEX"),
+            ("job//1", "invalid instance name \"job//1\": write job/NAME/SLOT or service/NAME/INDEX"),
+            ("job/a/1/2", "invalid instance name \"job/a/1/2\": write job/NAME/SLOT"),
+            ("service/web/-1", "invalid instance name \"service/web/-1\": \"-1\" is not a slot or index (0 or more)"),
+        ];
+        for (text, want) in cases {
+            let e = text.parse::<Identity>().unwrap_err();
+            assert!(e.to_string().starts_with(want), "{text}: {e}");
+        }
+        assert!(matches!("job/a/x".parse::<Identity>(), Err(IdentityError::Number { ref number, .. }) if number == "x"));
+        assert!(std::error::Error::source(&"job/a/x".parse::<Identity>().unwrap_err()).is_some());
+        let e = "02:74:0a".parse::<Mac>().unwrap_err();
+        assert_eq!(e.to_string(), "invalid MAC address \"02:74:0a\": it has 3 parts; write six hex bytes, e.g. 02:74:0a:00:00:05");
+        let e = "02:74:0a:00:00:zz".parse::<Mac>().unwrap_err();
+        assert_eq!(e.to_string(), "invalid MAC address \"02:74:0a:00:00:zz\": \"zz\" is not a hex byte (00-ff); write six hex bytes, e.g. 02:74:0a:00:00:05");
+        assert!(matches!(e, MacError::Byte { ref byte, .. } if byte == "zz"));
     }
 
     #[test]

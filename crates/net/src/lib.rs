@@ -23,5 +23,5 @@ pub mod protocol;
 pub mod plumb;
 
 pub use cidr::{Cidr, CidrError};
-pub use claim::{Claim, Identity, Mac};
+pub use claim::{Claim, Identity, IdentityError, Mac, MacError};
 pub use pool::{IpRange, PoolError, PoolSpec, Segment};

@@ -546,6 +546,18 @@ async fn remote_logs_reach_webhooks_and_are_pruned_on_their_agents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_docker_run_outlives_its_agents_restart_and_the_server_waits_for_the_agent() {
+    docker_run_across_an_agent_restart("warm", "dock").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_run_container_outlives_its_agents_restart_and_reports_its_real_end() {
+    docker_run_across_an_agent_restart("per-run", "perrun").await;
+}
+
+/// A docker run (in the job's warm container, or in a container of its own) started, its agent
+/// stopped for twice the agent timeout, started again: the run ends once, on its first attempt,
+/// with its whole log.
+async fn docker_run_across_an_agent_restart(mode: &str, prefix: &str) {
     let image = std::env::var("TUG_TEST_IMAGE").unwrap_or_else(|_| "tugboat-test-busybox:1".into());
     let present = std::process::Command::new("docker").args(["image", "inspect", &image]).output().is_ok_and(|o| o.status.success());
     if !present || std::env::var_os("TUG_DWAIT").is_none() {
@@ -554,7 +566,7 @@ async fn a_docker_run_outlives_its_agents_restart_and_the_server_waits_for_the_a
     }
     // An agent timeout far shorter than the restart below: only the restart notice keeps the run.
     let mut c = Cluster::new(1, &["--agent-timeout", "4s"]).await;
-    let name = format!("dock-{}", std::process::id());
+    let name = format!("{prefix}-{}", std::process::id());
     let args = AgentArgs { name: &name, attributes: "", cpus: "2", token: TOKEN };
     c.start_agent(0, &args);
     c.wait_agents_up(&[name.as_str()]).await;
@@ -563,7 +575,7 @@ async fn a_docker_run_outlives_its_agents_restart_and_the_server_waits_for_the_a
         "schedule": "@yearly",
         "command": ["sh", "-c", "echo before; sleep 14; echo after"],
         "runtime": "docker",
-        "docker": {"image": image, "pull": "never"},
+        "docker": {"image": image, "pull": "never", "mode": mode},
         "resources": {"cpus": 0.5},
         "retries": {"count": 1, "initial_delay": "100ms"},
     }))

@@ -11,7 +11,7 @@ use tug_core::protocol::{KillReason, Launch};
 use tug_core::run::RunState;
 use tug_logs::LogFiles;
 
-use crate::checkpoint::{Checkpoint, ExecutorRecord};
+use crate::checkpoint::{Checkpoint, Detached};
 
 pub mod docker;
 mod ending;
@@ -81,11 +81,11 @@ pub trait Runtime: Send + Sync + 'static {
         let _ = (job, task);
         None
     }
-    /// Follows an attempt an earlier agent handed to a container's executor ([`ExecutorRecord`]),
-    /// to its end, as [`Runtime::run`] would have; records the outcome in `ckpt`. Runtimes
-    /// without executors report it lost.
-    async fn reattach(&self, ctx: RunContext, ckpt: Checkpoint, exec: ExecutorRecord) -> Outcome {
-        let _ = (ctx, exec);
+    /// Follows an attempt an earlier agent left in a container ([`Detached`]: handed to a warm
+    /// container's executor, or in a container of its own) to its end, as [`Runtime::run`] would
+    /// have; records the outcome in `ckpt`. Runtimes without containers report it lost.
+    async fn reattach(&self, ctx: RunContext, ckpt: Checkpoint, detached: Detached) -> Outcome {
+        let _ = (ctx, detached);
         let o = shim::lost("the agent restarted without a docker runtime to re-attach the run with");
         if let Err(e) = ckpt.write_outcome(&o).await {
             tracing::warn!(error = %e, "cannot record the run's outcome in its checkpoint");
@@ -147,10 +147,10 @@ impl Runtime for Dispatch {
         }
     }
 
-    async fn reattach(&self, ctx: RunContext, ckpt: Checkpoint, exec: ExecutorRecord) -> Outcome {
+    async fn reattach(&self, ctx: RunContext, ckpt: Checkpoint, detached: Detached) -> Outcome {
         match &self.docker {
-            Ok(docker) => docker.reattach(ctx, ckpt, exec).await,
-            Err(_) => self.process.reattach(ctx, ckpt, exec).await,
+            Ok(docker) => docker.reattach(ctx, ckpt, detached).await,
+            Err(_) => self.process.reattach(ctx, ckpt, detached).await,
         }
     }
 

@@ -55,11 +55,11 @@ pub async fn answer(net: &Network, scheduler: &SchedulerHandle, agent: &str, req
                 }
                 claim_in_order(net, scheduler, agent, &pool, &who).await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         },
         NetOp::Release { pool, instance } => match instance.parse::<Identity>() {
             Ok(who) => net.release(&pool, &who, agent).await.map(|()| None).map_err(|e| e.to_string()),
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         },
     };
     if let Err(why) = &result {

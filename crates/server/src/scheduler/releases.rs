@@ -134,7 +134,25 @@ pub struct Hooks {
 #[derive(Debug, Clone)]
 struct Hook {
     pull_in: bool,
-    answer: std::sync::Arc<std::sync::Mutex<Option<std::result::Result<(), String>>>>,
+    answer: std::sync::Arc<std::sync::Mutex<Option<std::result::Result<(), HookError>>>>,
+}
+
+/// Why a load balancer's hook failed; the release's failure quotes it.
+#[derive(Debug, thiserror::Error)]
+enum HookError {
+    /// The hook answered, but not 2xx.
+    #[error("{url} answered {status} (a hook answers 2xx once done)")]
+    Status { url: String, status: reqwest::StatusCode },
+    /// The hook could not be reached, or did not answer within 10 s.
+    #[error("{url}: {source}")]
+    Call {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// No HTTP client could be built (the host's TLS roots).
+    #[error("no HTTP client to call hooks with: {0}")]
+    Client(String),
 }
 
 /// How long a load balancer's hook may take to answer.
@@ -159,10 +177,10 @@ fn call_hook(url: &str, body: serde_json::Value, pull_in: bool) -> Hook {
         let result = match http {
             Ok(http) => match http.post(&url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!("{url} answered {}", r.status())),
-                Err(e) => Err(format!("{url}: {e}")),
+                Ok(r) => Err(HookError::Status { url, status: r.status() }),
+                Err(source) => Err(HookError::Call { url, source }),
             },
-            Err(e) => Err(format!("no HTTP client: {e}")),
+            Err(e) => Err(HookError::Client(e.clone())),
         };
         *answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
     });

@@ -21,7 +21,7 @@ fn claim_from_row(row: &Row<'_>) -> rusqlite::Result<Claim> {
     let ip: i64 = row.get(2)?;
     let ip = u32::try_from(ip).map_err(|e| conversion(2, Type::Integer, e))?;
     let mac: String = row.get(3)?;
-    let mac = mac.parse().map_err(|e: String| conversion(3, Type::Text, e))?;
+    let mac = mac.parse::<tug_net::Mac>().map_err(|e| conversion(3, Type::Text, e))?;
     Ok(Claim { pool: row.get(0)?, name: row.get(1)?, ip: Ipv4Addr::from(ip), mac, agent: row.get(4)? })
 }
 

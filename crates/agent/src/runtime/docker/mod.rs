@@ -4,7 +4,9 @@
 //!            warm (default)                              per-run
 //! launch ─> pool: the job's warm container ─┐        launch ─> create ─> attach ─> start
 //!           (create / replace / recycle)    │                  ─> wait ─> remove
-//!                  │                         │
+//!                  │                         │        (a durable agent's runs are checkpointed;
+//!                  │                         │         the next agent finds the container by its
+//!                  │                         │         labels and follows it: logs + wait)
 //!                  ├─ executor: dwait (PID 1) over a unix socket  ← Docker is not on this path
 //!                  │            (a durable agent's runs are checkpointed and outlive it)
 //!                  └─ exec: Docker exec API (fallback when no static dwait is available)
@@ -28,6 +30,7 @@ use tracing::Instrument;
 use tug_core::job::ContainerMode;
 
 use super::{Outcome, RunContext, Runtime, RuntimeError};
+use crate::checkpoint::Detached;
 
 mod error;
 mod events;
@@ -70,7 +73,8 @@ pub struct DockerConfig {
     /// The container network on this host (`None`: a job with `network.pool` cannot run here).
     pub net: Option<NetSetup>,
     /// A durable agent's checkpoint directory ([`crate::Durability::dir`]): runs through the
-    /// executor are then checkpointed there and outlive the agent (`None`: they end with it).
+    /// executor and in per-run containers are then checkpointed there and outlive the agent
+    /// (`None`: they end with it).
     pub checkpoints: Option<PathBuf>,
     /// How many bytes of a detached run's latest output the executor keeps for the next agent.
     pub detached_buffer: u64,
@@ -255,9 +259,12 @@ impl Runtime for DockerRuntime {
         pool::address(&self.inner, job, task).await
     }
 
-    async fn reattach(&self, ctx: RunContext, ckpt: crate::checkpoint::Checkpoint, exec: crate::checkpoint::ExecutorRecord) -> Outcome {
+    async fn reattach(&self, ctx: RunContext, ckpt: crate::checkpoint::Checkpoint, detached: Detached) -> Outcome {
         let span = tracing::info_span!("docker", job = %ctx.launch.job, run = ctx.launch.run_id, attempt = ctx.launch.attempt);
-        pool::reattach_warm(&self.inner, ctx, ckpt, exec).instrument(span).await
+        match detached {
+            Detached::Executor(exec) => pool::reattach_warm(&self.inner, ctx, ckpt, exec).instrument(span).await,
+            Detached::Container(c) => per_run::reattach(&self.inner, ctx, ckpt, c).instrument(span).await,
+        }
     }
 
     async fn run(&self, ctx: RunContext) -> Outcome {
@@ -333,9 +340,9 @@ impl Runtime for LazyDocker {
         docker.prewarm(job, task).await
     }
 
-    async fn reattach(&self, ctx: RunContext, ckpt: crate::checkpoint::Checkpoint, exec: crate::checkpoint::ExecutorRecord) -> Outcome {
+    async fn reattach(&self, ctx: RunContext, ckpt: crate::checkpoint::Checkpoint, detached: Detached) -> Outcome {
         match self.get().await {
-            Ok(rt) => rt.reattach(ctx, ckpt, exec).await,
+            Ok(rt) => rt.reattach(ctx, ckpt, detached).await,
             Err(e) => {
                 let o = crate::runtime::shim::lost(format!("the agent restarted and cannot reach Docker to re-attach the run: {e}"));
                 if let Err(e) = ckpt.write_outcome(&o).await {

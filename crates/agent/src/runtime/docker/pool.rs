@@ -431,8 +431,8 @@ async fn lease_adopted(inner: &Arc<Inner>, job: &str, id: &str) -> Option<Lease>
     Some(Lease { inner: inner.clone(), warm })
 }
 
-/// Adopts this agent's running warm containers; removes its stopped ones, per-run leftovers and
-/// duplicates. A warm container is this agent's when it carries its name and lives under its
+/// Adopts this agent's running warm containers and keeps the per-run containers of runs it
+/// re-attaches; removes its stopped ones, per-run leftovers and duplicates. A warm container is this agent's when it carries its name and lives under its
 /// state dir: agents of the same name with other state dirs keep theirs.
 pub async fn adopt(inner: &Arc<Inner>) {
     let filters = HashMap::from([("label".to_string(), vec![format!("{}={}", label::AGENT, inner.config.agent)])]);
@@ -456,6 +456,10 @@ pub async fn adopt(inner: &Arc<Inner>) {
         if !dir.as_os_str().is_empty() && !dir.starts_with(&inner.config.state_dir) {
             // Another agent of the same name on this Docker host (two `tug up`s, each `local`):
             // its container, not ours to adopt or remove.
+            continue;
+        }
+        if get(label::MODE).as_deref() == Some("per-run") && keep_per_run(inner, get(label::RUN), get(label::CHECKPOINTS)).await {
+            tracing::info!(container = %short(&id), job, running, "kept a per-run container: its run is re-attached");
             continue;
         }
         let slot = inner.pool.slot(&job);
@@ -506,6 +510,20 @@ pub async fn adopt(inner: &Arc<Inner>) {
             remove(inner, &warm).await;
         }
     }
+}
+
+/// Whether a per-run container stays: its run (`run`, the checkpoint's name) is checkpointed
+/// here and has not ended, so it is re-attached; or it belongs to another agent of the same name
+/// (checkpointed in another directory that exists). Other per-run containers are leftovers.
+async fn keep_per_run(inner: &Inner, run: Option<String>, dir: Option<String>) -> bool {
+    let (Some(run), Some(dir)) = (run, dir.map(PathBuf::from)) else { return false };
+    if inner.config.checkpoints.as_ref() != Some(&dir) {
+        return dir.is_dir();
+    }
+    let Some((run_id, attempt)) = Checkpoint::parse_name(&run) else { return false };
+    let ckpt = Checkpoint::new(&dir, run_id, attempt);
+    matches!(ckpt.read_detached().await, Ok(Some(crate::checkpoint::Detached::Container(_))))
+        && matches!(ckpt.read_outcome().await, Ok(None))
 }
 
 /// The address `job`'s warm container is reached at from this host: from its pool when it has

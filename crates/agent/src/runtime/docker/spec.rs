@@ -30,6 +30,12 @@ pub mod label {
     pub const NET_INSTANCE: &str = "tugboat.net.instance";
     /// A networked container's pool.
     pub const NET_POOL: &str = "tugboat.net.pool";
+    /// A checkpointed per-run container's attempt, `RUN-ATTEMPT` (its checkpoint's name), by
+    /// which a restarted agent finds it again.
+    pub const RUN: &str = "tugboat.run";
+    /// The checkpoint directory of a checkpointed per-run container's agent (two agents of the
+    /// same name on one Docker host keep apart by it).
+    pub const CHECKPOINTS: &str = "tugboat.checkpoints";
 }
 
 /// A stable hash (FNV-1a, 64 bits) of everything that is fixed when a container is created:
