@@ -39,6 +39,19 @@ impl Plan {
 /// Sorts `due` (ascending fires in `(cursor, now]`) into on-time, backfilled and skipped fires.
 /// A fire is on time when `now <= fire + epsilon`.
 pub fn plan(due: impl IntoIterator<Item = Timestamp>, now: Timestamp, epsilon: Duration, policy: MisfirePolicy) -> Plan {
+    plan_unwritten(due, now, epsilon, policy, None)
+}
+
+/// Like [`plan`], but the fires at or before `unwritten` are missed whatever `epsilon` says: they
+/// fell due while the store could not write them (a full disk), were held rather than dropped,
+/// and the policy decides what becomes of them now that it can.
+pub fn plan_unwritten(
+    due: impl IntoIterator<Item = Timestamp>,
+    now: Timestamp,
+    epsilon: Duration,
+    policy: MisfirePolicy,
+    unwritten: Option<Timestamp>,
+) -> Plan {
     let eps = jiff::SignedDuration::from_millis(epsilon.as_millis());
     let keep_missed = match policy {
         MisfirePolicy::Skip => MAX_RECORDED_SKIPS,
@@ -54,7 +67,8 @@ pub fn plan(due: impl IntoIterator<Item = Timestamp>, now: Timestamp, epsilon: D
             break;
         }
         out.cursor = Some(fire);
-        if fire.checked_add(eps).is_ok_and(|late| now <= late) {
+        let held = unwritten.is_some_and(|u| fire <= u);
+        if !held && fire.checked_add(eps).is_ok_and(|late| now <= late) {
             out.on_time.push(fire);
         } else {
             missed.push_back(fire);
@@ -131,6 +145,19 @@ mod tests {
         assert_eq!(p.on_time, vec![ts(995)]);
         assert!(p.backfill.is_empty());
         assert_eq!(p.skipped, vec![ts(0)]);
+    }
+
+    #[test]
+    fn unwritten_fires_are_missed_within_epsilon() {
+        let due = [ts(10), ts(20), ts(30)];
+        let p = plan_unwritten(due, ts(31), Duration::from_secs(60), MisfirePolicy::RunOnce, Some(ts(20)));
+        assert_eq!(p.on_time, vec![ts(30)]);
+        assert_eq!(p.skipped, vec![ts(10), ts(20)], "an on-time fire covers the gap under run_once");
+        let p = plan_unwritten(due, ts(31), Duration::from_secs(60), MisfirePolicy::RunOnce, Some(ts(30)));
+        assert_eq!((p.missed(), p.backfill, p.skipped), (3, vec![ts(30)], vec![ts(10), ts(20)]));
+        let p = plan_unwritten(due, ts(31), Duration::from_secs(60), MisfirePolicy::Skip, Some(ts(30)));
+        assert_eq!((p.on_time.len(), p.skipped.len(), p.cursor), (0, 3, Some(ts(30))));
+        assert_eq!(plan_unwritten(due, ts(31), Duration::from_secs(60), MisfirePolicy::Skip, None).on_time.len(), 3);
     }
 
     #[test]

@@ -67,6 +67,11 @@ pub struct Metrics {
     pub fire_lateness: Histogram,
     /// Fires that missed their window.
     pub misfires: Counter,
+    /// Fires the store could not write when they were due (a full disk), handled as misfires
+    /// once it could; each is counted in `misfires` too.
+    pub unwritten_fires: Counter,
+    /// Jobs whose due fires are held because the store could not write them.
+    pub fires_held: Gauge,
     /// Fires skipped by the `forbid` concurrency policy.
     pub concurrency_skips: Counter,
     /// Runs that reached a final state, by state.
@@ -119,6 +124,8 @@ impl Metrics {
             // 50 µs .. ~100 s
             fire_lateness: Histogram::new(exponential_buckets(0.000_05, 2.0, 22)),
             misfires: Counter::default(),
+            unwritten_fires: Counter::default(),
+            fires_held: Gauge::default(),
             concurrency_skips: Counter::default(),
             runs_finished: Family::default(),
             // 1 ms .. ~9 h
@@ -138,6 +145,12 @@ impl Metrics {
         registry.register("fires", "Runs created by schedules", m.fires.clone());
         registry.register("fire_lateness_seconds", "Scheduled instant to launch sent", m.fire_lateness.clone());
         registry.register("misfires", "Fires that missed their window", m.misfires.clone());
+        registry.register(
+            "unwritten_fires",
+            "Fires the store could not write when due (full disk), handled as misfires once it could",
+            m.unwritten_fires.clone(),
+        );
+        registry.register("fires_held", "Jobs whose due fires wait for the store to accept writes", m.fires_held.clone());
         registry.register("concurrency_skips", "Fires skipped by concurrency policy forbid", m.concurrency_skips.clone());
         registry.register("runs_finished", "Runs that reached a final state", m.runs_finished.clone());
         registry.register("run_duration_seconds", "Start to end of finished runs", m.run_duration.clone());

@@ -9,6 +9,7 @@ use tug_core::protocol::{KillReason, ToAgent};
 use tug_core::run::{NewRun, Run, RunId, RunState, Trigger};
 use tug_store::FireBatch;
 
+use super::outage::Taken;
 use super::timers::Slot;
 use tug_core::job::NotifyOn;
 
@@ -33,6 +34,22 @@ pub(super) struct Decisions {
     pub waiting: HashMap<(String, Timestamp), String>,
     /// Extra command arguments of a manual run, by key.
     pub args: HashMap<(String, Timestamp), Vec<String>>,
+    /// The jobs a tick fired, to give back their fires if the store refuses the batch.
+    pub taken: Vec<Taken>,
+    /// What the batch counts for once it is written.
+    pub counts: Counts,
+}
+
+/// A tick's fires and misfires, counted once its batch is written.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Counts {
+    /// Runs started by schedules (on time or backfilled).
+    pub fired: u64,
+    /// Fires that missed their window.
+    pub missed: u64,
+    /// Of those, fires the store could not write when they were due, and of how many jobs.
+    pub unwritten: u64,
+    pub unwritten_jobs: u64,
 }
 
 impl Scheduler {
@@ -56,9 +73,30 @@ impl Scheduler {
         while let Some(slot) = self.prewarm_timers.pop_due(now) {
             self.send_prewarm(slot).await;
         }
-        self.commit(batch, kills, now).await?;
-        if !retries.is_empty() {
-            self.launch_existing(retries).await?;
+        let writes = !batch.runs.is_empty() || !batch.cursors.is_empty();
+        let taken = std::mem::take(&mut kills.taken);
+        let counts = kills.counts;
+        match self.commit(batch, kills, now).await {
+            Ok(_) => {
+                self.stats.fires += counts.fired;
+                self.metrics.fires.inc_by(counts.fired);
+                self.stats.misfires += counts.missed;
+                self.metrics.misfires.inc_by(counts.missed);
+                self.metrics.unwritten_fires.inc_by(counts.unwritten);
+                if writes {
+                    self.store_wrote(counts.unwritten, counts.unwritten_jobs);
+                }
+            }
+            // Nothing was written or launched: the jobs get their fires back (see `outage.rs`).
+            Err(e) => {
+                self.hold_fires(taken, horizon, &e);
+                return Ok(());
+            }
+        }
+        if !retries.is_empty()
+            && let Err(e) = self.launch_existing(retries).await
+        {
+            self.store_failed(format!("starting runs due for retry: {e}"), false);
         }
         Ok(())
     }
@@ -69,32 +107,43 @@ impl Scheduler {
         let Some(first) = e.next.take() else { return };
         let Some(schedule) = e.job.schedule.as_ref() else { return };
         let eps = SignedDuration::from_millis(e.job.spec.epsilon.as_millis());
+        kills.taken.push((slot, e.cursor, first));
         let following = schedule.next_after(first);
-        let on_time = first.checked_add(eps).is_ok_and(|late| now <= late);
+        // A fire the store could not write when it was due is a misfire however late it is.
+        let unwritten = self.held.upto.filter(|u| first <= *u);
+        let on_time = unwritten.is_none() && first.checked_add(eps).is_ok_and(|late| now <= late);
         let plan = if on_time && following.is_none_or(|f| f.at > horizon) {
             // The common case: exactly one fire, on time.
             misfire::Plan { on_time: vec![first], cursor: Some(first), ..Default::default() }
         } else {
             let due = std::iter::successors(Some(first), |t| schedule.next_after(*t).map(|f| f.at))
                 .take_while(|t| *t <= horizon);
-            misfire::plan(due, now, e.job.spec.epsilon, e.job.spec.misfire)
+            misfire::plan_unwritten(due, now, e.job.spec.epsilon, e.job.spec.misfire, unwritten)
         };
         let name = e.job.spec.name.clone();
         let missed = plan.missed();
         if missed > 0 {
-            self.stats.misfires += missed;
-            self.metrics.misfires.inc_by(missed);
-            tracing::warn!(job = %name, missed, unrecorded = plan.unrecorded, "fires missed their window");
+            kills.counts.missed += missed;
+            if unwritten.is_some() {
+                // One line for all of them when the backlog is handled (`outage.rs`), not one per job.
+                kills.counts.unwritten += missed;
+                kills.counts.unwritten_jobs += 1;
+            } else {
+                tracing::warn!(job = %name, missed, unrecorded = plan.unrecorded, "fires missed their window");
+            }
             if let Some(c) = plan.cursor {
                 batch.cursors.push((name.clone(), c));
             }
         }
         let policy = e.job.spec.misfire;
         for (i, at) in plan.skipped.iter().enumerate() {
-            let mut reason = format!(
-                "missed: due at {at}, handled at {now} (epsilon {}); misfire policy {policy:?}",
-                e.job.spec.epsilon
-            );
+            let mut reason = match unwritten {
+                Some(_) if *at <= self.held.upto.unwrap_or(*at) => format!(
+                    "missed: due at {at}, when the store could not write it ({}); handled at {now}; misfire policy {policy:?}",
+                    self.held.why
+                ),
+                _ => format!("missed: due at {at}, handled at {now} (epsilon {}); misfire policy {policy:?}", e.job.spec.epsilon),
+            };
             if i == 0 && plan.unrecorded > 0 {
                 reason.push_str(&format!("; {} earlier missed fires not recorded individually", plan.unrecorded));
             }
@@ -107,9 +156,8 @@ impl Scheduler {
         for at in &plan.on_time {
             self.admit(slot, *at, Trigger::Schedule, batch, kills);
         }
-        let fired = (plan.on_time.len() + plan.backfill.len()) as u64;
-        self.stats.fires += fired;
-        self.metrics.fires.inc_by(fired);
+        // Counted once the batch is written: a batch the store refuses is fired again later.
+        kills.counts.fired += (plan.on_time.len() + plan.backfill.len()) as u64;
         self.arm(slot);
     }
 

@@ -30,6 +30,7 @@ mod jobs;
 mod persist;
 mod placing;
 mod operations;
+mod outage;
 mod reconcile;
 mod recovery;
 mod releases;
@@ -387,6 +388,8 @@ pub struct Scheduler {
     ops: operations::Operations,
     /// Staged releases (`releases.rs`).
     releases: releases::Releases,
+    /// Fires the store could not write, held until it can (`outage.rs`).
+    held: outage::Held,
 }
 
 /// What the scheduler reports to besides the store: metrics and run events.
@@ -468,6 +471,7 @@ impl Scheduler {
             replicas: Default::default(),
             ops: Default::default(),
             releases: Default::default(),
+            held: Default::default(),
         };
         s.count_agents();
         s.recover().await?;
@@ -494,7 +498,7 @@ impl Scheduler {
         loop {
             let early = self.timers.first().and_then(|t| t.checked_sub(fire::LEAD).ok());
             let wake = [early, self.runs.next_retry(), self.prewarm_timers.first()].into_iter().flatten().min();
-            let hold = self.fire_hold();
+            let hold = self.fire_hold().max(self.outage_hold());
             let restart = self.replicas.next_wake();
             let rule_at = self.replicas.next_rule().map(|at| instant_at(&*self.clock, at));
             let release_at = self.releases.next_wake();

@@ -63,6 +63,8 @@ impl Persister {
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Batch>, bus: Option<EventBus>) {
     let mut queued = Vec::new();
     let mut announcer = RunAnnouncer::default();
+    // When a failed write was last logged, and how many failed since.
+    let (mut reported, mut failed): (Option<tokio::time::Instant>, u64) = (None, 0);
     while rx.recv_many(&mut queued, 1).await > 0 {
         let mut n = queued[0].runs.len();
         while n < MAX_MERGED_RUNS && queued.len() < MAX_MERGE {
@@ -96,9 +98,22 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Batch>, bus: Option<E
             store.save_runs(&runs, &attempts).await
         };
         if let Err(e) = &result {
-            tracing::error!(error = %e, runs = last.len(), "saving run changes failed");
-        } else if let Some(bus) = &bus {
-            announcer.announce(bus, all);
+            // A full disk fails every write: once per interval in the log, not once per batch.
+            let now = tokio::time::Instant::now();
+            if reported.is_none_or(|at| now.duration_since(at) >= super::outage::REPORT_EVERY) {
+                tracing::error!(error = %e, runs = last.len(), failed_since_last_report = failed, "saving run changes failed");
+                reported = Some(now);
+                failed = 0;
+            } else {
+                failed += 1;
+            }
+        } else {
+            if reported.take().is_some() {
+                tracing::warn!("saving run changes works again");
+            }
+            if let Some(bus) = &bus {
+                announcer.announce(bus, all);
+            }
         }
         for w in waiters {
             let _ = w.send(result.clone());

@@ -37,15 +37,27 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("tug-sqlite-ckpt".into())
             .spawn(move || {
+                // A full disk fails every round: said once per interval, not five times a second.
+                let mut failures = super::throttle::Throttle::default();
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
                     // Columns: busy flag, frames in the WAL, frames copied into the database.
                     let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                         Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
                     });
                     match result {
-                        Ok((frames, copied)) if frames > 0 => tracing::trace!(frames, copied, "checkpointed the WAL"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "checkpointing the WAL failed; will retry"),
+                        Ok((frames, copied)) => {
+                            if failures.ok() {
+                                tracing::warn!("checkpointing the WAL works again");
+                            }
+                            if frames > 0 {
+                                tracing::trace!(frames, copied, "checkpointed the WAL");
+                            }
+                        }
+                        Err(e) => {
+                            if let Some(unlogged) = failures.failed() {
+                                tracing::warn!(error = %e, failed_since_last_report = unlogged, "checkpointing the WAL failed; will retry");
+                            }
+                        }
                     }
                 }
             })

@@ -48,6 +48,7 @@ mod net;
 mod runs;
 mod schema;
 mod services;
+mod throttle;
 mod worker;
 
 /// How long a write waits for another process holding the database lock before failing.
@@ -222,13 +223,26 @@ impl SqliteStore {
             Some(db) => {
                 let log = FireLog::open(db, &mut conn)?;
                 let (overlay, skip) = (log.overlay.clone(), skip_final.clone());
+                // A full disk fails every round (20 a second): the log says so once per interval.
+                let mut failures = throttle::Throttle::default();
+                let dir = dir.clone();
                 let idle: Idle = Box::new(move |c, last| {
                     if last && skip.load(Ordering::Acquire) {
                         return;
                     }
                     let due = last || overlay.lock().unwrap_or_else(|p| p.into_inner()).due();
-                    if due && let Err(e) = firelog::materialize(c, &overlay) {
-                        tracing::error!(error = %e, "writing the fire log into the tables failed; will retry");
+                    if !due {
+                        return;
+                    }
+                    match firelog::materialize(c, &overlay) {
+                        Err(e) => {
+                            if let Some(unlogged) = failures.failed() {
+                                let e = locate(e, dir.as_deref());
+                                tracing::error!(error = %e, failed_since_last_report = unlogged, "writing the fire log into the tables failed; will retry");
+                            }
+                        }
+                        Ok(()) if failures.ok() => tracing::warn!("writing the fire log into the tables works again"),
+                        Ok(()) => {}
                     }
                 });
                 (Some(log), Some(idle))
