@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::services::{ReplicaState, ServiceStatus};
+use crate::stream::EventKind;
 
 /// Operations kept for reading after they end.
 const KEPT: usize = 1000;
@@ -52,6 +53,9 @@ pub struct Operation {
     pub error: Option<String>,
     #[serde(skip)]
     started: Instant,
+    /// The counts last published as its progress: replicas, placed, started, healthy.
+    #[serde(skip)]
+    published: (u32, u32, u32, u32),
 }
 
 /// Replica counts of one agent.
@@ -99,12 +103,14 @@ pub(super) struct Operations {
 }
 
 impl Operations {
-    /// Starts an operation; older running ones of the service are superseded.
-    pub(super) fn start(&mut self, service: &str, from: u32, to: u32, now: Timestamp) -> Operation {
+    /// Starts an operation; older running ones of the service are superseded (and returned).
+    pub(super) fn start(&mut self, service: &str, from: u32, to: u32, now: Timestamp) -> (Operation, Vec<Operation>) {
+        let mut superseded = Vec::new();
         for op in self.ops.iter_mut().filter(|o| o.service == service && o.state == OpState::Running) {
             op.state = OpState::Superseded;
             op.finished_at = Some(now);
             op.elapsed_ms = u64::try_from(op.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            superseded.push(op.clone());
         }
         self.next += 1;
         let op = Operation {
@@ -118,12 +124,13 @@ impl Operations {
             elapsed_ms: 0,
             error: None,
             started: Instant::now(),
+            published: (0, 0, 0, 0),
         };
         self.ops.push_back(op.clone());
         if self.ops.len() > KEPT {
             self.ops.pop_front();
         }
-        op
+        (op, superseded)
     }
 
     /// The services with a running operation.
@@ -134,9 +141,16 @@ impl Operations {
     }
 
     /// Ends the service's running operation when `status` shows it done (a deleted service's
-    /// `None` ends it too).
-    pub(super) fn check(&mut self, service: &str, status: Option<&ServiceStatus>, now: Timestamp) {
+    /// `None` ends it too). Returns what to publish: its progress when its counts changed, and
+    /// its end.
+    pub(super) fn check(&mut self, service: &str, status: Option<&ServiceStatus>, now: Timestamp) -> Vec<(EventKind, OperationView)> {
+        let mut events = Vec::new();
         for op in self.ops.iter_mut().filter(|o| o.service == service && o.state == OpState::Running) {
+            let counts = status.map_or((0, 0, 0, 0), |s| (s.replicas, s.placed, s.running, s.healthy));
+            if counts != op.published {
+                op.published = counts;
+                events.push((EventKind::OperationProgress, op.id.clone()));
+            }
             let done = status.is_none_or(|s| s.replicas == op.to && s.healthy == op.to);
             let given_up = status.and_then(|s| s.list.iter().find(|r| r.state == ReplicaState::Failed));
             if done {
@@ -149,7 +163,9 @@ impl Operations {
             }
             op.finished_at = Some(now);
             op.elapsed_ms = u64::try_from(op.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            events.push((EventKind::OperationFinished, op.id.clone()));
         }
+        events.into_iter().filter_map(|(kind, id)| Some((kind, self.view(&id, status)?))).collect()
     }
 
     /// One operation with the progress in `status`.
