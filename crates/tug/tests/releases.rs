@@ -384,8 +384,14 @@ fn a_release_carries_on_after_the_server_is_killed_in_its_bake() {
     let done = wait_shown(&s, &id, 60, "revoked", |r| r["state"] == "revoked" || r["state"] == "failed");
     assert_eq!(done["state"], "revoked", "{done}");
     assert_eq!(versions(files.path(), 3), ["2", "2", "2"]);
-    // Ended releases are kept for reading across a restart too.
+    // Ended releases, and scale operations, are kept for reading across a restart too.
+    let out = ok(&s, &["service", "scale", "survivor", "4", "--json"]);
+    let op: Value = serde_json::from_str(&out).unwrap();
+    let op = op["id"].as_str().unwrap().to_owned();
+    ok(&s, &["op", "watch", &op]);
     up.kill9_and_restart();
+    let shown: Value = serde_json::from_str(&ok(&s, &["op", "show", &op, "--json"])).unwrap();
+    assert_eq!((shown["state"].as_str(), shown["to"].as_u64()), (Some("succeeded"), Some(4)), "{shown}");
     let list: Value = serde_json::from_str(&ok(&s, &["release", "list", "survivor", "--json"])).unwrap();
     let states: Vec<&str> = list.as_array().unwrap().iter().map(|r| r["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["revoked", "succeeded"], "{list}");

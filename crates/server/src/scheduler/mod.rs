@@ -489,6 +489,7 @@ impl Scheduler {
         s.recover().await?;
         s.load_services().await?;
         s.load_releases().await?;
+        s.load_operations().await?;
         Ok(s)
     }
 
@@ -557,7 +558,7 @@ impl Scheduler {
             if firing && self.releases.moving() {
                 self.drive_releases().await;
             }
-            self.check_operations();
+            self.check_operations().await;
         }
         // Drain the persister so every change made so far is written before we return.
         let tasks = [self.persister_task.take(), self.dispatcher_task.take()];

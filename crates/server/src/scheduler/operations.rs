@@ -3,12 +3,16 @@
 //! and every one is healthy (`succeeded`), a newer scale of the same service takes over
 //! (`superseded`), or a replica cannot be started and is given up (`failed`, saying which and
 //! why: an image that does not exist fails the operation rather than retrying for ever). Progress is read from the replicas themselves, so it is never out of step.
+//!
+//! Operations are written to the store when they start and when they end, so a restarted server
+//! (or a new leader) still shows them and follows those still running.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tug_store::{ProgressKind, ProgressRecord};
 
 use super::services::{ReplicaState, ServiceStatus};
 use crate::stream::EventKind;
@@ -17,7 +21,7 @@ use crate::stream::EventKind;
 const KEPT: usize = 1000;
 
 /// Where an operation is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpState {
     /// Replicas are being placed, started or stopped.
@@ -31,7 +35,7 @@ pub enum OpState {
 }
 
 /// One scale operation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Operation {
     /// `op-N`.
     pub id: String,
@@ -51,7 +55,7 @@ pub struct Operation {
     pub elapsed_ms: u64,
     /// Why it failed: the replica given up, and why.
     pub error: Option<String>,
-    #[serde(skip)]
+    #[serde(skip, default = "Instant::now")]
     started: Instant,
     /// The counts last published as its progress: replicas, placed, started, healthy.
     #[serde(skip)]
@@ -95,6 +99,11 @@ pub struct OperationView {
     pub agents: BTreeMap<String, AgentProgress>,
 }
 
+/// The number in `op-N`.
+fn op_number(id: &str) -> Option<u64> {
+    id.strip_prefix("op-")?.parse().ok()
+}
+
 /// Every recent operation.
 #[derive(Default)]
 pub(super) struct Operations {
@@ -127,10 +136,47 @@ impl Operations {
             published: (0, 0, 0, 0),
         };
         self.ops.push_back(op.clone());
-        if self.ops.len() > KEPT {
-            self.ops.pop_front();
-        }
         (op, superseded)
+    }
+
+    /// Forgets the oldest operations beyond those kept; returns their numbers.
+    pub(super) fn trim(&mut self) -> Vec<u64> {
+        let mut gone = Vec::new();
+        while self.ops.len() > KEPT {
+            if let Some(n) = self.ops.pop_front().and_then(|o| op_number(&o.id)) {
+                gone.push(n);
+            }
+        }
+        gone
+    }
+
+    /// An operation as the store keeps it.
+    pub(super) fn record(&self, id: &str) -> Option<ProgressRecord> {
+        let op = self.ops.iter().find(|o| o.id == id)?;
+        Some(ProgressRecord {
+            kind: ProgressKind::Operation,
+            id: op_number(&op.id)?,
+            service: op.service.clone(),
+            ended: op.state != OpState::Running,
+            state: serde_json::to_value(op).ok()?,
+        })
+    }
+
+    /// Takes in the operations stored before a restart; those still running are followed again.
+    pub(super) fn load(&mut self, records: Vec<ProgressRecord>, now: Timestamp) {
+        for r in records {
+            let mut op: Operation = match serde_json::from_value(r.state) {
+                Ok(op) => op,
+                Err(e) => {
+                    tracing::error!(operation = r.id, error = %e, "stored operation cannot be read; left out");
+                    continue;
+                }
+            };
+            let ago: std::time::Duration = now.duration_since(op.started_at).try_into().unwrap_or_default();
+            op.started = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+            self.next = self.next.max(r.id);
+            self.ops.push_back(op);
+        }
     }
 
     /// The services with a running operation.

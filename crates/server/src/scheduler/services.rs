@@ -816,28 +816,58 @@ impl Scheduler {
         let service = spec.validate().map_err(|e| crate::error::Error::BadRequest(e.to_string()))?;
         self.store.update_service(&service.spec, self.clock.now()).await?;
         let (op, superseded) = self.ops.start(name, from, replicas, self.clock.now());
-        for old in superseded {
+        for old in &superseded {
             let detail = serde_json::json!({"operation": old.id, "state": old.state, "from": old.from, "to": old.to, "by": op.id});
             self.announce_service(EventKind::OperationFinished, name, detail);
         }
+        let changed: Vec<String> = superseded.into_iter().map(|o| o.id).chain([op.id.clone()]).collect();
+        self.save_operations(&changed).await;
         let detail = serde_json::json!({"from": from, "replicas": replicas, "operation": op.id});
         self.announce_service(EventKind::ServiceScaled, name, detail);
         self.service_put(service).await;
-        self.check_operations();
+        self.check_operations().await;
         let status = self.service_status(name);
         Ok(self.ops.view(&op.id, status.as_ref()).expect("the operation just started"))
     }
 
+    /// Writes operations to the store (started, ended), and deletes those no longer kept. A
+    /// failed write is logged: the operation goes on, and the next write of it carries it.
+    pub(super) async fn save_operations(&mut self, ids: &[String]) {
+        for id in ids {
+            let Some(record) = self.ops.record(id) else { continue };
+            if let Err(e) = self.store.put_progress(&record).await {
+                tracing::error!(operation = %id, error = %e, "could not write the scale operation to the store");
+            }
+        }
+        let gone = self.ops.trim();
+        if !gone.is_empty()
+            && let Err(e) = self.store.delete_progress(tug_store::ProgressKind::Operation, &gone).await
+        {
+            tracing::warn!(error = %e, "could not delete old scale operations from the store");
+        }
+    }
+
+    /// Loads the stored scale operations at start-up.
+    pub(super) async fn load_operations(&mut self) -> crate::error::Result<()> {
+        let records = self.store.list_progress(tug_store::ProgressKind::Operation).await?;
+        self.ops.load(records, self.clock.now());
+        Ok(())
+    }
+
     /// Ends the operations whose service has reached its count, all healthy.
-    pub(super) fn check_operations(&mut self) {
+    pub(super) async fn check_operations(&mut self) {
         let running = self.ops.running();
         if running.is_empty() {
             return;
         }
         let now = self.clock.now();
+        let mut ended = Vec::new();
         for name in running {
             let status = self.service_status(&name);
             for (kind, view) in self.ops.check(&name, status.as_ref(), now) {
+                if kind == EventKind::OperationFinished {
+                    ended.push(view.op.id.clone());
+                }
                 let detail = serde_json::json!({
                     "operation": view.op.id, "state": view.op.state, "from": view.op.from, "to": view.op.to,
                     "replicas": view.replicas, "placed": view.placed, "started": view.started, "healthy": view.healthy,
@@ -846,5 +876,6 @@ impl Scheduler {
                 self.announce_service(kind, &name, detail);
             }
         }
+        self.save_operations(&ended).await;
     }
 }
