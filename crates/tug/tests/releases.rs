@@ -350,7 +350,7 @@ fn a_release_carries_on_after_the_server_is_killed_in_its_bake() {
     up.kill9_and_restart();
     let r = wait_shown(&s, &id, 10, "shown after the restart", |_| true);
     assert_eq!((r["state"].as_str(), r["braked"].as_bool()), (Some("baking"), Some(false)), "{r}");
-    assert!(history(&r).iter().any(|h| h.starts_with("the server restarted")), "{r}");
+    assert!(history(&r).iter().any(|h| h.starts_with("picked up by a server that started")), "{r}");
     let done = wait_shown(&s, &id, 60, "succeeded", |r| r["state"] == "succeeded" || r["state"] == "failed");
     assert_eq!(done["state"], "succeeded", "{done}");
     let h = history(&done);

@@ -696,7 +696,7 @@ impl Scheduler {
                             }
                         }
                         r.restored = Some(Restored { stepping, done: saved.done });
-                        r.note(now, "the server restarted: carrying on once the replicas are known again".into());
+                        r.note(now, "picked up by a server that started (a restart, or a new leader): going on once its replicas are known again".into());
                         loaded += 1;
                     }
                     Err(e) => {
