@@ -154,7 +154,7 @@ pub struct ReleaseRequest {
 }
 
 /// How a release rolls out, validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleasePlan {
     /// Replicas replaced one by one in the smoke stage.
     pub smoke: u32,

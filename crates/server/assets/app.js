@@ -5,7 +5,12 @@
   "use strict";
   var KINDS = ["job.created", "job.changed", "job.deleted", "job.paused", "job.resumed",
     "run.fired", "run.placed", "run.started", "run.waiting", "run.retried", "run.finished",
-    "run.misfired", "agent.joined", "agent.lost", "agent.drained", "agent.undrained", "lagged"];
+    "run.misfired", "agent.joined", "agent.lost", "agent.drained", "agent.undrained",
+    "service.created", "service.changed", "service.deleted", "service.scaled", "replica.placed",
+    "replica.started", "replica.healthy", "replica.unhealthy", "replica.stopped", "replica.replaced",
+    "operation.progress", "operation.finished", "release.started", "release.stage", "release.braked",
+    "release.resumed", "release.retried", "release.failed", "release.succeeded", "release.revoked",
+    "lagged"];
   var filter = document.body.getAttribute("data-events");
   var pending = null;
 
@@ -33,8 +38,8 @@
     KINDS.forEach(function (k) { es.addEventListener(k, soon); });
     es.addEventListener("open", function () { document.body.setAttribute("data-live-connected", "1"); });
   }
-  // Relative times ("in 3m") go stale without events; redraw now and then. Pages whose changes
-  // have no events (services, releases) name a shorter period in <body data-poll="ms">.
+  // Relative times ("in 3m") go stale without events; redraw now and then (a page may name its
+  // own period in <body data-poll="ms">).
   var poll = parseInt(document.body.getAttribute("data-poll"), 10);
   if (document.querySelector("[data-live]")) setInterval(soon, poll > 0 ? poll : 30000);
 

@@ -1,4 +1,5 @@
-//! The event stream: every change the scheduler makes to jobs, runs and agents, as one ordered
+//! The event stream: every change the scheduler makes to jobs, runs, agents, services (their
+//! replicas, scale operations and releases), as one ordered
 //! sequence that the API serves as Server-Sent Events (`GET /api/v1/events`), the UI and
 //! `tug events` follow, and integrations read instead of polling.
 //!
@@ -72,11 +73,71 @@ pub enum EventKind {
     /// A drained agent takes runs again.
     #[serde(rename = "agent.undrained")]
     AgentUndrained,
+    /// A service was created.
+    #[serde(rename = "service.created")]
+    ServiceCreated,
+    /// A service's spec was replaced (by an update, or a release that succeeded).
+    #[serde(rename = "service.changed")]
+    ServiceChanged,
+    /// A service was deleted; its replicas stop.
+    #[serde(rename = "service.deleted")]
+    ServiceDeleted,
+    /// A service's replica count was set (`replicas`, `operation`), by a call or a scaling rule.
+    #[serde(rename = "service.scaled")]
+    ServiceScaled,
+    /// A replica's attempt was placed on an agent and its launch is on the way.
+    #[serde(rename = "replica.placed")]
+    ReplicaPlaced,
+    /// A replica's attempt is running.
+    #[serde(rename = "replica.started")]
+    ReplicaStarted,
+    /// A replica passes its health check (or runs, without one).
+    #[serde(rename = "replica.healthy")]
+    ReplicaHealthy,
+    /// A replica failed its health check and is stopped to be replaced.
+    #[serde(rename = "replica.unhealthy")]
+    ReplicaUnhealthy,
+    /// A replica's attempt ended (`reason`); `removed` when it is gone for good (scaled in, deleted).
+    #[serde(rename = "replica.stopped")]
+    ReplicaStopped,
+    /// A replica's next attempt is on its way after one ended (`restart_in_ms`), or a release replaces it (`release`).
+    #[serde(rename = "replica.replaced")]
+    ReplicaReplaced,
+    /// A scale operation's counts changed (replicas, placed, started, healthy).
+    #[serde(rename = "operation.progress")]
+    OperationProgress,
+    /// A scale operation ended: succeeded, superseded or failed (`error`).
+    #[serde(rename = "operation.finished")]
+    OperationFinished,
+    /// A release started.
+    #[serde(rename = "release.started")]
+    ReleaseStarted,
+    /// A release entered a stage (`state`: smoking, baking, rolling_out, revoking).
+    #[serde(rename = "release.stage")]
+    ReleaseStage,
+    /// A release was braked.
+    #[serde(rename = "release.braked")]
+    ReleaseBraked,
+    /// A braked release was resumed.
+    #[serde(rename = "release.resumed")]
+    ReleaseResumed,
+    /// A failed release runs its failed stage again.
+    #[serde(rename = "release.retried")]
+    ReleaseRetried,
+    /// A release failed (`reason`: which replica, and why).
+    #[serde(rename = "release.failed")]
+    ReleaseFailed,
+    /// A release succeeded: its spec is the service's.
+    #[serde(rename = "release.succeeded")]
+    ReleaseSucceeded,
+    /// A revoke is over: every replica runs the previous spec.
+    #[serde(rename = "release.revoked")]
+    ReleaseRevoked,
 }
 
 impl EventKind {
     /// Every kind, for help texts and filters.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 36] = [
         EventKind::JobCreated,
         EventKind::JobChanged,
         EventKind::JobDeleted,
@@ -93,6 +154,26 @@ impl EventKind {
         EventKind::AgentLost,
         EventKind::AgentDrained,
         EventKind::AgentUndrained,
+        EventKind::ServiceCreated,
+        EventKind::ServiceChanged,
+        EventKind::ServiceDeleted,
+        EventKind::ServiceScaled,
+        EventKind::ReplicaPlaced,
+        EventKind::ReplicaStarted,
+        EventKind::ReplicaHealthy,
+        EventKind::ReplicaUnhealthy,
+        EventKind::ReplicaStopped,
+        EventKind::ReplicaReplaced,
+        EventKind::OperationProgress,
+        EventKind::OperationFinished,
+        EventKind::ReleaseStarted,
+        EventKind::ReleaseStage,
+        EventKind::ReleaseBraked,
+        EventKind::ReleaseResumed,
+        EventKind::ReleaseRetried,
+        EventKind::ReleaseFailed,
+        EventKind::ReleaseSucceeded,
+        EventKind::ReleaseRevoked,
     ];
 
     /// Its name on the wire, e.g. `run.finished`.
@@ -114,6 +195,26 @@ impl EventKind {
             EventKind::AgentLost => "agent.lost",
             EventKind::AgentDrained => "agent.drained",
             EventKind::AgentUndrained => "agent.undrained",
+            EventKind::ServiceCreated => "service.created",
+            EventKind::ServiceChanged => "service.changed",
+            EventKind::ServiceDeleted => "service.deleted",
+            EventKind::ServiceScaled => "service.scaled",
+            EventKind::ReplicaPlaced => "replica.placed",
+            EventKind::ReplicaStarted => "replica.started",
+            EventKind::ReplicaHealthy => "replica.healthy",
+            EventKind::ReplicaUnhealthy => "replica.unhealthy",
+            EventKind::ReplicaStopped => "replica.stopped",
+            EventKind::ReplicaReplaced => "replica.replaced",
+            EventKind::OperationProgress => "operation.progress",
+            EventKind::OperationFinished => "operation.finished",
+            EventKind::ReleaseStarted => "release.started",
+            EventKind::ReleaseStage => "release.stage",
+            EventKind::ReleaseBraked => "release.braked",
+            EventKind::ReleaseResumed => "release.resumed",
+            EventKind::ReleaseRetried => "release.retried",
+            EventKind::ReleaseFailed => "release.failed",
+            EventKind::ReleaseSucceeded => "release.succeeded",
+            EventKind::ReleaseRevoked => "release.revoked",
         }
     }
 
@@ -154,6 +255,13 @@ pub struct Event {
     /// The run as it is after the event (run events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<Run>,
+    /// The service it is about (service, replica, operation and release events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// What a service event says beyond its kind: the replica's index, agent, attempt and
+    /// reason; the operation's or release's id, state and counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
     /// The event as JSON, made once for every subscriber that sends it.
     #[serde(skip)]
     json: std::sync::OnceLock<String>,
@@ -182,6 +290,16 @@ struct Ring {
     /// The id the next event gets.
     next: u64,
     events: VecDeque<Arc<Event>>,
+}
+
+impl Ring {
+    /// Appends an event, dropping the oldest when full.
+    fn push(&mut self, event: Event, capacity: usize) {
+        if self.events.len() == capacity {
+            self.events.pop_front();
+        }
+        self.events.push_back(Arc::new(event));
+    }
 }
 
 struct Inner {
@@ -227,11 +345,34 @@ impl EventBus {
             let mut ring = self.inner.ring.lock().expect("event ring lock");
             let id = ring.next;
             ring.next += 1;
-            let event = Event { id, at, kind, job: job.map(str::to_string), agent: agent.map(str::to_string), run, json: Default::default() };
-            if ring.events.len() == self.inner.capacity {
-                ring.events.pop_front();
-            }
-            ring.events.push_back(Arc::new(event));
+            let event = Event {
+                id,
+                at,
+                kind,
+                job: job.map(str::to_string),
+                agent: agent.map(str::to_string),
+                run,
+                service: None,
+                detail: None,
+                json: Default::default(),
+            };
+            ring.push(event, self.inner.capacity);
+            id
+        };
+        self.inner.latest.send_replace(id);
+    }
+
+    /// Publishes a service event (service, replica, operation, release) with what it says.
+    pub fn publish_service(&self, kind: EventKind, service: &str, detail: serde_json::Value) {
+        let at = self.inner.clock.now();
+        let id = {
+            let mut ring = self.inner.ring.lock().expect("event ring lock");
+            let id = ring.next;
+            ring.next += 1;
+            let detail = Some(detail).filter(|d| !d.is_null());
+            let event =
+                Event { id, at, kind, job: None, agent: None, run: None, service: Some(service.to_string()), detail, json: Default::default() };
+            ring.push(event, self.inner.capacity);
             id
         };
         self.inner.latest.send_replace(id);
@@ -255,7 +396,17 @@ impl EventBus {
             for (kind, run) in events {
                 let id = ring.next;
                 ring.next += 1;
-                let event = Event { id, at, kind, job: Some(run.job.clone()), agent: None, run: Some(run), json: Default::default() };
+                let event = Event {
+                    id,
+                    at,
+                    kind,
+                    job: Some(run.job.clone()),
+                    agent: None,
+                    run: Some(run),
+                    service: None,
+                    detail: None,
+                    json: Default::default(),
+                };
                 if ring.events.len() == self.inner.capacity {
                     gone.extend(ring.events.pop_front());
                 }
@@ -468,6 +619,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(ids(s.next(100).await), vec![7, 8, 9, 10]);
+    }
+
+    #[tokio::test]
+    async fn service_events_name_their_service_and_say_what_happened() {
+        let b = bus(8);
+        let mut s = b.subscribe(None);
+        b.publish_service(EventKind::ReplicaUnhealthy, "web", serde_json::json!({"index": 2, "reason": "HTTP 500"}));
+        b.publish(EventKind::JobCreated, Some("a"), None, None);
+        let Next::Events(got) = s.next(10).await else { panic!("events") };
+        assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2], "one sequence for every kind");
+        let v: serde_json::Value = serde_json::from_str(got[0].json()).unwrap();
+        assert_eq!((v["kind"].as_str(), v["service"].as_str(), v["detail"]["index"].as_u64()), (Some("replica.unhealthy"), Some("web"), Some(2)));
+        assert!(v.get("job").is_none() && v.get("run").is_none(), "{v}");
+        let v: serde_json::Value = serde_json::from_str(got[1].json()).unwrap();
+        assert!(v.get("service").is_none() && v.get("detail").is_none(), "a job event is as before: {v}");
+        assert!(EventKind::ALL.iter().all(|k| serde_json::to_value(k).unwrap().as_str() == Some(k.as_str())), "names agree");
     }
 
     #[tokio::test]

@@ -94,6 +94,51 @@ pub struct ServiceRecord {
     pub updated_at: Timestamp,
 }
 
+/// What a [`ProgressRecord`] follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgressKind {
+    /// A staged release of a service (`rel-N`).
+    Release,
+    /// A scale operation (`op-N`).
+    Operation,
+}
+
+impl ProgressKind {
+    /// Its name in keys and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProgressKind::Release => "release",
+            ProgressKind::Operation => "operation",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<ProgressKind> {
+        match s {
+            "release" => Some(ProgressKind::Release),
+            "operation" => Some(ProgressKind::Operation),
+            _ => None,
+        }
+    }
+}
+
+/// Something the scheduler carries out over time (a release, a scale operation), kept so a
+/// restarted server, or a new leader, goes on with it where it was. The store keeps the
+/// scheduler's own record of it (`state`) without reading it: only the scheduler knows its shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressRecord {
+    /// What it follows.
+    pub kind: ProgressKind,
+    /// Its number (`rel-N`, `op-N`); records of a kind list in this order.
+    pub id: u64,
+    /// The service it is about.
+    pub service: String,
+    /// Over: kept for reading only.
+    pub ended: bool,
+    /// The scheduler's record of it.
+    pub state: serde_json::Value,
+}
+
 /// A page of results and the cursor for the next page, if any.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
@@ -268,6 +313,13 @@ pub trait Store: Send + Sync + 'static {
     async fn list_services(&self) -> Result<Vec<ServiceRecord>>;
     /// Deletes a service; [`StoreError::ServiceNotFound`] if unknown.
     async fn delete_service(&self, name: &str) -> Result<()>;
+
+    /// Creates or replaces the record `(record.kind, record.id)`.
+    async fn put_progress(&self, record: &ProgressRecord) -> Result<()>;
+    /// Every record of a kind, by id.
+    async fn list_progress(&self, kind: ProgressKind) -> Result<Vec<ProgressRecord>>;
+    /// Deletes the records of a kind with these ids (unknown ids are skipped).
+    async fn delete_progress(&self, kind: ProgressKind, ids: &[u64]) -> Result<()>;
 
     /// Stores a new API token; [`StoreError::TokenExists`] if its id is taken.
     async fn create_token(&self, token: &TokenRecord) -> Result<()>;

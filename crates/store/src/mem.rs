@@ -15,8 +15,8 @@ use tug_core::run::{Attempt, NewRun, Run, RunId};
 
 use crate::derived::{Derived, label_matches, page_size, search_text, stored, stored_opt, updated};
 use crate::{
-    AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result,
-    RunQuery, RunTotals, ServiceRecord, Store, StoreError, TokenRecord,
+    AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, ProgressKind,
+    ProgressRecord, RemovedRun, Result, RunQuery, RunTotals, ServiceRecord, Store, StoreError, TokenRecord,
 };
 
 /// A [`Store`] held in memory behind one mutex: the fake for unit tests.
@@ -79,6 +79,8 @@ struct State {
     pools: BTreeMap<String, PoolRecord>,
     /// Services by name.
     services: BTreeMap<String, ServiceRecord>,
+    /// Releases and scale operations in progress (or kept for reading) by `(kind, id)`.
+    progress: BTreeMap<(ProgressKind, u64), ProgressRecord>,
     /// Claimed addresses by `(pool, ip)`, so a pool's claims list by address.
     claims: BTreeMap<(String, std::net::Ipv4Addr), Claim>,
     /// API tokens by id.
@@ -508,6 +510,23 @@ impl Store for MemStore {
 
     async fn delete_service(&self, name: &str) -> Result<()> {
         self.lock().services.remove(name).map(|_| ()).ok_or_else(|| StoreError::ServiceNotFound(name.to_owned()))
+    }
+
+    async fn put_progress(&self, record: &ProgressRecord) -> Result<()> {
+        self.lock().progress.insert((record.kind, record.id), record.clone());
+        Ok(())
+    }
+
+    async fn list_progress(&self, kind: ProgressKind) -> Result<Vec<ProgressRecord>> {
+        Ok(self.lock().progress.range((kind, 0)..=(kind, u64::MAX)).map(|(_, r)| r.clone()).collect())
+    }
+
+    async fn delete_progress(&self, kind: ProgressKind, ids: &[u64]) -> Result<()> {
+        let mut state = self.lock();
+        for id in ids {
+            state.progress.remove(&(kind, *id));
+        }
+        Ok(())
     }
 
     async fn create_token(&self, token: &TokenRecord) -> Result<()> {

@@ -307,3 +307,43 @@ fn a_newcomer_adds_a_job_from_the_form_with_its_fires_previewed_as_they_type() {
     b.wait_text("body", "at 05:00 every day");
     assert!(tug(&s, &["job", "show", "from-the-form"]).contains("0 0 5 * * *"));
 }
+
+#[test]
+fn a_service_and_its_release_update_live_from_the_event_stream() {
+    let Some(b) = browser("service-flow") else { return };
+    let up = Up::start();
+    let s = up.server.clone();
+    tug(&s, &["service", "add", "web", "--replicas", "1", "--", "sleep 1000"]);
+    b.go(&format!("{s}/services/web"));
+    b.wait_text("#live", "1 of 1 healthy");
+    for _ in 0..100 {
+        if b.js("return document.body.getAttribute('data-live-connected');") == json!("1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.js("window.__notReloaded = true; return null;");
+
+    // Scaled elsewhere: the replicas appear on the open page as their events arrive, long before
+    // the page's 30 s redraw of relative times would show them.
+    let asked = std::time::Instant::now();
+    tug(&s, &["service", "scale", "web", "3"]);
+    b.wait_text("#live", "3 of 3 healthy");
+    assert!(asked.elapsed() < Duration::from_secs(10), "shown after {:?}", asked.elapsed());
+    assert_eq!(b.js("return window.__notReloaded === true;"), json!(true), "updated in place, not reloaded");
+    b.screenshot("service");
+
+    // A release's page follows its stages, and a brake from the CLI.
+    let out = tug(&s, &["release", "start", "web", "--env", "V=2", "--bake", "1h"]);
+    let id = out.split_whitespace().find(|w| w.starts_with("rel-")).unwrap().trim_end_matches(':').to_owned();
+    b.wait_text("#live", &id);
+    b.go(&format!("{s}/releases/{id}"));
+    b.wait_text("#live", "baking");
+    b.js("window.__notReloaded = true; return null;");
+    let asked = std::time::Instant::now();
+    tug(&s, &["release", "brake", &id]);
+    b.wait_text("#live", "(braked)");
+    assert!(asked.elapsed() < Duration::from_secs(10), "shown after {:?}", asked.elapsed());
+    assert_eq!(b.js("return window.__notReloaded === true;"), json!(true));
+    b.screenshot("release");
+}

@@ -1,5 +1,6 @@
 //! The event stream (`GET /api/v1/events`) against a real server: what a run's life publishes,
-//! resuming with Last-Event-ID, filters, a client too far behind, and bad requests.
+//! resuming with Last-Event-ID, filters, a client too far behind, and bad requests; a service's
+//! life (its replicas, a scale operation, releases) on the same stream.
 
 mod common;
 
@@ -169,7 +170,7 @@ async fn bad_stream_requests_say_what_to_fix() {
     let (st, v) = s.req(reqwest::Method::GET, "/events?kind=run.exploded", None).await;
     assert_eq!(st, 400);
     assert_eq!(v["error"]["code"], "invalid_kind");
-    assert!(v["error"]["message"].as_str().unwrap().contains("unknown event kind \"run.exploded\": use job, run, agent or one of job.created"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("unknown event kind \"run.exploded\": use job, run, agent, service, replica, operation, release or one of job.created"), "{v}");
     let r = s.http.get(format!("{}/events", s.base)).header("Last-Event-ID", "yesterday").send().await.unwrap();
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
@@ -179,4 +180,94 @@ async fn bad_stream_requests_say_what_to_fix() {
     // An open stream does not hold up shutdown.
     let _open = Reader::open(&s, "", None).await;
     tokio::time::timeout(Duration::from_secs(20), s.stop()).await.expect("shutdown with a stream open");
+}
+
+/// The events of one replica index, by kind.
+fn of_replica(events: &[Sse], index: u64) -> Vec<String> {
+    events.iter().filter(|e| e.data["detail"]["index"] == index).map(|e| e.event.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_replicas_scaling_and_releases_are_published_in_order() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let mut web = Reader::open(&s, "?service=web", None).await;
+    let mut api_only = Reader::open(&s, "?service=api", None).await;
+    let mut ops = Reader::open(&s, "?kind=operation,service.scaled", None).await;
+    let mut jobs = Reader::open(&s, "?kind=job", None).await;
+    let spec = json!({"name": "web", "replicas": 2, "command": "exec sleep 1000", "stop_grace": "1s"});
+    let (st, v) = s.req(Method::POST, "/services", Some(spec)).await;
+    assert_eq!(st, 201, "{v}");
+    let seen = web.until("replica.healthy", |e| e.data["detail"]["index"] == 1).await;
+    let seen = [seen.clone(), if of_replica(&seen, 0).contains(&"replica.healthy".to_string()) { vec![] } else { web.until("replica.healthy", |_| true).await }].concat();
+    assert_eq!(seen[0].event, "service.created", "{seen:?}");
+    assert_eq!((seen[0].data["service"].as_str(), seen[0].data["detail"]["replicas"].as_i64()), (Some("web"), Some(2)));
+    for i in [0, 1] {
+        assert_eq!(of_replica(&seen, i), ["replica.placed", "replica.started", "replica.healthy"], "replica {i}: {seen:?}");
+    }
+    let placed = seen.iter().find(|e| e.event == "replica.placed").unwrap();
+    assert_eq!((placed.data["detail"]["agent"].as_str(), placed.data["detail"]["attempt"].as_u64()), (Some("local"), Some(1)));
+    assert!(placed.data.get("job").is_none(), "{:?}", placed.data);
+
+    // Scaling: the call, the operation's progress, its end.
+    let (st, op) = s.req(Method::POST, "/services/web/scale", Some(json!({"replicas": 3}))).await;
+    assert_eq!(st, 202, "{op}");
+    let op_id = op["id"].as_str().unwrap().to_owned();
+    let o = ops.until("operation.finished", |_| true).await;
+    assert_eq!((o[0].event.as_str(), o[0].data["detail"]["operation"].as_str(), o[0].data["detail"]["replicas"].as_u64()), ("service.scaled", Some(op_id.as_str()), Some(3)));
+    assert!(o.iter().any(|e| e.event == "operation.progress"), "{o:?}");
+    let end = o.last().unwrap();
+    assert_eq!((end.data["detail"]["state"].as_str(), end.data["detail"]["healthy"].as_u64()), (Some("succeeded"), Some(3)), "{end:?}");
+    let more = web.until("operation.finished", |_| true).await;
+    assert_eq!(of_replica(&more, 2), ["replica.placed", "replica.started", "replica.healthy"], "{more:?}");
+
+    // A release: each stage, each replica replaced, then the service changed.
+    let (st, rel) = s.req(Method::POST, "/services/web/releases", Some(json!({"env": {"V": "2"}, "smoke": 1, "bake": "0s", "batch": 2}))).await;
+    assert_eq!(st, 202, "{rel}");
+    let rel_id = rel["id"].as_str().unwrap().to_owned();
+    let r = web.until("release.succeeded", |_| true).await;
+    let release_events: Vec<String> = r
+        .iter()
+        .filter(|e| e.event.starts_with("release."))
+        .map(|e| format!("{} {}", e.event, e.data["detail"]["state"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        release_events,
+        ["release.started pending", "release.stage smoking", "release.stage baking", "release.stage rolling_out", "release.succeeded succeeded"],
+        "{r:?}"
+    );
+    assert!(r.iter().all(|e| !e.event.starts_with("release.") || e.data["detail"]["release"] == rel_id.as_str()));
+    let replaced: Vec<u64> =
+        r.iter().filter(|e| e.event == "replica.replaced" && e.data["detail"]["release"] == rel_id.as_str()).map(|e| e.data["detail"]["index"].as_u64().unwrap()).collect();
+    assert_eq!(replaced, [0, 1, 2], "smoke first, then a batch of two");
+    assert_eq!(web.next().await.event, "service.changed");
+
+    // Braked, resumed and revoked, each with its event.
+    let (_, rel) = s.req(Method::POST, "/services/web/releases", Some(json!({"env": {"V": "3"}, "bake": "1h"}))).await;
+    let rel_id = rel["id"].as_str().unwrap().to_owned();
+    web.until("release.stage", |e| e.data["detail"]["state"] == "baking").await;
+    for action in ["brake", "resume", "revoke"] {
+        let (st, v) = s.req(Method::POST, &format!("/releases/{rel_id}/{action}"), None).await;
+        assert_eq!(st, 200, "{action}: {v}");
+    }
+    assert_eq!(web.next().await.event, "release.braked");
+    assert_eq!(web.next().await.event, "release.resumed");
+    let revoking = web.next().await;
+    assert_eq!((revoking.event.as_str(), revoking.data["detail"]["state"].as_str()), ("release.stage", Some("revoking")));
+    let rest = web.until("release.revoked", |_| true).await;
+    assert_eq!(of_replica(&rest, 0).first().map(String::as_str), Some("replica.replaced"), "{rest:?}");
+
+    // Deleted: every replica stops for good.
+    s.req(Method::DELETE, "/services/web", None).await;
+    assert_eq!(web.next().await.event, "service.deleted");
+    let gone = web.until("replica.stopped", |e| e.data["detail"]["removed"] == true).await;
+    assert!(gone.iter().all(|e| e.event == "replica.stopped"), "{gone:?}");
+
+    // None of it reached a reader of another service, or of jobs.
+    s.req(Method::POST, "/services", Some(json!({"name": "api", "replicas": 0, "command": "exec sleep 1000"}))).await;
+    assert_eq!(api_only.next().await.event, "service.created");
+    s.create(json!({"name": "a-job", "schedule": "@yearly", "command": "true"})).await;
+    assert_eq!(jobs.next().await.data["job"], "a-job");
+    s.stop().await;
 }

@@ -289,6 +289,55 @@ async fn leader_faults_lose_no_fire_and_launch_nothing_twice() {
 
 /// `tug cluster` from a follower and from the leader shows the same group; the follower passes
 /// other requests to the leader; the leader's metrics say it leads.
+/// Polls `GET path` on server `i` until `pred` holds of its JSON; returns it.
+async fn wait_json(g: &Group, i: usize, path: &str, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let got = match g.get(i, path).send().await {
+            Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+            _ => None,
+        };
+        if let Some(v) = &got
+            && pred(v)
+        {
+            return v.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(secs), "{path}: {what} within {secs}s; it is {got:?}; logs in {}", g.dir.path().display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_carries_on_with_a_release_in_its_bake() {
+    let mut g = Group::start("relha");
+    let (leader, _) = g.leader(0, None, Duration::from_secs(20)).await;
+    let api = g.servers[leader].api.clone();
+    let spec = serde_json::json!({"name": "web", "replicas": 2, "command": "exec sleep 1000", "stop_grace": "1s"});
+    let r = g.http.post(format!("{api}/api/v1/services")).json(&spec).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    wait_json(&g, leader, "/api/v1/services/web", 30, "2 healthy", |v| v["status"]["healthy"] == 2).await;
+    let body = serde_json::json!({"env": {"V": "2"}, "smoke": 1, "bake": "4s", "batch": 1});
+    let r = g.http.post(format!("{api}/api/v1/services/web/releases")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/releases/{id}");
+    wait_json(&g, leader, &path, 30, "baking", |v| v["state"] == "baking").await;
+
+    // The leader is killed in the bake; the next one has the release where it was, and ends it.
+    let old = g.servers[leader].name.clone();
+    g.servers[leader].child.as_mut().unwrap().kill().unwrap();
+    let ask = (leader + 1) % 3;
+    let (next, _) = g.leader(ask, Some(&old), Duration::from_secs(20)).await;
+    let shown = wait_json(&g, next, &path, 10, "shown by the new leader", |_| true).await;
+    assert_ne!(shown["state"], "pending", "{shown}");
+    let history: Vec<&str> = shown["history"].as_array().unwrap().iter().filter_map(|h| h["what"].as_str()).collect();
+    assert!(history.iter().any(|h| h.starts_with("picked up by a server that started")), "{shown}");
+    let done = wait_json(&g, next, &path, 60, "ended", |v| v["state"] == "succeeded" || v["state"] == "failed").await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let svc = wait_json(&g, next, "/api/v1/services/web", 30, "2 healthy on the new spec", |v| v["status"]["healthy"] == 2).await;
+    assert_eq!(svc["spec"]["env"]["V"], "2", "{svc}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_server_shows_the_group() {
     let g = Group::start("show");

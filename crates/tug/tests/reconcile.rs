@@ -426,6 +426,15 @@ impl Store for Stalling {
     async fn delete_service(&self, name: &str) -> tug_store::Result<()> {
         self.inner.delete_service(name).await
     }
+    async fn put_progress(&self, record: &tug_store::ProgressRecord) -> tug_store::Result<()> {
+        self.inner.put_progress(record).await
+    }
+    async fn list_progress(&self, kind: tug_store::ProgressKind) -> tug_store::Result<Vec<tug_store::ProgressRecord>> {
+        self.inner.list_progress(kind).await
+    }
+    async fn delete_progress(&self, kind: tug_store::ProgressKind, ids: &[u64]) -> tug_store::Result<()> {
+        self.inner.delete_progress(kind, ids).await
+    }
     async fn create_token(&self, token: &tug_store::TokenRecord) -> tug_store::Result<()> {
         self.inner.create_token(token).await
     }

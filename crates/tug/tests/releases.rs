@@ -314,6 +314,90 @@ fn releases_through_the_cli() {
     up.terminate();
 }
 
+/// Polls `tug release show` until `pred` holds (or panics after `secs`).
+fn wait_shown(s: &str, id: &str, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let out = common::tug(s, &["release", "show", id, "--json"]);
+        if out.status.success() {
+            let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if pred(&r) {
+                return r;
+            }
+            assert!(std::time::Instant::now() < deadline, "release {id}: {what} within {secs}s; it is now {r}");
+        } else {
+            assert!(std::time::Instant::now() < deadline, "release {id}: {what} within {secs}s: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_release_carries_on_after_the_server_is_killed_in_its_bake() {
+    let mut up = Up::start();
+    let s = up.server.clone();
+    let files = tempfile::tempdir().unwrap();
+    let spec_file = files.path().join("svc.json");
+    std::fs::write(&spec_file, versioned("survivor", files.path(), 3).to_string()).unwrap();
+    ok(&s, &["service", "add", "-f", spec_file.to_str().unwrap()]);
+    ok(&s, &["service", "scale", "survivor", "3", "--wait"]);
+    let out = ok(&s, &["release", "start", "survivor", "--env", "V=2", "--smoke", "1", "--bake", "8s", "--batch", "2"]);
+    let id = out.split_whitespace().find(|w| w.starts_with("rel-")).unwrap().trim_end_matches(':').to_owned();
+    wait_shown(&s, &id, 30, "baking", |r| r["state"] == "baking");
+    assert_eq!(versions(files.path(), 3), ["2", "1", "1"], "the smoke replica runs the new spec");
+
+    // kill -9 in the bake, and the same data directory again.
+    up.kill9_and_restart();
+    let r = wait_shown(&s, &id, 10, "shown after the restart", |_| true);
+    assert_eq!((r["state"].as_str(), r["braked"].as_bool()), (Some("baking"), Some(false)), "{r}");
+    assert!(history(&r).iter().any(|h| h.starts_with("picked up by a server that started")), "{r}");
+    let done = wait_shown(&s, &id, 60, "succeeded", |r| r["state"] == "succeeded" || r["state"] == "failed");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let h = history(&done);
+    assert!(h.iter().any(|l| l.starts_with("carrying on: 1 replica(s) done")), "{h:?}");
+    assert_eq!(h.iter().filter(|l| l.starts_with("baking for")).count(), 1, "the bake went on, not over: {h:?}");
+    assert_eq!(versions(files.path(), 3), ["2", "2", "2"]);
+    let svc: Value = serde_json::from_str(&ok(&s, &["service", "show", "survivor", "--json"])).unwrap();
+    assert_eq!(svc["spec"]["env"]["V"], "2", "the new spec is the service's: {svc}");
+
+    // A braked release stays braked across a restart, and a revoke then puts the replica back.
+    let out = ok(&s, &["release", "start", "survivor", "--env", "V=3", "--bake", "1h"]);
+    let id = out.split_whitespace().find(|w| w.starts_with("rel-")).unwrap().trim_end_matches(':').to_owned();
+    wait_shown(&s, &id, 30, "baking", |r| r["state"] == "baking");
+    ok(&s, &["release", "brake", &id]);
+    up.kill9_and_restart();
+    let r = wait_shown(&s, &id, 10, "shown after the restart", |_| true);
+    assert_eq!((r["state"].as_str(), r["braked"].as_bool()), (Some("baking"), Some(true)), "{r}");
+    let e = common::tug(&s, &["release", "start", "survivor", "--env", "V=4"]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains(&format!("release {id} of service \"survivor\" is baking (braked)")), "{e:?}");
+    // Revoke waits for the replicas to be known again (the agents' reports), then goes.
+    let revoked = loop {
+        let out = common::tug(&s, &["release", "revoke", &id]);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains("try again in a few seconds"), "{err}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(revoked.starts_with(&format!("revoking release {id}")), "{revoked}");
+    let done = wait_shown(&s, &id, 60, "revoked", |r| r["state"] == "revoked" || r["state"] == "failed");
+    assert_eq!(done["state"], "revoked", "{done}");
+    assert_eq!(versions(files.path(), 3), ["2", "2", "2"]);
+    // Ended releases, and scale operations, are kept for reading across a restart too.
+    let out = ok(&s, &["service", "scale", "survivor", "4", "--json"]);
+    let op: Value = serde_json::from_str(&out).unwrap();
+    let op = op["id"].as_str().unwrap().to_owned();
+    ok(&s, &["op", "watch", &op]);
+    up.kill9_and_restart();
+    let shown: Value = serde_json::from_str(&ok(&s, &["op", "show", &op, "--json"])).unwrap();
+    assert_eq!((shown["state"].as_str(), shown["to"].as_u64()), (Some("succeeded"), Some(4)), "{shown}");
+    let list: Value = serde_json::from_str(&ok(&s, &["release", "list", "survivor", "--json"])).unwrap();
+    let states: Vec<&str> = list.as_array().unwrap().iter().map(|r| r["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["revoked", "succeeded"], "{list}");
+    up.terminate();
+}
+
 #[test]
 fn a_docker_release_of_a_new_image_replaces_each_container() {
     let Some(image) = docker_test_image() else { return };

@@ -412,6 +412,50 @@ async fn the_jobs_page_lists_by_next_fire_a_page_at_a_time() {
     s.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_filter_lists_its_jobs_by_next_fire_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    // Names in another order than their fires.
+    let jobs = [("z-fail", 2030, "exit 3"), ("a-fail", 2031, "exit 3"), ("m-fail", 2032, "exit 3"), ("k-ok", 2029, "true")];
+    let running = [("y-run", 2033), ("b-run", 2034)];
+    for (name, year, cmd) in jobs {
+        s.create(json!({"name": name, "schedule": format!("R/{year}-01-01T00:00:00Z/P1D"), "command": cmd})).await;
+    }
+    for (name, year) in running {
+        s.create(json!({"name": name, "schedule": format!("R/{year}-01-01T00:00:00Z/P1D"), "command": "sleep 300"})).await;
+    }
+    let marker = dir.path().join("ran-once");
+    let once = format!("test -e {m} || {{ touch {m}; exit 1; }}", m = marker.display());
+    s.create(json!({"name": "c-failed-then-ok", "schedule": "R/2028-01-01T00:00:00Z/P1D", "command": once})).await;
+    for name in ["z-fail", "a-fail", "m-fail", "k-ok", "y-run", "b-run", "c-failed-then-ok"] {
+        s.post(&format!("/jobs/{name}/run")).await;
+    }
+    for name in ["z-fail", "a-fail", "m-fail"] {
+        s.wait_runs(name, 10, |r| r.first().is_some_and(|r| r["state"] == "failed")).await;
+    }
+    s.wait_runs("c-failed-then-ok", 10, |r| r.first().is_some_and(|r| r["state"] == "failed")).await;
+    s.post("/jobs/c-failed-then-ok/run").await;
+    s.wait_runs("c-failed-then-ok", 10, |r| r.first().is_some_and(|r| r["state"] == "succeeded")).await;
+    for (name, _) in running {
+        s.wait_runs(name, 10, |r| r.first().is_some_and(|r| r["state"] == "running")).await;
+    }
+
+    let (st, failing) = page(&s, "/?state=failing").await;
+    assert_eq!(st, 200);
+    assert!(failing.contains("sorted by next fire"), "{failing}");
+    assert_eq!(listed(&failing), ["z-fail", "a-fail", "m-fail"], "a success after a failure is not failing");
+    let (_, busy) = page(&s, "/?state=running").await;
+    assert_eq!(listed(&busy), ["y-run", "b-run"]);
+    let (_, by_name) = page(&s, "/?state=failing&sort=name").await;
+    assert!(by_name.contains("sorted by name"));
+    assert_eq!(listed(&by_name), ["a-fail", "m-fail", "z-fail"]);
+    // The sort links keep the filter.
+    let unescaped = failing.replace("&amp;", "&").replace("&#38;", "&").replace("&#x3d;", "=").replace("&#61;", "=");
+    assert!(unescaped.contains("href=\"/?state=failing&sort=name\""), "{failing}");
+    s.stop().await;
+}
+
 /// Posts the job form with these fields.
 async fn post_form(b: &mut Browser, fields: &[(&'static str, String)]) -> (u16, String, String) {
     let refs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -515,7 +559,7 @@ async fn the_services_pages_show_replicas_scale_and_a_releases_stages() {
     let (st, list) = page(&s, "/services").await;
     assert_eq!(st, 200);
     assert!(list.contains("<a href=\"/services/web\">web</a>") && list.contains("2 / 2") && list.contains("none (running is healthy)"), "{list}");
-    assert!(list.contains("data-poll=\"2000\""), "redrawn without events");
+    assert!(list.contains("data-events=\"kind=service,replica,operation,release\""), "redrawn on the services' events: {list}");
     let one = wait_page(&s, "/services/web", 10, "2 of 2 healthy").await;
     assert_eq!(one.matches("<span class=\"state healthy\">healthy</span>").count(), 2, "{one}");
     assert!(one.contains("<td>local</td>") && one.contains("/api/v1/services/web/replicas/1/log"), "{one}");

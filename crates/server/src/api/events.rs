@@ -7,9 +7,12 @@
 //! whose next event has left the buffer gets an `event: lagged` with `{"missed", "resume_at"}`
 //! first, then the stream goes on from the oldest event held: it is told, never silently skipped.
 //!
-//! Filters: `job=a,b` (those jobs' events), `label=key` or `label=key=value` (events of jobs
-//! with that label), `kind=run.finished,job` (a kind, or a prefix: `job`, `run`, `agent`).
-//! Several filters must all match; agent events have no job, so a job or label filter drops them.
+//! Filters: `job=a,b` (those jobs' events), `service=web,api` (those services' events: service,
+//! replica, operation and release), `label=key` or `label=key=value` (events of jobs with that
+//! label), `kind=run.finished,job` (a kind, or a prefix: `job`, `run`, `agent`, `service`,
+//! `replica`, `operation`, `release`). Several filters must all match; agent and service events
+//! have no job, so a job or label filter drops them, and a service filter drops every event
+//! without a service.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -31,6 +34,7 @@ use crate::stream::{Event, EventKind, Next, Subscription};
 #[serde(deny_unknown_fields)]
 pub(super) struct StreamParams {
     job: Option<String>,
+    service: Option<String>,
     kind: Option<String>,
     label: Option<String>,
     last_event_id: Option<String>,
@@ -39,6 +43,7 @@ pub(super) struct StreamParams {
 /// Which events a client asked for.
 struct Filter {
     jobs: Vec<String>,
+    services: Vec<String>,
     kinds: Vec<EventKind>,
     label: Option<(String, Option<String>)>,
 }
@@ -58,7 +63,10 @@ impl Filter {
                 let all: Vec<&str> = EventKind::ALL.iter().map(|e| e.as_str()).collect();
                 return Err(ApiError::bad_request(
                     "invalid_kind",
-                    format!("unknown event kind {k:?}: use job, run, agent or one of {}", all.join(", ")),
+                    format!(
+                        "unknown event kind {k:?}: use job, run, agent, service, replica, operation, release or one of {}",
+                        all.join(", ")
+                    ),
                 ));
             }
             kinds.extend(matched);
@@ -67,7 +75,7 @@ impl Filter {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
             None => (l.to_string(), None),
         });
-        Ok(Filter { jobs: list(&p.job), kinds, label })
+        Ok(Filter { jobs: list(&p.job), services: list(&p.service), kinds, label })
     }
 
     /// Whether `e` passes, looking jobs' labels up (and caching them) when a label filter is set.
@@ -76,6 +84,9 @@ impl Filter {
             return false;
         }
         if !self.jobs.is_empty() && !e.job.as_ref().is_some_and(|j| self.jobs.contains(j)) {
+            return false;
+        }
+        if !self.services.is_empty() && !e.service.as_ref().is_some_and(|s| self.services.contains(s)) {
             return false;
         }
         let Some((key, value)) = &self.label else { return true };

@@ -49,7 +49,7 @@ use timers::{Slot, Timers};
 pub use operations::{AgentProgress, OpState, Operation, OperationView};
 pub use releases::{Release, ReleaseAction, ReleaseEvent, ReleaseState, ReleaseView};
 pub use services::{ReplicaState, ReplicaView, ServiceStatus, is_replica};
-pub use upcoming::{Upcoming, UpcomingCursor};
+pub use upcoming::{JobState, Upcoming, UpcomingCursor};
 
 /// Scheduler settings.
 #[derive(Debug, Clone)]
@@ -125,7 +125,7 @@ pub(crate) enum Command {
     ReleaseAction(String, ReleaseAction, oneshot::Sender<Result<ReleaseView>>),
     Release(String, oneshot::Sender<Option<ReleaseView>>),
     Releases(String, oneshot::Sender<Vec<ReleaseView>>),
-    Upcoming(tug_store::JobQuery, Option<UpcomingCursor>, usize, oneshot::Sender<Upcoming>),
+    Upcoming(tug_store::JobQuery, Option<JobState>, Option<UpcomingCursor>, usize, oneshot::Sender<Upcoming>),
 }
 
 /// A cheap, cloneable way to talk to the scheduler task.
@@ -226,8 +226,14 @@ impl SchedulerHandle {
 
     /// A page of jobs passing `filter` in order of their next fire, then those with none by
     /// name (see `upcoming.rs`).
-    pub async fn upcoming(&self, filter: tug_store::JobQuery, after: Option<UpcomingCursor>, limit: usize) -> Result<Upcoming> {
-        self.ask(|tx| Command::Upcoming(filter, after, limit, tx)).await
+    pub async fn upcoming(
+        &self,
+        filter: tug_store::JobQuery,
+        state: Option<JobState>,
+        after: Option<UpcomingCursor>,
+        limit: usize,
+    ) -> Result<Upcoming> {
+        self.ask(|tx| Command::Upcoming(filter, state, after, limit, tx)).await
     }
 
     /// Every dependency as (parent, child), sorted.
@@ -320,6 +326,8 @@ pub(crate) struct Entry {
     pub last_run_at: Option<Timestamp>,
     /// When a run of the job last succeeded.
     pub last_success_at: Option<Timestamp>,
+    /// When a run of the job last failed, timed out or was lost.
+    pub last_failure_at: Option<Timestamp>,
     /// Runs finished since the last prune.
     pub finished_since_prune: u32,
     /// The agent its last docker run went to, which holds its warm container.
@@ -335,6 +343,7 @@ impl Entry {
             next: None,
             last_run_at: None,
             last_success_at: None,
+            last_failure_at: None,
             finished_since_prune: 0,
             warm_agent: None,
         }
@@ -411,6 +420,13 @@ impl Scheduler {
         }
     }
 
+    /// Publishes a service event (service, replica, operation, release) on the stream.
+    pub(super) fn announce_service(&self, kind: EventKind, service: &str, detail: serde_json::Value) {
+        if let Some(bus) = &self.bus {
+            bus.publish_service(kind, service, detail);
+        }
+    }
+
     /// Publishes the runs a fire commit created (run events after their first write).
     pub(super) fn announce_created(&self, created: &[Run]) {
         let Some(bus) = &self.bus else { return };
@@ -476,6 +492,8 @@ impl Scheduler {
         s.count_agents();
         s.recover().await?;
         s.load_services().await?;
+        s.load_releases().await?;
+        s.load_operations().await?;
         Ok(s)
     }
 
@@ -544,7 +562,7 @@ impl Scheduler {
             if firing && self.releases.moving() {
                 self.drive_releases().await;
             }
-            self.check_operations();
+            self.check_operations().await;
         }
         // Drain the persister so every change made so far is written before we return.
         let tasks = [self.persister_task.take(), self.dispatcher_task.take()];
@@ -597,8 +615,8 @@ impl Scheduler {
                 children.sort();
                 let _ = tx.send(children);
             }
-            Command::Upcoming(filter, after, limit, tx) => {
-                let _ = tx.send(self.upcoming(&filter, after.as_ref(), limit));
+            Command::Upcoming(filter, state, after, limit, tx) => {
+                let _ = tx.send(self.upcoming(&filter, state, after.as_ref(), limit));
             }
             Command::Edges(tx) => {
                 let mut edges: Vec<(String, String)> =
@@ -632,6 +650,7 @@ impl Scheduler {
             Command::DeleteService(name, tx) => {
                 let r = self.store.delete_service(&name).await.map_err(Error::from);
                 if r.is_ok() {
+                    self.announce_service(EventKind::ServiceDeleted, &name, serde_json::Value::Null);
                     self.service_delete(&name).await;
                 }
                 let _ = tx.send(r);

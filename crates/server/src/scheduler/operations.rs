@@ -3,20 +3,25 @@
 //! and every one is healthy (`succeeded`), a newer scale of the same service takes over
 //! (`superseded`), or a replica cannot be started and is given up (`failed`, saying which and
 //! why: an image that does not exist fails the operation rather than retrying for ever). Progress is read from the replicas themselves, so it is never out of step.
+//!
+//! Operations are written to the store when they start and when they end, so a restarted server
+//! (or a new leader) still shows them and follows those still running.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tug_store::{ProgressKind, ProgressRecord};
 
 use super::services::{ReplicaState, ServiceStatus};
+use crate::stream::EventKind;
 
 /// Operations kept for reading after they end.
 const KEPT: usize = 1000;
 
 /// Where an operation is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpState {
     /// Replicas are being placed, started or stopped.
@@ -30,7 +35,7 @@ pub enum OpState {
 }
 
 /// One scale operation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Operation {
     /// `op-N`.
     pub id: String,
@@ -50,8 +55,11 @@ pub struct Operation {
     pub elapsed_ms: u64,
     /// Why it failed: the replica given up, and why.
     pub error: Option<String>,
-    #[serde(skip)]
+    #[serde(skip, default = "Instant::now")]
     started: Instant,
+    /// The counts last published as its progress: replicas, placed, started, healthy.
+    #[serde(skip)]
+    published: (u32, u32, u32, u32),
 }
 
 /// Replica counts of one agent.
@@ -91,6 +99,11 @@ pub struct OperationView {
     pub agents: BTreeMap<String, AgentProgress>,
 }
 
+/// The number in `op-N`.
+fn op_number(id: &str) -> Option<u64> {
+    id.strip_prefix("op-")?.parse().ok()
+}
+
 /// Every recent operation.
 #[derive(Default)]
 pub(super) struct Operations {
@@ -99,12 +112,14 @@ pub(super) struct Operations {
 }
 
 impl Operations {
-    /// Starts an operation; older running ones of the service are superseded.
-    pub(super) fn start(&mut self, service: &str, from: u32, to: u32, now: Timestamp) -> Operation {
+    /// Starts an operation; older running ones of the service are superseded (and returned).
+    pub(super) fn start(&mut self, service: &str, from: u32, to: u32, now: Timestamp) -> (Operation, Vec<Operation>) {
+        let mut superseded = Vec::new();
         for op in self.ops.iter_mut().filter(|o| o.service == service && o.state == OpState::Running) {
             op.state = OpState::Superseded;
             op.finished_at = Some(now);
             op.elapsed_ms = u64::try_from(op.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            superseded.push(op.clone());
         }
         self.next += 1;
         let op = Operation {
@@ -118,12 +133,50 @@ impl Operations {
             elapsed_ms: 0,
             error: None,
             started: Instant::now(),
+            published: (0, 0, 0, 0),
         };
         self.ops.push_back(op.clone());
-        if self.ops.len() > KEPT {
-            self.ops.pop_front();
+        (op, superseded)
+    }
+
+    /// Forgets the oldest operations beyond those kept; returns their numbers.
+    pub(super) fn trim(&mut self) -> Vec<u64> {
+        let mut gone = Vec::new();
+        while self.ops.len() > KEPT {
+            if let Some(n) = self.ops.pop_front().and_then(|o| op_number(&o.id)) {
+                gone.push(n);
+            }
         }
-        op
+        gone
+    }
+
+    /// An operation as the store keeps it.
+    pub(super) fn record(&self, id: &str) -> Option<ProgressRecord> {
+        let op = self.ops.iter().find(|o| o.id == id)?;
+        Some(ProgressRecord {
+            kind: ProgressKind::Operation,
+            id: op_number(&op.id)?,
+            service: op.service.clone(),
+            ended: op.state != OpState::Running,
+            state: serde_json::to_value(op).ok()?,
+        })
+    }
+
+    /// Takes in the operations stored before a restart; those still running are followed again.
+    pub(super) fn load(&mut self, records: Vec<ProgressRecord>, now: Timestamp) {
+        for r in records {
+            let mut op: Operation = match serde_json::from_value(r.state) {
+                Ok(op) => op,
+                Err(e) => {
+                    tracing::error!(operation = r.id, error = %e, "stored operation cannot be read; left out");
+                    continue;
+                }
+            };
+            let ago: std::time::Duration = now.duration_since(op.started_at).try_into().unwrap_or_default();
+            op.started = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+            self.next = self.next.max(r.id);
+            self.ops.push_back(op);
+        }
     }
 
     /// The services with a running operation.
@@ -134,9 +187,16 @@ impl Operations {
     }
 
     /// Ends the service's running operation when `status` shows it done (a deleted service's
-    /// `None` ends it too).
-    pub(super) fn check(&mut self, service: &str, status: Option<&ServiceStatus>, now: Timestamp) {
+    /// `None` ends it too). Returns what to publish: its progress when its counts changed, and
+    /// its end.
+    pub(super) fn check(&mut self, service: &str, status: Option<&ServiceStatus>, now: Timestamp) -> Vec<(EventKind, OperationView)> {
+        let mut events = Vec::new();
         for op in self.ops.iter_mut().filter(|o| o.service == service && o.state == OpState::Running) {
+            let counts = status.map_or((0, 0, 0, 0), |s| (s.replicas, s.placed, s.running, s.healthy));
+            if counts != op.published {
+                op.published = counts;
+                events.push((EventKind::OperationProgress, op.id.clone()));
+            }
             let done = status.is_none_or(|s| s.replicas == op.to && s.healthy == op.to);
             let given_up = status.and_then(|s| s.list.iter().find(|r| r.state == ReplicaState::Failed));
             if done {
@@ -149,7 +209,9 @@ impl Operations {
             }
             op.finished_at = Some(now);
             op.elapsed_ms = u64::try_from(op.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            events.push((EventKind::OperationFinished, op.id.clone()));
         }
+        events.into_iter().filter_map(|(kind, id)| Some((kind, self.view(&id, status)?))).collect()
     }
 
     /// One operation with the progress in `status`.

@@ -46,6 +46,7 @@ impl Scheduler {
                     e.cursor = Some(rec.fire_cursor.unwrap_or(rec.created_at));
                     e.last_run_at = rec.last_run_at;
                     e.last_success_at = rec.last_success_at;
+                    e.last_failure_at = rec.last_failure_at;
                     entries.push(e);
                 }
                 Err(err) => tracing::error!(job = %name, error = %err, "stored job no longer validates; not scheduled"),

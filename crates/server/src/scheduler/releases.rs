@@ -26,27 +26,33 @@
 //! | `revoke` (any state but the ends)                        | `revoking`                      |
 //! | `succeeded`                                              | the new spec is written to the store and becomes the service's |
 //!
-//! Releases live in memory, like operations: after a server restart the service runs its stored
-//! spec (the previous one, unless the release had succeeded) and a release in progress is gone.
+//! Every change of a release is written to the store (as a `ProgressRecord`), so a restarted
+//! server, or a new leader, goes on with it where it was: the replicas it had moved run the new
+//! spec, a braked release stays braked, a bake ends when it would have. It waits until the
+//! replicas have been adopted from their agents (or started afresh, each on the spec its record
+//! says), then refreshes what it knows of them; a replica that was in its step steps again
+//! (unless it was started afresh, on the new spec: then it is awaited as in a step).
 
 use std::collections::{BTreeMap, VecDeque};
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tug_core::ServiceSpec;
 use tug_core::release::{ReleasePlan, ReleaseRequest};
-use tug_core::service::Service;
+use tug_core::run::RunId;
+use tug_store::{ProgressKind, ProgressRecord};
 
 use super::Scheduler;
 use super::services::ReplicaState;
+use crate::stream::EventKind;
 use crate::error::{Error, Result};
 
 /// Releases kept for reading after they end.
 const KEPT: usize = 200;
 
 /// Where a release is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseState {
     /// Accepted; its first step comes next.
@@ -101,7 +107,7 @@ impl ReleaseAction {
 }
 
 /// One line of a release's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReleaseEvent {
     /// When.
     pub at: Timestamp,
@@ -120,7 +126,7 @@ struct Step {
 }
 
 /// The load balancer's hooks of a release (`pull_out`, `pull_in`).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Hooks {
     /// Told before a replica is stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -214,8 +220,6 @@ pub struct Release {
     pub finished_at: Option<Timestamp>,
     /// What happened, oldest first.
     pub history: Vec<ReleaseEvent>,
-    #[serde(skip)]
-    target: Service,
     /// Replicas in their step, by index.
     #[serde(skip)]
     steps: BTreeMap<u32, Step>,
@@ -229,6 +233,56 @@ pub struct Release {
     failed_in: Option<ReleaseState>,
     #[serde(skip)]
     started: Instant,
+    /// Loaded from the store at start-up and not yet caught up with its replicas.
+    #[serde(skip)]
+    restored: Option<Restored>,
+    /// The record last written to the store (a write happens when it changes).
+    #[serde(skip)]
+    saved: Option<serde_json::Value>,
+    /// The state and brake last published on the event stream.
+    #[serde(skip)]
+    announced: (ReleaseState, bool),
+}
+
+/// What a release loaded at start-up still has to do once its replicas are known again.
+#[derive(Debug, Clone)]
+struct Restored {
+    /// Replicas that were in their step, with the run id each had when loaded: an agent that
+    /// reports the replica gives it back its old run id.
+    stepping: Vec<(u32, RunId)>,
+    /// Replicas whose step was done.
+    done: Vec<u32>,
+}
+
+/// A release as the store keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Saved {
+    id: String,
+    service: String,
+    state: ReleaseState,
+    braked: bool,
+    plan: ReleasePlan,
+    hooks: Hooks,
+    failure: Option<String>,
+    from: ServiceSpec,
+    to: ServiceSpec,
+    started_at: Timestamp,
+    finished_at: Option<Timestamp>,
+    history: Vec<ReleaseEvent>,
+    /// Replicas whose attempts run the new spec.
+    on_release: Vec<u32>,
+    /// Replicas in their step.
+    stepping: Vec<u32>,
+    /// Replicas whose step is done.
+    done: Vec<u32>,
+    /// When the bake ends (baking).
+    bake_until: Option<Timestamp>,
+    failed_in: Option<ReleaseState>,
+}
+
+/// The number in `rel-N`.
+fn release_number(id: &str) -> Option<u64> {
+    id.strip_prefix("rel-")?.parse().ok()
 }
 
 /// A release with its progress now.
@@ -268,9 +322,9 @@ impl Releases {
         self.list.iter().find(|r| r.service == service && !r.state.ended())
     }
 
-    /// Whether any release may move on.
+    /// Whether any release may move on (or has to catch up after a restart).
     pub(super) fn moving(&self) -> bool {
-        self.list.iter().any(|r| !r.state.ended() && r.state != ReleaseState::Failed)
+        self.list.iter().any(|r| (!r.state.ended() && r.state != ReleaseState::Failed) || r.restored.is_some())
     }
 
     /// The earliest instant a release needs looking at: a bake over, a step timing out.
@@ -330,22 +384,32 @@ impl Scheduler {
             started_at: now,
             finished_at: None,
             history: Vec::new(),
-            target: target.clone(),
             steps: BTreeMap::new(),
             done: BTreeMap::new(),
             bake_until: None,
             failed_in: None,
             started: Instant::now(),
+            restored: None,
+            saved: None,
+            announced: (ReleaseState::Pending, false),
         };
         release.note(now, format!("started: smoke {}, bake {}, batch {}", plan.smoke, plan.bake, plan.batch));
         let id = release.id.clone();
         self.releases.list.push_back(release);
         if self.releases.list.len() > KEPT
             && let Some(i) = self.releases.list.iter().position(|r| r.state.ended())
+            && let Some(old) = self.releases.list.remove(i)
+            && let Some(n) = release_number(&old.id)
+            && let Err(e) = self.store.delete_progress(ProgressKind::Release, &[n]).await
         {
-            self.releases.list.remove(i);
+            tracing::warn!(release = %old.id, error = %e, "could not delete an old release from the store");
         }
         self.replicas.set_target(name, Some(target));
+        let detail = serde_json::json!({
+            "release": id, "state": ReleaseState::Pending, "smoke": plan.smoke, "bake": plan.bake, "batch": plan.batch,
+        });
+        self.announce_service(EventKind::ReleaseStarted, name, detail);
+        self.save_release(&id).await;
         self.drive_releases().await;
         Ok(self.release_view(&id).expect("the release just started"))
     }
@@ -360,6 +424,13 @@ impl Scheduler {
         if r.state.ended() {
             return refuse(r, "it is over; start a new release to change the service again");
         }
+        if r.restored.is_some() && matches!(action, ReleaseAction::Retry | ReleaseAction::Revoke) {
+            if !self.catch_up(id).await {
+                let r = self.releases.get_mut(id).expect("found above");
+                return refuse(r, "the server has just restarted and waits for the agents to report its replicas; try again in a few seconds");
+            }
+        }
+        let Some(r) = self.releases.get_mut(id) else { return Err(Error::NotFound(format!("no release {id:?}"))) };
         match action {
             ReleaseAction::Brake => {
                 if r.braked {
@@ -418,6 +489,8 @@ impl Scheduler {
                 r.note(now, "revoking: replaced replicas go back to the previous spec".into());
             }
         }
+        self.announce_release(id);
+        self.save_release(id).await;
         self.drive_releases().await;
         Ok(self.release_view(id).expect("found above"))
     }
@@ -439,11 +512,15 @@ impl Scheduler {
             Some(end) => end.duration_since(release.started_at).as_millis().max(0) as u64,
             None => u64::try_from(release.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
+        let (done, in_progress) = match &release.restored {
+            Some(x) => (x.done.len() as u32, x.stepping.iter().map(|s| s.0).collect()),
+            None => (release.done.len() as u32, release.steps.keys().copied().collect()),
+        };
         Some(ReleaseView {
             replicas: indices.len() as u32,
             on_release: on_release as u32,
-            done: release.done.len() as u32,
-            in_progress: release.steps.keys().copied().collect(),
+            done,
+            in_progress,
             bake_left_ms,
             elapsed_ms: elapsed,
             release,
@@ -462,17 +539,243 @@ impl Scheduler {
             .releases
             .list
             .iter()
-            .filter(|r| !r.state.ended() && r.state != ReleaseState::Failed)
+            .filter(|r| (!r.state.ended() && r.state != ReleaseState::Failed) || r.restored.is_some())
             .map(|r| r.id.clone())
             .collect();
         for id in ids {
             // A stage can end and the next begin in one go; a few rounds at most.
             for _ in 0..8 {
-                if !self.drive_release(&id).await {
+                let more = self.drive_release(&id).await;
+                self.announce_release(&id);
+                if !more {
                     break;
                 }
             }
+            self.save_release(&id).await;
         }
+    }
+
+    /// Publishes what changed in a release's state or brake since it was last published.
+    fn announce_release(&mut self, id: &str) {
+        let Some(r) = self.releases.get_mut(id) else { return };
+        let (was, was_braked) = r.announced;
+        let (state, braked) = (r.state, r.braked);
+        if (was, was_braked) == (state, braked) {
+            return;
+        }
+        r.announced = (state, braked);
+        let kind = if was != state {
+            match state {
+                ReleaseState::Failed => EventKind::ReleaseFailed,
+                ReleaseState::Succeeded => EventKind::ReleaseSucceeded,
+                ReleaseState::Revoked => EventKind::ReleaseRevoked,
+                _ if was == ReleaseState::Failed && state != ReleaseState::Revoking => EventKind::ReleaseRetried,
+                _ => EventKind::ReleaseStage,
+            }
+        } else if braked {
+            EventKind::ReleaseBraked
+        } else {
+            EventKind::ReleaseResumed
+        };
+        let reason = match state {
+            ReleaseState::Failed => r.failure.clone(),
+            ReleaseState::Revoked => r.history.last().map(|e| e.what.clone()),
+            _ => None,
+        };
+        let detail = serde_json::json!({
+            "release": r.id, "state": state, "braked": braked, "reason": reason, "failed_in": r.failed_in(),
+        });
+        let (service, to) = (r.service.clone(), r.to.replicas);
+        self.announce_service(kind, &service, detail);
+        if state == ReleaseState::Succeeded && was != state {
+            let detail = serde_json::json!({"release": id, "replicas": to});
+            self.announce_service(EventKind::ServiceChanged, &service, detail);
+        }
+    }
+
+    /// Writes a release to the store if it changed since it was last written. A failed write is
+    /// logged and tried again at the next change or round.
+    async fn save_release(&mut self, id: &str) {
+        let Some(r) = self.releases.list.iter().find(|r| r.id == id) else { return };
+        let Some(n) = release_number(&r.id) else { return };
+        let mut on_release = Vec::new();
+        if r.state != ReleaseState::Succeeded {
+            for i in self.replicas.indices(&r.service) {
+                if self.replicas.by_index(&r.service, i).is_some_and(|x| x.release) {
+                    on_release.push(i);
+                }
+            }
+        }
+        // Until it has caught up after a restart, what it loaded is what it knows.
+        let (stepping, done) = match &r.restored {
+            Some(x) => (x.stepping.iter().map(|s| s.0).collect(), x.done.clone()),
+            None => (r.steps.keys().copied().collect(), r.done.keys().copied().collect()),
+        };
+        let now_wall = self.clock.now();
+        let bake_until = r.bake_until.filter(|_| r.state == ReleaseState::Baking).map(|t| {
+            let left = t.saturating_duration_since(Instant::now());
+            now_wall + jiff::SignedDuration::try_from(left).unwrap_or_default()
+        });
+        let saved = Saved {
+            id: r.id.clone(),
+            service: r.service.clone(),
+            state: r.state,
+            braked: r.braked,
+            plan: r.plan,
+            hooks: r.hooks.clone(),
+            failure: r.failure.clone(),
+            from: r.from.clone(),
+            to: r.to.clone(),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            history: r.history.clone(),
+            on_release,
+            stepping,
+            done,
+            bake_until: None,
+            failed_in: r.failed_in,
+        };
+        let Ok(mut value) = serde_json::to_value(&saved) else { return };
+        // The bake's end moves with every reading of the clock: compare without it.
+        if r.saved.as_ref() == Some(&value) {
+            return;
+        }
+        let compared = value.clone();
+        if let Some(at) = bake_until {
+            value["bake_until"] = serde_json::json!(at);
+        }
+        let record = ProgressRecord { kind: ProgressKind::Release, id: n, service: r.service.clone(), ended: r.state.ended(), state: value };
+        match self.store.put_progress(&record).await {
+            Ok(()) => {
+                if let Some(r) = self.releases.get_mut(id) {
+                    r.saved = Some(compared);
+                }
+            }
+            Err(e) => tracing::error!(release = %id, error = %e, "could not write the release to the store; trying again at its next change"),
+        }
+    }
+
+    /// Loads the stored releases at start-up (after the services): ended ones for reading, the
+    /// others to go on with once their replicas are known again.
+    pub(super) async fn load_releases(&mut self) -> Result<()> {
+        let now = self.clock.now();
+        let mut loaded = 0;
+        for record in self.store.list_progress(ProgressKind::Release).await? {
+            let saved: Saved = match serde_json::from_value(record.state) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(release = record.id, error = %e, "stored release cannot be read; left out");
+                    continue;
+                }
+            };
+            self.releases.next = self.releases.next.max(record.id);
+            let ago = now.duration_since(saved.started_at).try_into().unwrap_or_default();
+            let started = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+            let bake_until = saved.bake_until.map(|t| {
+                let left: std::time::Duration = t.duration_since(now).try_into().unwrap_or_default();
+                Instant::now() + left
+            });
+            let mut r = Release {
+                id: saved.id,
+                service: saved.service,
+                state: saved.state,
+                braked: saved.braked,
+                plan: saved.plan,
+                hooks: saved.hooks,
+                failure: saved.failure,
+                from: saved.from,
+                to: saved.to.clone(),
+                started_at: saved.started_at,
+                finished_at: saved.finished_at,
+                history: saved.history,
+                steps: BTreeMap::new(),
+                done: BTreeMap::new(),
+                bake_until,
+                failed_in: saved.failed_in,
+                started,
+                restored: None,
+                saved: None,
+                announced: (saved.state, saved.braked),
+            };
+            if !r.state.ended() {
+                match saved.to.validate() {
+                    Ok(target) => {
+                        self.replicas.set_target(&r.service, Some(target));
+                        let mut stepping = Vec::new();
+                        for &i in &saved.on_release {
+                            if let Some(x) = self.replicas.by_index_mut(&r.service, i) {
+                                x.release = true;
+                            }
+                        }
+                        for &i in &saved.stepping {
+                            if let Some(x) = self.replicas.by_index_mut(&r.service, i) {
+                                x.pulled_out = true;
+                                stepping.push((i, x.run_id));
+                            }
+                        }
+                        r.restored = Some(Restored { stepping, done: saved.done });
+                        r.note(now, "picked up by a server that started (a restart, or a new leader): going on once its replicas are known again".into());
+                        loaded += 1;
+                    }
+                    Err(e) => {
+                        r.failed_in = Some(r.state).filter(|s| *s != ReleaseState::Failed).or(r.failed_in);
+                        r.state = ReleaseState::Failed;
+                        let why = format!("its new spec is no longer valid: {e}");
+                        r.note(now, format!("failed: {why}"));
+                        r.failure = Some(why);
+                    }
+                }
+            }
+            self.releases.list.push_back(r);
+        }
+        if loaded > 0 {
+            tracing::info!(releases = loaded, "releases in progress loaded; they go on once their replicas are known");
+        }
+        Ok(())
+    }
+
+    /// A release loaded at start-up catches up with its replicas once they have been adopted
+    /// or started afresh: the attempts of the replicas it had moved are theirs now, and those
+    /// that were in their step step again (one started afresh on the new spec is awaited).
+    /// False while the replicas are still waiting for their agents.
+    async fn catch_up(&mut self, id: &str) -> bool {
+        if self.replicas.adopting() {
+            return false;
+        }
+        let Some(r) = self.releases.get_mut(id) else { return false };
+        let Some(restored) = r.restored.take() else { return true };
+        let (service, to_new) = (r.service.clone(), r.state != ReleaseState::Revoking);
+        for i in restored.done {
+            if let Some(x) = self.replicas.by_index(&service, i) {
+                let attempt = x.attempt;
+                self.releases.get_mut(id).expect("found above").done.insert(i, attempt);
+            }
+        }
+        let mut again = Vec::new();
+        for (i, loaded_run) in restored.stepping {
+            let Some(x) = self.replicas.by_index(&service, i) else { continue };
+            if x.run_id == loaded_run && x.release == to_new {
+                // Started afresh, on the spec its step puts it on: awaited as in its step.
+                let step = Step { old_attempt: 0, since: Instant::now(), hook: None };
+                self.releases.get_mut(id).expect("found above").steps.insert(i, step);
+            } else {
+                again.push(i);
+            }
+        }
+        let now = self.clock.now();
+        let r = self.releases.get_mut(id).expect("found above");
+        r.note(now, format!("carrying on: {} replica(s) done, {} in their step", r.done.len(), r.steps.len() + again.len()));
+        if r.state == ReleaseState::Failed {
+            // A retry steps them again.
+            for i in again {
+                r.steps.insert(i, Step { old_attempt: 0, since: Instant::now(), hook: None });
+            }
+            return true;
+        }
+        for i in again {
+            self.step(id, i, to_new).await;
+        }
+        true
     }
 
     /// One round for one release; true when its stage moved on (worth another round).
@@ -481,6 +784,10 @@ impl Scheduler {
         let mono = Instant::now();
         let Some(r) = self.releases.get_mut(id) else { return false };
         let service = r.service.clone();
+        if r.restored.is_some() && !self.catch_up(id).await {
+            return false;
+        }
+        let r = self.releases.get_mut(id).expect("found above");
         if r.state.ended() || r.state == ReleaseState::Failed {
             return false;
         }
@@ -661,6 +968,8 @@ impl Scheduler {
             Some(url) => self.hook_body(id, index, "pull_out").await.map(|body| call_hook(&url, body, false)),
             None => None,
         };
+        let detail = serde_json::json!({"index": index, "release": id, "to": if to_new { "new" } else { "previous" }, "attempt": old_attempt});
+        self.announce_service(EventKind::ReplicaReplaced, &service, detail);
         let r = self.releases.get_mut(id).expect("found above");
         let to = if to_new { "the new spec" } else { "the previous spec" };
         let now = self.clock.now();
@@ -711,17 +1020,20 @@ impl Scheduler {
             return;
         }
         // The count may have changed by a scale while the release went on: keep today's.
-        let mut target = r.target.clone();
+        let mut to = r.to.clone();
         let written = match self.store.get_service(&service).await {
             Ok(record) => {
-                target.spec.replicas = record.spec.replicas;
-                self.store.update_service(&target.spec, now).await.map(|_| ())
+                to.replicas = record.spec.replicas;
+                match to.validate() {
+                    Ok(target) => self.store.update_service(&target.spec, now).await.map(|_| target).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         let r = self.releases.get_mut(id).expect("found above");
         match written {
-            Ok(()) => {
+            Ok(target) => {
                 r.state = ReleaseState::Succeeded;
                 r.finished_at = Some(now);
                 r.note(now, "succeeded: the new spec is the service's".into());

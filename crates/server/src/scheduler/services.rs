@@ -22,7 +22,7 @@
 //! | its agent reconnects without it        | restarted; one it holds that we gave up is stopped  |
 //! | a release replaces it (`releases.rs`)  | stopped, then started at once on the release's spec |
 //!
-//! Replicas live in memory. After a server restart the replicas of the stored services wait (for
+//! Replicas live in memory (a release in progress is stored: `releases.rs`). After a server restart the replicas of the stored services wait (for
 //! the agent timeout at most) for their agents to report them: one an agent still runs is
 //! adopted as it is (same run, same attempt); the others are then started afresh. An agent's
 //! replica that no service wants any more is stopped as stale.
@@ -38,6 +38,7 @@ use tug_core::service::{Service, replica_claim_name};
 
 use super::Scheduler;
 use super::dispatch::Outgoing;
+use crate::stream::EventKind;
 
 pub use tug_core::service::{REPLICA_RUN_IDS, is_replica_run as is_replica};
 
@@ -210,6 +211,11 @@ impl Replicas {
                 self.rule_timers.insert((fire.at, name.to_string(), i));
             }
         }
+    }
+
+    /// Whether replicas loaded at start-up still wait for their agents to report them.
+    pub(super) fn adopting(&self) -> bool {
+        self.adopt_until.is_some()
     }
 
     /// The earliest restart due.
@@ -475,6 +481,11 @@ impl Scheduler {
             health: spec.health.clone(),
         };
         tracing::info!(service = %spec.name, index, run = id, attempt = r.attempt, agent = %self.agents.name(i), "replica launched");
+        let detail = serde_json::json!({
+            "index": index, "agent": self.agents.name(i), "attempt": r.attempt, "run_id": id, "on_release": r.release,
+        });
+        let name = spec.name.clone();
+        self.announce_service(EventKind::ReplicaPlaced, &name, detail);
         let to = self.agents.links[i].tx.clone();
         self.dispatcher.send(Outgoing { at: None, measure: false, to, msg: ToAgent::Launch(Box::new(launch)) }).await;
     }
@@ -501,14 +512,23 @@ impl Scheduler {
     /// A replica's attempt is over (exited, killed, lost): it is removed, or restarted after its
     /// backoff (`backoff` false: at once, as when its host was lost).
     async fn replica_ended_with(&mut self, id: RunId, reason: Option<String>, backoff: bool) {
+        let Some(&(ref name, index)) = self.replicas.by_run.get(&id) else { return };
+        let name = name.clone();
         let Some((service, r)) = self.replicas.replica_mut(id) else { return };
-        if let Some(i) = r.agent.take() {
+        let agent = r.agent.take();
+        if let Some(i) = agent {
             let key = Self::service_key(&service.spec.name);
             self.agents.snapshot.release(i, &key, &r.needs);
         }
         if reason.is_some() {
             r.reason = reason;
         }
+        let detail = serde_json::json!({
+            "index": index, "agent": agent.map(|i| self.agents.name(i)), "attempt": r.attempt, "run_id": id,
+            "reason": r.reason, "removed": r.remove,
+        });
+        self.announce_service(EventKind::ReplicaStopped, &name, detail);
+        let Some((service, r)) = self.replicas.replica_mut(id) else { return };
         if r.remove {
             let (name, index) = self.replicas.by_run.remove(&id).expect("a replica has its run");
             let svc = self.replicas.services.get_mut(&name).expect("a replica has its service");
@@ -552,6 +572,10 @@ impl Scheduler {
         r.up_since = None;
         r.state = ReplicaState::Restarting;
         r.restart_at = Some(now + delay);
+        let detail = serde_json::json!({
+            "index": index, "attempt": r.attempt + 1, "restart_in_ms": delay.as_millis() as u64, "reason": r.reason,
+        });
+        self.announce_service(EventKind::ReplicaReplaced, &name, detail);
         if delay.is_zero() {
             self.restart_due().await;
         } else {
@@ -596,10 +620,11 @@ impl Scheduler {
 
     /// A status update of a replica's attempt.
     pub(super) async fn replica_status(&mut self, u: &StatusUpdate) {
-        let Some((service, r)) = self.replicas.replica_mut(u.run_id) else {
+        let Some((name, index)) = self.replicas.by_run.get(&u.run_id).cloned() else {
             tracing::debug!(run = u.run_id, "update for a replica that is gone; ignored");
             return;
         };
+        let Some((service, r)) = self.replicas.replica_mut(u.run_id) else { return };
         if r.attempt != u.attempt || r.agent.is_none() {
             return;
         }
@@ -609,6 +634,12 @@ impl Scheduler {
                 r.start_failures = 0;
                 // Without a health check, running is healthy.
                 r.state = if service.spec.health.is_some() { ReplicaState::Running } else { ReplicaState::Healthy };
+                let healthy = r.state == ReplicaState::Healthy;
+                let detail = serde_json::json!({"index": index, "attempt": u.attempt, "run_id": u.run_id});
+                self.announce_service(EventKind::ReplicaStarted, &name, detail.clone());
+                if healthy {
+                    self.announce_service(EventKind::ReplicaHealthy, &name, detail);
+                }
             }
             s if s.is_terminal() => {
                 if r.state == ReplicaState::Starting {
@@ -627,6 +658,7 @@ impl Scheduler {
 
     /// A health change of a replica's attempt: healthy, or stopped to be replaced.
     pub(super) async fn replica_health(&mut self, h: &HealthReport) {
+        let Some((name, index)) = self.replicas.by_run.get(&h.run_id).cloned() else { return };
         let Some((_, r)) = self.replicas.replica_mut(h.run_id) else { return };
         if r.attempt != h.attempt {
             return;
@@ -634,10 +666,14 @@ impl Scheduler {
         match (h.healthy, r.state) {
             (true, ReplicaState::Running) => {
                 r.state = ReplicaState::Healthy;
+                let detail = serde_json::json!({"index": index, "attempt": h.attempt, "run_id": h.run_id});
+                self.announce_service(EventKind::ReplicaHealthy, &name, detail);
             }
             (false, ReplicaState::Running | ReplicaState::Healthy) => {
                 let why = format!("unhealthy: {}", h.reason.as_deref().unwrap_or("its health check failed"));
                 tracing::warn!(run = h.run_id, reason = %why, "replica unhealthy; replacing it");
+                let detail = serde_json::json!({"index": index, "attempt": h.attempt, "run_id": h.run_id, "reason": why});
+                self.announce_service(EventKind::ReplicaUnhealthy, &name, detail);
                 self.stop_replica(h.run_id, false, &why).await;
             }
             _ => {}
@@ -743,6 +779,10 @@ impl Scheduler {
         let key = Self::service_key(name);
         self.agents.snapshot.commit(i, &key, &needs);
         tracing::info!(service = name, index, run = h.run_id, attempt = h.attempt, agent = %self.agents.name(i), "replica adopted after a restart");
+        let detail = serde_json::json!({
+            "index": index, "agent": self.agents.name(i), "attempt": h.attempt, "run_id": h.run_id, "adopted": true,
+        });
+        self.announce_service(EventKind::ReplicaStarted, name, detail);
         true
     }
 
@@ -760,6 +800,9 @@ impl Scheduler {
         } else {
             self.store.update_service(&service.spec, now).await?
         };
+        let kind = if create { EventKind::ServiceCreated } else { EventKind::ServiceChanged };
+        let detail = serde_json::json!({"version": record.version, "replicas": record.spec.replicas});
+        self.announce_service(kind, &service.spec.name, detail);
         self.service_put(service).await;
         Ok(record)
     }
@@ -772,23 +815,67 @@ impl Scheduler {
         spec.replicas = i64::from(replicas);
         let service = spec.validate().map_err(|e| crate::error::Error::BadRequest(e.to_string()))?;
         self.store.update_service(&service.spec, self.clock.now()).await?;
-        let op = self.ops.start(name, from, replicas, self.clock.now());
+        let (op, superseded) = self.ops.start(name, from, replicas, self.clock.now());
+        for old in &superseded {
+            let detail = serde_json::json!({"operation": old.id, "state": old.state, "from": old.from, "to": old.to, "by": op.id});
+            self.announce_service(EventKind::OperationFinished, name, detail);
+        }
+        let changed: Vec<String> = superseded.into_iter().map(|o| o.id).chain([op.id.clone()]).collect();
+        self.save_operations(&changed).await;
+        let detail = serde_json::json!({"from": from, "replicas": replicas, "operation": op.id});
+        self.announce_service(EventKind::ServiceScaled, name, detail);
         self.service_put(service).await;
-        self.check_operations();
+        self.check_operations().await;
         let status = self.service_status(name);
         Ok(self.ops.view(&op.id, status.as_ref()).expect("the operation just started"))
     }
 
+    /// Writes operations to the store (started, ended), and deletes those no longer kept. A
+    /// failed write is logged: the operation goes on, and the next write of it carries it.
+    pub(super) async fn save_operations(&mut self, ids: &[String]) {
+        for id in ids {
+            let Some(record) = self.ops.record(id) else { continue };
+            if let Err(e) = self.store.put_progress(&record).await {
+                tracing::error!(operation = %id, error = %e, "could not write the scale operation to the store");
+            }
+        }
+        let gone = self.ops.trim();
+        if !gone.is_empty()
+            && let Err(e) = self.store.delete_progress(tug_store::ProgressKind::Operation, &gone).await
+        {
+            tracing::warn!(error = %e, "could not delete old scale operations from the store");
+        }
+    }
+
+    /// Loads the stored scale operations at start-up.
+    pub(super) async fn load_operations(&mut self) -> crate::error::Result<()> {
+        let records = self.store.list_progress(tug_store::ProgressKind::Operation).await?;
+        self.ops.load(records, self.clock.now());
+        Ok(())
+    }
+
     /// Ends the operations whose service has reached its count, all healthy.
-    pub(super) fn check_operations(&mut self) {
+    pub(super) async fn check_operations(&mut self) {
         let running = self.ops.running();
         if running.is_empty() {
             return;
         }
         let now = self.clock.now();
+        let mut ended = Vec::new();
         for name in running {
             let status = self.service_status(&name);
-            self.ops.check(&name, status.as_ref(), now);
+            for (kind, view) in self.ops.check(&name, status.as_ref(), now) {
+                if kind == EventKind::OperationFinished {
+                    ended.push(view.op.id.clone());
+                }
+                let detail = serde_json::json!({
+                    "operation": view.op.id, "state": view.op.state, "from": view.op.from, "to": view.op.to,
+                    "replicas": view.replicas, "placed": view.placed, "started": view.started, "healthy": view.healthy,
+                    "error": view.op.error,
+                });
+                self.announce_service(kind, &name, detail);
+            }
         }
+        self.save_operations(&ended).await;
     }
 }

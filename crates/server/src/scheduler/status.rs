@@ -266,6 +266,9 @@ impl Scheduler {
                 e.last_success_at = Timestamp::from_millisecond(now.as_millisecond()).ok();
                 succeeded.push(run.job.clone());
             }
+            if matches!(run.state, RunState::Failed | RunState::TimedOut | RunState::Lost) {
+                e.last_failure_at = Timestamp::from_millisecond(now.as_millisecond()).ok();
+            }
             let keep = e.job.spec.keep_runs.unwrap_or(self.config.keep_runs);
             e.finished_since_prune += 1;
             if e.finished_since_prune == (keep / 2).max(1) {

@@ -1,7 +1,8 @@
 //! The jobs in order of their next fire, a page at a time (the web UI's jobs list). Read from the
 //! timer set, which is already in that order, so a page costs the jobs it walks past and no sort
 //! of every job; the jobs with no next fire (paused, disabled, dependent, exhausted) follow, by
-//! name.
+//! name. A state filter ([`JobState`]: failing, running, paused) is answered from what the
+//! scheduler holds of each job, so it keeps the order.
 //!
 //! A cursor names where the last page ended: `f<ms>.<slot>` in the timer set, `i<name>` among
 //! the jobs with no next fire. A job whose next fire moves between two pages may show on both or
@@ -43,6 +44,29 @@ impl std::fmt::Display for UpcomingCursor {
     }
 }
 
+/// Jobs in a state, as the jobs page filters them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Its last finished run failed (failed, timed out or lost after its last success).
+    Failing,
+    /// It has runs in flight (pending, starting, running).
+    Running,
+    /// It is paused.
+    Paused,
+}
+
+impl JobState {
+    /// `failing`, `running` or `paused`; `None` for anything else.
+    pub fn parse(s: &str) -> Option<JobState> {
+        match s {
+            "failing" => Some(JobState::Failing),
+            "running" => Some(JobState::Running),
+            "paused" => Some(JobState::Paused),
+            _ => None,
+        }
+    }
+}
+
 /// One page of jobs by next fire.
 #[derive(Debug, Default)]
 pub struct Upcoming {
@@ -53,8 +77,22 @@ pub struct Upcoming {
 }
 
 impl Scheduler {
-    /// Up to `limit` jobs passing `filter` (its `q` and `label`), after `after`.
-    pub(super) fn upcoming(&self, filter: &JobQuery, after: Option<&UpcomingCursor>, limit: usize) -> Upcoming {
+    /// Whether the job in `slot` is in `state` now.
+    fn in_state(&self, slot: Slot, entry: &super::Entry, state: Option<JobState>) -> bool {
+        match state {
+            None => true,
+            Some(JobState::Paused) => entry.job.spec.paused,
+            Some(JobState::Running) => !self.runs.of_job(slot).is_empty(),
+            Some(JobState::Failing) => match (entry.last_success_at, entry.last_failure_at) {
+                (Some(ok), Some(bad)) => bad > ok,
+                (None, bad) => bad.is_some(),
+                (Some(_), None) => false,
+            },
+        }
+    }
+
+    /// Up to `limit` jobs passing `filter` (its `q` and `label`) and in `state`, after `after`.
+    pub(super) fn upcoming(&self, filter: &JobQuery, state: Option<JobState>, after: Option<&UpcomingCursor>, limit: usize) -> Upcoming {
         let limit = limit.max(1);
         let mut page = Upcoming::default();
         let mut last: Option<UpcomingCursor> = None;
@@ -65,7 +103,7 @@ impl Scheduler {
             };
             for (at, slot) in self.timers.iter_after(from) {
                 let Some(Some(entry)) = self.slots.get(slot as usize) else { continue };
-                if !filter.matches(&entry.job.spec) {
+                if !self.in_state(slot, entry, state) || !filter.matches(&entry.job.spec) {
                     continue;
                 }
                 if page.jobs.len() == limit {
@@ -83,9 +121,15 @@ impl Scheduler {
         let mut idle: Vec<&str> = self
             .slots
             .iter()
-            .flatten()
-            .filter(|e| e.next.is_none() && idle_after.is_none_or(|a| e.job.spec.name.as_str() > a) && filter.matches(&e.job.spec))
-            .map(|e| e.job.spec.name.as_str())
+            .enumerate()
+            .filter_map(|(slot, e)| Some((slot as Slot, e.as_ref()?)))
+            .filter(|(slot, e)| {
+                e.next.is_none()
+                    && idle_after.is_none_or(|a| e.job.spec.name.as_str() > a)
+                    && self.in_state(*slot, e, state)
+                    && filter.matches(&e.job.spec)
+            })
+            .map(|(_, e)| e.job.spec.name.as_str())
             .collect();
         idle.sort_unstable();
         for name in idle {

@@ -15,7 +15,7 @@ use tug_store::{JobQuery, JobRecord, RunQuery};
 use super::format::{absolute, command_line, millis, rate, relative, schedule_words, short};
 use super::{UiError, enc, render};
 use crate::api::{ApiError, AppState};
-use crate::scheduler::UpcomingCursor;
+use crate::scheduler::{JobState, UpcomingCursor};
 use crate::auth::session::UiSession;
 use crate::api::jobs::next_fire;
 
@@ -34,7 +34,7 @@ pub(super) struct JobsParams {
     label: String,
     #[serde(default)]
     state: String,
-    /// `next` (by next fire, the default) or `name`; a state filter lists by name.
+    /// `next` (by next fire, the default) or `name`.
     #[serde(default)]
     sort: String,
     cursor: Option<String>,
@@ -112,7 +112,7 @@ pub(super) async fn jobs(State(st): State<AppState>, ui: UiSession, Query(p): Qu
         "paused" => r.spec.paused,
         _ => true,
     };
-    let by_next = p.state.is_empty() && p.sort != "name";
+    let by_next = p.sort != "name";
     let mut found: Vec<JobRecord> = Vec::new();
     let mut fires: HashMap<String, Timestamp> = HashMap::new();
     let mut next_cursor = None;
@@ -125,7 +125,7 @@ pub(super) async fn jobs(State(st): State<AppState>, ui: UiSession, Query(p): Qu
             None => None,
         };
         let filter = JobQuery { q: Some(p.q.clone()).filter(|s| !s.is_empty()), label: Some(p.label.clone()).filter(|s| !s.is_empty()), ..JobQuery::default() };
-        let page = st.scheduler.upcoming(filter, after, PAGE).await?;
+        let page = st.scheduler.upcoming(filter, JobState::parse(&p.state), after, PAGE).await?;
         for (name, at) in page.jobs {
             match st.store.get_job(&name).await {
                 Ok(r) => {
@@ -202,10 +202,10 @@ pub(super) async fn jobs(State(st): State<AppState>, ui: UiSession, Query(p): Qu
         .collect();
     let sorts = [("", "next fire"), ("name", "name")]
         .into_iter()
-        .map(|(v, text)| StateLink { text, href: jobs_url(&p.q, &p.label, "", v, None), current: if v.is_empty() { by_next } else { !by_next } })
+        .map(|(v, text)| StateLink { text, href: jobs_url(&p.q, &p.label, &p.state, v, None), current: if v.is_empty() { by_next } else { !by_next } })
         .collect();
     let next_link = if by_next {
-        next_cursor.map(|c| jobs_url(&p.q, &p.label, "", &p.sort, Some(&c)))
+        next_cursor.map(|c| jobs_url(&p.q, &p.label, &p.state, &p.sort, Some(&c)))
     } else {
         more.then(|| jobs_url(&p.q, &p.label, &p.state, &p.sort, found.last().map(|r| r.spec.name.as_str())))
     };

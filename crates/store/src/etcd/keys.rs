@@ -18,6 +18,7 @@
 //! | `P/pool/NAME` | an address pool (JSON) | pool writes |
 //! | `P/claim/POOL/IP` | a claimed address; `IP` as a 10-digit number, so claims list by address | claim writes |
 //! | `P/service/NAME` | a service: its spec, version, created and updated instants (JSON) | service writes |
+//! | `P/progress/KIND/ID` | a release (`KIND` = `release`) or scale operation (`operation`) in progress or kept for reading: the scheduler's record (JSON) | the leader's scheduler |
 //! | `P/token/ID` | an API token with its hash, never the secret (JSON) | token writes |
 //! | `P/audit/ID` | an audit log entry (JSON) | `append_audit` |
 //! | `P/leader/…` | the leader election's keys, one per candidate, each on its lease | the servers |
@@ -145,6 +146,12 @@ impl Keys {
     }
     pub fn service(&self, name: &str) -> String {
         self.key(format_args!("service/{name}"))
+    }
+    pub fn progresses(&self, kind: crate::ProgressKind) -> String {
+        self.key(format_args!("progress/{}/", kind.as_str()))
+    }
+    pub fn progress(&self, kind: crate::ProgressKind, id: u64) -> String {
+        self.key(format_args!("progress/{}/{}", kind.as_str(), num(id)))
     }
     pub fn tokens(&self) -> String {
         self.key(format_args!("token/"))

@@ -35,6 +35,7 @@ mod access;
 mod jobs;
 mod keys;
 mod net;
+mod progress;
 mod runs;
 mod services;
 mod store;

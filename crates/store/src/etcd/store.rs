@@ -7,8 +7,8 @@ use tug_core::run::{Attempt, Run, RunId};
 
 use super::EtcdStore;
 use crate::{
-    AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result,
-    RunQuery, RunTotals, ServiceRecord, Store, TokenRecord,
+    AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, ProgressKind,
+    ProgressRecord, RemovedRun, Result, RunQuery, RunTotals, ServiceRecord, Store, TokenRecord,
 };
 
 #[async_trait]
@@ -96,6 +96,15 @@ impl Store for EtcdStore {
     }
     async fn delete_service(&self, name: &str) -> Result<()> {
         EtcdStore::delete_service(self, name).await
+    }
+    async fn put_progress(&self, record: &ProgressRecord) -> Result<()> {
+        EtcdStore::put_progress(self, record).await
+    }
+    async fn list_progress(&self, kind: ProgressKind) -> Result<Vec<ProgressRecord>> {
+        EtcdStore::list_progress(self, kind).await
+    }
+    async fn delete_progress(&self, kind: ProgressKind, ids: &[u64]) -> Result<()> {
+        EtcdStore::delete_progress(self, kind, ids).await
     }
     async fn create_token(&self, token: &TokenRecord) -> Result<()> {
         EtcdStore::create_token(self, token).await

@@ -11,6 +11,7 @@
 //! - `record.rs`: a fire-log record in bytes.
 //! - `runs.rs`: the fire batch (the in-memory store's path), run updates, listings and pruning.
 //! - `services.rs`: service specs.
+//! - `progress.rs`: releases and scale operations in progress, as the scheduler's JSON records.
 //! - `access.rs`: API tokens and the audit log.
 //! - `codec.rs`: timestamps as integer milliseconds (UTC), states and triggers as names.
 //!
@@ -30,8 +31,8 @@ use tug_core::{JobSpec, ServiceSpec};
 use tug_core::run::{Attempt, Run, RunId};
 
 use crate::{
-    AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, RemovedRun, Result,
-    RunQuery, RunTotals, ServiceRecord, Store, StoreError, TokenRecord,
+    AuditEntry, AuditQuery, Claim, FireBatch, JobQuery, JobRecord, Page, PoolRecord, PoolSpec, ProgressKind,
+    ProgressRecord, RemovedRun, Result, RunQuery, RunTotals, ServiceRecord, Store, StoreError, TokenRecord,
 };
 use checkpoint::Checkpointer;
 use codec::{Context, locate};
@@ -47,6 +48,7 @@ mod jobs;
 mod net;
 mod runs;
 mod schema;
+mod progress;
 mod services;
 mod throttle;
 mod worker;
@@ -435,6 +437,20 @@ impl Store for SqliteStore {
     async fn delete_service(&self, name: &str) -> Result<()> {
         let name = name.to_owned();
         self.call(move |c| services::delete(c, &name)).await
+    }
+
+    async fn put_progress(&self, record: &ProgressRecord) -> Result<()> {
+        let record = record.clone();
+        self.call(move |c| progress::put(c, &record)).await
+    }
+
+    async fn list_progress(&self, kind: ProgressKind) -> Result<Vec<ProgressRecord>> {
+        self.call(move |c| progress::list(c, kind)).await
+    }
+
+    async fn delete_progress(&self, kind: ProgressKind, ids: &[u64]) -> Result<()> {
+        let ids = ids.to_vec();
+        self.call(move |c| progress::delete(c, kind, &ids)).await
     }
 
     async fn create_token(&self, token: &TokenRecord) -> Result<()> {

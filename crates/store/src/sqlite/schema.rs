@@ -14,7 +14,7 @@ use super::codec::Context;
 use crate::{Result, StoreError};
 
 /// Every migration, in order. The schema version of a database is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// Version 1: jobs, runs and attempts.
 pub(super) const V1: &str = "
@@ -153,6 +153,18 @@ CREATE TABLE services (
 /// Version 7: how a given-up attempt really ended, reported late by its agent.
 pub(super) const V7: &str = "
 ALTER TABLE runs ADD COLUMN late_report TEXT; -- a LateReport as JSON
+";
+
+/// Version 8: releases and scale operations in progress, so a restarted server goes on with them.
+pub(super) const V8: &str = "
+CREATE TABLE progress (
+    kind    TEXT NOT NULL,    -- release | operation
+    id      INTEGER NOT NULL, -- rel-N, op-N
+    service TEXT NOT NULL,
+    ended   INTEGER NOT NULL, -- 1 once over: kept for reading only
+    state   TEXT NOT NULL,    -- the scheduler's record as JSON
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
 ";
 
 /// The schema version this build writes.

@@ -26,7 +26,7 @@ macro_rules! conformance_tests {
             jobs_crud, bulk_create, commit_fires_is_idempotent, derived_fields, job_pagination,
             job_filters, run_pagination, save_runs_and_attempts, active_runs,
             prune_keeps_newest_and_active, prune_many_jobs, delete_cascades, run_totals_survive_pruning,
-            epochs_increase, concurrent_commits_create_each_key_once, net_pools_and_claims, services, tokens, audit_log);
+            epochs_increase, concurrent_commits_create_each_key_once, net_pools_and_claims, services, progress, tokens, audit_log);
     };
     (@each $make:expr; $($check:ident),*) => {$(
         #[tokio::test]
@@ -56,6 +56,7 @@ pub async fn all(store: &dyn Store) {
     concurrent_commits_create_each_key_once(store).await;
     net_pools_and_claims(store).await;
     services(store).await;
+    progress(store).await;
     tokens(store).await;
     audit_log(store).await;
 }
@@ -680,6 +681,32 @@ pub async fn services(store: &dyn Store) {
     // A job may share a service's name: they are separate namespaces.
     store.create_job(&spec("svc-web"), t(4)).await.unwrap();
     assert_eq!(store.get_service("svc-web").await.unwrap().spec.replicas, 20);
+}
+
+/// Releases and scale operations are kept by kind and id, replaced whole, listed by id (as
+/// numbers, not text) and deleted by id.
+pub async fn progress(store: &dyn Store) {
+    use tug_store::{ProgressKind, ProgressRecord};
+    let rec = |kind, id, ended, stage: &str| ProgressRecord {
+        kind,
+        id,
+        service: "svc-web".into(),
+        ended,
+        state: serde_json::json!({"stage": stage, "done": {"0": 2}}),
+    };
+    assert!(store.list_progress(ProgressKind::Release).await.unwrap().is_empty());
+    for id in [10, 2, 9] {
+        store.put_progress(&rec(ProgressKind::Release, id, false, "smoking")).await.unwrap();
+    }
+    store.put_progress(&rec(ProgressKind::Operation, 2, true, "succeeded")).await.unwrap();
+    store.put_progress(&rec(ProgressKind::Release, 9, false, "baking")).await.unwrap();
+    let releases = store.list_progress(ProgressKind::Release).await.unwrap();
+    assert_eq!(releases.iter().map(|r| r.id).collect::<Vec<_>>(), [2, 9, 10], "by id, as numbers");
+    assert_eq!(releases[1], rec(ProgressKind::Release, 9, false, "baking"), "replaced whole, read back as written");
+    assert_eq!(store.list_progress(ProgressKind::Operation).await.unwrap(), [rec(ProgressKind::Operation, 2, true, "succeeded")]);
+    store.delete_progress(ProgressKind::Release, &[2, 10, 77]).await.unwrap();
+    assert_eq!(store.list_progress(ProgressKind::Release).await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [9]);
+    assert_eq!(store.list_progress(ProgressKind::Operation).await.unwrap().len(), 1, "another kind keeps its own ids");
 }
 
 /// A VLAN pool named `name` on `10.N.0.0/24`.

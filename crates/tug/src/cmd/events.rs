@@ -8,15 +8,23 @@ use crate::events::Follower;
 
 /// Arguments of `tug events`.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  tug events\n  tug events --job backup --kind run.finished\n  tug events --kind run,agent --json\n  tug events --since 0 --count 20     the last 20 events the server holds, then stop\n\n\
+#[command(after_help = "Examples:\n  tug events\n  tug events --job backup --kind run.finished\n  tug events --kind run,agent --json\n  tug events --service web --kind replica,release\n  tug events --since 0 --count 20     the last 20 events the server holds, then stop\n\n\
     Kinds: job.created job.changed job.deleted job.paused job.resumed run.fired run.placed run.started\n\
-    run.waiting run.retried run.finished run.misfired agent.joined agent.lost agent.drained agent.undrained;\n\
-    a prefix (job, run, agent) stands for all of its kinds. A follower that falls too far behind is told\n\
+    run.waiting run.retried run.finished run.misfired agent.joined agent.lost agent.drained agent.undrained\n\
+    service.created service.changed service.deleted service.scaled replica.placed replica.started\n\
+    replica.healthy replica.unhealthy replica.stopped replica.replaced operation.progress operation.finished\n\
+    release.started release.stage release.braked release.resumed release.retried release.failed\n\
+    release.succeeded release.revoked;\n\
+    a prefix (job, run, agent, service, replica, operation, release) stands for all of its kinds. A follower that falls too far behind is told\n\
     how many events it missed (`lagged`).")]
 pub struct EventsArgs {
     /// Only events of these jobs (comma-separated).
     #[arg(long)]
     job: Option<String>,
+    /// Only events of these services (comma-separated): their replicas, scale operations and
+    /// releases.
+    #[arg(long)]
+    service: Option<String>,
     /// Only events of jobs with this label (`key` or `key=value`).
     #[arg(long)]
     label: Option<String>,
@@ -39,7 +47,7 @@ pub struct EventsArgs {
 /// Follows the stream until interrupted (or `--count` events).
 pub async fn run(server: &str, a: EventsArgs) -> anyhow::Result<()> {
     let mut q = Vec::new();
-    for (k, v) in [("job", &a.job), ("label", &a.label), ("kind", &a.kind)] {
+    for (k, v) in [("job", &a.job), ("service", &a.service), ("label", &a.label), ("kind", &a.kind)] {
         if let Some(v) = v {
             q.push(format!("{k}={}", enc(v)));
         }
@@ -72,9 +80,11 @@ fn line(kind: &str, e: &Value) -> String {
         return format!("!! fell behind: {missed} events missed; going on from event {}", field(e, "resume_at"));
     }
     let at = e["at"].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()).map_or_else(|| "-".into(), |t| t.strftime("%H:%M:%S").to_string());
-    let subject = e["job"].as_str().or(e["agent"].as_str()).unwrap_or("-");
+    let subject = e["job"].as_str().or(e["service"].as_str()).or(e["agent"].as_str()).unwrap_or("-");
     let r = &e["run"];
-    let detail = if r.is_object() {
+    let detail = if e["service"].is_string() {
+        service_detail(&e["detail"])
+    } else if r.is_object() {
         let mut d = format!("run {} {}", field(r, "id"), field(r, "state"));
         if let Some(code) = r["exit_code"].as_i64() {
             d.push_str(&format!(" (exit {code})"));
@@ -90,4 +100,40 @@ fn line(kind: &str, e: &Value) -> String {
         String::new()
     };
     format!("{at}  {kind:<15}  {subject}  {detail}").trim_end().to_string()
+}
+
+/// `replica 2 on a1 (attempt 3): unhealthy: HTTP 500`, `rel-4 baking (braked)`, `op-2 3/20 healthy`.
+fn service_detail(d: &Value) -> String {
+    let mut out = Vec::new();
+    if let Some(i) = d["index"].as_u64() {
+        out.push(format!("replica {i}"));
+    }
+    for k in ["release", "operation"] {
+        if let Some(id) = d[k].as_str() {
+            out.push(id.to_string());
+        }
+    }
+    if let Some(s) = d["state"].as_str() {
+        out.push(s.to_string());
+    }
+    if let (Some(h), Some(to)) = (d["healthy"].as_u64(), d["to"].as_u64()) {
+        out.push(format!("{h}/{to} healthy"));
+    }
+    if let Some(n) = d["replicas"].as_u64().filter(|_| d["to"].is_null()) {
+        out.push(format!("{n} replicas"));
+    }
+    if let Some(a) = d["agent"].as_str() {
+        out.push(format!("on {a}"));
+    }
+    if let Some(n) = d["attempt"].as_u64() {
+        out.push(format!("(attempt {n})"));
+    }
+    if d["braked"].as_bool() == Some(true) {
+        out.push("(braked)".into());
+    }
+    let mut line = out.join(" ");
+    if let Some(why) = d["reason"].as_str().or(d["error"].as_str()) {
+        line.push_str(&format!(": {why}"));
+    }
+    line
 }
