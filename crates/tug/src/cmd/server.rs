@@ -67,10 +67,12 @@ pub struct ServerArgs {
     /// This server's name in the group (default: the host name and the API port).
     #[arg(long, env = "TUG_NAME")]
     name: Option<String>,
-    /// The URL other servers reach this one's API at, in a group (default: http://LISTEN).
+    /// The URL other servers reach this one's API at, in a group (default: http://LISTEN, or
+    /// https:// with --tls-cert).
     #[arg(long, env = "TUG_ADVERTISE")]
     advertise: Option<String>,
-    /// The URL agents reach this one's agent endpoint at, in a group (default: http://AGENT_LISTEN).
+    /// The URL agents reach this one's agent endpoint at, in a group (default:
+    /// http://AGENT_LISTEN, or https:// with --tls-cert).
     #[arg(long, env = "TUG_AGENT_ADVERTISE")]
     agent_advertise: Option<String>,
     /// In a group: the leader's lease on etcd (e.g. 3s). A leader that cannot renew it for two
@@ -327,10 +329,12 @@ async fn group(
     let store = EtcdStore::connect(etcd).await?;
     let clock: SharedClock = Arc::new(SystemClock);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "tug".into(), |h| h.trim().to_owned());
+    let scheme = if args.tls.enabled() { "https" } else { "http" };
     let me = Member {
         name: args.name.clone().unwrap_or_else(|| format!("{host}:{}", args.listen.port())),
-        api: args.advertise.clone().unwrap_or_else(|| format!("http://{}", args.listen)),
-        agent: args.agent_advertise.clone().unwrap_or_else(|| format!("http://{}", args.agent_listen)),
+        // Over TLS, followers send agents (and requests) to the leader's https:// endpoints.
+        api: args.advertise.clone().unwrap_or_else(|| format!("{scheme}://{}", args.listen)),
+        agent: args.agent_advertise.clone().unwrap_or_else(|| format!("{scheme}://{}", args.agent_listen)),
         leading_since: None,
     };
     let group = Group::join(store.clone(), me.clone(), args.lease_ttl).await.context("joining the server group")?;
