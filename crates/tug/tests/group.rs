@@ -470,11 +470,12 @@ fn bad_store_urls_are_refused() {
     }
 }
 
-/// An agent given only the CA and the join token, pointed at a follower first: the follower signs
-/// its certificate (it holds the CA key as the leader does) and sends it to the leader's https
-/// agent endpoint, where it joins over mTLS.
+/// A group over TLS with one CA (`tug certs init`): an agent given only the CA and the join token,
+/// pointed at a follower (and not the leader): the follower signs its certificate (it holds the CA
+/// key as the leader does) and sends it to the leader's https agent endpoint, where it joins over
+/// mTLS; a write through the follower reaches the leader over https.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_tls_a_follower_signs_an_agents_certificate_and_sends_it_to_the_leader() {
+async fn over_tls_a_follower_signs_agents_certificates_and_passes_agents_and_writes_to_the_leader() {
     let etcd = EtcdCluster::start(1);
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
@@ -557,4 +558,9 @@ async fn over_tls_a_follower_signs_an_agents_certificate_and_sends_it_to_the_lea
         "the follower signed the certificate:\n{follower_log}"
     );
     assert!(agent_dir.join("tls").join("agent.pem").exists());
+    // A write through the follower reaches the leader over https, trusting the group's CA.
+    let job = serde_json::json!({"name": "through-follower", "schedule": "@yearly", "command": "true"});
+    let resp = http.post(format!("{}/api/v1/jobs", servers[follower].api)).json(&job).send().await.unwrap();
+    let status = resp.status();
+    assert_eq!(status, 201, "{}", resp.text().await.unwrap_or_default());
 }

@@ -100,6 +100,11 @@ pub struct ServerArgs {
     /// a name in it (mTLS; needs --tls-cert).
     #[arg(long, env = "TUG_AGENT_CA", requires = "tls_cert", value_name = "FILE")]
     agent_ca: Option<PathBuf>,
+    /// In a group over TLS: trust this CA (PEM) for the other members' certificates (a follower
+    /// passes requests on to the leader over https), besides the system's roots. Default: the
+    /// --agent-ca.
+    #[arg(long, env = "TUG_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Refuse agents whose client certificates this revocation list (PEM; `tug certs revoke`
     /// writes one) revokes. Taken again when it changes: connected agents it revokes are cut
     /// off. Default with --agent-ca-key: crl.pem beside the key, once it exists.
@@ -344,6 +349,9 @@ async fn group(
     let mut config = config;
     config.auth.proxy_secret = Some(secret);
     // The follower's gate reads tokens from the same store (the leader makes and revokes them).
+    // Members' certificates usually come from the CA that signs agents' (tug certs init).
+    let leader_tls = tug_tls::ClientTls::new(args.ca.as_deref().or(args.agent_ca.as_deref()), None)
+        .context("the CA trusted for the other members' certificates (--ca, or --agent-ca)")?;
     let follower_auth = tug_server::auth::Auth::load(config.auth.clone(), Arc::new(store.clone()), clock.clone())
         .await
         .context("loading API tokens")?;
@@ -382,6 +390,7 @@ async fn group(
             clock.clone(),
             follower_auth.clone(),
             config.api_tls.clone(),
+            leader_tls.clone(),
             stopped(front_rx),
         ));
         tracing::info!(member = %me.name, "following; campaigning for leadership");
