@@ -8,7 +8,8 @@
 //! attempts the agent holds ([`Agent::held`]); an ack tells the agent the server has the update
 //! ([`Agent::delivered`]), and `Registered` carries the leader epoch. With a server that takes
 //! batches, every status update queued goes out in one message, and the server's acks and
-//! commands come in lists.
+//! commands come in lists. Over https with no certificate of its own, the agent first gets one
+//! from the server with the join token, and renews it ([`crate::certificate`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
