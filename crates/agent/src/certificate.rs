@@ -88,7 +88,7 @@ impl Enrollment {
         let shared = SharedTls::new(self.tls.clone());
         let end = match self.kept() {
             Some((id, end)) => {
-                tracing::info!(file = %self.file.display(), valid_until = %end, "using this agent's client certificate");
+                tracing::info!(file = %self.file.display(), valid_until = %when(end), "using this agent's client certificate");
                 shared.set(self.tls.clone().with_identity(id));
                 end
             }
@@ -100,7 +100,7 @@ impl Enrollment {
                     let server = &servers[i % servers.len()];
                     match self.ask(server, &self.tls).await {
                         Ok((id, end)) => {
-                            tracing::info!(server, file = %self.file.display(), valid_until = %end, "got a client certificate from the server with the join token");
+                            tracing::info!(server, file = %self.file.display(), valid_until = %when(end), "got a client certificate from the server with the join token");
                             shared.set(self.tls.clone().with_identity(id));
                             break end;
                         }
@@ -142,15 +142,15 @@ impl Enrollment {
             i += 1;
             match self.ask(server, &shared.get()).await {
                 Ok((id, new_end)) => {
-                    tracing::info!(server, valid_until = %new_end, "renewed this agent's client certificate");
+                    tracing::info!(server, valid_until = %when(new_end), "renewed this agent's client certificate");
                     shared.set(self.tls.clone().with_identity(id));
                     end = new_end;
                 }
                 Err(Failed::NotIssuing(why) | Failed::Transient(why)) => {
-                    tracing::warn!(server, error = %why, valid_until = %end, "cannot renew this agent's client certificate yet");
+                    tracing::warn!(server, error = %why, valid_until = %when(end), "cannot renew this agent's client certificate yet");
                 }
                 Err(Failed::Fatal(e)) => {
-                    tracing::error!(server, error = %e, valid_until = %end, "the server will not renew this agent's client certificate");
+                    tracing::error!(server, error = %e, valid_until = %when(end), "the server will not renew this agent's client certificate");
                     return;
                 }
             }
@@ -184,6 +184,11 @@ impl Enrollment {
         let end = tug_tls::certs::not_after(&id.certs[0]).unwrap_or_else(OffsetDateTime::now_utc);
         Ok((id, end))
     }
+}
+
+/// An instant in RFC 3339, for logs.
+fn when(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 /// Writes `text` to `path` readable by its owner only, whole or not at all (a new file renamed
