@@ -3,8 +3,8 @@
 //!
 //! | state at start | what happens |
 //! | --- | --- |
-//! | `<data dir>/tls/agent.pem` holds a certificate for this name, not expired | it is used; renewed at two thirds of what is left |
-//! | none, expired, or for another name; a join token | a new key and a request (CSR) go to the server with the token, over TLS that verified the server; the signed certificate and the key are kept (one file, mode 0600) |
+//! | `<data dir>/tls/agent.pem` holds a certificate for this name, not expired, signed by `--ca` | it is used; renewed at two thirds of what is left |
+//! | none, expired, for another name or from another CA; a join token | a new key and a request (CSR) go to the server with the token, over TLS that verified the server; the signed certificate and the key are kept (one file, mode 0600) |
 //! | none, and no join token | the agent joins without a certificate (a server that requires one says so) |
 //!
 //! Renewal asks the server the same way, presenting the current certificate instead of the token.
@@ -74,11 +74,21 @@ impl Enrollment {
         Enrollment { file: data_dir.join("tls").join("agent.pem"), name: name.to_owned(), join_token: join_token.to_owned(), tls }
     }
 
-    /// The kept certificate and its end, when it is usable for this name.
+    /// The kept certificate and its end, when it is usable: for this name, not expired, and
+    /// signed by the CA trusted now (after the CA is replaced, a new certificate is asked for).
     fn kept(&self) -> Option<(Identity, OffsetDateTime)> {
         let id = Identity::load(&self.file, &self.file).ok()?;
         let end = tug_tls::certs::not_after(&id.certs[0])?;
-        (end > OffsetDateTime::now_utc() && tug_tls::certs::cert_is_for(&id.certs[0], &self.name)).then_some((id, end))
+        if end <= OffsetDateTime::now_utc() || !tug_tls::certs::cert_is_for(&id.certs[0], &self.name) {
+            return None;
+        }
+        if let Some(ca) = &self.tls.ca_file
+            && !tug_tls::certs::issued_by(&id.certs[0], ca)
+        {
+            tracing::warn!(file = %self.file.display(), ca = %ca.display(), "the kept client certificate is not signed by the CA given with --ca (was it replaced?); asking for a new one");
+            return None;
+        }
+        Some((id, end))
     }
 
     /// The settings to connect with: the kept certificate, or one got from the first of

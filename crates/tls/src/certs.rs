@@ -206,6 +206,16 @@ pub fn revoked_names(dir: &Path) -> Result<Vec<String>, TlsError> {
     Ok(read_text(&record)?.lines().filter_map(|l| l.split_whitespace().nth(1)).map(str::to_owned).collect())
 }
 
+/// Whether the client certificate `cert` is valid now and signed by a CA in the file `ca`.
+pub fn issued_by(cert: &rustls_pki_types::CertificateDer<'_>, ca: &Path) -> bool {
+    let Ok(roots) = crate::files::load_roots(ca) else { return false };
+    let Ok(verifier) = rustls::server::WebPkiClientVerifier::builder_with_provider(std::sync::Arc::new(roots), crate::provider()).build()
+    else {
+        return false;
+    };
+    verifier.verify_client_cert(cert, &[], rustls_pki_types::UnixTime::now()).is_ok()
+}
+
 /// When the certificate `der` stops being valid (its notAfter), if it can be read.
 pub fn not_after(der: &[u8]) -> Option<OffsetDateTime> {
     let cert = x509_parser::parse_x509_certificate(der).ok()?.1;
@@ -435,6 +445,10 @@ mod tests {
         let end = not_after(&cert).unwrap();
         let left = end - OffsetDateTime::now_utc();
         assert!(left > time::Duration::minutes(59) && left <= time::Duration::hours(1), "valid for the lifetime asked: {left}");
+        assert!(issued_by(&cert, &dir.path().join("ca.pem")));
+        let other = tempfile::tempdir().unwrap();
+        init(other.path(), &[], &[], Validity::days(1)).unwrap();
+        assert!(!issued_by(&cert, &other.path().join("ca.pem")), "another CA did not sign it");
         // The key it came with goes with it.
         let file = dir.path().join("agent.pem");
         std::fs::write(&file, format!("{pem}{key}")).unwrap();
