@@ -126,7 +126,13 @@ pub struct AgentIssuer {
     issuer: Issuer<'static, KeyPair>,
     dir: PathBuf,
     lifetime: std::time::Duration,
+    /// Held while `issued.txt` is written: a pruning rewrite must not lose another's line.
+    record: std::sync::Mutex<()>,
 }
+
+/// `issued.txt` is rewritten without its expired certificates once it is larger than this
+/// (about 4,000 lines: renewals add one per agent every two thirds of a lifetime).
+const PRUNE_ABOVE: u64 = 256 << 10;
 
 impl std::fmt::Debug for AgentIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,7 +171,7 @@ impl AgentIssuer {
             detail: e.to_string(),
         })?;
         let dir = ca_key.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-        Ok(AgentIssuer { issuer, dir, lifetime })
+        Ok(AgentIssuer { issuer, dir, lifetime, record: std::sync::Mutex::new(()) })
     }
 
     /// How long the certificates it signs are valid.
@@ -189,12 +195,27 @@ impl AgentIssuer {
         let serial = serial_of(cert.der()).unwrap_or_default();
         let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
         let record = self.dir.join("issued.txt");
+        let _held = self.record.lock().unwrap_or_else(|e| e.into_inner());
         let write_err = |source| TlsError::Write { path: record.display().to_string(), source };
+        if std::fs::metadata(&record).is_ok_and(|m| m.len() > PRUNE_ABOVE) {
+            prune_issued(&record, now)?;
+        }
         let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o644).open(&record).map_err(write_err)?;
         f.write_all(format!("{hex} {name} {}\n", not_after.unix_timestamp()).as_bytes()).map_err(write_err)?;
         f.sync_data().map_err(write_err)?;
         Ok(cert.pem())
     }
+}
+
+/// Rewrites the record of issued certificates at `path` without those that ended before `now`
+/// (an expired certificate needs no revoking).
+fn prune_issued(path: &Path, now: OffsetDateTime) -> Result<(), TlsError> {
+    let kept: String = read_text(path)?
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2).and_then(|end| end.parse::<i64>().ok()).is_none_or(|end| end >= now.unix_timestamp()))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_text(path, &kept)
 }
 
 /// The names in `dir/revoked.txt` (none when it does not exist).
@@ -457,6 +478,12 @@ mod tests {
         let (_, csr2) = agent_request("host1").unwrap();
         issuer.sign("host1", &csr2).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("issued.txt")).unwrap().lines().count(), 2);
+        // Expired records are dropped when the record is rewritten; current ones stay.
+        let record = dir.path().join("issued.txt");
+        let before = std::fs::read_to_string(&record).unwrap();
+        std::fs::write(&record, format!("0a old-host 1000\n{before}")).unwrap();
+        prune_issued(&record, OffsetDateTime::now_utc()).unwrap();
+        assert_eq!(std::fs::read_to_string(&record).unwrap(), before);
         // Garbage is not a request.
         let err = issuer.sign("host1", "not a csr").unwrap_err().to_string();
         assert!(err.contains("certificate request is not valid"), "{err}");
