@@ -3,8 +3,8 @@
 //!
 //! | state at start | what happens |
 //! | --- | --- |
-//! | `<data dir>/tls/agent.pem` holds a certificate for this name, not expired | it is used; renewed at two thirds of what is left |
-//! | none, expired, or for another name; a join token | a new key and a request (CSR) go to the server with the token, over TLS that verified the server; the signed certificate and the key are kept (one file, mode 0600) |
+//! | `<data dir>/tls/agent.pem` holds a certificate for this name, not expired, signed by `--ca` | it is used; renewed at two thirds of what is left |
+//! | none, expired, for another name or from another CA; a join token | a new key and a request (CSR) go to the server with the token, over TLS that verified the server; the signed certificate and the key are kept (one file, mode 0600) |
 //! | none, and no join token | the agent joins without a certificate (a server that requires one says so) |
 //!
 //! Renewal asks the server the same way, presenting the current certificate instead of the token.
@@ -74,11 +74,21 @@ impl Enrollment {
         Enrollment { file: data_dir.join("tls").join("agent.pem"), name: name.to_owned(), join_token: join_token.to_owned(), tls }
     }
 
-    /// The kept certificate and its end, when it is usable for this name.
+    /// The kept certificate and its end, when it is usable: for this name, not expired, and
+    /// signed by the CA trusted now (after the CA is replaced, a new certificate is asked for).
     fn kept(&self) -> Option<(Identity, OffsetDateTime)> {
         let id = Identity::load(&self.file, &self.file).ok()?;
         let end = tug_tls::certs::not_after(&id.certs[0])?;
-        (end > OffsetDateTime::now_utc() && tug_tls::certs::cert_is_for(&id.certs[0], &self.name)).then_some((id, end))
+        if end <= OffsetDateTime::now_utc() || !tug_tls::certs::cert_is_for(&id.certs[0], &self.name) {
+            return None;
+        }
+        if let Some(ca) = &self.tls.ca_file
+            && !tug_tls::certs::issued_by(&id.certs[0], ca)
+        {
+            tracing::warn!(file = %self.file.display(), ca = %ca.display(), "the kept client certificate is not signed by the CA given with --ca (was it replaced?); asking for a new one");
+            return None;
+        }
+        Some((id, end))
     }
 
     /// The settings to connect with: the kept certificate, or one got from the first of
@@ -88,7 +98,7 @@ impl Enrollment {
         let shared = SharedTls::new(self.tls.clone());
         let end = match self.kept() {
             Some((id, end)) => {
-                tracing::info!(file = %self.file.display(), valid_until = %end, "using this agent's client certificate");
+                tracing::info!(file = %self.file.display(), valid_until = %when(end), "using this agent's client certificate");
                 shared.set(self.tls.clone().with_identity(id));
                 end
             }
@@ -100,7 +110,7 @@ impl Enrollment {
                     let server = &servers[i % servers.len()];
                     match self.ask(server, &self.tls).await {
                         Ok((id, end)) => {
-                            tracing::info!(server, file = %self.file.display(), valid_until = %end, "got a client certificate from the server with the join token");
+                            tracing::info!(server, file = %self.file.display(), valid_until = %when(end), "got a client certificate from the server with the join token");
                             shared.set(self.tls.clone().with_identity(id));
                             break end;
                         }
@@ -142,15 +152,15 @@ impl Enrollment {
             i += 1;
             match self.ask(server, &shared.get()).await {
                 Ok((id, new_end)) => {
-                    tracing::info!(server, valid_until = %new_end, "renewed this agent's client certificate");
+                    tracing::info!(server, valid_until = %when(new_end), "renewed this agent's client certificate");
                     shared.set(self.tls.clone().with_identity(id));
                     end = new_end;
                 }
                 Err(Failed::NotIssuing(why) | Failed::Transient(why)) => {
-                    tracing::warn!(server, error = %why, valid_until = %end, "cannot renew this agent's client certificate yet");
+                    tracing::warn!(server, error = %why, valid_until = %when(end), "cannot renew this agent's client certificate yet");
                 }
                 Err(Failed::Fatal(e)) => {
-                    tracing::error!(server, error = %e, valid_until = %end, "the server will not renew this agent's client certificate");
+                    tracing::error!(server, error = %e, valid_until = %when(end), "the server will not renew this agent's client certificate");
                     return;
                 }
             }
@@ -184,6 +194,11 @@ impl Enrollment {
         let end = tug_tls::certs::not_after(&id.certs[0]).unwrap_or_else(OffsetDateTime::now_utc);
         Ok((id, end))
     }
+}
+
+/// An instant in RFC 3339, for logs.
+fn when(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 /// Writes `text` to `path` readable by its owner only, whole or not at all (a new file renamed

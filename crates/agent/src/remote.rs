@@ -8,7 +8,8 @@
 //! attempts the agent holds ([`Agent::held`]); an ack tells the agent the server has the update
 //! ([`Agent::delivered`]), and `Registered` carries the leader epoch. With a server that takes
 //! batches, every status update queued goes out in one message, and the server's acks and
-//! commands come in lists.
+//! commands come in lists. Over https with no certificate of its own, the agent first gets one
+//! from the server with the join token, and renews it ([`crate::certificate`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -346,14 +347,14 @@ async fn session(
     let resend: Vec<&StatusUpdate> = unacked.values().collect();
     for chunk in resend.chunks(MAX_BATCH) {
         if !send_updates(&tx, chunk, batches).await {
-            return Ok(Ended::Broken("stream closed while resending".into()));
+            return why_closed(&mut inbound, "stream closed while resending").await;
         }
     }
     // Network requests the last connection did not see answered (the server's handling is
     // idempotent).
     for (id, call) in &net.pending {
         if !send_net(&tx, *id, &call.op).await {
-            return Ok(Ended::Broken("stream closed while resending".into()));
+            return why_closed(&mut inbound, "stream closed while resending").await;
         }
     }
     let mut flushing: Option<tokio::time::Instant> = None;
@@ -390,14 +391,14 @@ async fn session(
                         other => flush(&tx, &mut batch, unacked, batches).await && send_other(&tx, other).await,
                     };
                     if !sent {
-                        return Ok(Ended::Broken("stream closed".into()));
+                        return why_closed(&mut inbound, "stream closed").await;
                     }
                     if taken < MAX_BATCH {
                         next = updates.try_recv().ok();
                     }
                 }
                 if !flush(&tx, &mut batch, unacked, batches).await {
-                    return Ok(Ended::Broken("stream closed".into()));
+                    return why_closed(&mut inbound, "stream closed").await;
                 }
             }
             call = async { net.calls.as_mut()?.recv().await }, if net.calls.is_some() => match call {
@@ -407,7 +408,7 @@ async fn session(
                     let sent = send_net(&tx, id, &call.op).await;
                     net.pending.insert(id, call);
                     if !sent {
-                        return Ok(Ended::Broken("stream closed".into()));
+                        return why_closed(&mut inbound, "stream closed").await;
                     }
                 }
                 None => net.calls = None,
@@ -476,6 +477,27 @@ async fn session(
             () = async { let _ = stop.changed().await; }, if !*stop.borrow() => {}
             () = tokio::time::sleep(Duration::from_millis(200)), if flushing.is_some() => {}
         }
+    }
+}
+
+/// The stream broke under a send: the server may have said why just before (a refusal, such as
+/// a certificate revoked while connected), which is worth reading before reconnecting. What else
+/// arrives meanwhile is dropped: unacknowledged updates are resent after a reconnect, and the
+/// server sends launches again to an agent that registers without them.
+async fn why_closed(inbound: &mut tonic::Streaming<ServerMessage>, what: &str) -> Result<Ended, RemoteError> {
+    let said = async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(ServerMessage { msg: Some(server_message::Msg::Refused(r)) })) => return Some(Err(RemoteError::Refused(r.reason))),
+                Ok(Some(ServerMessage { msg: Some(server_message::Msg::NotLeader(n)) })) => return Some(Ok(Ended::NotLeader(n.leader))),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(1), said).await {
+        Ok(Some(ended)) => ended,
+        _ => Ok(Ended::Broken(what.to_owned())),
     }
 }
 

@@ -231,6 +231,12 @@ impl AgentService for AgentGateway {
                                  cut it off; a host that should join again needs a new name ({name} stays revoked)"
                             );
                             let _ = out_tx.send(msg(server_message::Msg::Refused(tug_proto::Refused { reason }))).await;
+                            // The answer ends after the refusal. The agent's half stays open until
+                            // it has read it and gone (briefly): dropping that half at once resets
+                            // the stream, and the agent might see only the reset.
+                            drop(out_tx);
+                            let drained = async { while let Ok(Some(_)) = inbound.message().await {} };
+                            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drained).await;
                             break;
                         }
                     }

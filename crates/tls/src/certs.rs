@@ -126,7 +126,13 @@ pub struct AgentIssuer {
     issuer: Issuer<'static, KeyPair>,
     dir: PathBuf,
     lifetime: std::time::Duration,
+    /// Held while `issued.txt` is written: a pruning rewrite must not lose another's line.
+    record: std::sync::Mutex<()>,
 }
+
+/// `issued.txt` is rewritten without its expired certificates once it is larger than this
+/// (about 4,000 lines: renewals add one per agent every two thirds of a lifetime).
+const PRUNE_ABOVE: u64 = 256 << 10;
 
 impl std::fmt::Debug for AgentIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,7 +171,7 @@ impl AgentIssuer {
             detail: e.to_string(),
         })?;
         let dir = ca_key.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-        Ok(AgentIssuer { issuer, dir, lifetime })
+        Ok(AgentIssuer { issuer, dir, lifetime, record: std::sync::Mutex::new(()) })
     }
 
     /// How long the certificates it signs are valid.
@@ -189,12 +195,27 @@ impl AgentIssuer {
         let serial = serial_of(cert.der()).unwrap_or_default();
         let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
         let record = self.dir.join("issued.txt");
+        let _held = self.record.lock().unwrap_or_else(|e| e.into_inner());
         let write_err = |source| TlsError::Write { path: record.display().to_string(), source };
+        if std::fs::metadata(&record).is_ok_and(|m| m.len() > PRUNE_ABOVE) {
+            prune_issued(&record, now)?;
+        }
         let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o644).open(&record).map_err(write_err)?;
         f.write_all(format!("{hex} {name} {}\n", not_after.unix_timestamp()).as_bytes()).map_err(write_err)?;
         f.sync_data().map_err(write_err)?;
         Ok(cert.pem())
     }
+}
+
+/// Rewrites the record of issued certificates at `path` without those that ended before `now`
+/// (an expired certificate needs no revoking).
+fn prune_issued(path: &Path, now: OffsetDateTime) -> Result<(), TlsError> {
+    let kept: String = read_text(path)?
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2).and_then(|end| end.parse::<i64>().ok()).is_none_or(|end| end >= now.unix_timestamp()))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_text(path, &kept)
 }
 
 /// The names in `dir/revoked.txt` (none when it does not exist).
@@ -204,6 +225,16 @@ pub fn revoked_names(dir: &Path) -> Result<Vec<String>, TlsError> {
         return Ok(Vec::new());
     }
     Ok(read_text(&record)?.lines().filter_map(|l| l.split_whitespace().nth(1)).map(str::to_owned).collect())
+}
+
+/// Whether the client certificate `cert` is valid now and signed by a CA in the file `ca`.
+pub fn issued_by(cert: &rustls_pki_types::CertificateDer<'_>, ca: &Path) -> bool {
+    let Ok(roots) = crate::files::load_roots(ca) else { return false };
+    let Ok(verifier) = rustls::server::WebPkiClientVerifier::builder_with_provider(std::sync::Arc::new(roots), crate::provider()).build()
+    else {
+        return false;
+    };
+    verifier.verify_client_cert(cert, &[], rustls_pki_types::UnixTime::now()).is_ok()
 }
 
 /// When the certificate `der` stops being valid (its notAfter), if it can be read.
@@ -435,6 +466,10 @@ mod tests {
         let end = not_after(&cert).unwrap();
         let left = end - OffsetDateTime::now_utc();
         assert!(left > time::Duration::minutes(59) && left <= time::Duration::hours(1), "valid for the lifetime asked: {left}");
+        assert!(issued_by(&cert, &dir.path().join("ca.pem")));
+        let other = tempfile::tempdir().unwrap();
+        init(other.path(), &[], &[], Validity::days(1)).unwrap();
+        assert!(!issued_by(&cert, &other.path().join("ca.pem")), "another CA did not sign it");
         // The key it came with goes with it.
         let file = dir.path().join("agent.pem");
         std::fs::write(&file, format!("{pem}{key}")).unwrap();
@@ -443,6 +478,12 @@ mod tests {
         let (_, csr2) = agent_request("host1").unwrap();
         issuer.sign("host1", &csr2).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("issued.txt")).unwrap().lines().count(), 2);
+        // Expired records are dropped when the record is rewritten; current ones stay.
+        let record = dir.path().join("issued.txt");
+        let before = std::fs::read_to_string(&record).unwrap();
+        std::fs::write(&record, format!("0a old-host 1000\n{before}")).unwrap();
+        prune_issued(&record, OffsetDateTime::now_utc()).unwrap();
+        assert_eq!(std::fs::read_to_string(&record).unwrap(), before);
         // Garbage is not a request.
         let err = issuer.sign("host1", "not a csr").unwrap_err().to_string();
         assert!(err.contains("certificate request is not valid"), "{err}");

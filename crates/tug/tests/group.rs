@@ -518,3 +518,98 @@ fn bad_store_urls_are_refused() {
         assert!(!out.status.success() && err.contains(says), "{store}: {err}");
     }
 }
+
+/// A group over TLS with one CA (`tug certs init`): an agent given only the CA and the join token,
+/// pointed at a follower (and not the leader): the follower signs its certificate (it holds the CA
+/// key as the leader does) and sends it to the leader's https agent endpoint, where it joins over
+/// mTLS; a write through the follower reaches the leader over https.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_follower_signs_agents_certificates_and_passes_agents_and_writes_to_the_leader() {
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let made = Command::new(TUG).args(["certs", "init"]).arg(&certs).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let cert = |f: &str| certs.join(f).to_string_lossy().into_owned();
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        let (api, agent) = (free_port(), free_port());
+        let name = format!("tlsg-s{i}");
+        let args: Vec<String> = [
+            "server", "--store", &etcd.url("tlsg"), "--name", &name, "--lease-ttl", TTL,
+            "--listen", &format!("127.0.0.1:{api}"), "--agent-listen", &format!("127.0.0.1:{agent}"),
+            "--data-dir", &dir.path().join(&name).to_string_lossy(), "--log", "info", "--join-token", JOIN_TOKEN,
+            "--tls-cert", &cert("server.pem"), "--tls-key", &cert("server-key.pem"),
+            "--agent-ca", &cert("ca.pem"), "--agent-ca-key", &cert("ca-key.pem"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut s = Server { name, api: format!("https://127.0.0.1:{api}"), agent: format!("https://127.0.0.1:{agent}"), args, child: None };
+        s.spawn(&dir.path().join(format!("{}.log", s.name)));
+        servers.push(s);
+    }
+    let tls = tug_tls::ClientTls::new(Some(&certs.join("ca.pem")), None).unwrap();
+    let http = reqwest::Client::builder().tls_backend_preconfigured(tls.for_http().unwrap()).build().unwrap();
+    let get = |i: usize, path: &str| http.get(format!("{}{path}", servers[i].api)).send();
+    // The leader, by its own API.
+    let started = Instant::now();
+    let leader = loop {
+        let mut found = None;
+        for i in 0..3 {
+            if let Ok(r) = get(i, "/api/v1/cluster").await
+                && let Ok(c) = r.json::<Value>().await
+                && c["role"] == "leader"
+            {
+                found = Some(i);
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no leader; logs in {}", dir.path().display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let follower = (leader + 1) % 3;
+    let agent_dir = dir.path().join("agent");
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let mut agent = Command::new(TUG)
+        .args(["agent", "run", "--noop", "--name", "tlsg-agent", "--join-token", JOIN_TOKEN, "--ca", &cert("ca.pem")])
+        .arg("--server")
+        .arg(format!("{},{}", servers[follower].agent, servers[(leader + 2) % 3].agent))
+        .arg("--data-dir")
+        .arg(&agent_dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let agents: Value = match get(leader, "/api/v1/agents").await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        if agents.as_array().into_iter().flatten().any(|a| a["name"] == "tlsg-agent" && a["state"] == "up") {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = agent.kill();
+            let text = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+            panic!("the agent did not join the leader: {agents}\n{text}\nlogs in {}", dir.path().display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let follower_log = std::fs::read_to_string(dir.path().join(format!("{}.log", servers[follower].name))).unwrap();
+    assert!(
+        follower_log.lines().any(|l| l.contains("agent certificate issued against the join token") && l.contains("tlsg-agent")),
+        "the follower signed the certificate:\n{follower_log}"
+    );
+    assert!(agent_dir.join("tls").join("agent.pem").exists());
+    // A write through the follower reaches the leader over https, trusting the group's CA.
+    let job = serde_json::json!({"name": "through-follower", "schedule": "@yearly", "command": "true"});
+    let resp = http.post(format!("{}/api/v1/jobs", servers[follower].api)).json(&job).send().await.unwrap();
+    let status = resp.status();
+    assert_eq!(status, 201, "{}", resp.text().await.unwrap_or_default());
+}

@@ -397,6 +397,35 @@ async fn an_agent_with_only_the_ca_and_the_join_token_gets_a_certificate_joins_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_kept_certificate_is_from_a_replaced_ca_gets_a_new_one() {
+    let mut c = Cluster::new(1, &["--agent-ca-key", "{certs}/ca-key.pem"]).await;
+    let args = AgentArgs { name: "moved", attributes: "", cpus: "1", token: TOKEN };
+    c.start_agent_tls(0, &args, &c.agent_ca_only(), &[]);
+    c.wait_agents_up(&["moved"]).await;
+    c.stop_agent(0);
+    // A new CA: the server's certificate, the agents' CA and its key all from it.
+    let fresh = c.path("certs-2");
+    let made = std::process::Command::new(hosts::TUG)
+        .args(["certs", "init", fresh.to_str().unwrap(), "--name", &c.net.server_addr()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    c.kill_server();
+    for (flag, file) in [("--tls-cert", "server.pem"), ("--tls-key", "server-key.pem"), ("--agent-ca", "ca.pem"), ("--agent-ca-key", "ca-key.pem")] {
+        c.set_server_arg(flag, fresh.join(file).to_str().unwrap());
+    }
+    c.certs = fresh.clone();
+    c.start_server().await;
+    // Given the new CA, the agent drops the certificate the old one signed and asks for another.
+    c.start_agent_tls(0, &args, &c.agent_ca_only(), &[]);
+    c.wait_agents_up(&["moved"]).await;
+    let out = c.agents[0].as_ref().unwrap().output();
+    assert!(out.contains("the kept client certificate is not signed by the CA given with --ca"), "{out}");
+    let issued = std::fs::read_to_string(fresh.join("issued.txt")).unwrap();
+    assert!(issued.lines().any(|l| l.split_whitespace().nth(1) == Some("moved")), "{issued}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_agent_is_cut_off_without_a_restart_and_gets_no_new_certificate() {
     let mut c = Cluster::new(2, &["--agent-ca-key", "{certs}/ca-key.pem"]).await;
     let ca_only = c.agent_ca_only();

@@ -48,16 +48,18 @@ struct Front {
 
 /// Serves the follower's front on `listener` until `stop` completes. `auth` is the gate of the
 /// requests answered here (loaded from the group's store; its tokens are re-read as they age).
+/// Requests go on to an https leader trusting `leader_tls`.
 pub async fn serve_follower(
     listener: tokio::net::TcpListener,
     group: Arc<Group>,
     clock: SharedClock,
     auth: Arc<Auth>,
     tls: Option<tug_tls::ServerTls>,
+    leader_tls: tug_tls::ClientTls,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // (`http::serve` hands the handlers the peer's address, as `ConnectInfo`.)
-    let app = follower_router(group, clock, auth);
+    let app = follower_router(group, clock, auth, &leader_tls).map_err(std::io::Error::other)?;
     match tls {
         Some(tls) => {
             let listener = tug_tls::TlsListener::new(listener, tls, "API (following)")?;
@@ -68,11 +70,12 @@ pub async fn serve_follower(
     Ok(())
 }
 
-/// The follower's router.
-pub fn follower_router(group: Arc<Group>, clock: SharedClock, auth: Arc<Auth>) -> Router {
+/// The follower's router; requests it passes on reach an https leader trusting `leader_tls`.
+pub fn follower_router(group: Arc<Group>, clock: SharedClock, auth: Arc<Auth>, leader_tls: &tug_tls::ClientTls) -> Result<Router, tug_tls::TlsError> {
     // reqwest needs the crypto provider installed before it builds a client.
     tug_tls::provider();
     let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(leader_tls.for_http()?)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
         .build()
@@ -86,14 +89,14 @@ pub fn follower_router(group: Arc<Group>, clock: SharedClock, auth: Arc<Auth>) -
     let read = |route: axum::routing::MethodRouter<ReadState>| {
         route.with_state(reads.clone()).route_layer(gate.clone()).fallback_service(leader.clone())
     };
-    Router::new()
+    Ok(Router::new()
         .route("/api/v1/jobs", read(get(jobs::list)))
         .route("/api/v1/jobs/{name}", read(get(jobs::show)))
         .route("/api/v1/jobs/{name}/runs", read(get(runs::list)))
         .route("/api/v1/runs/{id}", read(get(runs::show)))
         .route("/api/v1/cluster", get(status).with_state(front).route_layer(gate))
         .route("/healthz", get(|| async { "ok" }))
-        .fallback_service(leader)
+        .fallback_service(leader))
 }
 
 /// The API's gate, with the tokens re-read from the store first (see [`TOKENS_FOR`]): one made

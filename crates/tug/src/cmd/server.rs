@@ -67,10 +67,12 @@ pub struct ServerArgs {
     /// This server's name in the group (default: the host name and the API port).
     #[arg(long, env = "TUG_NAME")]
     name: Option<String>,
-    /// The URL other servers reach this one's API at, in a group (default: http://LISTEN).
+    /// The URL other servers reach this one's API at, in a group (default: http://LISTEN, or
+    /// https:// with --tls-cert).
     #[arg(long, env = "TUG_ADVERTISE")]
     advertise: Option<String>,
-    /// The URL agents reach this one's agent endpoint at, in a group (default: http://AGENT_LISTEN).
+    /// The URL agents reach this one's agent endpoint at, in a group (default:
+    /// http://AGENT_LISTEN, or https:// with --tls-cert).
     #[arg(long, env = "TUG_AGENT_ADVERTISE")]
     agent_advertise: Option<String>,
     /// In a group: the leader's lease on etcd (e.g. 3s). A leader that cannot renew it for two
@@ -98,6 +100,11 @@ pub struct ServerArgs {
     /// a name in it (mTLS; needs --tls-cert).
     #[arg(long, env = "TUG_AGENT_CA", requires = "tls_cert", value_name = "FILE")]
     agent_ca: Option<PathBuf>,
+    /// In a group over TLS: trust this CA (PEM) for the other members' certificates (a follower
+    /// passes requests on to the leader over https), besides the system's roots. Default: the
+    /// --agent-ca.
+    #[arg(long, env = "TUG_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Refuse agents whose client certificates this revocation list (PEM; `tug certs revoke`
     /// writes one) revokes. Taken again when it changes: connected agents it revokes are cut
     /// off. Default with --agent-ca-key: crl.pem beside the key, once it exists.
@@ -327,10 +334,12 @@ async fn group(
     let store = EtcdStore::connect(etcd).await?;
     let clock: SharedClock = Arc::new(SystemClock);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "tug".into(), |h| h.trim().to_owned());
+    let scheme = if args.tls.enabled() { "https" } else { "http" };
     let me = Member {
         name: args.name.clone().unwrap_or_else(|| format!("{host}:{}", args.listen.port())),
-        api: args.advertise.clone().unwrap_or_else(|| format!("http://{}", args.listen)),
-        agent: args.agent_advertise.clone().unwrap_or_else(|| format!("http://{}", args.agent_listen)),
+        // Over TLS, followers send agents (and requests) to the leader's https:// endpoints.
+        api: args.advertise.clone().unwrap_or_else(|| format!("{scheme}://{}", args.listen)),
+        agent: args.agent_advertise.clone().unwrap_or_else(|| format!("{scheme}://{}", args.agent_listen)),
         leading_since: None,
     };
     let group = Group::join(store.clone(), me.clone(), args.lease_ttl).await.context("joining the server group")?;
@@ -340,6 +349,9 @@ async fn group(
     let mut config = config;
     config.auth.proxy_secret = Some(secret);
     // The follower's gate reads tokens from the same store (the leader makes and revokes them).
+    // Members' certificates usually come from the CA that signs agents' (tug certs init).
+    let leader_tls = tug_tls::ClientTls::new(args.ca.as_deref().or(args.agent_ca.as_deref()), None)
+        .context("the CA trusted for the other members' certificates (--ca, or --agent-ca)")?;
     let follower_auth = tug_server::auth::Auth::load(config.auth.clone(), Arc::new(store.clone()), clock.clone())
         .await
         .context("loading API tokens")?;
@@ -378,6 +390,7 @@ async fn group(
             clock.clone(),
             follower_auth.clone(),
             config.api_tls.clone(),
+            leader_tls.clone(),
             stopped(front_rx),
         ));
         tracing::info!(member = %me.name, "following; campaigning for leadership");

@@ -385,6 +385,12 @@ impl Cluster {
         self.start_server().await;
     }
 
+    /// Gives the server's `flag` the value `value` from its next start.
+    pub fn set_server_arg(&mut self, flag: &str, value: &str) {
+        let i = self.server_args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("the server has no {flag}"));
+        self.server_args[i + 1] = value.to_owned();
+    }
+
     /// `kill -9` of the server.
     pub fn kill_server(&mut self) {
         if let Some(mut s) = self.server.take() {
