@@ -275,6 +275,38 @@ pub fn replica_claim_name(service: &str, index: u32) -> String {
 }
 
 impl ServiceSpec {
+    /// Whether replicas started from `other` would run differently from replicas started from
+    /// this spec (its command, environment, image, resources, health check, network, placement):
+    /// such a change reaches running replicas only by replacing them. The replica count, scaling
+    /// rules, description, owner, labels, restart policy and stop signal and grace do not.
+    pub fn launch_changed(&self, other: &ServiceSpec) -> bool {
+        let mut same = other.clone();
+        same.description.clone_from(&self.description);
+        same.owner.clone_from(&self.owner);
+        same.labels.clone_from(&self.labels);
+        same.replicas = self.replicas;
+        same.scale.clone_from(&self.scale);
+        same.restart = self.restart;
+        same.stop_signal.clone_from(&self.stop_signal);
+        same.stop_grace = self.stop_grace;
+        same != *self
+    }
+
+    /// This spec with what `other` changes that needs no replacement of running replicas (see
+    /// [`ServiceSpec::launch_changed`]).
+    pub fn with_settings_of(&self, other: &ServiceSpec) -> ServiceSpec {
+        let mut s = self.clone();
+        s.description.clone_from(&other.description);
+        s.owner.clone_from(&other.owner);
+        s.labels.clone_from(&other.labels);
+        s.replicas = other.replicas;
+        s.scale.clone_from(&other.scale);
+        s.restart = other.restart;
+        s.stop_signal.clone_from(&other.stop_signal);
+        s.stop_grace = other.stop_grace;
+        s
+    }
+
     /// A minimal process service: a name, a command and a replica count.
     pub fn new(name: impl Into<String>, command: Command, replicas: i64) -> ServiceSpec {
         ServiceSpec {

@@ -295,6 +295,13 @@ pub(super) struct Releases {
 }
 
 impl Releases {
+    /// Notes in a release's history that an update of its service's spec started it.
+    pub(super) fn note_update(&mut self, id: &str, now: Timestamp) {
+        if let Some(r) = self.get_mut(id) {
+            r.note(now, "an update of the service's spec: its replicas move to it batch by batch, each healthy before the next".into());
+        }
+    }
+
     fn get_mut(&mut self, id: &str) -> Option<&mut Release> {
         self.list.iter_mut().find(|r| r.id == id)
     }
