@@ -562,4 +562,22 @@ mod tests {
         assert_eq!(d, vec![0, 1, 2, 4, 8, 10]);
         assert_eq!(r.delay(100), Duration::from_secs(10));
     }
+
+    #[test]
+    fn only_what_replicas_run_needs_them_replaced() {
+        let base = parse("").unwrap().spec;
+        let changed = |extra: &str| base.launch_changed(&parse(extra).unwrap().spec);
+        for extra in ["description = \"x\"\n", "owner = \"ops\"\n", "labels = { tier = \"web\" }\n", "stop_grace = \"30s\"\n",
+                      "restart = { initial_delay = \"5s\", max_delay = \"1m\" }\n", "[[scale]]\nschedule = \"@daily\"\nreplicas = 5\n"] {
+            assert!(!changed(extra), "{extra}");
+        }
+        for extra in ["env = { V = \"2\" }\n", "workdir = \"/srv\"\n", "[resources]\ncpus = 2.0\n", "placement = \"binpack\"\n",
+                      "[health]\nkind = \"tcp\"\nport = 8080\n"] {
+            assert!(changed(extra), "{extra}");
+        }
+        let other = parse("env = { V = \"2\" }\nlabels = { tier = \"web\" }\n").unwrap().spec;
+        let settled = base.with_settings_of(&other);
+        assert_eq!((settled.labels.get("tier").map(String::as_str), settled.env.get("V")), (Some("web"), None));
+        assert!(!base.launch_changed(&settled) && settled.launch_changed(&other));
+    }
 }
