@@ -98,7 +98,7 @@ pub(super) async fn update(
 ) -> ApiResult<Json<ServiceView>> {
     let Query(p) = params.map_err(super::query_error)?;
     let batch = match p.batch.as_deref() {
-        Some(b) => Some(tug_core::release::Batch::parse(b).map_err(|e| ApiError::bad_request("invalid_batch", e))?),
+        Some(b) => Some(tug_core::release::Batch::parse(b).map_err(|e| ApiError::bad_request("invalid_batch", e.to_string()))?),
         None => None,
     };
     let health_timeout = match p.health_timeout.as_deref() {
