@@ -275,6 +275,38 @@ pub fn replica_claim_name(service: &str, index: u32) -> String {
 }
 
 impl ServiceSpec {
+    /// Whether replicas started from `other` would run differently from replicas started from
+    /// this spec (its command, environment, image, resources, health check, network, placement):
+    /// such a change reaches running replicas only by replacing them. The replica count, scaling
+    /// rules, description, owner, labels, restart policy and stop signal and grace do not.
+    pub fn launch_changed(&self, other: &ServiceSpec) -> bool {
+        let mut same = other.clone();
+        same.description.clone_from(&self.description);
+        same.owner.clone_from(&self.owner);
+        same.labels.clone_from(&self.labels);
+        same.replicas = self.replicas;
+        same.scale.clone_from(&self.scale);
+        same.restart = self.restart;
+        same.stop_signal.clone_from(&self.stop_signal);
+        same.stop_grace = self.stop_grace;
+        same != *self
+    }
+
+    /// This spec with what `other` changes that needs no replacement of running replicas (see
+    /// [`ServiceSpec::launch_changed`]).
+    pub fn with_settings_of(&self, other: &ServiceSpec) -> ServiceSpec {
+        let mut s = self.clone();
+        s.description.clone_from(&other.description);
+        s.owner.clone_from(&other.owner);
+        s.labels.clone_from(&other.labels);
+        s.replicas = other.replicas;
+        s.scale.clone_from(&other.scale);
+        s.restart = other.restart;
+        s.stop_signal.clone_from(&other.stop_signal);
+        s.stop_grace = other.stop_grace;
+        s
+    }
+
     /// A minimal process service: a name, a command and a replica count.
     pub fn new(name: impl Into<String>, command: Command, replicas: i64) -> ServiceSpec {
         ServiceSpec {
@@ -529,5 +561,23 @@ mod tests {
         let d: Vec<_> = (0..6).map(|n| r.delay(n).as_millis() / 1000).collect();
         assert_eq!(d, vec![0, 1, 2, 4, 8, 10]);
         assert_eq!(r.delay(100), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn only_what_replicas_run_needs_them_replaced() {
+        let base = parse("").unwrap().spec;
+        let changed = |extra: &str| base.launch_changed(&parse(extra).unwrap().spec);
+        for extra in ["description = \"x\"\n", "owner = \"ops\"\n", "labels = { tier = \"web\" }\n", "stop_grace = \"30s\"\n",
+                      "restart = { initial_delay = \"5s\", max_delay = \"1m\" }\n", "[[scale]]\nschedule = \"@daily\"\nreplicas = 5\n"] {
+            assert!(!changed(extra), "{extra}");
+        }
+        for extra in ["env = { V = \"2\" }\n", "workdir = \"/srv\"\n", "[resources]\ncpus = 2.0\n", "placement = \"binpack\"\n",
+                      "[health]\nkind = \"tcp\"\nport = 8080\n"] {
+            assert!(changed(extra), "{extra}");
+        }
+        let other = parse("env = { V = \"2\" }\nlabels = { tier = \"web\" }\n").unwrap().spec;
+        let settled = base.with_settings_of(&other);
+        assert_eq!((settled.labels.get("tier").map(String::as_str), settled.env.get("V")), (Some("web"), None));
+        assert!(!base.launch_changed(&settled) && settled.launch_changed(&other));
     }
 }

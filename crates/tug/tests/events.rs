@@ -264,6 +264,13 @@ async fn a_services_replicas_scaling_and_releases_are_published_in_order() {
     let gone = web.until("replica.stopped", |e| e.data["detail"]["removed"] == true).await;
     assert!(gone.iter().all(|e| e.event == "replica.stopped"), "{gone:?}");
 
+    // The CLI follows one service's events too.
+    let server = s.base.trim_end_matches("/api/v1").to_owned();
+    let out = tokio::task::spawn_blocking(move || ok(&server, &["events", "--service", "web", "--kind", "release", "--since", "0", "--count", "3"])).await.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("release.started") && lines[0].contains("  web  rel-"), "{out}");
+    assert!(lines[1].contains("release.stage") && lines[1].ends_with("smoking"), "{out}");
+
     // None of it reached a reader of another service, or of jobs.
     s.req(Method::POST, "/services", Some(json!({"name": "api", "replicas": 0, "command": "exec sleep 1000"}))).await;
     assert_eq!(api_only.next().await.event, "service.created");

@@ -399,6 +399,59 @@ fn a_release_carries_on_after_the_server_is_killed_in_its_bake() {
 }
 
 #[test]
+fn an_update_rolls_out_to_running_replicas_a_batch_at_a_time() {
+    let up = Up::start();
+    let s = up.server.clone();
+    let files = tempfile::tempdir().unwrap();
+    let spec_file = files.path().join("upd.json");
+    let mut spec = versioned("upd", files.path(), 3);
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    ok(&s, &["service", "add", "-f", spec_file.to_str().unwrap()]);
+    ok(&s, &["service", "scale", "upd", "3", "--wait"]);
+    let attempts = || -> Vec<u64> {
+        let v: Value = serde_json::from_str(&ok(&s, &["service", "show", "upd", "--json"])).unwrap();
+        v["status"]["list"].as_array().unwrap().iter().map(|r| r["attempt"].as_u64().unwrap()).collect()
+    };
+
+    // More replicas and a label: applied at once, nothing replaced.
+    spec["replicas"] = json!(4);
+    spec["labels"] = json!({"tier": "web"});
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let out = ok(&s, &["service", "update", "upd", "-f", spec_file.to_str().unwrap()]);
+    assert!(out.contains("nothing its replicas run changed, so none is replaced"), "{out}");
+    ok(&s, &["service", "scale", "upd", "4", "--wait"]);
+    assert_eq!(attempts(), [1, 1, 1, 1]);
+
+    // A new environment: every replica is replaced on it, two at a time, each healthy.
+    spec["env"]["V"] = json!("2");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let out = ok(&s, &["service", "update", "upd", "-f", spec_file.to_str().unwrap(), "--batch", "2", "--wait"]);
+    assert!(out.contains("updated upd: its replicas move to the new spec through release rel-"), "{out}");
+    assert!(out.contains("succeeded"), "{out}");
+    assert_eq!(versions(files.path(), 4), ["2", "2", "2", "2"]);
+    assert_eq!(attempts(), [2, 2, 2, 2], "each replaced once");
+    let svc: Value = serde_json::from_str(&ok(&s, &["service", "show", "upd", "--json"])).unwrap();
+    assert_eq!((svc["spec"]["env"]["V"].as_str(), svc["spec"]["labels"]["tier"].as_str()), (Some("2"), Some("web")), "{svc}");
+    let id = out.split_whitespace().find(|w| w.starts_with("rel-")).unwrap().to_owned();
+    let r: Value = serde_json::from_str(&ok(&s, &["release", "show", &id, "--json"])).unwrap();
+    assert_eq!((r["plan"]["smoke"].as_u64(), r["plan"]["batch"].as_u64()), (Some(0), Some(2)), "{r}");
+    assert!(history(&r).iter().any(|h| h.starts_with("an update of the service's spec")), "{r}");
+    let steps = history(&r).iter().filter(|h| h.contains("pulled out, replaced with the new spec")).count();
+    assert_eq!(steps, 4, "{r}");
+
+    // A bad rollout setting changes nothing.
+    spec["env"]["V"] = json!("3");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let e = fails(&s, &["service", "update", "upd", "-f", spec_file.to_str().unwrap(), "--batch", "0"]);
+    assert!(e.contains("invalid batch \"0\": replace at least 1 replica per batch"), "{e}");
+    let e = fails(&s, &["service", "update", "other", "-f", spec_file.to_str().unwrap()]);
+    assert!(e.contains("names service \"upd\", not \"other\""), "{e}");
+    let svc: Value = serde_json::from_str(&ok(&s, &["service", "show", "upd", "--json"])).unwrap();
+    assert_eq!(svc["spec"]["env"]["V"], "2");
+    up.terminate();
+}
+
+#[test]
 fn a_docker_release_of_a_new_image_replaces_each_container() {
     let Some(image) = docker_test_image() else { return };
     let up = Up::start();

@@ -111,7 +111,12 @@ pub fn document() -> Value {
             },
             "/services/{name}": {
                 "get": op("one service", &[svc], "200", None),
-                "put": op("replace a service's spec", &[svc], "200", Some("ServiceSpec")),
+                "put": op(
+                    "replace a service's spec: the count, rules and labels apply at once; a change of what replicas run rolls out through a release (returned as `release`)",
+                    &[svc, ("batch", "query", "replicas replaced at once: 2 or 25% (default 25%)"), ("health_timeout", "query", "how long a replaced replica has to become healthy (default 1m)")],
+                    "200",
+                    Some("ServiceSpec")
+                ),
                 "delete": op("delete a service", &[svc], "204", None)
             },
             "/services/{name}/replicas/{index}/log": {"get": op("a replica's log (all its attempts) as text", &[svc, ("index", "path", "the replica's index"), ("offset", "query", "start at this byte")], "200", None)},

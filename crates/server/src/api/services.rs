@@ -3,7 +3,8 @@
 //! `/api/v1/services/{name}/releases` and `/api/v1/releases/{id}`: staged releases.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use tug_core::{Service, ServiceSpec};
@@ -36,11 +37,23 @@ pub struct ServiceView {
     record: ServiceRecord,
     /// Its replicas, counted and listed.
     status: ServiceStatus,
+    /// The release an update started to move its replicas to the new spec (`PUT` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    release: Option<crate::scheduler::ReleaseView>,
 }
 
 async fn view(st: &AppState, record: ServiceRecord) -> ApiResult<ServiceView> {
     let status = st.scheduler.service_status(&record.spec.name).await?.unwrap_or_default();
-    Ok(ServiceView { record, status })
+    Ok(ServiceView { record, status, release: None })
+}
+
+/// How an update that changes what the replicas run rolls out: `batch` replicas at a time
+/// (`2`, `25%`), each healthy within `health_timeout`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateParams {
+    batch: Option<String>,
+    health_timeout: Option<String>,
 }
 
 /// A service the caller may see: 404 when it does not exist or is out of the caller's scope.
@@ -80,8 +93,18 @@ pub(super) async fn update(
     who: Principal,
     Path(name): Path<String>,
     headers: HeaderMap,
+    params: Result<Query<UpdateParams>, QueryRejection>,
     body: String,
 ) -> ApiResult<Json<ServiceView>> {
+    let Query(p) = params.map_err(super::query_error)?;
+    let batch = match p.batch.as_deref() {
+        Some(b) => Some(tug_core::release::Batch::parse(b).map_err(|e| ApiError::bad_request("invalid_batch", e.to_string()))?),
+        None => None,
+    };
+    let health_timeout = match p.health_timeout.as_deref() {
+        Some(t) => Some(tug_core::Duration::parse(t).map_err(|e| ApiError::bad_request("invalid_health_timeout", format!("health_timeout={t:?}: {e}")))?),
+        None => None,
+    };
     let service = checked_spec(&st, &headers, &body).await?;
     let spec = &service.spec;
     if spec.name != name {
@@ -92,8 +115,10 @@ pub(super) async fn update(
     }
     visible(&st, &who, &name).await?;
     who.may_write_service(spec)?;
-    let record = st.scheduler.update_service(service).await?;
-    Ok(Json(view(&st, record).await?))
+    let (record, release) = st.scheduler.update_service(service, batch, health_timeout).await?;
+    let mut v = view(&st, record).await?;
+    v.release = release;
+    Ok(Json(v))
 }
 
 pub(super) async fn delete(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<StatusCode> {

@@ -117,6 +117,12 @@ pub(crate) enum Command {
     Drain(String, bool, oneshot::Sender<Result<AgentView>>),
     Check(oneshot::Sender<std::result::Result<(), String>>),
     PutService(tug_core::Service, bool, oneshot::Sender<Result<tug_store::ServiceRecord>>),
+    UpdateService(
+        tug_core::Service,
+        Option<tug_core::release::Batch>,
+        Option<tug_core::Duration>,
+        oneshot::Sender<Result<(tug_store::ServiceRecord, Option<ReleaseView>)>>,
+    ),
     DeleteService(String, oneshot::Sender<Result<()>>),
     ServiceStatus(String, oneshot::Sender<Option<ServiceStatus>>),
     Scale(String, u32, oneshot::Sender<Result<OperationView>>),
@@ -257,9 +263,16 @@ impl SchedulerHandle {
         self.ask(|tx| Command::PutService(service, true, tx)).await?
     }
 
-    /// Replaces a service's spec; its replica count applies at once, the rest as replicas restart.
-    pub async fn update_service(&self, service: tug_core::Service) -> Result<tug_store::ServiceRecord> {
-        self.ask(|tx| Command::PutService(service, false, tx)).await?
+    /// Changes a service's spec: its replica count, scaling rules and labels apply at once; a
+    /// change of what its replicas run rolls out to them through a release (`batch` at a time,
+    /// default 25%), which is returned.
+    pub async fn update_service(
+        &self,
+        service: tug_core::Service,
+        batch: Option<tug_core::release::Batch>,
+        health_timeout: Option<tug_core::Duration>,
+    ) -> Result<(tug_store::ServiceRecord, Option<ReleaseView>)> {
+        self.ask(|tx| Command::UpdateService(service, batch, health_timeout, tx)).await?
     }
 
     /// Deletes a service; its replicas stop.
@@ -646,6 +659,9 @@ impl Scheduler {
             }
             Command::PutService(service, create, tx) => {
                 let _ = tx.send(self.put_service(service, create).await);
+            }
+            Command::UpdateService(service, batch, health_timeout, tx) => {
+                let _ = tx.send(self.update_service(service, batch, health_timeout).await);
             }
             Command::DeleteService(name, tx) => {
                 let r = self.store.delete_service(&name).await.map_err(Error::from);

@@ -52,7 +52,7 @@ use crate::error::{Error, Result};
 const KEPT: usize = 200;
 
 /// Where a release is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseState {
     /// Accepted; its first step comes next.
@@ -236,9 +236,10 @@ pub struct Release {
     /// Loaded from the store at start-up and not yet caught up with its replicas.
     #[serde(skip)]
     restored: Option<Restored>,
-    /// The record last written to the store (a write happens when it changes).
+    /// A hash of what the record last written to the store holds (a write happens when it
+    /// changes).
     #[serde(skip)]
-    saved: Option<serde_json::Value>,
+    saved: Option<u64>,
     /// The state and brake last published on the event stream.
     #[serde(skip)]
     announced: (ReleaseState, bool),
@@ -313,6 +314,13 @@ pub(super) struct Releases {
 }
 
 impl Releases {
+    /// Notes in a release's history that an update of its service's spec started it.
+    pub(super) fn note_update(&mut self, id: &str, now: Timestamp) {
+        if let Some(r) = self.get_mut(id) {
+            r.note(now, "an update of the service's spec: its replicas move to it batch by batch, each healthy before the next".into());
+        }
+    }
+
     fn get_mut(&mut self, id: &str) -> Option<&mut Release> {
         self.list.iter_mut().find(|r| r.id == id)
     }
@@ -607,14 +615,24 @@ impl Scheduler {
             }
         }
         // Until it has caught up after a restart, what it loaded is what it knows.
-        let (stepping, done) = match &r.restored {
+        let (stepping, done): (Vec<u32>, Vec<u32>) = match &r.restored {
             Some(x) => (x.stepping.iter().map(|s| s.0).collect(), x.done.clone()),
             None => (r.steps.keys().copied().collect(), r.done.keys().copied().collect()),
         };
-        let now_wall = self.clock.now();
+        // What a write would change, cheaply: most rounds change nothing, and a release's record
+        // (two specs and its history) is not worth making to find that out.
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (r.state, r.braked, r.failed_in, r.history.len(), r.finished_at, &on_release, &stepping, &done).hash(&mut h);
+            h.finish()
+        };
+        if r.saved == Some(key) {
+            return;
+        }
         let bake_until = r.bake_until.filter(|_| r.state == ReleaseState::Baking).map(|t| {
             let left = t.saturating_duration_since(Instant::now());
-            now_wall + jiff::SignedDuration::try_from(left).unwrap_or_default()
+            self.clock.now() + jiff::SignedDuration::try_from(left).unwrap_or_default()
         });
         let saved = Saved {
             id: r.id.clone(),
@@ -632,23 +650,15 @@ impl Scheduler {
             on_release,
             stepping,
             done,
-            bake_until: None,
+            bake_until,
             failed_in: r.failed_in,
         };
-        let Ok(mut value) = serde_json::to_value(&saved) else { return };
-        // The bake's end moves with every reading of the clock: compare without it.
-        if r.saved.as_ref() == Some(&value) {
-            return;
-        }
-        let compared = value.clone();
-        if let Some(at) = bake_until {
-            value["bake_until"] = serde_json::json!(at);
-        }
+        let Ok(value) = serde_json::to_value(&saved) else { return };
         let record = ProgressRecord { kind: ProgressKind::Release, id: n, service: r.service.clone(), ended: r.state.ended(), state: value };
         match self.store.put_progress(&record).await {
             Ok(()) => {
                 if let Some(r) = self.releases.get_mut(id) {
-                    r.saved = Some(compared);
+                    r.saved = Some(key);
                 }
             }
             Err(e) => tracing::error!(release = %id, error = %e, "could not write the release to the store; trying again at its next change"),

@@ -786,6 +786,49 @@ impl Scheduler {
         true
     }
 
+    /// Changes a service. What needs no replacement of its replicas (the count, scaling rules,
+    /// labels...) is written and applied at once; a change of what its replicas run (see
+    /// `ServiceSpec::launch_changed`) rolls out to them through a release of its own (no smoke,
+    /// no bake, `batch` at a time, each replaced replica healthy before the next batch), and is
+    /// the service's once that release succeeds. Returns the record written and that release.
+    pub(super) async fn update_service(
+        &mut self,
+        service: Service,
+        batch: Option<tug_core::release::Batch>,
+        health_timeout: Option<tug_core::Duration>,
+    ) -> crate::error::Result<(tug_store::ServiceRecord, Option<super::ReleaseView>)> {
+        let name = service.spec.name.clone();
+        let current = self.store.get_service(&name).await?.spec;
+        if !current.launch_changed(&service.spec) {
+            return Ok((self.put_service(service, false).await?, None));
+        }
+        if let Some(r) = self.releases.active(&name) {
+            return Err(crate::error::Error::Conflict(format!(
+                "service {name:?} is being released ({}); change it through the release, or revoke it (tug release revoke {}) first",
+                r.id, r.id
+            )));
+        }
+        // Checked before anything is written, so a refused rollout changes nothing.
+        let req = tug_core::release::ReleaseRequest {
+            spec: Some(service.spec.clone()),
+            smoke: Some(0),
+            bake: Some(tug_core::Duration::ZERO),
+            batch,
+            health_timeout,
+            ..Default::default()
+        };
+        let settled = current.with_settings_of(&service.spec);
+        req.clone().plan(&settled)?;
+        let settled = settled.validate()?;
+        let record = self.put_service(settled, false).await?;
+        let mut release = self.start_release(&name, req).await?;
+        self.releases.note_update(&release.release.id, self.clock.now());
+        if let Some(v) = self.release_view(&release.release.id) {
+            release = v;
+        }
+        Ok((record, Some(release)))
+    }
+
     /// Writes a created (`create`) or changed service, then converges it.
     pub(super) async fn put_service(&mut self, service: Service, create: bool) -> crate::error::Result<tug_store::ServiceRecord> {
         if !create && let Some(r) = self.releases.active(&service.spec.name) {

@@ -99,7 +99,7 @@ fn line(kind: &str, e: &Value) -> String {
     } else {
         String::new()
     };
-    format!("{at}  {kind:<15}  {subject}  {detail}").trim_end().to_string()
+    format!("{at}  {kind:<17}  {subject}  {detail}").trim_end().to_string()
 }
 
 /// `replica 2 on a1 (attempt 3): unhealthy: HTTP 500`, `rel-4 baking (braked)`, `op-2 3/20 healthy`.
@@ -136,4 +136,30 @@ fn service_detail(d: &Value) -> String {
         line.push_str(&format!(": {why}"));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_events_read_as_one_line_each() {
+        let e = |kind: &str, detail: Value| {
+            let v = serde_json::json!({"at": "2026-11-28T07:00:01Z", "kind": kind, "service": "web", "detail": detail});
+            line(kind, &v)
+        };
+        assert_eq!(
+            e("replica.unhealthy", serde_json::json!({"index": 2, "attempt": 3, "reason": "unhealthy: HTTP 500"})),
+            "07:00:01  replica.unhealthy  web  replica 2 (attempt 3): unhealthy: HTTP 500"
+        );
+        assert_eq!(
+            e("release.failed", serde_json::json!({"release": "rel-4", "state": "failed", "braked": false, "reason": "replica 0 failed"})),
+            "07:00:01  release.failed     web  rel-4 failed: replica 0 failed"
+        );
+        assert_eq!(
+            e("operation.progress", serde_json::json!({"operation": "op-2", "state": "running", "to": 20, "healthy": 3})),
+            "07:00:01  operation.progress  web  op-2 running 3/20 healthy"
+        );
+        assert_eq!(e("service.scaled", serde_json::json!({"operation": "op-2", "replicas": 20})), "07:00:01  service.scaled     web  op-2 20 replicas");
+    }
 }

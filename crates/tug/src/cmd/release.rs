@@ -210,7 +210,7 @@ async fn act(c: &Client, a: IdArgs, action: &str) -> anyhow::Result<()> {
 }
 
 /// `smoke 1, bake 10m, batch 25%`.
-fn plan(r: &Value) -> String {
+pub(super) fn plan(r: &Value) -> String {
     let p = &r["plan"];
     format!("smoke {}, bake {}, batch {}", field(p, "smoke"), field(p, "bake"), field(p, "batch"))
 }
@@ -255,7 +255,7 @@ fn show(r: &Value) {
 }
 
 /// What the command's exit says: a failed release fails the command.
-fn outcome(r: &Value) -> anyhow::Result<()> {
+pub(super) fn outcome(r: &Value) -> anyhow::Result<()> {
     match r["state"].as_str() {
         Some("failed") => bail!(
             "release {} failed: {}; retry it (tug release retry {}) or revoke it (tug release revoke {})",
@@ -269,7 +269,7 @@ fn outcome(r: &Value) -> anyhow::Result<()> {
 }
 
 /// Redraws a release's line until it ends, fails or is braked (`quiet`: prints nothing).
-async fn watch(c: &Client, id: &str, quiet: bool) -> anyhow::Result<Value> {
+pub(super) async fn watch(c: &Client, id: &str, quiet: bool) -> anyhow::Result<Value> {
     use std::io::Write;
     let tty = !quiet && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut last = String::new();

@@ -1,4 +1,4 @@
-//! `tug service add|list|show|scale|logs|delete`: services, N replicas of a long-running command
+//! `tug service add|update|list|show|scale|logs|delete`: services, N replicas of a long-running command
 //! with a health check; `tug op show|watch`: how a scale is doing.
 
 use std::path::PathBuf;
@@ -20,6 +20,31 @@ pub enum ServiceCommand {
     /// Add a service from a file (TOML or JSON), or from flags and a command.
     #[command(after_help = "Examples:\n  tug service add -f web.toml\n  tug service add web --replicas 3 --http 8080/healthz -- busybox httpd -f -p 8080\n  tug service add cache --replicas 2 --tcp 6379 -- redis-server")]
     Add(Box<AddArgs>),
+    /// Change a service from a file (TOML or JSON). Its replica count, scaling rules, labels,
+    /// restart policy and stop settings apply at once; a change of what its replicas run (command,
+    /// environment, image, resources, health check, network, placement) rolls out to them: a
+    /// batch at a time, each replaced replica healthy before the next batch, as a release
+    /// (brake, resume or revoke it with `tug release`).
+    #[command(after_help = "Examples:\n  tug service update web -f web.toml\n  tug service update web -f web.toml --batch 1 --wait\n  tug service update web -f web.toml --batch 50% --health-timeout 2m")]
+    Update {
+        /// The service's name (the file must name the same service).
+        name: String,
+        /// The service file (.toml or .json); `-` reads TOML from stdin.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Replicas replaced at once when what they run changes: a count or a percentage.
+        #[arg(long, value_name = "N|P%")]
+        batch: Option<String>,
+        /// How long a replaced replica has to become healthy (default 1m).
+        #[arg(long, value_name = "DURATION")]
+        health_timeout: Option<String>,
+        /// Follow the rollout until it ends (exits non-zero if it fails).
+        #[arg(long)]
+        wait: bool,
+        /// Print the service (and its rollout) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List services.
     List {
         /// Print JSON.
@@ -124,6 +149,7 @@ pub async fn run(server: &str, cmd: ServiceCommand) -> anyhow::Result<()> {
     let c = Client::new(server);
     match cmd {
         ServiceCommand::Add(a) => add(&c, *a).await,
+        ServiceCommand::Update { name, file, batch, health_timeout, wait, json } => update(&c, &name, &file, batch, health_timeout, wait, json).await,
         ServiceCommand::List { json } => {
             let list = c.get("/services").await?;
             if json {
@@ -239,6 +265,56 @@ async fn add(c: &Client, a: AddArgs) -> anyhow::Result<()> {
     }
     println!("added service {} ({} replicas)", field(&s["spec"], "name"), field(&s["spec"], "replicas"));
     Ok(())
+}
+
+async fn update(
+    c: &Client,
+    name: &str,
+    path: &std::path::Path,
+    batch: Option<String>,
+    health_timeout: Option<String>,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let text = read_file(path)?;
+    let is_json = path.extension().is_some_and(|e| e == "json");
+    let spec = if is_json { ServiceSpec::from_json(&text) } else { ServiceSpec::from_toml(&text) }.with_context(|| format!("in {}", path.display()))?;
+    let spec = spec.validate().with_context(|| format!("in {}", path.display()))?.spec;
+    if spec.name != name {
+        bail!("{} names service {:?}, not {name:?}; a service cannot be renamed", path.display(), spec.name);
+    }
+    let mut q = Vec::new();
+    if let Some(b) = &batch {
+        q.push(format!("batch={}", enc(b)));
+    }
+    if let Some(t) = &health_timeout {
+        q.push(format!("health_timeout={}", enc(t)));
+    }
+    let url = format!("/services/{}{}{}", enc(name), if q.is_empty() { "" } else { "?" }, q.join("&"));
+    let s = c.call(Method::PUT, &url, Some(("application/json", serde_json::to_string(&spec)?))).await?;
+    let release = s["release"].as_object().map(|_| field(&s["release"], "id"));
+    match (&release, wait) {
+        (Some(id), true) => {
+            if !json {
+                println!("updated {name}: its replicas move to the new spec through release {id}");
+            }
+            let done = super::release::watch(c, id, json).await?;
+            if json {
+                print_json(&done)?;
+            }
+            super::release::outcome(&done)
+        }
+        _ if json => print_json(&s),
+        (Some(id), false) => {
+            println!("updated {name}: its replicas move to the new spec through release {id} ({})", super::release::plan(&s["release"]));
+            println!("follow it with: tug release watch {id}");
+            Ok(())
+        }
+        (None, _) => {
+            println!("updated {name} (version {}): nothing its replicas run changed, so none is replaced", field(&s, "version"));
+            Ok(())
+        }
+    }
 }
 
 fn spec_from_flags(a: &AddArgs) -> anyhow::Result<ServiceSpec> {
