@@ -37,11 +37,15 @@ use checkpoint::Checkpointer;
 use codec::{Context, locate};
 use firelog::FireLog;
 use worker::{Idle, Worker};
+#[cfg(feature = "testing")]
+pub use fill::fill_finished_runs;
 
 mod access;
 mod checkpoint;
 mod codec;
 mod firelog;
+#[cfg(feature = "testing")]
+mod fill;
 mod record;
 mod jobs;
 mod net;
