@@ -246,7 +246,7 @@ pub(super) fn list_with(conn: &Connection, job: &str, query: &RunQuery, held: Ve
     }
     // Updates of runs outside this page, or deleted since, stay out of it.
     items.extend(held.into_values().filter(|(created, _)| *created).map(|(_, r)| r));
-    items.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+    items.sort_unstable_by_key(|r| std::cmp::Reverse(r.id));
     Ok(Page::from_overfetch(items, limit, |r| r.id.to_string()))
 }
 
