@@ -79,6 +79,45 @@ async fn data_survives_a_reopen() {
     assert!(commit(&store, vec![fire("durable", t(60), Trigger::Schedule)], t(200)).await.is_empty());
 }
 
+/// A page of runs read while the fire log still holds them is the page read once they are in the
+/// tables: new runs, changed runs, pages and their cursors.
+#[tokio::test]
+async fn runs_read_before_and_after_they_reach_the_tables_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tug.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.create_job(&spec("paged"), t(0)).await.unwrap();
+    let old = commit(&store, (0..60).map(|i| fire("paged", t(i), Trigger::Schedule)).collect(), t(60)).await;
+    drop(store);
+    // In the tables now; 60 more only in the fire log, and some of both kinds changed there.
+    let store = SqliteStore::open(&path).unwrap();
+    let new = commit(&store, (60..120).map(|i| fire("paged", t(i), Trigger::Schedule)).collect(), t(120)).await;
+    let done: Vec<_> = old.iter().chain(&new).step_by(7).map(|r| finished(r, RunState::Succeeded, t(130))).collect();
+    store.save_runs(&done, &[]).await.unwrap();
+    let pages = |store: SqliteStore| async move {
+        let mut pages = Vec::new();
+        let mut query = RunQuery { limit: 25, ..RunQuery::default() };
+        loop {
+            let page = store.list_runs("paged", &query).await.unwrap();
+            let next = page.next_cursor.clone();
+            pages.push(page);
+            match next {
+                Some(c) => query.cursor = Some(c),
+                None => break,
+            }
+        }
+        (store, pages)
+    };
+    let (store, held) = pages(store).await;
+    drop(store);
+    let (_store, written) = pages(SqliteStore::open(&path).unwrap()).await;
+    assert_eq!(held, written);
+    assert_eq!(held.iter().map(|p| p.items.len()).sum::<usize>(), 120);
+    assert_eq!(held[0].items[0].id, new.last().unwrap().id);
+    let succeeded = held.iter().flat_map(|p| &p.items).filter(|r| r.state == RunState::Succeeded).count();
+    assert_eq!(succeeded, done.len());
+}
+
 #[tokio::test]
 async fn epochs_keep_increasing_across_a_reopen() {
     let (dir, store) = file_store();

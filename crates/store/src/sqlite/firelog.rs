@@ -124,13 +124,18 @@ impl Overlay {
             && (self.runs.len() >= MATERIALIZE_RUNS || self.oldest.is_some_and(|t| t.elapsed() >= MATERIALIZE_AFTER))
     }
 
+    /// The runs of `job` waiting to be written, in their latest state (`true`: not in the tables).
+    pub(super) fn runs_of(&self, job: &str) -> Vec<(bool, Run)> {
+        self.runs.values().filter(|w| w.run.job == job).map(|w| (w.created, w.run.clone())).collect()
+    }
+
     /// Runs waiting to be written (for tests and the idle check).
     pub(super) fn waiting(&self) -> usize {
         self.runs.len()
     }
 }
 
-fn lock(overlay: &Mutex<Overlay>) -> MutexGuard<'_, Overlay> {
+pub(super) fn lock(overlay: &Mutex<Overlay>) -> MutexGuard<'_, Overlay> {
     // Every critical section leaves the overlay consistent, so a panic elsewhere cannot poison it.
     overlay.lock().unwrap_or_else(|p| p.into_inner())
 }

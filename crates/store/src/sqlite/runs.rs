@@ -1,5 +1,6 @@
 //! Run queries: the group-committed fire batch (the hot path), run updates, listings, pruning.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use jiff::Timestamp;
@@ -210,20 +211,50 @@ pub(super) fn get(conn: &Connection, id: RunId) -> Result<Run> {
 /// A page of a job's runs, newest (highest id) first. The cursor is the id of the last run of the
 /// previous page, in decimal; [`StoreError::JobNotFound`] for an unknown job.
 pub(super) fn list(conn: &Connection, job: &str, query: &RunQuery) -> Result<Page<Run>> {
-    let before = match &query.cursor {
-        None => i64::MAX,
-        Some(c) => c.parse::<u64>().map_err(|_| StoreError::BadCursor(c.clone()))?.try_into().unwrap_or(i64::MAX),
-    };
+    let before = page_before(query)?;
     ensure_exists(conn, job)?;
     let limit = page_size(query.limit);
-    let items = conn
-        .prepare_cached(&LIST_SQL)
+    let items = fetch(conn, job, before, query.state, limit + 1)?;
+    Ok(Page::from_overfetch(items, limit, |r| r.id.to_string()))
+}
+
+/// Up to `n` of a job's runs below id `before`, newest first.
+fn fetch(conn: &Connection, job: &str, before: i64, state: Option<RunState>, n: usize) -> Result<Vec<Run>> {
+    conn.prepare_cached(&LIST_SQL)
         .and_then(|mut s| {
-            s.query_map(params![job, before, query.state.map(RunState::as_str), (limit + 1) as i64], run_from_row)?
+            s.query_map(params![job, before, state.map(RunState::as_str), n as i64], run_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
-        .ctx("listing runs")?;
+        .ctx("listing runs")
+}
+
+/// [`list`] without a state filter, over the tables and `held`: the job's runs that the fire log
+/// holds and has not written into the tables yet, each in its latest state (`true`: not in the
+/// tables at all). A read this way does not wait for the fire log to be written into the tables.
+pub(super) fn list_with(conn: &Connection, job: &str, query: &RunQuery, held: Vec<(bool, Run)>) -> Result<Page<Run>> {
+    debug_assert!(query.state.is_none(), "a state filter reads the tables once they hold everything");
+    let before = page_before(query)?;
+    ensure_exists(conn, job)?;
+    let limit = page_size(query.limit);
+    let mut items = fetch(conn, job, before, None, limit + 1)?;
+    let mut held: HashMap<RunId, (bool, Run)> =
+        held.into_iter().filter(|(_, r)| i64::try_from(r.id).is_ok_and(|id| id < before)).map(|h| (h.1.id, h)).collect();
+    for row in &mut items {
+        if let Some((_, r)) = held.remove(&row.id) {
+            *row = r;
+        }
+    }
+    // Updates of runs outside this page, or deleted since, stay out of it.
+    items.extend(held.into_values().filter(|(created, _)| *created).map(|(_, r)| r));
+    items.sort_unstable_by_key(|r| std::cmp::Reverse(r.id));
     Ok(Page::from_overfetch(items, limit, |r| r.id.to_string()))
+}
+
+fn page_before(query: &RunQuery) -> Result<i64> {
+    Ok(match &query.cursor {
+        None => i64::MAX,
+        Some(c) => c.parse::<u64>().map_err(|_| StoreError::BadCursor(c.clone()))?.try_into().unwrap_or(i64::MAX),
+    })
 }
 
 /// Every pending, starting or running run, by id.

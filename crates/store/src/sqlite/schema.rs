@@ -77,6 +77,10 @@ CREATE TABLE attempts (
 ) WITHOUT ROWID;
 ";
 
+/// The per-job index of runs, as [`V1`] creates it (a bulk load drops and rebuilds it).
+#[cfg(feature = "testing")]
+pub(super) const RUNS_BY_JOB: &str = "CREATE INDEX runs_by_job ON runs (job, id);";
+
 /// Version 2: run totals that survive pruning (`Store::run_totals`).
 pub(super) const V2: &str = "
 -- Floors of the run totals: the succeeded and the failed, timed-out or lost runs pruning deleted.

@@ -33,6 +33,10 @@ pub struct AgentsArgs {
     /// agents first).
     #[arg(long, default_value = "spread", value_parser = ["spread", "binpack"])]
     placement: String,
+    /// Spread the jobs' fires evenly over each second (job i of N at i/N s) instead of all on the
+    /// same instant: a steady load rather than the top-of-the-second herd.
+    #[arg(long)]
+    spread: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -180,9 +184,18 @@ async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Chil
         .map(|i| {
             let (http, api) = (&http, &api);
             async move {
+                let schedule = match a.spread {
+                    // An ISO repeat from a start i/N into a second: cron has whole seconds only.
+                    true => {
+                        let start = Timestamp::from_second(1_767_225_600).expect("2026-01-01 is a valid instant")
+                            + jiff::SignedDuration::from_millis((i * 1000 / a.jobs) as i64);
+                        format!("R/{}/PT1S", start.strftime("%Y-%m-%dT%H:%M:%S.%3fZ"))
+                    }
+                    false => "* * * * * *".to_string(),
+                };
                 let spec = serde_json::json!({
                     "name": format!("bench-{i:07}"),
-                    "schedule": "* * * * * *",
+                    "schedule": schedule,
                     "command": ["true"],
                     "resources": {"cpus": 0.01},
                     "concurrency": "allow",
@@ -268,6 +281,7 @@ async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Chil
         "agents": a.agents,
         "jobs": a.jobs,
         "placement": a.placement,
+        "fires": if a.spread { "spread" } else { "same instant" },
         "seconds": a.seconds,
         "offered_per_s": a.jobs,
         "fires_per_s": r1(fires / elapsed),
@@ -298,7 +312,10 @@ async fn agents_bench(a: &AgentsArgs, dir: &std::path::Path, children: &mut Chil
     let mut t = Table::new(&["METRIC", "VALUE"]);
     let rows = [
         ("agents (noop processes)", format!("{} (all up in {agents_start_s:.1} s)", a.agents)),
-        ("jobs (every second, same instant)", format!("{}, {} (created in {jobs_create_s:.1} s)", a.jobs, a.placement)),
+        (
+            if a.spread { "jobs (every second, spread over it)" } else { "jobs (every second, same instant)" },
+            format!("{}, {} (created in {jobs_create_s:.1} s)", a.jobs, a.placement),
+        ),
         ("fires/s", format!("{:.0} (load offers {})", fires / elapsed, a.jobs)),
         ("runs finished/s (acknowledged)", format!("{:.0} ({:.0} succeeded/s)", finished / elapsed, succeeded / elapsed)),
         ("misfires", format!("{misfires:.0}")),

@@ -56,6 +56,14 @@ pub struct FireArgs {
     /// what it costs the scheduler, and how many events reach them.
     #[arg(long, default_value_t = 0)]
     subscribers: usize,
+    /// Read `GET /api/v1/jobs/{name}/runs?limit=50` of a random job every 10 ms while the jobs
+    /// fire, and print its latency: the history figure, with `--runs-in-store`.
+    #[arg(long)]
+    history_reads: bool,
+    /// After the window, stop the server and start it again on the same data dir, and print the
+    /// time from opening the store to the first fire: the recovery figure, with `--runs-in-store`.
+    #[arg(long)]
+    recovery: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -92,25 +100,41 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
     for chunk in specs.chunks(100_000) {
         store.create_jobs(chunk, Timestamp::now()).await?;
     }
-    if a.runs_in_store > 0 {
+    let store = if a.runs_in_store == 0 {
+        store
+    } else if a.store == "sqlite" {
+        // Straight into the tables (the fire path would take minutes for ten million).
+        if progress {
+            eprintln!("putting {} finished runs into the database ...", a.runs_in_store);
+        }
+        drop(store);
+        let db = dir.join("tug.db");
+        tug_store::sqlite::fill_finished_runs(&db, a.runs_in_store, Timestamp::now())?;
+        Arc::new(SqliteStore::open(&db)?) as Arc<dyn Store>
+    } else {
         if progress {
             eprintln!("putting {} finished runs into the store ...", a.runs_in_store);
         }
         fill_runs(&*store, &specs, a.runs_in_store).await?;
-    }
+        store
+    };
+    anyhow::ensure!(!a.recovery || a.store == "sqlite", "--recovery restarts on the same data dir: only with --store sqlite");
     let load_s = t0.elapsed().as_secs_f64();
     let rss0 = rss_bytes();
     let t1 = StdInstant::now();
     let mut config = EmbeddedConfig::new(&dir);
     config.keep_runs = 1_000_000;
     let agent = Some(tug::local::local_agent(Default::default(), Arc::new(NoopRuntime)));
-    let listener = match a.subscribers {
-        0 => None,
-        _ => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+    let listener = match a.subscribers > 0 || a.history_reads {
+        false => None,
+        true => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
     };
     let base = listener.as_ref().map(|l| l.local_addr().map(|a| format!("http://{a}"))).transpose()?;
     let server = Embedded::start_with_store(config, store, agent, Arc::new(SystemClock), listener).await?;
-    let subscribers = base.map(|b| Subscribers::start(&reqwest::Client::new(), &format!("{b}/api/v1/events"), a.subscribers));
+    let subscribers = base
+        .as_ref()
+        .filter(|_| a.subscribers > 0)
+        .map(|b| Subscribers::start(&reqwest::Client::new(), &format!("{b}/api/v1/events"), a.subscribers));
     let start_s = t1.elapsed().as_secs_f64();
     let bytes_per_job = rss_bytes().saturating_sub(rss0) / a.jobs as u64;
     if progress {
@@ -120,14 +144,26 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
     server.scheduler.take_stats().await?;
     let t2 = StdInstant::now();
     let (published0, received0, lagged0) = (server.events.latest(), subscribers.as_ref().map_or(0, Subscribers::received), subscribers.as_ref().map_or(0, Subscribers::lagged));
+    let reads = match (&base, a.history_reads) {
+        (Some(b), true) => Some(tokio::spawn(history_reads(b.clone(), a.jobs, Duration::from_secs(a.seconds)))),
+        _ => None,
+    };
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     let stats = server.scheduler.take_stats().await?;
+    let reads = match reads {
+        Some(t) => Some(t.await??),
+        None => None,
+    };
     let elapsed = t2.elapsed().as_secs_f64();
     let published = (server.events.latest() - published0) as f64 / elapsed;
     let delivered = subscribers.as_ref().map_or(0, Subscribers::received).saturating_sub(received0) as f64 / elapsed;
     let lagged = subscribers.as_ref().map_or(0, Subscribers::lagged).saturating_sub(lagged0);
     drop(subscribers);
     server.shutdown().await;
+    let recovery = match a.recovery {
+        true => Some(restart(&dir, &progress).await?),
+        false => None,
+    };
     let fires_per_s = stats.fires as f64 / elapsed;
     let offered_per_s = a.jobs as f64 * 1000.0 / period_ms as f64;
     let ms = |us: u64| us as f64 / 1000.0;
@@ -153,6 +189,11 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
         "events_delivered_per_s": delivered.round(),
         "delivered_per_subscriber_per_s": (delivered / a.subscribers.max(1) as f64).round(),
         "lagged_notices": lagged,
+        "history_reads": reads.as_ref().map(|r| r.len()),
+        "history_p50_ms": reads.as_ref().map(|r| super::common::percentile(r, 0.5)),
+        "history_p99_ms": reads.as_ref().map(|r| super::common::percentile(r, 0.99)),
+        "recovery_open_s": recovery.map(|r| r.0),
+        "recovery_first_fire_s": recovery.map(|r| r.1),
     });
     if a.json {
         return print_json(&result);
@@ -178,8 +219,63 @@ pub(super) async fn run(a: FireArgs) -> anyhow::Result<()> {
         t.row(vec!["events delivered/s".into(), format!("{delivered:.0} ({:.0} per subscriber)", delivered / a.subscribers as f64)]);
         t.row(vec!["lagged notices".into(), lagged.to_string()]);
     }
+    if let Some(r) = &reads {
+        let p = |q| super::common::percentile(r, q);
+        t.row(vec!["history reads (runs?limit=50)".into(), format!("{} reads, p50 {:.2} ms, p99 {:.2} ms", r.len(), p(0.5), p(0.99))]);
+    }
+    if let Some((open, first)) = recovery {
+        t.row(vec!["recovery: store opened".into(), format!("{open:.2} s")]);
+        t.row(vec!["recovery: first fire".into(), format!("{first:.2} s after the open began")]);
+    }
     table::print(&t);
     Ok(())
+}
+
+/// Reads a random job's latest 50 runs every 10 ms for `window`; the latencies in ms, sorted.
+async fn history_reads(base: String, jobs: usize, window: Duration) -> anyhow::Result<Vec<f64>> {
+    let http = reqwest::Client::new();
+    let end = StdInstant::now() + window;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut took = Vec::new();
+    // A small LCG: no dependency for picking jobs at random.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    while StdInstant::now() < end {
+        tick.tick().await;
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let job = (x >> 33) as usize % jobs;
+        let t = StdInstant::now();
+        let r = http.get(format!("{base}/api/v1/jobs/bench-{job:07}/runs?limit=50")).send().await?.error_for_status()?;
+        let body = r.bytes().await?;
+        took.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(body.len() > 2, "an empty answer for job {job}");
+    }
+    took.sort_by(f64::total_cmp);
+    Ok(took)
+}
+
+/// Starts the server again on `dir`: seconds to open the store (replaying its fire log), and from
+/// the open to the first fire.
+async fn restart(dir: &std::path::Path, progress: &bool) -> anyhow::Result<(f64, f64)> {
+    if *progress {
+        eprintln!("restarting on the same data dir ...");
+    }
+    let t = StdInstant::now();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("tug.db"))?);
+    let open_s = t.elapsed().as_secs_f64();
+    let mut config = EmbeddedConfig::new(dir);
+    config.keep_runs = 1_000_000;
+    let agent = Some(tug::local::local_agent(Default::default(), Arc::new(NoopRuntime)));
+    let server = Embedded::start_with_store(config, store, agent, Arc::new(SystemClock), None).await?;
+    loop {
+        if server.scheduler.stats().await?.dispatched > 0 {
+            break;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(300), "no fire within 5 minutes of the restart");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let first_s = t.elapsed().as_secs_f64();
+    server.shutdown().await;
+    Ok((open_s, first_s))
 }
 
 /// Job `i` of `n`: fires every `period_ms`, at an offset of `i/n` of the period unless `burst`.

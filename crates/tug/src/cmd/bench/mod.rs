@@ -31,7 +31,7 @@ pub use ui::UiArgs;
 pub enum BenchCommand {
     /// Fire N jobs every second through the real scheduler and a store (SQLite by default) with a
     /// no-op runtime.
-    #[command(after_help = "Examples:\n  tug bench fire --jobs 10000 --seconds 10\n  tug bench fire --jobs 100000 --seconds 10 --burst --json\n  tug bench fire --jobs 100000 --seconds 10 --store memory\n  tug bench fire --jobs 1000000 --period 60s --runs-in-store 1000000\n\nBy default fire instants are spread evenly over each second (steady load); --burst puts every\njob on the same instant, the top-of-the-minute herd. --store memory runs the same scheduler over\nthe in-memory store: nothing is durable, so it is the ceiling the durable stores compare against.")]
+    #[command(after_help = "Examples:\n  tug bench fire --jobs 10000 --seconds 10\n  tug bench fire --jobs 100000 --seconds 10 --burst --json\n  tug bench fire --jobs 100000 --seconds 10 --store memory\n  tug bench fire --jobs 1000000 --period 60s --runs-in-store 10000000 --history-reads --recovery\n\nBy default fire instants are spread evenly over each second (steady load); --burst puts every\njob on the same instant, the top-of-the-minute herd. --store memory runs the same scheduler over\nthe in-memory store: nothing is durable, so it is the ceiling the durable stores compare against.")]
     Fire(FireArgs),
     /// Launch one trivial docker job three ways: warm through the in-container executor, warm
     /// through docker exec, and a container per run.
@@ -39,7 +39,7 @@ pub enum BenchCommand {
     Launch(LaunchArgs),
     /// Start a real `tug server` and N `tug agent run --noop` processes on 127.0.0.1, load J
     /// jobs firing every second through the API, and measure launches end to end.
-    #[command(after_help = "Examples:\n  tug bench agents\n  tug bench agents --agents 50 --jobs 5000 --seconds 20 --json\n\nEvery job is `* * * * * *` (all on the same instant of each second) and asks for 0.01 cpus, so\nall fit. No-op agents answer every launch at once: what is measured is the server, the store,\nthe agent protocol and the processes' scheduling on this machine.")]
+    #[command(after_help = "Examples:\n  tug bench agents\n  tug bench agents --agents 50 --jobs 5000 --seconds 20 --json\n  tug bench agents --agents 50 --jobs 10000 --spread\n\nEvery job is `* * * * * *` (all on the same instant of each second; with --spread, each at its own\noffset into the second) and asks for 0.01 cpus, so\nall fit. No-op agents answer every launch at once: what is measured is the server, the store,\nthe agent protocol and the processes' scheduling on this machine.")]
     Agents(AgentsArgs),
     /// Kill the leader of a group of three servers on etcd again and again while jobs fire every
     /// second: failover times, and the fault tests' checks (no run key twice, no second lost).
