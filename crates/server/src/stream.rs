@@ -460,11 +460,14 @@ impl EventBus {
 }
 
 /// Announces stored run changes, filling in a start the write merged away: an agent's
-/// `running` and `succeeded` for a short run often arrive in one batch, which stores only the
-/// end, yet followers count starts. Remembers the attempts it announced as started until they end.
+/// `running` and `succeeded` (or `failed`, then a retry) for a short run often arrive in one
+/// batch, which stores only the end, yet followers count starts. Remembers the attempts it
+/// announced as started until they end, and the attempts a retry ended until the next one is
+/// placed (a pending retry can be written again while it waits, with the same ended attempt).
 #[derive(Default)]
 pub struct RunAnnouncer {
     started: std::collections::HashSet<(u64, u32)>,
+    retried: std::collections::HashSet<(u64, u32)>,
 }
 
 impl RunAnnouncer {
@@ -473,30 +476,43 @@ impl RunAnnouncer {
         let mut events = Vec::with_capacity(runs.len());
         for run in runs {
             let key = (run.id, run.attempt);
+            // The attempt before this one, which a retry ended.
+            let ended = (run.id, run.attempt.saturating_sub(1));
             match run.state {
-                RunState::Running => {
-                    self.started.insert(key);
-                }
-                s if s.is_terminal() => {
-                    if !self.started.remove(&key) && run.started_at.is_some() {
-                        let mut running = run.clone();
-                        running.state = RunState::Running;
-                        running.finished_at = None;
-                        running.exit_code = None;
-                        running.signal = None;
-                        running.reason = None;
+                RunState::Pending if run.retry_at.is_some() => {
+                    // A retry: the attempt that ran is over. The record still holds its start.
+                    let announced = self.started.remove(&ended);
+                    if self.retried.insert(ended) && !announced && run.started_at.is_some() {
+                        let mut running = Self::running(&run);
+                        running.attempt = ended.1;
+                        running.retry_at = None;
                         events.push((EventKind::RunStarted, running));
                     }
                 }
-                RunState::Pending => {
-                    // A retry: the attempt that ran is over.
-                    self.started.remove(&(run.id, run.attempt.saturating_sub(1)));
+                RunState::Pending => {}
+                state => {
+                    self.retried.remove(&ended);
+                    if state == RunState::Running {
+                        self.started.insert(key);
+                    } else if state.is_terminal() && !self.started.remove(&key) && run.started_at.is_some() {
+                        events.push((EventKind::RunStarted, Self::running(&run)));
+                    }
                 }
-                _ => {}
             }
             events.push((EventKind::of_run(&run), run));
         }
         bus.publish_runs(events);
+    }
+
+    /// The run as it was while its current attempt ran.
+    fn running(run: &Run) -> Run {
+        let mut running = run.clone();
+        running.state = RunState::Running;
+        running.finished_at = None;
+        running.exit_code = None;
+        running.signal = None;
+        running.reason = None;
+        running
     }
 }
 
@@ -658,5 +674,43 @@ mod tests {
             Next::Lagged(l) => assert_eq!(l, Lagged { missed: None, resume_at: 3 << 32 }),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A run record as the scheduler writes it.
+    fn run(state: &str, attempt: u32, started: bool, retry: bool) -> Run {
+        let mut v = serde_json::json!({"id": 7, "job": "j", "scheduled_at": "2026-06-01T00:00:00Z", "trigger": "manual",
+            "state": state, "attempt": attempt, "created_at": "2026-06-01T00:00:00Z"});
+        if started {
+            v["started_at"] = "2026-06-01T00:00:01Z".into();
+        }
+        if retry {
+            v["retry_at"] = "2026-06-01T00:00:05Z".into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_start_merged_into_a_retry_or_an_end_is_announced_once() {
+        let b = bus(64);
+        let mut s = b.subscribe(None);
+        let mut a = RunAnnouncer::default();
+        // Attempt 1 started and failed in one batch; the retry's record is written twice while it waits.
+        a.announce(&b, vec![run("starting", 1, false, false), run("pending", 2, true, true)]);
+        a.announce(&b, vec![run("pending", 2, true, true)]);
+        // Attempt 2 reports its start, then fails for good.
+        a.announce(&b, vec![run("starting", 2, false, false), run("running", 2, true, false)]);
+        a.announce(&b, vec![run("failed", 2, true, false)]);
+        let Next::Events(events) = s.next(100).await else { panic!("events") };
+        let seen: Vec<(&str, u32)> = events.iter().map(|e| (e.kind.as_str(), e.run.as_ref().unwrap().attempt)).collect();
+        assert_eq!(
+            seen,
+            [("run.placed", 1), ("run.started", 1), ("run.retried", 2), ("run.retried", 2), ("run.placed", 2), ("run.started", 2), ("run.finished", 2)]
+        );
+        let started = &events[1].run.as_ref().unwrap();
+        assert_eq!((started.state, started.retry_at), (RunState::Running, None));
+        // A retry of an attempt that never started (lost before it began) announces no start.
+        a.announce(&b, vec![run("pending", 3, false, true)]);
+        let Next::Events(events) = s.next(100).await else { panic!("events") };
+        assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["run.retried"]);
     }
 }

@@ -14,6 +14,8 @@ use common::Up;
 
 const TUG: &str = env!("CARGO_BIN_EXE_tug");
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
 
 struct Browser {
     driver: Child,
@@ -108,6 +110,23 @@ impl Browser {
         }
         let page = self.js("return location.href + '\\n' + document.body.innerText;");
         panic!("{css} never showed {needle:?}: {}\n--- the page:\n{}", self.text(css), page.as_str().unwrap_or_default());
+    }
+
+    /// Presses and releases one key (a WebDriver key code such as `\u{E004}` for Tab) on the
+    /// focused element, as a keyboard would.
+    fn press(&self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]});
+        self.call(reqwest::Method::POST, "/actions", Some(actions));
+    }
+
+    /// Presses Tab until `is_it` (a script expression on `e`, the focused element) holds; the
+    /// number of presses it took, or `None` after `limit`.
+    fn tab_to(&self, is_it: &str, limit: usize) -> Option<usize> {
+        (1..=limit).find(|_| {
+            self.press(TAB);
+            self.js(&format!("var e = document.activeElement; return !!(e && ({is_it}));")) == json!(true)
+        })
     }
 
     fn screenshot(&self, name: &str) {
@@ -346,4 +365,49 @@ fn a_service_and_its_release_update_live_from_the_event_stream() {
     assert!(asked.elapsed() < Duration::from_secs(10), "shown after {:?}", asked.elapsed());
     assert_eq!(b.js("return window.__notReloaded === true;"), json!(true));
     b.screenshot("release");
+}
+
+#[test]
+fn the_jobs_page_is_used_from_the_keyboard_and_the_graph_marks_the_failing_job() {
+    let Some(b) = browser("keyboard") else { return };
+    let up = Up::start();
+    let s = up.server.clone();
+    tug(&s, &["job", "add", "extract", "--schedule", "@yearly", "--", "true"]);
+    tug(&s, &["job", "add", "transform", "--parents", "extract", "--", "echo bad rows; exit 2"]);
+    tug(&s, &["job", "add", "load", "--parents", "transform", "--", "true"]);
+    tug(&s, &["job", "run", "extract"]);
+
+    // Tab reaches the search box; typing and Enter search; Tab goes on to a row's link, and Enter
+    // opens it. No mouse anywhere.
+    b.go(&format!("{s}/"));
+    b.wait_text("#jobs", "transform");
+    b.tab_to("e.name === 'q'", 20).expect("Tab reaches the jobs search");
+    for key in ["t", "r", "a", "n", "s"] {
+        b.press(key);
+    }
+    b.press(ENTER);
+    b.wait_text("#jobs", "transform");
+    let listed = b.js("return Array.from(document.querySelectorAll('#jobs td a[href^=\"/jobs/\"]')).map(a => a.textContent);");
+    assert_eq!(listed, json!(["transform"]), "the search narrowed the list");
+    assert_eq!(b.js("return new URL(location.href).searchParams.get('q');"), json!("trans"));
+    b.tab_to("e.matches('#jobs a[href=\"/jobs/transform\"]')", 40).expect("Tab reaches the row's link");
+    let outline = b.js("var s = getComputedStyle(document.activeElement); return s.outlineStyle + ' ' + s.outlineWidth;");
+    assert!(!outline.as_str().unwrap().starts_with("none"), "the focused link is outlined: {outline}");
+    b.screenshot("focused-row");
+    b.press(ENTER);
+    b.wait_text("h1", "transform");
+    assert!(b.js("return location.pathname;") == json!("/jobs/transform"));
+
+    // The dependencies page: an SVG of the three jobs, the failing one marked.
+    b.wait_text("#live", "failed");
+    b.go(&format!("{s}/graph"));
+    b.wait_text("#graph", "Failing:");
+    let svg = b.js("var g = document.querySelector('#graph svg'); return g ? [g.querySelectorAll('a.job').length, g.getBoundingClientRect().width > 0] : null;");
+    assert_eq!(svg, json!([3, true]), "an SVG with the three jobs, drawn");
+    let failing = b.js("return Array.from(document.querySelectorAll('#graph svg a.job.failing')).map(a => a.getAttribute('href'));");
+    assert_eq!(failing, json!(["/jobs/transform"]), "only the failing job is marked");
+    let colours = b.js("var f = document.querySelector('#graph svg a.job.failing rect, #graph svg a.job.failing circle'), o = document.querySelector('#graph svg a.job:not(.failing) rect, #graph svg a.job:not(.failing) circle'); return f && o ? [getComputedStyle(f).stroke, getComputedStyle(o).stroke] : null;");
+    let c = colours.as_array().expect("node shapes in the graph");
+    assert_ne!(c[0], c[1], "the failing job is drawn differently");
+    b.screenshot("graph");
 }

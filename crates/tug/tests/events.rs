@@ -145,6 +145,77 @@ async fn filters_by_job_label_and_kind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_misfires_job_changes_and_agents_coming_and_going_are_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_with(dir.path(), Arc::new(tug_server::clock::SystemClock), |c| {
+        c.agent_timeout = Duration::from_secs(4);
+        c.min_interval = Duration::from_millis(100);
+    })
+    .await;
+    // The local agent joined as the server started; the buffer still holds it.
+    let mut agents = Reader::open(&s, "?last_event_id=0&kind=agent", None).await;
+    let joined = agents.next().await;
+    assert_eq!((joined.event.as_str(), &joined.data["agent"]), ("agent.joined", &json!("local")));
+    let mut all = Reader::open(&s, "?kind=job,run", None).await;
+
+    // A failed attempt that will be tried again is a retry, not the end of the run.
+    s.create(json!({"name": "flaky", "schedule": "@yearly", "command": "exit 3",
+        "retries": {"count": 1, "initial_delay": "200ms", "max_delay": "200ms"}}))
+    .await;
+    let (_, run) = s.post("/jobs/flaky/run").await;
+    let id = run["id"].as_u64().unwrap();
+    let seen = all.until("run.finished", |e| e.data["run"]["id"] == id).await;
+    let k = kinds(&seen);
+    let retried = seen.iter().find(|e| e.event == "run.retried").unwrap_or_else(|| panic!("a run.retried event: {k:?}"));
+    assert_eq!((retried.data["job"].as_str(), retried.data["run"]["id"].as_u64()), (Some("flaky"), Some(id)));
+    assert!(retried.data["run"]["retry_at"].is_string(), "{retried:?}");
+    // Each attempt's start is published, also when it ended as soon as it began.
+    assert_eq!(k, ["job.created", "run.fired", "run.placed", "run.started", "run.retried", "run.placed", "run.started", "run.finished"]);
+    let attempts: Vec<u64> = seen[2..].iter().map(|e| e.data["run"]["attempt"].as_u64().unwrap()).collect();
+    assert_eq!(attempts, [1, 1, 2, 2, 2, 2]);
+    let finished = seen.last().unwrap();
+    assert_eq!((finished.data["run"]["state"].as_str(), finished.data["run"]["attempt"].as_u64()), (Some("failed"), Some(2)), "{finished:?}");
+
+    // Changing a job is published; fires missed while it was paused are misfires.
+    s.create(json!({"name": "tick", "schedule": "* * * * * *", "command": "true", "epsilon": "1s"})).await;
+    s.post("/jobs/tick/pause").await;
+    all.until("job.paused", |e| e.data["job"] == "tick").await;
+    let (st, _) = s.req(reqwest::Method::PUT, "/jobs/tick", Some(json!({"name": "tick", "schedule": "* * * * * *", "command": "true",
+        "epsilon": "1s", "description": "every second"}))).await;
+    assert_eq!(st, 200);
+    let changed = all.next().await;
+    assert_eq!((changed.event.as_str(), &changed.data["job"]), ("job.changed", &json!("tick")));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.post("/jobs/tick/resume").await;
+    let seen = all.until("run.misfired", |e| e.data["job"] == "tick").await;
+    let missed = &seen.last().unwrap().data["run"];
+    assert_eq!(missed["state"], "skipped");
+    assert!(missed["reason"].as_str().unwrap().starts_with("missed: due at"), "{missed}");
+    s.post("/jobs/tick/pause").await;
+
+    // An agent that joins, then goes silent, is lost after the agent timeout.
+    let server = s.server.as_ref().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let (reports_tx, reports) = tokio::sync::mpsc::channel(64);
+    let config = tug_agent::AgentConfig { name: "b".into(), heartbeat: Duration::from_millis(500), ..Default::default() };
+    let agent = tug_agent::Agent::with_acks(config, Arc::new(tug_agent::runtime::process::ProcessRuntime::new()),
+        tug_logs::LogFiles::new(dir.path().join("b-logs")), reports_tx);
+    let b = tokio::spawn(tug::local::serve_in_process(agent, rx, reports, server.updates_sender(), std::future::pending()));
+    let resources = tug_core::placement::Capacity { cpus: 1.0, mem: 1 << 30, disk: 1 << 30 };
+    let registration = tug_server::scheduler::agents::Registration { name: "b".into(), tx, resources, attributes: Default::default() };
+    server.scheduler.register_agent(registration).await.unwrap();
+    let joined = agents.next().await;
+    assert_eq!((joined.event.as_str(), &joined.data["agent"]), ("agent.joined", &json!("b")));
+    b.abort();
+    let lost = agents.next().await;
+    assert_eq!((lost.event.as_str(), &lost.data["agent"]), ("agent.lost", &json!("b")));
+    let views = s.get("/agents").await;
+    let b = views.as_array().unwrap().iter().find(|a| a["name"] == "b").cloned();
+    assert_eq!(b.map(|a| a["state"].clone()), Some(json!("lost")), "{views}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_too_far_behind_is_told_what_it_missed() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = TestServer::start_with(dir.path(), Arc::new(tug_server::clock::SystemClock), |c| c.event_buffer = 4).await;

@@ -588,3 +588,72 @@ async fn the_services_pages_show_replicas_scale_and_a_releases_stages() {
     assert_eq!(st, 404, "{missing}");
     s.stop().await;
 }
+
+/// The ids of the runs a job page's history table lists, in its order.
+fn run_ids(html: &str) -> Vec<u64> {
+    html.split("<tr><td><a href=\"/runs/").skip(1).map(|rest| rest.split('"').next().unwrap().parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_page_rates_the_week_pages_through_history_and_marks_dst_moves() {
+    use tug_core::run::{NewRun, RunState, Trigger};
+    use tug_store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let now = jiff::Timestamp::now();
+    let ago = |hours: i64, n: i64| now - jiff::SignedDuration::from_hours(hours) + jiff::SignedDuration::from_mins(n);
+    // Sundays of March at 02:30 in New York: the second one of each year falls in the hour the
+    // clocks skip. A history written before the server starts: 2 successes in the last day,
+    // 18 successes and 20 failures earlier in the week, 20 successes the week before.
+    let spec = tug_core::JobSpec::from_json(r#"{"name": "march", "schedule": "30 2 * 3 0", "tz": "America/New_York", "command": "true"}"#).unwrap();
+    let mut ids = Vec::new();
+    {
+        let store = tug_store::sqlite::SqliteStore::open(&dir.path().join("tug.db")).unwrap();
+        store.create_job(&spec, ago(24 * 10, 0)).await.unwrap();
+        let history = [(24 * 9, 20, RunState::Succeeded), (24 * 5, 20, RunState::Failed), (24 * 3, 18, RunState::Succeeded), (2, 2, RunState::Succeeded)];
+        for (hours, count, state) in history {
+            for n in 0..count {
+                let at = ago(hours, n);
+                let new = NewRun { job: "march".into(), scheduled_at: at, trigger: Trigger::Manual, state: RunState::Pending, reason: None, agent: None };
+                let mut run = store.commit_fires(tug_store::FireBatch { runs: vec![new], cursors: vec![] }, at).await.unwrap().remove(0);
+                run.state = state;
+                run.started_at = Some(at);
+                run.finished_at = Some(at + jiff::SignedDuration::from_secs(1));
+                run.exit_code = Some(if state == RunState::Succeeded { 0 } else { 1 });
+                store.save_runs(&[run.clone()], &[]).await.unwrap();
+                ids.push(run.id);
+            }
+        }
+    }
+    let mut s = TestServer::start(dir.path()).await;
+
+    let (st, html) = page(&s, "/jobs/march").await;
+    assert_eq!(st, 200, "{html}");
+    assert!(html.contains("Last 24 h: <strong>100%</strong>"), "{html}");
+    assert!(html.contains("last 7 days: <strong>50%</strong>"), "20 of 40 in the week: {html}");
+    assert!(html.contains("all time: <strong>67%</strong>"), "40 of 60: {html}");
+
+    // Newest first, 25 a page; each next link goes on where the page before stopped.
+    ids.reverse();
+    let mut pages = vec![run_ids(&html)];
+    let mut at = html;
+    while let Some(next) = next_href(&at) {
+        assert!(next.starts_with("/jobs/march?cursor="), "{next}");
+        let (st, html) = page(&s, &next).await;
+        assert_eq!(st, 200, "{html}");
+        pages.push(run_ids(&html));
+        at = html;
+        assert!(pages.len() <= 3, "60 runs are 3 pages");
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [25, 25, 10]);
+    assert_eq!(pages.concat(), ids, "every run once, newest first");
+
+    // The next 10 fires: the second Sunday of each March is marked, moved out of the skipped hour.
+    let (_, html) = page(&s, "/jobs/march").await;
+    let fires: Vec<&str> = html.split("<ol class=\"fires\">").nth(1).unwrap().split("</ol>").next().unwrap().split("<li>").skip(1).collect();
+    assert_eq!(fires.len(), 10, "{fires:?}");
+    let moved: Vec<&&str> = fires.iter().filter(|f| f.contains("DST moved")).collect();
+    assert!((2..=3).contains(&moved.len()), "one a year over 10 Sundays: {fires:?}");
+    assert!(moved.iter().all(|f| !f.contains("02:30") && f.contains("EDT")), "{moved:?}");
+    assert!(fires.iter().filter(|f| !f.contains("DST moved")).all(|f| f.contains("02:30")), "{fires:?}");
+    s.stop().await;
+}
