@@ -265,6 +265,70 @@ async fn process_replicas_come_up_healthy_scale_and_are_replaced() {
     s.stop().await;
 }
 
+fn pids(dir: &std::path::Path, n: u32) -> Vec<i32> {
+    (0..n).map(|i| std::fs::read_to_string(dir.join(format!("pid-{i}"))).unwrap().trim().parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_replaces_every_replica_in_healthy_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let (st, v) = s.req(Method::POST, "/services", Some(files_service("again", files.path(), 4))).await;
+    assert_eq!(st, 201, "{v}");
+    wait_service(&s, "again", 20, "4 healthy", |v| healthy(v) == 4).await;
+    let before = pids(files.path(), 4);
+
+    // Through the CLI: half the replicas at a time, each batch healthy before the next.
+    let server = s.base.trim_end_matches("/api/v1").to_owned();
+    let out = tokio::task::spawn_blocking(move || ok(&server, &["service", "restart", "again", "--batch", "50%", "--wait"])).await.unwrap();
+    assert!(out.contains("restarting again") && out.contains("succeeded"), "{out}");
+    let v = s.get("/services/again").await;
+    assert_eq!(healthy(&v), 4, "{v}");
+    assert!(v["status"]["list"].as_array().unwrap().iter().all(|r| r["attempt"] == 2 && r["state"] == "healthy"), "{v}");
+    assert_eq!(v["spec"], s.get("/services/again").await["spec"]);
+    let after = pids(files.path(), 4);
+    for (i, (a, b)) in before.iter().zip(&after).enumerate() {
+        assert_ne!(a, b, "replica {i} kept its process");
+        assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(*a), None).is_err(), "replica {i}'s old process {a} still runs");
+    }
+    let releases = s.get("/services/again/releases").await;
+    let r = &releases[0];
+    assert_eq!((r["state"].as_str(), r["plan"]["batch"].as_str(), r["plan"]["smoke"].as_u64()), (Some("succeeded"), Some("50%"), Some(0)), "{r}");
+    let history: Vec<&str> = r["history"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap()).collect();
+    assert!(history[0].starts_with("a restart: every replica is replaced on the same spec"), "{history:?}");
+    // Two batches of two: replicas 2 and 3 are only pulled out once 0 and 1 are healthy again.
+    let at = |what: &str| history.iter().position(|h| h.starts_with(what)).unwrap_or_else(|| panic!("no {what:?} in {history:?}"));
+    assert!(at("replica 0 is healthy") < at("replica 2 pulled out") && at("replica 1 is healthy") < at("replica 3 pulled out"), "{history:?}");
+    assert_eq!(s.get("/services/again").await["spec"], v["spec"]);
+
+    // Through the API: answers at once with the release; a second restart meanwhile is refused.
+    let (st, r) = s.req(Method::POST, "/services/again/restart?batch=1", None).await;
+    assert_eq!(st, 202, "{r}");
+    assert_eq!(r["plan"]["batch"], 1);
+    let (st, e) = s.req(Method::POST, "/services/again/restart", None).await;
+    assert_eq!(st, 409, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("revoke it"), "{e}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = s.get(&format!("/releases/{id}")).await;
+        if r["state"] == "succeeded" {
+            break;
+        }
+        assert!(r["state"] != "failed" && tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let v = wait_service(&s, "again", 20, "4 healthy", |v| healthy(v) == 4).await;
+    assert!(v["status"]["list"].as_array().unwrap().iter().all(|r| r["attempt"] == 3), "{v}");
+    assert!(pids(files.path(), 4).iter().zip(&after).all(|(a, b)| a != b));
+
+    expect(&s, Method::POST, "/services/again/restart?batch=0", None, 400, "invalid_batch", "replace at least 1 replica").await;
+    expect(&s, Method::POST, "/services/again/restart?batches=2", None, 400, "invalid_query", "batches").await;
+    expect(&s, Method::POST, "/services/ghost/restart", None, 404, "service_not_found", "ghost").await;
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_health_check_passes_once_the_replica_serves() {
     let dir = tempfile::tempdir().unwrap();
