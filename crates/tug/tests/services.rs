@@ -330,6 +330,42 @@ async fn a_restart_replaces_every_replica_in_healthy_batches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_in_oldest_stops_the_longest_running_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let mut spec = files_service("elders", files.path(), 3);
+    spec["scale_in"] = json!("oldest");
+    let (st, v) = s.req(Method::POST, "/services", Some(spec)).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["spec"]["scale_in"], "oldest");
+    wait_service(&s, "elders", 20, "3 healthy", |v| healthy(v) == 3).await;
+    // Replica 0 restarts, so it is the youngest now.
+    let pid = pids(files.path(), 1)[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_service(&s, "elders", 20, "replica 0 back", |v| v["status"]["list"][0]["attempt"] == 2 && healthy(v) == 3).await;
+    let (st, op) = s.req(Method::POST, "/services/elders/scale", Some(json!({"replicas": 1}))).await;
+    assert_eq!(st, 202, "{op}");
+    let done = wait_op(&s, op["id"].as_str().unwrap(), 30).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let v = s.get("/services/elders").await;
+    let indices: Vec<u64> = v["status"]["list"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, [0], "the two that ran longest stopped: {v}");
+    // A scale-out fills the lowest free indices.
+    let (_, op) = s.req(Method::POST, "/services/elders/scale", Some(json!({"replicas": 3}))).await;
+    assert_eq!(wait_op(&s, op["id"].as_str().unwrap(), 30).await["state"], "succeeded");
+    let v = s.get("/services/elders").await;
+    let indices: Vec<u64> = v["status"]["list"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, [0, 1, 2]);
+    let mut bad = files_service("elders", files.path(), 3);
+    bad["scale_in"] = json!("random");
+    let (st, e) = s.req(Method::PUT, "/services/elders", Some(bad)).await;
+    assert_eq!(st, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("invalid scale_in \"random\": give \"newest\""), "{e}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_health_check_passes_once_the_replica_serves() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = TestServer::start(dir.path()).await;
