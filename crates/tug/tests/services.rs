@@ -458,6 +458,20 @@ fn docker_replicas_come_up_healthy_each_in_its_container() {
     let ids: Vec<Vec<String>> = (0..3).map(|i| replica_containers(&name, i)).collect();
     assert!(ids.iter().all(|c| c.len() == 1), "one container per replica: {ids:?}");
     assert!(ids[0] != ids[1] && ids[1] != ids[2], "{ids:?}");
+    // Each runs under dwait as its PID 1, as jobs' warm containers do.
+    for c in ids.iter().flatten() {
+        let out = std::process::Command::new("docker").args(["inspect", "-f", "{{.Path}} {{.State.Pid}}", c]).output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let (path, pid) = out.split_once(' ').unwrap_or_else(|| panic!("docker inspect {c}: {out:?}"));
+        assert_eq!(path, "/.tug/dwait", "container {c}'s entrypoint");
+        // The container's first process, seen from the host: dwait serving its socket, PID 1 inside.
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let argv: Vec<String> = argv.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        assert_eq!((argv[0].as_str(), argv[1].as_str()), ("/.tug/dwait", "serve"), "container {c}'s PID 1: {argv:?}");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap_or_default();
+        assert_eq!(nspid.split_whitespace().last(), Some("1"), "container {c}: dwait is PID 1 in its namespace ({nspid:?})");
+    }
     let out = ok(&s, &["service", "scale", &name, "0", "--wait"]);
     assert!(out.contains("succeeded 3->0"), "{out}");
     ok(&s, &["service", "delete", &name]);
