@@ -180,6 +180,16 @@ impl ReleaseRequest {
     /// Checks the request against the service's current spec: the target spec (validated, with
     /// the current replica count) and the plan.
     pub fn plan(self, current: &ServiceSpec) -> Result<(Service, ReleasePlan), ServiceError> {
+        self.checked(current, false)
+    }
+
+    /// As [`plan`](Self::plan), for a restart: the target may be the current spec, since every
+    /// replica is replaced whether or not what it runs changes.
+    pub fn plan_restart(self, current: &ServiceSpec) -> Result<(Service, ReleasePlan), ServiceError> {
+        self.checked(current, true)
+    }
+
+    fn checked(self, current: &ServiceSpec, restart: bool) -> Result<(Service, ReleasePlan), ServiceError> {
         let name = current.name.clone();
         let field = |field: &'static str, why: String| ServiceError::Field { service: name.clone(), field, why };
         let patched = self.image.is_some() || self.command.is_some() || !self.env.is_empty();
@@ -208,7 +218,7 @@ impl ReleaseRequest {
             target.command = command;
         }
         target.env.extend(self.env);
-        if target == *current {
+        if target == *current && !restart {
             return Err(field("release", "changes nothing: give a new image, command, env or spec".into()));
         }
         let replicas = u32::try_from(current.replicas).unwrap_or(0);
@@ -271,6 +281,14 @@ mod tests {
         assert_eq!(plan, ReleasePlan { smoke: 1, bake: Duration::from_secs(5), batch: Batch::Percent(50), health_timeout: DEFAULT_HEALTH_TIMEOUT });
         let (_, plan) = req(r#"{"env": {"V": "2"}, "batch": 2, "smoke": 0}"#).unwrap();
         assert_eq!((plan.batch, plan.smoke), (Batch::Count(2), 0));
+    }
+
+    #[test]
+    fn a_restart_may_keep_the_spec() {
+        let req = ReleaseRequest { smoke: Some(0), bake: Some(Duration::ZERO), batch: Some(Batch::Percent(50)), ..Default::default() };
+        let (s, plan) = req.clone().plan_restart(&current()).unwrap();
+        assert_eq!((s.spec, plan.smoke, plan.batch), (current(), 0, Batch::Percent(50)));
+        assert!(req.plan(&current()).unwrap_err().to_string().contains("changes nothing"));
     }
 
     #[test]

@@ -96,6 +96,59 @@ pub struct ServiceSpec {
     /// DST rules) the service is scaled to the rule's count.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scale: Vec<ScaleRule>,
+    /// Which replicas a scale-in stops first: `newest` (the highest indices) or `oldest` (the
+    /// longest running).
+    #[serde(default, skip_serializing_if = "ScaleIn::is_default")]
+    pub scale_in: ScaleIn,
+}
+
+/// Which replicas a scale-in stops first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleIn {
+    /// The highest indices first: the replicas added last by a scale-out.
+    #[default]
+    Newest,
+    /// The replicas whose current attempt has run longest first (by start time; replicas not
+    /// running yet go last, and equal times go lowest index first). The replicas kept may then
+    /// have gaps in their indices, which a later scale-out fills lowest first.
+    Oldest,
+}
+
+impl ScaleIn {
+    fn is_default(&self) -> bool {
+        *self == ScaleIn::Newest
+    }
+
+    /// Parses `newest` or `oldest`.
+    pub fn parse(s: &str) -> Result<ScaleIn, String> {
+        match s {
+            "newest" => Ok(ScaleIn::Newest),
+            "oldest" => Ok(ScaleIn::Oldest),
+            _ => Err(format!(
+                "invalid scale_in {s:?}: give \"newest\" (stop the highest indices first) or \"oldest\" (stop the longest-running replicas first)"
+            )),
+        }
+    }
+
+    /// The `n` replicas a scale-in stops, out of `replicas` (each its index and when its current
+    /// attempt started, `None` when it is not running), in the order they stop.
+    pub fn choose<T: Ord + Copy>(self, replicas: &[(u32, Option<T>)], n: usize) -> Vec<u32> {
+        let mut order: Vec<(u32, Option<T>)> = replicas.to_vec();
+        match self {
+            ScaleIn::Newest => order.sort_by(|a, b| b.0.cmp(&a.0)),
+            // `None` (not running) sorts last; then the earliest start, then the lowest index.
+            ScaleIn::Oldest => order.sort_by(|a, b| (a.1.is_none(), a.1, a.0).cmp(&(b.1.is_none(), b.1, b.0))),
+        }
+        order.into_iter().take(n).map(|(i, _)| i).collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for ScaleIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ScaleIn, D::Error> {
+        let s = String::deserialize(d)?;
+        ScaleIn::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A scheduled scaling rule: `{ schedule = "0 0 8 * * MON-FRI", tz = "Asia/Shanghai", replicas = 20 }`.
@@ -289,6 +342,7 @@ impl ServiceSpec {
         same.restart = self.restart;
         same.stop_signal.clone_from(&self.stop_signal);
         same.stop_grace = self.stop_grace;
+        same.scale_in = self.scale_in;
         same != *self
     }
 
@@ -304,6 +358,7 @@ impl ServiceSpec {
         s.restart = other.restart;
         s.stop_signal.clone_from(&other.stop_signal);
         s.stop_grace = other.stop_grace;
+        s.scale_in = other.scale_in;
         s
     }
 
@@ -330,6 +385,7 @@ impl ServiceSpec {
             stop_signal: default_stop_signal(),
             stop_grace: default_stop_grace(),
             scale: Vec::new(),
+            scale_in: ScaleIn::Newest,
         }
     }
 
@@ -531,6 +587,8 @@ mod tests {
             ("scale = [{ schedule = \"@daily\", replicas = -2 }]\n", "`scale.replicas` of rule 1 is -2"),
             ("scale = [{ schedule = \"@daily\", tz = \"Mars/Base\", replicas = 2 }]\n", "Mars/Base"),
             ("scale = [{ schedule = \"@daily\", replica = 2 }]\n", "unknown field `replica`"),
+            ("scale_in = \"random\"\n", "invalid scale_in \"random\": give \"newest\" (stop the highest indices first) or \"oldest\""),
+            ("scale_in = 1\n", "invalid type: integer `1`, expected a string"),
         ];
         for (extra, needle) in checks {
             let e = err(extra);
@@ -544,6 +602,25 @@ mod tests {
         assert!(e.to_string().contains("`command` is empty"), "{e}");
         let e = ServiceSpec::from_toml("name = \"w\"\ncommand = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("missing field `replicas`"), "{e}");
+    }
+
+    #[test]
+    fn scale_in_stops_the_newest_or_the_oldest_first() {
+        assert_eq!(parse("").unwrap().spec.scale_in, ScaleIn::Newest);
+        let s = parse("scale_in = \"oldest\"\n").unwrap().spec;
+        assert_eq!(s.scale_in, ScaleIn::Oldest);
+        assert_eq!(ServiceSpec::from_json(&serde_json::to_string(&s).unwrap()).unwrap().scale_in, ScaleIn::Oldest);
+        assert!(!serde_json::to_string(&parse("").unwrap().spec).unwrap().contains("scale_in"));
+        // Index and start time (seconds); replica 4 is not running yet.
+        let replicas = [(0, Some(50)), (1, Some(10)), (2, Some(30)), (3, Some(10)), (4, None)];
+        assert_eq!(ScaleIn::Newest.choose(&replicas, 2), [4, 3]);
+        assert_eq!(ScaleIn::Oldest.choose(&replicas, 3), [1, 3, 2]);
+        assert_eq!(ScaleIn::Oldest.choose(&replicas, 5), [1, 3, 2, 0, 4]);
+        assert_eq!(ScaleIn::Oldest.choose(&replicas, 0), Vec::<u32>::new());
+        // A change of policy needs no replacement of replicas.
+        let old = parse("").unwrap().spec;
+        assert!(!old.launch_changed(&s));
+        assert_eq!(old.with_settings_of(&s).scale_in, ScaleIn::Oldest);
     }
 
     #[test]

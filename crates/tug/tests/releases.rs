@@ -487,3 +487,71 @@ fn a_docker_release_of_a_new_image_replaces_each_container() {
     std::process::Command::new("docker").args(["rmi", &tag]).output().unwrap();
     assert!(left.is_empty(), "containers left after a clean stop: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_braked_in_its_bake_and_its_rollout_resumes_to_success_and_revokes_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    s.req(Method::POST, "/services", Some(versioned("halts", files.path(), 4))).await;
+    wait_service(&s, "halts", 20, "4 healthy", |v| v["status"]["healthy"] == 4).await;
+    // Each new replica takes a second to come up: time enough to brake while a batch does.
+    let body = json!({"env": {"V": "2", "DELAY": "1"}, "smoke": 1, "bake": "1s", "batch": "50%", "health_timeout": "20s"});
+    let id = release(&s, "halts", body).await["id"].as_str().unwrap().to_owned();
+    wait_release(&s, &id, 20, "baking", |r| r["state"] == "baking").await;
+
+    // Braked in its bake: the bake's time runs out, but the rollout does not start.
+    let (st, r) = s.req(Method::POST, &format!("/releases/{id}/brake"), None).await;
+    assert_eq!((st, r["braked"].as_bool()), (200, Some(true)), "{r}");
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    let r = s.get(&format!("/releases/{id}")).await;
+    assert_eq!((r["state"].as_str(), r["on_release"].as_u64(), r["braked"].as_bool()), (Some("baking"), Some(1), Some(true)), "{r}");
+    assert_eq!(versions(files.path(), 4), ["2", "1", "1", "1"]);
+
+    // Resumed, then braked in its rollout while its first batch comes up: that batch finishes,
+    // the next does not start.
+    let (st, _) = s.req(Method::POST, &format!("/releases/{id}/resume"), None).await;
+    assert_eq!(st, 200);
+    wait_release(&s, &id, 20, "rolling out a batch", |r| r["state"] == "rolling_out" && !r["in_progress"].as_array().unwrap().is_empty()).await;
+    let (st, r) = s.req(Method::POST, &format!("/releases/{id}/brake"), None).await;
+    assert_eq!((st, r["braked"].as_bool()), (200, Some(true)), "{r}");
+    wait_release(&s, &id, 20, "its batch done", |r| r["in_progress"].as_array().unwrap().is_empty()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let r = s.get(&format!("/releases/{id}")).await;
+    assert_eq!((r["state"].as_str(), r["on_release"].as_u64(), r["braked"].as_bool()), (Some("rolling_out"), Some(3), Some(true)), "{r}");
+    assert_eq!(versions(files.path(), 4), ["2", "2", "2", "1"]);
+    let (st, _) = s.req(Method::POST, &format!("/releases/{id}/resume"), None).await;
+    assert_eq!(st, 200);
+    let r = wait_release(&s, &id, 30, "succeeded", |r| r["state"] == "succeeded").await;
+    assert_eq!(versions(files.path(), 4), ["2"; 4]);
+    let h = history(&r);
+    assert_eq!(h.iter().filter(|w| w.contains("back in service")).count(), 4, "{h:?}");
+    assert_eq!(s.get("/services/halts").await["spec"]["env"]["V"], "2");
+
+    // A release that replaced all four replicas (smoke 4) is revoked in its bake: back to the
+    // previous spec two at a time (50%), the second pair only once the first is healthy.
+    let id = release(&s, "halts", json!({"env": {"V": "3"}, "smoke": 4, "bake": "1h", "batch": "50%", "health_timeout": "20s"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_release(&s, &id, 40, "baking", |r| r["state"] == "baking").await;
+    assert_eq!(versions(files.path(), 4), ["3"; 4]);
+    let (st, r) = s.req(Method::POST, &format!("/releases/{id}/revoke"), None).await;
+    assert_eq!((st, r["state"].as_str()), (200, Some("revoking")), "{r}");
+    let r = wait_release(&s, &id, 30, "revoked", |r| r["state"] == "revoked").await;
+    let h = history(&r);
+    let at = |what: String| h.iter().position(|w| w.starts_with(&what)).unwrap_or_else(|| panic!("no {what:?} in {h:?}"));
+    let out = |i: u32| at(format!("replica {i} pulled out, replaced with the previous spec"));
+    let back = |i: u32| at(format!("replica {i} is healthy back on the previous spec"));
+    let first = out(0).max(out(1));
+    let first_back = back(0).max(back(1));
+    assert!(first < back(0).min(back(1)), "both of the first batch step back together: {h:?}");
+    assert!(first_back < out(2).min(out(3)), "the second batch waits for the first: {h:?}");
+    assert!(out(2).max(out(3)) < back(2).min(back(3)), "{h:?}");
+    assert_eq!(versions(files.path(), 4), ["2"; 4]);
+    let v = s.get("/services/halts").await;
+    assert_eq!(v["spec"]["env"]["V"], "2", "the stored spec is the one before the revoked release");
+    let (st, _) = s.req(Method::DELETE, "/services/halts", None).await;
+    assert_eq!(st, 204);
+    s.stop().await;
+}

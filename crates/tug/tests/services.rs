@@ -265,6 +265,106 @@ async fn process_replicas_come_up_healthy_scale_and_are_replaced() {
     s.stop().await;
 }
 
+fn pids(dir: &std::path::Path, n: u32) -> Vec<i32> {
+    (0..n).map(|i| std::fs::read_to_string(dir.join(format!("pid-{i}"))).unwrap().trim().parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_replaces_every_replica_in_healthy_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let (st, v) = s.req(Method::POST, "/services", Some(files_service("again", files.path(), 4))).await;
+    assert_eq!(st, 201, "{v}");
+    wait_service(&s, "again", 20, "4 healthy", |v| healthy(v) == 4).await;
+    let before = pids(files.path(), 4);
+
+    // Through the CLI: half the replicas at a time, each batch healthy before the next.
+    let server = s.base.trim_end_matches("/api/v1").to_owned();
+    let out = tokio::task::spawn_blocking(move || ok(&server, &["service", "restart", "again", "--batch", "50%", "--wait"])).await.unwrap();
+    assert!(out.contains("restarting again") && out.contains("succeeded"), "{out}");
+    let v = s.get("/services/again").await;
+    assert_eq!(healthy(&v), 4, "{v}");
+    assert!(v["status"]["list"].as_array().unwrap().iter().all(|r| r["attempt"] == 2 && r["state"] == "healthy"), "{v}");
+    assert_eq!(v["spec"], s.get("/services/again").await["spec"]);
+    let after = pids(files.path(), 4);
+    for (i, (a, b)) in before.iter().zip(&after).enumerate() {
+        assert_ne!(a, b, "replica {i} kept its process");
+        assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(*a), None).is_err(), "replica {i}'s old process {a} still runs");
+    }
+    let releases = s.get("/services/again/releases").await;
+    let r = &releases[0];
+    assert_eq!((r["state"].as_str(), r["plan"]["batch"].as_str(), r["plan"]["smoke"].as_u64()), (Some("succeeded"), Some("50%"), Some(0)), "{r}");
+    let history: Vec<&str> = r["history"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap()).collect();
+    assert!(history[0].starts_with("a restart: every replica is replaced on the same spec"), "{history:?}");
+    // Two batches of two: replicas 2 and 3 are only pulled out once 0 and 1 are healthy again.
+    let at = |what: &str| history.iter().position(|h| h.starts_with(what)).unwrap_or_else(|| panic!("no {what:?} in {history:?}"));
+    assert!(at("replica 0 is healthy") < at("replica 2 pulled out") && at("replica 1 is healthy") < at("replica 3 pulled out"), "{history:?}");
+    assert_eq!(s.get("/services/again").await["spec"], v["spec"]);
+
+    // Through the API: answers at once with the release; a second restart meanwhile is refused.
+    let (st, r) = s.req(Method::POST, "/services/again/restart?batch=1", None).await;
+    assert_eq!(st, 202, "{r}");
+    assert_eq!(r["plan"]["batch"], 1);
+    let (st, e) = s.req(Method::POST, "/services/again/restart", None).await;
+    assert_eq!(st, 409, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("revoke it"), "{e}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = s.get(&format!("/releases/{id}")).await;
+        if r["state"] == "succeeded" {
+            break;
+        }
+        assert!(r["state"] != "failed" && tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let v = wait_service(&s, "again", 20, "4 healthy", |v| healthy(v) == 4).await;
+    assert!(v["status"]["list"].as_array().unwrap().iter().all(|r| r["attempt"] == 3), "{v}");
+    assert!(pids(files.path(), 4).iter().zip(&after).all(|(a, b)| a != b));
+
+    expect(&s, Method::POST, "/services/again/restart?batch=0", None, 400, "invalid_batch", "replace at least 1 replica").await;
+    expect(&s, Method::POST, "/services/again/restart?batches=2", None, 400, "invalid_query", "batches").await;
+    expect(&s, Method::POST, "/services/ghost/restart", None, 404, "service_not_found", "ghost").await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_in_oldest_stops_the_longest_running_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let mut spec = files_service("elders", files.path(), 3);
+    spec["scale_in"] = json!("oldest");
+    let (st, v) = s.req(Method::POST, "/services", Some(spec)).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["spec"]["scale_in"], "oldest");
+    wait_service(&s, "elders", 20, "3 healthy", |v| healthy(v) == 3).await;
+    // Replica 0 restarts, so it is the youngest now.
+    let pid = pids(files.path(), 1)[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_service(&s, "elders", 20, "replica 0 back", |v| v["status"]["list"][0]["attempt"] == 2 && healthy(v) == 3).await;
+    let (st, op) = s.req(Method::POST, "/services/elders/scale", Some(json!({"replicas": 1}))).await;
+    assert_eq!(st, 202, "{op}");
+    let done = wait_op(&s, op["id"].as_str().unwrap(), 30).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let v = s.get("/services/elders").await;
+    let indices: Vec<u64> = v["status"]["list"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, [0], "the two that ran longest stopped: {v}");
+    // A scale-out fills the lowest free indices.
+    let (_, op) = s.req(Method::POST, "/services/elders/scale", Some(json!({"replicas": 3}))).await;
+    assert_eq!(wait_op(&s, op["id"].as_str().unwrap(), 30).await["state"], "succeeded");
+    let v = s.get("/services/elders").await;
+    let indices: Vec<u64> = v["status"]["list"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, [0, 1, 2]);
+    let mut bad = files_service("elders", files.path(), 3);
+    bad["scale_in"] = json!("random");
+    let (st, e) = s.req(Method::PUT, "/services/elders", Some(bad)).await;
+    assert_eq!(st, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("invalid scale_in \"random\": give \"newest\""), "{e}");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_health_check_passes_once_the_replica_serves() {
     let dir = tempfile::tempdir().unwrap();
@@ -358,6 +458,20 @@ fn docker_replicas_come_up_healthy_each_in_its_container() {
     let ids: Vec<Vec<String>> = (0..3).map(|i| replica_containers(&name, i)).collect();
     assert!(ids.iter().all(|c| c.len() == 1), "one container per replica: {ids:?}");
     assert!(ids[0] != ids[1] && ids[1] != ids[2], "{ids:?}");
+    // Each runs under dwait as its PID 1, as jobs' warm containers do.
+    for c in ids.iter().flatten() {
+        let out = std::process::Command::new("docker").args(["inspect", "-f", "{{.Path}} {{.State.Pid}}", c]).output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let (path, pid) = out.split_once(' ').unwrap_or_else(|| panic!("docker inspect {c}: {out:?}"));
+        assert_eq!(path, "/.tug/dwait", "container {c}'s entrypoint");
+        // The container's first process, seen from the host: dwait serving its socket, PID 1 inside.
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let argv: Vec<String> = argv.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        assert_eq!((argv[0].as_str(), argv[1].as_str()), ("/.tug/dwait", "serve"), "container {c}'s PID 1: {argv:?}");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap_or_default();
+        assert_eq!(nspid.split_whitespace().last(), Some("1"), "container {c}: dwait is PID 1 in its namespace ({nspid:?})");
+    }
     let out = ok(&s, &["service", "scale", &name, "0", "--wait"]);
     assert!(out.contains("succeeded 3->0"), "{out}");
     ok(&s, &["service", "delete", &name]);

@@ -94,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/services", post(services::create).get(services::list))
         .route("/services/{name}", get(services::show).put(services::update).delete(services::delete))
         .route("/services/{name}/scale", post(services::scale))
+        .route("/services/{name}/restart", post(services::restart))
         .route("/services/{name}/replicas/{index}/log", get(services::replica_log))
         .route("/operations/{id}", get(services::operation))
         .route("/services/{name}/releases", post(services::start_release).get(services::releases))

@@ -31,6 +31,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/services/{name}"),
     ("delete", "/services/{name}"),
     ("post", "/services/{name}/scale"),
+    ("post", "/services/{name}/restart"),
     ("get", "/services/{name}/replicas/{index}/log"),
     ("get", "/operations/{id}"),
     ("post", "/services/{name}/releases"),
@@ -121,6 +122,12 @@ pub fn document() -> Value {
             },
             "/services/{name}/replicas/{index}/log": {"get": op("a replica's log (all its attempts) as text", &[svc, ("index", "path", "the replica's index"), ("offset", "query", "start at this byte")], "200", None)},
             "/services/{name}/scale": {"post": op("set the replica count; answers 202 at once with an operation", &[svc], "202", Some("Scale"))},
+            "/services/{name}/restart": {"post": op(
+                "replace every replica on the current spec, a batch at a time, each healthy before the next; answers 202 at once with the release that does it",
+                &[svc, ("batch", "query", "replicas replaced at once: 2 or 25% (default 25%)"), ("health_timeout", "query", "how long a replaced replica has to become healthy (default 1m)")],
+                "202",
+                None
+            )},
             "/operations/{id}": {"get": op("a scale operation: placed, started, healthy, failed, per agent", &[("id", "path", "op-N")], "200", None)},
             "/services/{name}/releases": {
                 "post": op("start a staged release (smoke, bake, rollout); answers 202 at once", &[svc], "202", Some("ReleaseRequest")),

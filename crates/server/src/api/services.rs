@@ -56,6 +56,22 @@ pub(super) struct UpdateParams {
     health_timeout: Option<String>,
 }
 
+/// The batch and health timeout asked for in the query.
+fn rollout(
+    params: Result<Query<UpdateParams>, QueryRejection>,
+) -> ApiResult<(Option<tug_core::release::Batch>, Option<tug_core::Duration>)> {
+    let Query(p) = params.map_err(super::query_error)?;
+    let batch = match p.batch.as_deref() {
+        Some(b) => Some(tug_core::release::Batch::parse(b).map_err(|e| ApiError::bad_request("invalid_batch", e.to_string()))?),
+        None => None,
+    };
+    let health_timeout = match p.health_timeout.as_deref() {
+        Some(t) => Some(tug_core::Duration::parse(t).map_err(|e| ApiError::bad_request("invalid_health_timeout", format!("health_timeout={t:?}: {e}")))?),
+        None => None,
+    };
+    Ok((batch, health_timeout))
+}
+
 /// A service the caller may see: 404 when it does not exist or is out of the caller's scope.
 async fn visible(st: &AppState, who: &Principal, name: &str) -> ApiResult<ServiceRecord> {
     let record = st.store.get_service(name).await?;
@@ -96,15 +112,7 @@ pub(super) async fn update(
     params: Result<Query<UpdateParams>, QueryRejection>,
     body: String,
 ) -> ApiResult<Json<ServiceView>> {
-    let Query(p) = params.map_err(super::query_error)?;
-    let batch = match p.batch.as_deref() {
-        Some(b) => Some(tug_core::release::Batch::parse(b).map_err(|e| ApiError::bad_request("invalid_batch", e.to_string()))?),
-        None => None,
-    };
-    let health_timeout = match p.health_timeout.as_deref() {
-        Some(t) => Some(tug_core::Duration::parse(t).map_err(|e| ApiError::bad_request("invalid_health_timeout", format!("health_timeout={t:?}: {e}")))?),
-        None => None,
-    };
+    let (batch, health_timeout) = rollout(params)?;
     let service = checked_spec(&st, &headers, &body).await?;
     let spec = &service.spec;
     if spec.name != name {
@@ -119,6 +127,22 @@ pub(super) async fn update(
     let mut v = view(&st, record).await?;
     v.release = release;
     Ok(Json(v))
+}
+
+/// Replaces every replica on the service's current spec, `batch` at a time (`?batch=`, default
+/// 25%), each healthy within `health_timeout` before the next batch; answers at once (202) with
+/// the release that carries it out (brake, resume or revoke it like any release).
+pub(super) async fn restart(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(name): Path<String>,
+    params: Result<Query<UpdateParams>, QueryRejection>,
+) -> ApiResult<(StatusCode, Json<ReleaseView>)> {
+    let (batch, health_timeout) = rollout(params)?;
+    let record = visible(&st, &who, &name).await?;
+    who.may_write_service(&record.spec)?;
+    let release = st.scheduler.restart_service(&name, batch, health_timeout).await?;
+    Ok((StatusCode::ACCEPTED, Json(release)))
 }
 
 pub(super) async fn delete(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<StatusCode> {

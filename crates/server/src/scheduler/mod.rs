@@ -123,6 +123,12 @@ pub(crate) enum Command {
         Option<tug_core::Duration>,
         oneshot::Sender<Result<(tug_store::ServiceRecord, Option<ReleaseView>)>>,
     ),
+    RestartService(
+        String,
+        Option<tug_core::release::Batch>,
+        Option<tug_core::Duration>,
+        oneshot::Sender<Result<ReleaseView>>,
+    ),
     DeleteService(String, oneshot::Sender<Result<()>>),
     ServiceStatus(String, oneshot::Sender<Option<ServiceStatus>>),
     Scale(String, u32, oneshot::Sender<Result<OperationView>>),
@@ -273,6 +279,18 @@ impl SchedulerHandle {
         health_timeout: Option<tug_core::Duration>,
     ) -> Result<(tug_store::ServiceRecord, Option<ReleaseView>)> {
         self.ask(|tx| Command::UpdateService(service, batch, health_timeout, tx)).await?
+    }
+
+    /// Replaces every replica of a service on its current spec, a batch at a time, each replaced
+    /// replica healthy before the next batch: a release that changes nothing but the replicas'
+    /// attempts; returns at once.
+    pub async fn restart_service(
+        &self,
+        name: &str,
+        batch: Option<tug_core::release::Batch>,
+        health_timeout: Option<tug_core::Duration>,
+    ) -> Result<ReleaseView> {
+        self.ask(|tx| Command::RestartService(name.to_string(), batch, health_timeout, tx)).await?
     }
 
     /// Deletes a service; its replicas stop.
@@ -662,6 +680,9 @@ impl Scheduler {
             }
             Command::UpdateService(service, batch, health_timeout, tx) => {
                 let _ = tx.send(self.update_service(service, batch, health_timeout).await);
+            }
+            Command::RestartService(name, batch, health_timeout, tx) => {
+                let _ = tx.send(self.restart_service(&name, batch, health_timeout).await);
             }
             Command::DeleteService(name, tx) => {
                 let r = self.store.delete_service(&name).await.map_err(Error::from);

@@ -366,6 +366,23 @@ impl Release {
 impl Scheduler {
     /// Starts a release of service `name`.
     pub(super) async fn start_release(&mut self, name: &str, req: ReleaseRequest) -> Result<ReleaseView> {
+        self.begin_release(name, req, false).await
+    }
+
+    /// Replaces every replica of a service on its current spec, as a release with no smoke and
+    /// no bake: `batch` replicas at a time, each healthy before the next batch.
+    pub(super) async fn restart_service(
+        &mut self,
+        name: &str,
+        batch: Option<tug_core::release::Batch>,
+        health_timeout: Option<tug_core::Duration>,
+    ) -> Result<ReleaseView> {
+        let req = ReleaseRequest { smoke: Some(0), bake: Some(tug_core::Duration::ZERO), batch, health_timeout, ..Default::default() };
+        self.begin_release(name, req, true).await
+    }
+
+    /// Starts a release; a `restart` may keep the spec as it is.
+    async fn begin_release(&mut self, name: &str, req: ReleaseRequest, restart: bool) -> Result<ReleaseView> {
         let record = self.store.get_service(name).await?;
         if let Some(r) = self.releases.active(name) {
             return Err(Error::Conflict(format!(
@@ -376,7 +393,7 @@ impl Scheduler {
             )));
         }
         let hooks = Hooks { pull_out: req.pull_out.clone(), pull_in: req.pull_in.clone() };
-        let (target, plan) = req.plan(&record.spec)?;
+        let (target, plan) = if restart { req.plan_restart(&record.spec)? } else { req.plan(&record.spec)? };
         let now = self.clock.now();
         self.releases.next += 1;
         let mut release = Release {
@@ -401,7 +418,11 @@ impl Scheduler {
             saved: None,
             announced: (ReleaseState::Pending, false),
         };
-        release.note(now, format!("started: smoke {}, bake {}, batch {}", plan.smoke, plan.bake, plan.batch));
+        if restart {
+            release.note(now, format!("a restart: every replica is replaced on the same spec, batch {}, each healthy before the next batch", plan.batch));
+        } else {
+            release.note(now, format!("started: smoke {}, bake {}, batch {}", plan.smoke, plan.bake, plan.batch));
+        }
         let id = release.id.clone();
         self.releases.list.push_back(release);
         if self.releases.list.len() > KEPT
@@ -1046,7 +1067,8 @@ impl Scheduler {
             Ok(target) => {
                 r.state = ReleaseState::Succeeded;
                 r.finished_at = Some(now);
-                r.note(now, "succeeded: the new spec is the service's".into());
+                let what = if r.from == r.to { "succeeded: every replica was replaced" } else { "succeeded: the new spec is the service's" };
+                r.note(now, what.into());
                 self.replicas.promote(&service, target);
             }
             Err(e) => {

@@ -15,7 +15,7 @@
 //! | event                                  | action                                              |
 //! |----------------------------------------|-----------------------------------------------------|
 //! | desired > replicas                     | new replicas at the missing indices, placed at once |
-//! | desired < replicas                     | the highest indices (the newest) stop gracefully    |
+//! | desired < replicas                     | by `scale_in`: the highest indices (`newest`) or the longest running (`oldest`) stop gracefully |
 //! | a replica exits (any state)            | restarted after the policy's backoff, same index    |
 //! | a health check fails past its threshold| stopped, then restarted like an exit                |
 //! | its agent is lost                      | placed elsewhere at once (same index, same address) |
@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tug_core::placement::{Capacity, CompiledConstraint, Request};
 use tug_core::protocol::{HealthReport, HeldRun, KillReason, Launch, StatusUpdate, Task, ToAgent};
 use tug_core::run::{RunId, RunState};
-use tug_core::service::{Service, replica_claim_name};
+use tug_core::service::{ScaleIn, Service, replica_claim_name};
 
 use super::Scheduler;
 use super::dispatch::Outgoing;
@@ -400,9 +400,26 @@ impl Scheduler {
         let Some(svc) = self.replicas.services.get(name) else { return };
         let want = if svc.deleted { 0 } else { svc.service.replicas() };
         let needs = Capacity::of(&svc.service.spec.resources);
-        let missing: Vec<u32> = (0..want).filter(|i| !svc.replicas.contains_key(i)).collect();
-        let extra: Vec<RunId> =
-            svc.replicas.range(want..).filter(|(_, r)| !r.remove).map(|(_, r)| r.run_id).collect();
+        let (missing, extra): (Vec<u32>, Vec<RunId>) = match svc.service.spec.scale_in {
+            // The replicas are indices 0..want: those above go, the gaps below are filled.
+            ScaleIn::Newest => (
+                (0..want).filter(|i| !svc.replicas.contains_key(i)).collect(),
+                svc.replicas.range(want..).filter(|(_, r)| !r.remove).map(|(_, r)| r.run_id).collect(),
+            ),
+            // Any `want` replicas may stay: the longest running go, and a scale-out takes the
+            // lowest free indices.
+            ScaleIn::Oldest => {
+                let live: Vec<(u32, Option<Instant>)> =
+                    svc.replicas.iter().filter(|(_, r)| !r.remove).map(|(&i, r)| (i, r.up_since)).collect();
+                let more = (want as usize).saturating_sub(live.len());
+                let fewer = live.len().saturating_sub(want as usize);
+                let stop = ScaleIn::Oldest.choose(&live, fewer);
+                (
+                    (0..).filter(|i| !svc.replicas.contains_key(i)).take(more).collect(),
+                    stop.iter().filter_map(|i| svc.replicas.get(i)).map(|r| r.run_id).collect(),
+                )
+            }
+        };
         if svc.deleted && svc.replicas.is_empty() {
             self.replicas.services.remove(name);
             return;

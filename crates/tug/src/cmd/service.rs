@@ -1,4 +1,4 @@
-//! `tug service add|update|list|show|scale|logs|delete`: services, N replicas of a long-running command
+//! `tug service add|update|list|show|scale|restart|logs|delete`: services, N replicas of a long-running command
 //! with a health check; `tug op show|watch`: how a scale is doing.
 
 use std::path::PathBuf;
@@ -66,6 +66,26 @@ pub enum ServiceCommand {
         #[arg(long)]
         wait: bool,
         /// Print the operation as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace every replica of a service on its current spec: a batch at a time, each replaced
+    /// replica healthy before the next batch, as a release (brake, resume or revoke it with
+    /// `tug release`). Returns at once with the release's id; --wait follows it.
+    #[command(after_help = "Examples:\n  tug service restart web\n  tug service restart web --batch 20% --wait\n  tug service restart web --batch 1 --health-timeout 2m")]
+    Restart {
+        /// The service's name.
+        name: String,
+        /// Replicas replaced at once: a count or a percentage (default 25%).
+        #[arg(long, value_name = "N|P%")]
+        batch: Option<String>,
+        /// How long a replaced replica has to become healthy (default 1m).
+        #[arg(long, value_name = "DURATION")]
+        health_timeout: Option<String>,
+        /// Follow the restart until it ends (exits non-zero if it fails).
+        #[arg(long)]
+        wait: bool,
+        /// Print the release as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -150,6 +170,7 @@ pub async fn run(server: &str, cmd: ServiceCommand) -> anyhow::Result<()> {
     match cmd {
         ServiceCommand::Add(a) => add(&c, *a).await,
         ServiceCommand::Update { name, file, batch, health_timeout, wait, json } => update(&c, &name, &file, batch, health_timeout, wait, json).await,
+        ServiceCommand::Restart { name, batch, health_timeout, wait, json } => restart_replicas(&c, &name, batch, health_timeout, wait, json).await,
         ServiceCommand::List { json } => {
             let list = c.get("/services").await?;
             if json {
@@ -283,14 +304,7 @@ async fn update(
     if spec.name != name {
         bail!("{} names service {:?}, not {name:?}; a service cannot be renamed", path.display(), spec.name);
     }
-    let mut q = Vec::new();
-    if let Some(b) = &batch {
-        q.push(format!("batch={}", enc(b)));
-    }
-    if let Some(t) = &health_timeout {
-        q.push(format!("health_timeout={}", enc(t)));
-    }
-    let url = format!("/services/{}{}{}", enc(name), if q.is_empty() { "" } else { "?" }, q.join("&"));
+    let url = format!("/services/{}{}", enc(name), rollout_query(batch.as_deref(), health_timeout.as_deref()));
     let s = c.call(Method::PUT, &url, Some(("application/json", serde_json::to_string(&spec)?))).await?;
     let release = s["release"].as_object().map(|_| field(&s["release"], "id"));
     match (&release, wait) {
@@ -315,6 +329,47 @@ async fn update(
             Ok(())
         }
     }
+}
+
+async fn restart_replicas(
+    c: &Client,
+    name: &str,
+    batch: Option<String>,
+    health_timeout: Option<String>,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let url = format!("/services/{}/restart{}", enc(name), rollout_query(batch.as_deref(), health_timeout.as_deref()));
+    let r = c.call(Method::POST, &url, None).await?;
+    let id = field(&r, "id");
+    if wait {
+        if !json {
+            println!("restarting {name}: its replicas are replaced through release {id}");
+        }
+        let done = super::release::watch(c, &id, json).await?;
+        if json {
+            print_json(&done)?;
+        }
+        return super::release::outcome(&done);
+    }
+    if json {
+        return print_json(&r);
+    }
+    println!("restarting {name}: its replicas are replaced through release {id}, batch {}", field(&r["plan"], "batch"));
+    println!("follow it with: tug release watch {id}");
+    Ok(())
+}
+
+/// `?batch=&health_timeout=` for a rollout, or nothing.
+fn rollout_query(batch: Option<&str>, health_timeout: Option<&str>) -> String {
+    let mut q = Vec::new();
+    if let Some(b) = batch {
+        q.push(format!("batch={}", enc(b)));
+    }
+    if let Some(t) = health_timeout {
+        q.push(format!("health_timeout={}", enc(t)));
+    }
+    if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) }
 }
 
 fn spec_from_flags(a: &AddArgs) -> anyhow::Result<ServiceSpec> {
