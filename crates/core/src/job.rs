@@ -326,29 +326,38 @@ impl<'de> Deserialize<'de> for RetryPolicy {
             #[serde(default)]
             max_delay: Option<Duration>,
         }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Count(u32),
-            Table(Table),
-        }
         let dflt = RetryPolicy::default();
-        // Untagged enums swallow inner errors; re-parse as a table to report unknown fields.
         let value = serde_json::Value::deserialize(d)?;
-        match serde_json::from_value::<Raw>(value.clone()) {
-            Ok(Raw::Count(count)) => Ok(RetryPolicy { count, ..dflt }),
-            Ok(Raw::Table(t)) => Ok(RetryPolicy {
+        let table = match value {
+            serde_json::Value::Object(_) => value,
+            serde_json::Value::Number(ref n) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(count) => return Ok(RetryPolicy { count, ..dflt }),
+                None => return Err(serde::de::Error::custom(format!("expected a count or a table, got {n}"))),
+            },
+            other => return Err(serde::de::Error::custom(format!("expected a count or a table, got {}", got(&other)))),
+        };
+        // The table's own errors name the field inside it: `count: expected a whole number ...`.
+        match serde_path_to_error::deserialize::<_, Table>(table) {
+            Ok(t) => Ok(RetryPolicy {
                 count: t.count,
                 initial_delay: t.initial_delay.unwrap_or(dflt.initial_delay),
                 max_delay: t.max_delay.unwrap_or(dflt.max_delay),
             }),
-            Err(_) => match serde_json::from_value::<Table>(value) {
-                Ok(_) => unreachable!("a table that parses alone parses as Raw::Table"),
-                Err(e) => Err(serde::de::Error::custom(format!(
-                    "retries: {e}; write a count (retries = 3) or a table with count, initial_delay, max_delay"
-                ))),
-            },
+            Err(e) => {
+                let path = e.path().to_string();
+                Err(serde::de::Error::custom(field_message(&path, &e.into_inner().to_string(), None)))
+            }
         }
+    }
+}
+
+/// A value as an error message quotes it: strings quoted, tables and lists by kind.
+fn got(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(_) => "a table".into(),
+        serde_json::Value::Array(_) => "a list".into(),
+        serde_json::Value::Null => "nothing".into(),
+        v => v.to_string(),
     }
 }
 
@@ -438,15 +447,96 @@ pub struct Job {
     pub schedule: Option<Schedule>,
 }
 
-/// A deserializer's message about the field at `path` (`.` for the document itself), prefixed with
-/// that field; an unknown enum value lists the values allowed: `concurrency: expected one of
-/// allow, forbid, replace; got "sometimes"`.
-fn field_message(path: &str, message: &str) -> String {
-    let message = match message.strip_prefix("unknown variant `").and_then(|rest| rest.split_once("`, expected ")) {
-        Some((got, allowed)) => format!("expected {}; got {got:?}", allowed.replace('`', "")),
-        None => message.to_owned(),
+/// A deserializer's message about the field at `path` (`.` for the document itself), in our
+/// words and prefixed with that field: `retries: expected a count or a table, got -1`; an enum
+/// value lists the values allowed: `concurrency: expected one of allow, forbid, replace, got
+/// "sometimes"`. `doc` is the document, to quote the value when the message does not.
+fn field_message(path: &str, message: &str, doc: Option<&serde_json::Value>) -> String {
+    let quoted = || doc.and_then(|d| value_at(d, path)).map(got);
+    let message = if let Some((got, allowed)) =
+        message.strip_prefix("unknown variant `").and_then(|rest| rest.split_once("`, expected "))
+    {
+        format!("expected {}, got {got:?}", allowed.replace('`', ""))
+    } else if let Some((got, expected)) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(|rest| rest.rsplit_once(", expected "))
+    {
+        let got = match got.split_once('`') {
+            Some((_, v)) => v.trim_end_matches('`').to_owned(),
+            None => match got.strip_prefix("string ") {
+                Some(s) => s.to_owned(),
+                None => quoted().unwrap_or_else(|| got.replace("map", "a table").replace("sequence", "a list")),
+            },
+        };
+        format!("expected {}, got {got}", expected_in_our_words(expected))
+    } else if let (Some(allowed), true) =
+        (enum_values(path), matches!(message, "wanted string or table" | "expected value"))
+    {
+        // A number or a list where an enum value belongs: the parsers say only what they wanted.
+        match quoted() {
+            Some(got) => format!("expected {allowed}, got {got}"),
+            None => format!("expected {allowed}"),
+        }
+    } else {
+        message.to_owned()
     };
     if path.is_empty() || path == "." { message } else { format!("{path}: {message}") }
+}
+
+/// serde's name for an expected type, as a job file's author would say it.
+fn expected_in_our_words(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)".into(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".into(),
+        "a map" => "a table".into(),
+        "a sequence" => "a list".into(),
+        "a boolean" => "true or false".into(),
+        e if e.starts_with("struct ") => "a table".into(),
+        e => e.to_owned(),
+    }
+}
+
+/// The values an enum field at `path` allows, as its `unknown variant` message lists them.
+fn enum_values(path: &str) -> Option<String> {
+    fn allowed<T: serde::de::DeserializeOwned>() -> Option<String> {
+        let e = serde_json::from_value::<T>(serde_json::Value::String(String::new())).err()?.to_string();
+        e.split_once("`, expected ").map(|(_, a)| a.replace('`', ""))
+    }
+    // `webhooks[0].on[1]` → `webhooks.on`
+    let mut field = String::new();
+    for part in path.split('.') {
+        if !field.is_empty() {
+            field.push('.');
+        }
+        field.push_str(part.split_once('[').map_or(part, |(f, _)| f));
+    }
+    match field.as_str() {
+        "runtime" => allowed::<RuntimeKind>(),
+        "placement" => allowed::<PlacementStrategy>(),
+        "concurrency" => allowed::<ConcurrencyPolicy>(),
+        "misfire" => allowed::<MisfirePolicy>(),
+        "docker.pull" => allowed::<PullPolicy>(),
+        "docker.mode" => allowed::<ContainerMode>(),
+        "webhooks.on" => allowed::<NotifyOn>(),
+        _ => None,
+    }
+}
+
+/// The value at a serde path (`docker.pull`, `webhooks[0].on[1]`) of a document.
+fn value_at<'a>(doc: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    let mut v = doc;
+    for part in path.split('.') {
+        let mut pieces = part.split('[');
+        let key = pieces.next()?;
+        if !key.is_empty() {
+            v = v.get(key)?;
+        }
+        for index in pieces {
+            v = v.get(index.strip_suffix(']')?.parse::<usize>().ok()?)?;
+        }
+    }
+    Some(v)
 }
 
 /// True when `name` is a valid job name. `.` and `..` are not: they cannot be named in a URL path.
@@ -508,7 +598,8 @@ impl JobSpec {
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             format!(" at line {line}, column {column}")
         });
-        Err(JobError::Parse(format!("invalid job file{at}: {}", field_message(&path, e.message().trim()))))
+        let doc = toml::from_str::<serde_json::Value>(text).ok();
+        Err(JobError::Parse(format!("invalid job file{at}: {}", field_message(&path, e.message().trim(), doc.as_ref()))))
     }
 
     /// Parses a JSON document.
@@ -517,9 +608,10 @@ impl JobSpec {
         let spec: JobSpec = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let text = inner.to_string();
+            let said = inner.to_string();
             let at = format!(" at line {} column {}", inner.line(), inner.column());
-            let message = field_message(&path, text.strip_suffix(&at).unwrap_or(&text));
+            let doc = serde_json::from_str::<serde_json::Value>(text).ok();
+            let message = field_message(&path, said.strip_suffix(&at).unwrap_or(&said), doc.as_ref());
             JobError::Parse(format!("invalid job JSON: {message}{}", if inner.line() > 0 { at } else { String::new() }))
         })?;
         de.end().map_err(|e| JobError::Parse(format!("invalid job JSON: {e}")))?;
@@ -735,13 +827,13 @@ mod tests {
     #[test]
     fn field_errors_name_the_field_and_the_values_allowed() {
         assert_eq!(
-            field_message("concurrency", "unknown variant `x`, expected one of `allow`, `forbid`, `replace`"),
-            "concurrency: expected one of allow, forbid, replace; got \"x\""
+            field_message("concurrency", "unknown variant `x`, expected one of `allow`, `forbid`, `replace`", None),
+            "concurrency: expected one of allow, forbid, replace, got \"x\""
         );
-        assert_eq!(field_message("a.b", "unknown variant `x`, expected `y` or `z`"), "a.b: expected y or z; got \"x\"");
-        assert_eq!(field_message(".", "missing field `name`"), "missing field `name`");
+        assert_eq!(field_message("a.b", "unknown variant `x`, expected `y` or `z`", None), "a.b: expected y or z, got \"x\"");
+        assert_eq!(field_message(".", "missing field `name`", None), "missing field `name`");
         let e = JobSpec::from_json(r#"{"name":"j","command":"true","misfire":"often"}"#).unwrap_err().to_string();
-        assert!(e.contains("misfire: expected one of") && e.contains("got \"often\"") && e.contains("at line 1 column"), "{e}");
+        assert!(e.contains("misfire: expected one of") && e.contains(", got \"often\"") && e.contains("at line 1 column"), "{e}");
         let e = JobSpec::from_json(r#"{"name":"j","command":"true"} x"#).unwrap_err().to_string();
         assert!(e.contains("trailing characters"), "{e}");
     }
@@ -750,6 +842,35 @@ mod tests {
 
     fn minimal(extra: &str) -> String {
         format!("name = \"backup\"\ncommand = \"echo hi\"\n{extra}")
+    }
+
+    #[test]
+    fn wrong_types_are_said_in_our_words() {
+        let toml = |extra: &str| JobSpec::from_toml(&format!("name = \"j\"\ncommand = \"true\"\n{extra}")).unwrap_err().to_string();
+        let json = |extra: &str| JobSpec::from_json(&format!(r#"{{"name":"j","command":"true",{extra}}}"#)).unwrap_err().to_string();
+        let cases = [
+            ("retries = -1", r#""retries":-1"#, "retries: expected a count or a table, got -1"),
+            ("retries = \"x\"", r#""retries":"x""#, "retries: expected a count or a table, got \"x\""),
+            ("retries = [1]", r#""retries":[1]"#, "retries: expected a count or a table, got a list"),
+            ("retries = { count = -1 }", r#""retries":{"count":-1}"#, "retries: count: expected a whole number (0 or more), got -1"),
+            ("concurrency = \"x\"", r#""concurrency":"x""#, "concurrency: expected one of allow, forbid, replace, got \"x\""),
+            ("concurrency = 3", r#""concurrency":3"#, "concurrency: expected one of allow, forbid, replace, got 3"),
+            ("misfire = [\"skip\"]", r#""misfire":["skip"]"#, "misfire: expected one of skip, run_once, run_all, got a list"),
+            ("runtime = true", r#""runtime":true"#, "runtime: expected process or docker, got true"),
+            ("placement = 2", r#""placement":2"#, "placement: expected binpack or spread, got 2"),
+            ("labels = 3", r#""labels":3"#, "labels: expected a table, got 3"),
+            ("enabled = \"yes\"", r#""enabled":"yes""#, "enabled: expected true or false, got \"yes\""),
+            ("parents = \"a\"", r#""parents":"a""#, "parents: expected a list, got \"a\""),
+            ("keep_runs = -2", r#""keep_runs":-2"#, "keep_runs: expected a whole number (0 or more), got -2"),
+            ("docker = 1", r#""docker":1"#, "docker: expected a table, got 1"),
+            ("docker = { image = \"a\", pull = 1 }", r#""docker":{"image":"a","pull":1}"#, "docker.pull: expected one of if-not-present, always, never, got 1"),
+            ("webhooks = [{ url = \"x\", on = [7] }]", r#""webhooks":[{"url":"x","on":[7]}]"#, "webhooks[0].on[0]: expected one of failure, success, missed, retries_exhausted, retry, got 7"),
+        ];
+        for (t, j, want) in cases {
+            let (t_err, j_err) = (toml(t), json(j));
+            assert!(t_err.starts_with("invalid job file at line 3, column ") && t_err.ends_with(&format!(": {want}")), "{t}: {t_err}");
+            assert!(j_err.starts_with(&format!("invalid job JSON: {want} at line 1 column ")), "{j}: {j_err}");
+        }
     }
 
     #[test]

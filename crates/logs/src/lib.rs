@@ -42,9 +42,10 @@ impl LogFiles {
     /// the same file. The writer keeps at most `limit_bytes` of output in the file, counting what
     /// earlier attempts wrote; see [`LogWriter`].
     pub async fn writer(&self, run_id: RunId, limit_bytes: u64) -> io::Result<LogWriter> {
-        fs::create_dir_all(&self.dir).await?;
+        // Readable by the agent's user only: a run's output may hold secrets from its env.
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).await?;
         let path = self.path(run_id);
-        let file = OpenOptions::new().create(true).append(true).open(&path).await?;
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&path).await?;
         let len = file.metadata().await?.len();
         let at_line_start = len == 0 || last_byte(&path, len).await? == Some(b'\n');
         Ok(LogWriter { file: Some(file), limit: limit_bytes, len, dropped: 0, unreported: 0, at_line_start, full: 0 })

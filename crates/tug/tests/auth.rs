@@ -69,10 +69,29 @@ fn endpoints() -> Vec<(Method, &'static str, Role)> {
         (M::GET, "/api/v1/net/pools/p", Read),
         (M::DELETE, "/api/v1/net/pools/p", Admin),
         (M::GET, "/api/v1/net/addresses", Read),
+        (M::GET, "/api/v1/cluster", Read),
+        // A bad parameter: a token that passes gets 400 at once rather than an endless stream.
+        (M::GET, "/api/v1/events?colour=red", Read),
+        (M::GET, "/api/v1/services", Read),
+        (M::POST, "/api/v1/services", Admin),
+        (M::GET, "/api/v1/services/s", Read),
+        (M::PUT, "/api/v1/services/s", Admin),
+        (M::DELETE, "/api/v1/services/s", Admin),
+        (M::POST, "/api/v1/services/s/scale", Operate),
+        (M::GET, "/api/v1/services/s/replicas/0/log", Read),
+        (M::GET, "/api/v1/operations/1", Read),
+        (M::GET, "/api/v1/services/s/releases", Read),
+        (M::POST, "/api/v1/services/s/releases", Admin),
+        (M::GET, "/api/v1/releases/rel-1", Read),
+        (M::POST, "/api/v1/releases/rel-1/brake", Operate),
+        (M::POST, "/api/v1/releases/rel-1/resume", Operate),
+        (M::POST, "/api/v1/releases/rel-1/retry", Operate),
+        (M::POST, "/api/v1/releases/rel-1/revoke", Operate),
         (M::GET, "/", Read),
         (M::GET, "/jobs/j", Read),
         (M::GET, "/agents", Read),
         (M::GET, "/graph", Read),
+        (M::GET, "/runs/1", Read),
         (M::POST, "/ui/jobs/j/pause", Operate),
         (M::POST, "/ui/jobs/j/delete", Admin),
         (M::POST, "/ui/runs/1/kill", Operate),
@@ -91,7 +110,7 @@ fn endpoints() -> Vec<(Method, &'static str, Role)> {
         (M::GET, "/api/v1/audit", Admin),
     ];
     for prefix in ["/scheduler", "/v1/scheduler"] {
-        let chronos: [(Method, &str, Role); 13] = [
+        let chronos: [(Method, &str, Role); 16] = [
             (M::GET, "/jobs", Read),
             (M::DELETE, "/jobs", Admin),
             (M::GET, "/jobs/search", Read),
@@ -99,12 +118,15 @@ fn endpoints() -> Vec<(Method, &'static str, Role)> {
             (M::POST, "/iso8601", Admin),
             (M::PUT, "/iso8601", Admin),
             (M::POST, "/dependency", Admin),
+            (M::PUT, "/dependency", Admin),
             (M::GET, "/job/j", Read),
             (M::PUT, "/job/j", Operate),
             (M::DELETE, "/job/j", Admin),
             (M::GET, "/job/stat/j", Read),
             (M::DELETE, "/task/kill/j", Operate),
             (M::GET, "/graph/dot", Read),
+            (M::GET, "/graph/csv", Read),
+            (M::GET, "/stats/99thPercentile", Read),
         ];
         for (m, p, r) in chronos {
             all.push((m, Box::leak(format!("{prefix}{p}").into_boxed_str()), r));
@@ -139,11 +161,14 @@ async fn every_endpoint_needs_a_token_with_a_large_enough_role() {
 
     let (st, v) = call(&s, None, Method::GET, "/api/v1/healthz", None).await;
     assert_eq!(st, 200, "{v}");
+    // The API's description is public, as its documentation is.
+    let (st, v) = call(&s, None, Method::GET, "/api/v1/openapi.json", None).await;
+    assert_eq!((st, v["openapi"].is_string()), (200, true), "{v}");
     tug_tls::provider();
     let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let root = s.base.trim_end_matches("/api/v1");
     for (method, path, role) in endpoints() {
-        if method == Method::GET && matches!(path, "/" | "/jobs/j" | "/agents" | "/graph" | "/new" | "/jobs/j/edit" | "/services" | "/services/s" | "/releases/rel-1") {
+        if method == Method::GET && matches!(path, "/" | "/jobs/j" | "/agents" | "/graph" | "/new" | "/jobs/j/edit" | "/services" | "/services/s" | "/releases/rel-1" | "/runs/1") {
             // A browser on a page is sent to the login form instead.
             let r = no_redirects.get(format!("{root}{path}")).send().await.unwrap();
             assert_eq!(r.status(), 303, "{path}");
@@ -259,8 +284,19 @@ async fn a_scoped_token_sees_and_changes_only_its_jobs() {
         (Method::GET, "/api/v1/tokens"),
         (Method::GET, "/scheduler/jobs"),
         (Method::GET, "/api/v1/events"),
+        (Method::GET, "/api/v1/cluster"),
+        (Method::GET, "/api/v1/services"),
+        (Method::POST, "/api/v1/services"),
+        (Method::GET, "/api/v1/services/s/replicas/0/log"),
+        (Method::POST, "/api/v1/services/s/scale"),
+        (Method::GET, "/api/v1/operations/1"),
+        (Method::GET, "/api/v1/releases/rel-1"),
+        (Method::POST, "/api/v1/releases/rel-1/brake"),
+        (Method::GET, "/scheduler/graph/csv"),
+        (Method::GET, "/scheduler/stats/99thPercentile"),
         (Method::GET, "/"),
         (Method::GET, "/jobs/ours"),
+        (Method::GET, "/runs/1"),
     ] {
         let (st, v) = call(&s, Some(&data), method, path, None).await;
         assert_eq!(st, 403, "{path}: {v}");

@@ -16,17 +16,35 @@ async fn bad_inputs_are_refused_with_clear_messages() {
     expect(&s, m, p, b, 422, "invalid_schedule", "61").await;
     let (m, p, b) = post(json!({"name": "a", "schedule": "R/2026-13-01T00:00:00Z/PT1M", "command": "x"}));
     expect(&s, m, p, b, 422, "invalid_schedule", "R/2026-13-01").await;
+    // A count of repetitions all in the past would never run; R0 (never, on purpose) and an
+    // unbounded R/ from long ago are taken.
+    let (m, p, b) = post(json!({"name": "old", "schedule": "R3/2020-01-01T00:00:00Z/PT1H", "command": "x"}));
+    expect(&s, m, p, b, 422, "invalid_schedule", "job \"old\": every repetition of schedule \"R3/2020-01-01T00:00:00Z/PT1H\" is in the past").await;
+    s.create(json!({"name": "never", "schedule": "R0/2020-01-01T00:00:00Z/PT1H", "command": "x"})).await;
+    s.create(json!({"name": "old", "schedule": "R/2020-01-01T00:00:00Z/PT1H", "command": "x"})).await;
+    let ended = json!({"name": "old", "schedule": "R3/2020-01-01T00:00:00Z/P1Y", "command": "x"});
+    expect(&s, Method::PUT, "/jobs/old", Some(ended), 422, "invalid_schedule", "move the start forward, or write R/ for no end").await;
+    // Started 3 days ago, every 2 days, 3 times: the last is tomorrow.
+    let start = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(72)).round(jiff::Unit::Second).unwrap();
+    let (m, p, b) = post(json!({"name": "later", "schedule": format!("R3/{start}/P2D"), "command": "x"}));
+    let (status, v) = s.req(m, p, b).await;
+    assert_eq!(status, 201, "its last repetition is still to come: {v}");
+    for name in ["never", "old", "later"] {
+        assert_eq!(s.req(Method::DELETE, &format!("/jobs/{name}"), None).await.0, 204);
+    }
     let (m, p, b) = post(json!({"name": "a", "schedule": "* * * * *", "tz": "Mars/Base", "command": "x"}));
     expect(&s, m, p, b, 422, "invalid_tz", "job \"a\": `tz` \"Mars/Base\" is not a known IANA time zone").await;
     let (m, p, b) = post(json!({"name": "a", "schedule": "* * * * *", "command": "x", "colour": "red"}));
     expect(&s, m, p, b, 400, "invalid_body", "unknown field `colour`").await;
     // An unknown value of a field with a fixed set of values: the field, the values allowed.
     let (m, p, b) = post(json!({"name": "a", "schedule": "@yearly", "command": "x", "concurrency": "sometimes"}));
-    expect(&s, m, p, b, 400, "invalid_body", "concurrency: expected one of allow, forbid, replace; got \"sometimes\"").await;
+    expect(&s, m, p, b, 400, "invalid_body", "concurrency: expected one of allow, forbid, replace, got \"sometimes\"").await;
     let (m, p, b) = post(json!({"name": "a", "schedule": "@yearly", "command": "x", "docker": {"image": "i", "pull": "daily"}}));
-    expect(&s, m, p, b, 400, "invalid_body", "docker.pull: expected one of if-not-present, always, never; got \"daily\"").await;
+    expect(&s, m, p, b, 400, "invalid_body", "docker.pull: expected one of if-not-present, always, never, got \"daily\"").await;
     let (m, p, b) = post(json!({"name": "a", "schedule": "@yearly", "command": "x", "misfire": 3}));
-    expect(&s, m, p, b, 400, "invalid_body", "misfire: ").await;
+    expect(&s, m, p, b, 400, "invalid_body", "misfire: expected one of skip, run_once, run_all, got 3").await;
+    let (m, p, b) = post(json!({"name": "a", "schedule": "@yearly", "command": "x", "retries": -1}));
+    expect(&s, m, p, b, 400, "invalid_body", "retries: expected a count or a table, got -1").await;
     let (m, p, b) = post(json!({"name": "bad name", "schedule": "* * * * *", "command": "x"}));
     expect(&s, m, p, b, 422, "invalid_job", "A-Z a-z 0-9").await;
     for name in [".", ".."] {
@@ -191,7 +209,13 @@ async fn toml_errors_give_the_line_and_column() {
     assert_eq!(r.status().as_u16(), 400);
     let v: serde_json::Value = r.json().await.unwrap();
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("at line 4, column 15") && msg.contains("concurrency: expected one of allow, forbid, replace; got \"sometimes\""), "{msg}");
+    assert!(msg.contains("at line 4, column 15") && msg.contains("concurrency: expected one of allow, forbid, replace, got \"sometimes\""), "{msg}");
+    let toml = "name = \"t\"\nschedule = \"@yearly\"\ncommand = \"true\"\nretries = -1\n";
+    let r = s.http.post(format!("{}/jobs", s.base)).header("content-type", "application/toml").body(toml).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert_eq!(msg, "invalid job file at line 4, column 11: retries: expected a count or a table, got -1");
     s.stop().await;
 }
 
@@ -204,10 +228,90 @@ async fn the_data_dir_and_database_are_readable_by_their_owner_only() {
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut s = TestServer::start(&data).await;
     s.create(json!({"name": "secret", "schedule": "@yearly", "command": "true", "env": {"TOKEN": "s3cret"}})).await;
+    // A run leaves its log (and the local agent its state) under the data dir too.
+    let (st, run) = s.post("/jobs/secret/run").await;
+    assert_eq!(st, 201, "{run}");
+    let run = s.wait_run(run["id"].as_u64().unwrap(), 30).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700, "the data dir");
-    for f in ["tug.db", "tug.db-wal"] {
+    for f in ["tug.db", "tug.db-wal", "tug.db.firelog"] {
         assert_eq!(mode(&data.join(f)), 0o600, "{f}");
     }
+    // Everything below it: directories 0700, files 0600 (sockets and the like aside).
+    let mut all = Vec::new();
+    let mut todo = vec![data.clone()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                todo.push(path.clone());
+            } else if !meta.is_file() {
+                continue;
+            }
+            all.push((path.strip_prefix(&data).unwrap().display().to_string(), meta.is_dir(), format!("{:o}", meta.permissions().mode() & 0o777)));
+        }
+    }
+    let wrong: Vec<_> = all.iter().filter(|(_, dir, m)| m != if *dir { "700" } else { "600" }).collect();
+    assert!(wrong.is_empty(), "readable by others: {wrong:?}; all: {all:?}");
+    assert!(all.iter().any(|(p, dir, _)| !dir && p.contains("log")), "no run log found under the data dir: {all:?}");
+    assert!(all.iter().any(|(_, dir, _)| *dir), "no agent or log directory under the data dir: {all:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlong_headers_and_paths_get_the_limit_in_a_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path()).await;
+    let r = s.http.get(format!("{}/jobs", s.base)).header("x-padding", "x".repeat(100 * 1024)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 431);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "headers_too_large", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.starts_with("the request headers are ") && msg.ends_with("bytes; the most accepted is 65536"), "{msg}");
+    let r = s.http.get(format!("{}/jobs?q={}", s.base, "x".repeat(9 * 1024))).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 414);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "uri_too_long", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().ends_with("the most accepted is 8192"), "{v}");
+    // Headers within the limit are served.
+    let r = s.http.get(format!("{}/jobs", s.base)).header("x-padding", "x".repeat(32 * 1024)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_larger_than_one_read_is_capped_and_says_where_to_read_on() {
+    const MAX: usize = 16 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The agent keeps logs larger than one read may return.
+    let config = tug_agent::AgentConfig { log_limit: 40 << 20, ..tug_agent::AgentConfig::default() };
+    let agent = tug::local::local_agent(config, std::sync::Arc::new(tug_agent::runtime::process::ProcessRuntime::new()));
+    let config = tug_server::embedded::EmbeddedConfig::new(dir.path());
+    let clock = std::sync::Arc::new(tug_server::clock::SystemClock);
+    let server = tug_server::embedded::Embedded::start(config, Some(agent), clock, Some(listener)).await.unwrap();
+    let mut s = TestServer { base: format!("http://{addr}/api/v1"), server: Some(server), http: tug::http() };
+    let size = MAX + 100_000;
+    s.create(json!({"name": "loud", "schedule": "@yearly", "command": format!("head -c {size} /dev/zero | tr '\\0' x")})).await;
+    let (st, run) = s.post("/jobs/loud/run").await;
+    assert_eq!(st, 201, "{run}");
+    let id = run["id"].as_u64().unwrap();
+    assert_eq!(s.wait_run(id, 60).await["state"], "succeeded");
+
+    let r = s.http.get(format!("{}/runs/{id}/log", s.base)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let header = |r: &reqwest::Response, name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(header(&r, "x-tug-log-limit").as_deref(), Some("16777216"));
+    assert_eq!(header(&r, "x-tug-log-next-offset").as_deref(), Some("16777216"));
+    let first = r.bytes().await.unwrap();
+    assert_eq!(first.len(), MAX, "one read returns the limit, no more");
+    assert!(first.iter().all(|&b| b == b'x'));
+
+    let r = s.http.get(format!("{}/runs/{id}/log?offset={MAX}", s.base)).send().await.unwrap();
+    assert_eq!((header(&r, "x-tug-log-limit"), header(&r, "x-tug-log-next-offset")), (None, None), "the rest fits");
+    assert_eq!(r.bytes().await.unwrap().len(), 100_000);
     s.stop().await;
 }

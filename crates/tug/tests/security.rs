@@ -110,3 +110,86 @@ fn tokens_from_an_init_file_roles_and_the_audit_log_through_the_cli() {
     let out = tug(&s, Some(&read), &["audit"]);
     assert!(!out.status.success());
 }
+
+/// `tug up --init-token` on the given data dir until it says it is up; SIGTERM, and its stdout
+/// and stderr.
+fn up_with_init_token(data: &std::path::Path, then: impl FnOnce(&str)) -> (String, String) {
+    use std::io::Read;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(TUG)
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--init-token", "--data-dir"])
+        .arg(data)
+        .env_remove("TUG_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = {
+        let err = err.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                err.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let up = (0..400).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        err.lock().unwrap().contains("Tugboat is up")
+    });
+    if up {
+        then(&format!("http://127.0.0.1:{port}"));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
+    let err = err.lock().unwrap().clone();
+    assert!(up, "tug up did not come up: {err}");
+    (out, err)
+}
+
+#[test]
+fn init_token_is_printed_once_and_the_cli_takes_tokens_by_flag_and_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, err) = up_with_init_token(dir.path(), |s| {
+        // Needed once a token exists, even on loopback.
+        assert!(stderr(&tug(s, None, &["job", "list"])).contains("(HTTP 401)"));
+    });
+    let admin = first.trim().to_owned();
+    assert!(admin.starts_with("tug_") && !admin.contains('\n'), "stdout: {first:?}, stderr: {err}");
+    assert!(err.contains("it is shown once"), "{err}");
+
+    let (second, err) = up_with_init_token(dir.path(), |s| {
+        // --token works as TUG_TOKEN does, and wins over it.
+        let out = tug(s, None, &["job", "add", "hi", "--token", &admin, "--schedule", "@yearly", "--", "true"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = tug(s, Some("tug_000000000000_nope"), &["job", "show", "hi", "--token", &admin]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = tug(s, Some("tug_000000000000_nope"), &["job", "show", "hi"]);
+        assert!(stderr(&out).contains("(HTTP 401)"), "{}", stderr(&out));
+
+        let out = tug(s, Some(&admin), &["token", "create", "--role", "operate", "--scope", "label:team=data", "--ttl", "1h", "--name", "data"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let data = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(stderr(&out).contains("(operate, scope label:team=data): shown once"), "{}", stderr(&out));
+        let out = tug(s, Some(&admin), &["token", "list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let t = list.as_array().unwrap().iter().find(|t| t["name"] == "data").expect("the scoped token is listed");
+        let at = |k: &str| t[k].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+        assert_eq!(at("expires_at").duration_since(at("created_at")), jiff::SignedDuration::from_hours(1), "{t}");
+        let table = String::from_utf8(tug(s, Some(&admin), &["token", "list"]).stdout).unwrap();
+        assert!(table.lines().any(|l| l.contains("data") && l.contains("operate") && l.contains("label:team=data")), "{table}");
+        // The scoped token does not see a job without the label.
+        let out = tug(s, None, &["job", "show", "hi", "--token", &data]);
+        assert!(!out.status.success() && stderr(&out).contains("(HTTP 404)"), "{}", stderr(&out));
+    });
+    assert_eq!(second, "", "a second start prints no new token");
+    assert!(err.contains("from an earlier start still works, so no new one is made"), "{err}");
+}

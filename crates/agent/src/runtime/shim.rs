@@ -201,7 +201,9 @@ impl Runtime for ShimRuntime {
             let reason = format!("cannot start: cannot write the run's checkpoint ({e}); check that the agent's data dir is writable");
             return fail(&ckpt, &logs, run_id, log_limit, Outcome::failed_to_start(reason)).await;
         }
-        let stderr = match tokio::fs::File::create(ckpt.shim_log()).await {
+        let mut shim_log = tokio::fs::OpenOptions::new();
+        shim_log.write(true).create(true).truncate(true).mode(0o600);
+        let stderr = match shim_log.open(ckpt.shim_log()).await {
             Ok(f) => Stdio::from(f.into_std().await),
             Err(e) => {
                 tracing::warn!(run = run_id, error = %e, "cannot create the shim's log; its diagnostics are discarded");

@@ -65,6 +65,7 @@ pub(super) async fn create(
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
     let mut spec = parse_spec(&headers, &body)?;
     who.may_write(&spec)?;
+    check_not_ended(&spec, st.clock.now())?;
     check_quota(&st, &who).await?;
     check_network(&st, &mut spec).await?;
     let record = st.scheduler.create_job(spec).await?;
@@ -94,6 +95,27 @@ pub(crate) async fn list(
     // still walks the whole list.
     let items = page.items.into_iter().filter(|r| who.grant.sees(&r.spec)).map(|r| JobView::new(r, now)).collect();
     Ok(Json(Page { items, next_cursor: page.next_cursor.as_deref().map(to_cursor) }))
+}
+
+/// Refuses an ISO 8601 schedule with a count of repetitions all of which are before `now`: the
+/// job would never fire. `R0/…` (never fires, on purpose) is taken as written.
+fn check_not_ended(spec: &JobSpec, now: Timestamp) -> ApiResult<()> {
+    let Some(schedule) = spec.schedule.as_deref().and_then(|expr| Schedule::parse(expr, spec.tz()).ok()) else {
+        return Ok(());
+    };
+    if !schedule.is_finite() || schedule.next_after(Timestamp::MIN).is_none() || schedule.next_after(now).is_some() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_schedule",
+        format!(
+            "job {:?}: every repetition of schedule {:?} is in the past (now is {now}), so it would never run; \
+             move the start forward, or write R/ for no end",
+            spec.name,
+            schedule.expr()
+        ),
+    ))
 }
 
 /// Refuses a new job of a scoped caller whose scope already holds the most jobs allowed
@@ -174,14 +196,23 @@ pub(super) async fn update(
             format!("the body names job {:?} but the URL names {name:?}; renaming is not supported", spec.name),
         ));
     }
+    let stored = match st.store.get_job(&name).await {
+        Ok(r) => Some(r.spec),
+        Err(tug_store::StoreError::JobNotFound(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
     // Pausing is state, not spec: a document that does not say `paused` keeps the job as it is.
     if !JobSpec::document_sets(&body, !is_toml(&headers), "paused") {
-        spec.paused = st.store.get_job(&name).await?.spec.paused;
+        spec.paused = stored.as_ref().ok_or_else(|| tug_store::StoreError::JobNotFound(name.clone()))?.paused;
     }
     check_network(&st, &mut spec).await?;
     if who.scope().is_some() {
         visible_job(&*st.store, &who, &name).await?;
         who.may_write(&spec)?;
+    }
+    // A job whose schedule ended may still be changed otherwise; a new schedule must fire.
+    if stored.is_none_or(|s| (&s.schedule, s.tz()) != (&spec.schedule, spec.tz())) {
+        check_not_ended(&spec, st.clock.now())?;
     }
     let record = st.scheduler.update_job(spec, p.version).await?;
     Ok(Json(JobView::new(record, st.clock.now())))

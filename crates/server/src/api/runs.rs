@@ -98,6 +98,10 @@ pub(super) struct LogParams {
 const CHUNK: usize = 64 * 1024;
 /// The most log bytes one non-following request returns.
 pub(super) const MAX_LOG_READ: usize = 16 << 20;
+/// On a log read that stopped at [`MAX_LOG_READ`]: that limit, in bytes.
+pub(super) const LOG_LIMIT: &str = "x-tug-log-limit";
+/// On a log read that stopped at [`MAX_LOG_READ`]: the `offset` to read on from.
+pub(super) const LOG_NEXT_OFFSET: &str = "x-tug-log-next-offset";
 pub(super) const POLL: Duration = Duration::from_millis(100);
 
 pub(super) async fn log(
@@ -118,16 +122,27 @@ pub(super) async fn log(
     if !p.follow {
         let mut out = Vec::new();
         let mut offset = p.offset;
-        loop {
+        // One answer holds at most MAX_LOG_READ bytes; a longer log says so in its headers, with
+        // the offset to ask again from.
+        let more = loop {
             let chunk = read(&st, id, run.agent.as_deref(), offset).await?;
-            // One answer holds at most MAX_LOG_READ bytes; ask again from `offset` for more.
-            if chunk.is_empty() || out.len() >= MAX_LOG_READ {
-                break;
+            if chunk.is_empty() {
+                break false;
             }
-            offset += chunk.len() as u64;
-            out.extend_from_slice(&chunk);
+            if out.len() == MAX_LOG_READ {
+                break true;
+            }
+            let take = chunk.len().min(MAX_LOG_READ - out.len());
+            offset += take as u64;
+            out.extend_from_slice(&chunk[..take]);
+        };
+        let mut resp = text(Body::from(out));
+        if more {
+            let headers = resp.headers_mut();
+            headers.insert(LOG_LIMIT, MAX_LOG_READ.into());
+            headers.insert(LOG_NEXT_OFFSET, offset.into());
         }
-        return Ok(text(Body::from(out)));
+        return Ok(resp);
     }
     // Follow: stream what is there, then poll for more until the run is final and drained. The
     // run is read again each round: a pending run gets its agent when it starts.

@@ -19,6 +19,10 @@ use crate::api::ApiError;
 /// The longest request target (path and query) accepted.
 pub const MAX_TARGET: usize = 8 * 1024;
 
+/// The most bytes of request headers (names and values) accepted. Far larger ones (hundreds of
+/// kilobytes) the HTTP parser refuses by itself, with a bare 431.
+pub const MAX_HEADERS: usize = 64 * 1024;
+
 /// Refuses requests a browser could have been tricked into sending. `hosts` are the extra names
 /// the server answers to.
 pub fn check(method: &Method, uri: &Uri, headers: &HeaderMap, hosts: &[String]) -> Result<(), ApiError> {
@@ -28,6 +32,14 @@ pub fn check(method: &Method, uri: &Uri, headers: &HeaderMap, hosts: &[String]) 
             StatusCode::URI_TOO_LONG,
             "uri_too_long",
             format!("the request path and query are {target_len} bytes; the most accepted is {MAX_TARGET}"),
+        ));
+    }
+    let header_len: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if header_len > MAX_HEADERS {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request headers are {header_len} bytes; the most accepted is {MAX_HEADERS}"),
         ));
     }
     let host = headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned).or_else(|| {
@@ -149,5 +161,9 @@ mod tests {
         assert_eq!(code(Method::POST, &[("host", "127.0.0.1:4400"), ("content-length", "0")]), None);
         let long: Uri = format!("/api/v1/jobs?q={}", "x".repeat(MAX_TARGET)).parse().unwrap();
         assert_eq!(check(&Method::GET, &long, &HeaderMap::new(), &[]).unwrap_err().status, StatusCode::URI_TOO_LONG);
+        let mut big = HeaderMap::new();
+        big.insert("x-padding", "x".repeat(MAX_HEADERS).parse().unwrap());
+        let e = check(&Method::GET, &"/api/v1/jobs".parse().unwrap(), &big, &[]).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"));
     }
 }

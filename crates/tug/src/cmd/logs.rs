@@ -20,16 +20,23 @@ pub struct LogsArgs {
     conn: crate::Conn,
 }
 
-/// Prints the log.
+/// Prints the log. A log longer than one read returns is read on from where the server says.
 pub async fn run(server: &str, a: LogsArgs) -> anyhow::Result<()> {
     let c = Client::new(server);
-    let path = format!("/runs/{}/log?follow={}", a.run, a.follow);
-    let resp = c.send(Method::GET, &path, None).await?;
-    let mut body = resp.bytes_stream();
-    let mut out = std::io::stdout().lock();
-    while let Some(chunk) = body.next().await {
-        out.write_all(&chunk?)?;
-        out.flush()?;
+    let mut offset = 0u64;
+    loop {
+        let path = format!("/runs/{}/log?follow={}&offset={offset}", a.run, a.follow);
+        let resp = c.send(Method::GET, &path, None).await?;
+        let next = resp.headers().get("x-tug-log-next-offset").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let mut body = resp.bytes_stream();
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = body.next().await {
+            out.write_all(&chunk?)?;
+            out.flush()?;
+        }
+        match next {
+            Some(n) if n > offset => offset = n,
+            _ => return Ok(()),
+        }
     }
-    Ok(())
 }

@@ -64,7 +64,8 @@ pub struct SecurityArgs {
     /// exists).
     #[arg(long = "auth", env = "TUG_AUTH")]
     require_auth: bool,
-    /// Make an admin token at start and print it (once; keep it).
+    /// Make an admin token at start and print it (once; keep it). While it works, later starts
+    /// make no other.
     #[arg(long)]
     init_token: bool,
     /// Make an admin token at start and write it to this file (mode 0600); if the file holds a
@@ -162,10 +163,22 @@ impl SecurityArgs {
         if self.insecure && !api.ip().is_loopback() {
             tracing::warn!(%api, "--insecure: the API has no auth; anyone who can reach it can run commands on every agent");
         }
-        if self.init_token {
-            let t = auth.create_token("init", Role::Admin, None, None).await.context("making the first admin token")?;
-            println!("{}", t.token);
-            eprintln!("This is an admin token (id {}); it is shown once. Use it with TUG_TOKEN=... or --token.", t.record.id);
+        // A token made by an earlier start is not made again: its secret was shown then, once.
+        let now = jiff::Timestamp::now();
+        let earlier = auth.tokens().into_iter().find(|t| t.name == "init" && t.role == Role::Admin && t.live(now));
+        match (self.init_token, earlier) {
+            (true, Some(t)) => eprintln!(
+                "--init-token: admin token {} from an earlier start still works, so no new one is made (its \
+                 secret was shown, or written to the --init-token-file, when it was made); make more with \
+                 `tug token create --role admin`, or revoke it to have --init-token make a new one",
+                t.id
+            ),
+            (true, None) => {
+                let t = auth.create_token("init", Role::Admin, None, None).await.context("making the first admin token")?;
+                println!("{}", t.token);
+                eprintln!("This is an admin token (id {}); it is shown once. Use it with TUG_TOKEN=... or --token.", t.record.id);
+            }
+            (false, _) => {}
         }
         if let Some(path) = &self.init_token_file {
             write_token_file(auth, path).await?;
