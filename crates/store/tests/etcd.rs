@@ -63,7 +63,7 @@ async fn another_data_version_is_refused() {
     let err = EtcdStore::connect(cluster.config("dv")).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, StoreError::DataVersion { .. }), "{err:?}");
-    assert!(text.contains("data version 7") && text.contains("data version 1"), "{text}");
+    assert!(text.contains("data version 7") && text.contains("data version 2"), "{text}");
     assert!(text.contains(&cluster.endpoints()[0]), "names where: {text}");
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use tug_core::run::{Run, RunId};
 
-use crate::derived::Derived;
+use super::runs::Stat;
 
 /// Above this many entries a map is emptied (it fills again from the next reads): a bound on
 /// memory, far above the jobs and unfinished runs of a real installation.
@@ -23,18 +23,18 @@ pub(super) struct Cache {
     /// `P/meta/run-id`: the last run id handed out.
     pub counter: Option<(i64, u64)>,
     /// `P/stat/NAME` by job name.
-    pub stats: HashMap<String, (i64, Derived)>,
+    pub stats: HashMap<String, (i64, Stat)>,
     /// `P/run/NAME/ID` of runs not yet finished, by id.
     pub runs: HashMap<RunId, (i64, Run)>,
 }
 
 impl Cache {
     /// Records a job's stat key as read or written at `revision`.
-    pub fn stat(&mut self, job: &str, revision: i64, derived: Derived) {
+    pub fn stat(&mut self, job: &str, revision: i64, stat: Stat) {
         if self.stats.len() >= MAX_ENTRIES && !self.stats.contains_key(job) {
             self.stats.clear();
         }
-        self.stats.insert(job.to_owned(), (revision, derived));
+        self.stats.insert(job.to_owned(), (revision, stat));
     }
 
     /// Records a run as written at `revision`; a finished run is dropped (it is not written

@@ -8,14 +8,15 @@
 //! - `access.rs`: API tokens and the audit log.
 //!
 //! Writes are optimistic transactions: read, then write only if what was read is unchanged
-//! (each `stat` and counter key's `mod_revision`), else read again. A write returns once etcd
-//! has committed it to a quorum: durable. Values are JSON and small; run output stays on the
-//! agents.
+//! (each `stat` and counter key's `mod_revision`), else read again. The fire path and run
+//! changes skip the read when `cache.rs` holds what this server last wrote (the same compares
+//! catch any other writer). A write returns once etcd has committed it to a quorum: durable.
+//! Values are JSON and small; run output stays on the agents.
 //!
 //! etcd caps the operations of one transaction (`--max-txn-ops`, 128 by default). A tick's
-//! fires go in one transaction when they fit (4 operations a run); bigger batches are split,
-//! each part atomic. Start etcd with a higher `--max-txn-ops` and say so in the store URL
-//! (`?max-txn-ops=N`) for fewer, larger transactions.
+//! fires go in one transaction when they fit (3 puts and a compare a run); bigger batches are
+//! split, each part atomic. Start etcd with a higher `--max-txn-ops` and say so in the store
+//! URL (`?max-txn-ops=N`) for fewer, larger transactions.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
