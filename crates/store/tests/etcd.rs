@@ -63,7 +63,7 @@ async fn another_data_version_is_refused() {
     let err = EtcdStore::connect(cluster.config("dv")).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, StoreError::DataVersion { .. }), "{err:?}");
-    assert!(text.contains("data version 7") && text.contains("data version 1"), "{text}");
+    assert!(text.contains("data version 7") && text.contains("data version 2"), "{text}");
     assert!(text.contains(&cluster.endpoints()[0]), "names where: {text}");
 }
 
@@ -187,4 +187,48 @@ async fn writes_after_the_fence_moved_are_refused() {
     store.fence(None);
     assert_eq!(store.list_runs("fence", &RunQuery::default()).await.unwrap().items.len(), 1, "the fenced write changed nothing");
     assert!(matches!(store.get_job("fence-2").await, Err(StoreError::JobNotFound(_))));
+}
+
+/// A server writes runs from what it last wrote, without reading first; another writer behind
+/// its back (a second server, a job deleted and created again) fails that write, and it reads
+/// and writes again: no run key twice, no run id twice, totals from what is really stored.
+#[tokio::test]
+async fn writes_from_the_cache_notice_other_writers() {
+    let cluster = EtcdCluster::start(1);
+    let a = EtcdStore::connect(cluster.config("cache")).await.unwrap();
+    let b = EtcdStore::connect(cluster.config("cache")).await.unwrap();
+    a.create_job(&spec("two"), t(0)).await.unwrap();
+    let first = commit(&a, vec![fire("two", t(60), Trigger::Schedule)], t(60)).await;
+    let second = commit(&a, vec![fire("two", t(120), Trigger::Schedule)], t(120)).await;
+    assert_eq!((first.len(), second.len()), (1, 1));
+
+    // The other server fires an instant already fired and a new one.
+    let by_b = commit(&b, vec![fire("two", t(120), Trigger::Schedule), fire("two", t(180), Trigger::Schedule)], t(180)).await;
+    assert_eq!(by_b.len(), 1, "the run key of 120 exists");
+    assert_eq!(by_b[0].scheduled_at, t(180));
+    // The first server's counter and stat are stale now: it reads again.
+    let by_a = commit(&a, vec![fire("two", t(180), Trigger::Schedule), fire("two", t(240), Trigger::Schedule)], t(240)).await;
+    assert_eq!(by_a.len(), 1, "the run key of 180 exists");
+    assert!(by_a[0].id > by_b[0].id, "no run id handed out twice");
+
+    // The other server finishes a run the first one holds as pending; the first one's later
+    // change of it counts from what is stored.
+    b.save_runs(&[finished(&first[0], RunState::Succeeded, t(61))], &[]).await.unwrap();
+    a.save_runs(&[finished(&first[0], RunState::Failed, t(62))], &[]).await.unwrap();
+    let totals = a.run_totals(Some("two")).await.unwrap();
+    assert_eq!((totals[0].1.succeeded, totals[0].1.failed), (0, 1));
+    assert_eq!(a.get_run(first[0].id).await.unwrap().state, RunState::Failed);
+    let active: Vec<_> = a.active_runs().await.unwrap().iter().map(|r| r.scheduled_at).collect();
+    assert_eq!(active, vec![t(120), t(180), t(240)]);
+
+    // The job is deleted and created again behind the first server's back.
+    b.delete_job("two").await.unwrap();
+    b.create_job(&spec("two"), t(300)).await.unwrap();
+    let err = a.save_runs(&[finished(&second[0], RunState::Succeeded, t(301))], &[]).await.unwrap_err();
+    assert!(matches!(err, StoreError::RunNotFound(id) if id == second[0].id), "{err:?}");
+    let again = commit(&a, vec![fire("two", t(120), Trigger::Schedule)], t(300)).await;
+    assert_eq!(again.len(), 1, "the new job has no run keys yet");
+    let listed = b.list_runs("two", &RunQuery::default()).await.unwrap();
+    assert_eq!(listed.items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![again[0].id]);
+    assert_eq!(b.get_job("two").await.unwrap().last_run_at, Some(t(120)));
 }

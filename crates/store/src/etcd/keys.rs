@@ -3,17 +3,16 @@
 //!
 //! | key | value | written by |
 //! | --- | --- | --- |
-//! | `P/meta/version` | the data version, `1` | the first server to start |
+//! | `P/meta/version` | the data version, `2` | the first server to start |
 //! | `P/meta/epoch` | the last leader epoch handed out | `next_epoch` |
 //! | `P/meta/run-id` | the last run id handed out | `commit_fires` |
 //! | `P/meta/audit-id` | the last audit entry id | `append_audit` |
 //! | `P/meta/proxy-secret` | the secret followers prove themselves with to the leader (audit of passed-on writes) | the first server to start |
 //! | `P/job/NAME` | the spec, its version, created and updated instants (JSON) | job writes |
-//! | `P/stat/NAME` | the fire cursor, last run/success/failure instants, run totals (JSON) | with every run write of the job |
+//! | `P/stat/NAME` | the fire cursor, last run/success/failure instants, run totals, the ids of the job's unfinished runs (JSON) | with every run write of the job |
 //! | `P/key/NAME/MS` | the run id of run key `(NAME, scheduled_at)`; `MS` is the key's millisecond | `commit_fires` |
 //! | `P/run/NAME/ID` | the run (JSON, no output: logs stay on agents) | `commit_fires`, `save_runs` |
 //! | `P/id/ID` | the run's job name, to find a run by id | `commit_fires` |
-//! | `P/active/ID` | the job name of a run not yet finished | `commit_fires`, `save_runs` |
 //! | `P/attempt/ID/N` | a finished attempt of a run (JSON) | `save_runs` |
 //! | `P/pool/NAME` | an address pool (JSON) | pool writes |
 //! | `P/claim/POOL/IP` | a claimed address; `IP` as a 10-digit number, so claims list by address | claim writes |
@@ -30,12 +29,17 @@
 //! Why this shape: a tick's fires touch only the keys of the fired runs, their jobs' `stat` keys
 //! and the id counter, so one transaction writes them; `stat` keeps what SQLite derives with a
 //! query (cursor, totals), so reading a job is one key, not a scan of its runs; a job's run
-//! history is one range read, newest first, a page at a time.
+//! history is one range read, newest first, a page at a time. A new run costs three keys (`key`,
+//! `run`, `id`) and a run change one (`run`): the unfinished runs are listed in their job's
+//! `stat`, which the same transaction writes anyway, rather than in a key per run.
+//!
+//! Data version 1 kept a `P/active/ID` key per unfinished run; a server of this version refuses
+//! it (start on an empty prefix).
 
 use tug_core::run::RunId;
 
 /// The data version this build reads and writes.
-pub const DATA_VERSION: u32 = 1;
+pub const DATA_VERSION: u32 = 2;
 
 /// The keys under one prefix.
 #[derive(Debug, Clone)]
@@ -113,12 +117,6 @@ impl Keys {
     pub fn id(&self, id: RunId) -> String {
         self.key(format_args!("id/{}", num(id)))
     }
-    pub fn actives(&self) -> String {
-        self.key(format_args!("active/"))
-    }
-    pub fn active(&self, id: RunId) -> String {
-        self.key(format_args!("active/{}", num(id)))
-    }
     pub fn attempts(&self, id: RunId) -> String {
         self.key(format_args!("attempt/{}/", num(id)))
     }
@@ -169,12 +167,6 @@ impl Keys {
     pub fn leader(&self) -> String {
         self.key(format_args!("leader"))
     }
-
-    /// The number at the end of a key (`…/ID`).
-    pub fn last_number(key: &[u8]) -> Option<u64> {
-        let key = std::str::from_utf8(key).ok()?;
-        key.rsplit('/').next()?.parse().ok()
-    }
 }
 
 #[cfg(test)]
@@ -194,6 +186,6 @@ mod tests {
     fn prefix_end_is_past_every_key_of_the_prefix() {
         assert_eq!(prefix_end(b"/t/run/a/"), b"/t/run/a0".to_vec());
         assert_eq!(prefix_end(&[b'a', 0xff]), b"b".to_vec());
-        assert_eq!(Keys::last_number(b"/t/run/a/00000000000000000042"), Some(42));
+        assert!(prefix_end(Keys::new("/t").stats().as_bytes()) > Keys::new("/t").stat("zzz").into_bytes());
     }
 }

@@ -8,14 +8,15 @@
 //! - `access.rs`: API tokens and the audit log.
 //!
 //! Writes are optimistic transactions: read, then write only if what was read is unchanged
-//! (each `stat` and counter key's `mod_revision`), else read again. A write returns once etcd
-//! has committed it to a quorum: durable. Values are JSON and small; run output stays on the
-//! agents.
+//! (each `stat` and counter key's `mod_revision`), else read again. The fire path and run
+//! changes skip the read when `cache.rs` holds what this server last wrote (the same compares
+//! catch any other writer). A write returns once etcd has committed it to a quorum: durable.
+//! Values are JSON and small; run output stays on the agents.
 //!
 //! etcd caps the operations of one transaction (`--max-txn-ops`, 128 by default). A tick's
-//! fires go in one transaction when they fit (4 operations a run); bigger batches are split,
-//! each part atomic. Start etcd with a higher `--max-txn-ops` and say so in the store URL
-//! (`?max-txn-ops=N`) for fewer, larger transactions.
+//! fires go in one transaction when they fit (3 puts and a compare a run); bigger batches are
+//! split, each part atomic. Start etcd with a higher `--max-txn-ops` and say so in the store
+//! URL (`?max-txn-ops=N`) for fewer, larger transactions.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,7 @@ use serde::de::DeserializeOwned;
 use crate::{Result, StoreError};
 
 mod access;
+mod cache;
 mod jobs;
 mod keys;
 mod net;
@@ -181,6 +183,8 @@ pub struct EtcdStore {
     fence: Arc<Mutex<Option<Fence>>>,
     /// Writes refused by the fence.
     fenced: Arc<AtomicU64>,
+    /// The hot keys as last read or written, for writes without a read first.
+    cache: Arc<Mutex<cache::Cache>>,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -262,7 +266,12 @@ fn ranges(responses: Vec<TxnOpResponse>) -> Vec<Vec<KeyValue>> {
 
 /// `mod_revision` of what was read (0: absent), for a compare that it is unchanged.
 fn unchanged(key: impl Into<Vec<u8>>, kv: Option<&KeyValue>) -> Compare {
-    Compare::mod_revision(key, CompareOp::Equal, kv.map_or(0, KeyValue::mod_revision))
+    unchanged_since(key, kv.map_or(0, KeyValue::mod_revision))
+}
+
+/// That `key` was last written at `revision` (0: it does not exist).
+fn unchanged_since(key: impl Into<Vec<u8>>, revision: i64) -> Compare {
+    Compare::mod_revision(key, CompareOp::Equal, revision)
 }
 
 /// That `key` does not exist.
@@ -319,6 +328,7 @@ impl EtcdStore {
             config: config.clone(),
             fence: Arc::new(Mutex::new(None)),
             fenced: Arc::new(AtomicU64::new(0)),
+            cache: Arc::new(Mutex::new(cache::Cache::default())),
         };
         store.check_version().await?;
         Ok(store)
@@ -507,7 +517,13 @@ impl EtcdStore {
 
     /// Runs `ops` if every compare holds (plus the fence); returns whether it did. A failed fence
     /// is [`StoreError::Fenced`].
-    async fn write(&self, what: &str, mut compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool> {
+    async fn write(&self, what: &str, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool> {
+        Ok(self.write_at(what, compares, ops).await?.is_some())
+    }
+
+    /// [`write`](Self::write), returning the revision it wrote at (every key it put has that
+    /// `mod_revision`), `None` if a compare failed.
+    async fn write_at(&self, what: &str, mut compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<Option<i64>> {
         let fence = self.current_fence();
         let mut or_else = Vec::new();
         if let Some(f) = &fence {
@@ -517,7 +533,8 @@ impl EtcdStore {
         let txn = Txn::new().when(compares).and_then(ops).or_else(or_else);
         let resp = self.kv_txn(what, txn).await?;
         if resp.succeeded() {
-            return Ok(true);
+            let revision = resp.header().map_or(0, |h| h.revision());
+            return Ok(Some(revision));
         }
         if let Some(f) = fence {
             let holder = ranges(resp.op_responses()).into_iter().flatten().next();
@@ -527,7 +544,12 @@ impl EtcdStore {
                 return Err(StoreError::Fenced { what: what.to_owned() });
             }
         }
-        Ok(false)
+        Ok(None)
+    }
+
+    /// The cache of hot keys (never held across an await).
+    fn cache(&self) -> std::sync::MutexGuard<'_, cache::Cache> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs `ops` unconditionally (but for the fence), in transactions of at most the allowed
