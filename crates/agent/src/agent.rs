@@ -531,9 +531,15 @@ impl Agent {
                     let result = crate::health::probe(v.check(), at, &env).await;
                     let now = tokio::time::Instant::now();
                     next_probe = Some(now + v.interval());
+                    // A new report of what this agent holds is followed by this replica's
+                    // verdict; one not reached yet goes out when it is.
                     let reports = self.held_reports.load(Ordering::Relaxed);
-                    let again = std::mem::replace(&mut reports_seen, reports) != reports;
-                    if let Some(healthy) = v.record(result.is_ok(), now).or(if again { v.current() } else { None }) {
+                    let again = reports != reports_seen;
+                    let verdict = v.record(result.is_ok(), now).or(if again { v.current() } else { None });
+                    if verdict.is_some() {
+                        reports_seen = reports;
+                    }
+                    if let Some(healthy) = verdict {
                         let reason = result.err().map(|e| e.to_string());
                         tracing::info!(run = run_id, attempt, healthy, ?reason, "replica health changed");
                         let report = HealthReport { run_id, attempt, healthy, reason };

@@ -388,7 +388,15 @@ fn a_release_carries_on_after_the_server_is_killed_in_its_bake() {
     let out = ok(&s, &["service", "scale", "survivor", "4", "--json"]);
     let op: Value = serde_json::from_str(&out).unwrap();
     let op = op["id"].as_str().unwrap().to_owned();
-    ok(&s, &["op", "watch", &op]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let shown: Value = serde_json::from_str(&ok(&s, &["op", "show", &op, "--json"])).unwrap();
+        if shown["state"] == "succeeded" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "scale operation {op} did not succeed within 60 s: {shown}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     up.kill9_and_restart();
     let shown: Value = serde_json::from_str(&ok(&s, &["op", "show", &op, "--json"])).unwrap();
     assert_eq!((shown["state"].as_str(), shown["to"].as_u64()), (Some("succeeded"), Some(4)), "{shown}");

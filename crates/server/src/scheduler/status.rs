@@ -108,12 +108,14 @@ impl Scheduler {
         for u in replica_updates {
             self.replica_status(&u).await;
         }
-        for h in health {
-            self.replica_health(&h).await;
-        }
         // After the batch: updates an agent sent before reconnecting are applied first.
         for (agent, runs) in held {
             Box::pin(self.reconcile(&agent, &runs)).await;
+        }
+        // After the reconciliation: a replica adopted from what its agent holds hears the
+        // health verdict that agent sent right behind its report.
+        for h in health {
+            self.replica_health(&h).await;
         }
     }
 
