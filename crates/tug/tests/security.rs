@@ -193,3 +193,29 @@ fn init_token_is_printed_once_and_the_cli_takes_tokens_by_flag_and_scope() {
     assert_eq!(second, "", "a second start prints no new token");
     assert!(err.contains("from an earlier start still works, so no new one is made"), "{err}");
 }
+
+#[test]
+fn an_agents_data_dir_is_readable_by_its_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // No server answers there: the agent keeps trying, its data dir already set up.
+    let mut child = Command::new(TUG)
+        .args(["agent", "run", "--server", "http://127.0.0.1:9", "--name", "modes", "--data-dir"])
+        .arg(&data)
+        .env_remove("TUG_JOIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mode = || std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    let private = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        mode() == 0o700
+    });
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(private, "the agent's data dir is mode {:o} (exited: {exited:?})", mode());
+}
