@@ -136,9 +136,9 @@ impl ScaleIn {
     pub fn choose<T: Ord + Copy>(self, replicas: &[(u32, Option<T>)], n: usize) -> Vec<u32> {
         let mut order: Vec<(u32, Option<T>)> = replicas.to_vec();
         match self {
-            ScaleIn::Newest => order.sort_by(|a, b| b.0.cmp(&a.0)),
+            ScaleIn::Newest => order.sort_by_key(|r| std::cmp::Reverse(r.0)),
             // `None` (not running) sorts last; then the earliest start, then the lowest index.
-            ScaleIn::Oldest => order.sort_by(|a, b| (a.1.is_none(), a.1, a.0).cmp(&(b.1.is_none(), b.1, b.0))),
+            ScaleIn::Oldest => order.sort_by_key(|r| (r.1.is_none(), r.1, r.0)),
         }
         order.into_iter().take(n).map(|(i, _)| i).collect()
     }
