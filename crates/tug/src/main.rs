@@ -22,6 +22,9 @@ struct Cli {
     /// The server the client commands talk to; each of them also takes it after its name.
     #[arg(long, hide = true, value_name = "URL")]
     server: Option<String>,
+    /// The API token the client commands send; each of them also takes it after its name.
+    #[arg(long, hide = true, value_name = "TOKEN")]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -280,16 +283,25 @@ fn client_server(matches: &clap::ArgMatches) -> String {
     }
 }
 
-/// The token a client command sends: the innermost `--token` given, else `TUG_TOKEN`.
+/// The token a client command sends: the innermost `--token` given on the command line, else
+/// one given before the command's name (`tug --token T job list`), else `TUG_TOKEN`.
 fn client_token(matches: &clap::ArgMatches) -> Option<String> {
-    let mut found = None;
+    use clap::parser::ValueSource;
+    let top = matches.try_get_one::<String>("token").ok().flatten().cloned();
+    let mut inner: Option<(String, Option<ValueSource>)> = None;
     let mut m = matches;
     while let Some((_, sub)) = m.subcommand() {
         if let Ok(Some(v)) = sub.try_get_one::<String>("token") {
-            found = Some(v.clone());
+            inner = Some((v.clone(), sub.value_source("token")));
         }
         m = sub;
     }
+    let found = match (inner, top) {
+        (Some((v, Some(ValueSource::CommandLine))), _) => Some(v),
+        (_, Some(t)) => Some(t),
+        (Some((v, _)), None) => Some(v),
+        (None, None) => None,
+    };
     found.or_else(|| std::env::var("TUG_TOKEN").ok()).filter(|t| !t.is_empty())
 }
 

@@ -174,6 +174,11 @@ fn init_token_is_printed_once_and_the_cli_takes_tokens_by_flag_and_scope() {
         assert!(out.status.success(), "{}", stderr(&out));
         let out = tug(s, Some("tug_000000000000_nope"), &["job", "show", "hi"]);
         assert!(stderr(&out).contains("(HTTP 401)"), "{}", stderr(&out));
+        // Before the command's name too, as `--server` is taken; one after the name wins.
+        let out = tug(s, Some("tug_000000000000_nope"), &["--token", &admin, "job", "show", "hi"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = tug(s, None, &["--token", &admin, "job", "show", "hi", "--token", "tug_000000000000_nope"]);
+        assert!(stderr(&out).contains("(HTTP 401)"), "{}", stderr(&out));
 
         let out = tug(s, Some(&admin), &["token", "create", "--role", "operate", "--scope", "label:team=data", "--ttl", "1h", "--name", "data"]);
         assert!(out.status.success(), "{}", stderr(&out));
