@@ -97,19 +97,26 @@ impl EtcdCluster {
             Command::new("etcd").arg("--version").output().is_ok_and(|o| o.status.success()),
             "the etcd binary is missing: install Debian's etcd-server (scripts/test does)"
         );
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let token = format!("tug-test-{}-{}", std::process::id(), free_port());
-        let members = (0..members)
-            .map(|i| EtcdMember { name: format!("m{i}"), client: free_port(), peer: free_port(), child: None })
-            .collect();
-        let mut cluster = EtcdCluster { dir, token, members, max_txn_ops: 4096, host: host.to_owned() };
-        for i in 0..cluster.members.len() {
-            cluster.spawn(i, true);
+        // A port found free can be taken by another test before etcd binds it: start again on
+        // other ports then.
+        for attempt in 1.. {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let token = format!("tug-test-{}-{}", std::process::id(), free_port());
+            let members = (0..members)
+                .map(|i| EtcdMember { name: format!("m{i}"), client: free_port(), peer: free_port(), child: None })
+                .collect();
+            let mut cluster = EtcdCluster { dir, token, members, max_txn_ops: 4096, host: host.to_owned() };
+            for i in 0..cluster.members.len() {
+                cluster.spawn(i, true);
+            }
+            let failed = (0..cluster.members.len()).find_map(|i| cluster.healthy_within_30s(i).err());
+            match failed {
+                None => return cluster,
+                Some(log) if attempt < 3 && log.contains("address already in use") => continue,
+                Some(log) => panic!("{log}"),
+            }
         }
-        for i in 0..cluster.members.len() {
-            cluster.wait_healthy(i);
-        }
-        cluster
+        unreachable!("the loop returns or panics")
     }
 
     fn spawn(&mut self, i: usize, new: bool) {
@@ -141,16 +148,28 @@ impl EtcdCluster {
     }
 
     /// Waits until member `i` answers `/health` with `true`.
-    fn wait_healthy(&self, i: usize) {
-        // 30 s in steps of 50 ms.
+    fn wait_healthy(&mut self, i: usize) {
+        if let Err(e) = self.healthy_within_30s(i) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until member `i` answers `/health` with `true`; else says so with its log.
+    fn healthy_within_30s(&mut self, i: usize) -> Result<(), String> {
+        // 30 s in steps of 50 ms; a member that exited is not waited for.
         for _ in 0..600 {
             if self.healthy(i) {
-                return;
+                return Ok(());
+            }
+            if let Some(child) = self.members[i].child.as_mut()
+                && child.try_wait().is_ok_and(|s| s.is_some())
+            {
+                break;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.members[i].name))).unwrap_or_default();
-        panic!("etcd member {} did not become healthy in 30 s; its log:\n{log}", self.members[i].name);
+        Err(format!("etcd member {} did not become healthy in 30 s; its log:\n{log}", self.members[i].name))
     }
 
     /// Whether member `i` says it is healthy (it has a leader and answers).
